@@ -1,0 +1,286 @@
+"""Figures 2-5, 8 and 9: each a function from tidy data to (figure, data frame), saved by `style.save`.
+
+Why split data from drawing: the CSV beside each figure is exactly the frame drawn, and the notebook can
+show the frame and the figure without writing files.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from akvq.artifacts import data, style
+from akvq.artifacts.tables import is_paper_task
+
+# ----------------------------------------------------------------------------------------------- Fig. 8
+
+
+def fig8_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """(model, task panel, method, effective bits, headline metric). MileBench datasets are averaged into one
+    `milebench (avg)` panel per model, as the paper's Fig. 8 plots the average; other tasks get a panel each."""
+    prim = data.primary_frame(records)
+    if prim.empty:
+        return pd.DataFrame()
+    prim = prim.dropna(subset=["kv_effective_bits", "value"])
+    if prim.empty:
+        return pd.DataFrame()
+    prim = prim.assign(
+        panel=[t.split("/")[0] + " (avg)" if is_paper_task(t) and "/" in t else t for t in prim["task"]]
+    )
+    agg = (
+        prim.groupby(["model", "panel", "quant"], as_index=False)
+        .agg(kv_effective_bits=("kv_effective_bits", "mean"), value=("value", "mean"), metric=("metric", "first"),
+             lower_is_better=("lower_is_better", "first"), n_tasks=("task", "nunique"))
+    )  # fmt: skip
+    # an average over fewer tasks is not comparable (e.g. ablation steps run on Scene Transition only)
+    full = agg.groupby(["model", "panel"])["n_tasks"].transform("max")
+    agg = agg[agg["n_tasks"] == full].reset_index(drop=True)
+    return agg
+
+
+def fig8(records: list[dict[str, Any]]) -> tuple[Any, pd.DataFrame] | None:
+    """Accuracy (or perplexity) vs KV effective bits, one marker per method, one panel per (model, task)."""
+    df = fig8_frame(records)
+    if df.empty:
+        return None
+    panels = sorted(df.groupby(["model", "panel"]).groups, key=lambda k: (not is_paper_task(k[1]), k))
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = style.figure(nrows, ncols, width=3.2, height=2.6)
+    for ax, (model, panel) in zip(axes.flat, panels):
+        sub = df[(df["model"] == model) & (df["panel"] == panel)]
+        for _, r in sub.iterrows():
+            ax.scatter(r["kv_effective_bits"], r["value"], color=style.color(r["quant"]), marker=style.marker(r["quant"]),
+                       s=40, label=style.label(r["quant"]), zorder=3, edgecolor="black", linewidth=0.4)  # fmt: skip
+        fp = sub[sub["quant"] == "fp16"]
+        if not fp.empty:
+            ax.axhline(float(fp["value"].iloc[0]), color=style.color("fp16"), linestyle="--", linewidth=0.8)
+        metric = str(sub["metric"].iloc[0])
+        if (
+            bool(sub["lower_is_better"].iloc[0])
+            and (sub["value"] > 0).all()
+            and sub["value"].max() / sub["value"].min() > 20
+        ):
+            ax.set_yscale("log")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([2, 3, 4, 6, 8, 16], ["2", "3", "4", "6", "8", "16"])
+        ax.minorticks_off()
+        ax.set_xlabel("KV effective bits per element")
+        n = int(sub["n_tasks"].max())
+        ylab = f"mean {metric} over {n} tasks" if n > 1 else metric
+        ax.set_ylabel(ylab + (" (lower is better)" if bool(sub["lower_is_better"].iloc[0]) else ""))
+        ax.set_title(f"{model} | {panel}")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    handles: dict[str, Any] = {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    by_label = {style.label(q): q for q in df["quant"].unique()}
+    names = sorted(handles, key=lambda lab: style.method_sort_key(by_label.get(lab, lab)))
+    ncol = min(7, len(names))
+    top = 1 - 0.3 / (nrows * 2.6) * math.ceil(len(names) / ncol)
+    fig.tight_layout(rect=(0, 0, 1, top))
+    fig.legend([handles[n] for n in names], names, loc="upper center", ncol=ncol, frameon=False,
+               bbox_to_anchor=(0.5, 1.0))  # fmt: skip
+    return fig, df
+
+
+# ----------------------------------------------------------------------------------------------- Fig. 9
+
+BATCH_KEYS = ("batch", "batch_size")
+MEM_KEYS = ("peak_memory_bytes", "peak_bytes", "memory_bytes", "peak_memory")
+
+
+def memory_curve(rec: dict[str, Any]) -> list[tuple[float, float]]:
+    """(batch, peak bytes) points of one efficiency record: a list of points under any metrics key
+    (`memory_vs_batch`, `curve`, ...), a {batch: bytes} mapping, or the record itself as one point."""
+    metrics = rec.get("metrics") or {}
+    pts: list[tuple[float, float]] = []
+    for key, val in metrics.items():
+        if isinstance(val, list):
+            for p in val:
+                if isinstance(p, dict):
+                    b = next((p[k] for k in BATCH_KEYS if data.is_number(p.get(k))), None)
+                    m = next((p[k] for k in MEM_KEYS if data.is_number(p.get(k))), None)
+                    if b is not None and m is not None:
+                        pts.append((float(b), float(m)))
+        elif isinstance(val, dict) and "memory" in key and all(str(k).isdigit() for k in val):
+            pts.extend((float(b), float(m)) for b, m in val.items() if data.is_number(m))
+    if not pts:
+        b = next((metrics.get(k) for k in BATCH_KEYS if data.is_number(metrics.get(k))), None)
+        m = next(
+            (
+                v
+                for v in (metrics.get("peak_memory_bytes"), rec.get("peak_memory_bytes"))
+                if data.is_number(v)
+            ),
+            None,
+        )
+        if b is not None and m is not None:
+            pts.append((float(b), float(m)))
+    return sorted(set(pts))
+
+
+def fig9_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for r in data.efficiency_records(records):
+        prompt = (r.get("metrics") or {}).get("prompt_len") or (r.get("config") or {}).get("prompt_len")
+        for b, m in memory_curve(r):
+            rows.append({"model": str(r.get("model")), "prompt_len": prompt, "quant": str(r.get("quant")),
+                         "batch": b, "peak_memory_gib": m / 2**30, "device": r.get("device")})  # fmt: skip
+    df = pd.DataFrame(rows, columns=["model", "prompt_len", "quant", "batch", "peak_memory_gib", "device"])
+    return df.drop_duplicates(["model", "prompt_len", "quant", "batch"], keep="last")
+
+
+def fig9(records: list[dict[str, Any]]) -> tuple[Any, pd.DataFrame] | None:
+    """Peak memory vs batch size per method, one panel per (model, prompt length): the paper's Fig. 9."""
+    df = fig9_frame(records)
+    if df.empty:
+        return None
+    panels = sorted(df.groupby(["model", "prompt_len"], dropna=False).groups, key=str)
+    fig, axes = style.figure(1, len(panels), width=3.4, height=2.6)
+    for ax, (model, prompt) in zip(axes.flat, panels):
+        sub = df[
+            (df["model"] == model)
+            & ((df["prompt_len"] == prompt) | (df["prompt_len"].isna() & pd.isna(prompt)))
+        ]
+        for q in sorted(sub["quant"].unique(), key=style.method_sort_key):
+            s = sub[sub["quant"] == q].sort_values("batch")
+            ax.plot(
+                s["batch"],
+                s["peak_memory_gib"],
+                marker=style.marker(q),
+                color=style.color(q),
+                label=style.label(q),
+            )
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("peak memory (GiB)")
+        ax.set_title(
+            f"{model}" + (f" | prompt {int(prompt)}" if prompt is not None and not pd.isna(prompt) else "")
+        )
+        ax.legend()
+    fig.tight_layout()
+    return fig, df
+
+
+# ----------------------------------------------------------------------------------------------- Fig. 5
+
+FIG5_STATS = ("min", "p01", "p25", "p50", "p75", "p99", "max")
+
+
+def fig5(stats: pd.DataFrame, layers: list[int] | None = None) -> tuple[Any, pd.DataFrame] | None:
+    """Per-channel value ranges of K and V before and after the Walsh-Hadamard transform, for a few layers.
+
+    `stats` has one row per (model, layer, kind, transform, channel) with the columns FIG5_STATS (what
+    `scripts/fig5_kv_distribution.py` writes). Rows: layers; columns: K raw, K WHT, V raw, V WHT."""
+    if stats is None or stats.empty:
+        return None
+    all_layers = sorted(stats["layer"].unique())
+    layers = [x for x in (layers or all_layers) if x in all_layers][:4]
+    df = stats[stats["layer"].isin(layers)].copy()
+    cols = [("key", "none"), ("key", "wht"), ("value", "none"), ("value", "wht")]
+    fig, axes = style.figure(len(layers), 4, width=2.6, height=1.9, sharex=True)
+    for i, layer in enumerate(layers):
+        for j, (kind, tr) in enumerate(cols):
+            ax = axes[i, j]
+            s = df[(df["layer"] == layer) & (df["kind"] == kind) & (df["transform"] == tr)].sort_values(
+                "channel"
+            )
+            if s.empty:
+                ax.set_visible(False)
+                continue
+            x = s["channel"].to_numpy()
+            c = style.color("kivi2" if kind == "key" else "akvq")
+            ax.fill_between(x, s["min"], s["max"], color=c, alpha=0.25, linewidth=0, label="min-max")
+            ax.fill_between(x, s["p01"], s["p99"], color=c, alpha=0.55, linewidth=0, label="1-99%")
+            ax.plot(x, s["p50"], color="black", linewidth=0.6, label="median")
+            if "head_dim" in s.columns:  # head boundaries: the WHT mixes channels within a head only
+                hd = int(s["head_dim"].iloc[0])
+                for b in range(hd, int(x.max()) + 1, hd):
+                    ax.axvline(b - 0.5, color="grey", linewidth=0.5, linestyle=":")
+            # same y range before and after the transform, so the flattening is visible
+            pair = df[(df["layer"] == layer) & (df["kind"] == kind)]
+            lim = float(np.nanmax(np.abs(pair[["min", "max"]].to_numpy()))) * 1.05
+            ax.set_ylim(-lim, lim)
+            name = "K" if kind == "key" else "V"
+            ax.set_title(f"layer {layer}: {name} {'after WHT' if tr == 'wht' else 'raw'}")
+            if i == len(layers) - 1:
+                ax.set_xlabel("channel (KV head x head dim)")
+            if j == 0:
+                ax.set_ylabel("value")
+    axes[0, 0].legend(loc="upper left", fontsize=6)
+    model = str(df["model"].iloc[0]) if "model" in df else ""
+    fig.suptitle(f"{model}: per-channel K/V value range before and after WHT", y=1.0)
+    fig.tight_layout()
+    return fig, df
+
+
+def load_fig5(paths: list[Path]) -> pd.DataFrame | None:
+    """The first existing Fig. 5 data file among `paths` (the extraction script's CSV)."""
+    for p in paths:
+        if p.is_file():
+            df = pd.read_csv(p)
+            if set(FIG5_STATS) | {"layer", "kind", "transform", "channel"} <= set(df.columns):
+                return df
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- Fig. 2-4
+
+FIG_TITLES = {
+    "fig2_locality": "Locality: attention share on the recent window",
+    "fig3_tsa": "Text-salient attention: mean attention per text vs vision token",
+    "fig4_psa": "Pivot-salient attention: share held by k pivot tokens vs k random tokens",
+}
+
+
+def fig_attention(profiles: pd.DataFrame, fig_name: str) -> tuple[Any, pd.DataFrame] | None:
+    """One of Fig. 2-4 from the profiler's per-layer CSVs: one panel per model, x = layer, one line per
+    token role; TSA layers shaded when the CSV says which layers are TSA."""
+    from akvq.artifacts.saliency import SERIES_ROLE, series_columns
+
+    if profiles is None or profiles.empty:
+        return None
+    panels = []
+    for model, sub in profiles.groupby("model", sort=True):
+        cols = series_columns(sub, fig_name)
+        if cols:
+            panels.append((model, sub.sort_values("layer"), cols))
+    if not panels:
+        return None
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = style.figure(nrows, ncols, width=3.4, height=2.5)
+    drawn = []
+    for ax, (model, sub, cols) in zip(axes.flat, panels):
+        ptype = next((c for c in ("pattern", "layer_pattern") if c in sub.columns), None)
+        tsa = (
+            sub.loc[sub[ptype].astype(str).str.lower() == "tsa", "layer"] if ptype else pd.Series(dtype=float)
+        )
+        for layer in tsa:
+            ax.axvspan(layer - 0.5, layer + 0.5, color="#dddddd", zorder=0, linewidth=0)
+        for lab, c in cols.items():
+            ax.plot(sub["layer"], sub[c], marker=".", color=style.color(SERIES_ROLE.get(lab, lab)), label=lab)
+            drawn.append(
+                pd.DataFrame(
+                    {"model": model, "layer": sub["layer"], "series": lab, "column": c, "value": sub[c]}
+                )
+            )
+        if fig_name == "fig3_tsa":
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(0, 1)
+        ax.set_xlabel("layer" + (" (grey: TSA layers)" if len(tsa) else ""))
+        ax.set_ylabel("mean attention per token" if fig_name == "fig3_tsa" else "share of attention mass")
+        ax.set_title(str(model))
+        ax.legend()
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    fig.suptitle(FIG_TITLES[fig_name], y=1.0)
+    fig.tight_layout()
+    return fig, pd.concat(drawn, ignore_index=True)

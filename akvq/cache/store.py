@@ -1,0 +1,234 @@
+"""One of K or V for one layer: a 16-bit tail (the recent window) plus the tokens that left it, stored packed.
+
+Rows are tokens in token-major order (position t, batch b) -> t * B + b, each row all KV heads' channels
+(heads * head_dim), so a flush appends rows and never re-quantizes old ones. A per-token class map (one
+uint8 per token: 0 = low bits, 1 = text bits, 2 = 16-bit) says which packed table holds each row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from akvq.policies.base import TensorPlan
+from akvq.quant.hadamard import fwht
+from akvq.quant.uniform import QTensor, dequantize, quantize
+
+LOW, TEXT, HIGH = 0, 1, 2  # semantic precision classes
+
+
+@dataclass
+class StoreBytes:
+    codes: int = 0
+    meta: int = 0
+    hp: int = 0
+    index: int = 0
+
+    def __iadd__(self, other: StoreBytes) -> StoreBytes:
+        self.codes += other.codes
+        self.meta += other.meta
+        self.hp += other.hp
+        self.index += other.index
+        return self
+
+
+def _cat(a: torch.Tensor | None, b: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    return b if a is None else torch.cat([a, b], dim=dim)
+
+
+def _cat_q(a: QTensor | None, b: QTensor, dim: int = 0) -> QTensor:
+    if a is None:
+        return b
+    return QTensor(
+        torch.cat([a.codes, b.codes], dim), torch.cat([a.scale, b.scale], dim), torch.cat([a.zero, b.zero], dim),
+        a.bits, a.group_size, a.n + (b.n if dim == -1 else 0), a.float_zero,
+    )
+
+
+@dataclass
+class TensorStore:
+    plan: TensorPlan
+    text_bits: int | None
+    hp_dtype: torch.dtype
+    num_heads: int
+    head_dim: int
+    batch: int
+    tail: torch.Tensor | None = None  # [B, H, n, D]
+    n_q: int = 0  # tokens that left the window
+    cls: torch.Tensor | None = None  # uint8 [n_q * B] (token axis)
+    tables: dict[int, QTensor] = field(default_factory=dict)  # class -> rows (token axis)
+    hp_rows: torch.Tensor | None = None  # [N_high, H*D], original space
+    hp_pos: torch.Tensor | None = None  # int32 row positions of hp_rows (channel axis only)
+    chan: QTensor | None = None  # channel axis: codes [B, H*D, n_q * bits / 8]
+    smooth: torch.Tensor | None = None  # fp16 [B, H*D]
+    # Evaluation speed-up: keep the dequantized history (numerically identical reads, fp memory). Off for
+    # memory/throughput measurements; the packed tables are held and accounted either way.
+    keep_dequantized: bool = False
+    _deq: torch.Tensor | None = None
+
+    @property
+    def width(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def group(self) -> int:
+        p = self.plan
+        if p.axis == "channel":
+            return p.group_size
+        return min(p.group_size, self.width if p.group_across_heads else self.head_dim)
+
+    @property
+    def tail_len(self) -> int:
+        return 0 if self.tail is None else self.tail.shape[-2]
+
+    def bits_of(self, cls: int) -> int:
+        return self.text_bits if cls == TEXT and self.text_bits else self.plan.bits
+
+    def flushable(self, n_new: int) -> int:
+        """Tokens to move out of the tail before appending n_new, so that the window holds the newest ones."""
+        m = min(self.tail_len + n_new - self.plan.window, self.tail_len)
+        c = self.plan.chunk
+        return max(0, m // c * c)
+
+    # --- transforms between [B, H, n, D] and rows [n * B, H * D] ---
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, n, d = x.shape
+        return x.permute(2, 0, 1, 3).reshape(n * b, h * d)
+
+    def _forward(self, rows: torch.Tensor) -> torch.Tensor:
+        rows = rows.float()
+        if self.plan.hadamard:
+            rows = fwht(rows.unflatten(-1, (self.num_heads, self.head_dim))).flatten(-2)
+        if self.smooth is not None:
+            rows = (rows.view(-1, self.batch, self.width) / self.smooth.float()).view(-1, self.width)
+        return rows
+
+    def _inverse(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.smooth is not None:
+            rows = (rows.view(-1, self.batch, self.width) * self.smooth.float()).view(-1, self.width)
+        if self.plan.hadamard:
+            rows = fwht(rows.unflatten(-1, (self.num_heads, self.head_dim))).flatten(-2)
+        return rows
+
+    def _calibrate(self, rows: torch.Tensor) -> None:
+        """SmoothQuant scales from the first tokens that leave the window (the prompt)."""
+        a = self.plan.smooth_alpha
+        if a is None or self.smooth is not None:
+            return
+        x = rows.float()
+        if self.plan.hadamard:
+            x = fwht(x.unflatten(-1, (self.num_heads, self.head_dim))).flatten(-2)
+        amax = x.view(-1, self.batch, self.width).abs().amax(0).clamp_min(1e-5)
+        s = amax.pow(a)
+        self.smooth = (s / s.mean(-1, keepdim=True)).half()
+
+    # --- write ---
+    def append(self, x: torch.Tensor) -> None:
+        self.tail = _cat(self.tail, x.to(self.hp_dtype), dim=-2)
+
+    def flush(self, m: int, classes: torch.Tensor) -> None:
+        """Quantize the m oldest tail tokens once; classes is uint8 [m, B]."""
+        old, self.tail = self.tail[:, :, :m], self.tail[:, :, m:]
+        orig = self._rows(old)
+        self._calibrate(orig)
+        rows = self._forward(orig)
+        flat = classes.reshape(-1).to(torch.uint8)
+        if self.plan.axis == "channel":
+            self._flush_channel(orig, rows, flat, m)
+        else:
+            self._flush_token(orig, rows, flat)
+        self.n_q += m
+        if self.keep_dequantized:
+            self._deq = _cat(self._deq, self.decode(m, torch.float32), dim=-2)
+
+    def _quantize(self, rows: torch.Tensor, bits: int) -> QTensor:
+        p = self.plan
+        return quantize(rows, bits, self.group, p.clip_for(bits), p.clip_search, p.float_zero)
+
+    def _flush_token(self, orig: torch.Tensor, rows: torch.Tensor, flat: torch.Tensor) -> None:
+        for c in (LOW, TEXT, HIGH):
+            sel = (flat == c).nonzero().squeeze(1)
+            if sel.numel() == 0:
+                continue
+            if c == HIGH:
+                self.hp_rows = _cat(self.hp_rows, orig[sel].to(self.hp_dtype))
+            else:
+                self.tables[c] = _cat_q(self.tables.get(c), self._quantize(rows[sel], self.bits_of(c)))
+        self.cls = _cat(self.cls, flat)
+
+    def _flush_channel(self, orig: torch.Tensor, rows: torch.Tensor, flat: torch.Tensor, m: int) -> None:
+        high = flat == HIGH
+        if bool(high.any()):
+            pos = high.nonzero().squeeze(1)
+            self.hp_rows = _cat(self.hp_rows, orig[pos].to(self.hp_dtype))
+            self.hp_pos = _cat(self.hp_pos, (pos + self.n_q * self.batch).to(torch.int32))
+            # A 16-bit token must not stretch its channel groups: stand in the mean of the others.
+            r = rows.view(m, self.batch, self.width)
+            keep = (~high).view(m, self.batch, 1).float()
+            mean = (r * keep).sum(0) / keep.sum(0).clamp_min(1)
+            rows = torch.where(high.view(m, self.batch, 1), mean.expand_as(r), r).view(-1, self.width)
+        x = rows.view(m, self.batch, self.width).permute(1, 2, 0)  # [B, W, m], groups of `group` tokens
+        self.chan = _cat_q(self.chan, quantize(x, self.plan.bits, self.group, self.plan.clip_for(self.plan.bits), float_zero=self.plan.float_zero), -1)
+
+    # --- read ---
+    def materialize(self, dtype: torch.dtype) -> torch.Tensor:
+        """All tokens as [B, H, T, D]: the packed ones dequantized, then the tail, in token order."""
+        tail = self.tail.to(dtype)
+        if self.n_q == 0:
+            return tail
+        old = self._deq.to(dtype) if self.keep_dequantized else self.decode(self.n_q, dtype)
+        return torch.cat([old, tail], dim=-2)
+
+    def decode(self, m: int, dtype: torch.dtype) -> torch.Tensor:
+        """The last m packed tokens as [B, H, m, D] (tables are append-only, so a suffix is a suffix per class)."""
+        b, start = self.batch, (self.n_q - m) * self.batch
+        if self.plan.axis == "channel":
+            q, per = self.chan, self.plan.bits * self.group // 8
+            g0 = (self.n_q - m) // self.group
+            part = QTensor(q.codes[..., g0 * per :], q.scale[..., g0:], q.zero[..., g0:], q.bits, q.group_size, m,
+                           q.float_zero)
+            out = dequantize(part).permute(2, 0, 1).reshape(m * b, self.width)
+        else:
+            cls = self.cls[start:]
+            out = torch.empty(m * b, self.width, dtype=torch.float32, device=self.tail.device)
+            for c, q in self.tables.items():
+                sel = (cls == c).nonzero().squeeze(1)
+                if sel.numel():
+                    k = sel.numel()
+                    part = QTensor(q.codes[-k:], q.scale[-k:], q.zero[-k:], q.bits, q.group_size, q.n, q.float_zero)
+                    out[sel] = dequantize(part)
+        out = self._inverse(out)
+        if self.hp_rows is not None:
+            if self.plan.axis == "channel":
+                keep = self.hp_pos >= start
+                pos, rows = self.hp_pos[keep].long() - start, self.hp_rows[keep]
+            else:
+                pos = (self.cls[start:] == HIGH).nonzero().squeeze(1)
+                rows = self.hp_rows[self.hp_rows.shape[0] - pos.numel() :]
+            out[pos] = rows.float()
+        return out.view(m, b, self.num_heads, self.head_dim).permute(1, 2, 0, 3).to(dtype)
+
+    def nbytes(self) -> StoreBytes:
+        r = StoreBytes()
+        if self.tail is not None:
+            r.hp += self.tail.nbytes
+        if self.hp_rows is not None:
+            r.hp += self.hp_rows.nbytes
+        for qt in [*self.tables.values(), *([self.chan] if self.chan is not None else [])]:
+            r.codes += qt.codes.nbytes
+            r.meta += qt.scale.nbytes + qt.zero.nbytes
+        if self.smooth is not None:
+            r.meta += self.smooth.nbytes
+        for t in (self.cls, self.hp_pos):
+            if t is not None:
+                r.index += t.nbytes
+        return r
+
+    def select_batch(self, idx: torch.Tensor) -> None:
+        """Beam reordering; only the 16-bit tail can be permuted without a lossy round trip."""
+        if self.n_q:
+            raise NotImplementedError(
+                "beam search reorders the batch, which a packed cache cannot do losslessly; use greedy or sampling"
+            )
+        if self.tail is not None:
+            self.tail = self.tail.index_select(0, idx.to(self.tail.device))

@@ -1,0 +1,26 @@
+"""KIVI: keys per channel (groups of `residual` tokens), values per token, full-precision residual."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from akvq.errors import ConfigError
+from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits
+
+
+@dataclass
+class KIVIPolicy(Policy):
+    name = "kivi"
+    bits: int = 2
+    group_size: int = 128  # value groups along channels (min(group_size, head_dim))
+    residual: int = 128  # KIVI's R: keys flush in groups of R tokens, values keep the last R in full precision
+
+    def validate(self) -> None:
+        check_bits(self.bits)
+        if self.residual <= 0 or self.group_size <= 0:
+            raise ConfigError("kivi: residual and group_size must be > 0")
+
+    def layer_plan(self, layer_idx: int, num_layers: int) -> LayerPlan:
+        k = TensorPlan(bits=self.bits, group_size=self.residual, clip_ratio=1.0, axis="channel", window=0)
+        v = TensorPlan(bits=self.bits, group_size=self.group_size, clip_ratio=1.0, window=self.residual)
+        return LayerPlan(k=k, v=v)

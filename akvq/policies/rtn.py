@@ -1,0 +1,26 @@
+"""Round-to-nearest, per token, same bits for K and V: the paper's RTN baseline (no window by default)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from akvq.errors import ConfigError
+from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits
+
+
+@dataclass
+class RTNPolicy(Policy):
+    name = "rtn"
+    bits: int = 2
+    group_size: int = 128
+    clip_ratio: float | None = 1.0
+    window: int = 0
+
+    def validate(self) -> None:
+        check_bits(self.bits)
+        if self.group_size <= 0 or self.window < 0:
+            raise ConfigError("group_size must be > 0 and window >= 0")
+
+    def layer_plan(self, layer_idx: int, num_layers: int) -> LayerPlan:
+        t = TensorPlan(bits=self.bits, group_size=self.group_size, clip_ratio=self.clip_ratio, window=self.window)
+        return LayerPlan(k=t, v=t)

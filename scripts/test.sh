@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Sets up .venv (idempotent) and runs the lint and the test suite. CI calls this through .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check akvq tests scripts run.py
+exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny random models of the real architectures, built once per session."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(2)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny(kind: str):
+    from akvq.models.tiny import build_tiny
+
+    return build_tiny(kind)
+
+
+def image(w: int, h: int, seed: int = 0) -> Image.Image:
+    g = torch.Generator().manual_seed(seed)
+    return Image.fromarray((torch.rand(h, w, 3, generator=g) * 255).byte().numpy())
+
+
+def tiny_inputs(kind: str, batch: int = 2):
+    """A batch with different prompt lengths (left padding); VLMs get one or two images per prompt."""
+    from akvq.models.prompting import build_inputs
+
+    loaded = tiny(kind)
+    filler = "the quick brown fox jumps over the lazy dog " * 3
+    if kind == "llama":
+        prompts = [filler * 2, "short prompt " + filler][:batch]
+        return loaded, build_inputs(loaded, prompts)
+    prompts = [f"<image> {filler} <image> describe both", f"{filler} <image> what is it"][:batch]
+    images = [[image(60, 40, 1), image(40, 70, 2)], [image(56, 56, 3)]][:batch]
+    return loaded, build_inputs(loaded, prompts, images)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    return tiny("llama")

@@ -1,0 +1,234 @@
+"""Paper artifacts: each table and figure builds from the fixture records, the notebook runs, missing runs are
+listed with the sweep command that produces them, and each sweep composes with Hydra."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from akvq.artifacts import build, data, sweeps, tables
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURE = REPO / "tests" / "fixtures" / "records.jsonl"
+NOTEBOOK = REPO / "notebooks" / "paper_artifacts.ipynb"
+
+
+def write_side_inputs(root: Path) -> dict[str, list[Path]]:
+    """The non-record inputs: a layer-pattern file, a profiler CSV and Fig. 5 stats (made here, small)."""
+    lp, sal = root / "layer_patterns", root / "saliency"
+    lp.mkdir()
+    sal.mkdir()
+    (lp / "llava-1.5-7b.yaml").write_text(
+        "model: llava-1.5-7b\nnum_layers: 32\ntsa: [0, 1]\npsa: 2-31\nsource: paper Table I\n"
+    )
+    (lp / "qwen2-vl-7b.yaml").write_text("model: qwen2-vl-7b\nnum_layers: 28\npsa: all\nprofiled: false\n")
+    (sal / "bad.yaml").write_text("just: a foreign file\n")
+    (sal / "tiny-llava").mkdir()
+    layers = np.arange(6)
+    pd.DataFrame({
+        "model": "tiny-llava", "layer": layers, "pattern": ["tsa", "tsa", "psa", "psa", "psa", "psa"],
+        "text_mean_attn": [0.02, 0.03, 0.01, 0.01, 0.01, 0.01], "vision_mean_attn": [0.01, 0.01, 0.01, 0.02, 0.02, 0.02],
+        "pivot_mass": [0.2, 0.3, 0.6, 0.7, 0.8, 0.8], "random_mass": [0.05] * 6, "topk_share": [0.3, 0.4, 0.7, 0.8, 0.9, 0.9],
+        "recent_share": [0.5, 0.4, 0.3, 0.2, 0.2, 0.1], "first_token_share": [0.1, 0.2, 0.5, 0.6, 0.6, 0.7],
+    }).to_csv(sal / "tiny-llava" / "profile.csv", index=False)  # the profiler's layout  # fmt: skip
+    (sal / "smollm2-135m").mkdir()  # text-only: no vision column values, so no Fig. 3 panel
+    pd.DataFrame({"model": "smollm2-135m", "layer": [0, 1], "recent_share": [0.6, 0.3], "pivot_mass": [0.1, 0.7],
+                  "text_mean_attn": [0.01, 0.02], "vision_mean_attn": [float("nan")] * 2}).to_csv(
+        sal / "smollm2-135m" / "profile.csv", index=False
+    )  # fmt: skip
+    (sal / "tiny-llava" / "pattern.yaml").write_text(
+        "model: tiny-llava\ntsa: [0, 1]\npsa: [2, 3, 4, 5]\nprofiled: true\n"
+    )
+    rows = []
+    rng = np.random.default_rng(0)
+    for layer in (0, 3):
+        for kind in ("key", "value"):
+            for tr in ("none", "wht"):
+                lo = rng.uniform(-3, -1, 8)
+                rows.append(pd.DataFrame({"model": "smollm2-135m", "layer": layer, "kind": kind, "transform": tr,
+                                          "head_dim": 4, "channel": np.arange(8), "min": lo, "p01": lo / 2, "p25": lo / 4,
+                                          "p50": 0.0, "p75": -lo / 4, "p99": -lo / 2, "max": -lo}))  # fmt: skip
+    fig5 = root / "fig5_kv_stats.csv"
+    pd.concat(rows).to_csv(fig5, index=False)
+    return {"layer_pattern_dirs": [lp], "saliency_dirs": [sal], "fig5_data": [fig5]}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[build.Context, dict[str, build.Outcome]]:
+    root = tmp_path_factory.mktemp("artifacts")
+    ctx = build.Context(records=data.load(FIXTURE), out=root / "out", **write_side_inputs(root))
+    return ctx, {o.name: o for o in build.build_all(ctx)}
+
+
+@pytest.mark.parametrize("name", list(build.BY_NAME))
+def test_each_artifact_builds_from_fixtures(built, name: str) -> None:
+    _, outcomes = built
+    o = outcomes[name]
+    assert o.error is None and o.built, (o.error, o.todo)
+    suffixes = {p.suffix for p in o.paths}
+    assert suffixes in ({".csv", ".md"}, {".png", ".pdf", ".csv"})
+    for p in o.paths:
+        assert p.is_file() and p.stat().st_size > 0
+    csv = next(p for p in o.paths if p.suffix == ".csv")
+    assert len(pd.read_csv(csv)) > 0
+
+
+def test_torn_last_line_is_skipped() -> None:
+    lines = FIXTURE.read_text().splitlines()
+    assert len(data.load(FIXTURE)) == len(lines) - 1
+
+
+def test_table2_numbers_from_every_metrics_layout() -> None:
+    t = tables.table2(data.load(FIXTURE))
+    assert t.loc[("llava-1.5-7b", "AKVQ-VL"), "SceneTransition"] == 78.0  # dataset names as keys
+    assert t.loc[("llava-1.5-7b", "RTN-2"), "WebQA"] == 12.5  # `Dataset/metric` keys
+    assert t.loc[("llava-1.5-7b", "KIVI-2"), "TQA"] == 41.0  # nested dicts
+    assert t.loc[("llava-1.5-13b", "FP16"), "TQA"] == 55.0  # the newer record wins over the older one
+    assert t.loc[("llava-1.5-7b", "AKVQ-VL"), "ΔAvg"] == pytest.approx(0.5)
+    assert "milebench" not in t.columns and "RTN (+window)" not in t.index.get_level_values(1)
+    cpu = tables.table2(data.load(FIXTURE), paper_tasks=False)
+    assert cpu.loc[("smollm2-135m", "RTN-2"), "Δppl"] == pytest.approx(412.0 - 10.82)
+
+
+def test_ablation_order_and_table4_ratios() -> None:
+    recs = data.load(FIXTURE)
+    ab = tables.ablation(recs)
+    assert list(ab.index) == ["FP16", "RTN (+window)", "+WHT", "+WHT+TSA", "+WHT+TSA+PSA"]
+    assert list(ab.iloc[:, 0]) == [73.0, 7.5, 20.5, 41.0, 78.0]
+    t4 = tables.table4(recs).reset_index()
+    akvq = t4[(t4["model"] == "smollm2-135m") & (t4["method"] == "AKVQ-VL")].iloc[0]
+    assert akvq["batch ×"] == pytest.approx(18 / 4) and akvq["tokens/s ×"] == pytest.approx(470 / 180)
+    assert (t4["model"] == "paper: llava-1.5-7b").sum() == 2
+
+
+def test_table1_ranges(built) -> None:
+    ctx, _ = built
+    t1 = build.BY_NAME["table1"].frame(ctx)
+    assert t1.loc["llava-1.5-7b", "TSA layers"] == "0-1" and t1.loc["llava-1.5-7b", "PSA layers"] == "2-31"
+    assert t1.loc["qwen2-vl-7b", "TSA layers"] == "none" and "unprofiled" in t1.loc["qwen2-vl-7b", "source"]
+    assert t1.loc["tiny-llava", "PSA layers"] == "2-5"  # the profiler's results/saliency/<model>/pattern.yaml
+
+
+def test_attention_figures_by_role(built) -> None:
+    _, outcomes = built
+    per_fig = {
+        n: set(pd.read_csv(next(p for p in outcomes[n].paths if p.suffix == ".csv"))["model"])
+        for n in ("fig2", "fig3", "fig4")
+    }
+    assert per_fig == {
+        "fig2": {"tiny-llava", "smollm2-135m"},
+        "fig3": {"tiny-llava"},
+        "fig4": {"tiny-llava", "smollm2-135m"},
+    }
+
+
+def test_missing_records_list_the_sweep_command(tmp_path: Path) -> None:
+    ctx = build.Context(
+        records=[], out=tmp_path, layer_pattern_dirs=[], saliency_dirs=[], fig5_data=[tmp_path / "no.csv"]
+    )
+    todo = {o.name: "\n".join(o.todo) for o in build.build_all(ctx)}
+    assert "python run.py -m +sweep=paper_table2 hydra/launcher=submitit_slurm" in todo["table2"]
+    assert "python run.py -m +sweep=cpu_scale" in todo["fig8"]
+    assert "python run.py -m +sweep=paper_ablation" in todo["ablation"]
+    assert "fig5_kv_distribution.py" in todo["fig5"]
+    assert not list(tmp_path.rglob("*.png"))
+    # with the fixtures, only the absent grid points are listed
+    part = build.todo_for(build.BY_NAME["table2"], build.Context(records=data.load(FIXTURE), out=tmp_path))
+    assert "18/24 runs of sweep paper_table2 missing" in part[0] and "llava-1.5-7b/milebench/skvq" in part[0]
+
+
+def test_make_artifacts_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_artifacts", REPO / "scripts" / "make_artifacts.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert (
+        mod.main(["--records", str(tmp_path / "none.jsonl"), "--out", str(tmp_path), "--only", "table2,fig9"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "0 records read" in out and "+sweep=paper_table2" in out
+    assert (tmp_path / "artifacts_status.md").is_file()
+
+
+@pytest.mark.parametrize("name", sweeps.sweep_names())
+def test_sweep_composes_with_hydra(name: str) -> None:
+    from hydra import compose, initialize_config_dir
+
+    if not (REPO / "configs" / "config.yaml").is_file():
+        pytest.skip("configs/config.yaml not there yet")
+    grid = sweeps.load_grid(name)
+    assert grid.points, name
+    with initialize_config_dir(str(REPO / "configs"), version_base=None):
+        cfg = compose("config", overrides=[f"+sweep={name}"], return_hydra_config=True)
+        params = {k: str(v) for k, v in cfg.hydra.sweeper.params.items()}
+        assert params == {k: ",".join(v) for k, v in grid.params.items()}
+        # every option the grid names must exist; a whole task family not yet in configs/ is a skip, not a pass
+        absent = []
+        for group, idx in (("model", 0), ("task", 1), ("quant", 2)):
+            for opt in sorted({p[idx] for p in grid.points}):
+                if not (REPO / "configs" / group / f"{opt}.yaml").is_file():
+                    family = REPO / "configs" / group / f"{opt.split('/')[0]}.yaml"
+                    assert group == "task" and not family.is_file(), (
+                        f"sweep {name}: no configs/{group}/{opt}.yaml"
+                    )
+                    absent.append(f"{group}/{opt}")
+        for model, task, quant in grid.points[:2]:
+            if f"task/{task}" not in absent:
+                one = compose("config", overrides=[f"model={model}", f"task={task}", f"quant={quant}"])
+                assert one.quant.policy and one.task.name and one.model.name
+    if absent:
+        pytest.skip(f"sweep {name} composes; task configs not in configs/ yet: {absent}")
+
+
+def test_notebook_executes_on_fixture_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nbclient
+    import nbformat
+
+    side = write_side_inputs(tmp_path)  # a small Fig. 5 input keeps the run short
+    monkeypatch.setenv("AKVQ_FIG5_DATA", str(side["fig5_data"][0]))
+    monkeypatch.setenv("AKVQ_RECORDS", str(FIXTURE))
+    monkeypatch.setenv("AKVQ_ARTIFACTS_OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbclient.NotebookClient(
+        nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
+    ).execute()
+    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert f"{len(data.load(FIXTURE))} records from" in text
+    out = tmp_path / "out"
+    assert (out / "tables" / "table2_accuracy.csv").is_file()
+    assert (out / "figures" / "fig8_accuracy_vs_bits.png").is_file() and (
+        out / "figures" / "fig5_kv_distribution.png"
+    ).is_file()
+    assert not math.isnan(pd.read_csv(out / "tables" / "table2_accuracy.csv")["Avg"].iloc[-1])
+    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
+               for c in nb.cells for o in c.get("outputs", []))  # fmt: skip
+    assert os.environ["AKVQ_RECORDS"] == str(FIXTURE)
+
+
+def test_sweep_launches_its_grid(tmp_path: Path) -> None:
+    """`-m +sweep=<name>` really expands `hydra.sweeper.params` into one job per grid point (a stand-in app on
+    the same configs, so no model runs)."""
+    import subprocess
+    import sys
+
+    app = tmp_path / "app.py"
+    app.write_text(
+        "import hydra\nfrom hydra.core.hydra_config import HydraConfig\n"
+        f"@hydra.main(config_path={str(REPO / 'configs')!r}, config_name='config', version_base=None)\n"
+        "def main(cfg):\n    c = HydraConfig.get().runtime.choices\n"
+        "    print('JOB', c['model'], c['task'], c['quant'], flush=True)\nmain()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(app), "-m", "+sweep=cpu_fidelity", f"hydra.sweep.dir={tmp_path / 'multirun'}"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    jobs = {tuple(line.split()[1:]) for line in out.stdout.splitlines() if line.startswith("JOB")}
+    assert jobs == set(sweeps.load_grid("cpu_fidelity").points), out.stderr[-2000:]

@@ -1,0 +1,252 @@
+"""The cache inside transformers generate(): one test matrix over every policy and model family."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny, tiny_inputs
+from transformers import DynamicCache
+
+from akvq import api
+from akvq.cache import AKVQCache
+from akvq.cache.store import HIGH, LOW, TEXT
+from akvq.errors import ConfigError
+from akvq.policies import POLICIES, make_policy
+
+# Small windows so that a short test prompt really gets quantized.
+SMALL = {
+    "fp16": {},
+    "rtn": {"bits": 2},
+    "kivi": {"residual": 16},
+    "skvq": {"window": 8, "sink": 2},
+    "smoothquant": {},
+    "akvq": {"window": 8, "num_pivots": 3},
+}
+FAMILIES = ["llama", "llava", "qwen2_vl"]
+
+
+def storage_bytes(cache: AKVQCache) -> int:
+    """Every tensor the cache holds, found by walking the stores (independent of memory_report's sums)."""
+    total = 0
+    for layer in cache.layers:
+        for store in (layer.k, layer.v):
+            for v in vars(store).values():
+                if isinstance(v, torch.Tensor):
+                    total += v.nbytes
+                elif isinstance(v, dict):
+                    total += sum(q.codes.nbytes + q.scale.nbytes + q.zero.nbytes for q in v.values())
+                elif hasattr(v, "codes"):
+                    total += v.codes.nbytes + v.scale.nbytes + v.zero.nbytes
+    masks = (cache.vision_mask, cache.pivot_mask, cache.attention_mask)
+    return total + sum(m.nbytes for m in masks if m is not None)
+
+
+def test_policy_matrix_covers_every_policy():
+    assert set(SMALL) == set(POLICIES)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fp16_identical_to_dynamic_cache(family):
+    loaded, inputs = tiny_inputs(family)
+    model = loaded.model
+    kw = dict(max_new_tokens=12, do_sample=False)
+    ref = model.generate(**inputs, **{api.cache_kwarg(): DynamicCache(config=model.config)}, **kw)
+    out, cache = api.generate(model, inputs, make_policy("fp16", hp_dtype="model"), **kw)
+    assert torch.equal(out, ref)
+    assert cache.get_seq_length() == out.shape[1] - 1
+
+
+def test_fp16_identical_in_bfloat16():
+    loaded, inputs = tiny_inputs("llama")
+    model = loaded.model.to(torch.bfloat16)
+    try:
+        kw = dict(max_new_tokens=10, do_sample=False)
+        ref = model.generate(**inputs, **{api.cache_kwarg(): DynamicCache(config=model.config)}, **kw)
+        out, cache = api.generate(model, inputs, make_policy("fp16"), **kw)
+        assert torch.equal(out, ref)
+        assert cache.memory_report().effective_bits == pytest.approx(16, abs=0.5)
+    finally:
+        model.to(torch.float32)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_every_policy_generates(family, name):
+    loaded, inputs = tiny_inputs(family)
+    policy = make_policy(name, **SMALL[name])
+    out, cache = api.generate(loaded.model, inputs, policy, max_new_tokens=10, do_sample=False)
+    prompt_len = inputs["input_ids"].shape[1]
+    assert out.shape == (2, prompt_len + 10)
+    assert cache.get_seq_length() == prompt_len + 9  # every token stays; the last generated one is not cached
+    report = cache.memory_report()
+    assert report.total_bytes == storage_bytes(cache)
+    layer = cache.layers[0]
+    if name != "fp16":
+        assert layer.k.n_q > 0 and layer.v.n_q > 0, "the prompt must have left the window"
+        assert report.effective_bits < 16
+
+
+def test_sampling_runs():
+    loaded, inputs = tiny_inputs("llama")
+    torch.manual_seed(0)
+    out, _ = api.generate(loaded.model, inputs, make_policy("akvq", window=8), max_new_tokens=6, do_sample=True, top_k=20)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 6
+
+
+def _layer_roundtrip(policy, k, v, steps: int = 3, **masks):
+    """Drive one cache layer by hand: prefill, then `steps` decode tokens; return the cache and what it read."""
+    cache = AKVQCache(policy, 1)
+    for key, m in masks.items():
+        getattr(cache, f"set_{key}")(m)
+    p = k.shape[2] - steps
+    cache.update(k[:, :, :p], v[:, :, :p], 0)
+    for i in range(p, k.shape[2]):
+        rk, rv = cache.update(k[:, :, i : i + 1], v[:, :, i : i + 1], 0)
+    return cache, rk, rv
+
+
+def test_window_and_pivots_stay_exact_rest_is_quantized():
+    torch.manual_seed(0)
+    b, h, t, d = 2, 2, 40, 16
+    k, v = torch.randn(b, h, t, d), torch.randn(b, h, t, d)
+    pivots = torch.zeros(b, t - 3, dtype=torch.bool)
+    pivots[0, 5] = pivots[1, 11] = True
+    policy = make_policy("akvq", window=8, tsa=False, hp_dtype="model")
+    cache, rk, rv = _layer_roundtrip(policy, k, v, pivots=pivots)
+    torch.testing.assert_close(rk[:, :, -8:], k[:, :, -8:], rtol=0, atol=0)  # the recent window
+    torch.testing.assert_close(rk[0, :, 5], k[0, :, 5], rtol=0, atol=0)  # pivots
+    torch.testing.assert_close(rv[1, :, 11], v[1, :, 11], rtol=0, atol=0)
+    old = rk[:, :, :32] - k[:, :, :32]
+    assert old.abs().max() > 1e-3  # quantized
+    assert (old.abs() < 2.0).all()  # but close
+    layer = cache.layers[0]
+    assert layer.k.n_q == 32 and int((layer.k.cls == HIGH).sum()) == 2
+
+
+def test_tokens_are_quantized_once():
+    torch.manual_seed(0)
+    k, v = torch.randn(1, 2, 30, 16), torch.randn(1, 2, 30, 16)
+    cache = AKVQCache(make_policy("rtn", bits=2, window=4), 1)
+    cache.update(k[:, :, :20], v[:, :, :20], 0)
+    cache.update(k[:, :, 20:21], v[:, :, 20:21], 0)
+    codes_before = cache.layers[0].k.tables[LOW].codes.clone()
+    first = cache.layers[0].k.n_q
+    for i in range(21, 30):
+        cache.update(k[:, :, i : i + 1], v[:, :, i : i + 1], 0)
+    store = cache.layers[0].k
+    assert store.n_q == first + 9 and store.tail_len == 4
+    assert torch.equal(store.tables[LOW].codes[: codes_before.shape[0]], codes_before)
+
+
+@pytest.mark.parametrize("name", ["rtn", "kivi", "skvq", "smoothquant", "akvq"])
+def test_quantized_read_matches_reference_math(name):
+    """What the cache returns equals quantize->dequantize of the same rows, token order kept."""
+    from akvq.quant import dequantize, fwht, quantize
+
+    torch.manual_seed(1)
+    b, h, t, d = 2, 2, 70, 16
+    k, v = torch.randn(b, h, t, d), torch.randn(b, h, t, d) * 3
+    overrides = {"rtn": {}, "kivi": {"residual": 16}, "skvq": {"sink": 0, "window": 8},
+                 "smoothquant": {}, "akvq": {"tsa": False, "psa": False, "window": 8}}[name]
+    policy = make_policy(name, hp_dtype="model", **overrides)
+    cache, rk, _ = _layer_roundtrip(policy, k, v, steps=2)
+    store = cache.layers[0].k
+    n = store.n_q
+    x = k[:, :, :n].permute(2, 0, 1, 3).reshape(n * b, h * d)
+    plan = store.plan
+    if plan.hadamard:
+        x = fwht(x.view(-1, h, d)).view(-1, h * d)
+    if store.smooth is not None:
+        x = (x.view(n, b, -1) / store.smooth.float()).view(-1, h * d)
+    if plan.axis == "channel":
+        xt = x.view(n, b, -1).permute(1, 2, 0)
+        ref = dequantize(quantize(xt, plan.bits, plan.group_size, 1.0)).permute(2, 0, 1).reshape(n * b, -1)
+    else:
+        ref = dequantize(quantize(x, plan.bits, store.group, plan.clip_for(plan.bits), plan.clip_search))
+    if store.smooth is not None:
+        ref = (ref.view(n, b, -1) * store.smooth.float()).view(-1, h * d)
+    if plan.hadamard:
+        ref = fwht(ref.view(-1, h, d)).view(-1, h * d)
+    ref = ref.view(n, b, h, d).permute(1, 2, 0, 3)
+    torch.testing.assert_close(rk[:, :, :n], ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(rk[:, :, n:], k[:, :, n:], rtol=0, atol=0)
+
+
+def test_tsa_text_4bit_vision_2bit():
+    torch.manual_seed(0)
+    b, h, t, d = 1, 2, 50, 16
+    k, v = torch.randn(b, h, t, d), torch.randn(b, h, t, d)
+    vision = torch.zeros(b, t - 1, dtype=torch.bool)
+    vision[:, 10:30] = True
+    policy = make_policy("akvq", window=8, layer_pattern=["tsa"])
+    cache, _, _ = _layer_roundtrip(policy, k, v, steps=1, token_roles=vision)
+    store = cache.layers[0].k
+    assert store.tables[TEXT].bits == 4 and store.tables[LOW].bits == 2
+    assert store.tables[LOW].codes.shape[0] == 20  # the vision tokens
+    assert store.tables[TEXT].codes.shape[0] == store.n_q - 20
+    assert int((store.cls == TEXT).sum()) == store.n_q - 20
+
+
+def test_two_bit_payload_is_an_eighth_of_fp16():
+    k = torch.randn(1, 2, 300, 64)
+    cache, _, _ = _layer_roundtrip(make_policy("rtn", bits=2, window=0), k, k.clone(), steps=1)
+    store = cache.layers[0].k
+    assert store.tables[LOW].codes.nbytes * 8 == store.n_q * 2 * 64 * 2
+
+
+def test_kivi_keys_flush_in_residual_groups():
+    k = torch.randn(1, 2, 100, 16)
+    cache, _, _ = _layer_roundtrip(make_policy("kivi", residual=32), k, k.clone(), steps=5)
+    layer = cache.layers[0]
+    assert layer.k.n_q % 32 == 0 and 0 < layer.k.tail_len <= 32 + 1
+    assert layer.v.tail_len == 32  # values keep a sliding residual
+
+
+def test_bad_configs_fail_before_any_model_loads():
+    with pytest.raises(ConfigError, match="bits"):
+        make_policy("akvq", bits=5)
+    with pytest.raises(ConfigError, match="text_bits"):
+        make_policy("akvq", text_bits=6)
+    with pytest.raises(ConfigError, match="unknown quant policy"):
+        make_policy("gptq")
+    with pytest.raises(ConfigError, match="no field"):
+        make_policy("kivi", window=3)
+    with pytest.raises(ConfigError, match="group_size"):
+        make_policy("rtn", group_size=48).check_model(num_kv_heads=2, head_dim=64, num_layers=2)
+    with pytest.raises(ConfigError, match="power-of-two"):
+        make_policy("akvq").check_model(num_kv_heads=2, head_dim=80, num_layers=2)
+    with pytest.raises(ConfigError, match="layer_pattern"):
+        make_policy("akvq", layer_pattern=["tsa", "xsa"])
+
+
+def test_beam_search_refuses_clearly():
+    loaded, inputs = tiny_inputs("llama")
+    with pytest.raises(NotImplementedError, match="beam"):
+        api.generate(loaded.model, inputs, make_policy("rtn", window=0), max_new_tokens=4, num_beams=2, do_sample=False)
+
+
+def test_llava_next_generates_with_akvq():
+    loaded, inputs = tiny_inputs("llava_next")
+    out, cache = api.generate(loaded.model, inputs, make_policy("akvq", window=8), max_new_tokens=5, do_sample=False)
+    assert cache.get_seq_length() == out.shape[1] - 1
+    assert tiny("llava_next").family == "llava_next"
+
+
+@pytest.mark.parametrize("name", ["rtn", "kivi", "skvq", "smoothquant", "akvq"])
+def test_cached_read_path_is_numerically_identical(name):
+    torch.manual_seed(2)
+    k, v = torch.randn(2, 2, 90, 16), torch.randn(2, 2, 90, 16)
+    pivots = torch.rand(2, 80) > 0.9
+    vision = torch.rand(2, 80) > 0.5
+    overrides = {"kivi": {"residual": 16}, "skvq": {"window": 8}, "akvq": {"window": 8, "layer_pattern": ["tsa"]}}
+    outs = []
+    for path in ("dequantize", "cached"):
+        cache = AKVQCache(make_policy(name, **overrides.get(name, {})), 1, read_path=path)
+        cache.set_pivots(pivots)
+        cache.set_token_roles(vision)
+        cache.update(k[:, :, :80], v[:, :, :80], 0)
+        for i in range(80, 90):
+            rk, rv = cache.update(k[:, :, i : i + 1], v[:, :, i : i + 1], 0)
+        outs.append((rk, rv, cache.memory_report().total_bytes))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    assert outs[0][2] == outs[1][2]

@@ -1,0 +1,232 @@
+"""Config composition with Hydra's compose API: every model x task x quant that should work validates, the ones
+that must not fail with a clear message before any model loads, and both launchers compose."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+
+from akvq import runner
+from akvq.errors import ConfigError
+
+CONFIG_DIR = runner.CONFIG_DIR
+MODELS = runner.available("model")
+TASKS = runner.available("task")
+QUANTS = runner.available("quant")
+LADDER = {  # the ablation ladder RTN -> +WHT -> +TSA -> +PSA as (hadamard, tsa, psa)
+    "akvq_rtn": (False, False, False),
+    "akvq_wht": (True, False, False),
+    "akvq_tsa": (True, True, False),
+    "akvq_psa": (True, True, True),
+}
+
+Compose = Callable[..., DictConfig]
+pytestmark = pytest.mark.filterwarnings("ignore:(?s).*validated against ConfigStore schema")
+
+
+@pytest.fixture(scope="module")
+def cfg_of() -> Iterator[Compose]:
+    warnings.filterwarnings("ignore", message="(?s).*validated against ConfigStore schema.*")
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        yield lambda *overrides: compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+@pytest.fixture
+def tasks_even_if_unwritten(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real task registry; a task whose module is not written yet stands in as a bare Task."""
+    from akvq.tasks.base import Task
+
+    real = runner.get_task
+
+    def get_task(name: str, cfg: Any) -> Any:
+        try:
+            return real(name, cfg)
+        except ModuleNotFoundError:
+            return Task(name, cfg)
+
+    monkeypatch.setattr(runner, "get_task", get_task)
+
+
+def test_expected_choices_exist() -> None:
+    for m in (
+        "llava",
+        "llava-1.5-7b",
+        "llava-1.5-13b",
+        "llava-1.6-vicuna-7b",
+        "llava-1.6-mistral-7b",
+        "qwen2-vl-7b",
+        "qwen2.5-vl-7b",
+        "smollm2-135m",
+        "tiny-llava",
+        "tiny-llava-next",
+        "tiny-qwen2-vl",
+    ):
+        assert m in MODELS
+    for t in ("ppl", "ppl_quick", "passkey", "agreement"):
+        assert t in TASKS
+    for q in ("fp16", "rtn2", "rtn4", "kivi2", "kivi4", "skvq", "smoothquant", "akvq", "akvq_paper", *LADDER):
+        assert q in QUANTS
+
+
+def test_embedded_default(cfg_of: Compose, tasks_even_if_unwritten: None) -> None:
+    cfg = cfg_of()
+    assert cfg.model.name == "smollm2-135m" and cfg.model.source == "gguf"
+    assert cfg.task.name == "ppl" and cfg.hydra.runtime.choices.task == "ppl_quick"
+    assert cfg.task.prompt_len == 1024 and cfg.task.cont_len == 64 and cfg.task.windows == 2
+    assert cfg.quant.policy == "akvq" and list(cfg.compare) == ["fp16", "kivi2"]
+    assert cfg.records == "results/runs.jsonl" and cfg.redo is False and cfg.wandb.mode == "offline"
+    plans = runner.plan(cfg, check_data=False)
+    assert [p.quant for p in plans] == ["fp16", "kivi2", "akvq"]
+    assert {p.task for p in plans} == {"ppl_quick"} and {p.model for p in plans} == {"smollm2-135m"}
+
+
+def test_task_params(cfg_of: Compose) -> None:
+    assert OmegaConf.to_container(cfg_of("task=ppl").task) == {
+        "name": "ppl",
+        "prompt_len": 4096,
+        "cont_len": 256,
+        "windows": 8,
+        "bootstrap": 1000,
+        "seed": 0,
+        "chunk": 1,
+    }
+    assert list(cfg_of("task=passkey").task.lengths) == [1024, 2048, 4096, 8192]
+    a = cfg_of("task=agreement").task
+    assert (a.prompt_len, a.gen_len, a.samples) == (1024, 64, 4)
+
+
+def test_every_quant_composes_like_the_runner_loads_it(cfg_of: Compose) -> None:
+    from akvq.policies import make_policy
+
+    for q in QUANTS:
+        node = OmegaConf.to_container(cfg_of(f"quant={q}").quant)
+        assert node == runner.load_quant(q), q
+        make_policy(node.pop("policy"), **node)
+    assert runner.load_quant("akvq_paper") == runner.load_quant("akvq")
+    for name, flags in LADDER.items():
+        q = runner.load_quant(name)
+        assert q["policy"] == "akvq" and (q["hadamard"], q["tsa"], q["psa"]) == flags
+        assert {k: v for k, v in q.items() if k not in ("hadamard", "tsa", "psa")} == {
+            k: v for k, v in runner.load_quant("akvq").items() if k not in ("hadamard", "tsa", "psa")
+        }
+
+
+def test_model_aliases(cfg_of: Compose) -> None:
+    assert cfg_of("model=llava").model.name == "llava-1.5-7b"
+    assert OmegaConf.to_container(cfg_of("model=llava").model) == OmegaConf.to_container(
+        cfg_of("model=llava-1.5-7b").model
+    )
+
+
+def test_every_combination(cfg_of: Compose, tasks_even_if_unwritten: None) -> None:
+    """models x tasks x quants: text tasks run everywhere, image tasks only on VLMs (clear error otherwise).
+    Each (model, task) is planned once with every quant in `compare`, which validates each quant's policy."""
+    top = {k: v for k, v in OmegaConf.to_container(cfg_of(), resolve=False).items() if k != "hydra"}
+    models = {m: OmegaConf.to_container(cfg_of(f"model={m}").model) for m in MODELS}
+    tasks = {t: OmegaConf.to_container(cfg_of(f"task={t}").task) for t in TASKS}
+    ok = refused = 0
+    for m, mcfg in models.items():
+        for t, tcfg in tasks.items():
+            choices = {"model": m, "task": t, "quant": "akvq"}
+            cfg = OmegaConf.create(
+                {
+                    **top,
+                    "model": mcfg,
+                    "task": tcfg,
+                    "compare": QUANTS,
+                    "hydra": {"runtime": {"choices": choices}},
+                }
+            )
+            if str(tcfg["name"]).startswith(runner.IMAGE_TASK_PREFIXES) and not runner.model_is_vlm(mcfg):
+                with pytest.raises(ConfigError, match="text-only"):
+                    runner.plan(cfg, check_data=False)
+                refused += 1
+                continue
+            plans = runner.plan(cfg, check_data=False)
+            assert sorted(p.quant for p in plans) == sorted(QUANTS)
+            assert {p.model for p in plans} == {mcfg["name"]} and len({p.config_hash for p in plans}) == len(
+                QUANTS
+            )
+            ok += len(plans)
+    assert ok >= len(MODELS) * 4 * len(QUANTS)  # at least the four text tasks on every model
+
+
+@pytest.mark.parametrize("group", ["model", "task", "quant"])
+def test_unknown_names_list_the_options(cfg_of: Compose, group: str) -> None:
+    with pytest.raises(MissingConfigException, match=f"{group}/nope") as e:
+        cfg_of(f"{group}=nope")
+    assert "Available options" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["quant.bits=5"], "bits=5"),
+        (["+quant.wat=1"], "wat"),
+        (["compare=[fp16,kivi3]"], "kivi3"),
+        (["model.source=ftp"], "unknown source"),
+        (["model.dtype=float7"], "dtype"),
+        (["task.name=nosuchtask"], "unknown task"),
+        (["model=smollm2-135m", "task.name=mmmu"], "text-only"),
+        (["model=tiny-llama", "task.name=milebench/ALFRED"], "text-only"),
+    ],
+)
+def test_bad_configs_fail_clearly(
+    cfg_of: Compose, tasks_even_if_unwritten: None, overrides: list[str], message: str
+) -> None:
+    cfg = cfg_of(*overrides)
+    with pytest.raises(ValueError, match=message):  # ConfigError and UnsupportedModelError are ValueErrors
+        runner.plan(cfg, check_data=False)
+
+
+def test_local_launcher(cfg_of: Compose) -> None:
+    cfg = cfg_of()
+    assert cfg.hydra.launcher._target_ == "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+
+
+def test_slurm_launcher_composes_and_builds_sbatch(
+    cfg_of: Compose, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The launcher config instantiates and its parameters make a valid sbatch script (no cluster needed)."""
+    import submitit
+    from hydra.utils import instantiate
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from submitit.slurm import slurm
+
+    cfg = cfg_of(
+        "hydra/launcher=submitit_slurm",
+        "slurm.partition=gpu",
+        "slurm.gpus=4",
+        "slurm.time=600",
+        "slurm.account=proj",
+        "hydra.launcher.qos=high",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    lcfg = cfg.hydra.launcher
+    assert lcfg._target_.endswith("SlurmLauncher")
+    assert (lcfg.partition, lcfg.gpus_per_node, lcfg.timeout_min, lcfg.account) == ("gpu", 4, 600, "proj")
+    launcher = instantiate(lcfg)
+    params = dict(launcher.params)
+    assert params["submitit_folder"].startswith(str(tmp_path))
+    # what the plugin's launch() does with them, up to the sbatch script
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{__import__('os').environ['PATH']}")
+    ex = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"), slurm_max_num_timeout=0)
+    params.pop("max_num_timeout")
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    ex.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    script = slurm._make_sbatch_string(
+        command="python run.py", folder=str(tmp_path), **ex._executor.parameters
+    )
+    for line in ("--partition=gpu", "--gpus-per-node=4", "--time=600", "--account=proj", "--qos=high"):
+        assert f"#SBATCH {line}" in script

@@ -1,0 +1,149 @@
+"""The lmms-eval plugin: entry point, model class contract, the fixture MMMU task through the runner and the CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    spec = importlib.util.spec_from_file_location("make_fixtures", REPO / "scripts" / "make_fixtures.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.make_all(tmp_path_factory.mktemp("fixtures"))
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in OFFLINE.items():
+        monkeypatch.setenv(k, v)
+
+
+def test_entry_point_gives_lmms_eval_a_manifest() -> None:
+    (ep,) = [e for e in entry_points(group="lmms_eval.models") if e.name == "akvq"]
+    from lmms_eval.models import get_model
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    from akvq.tasks.lmms_plugin import AKVQLmms
+
+    payload = ep.load()()
+    assert (
+        isinstance(payload, ModelManifest) and payload.simple_class_path == "akvq.tasks.lmms_plugin.AKVQLmms"
+    )
+    assert get_model("akvq") is AKVQLmms
+
+
+def test_model_class_contract_and_clean_keeps_the_model() -> None:
+    from conftest import tiny
+
+    from akvq.policies import make_policy
+    from akvq.tasks.lmms_plugin import AKVQLmms, model_spec, policy_from
+
+    lm = AKVQLmms(loaded=tiny("llava"), policy=make_policy("fp16"), batch_size=3, chat_template=False)
+    lm.clean()
+    assert lm.loaded.model is not None and lm.batch_size == 3
+    assert lm._prompt("What is shown?", 2) == "<image> <image>\nWhat is shown?"
+    assert lm._prompt("<image> left, <image> right", 2) == "<image> left, <image> right"
+    assert model_spec("tiny-llava").tiny_kind == "llava"
+    assert model_spec("llava-hf/llava-1.5-7b-hf", dtype="float16").path == "llava-hf/llava-1.5-7b-hf"
+    assert policy_from("kivi2").bits == 2 and policy_from("akvq", window=64).window == 64
+
+
+def test_loglikelihood_reads_the_continuation_through_the_cache() -> None:
+    import torch
+    from conftest import image, tiny
+    from lmms_eval.api.instance import Instance
+
+    from akvq.models.prompting import build_inputs
+    from akvq.policies import make_policy
+    from akvq.tasks.lmms_plugin import AKVQLmms
+
+    loaded = tiny("llava")
+    img = image(56, 56, 7)
+    lm = AKVQLmms(loaded=loaded, policy=make_policy("fp16"), chat_template=False)
+    lm.task_dict = {"t": {"test": [{"img": img}]}}
+    args = ("<image> The colour is", " a bright red", lambda d: [d["img"]], 0, "t", "test")
+    req = Instance("loglikelihood", args, 0, {"task": "t", "doc_id": 0, "repeats": 1})
+    ((logp, greedy),) = lm.loglikelihood([req])
+    # Reference: one forward over context + continuation without any cache.
+    ctx = build_inputs(loaded, ["<image> The colour is"], [[img]])
+    cont = loaded.tokenizer.encode(" a bright red", add_special_tokens=False)
+    ids = torch.cat([ctx["input_ids"], torch.tensor([cont])], dim=1)
+    with torch.no_grad():
+        logits = loaded.model(input_ids=ids, pixel_values=ctx["pixel_values"]).logits
+    ref = torch.log_softmax(logits.float(), -1)[0, ctx["input_ids"].shape[1] - 1 : -1]
+    assert logp == pytest.approx(float(ref.gather(1, torch.tensor(cont)[:, None]).sum()), abs=1e-3)
+    assert isinstance(greedy, bool) and lm.stats.kv_bytes > 0
+
+
+@pytest.mark.slow
+def test_fixture_mmmu_through_the_runner(
+    fixtures: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import tiny
+    from hydra import compose, initialize_config_dir
+
+    from akvq import records, runner
+
+    monkeypatch.setenv("AKVQ_FIXTURES", str(fixtures["include_path"].parent))
+    monkeypatch.setattr(runner, "load_model", lambda model_cfg: tiny("llava"))
+    over = [
+        "model=tiny-llava",
+        "task=mmmu_fixture",
+        "task.batch_size=2",
+        "task.limit=2",
+        "quant=kivi2",
+        "compare=[fp16]",
+        f"records={tmp_path / 'runs.jsonl'}",
+        "wandb.mode=disabled",
+    ]
+    with initialize_config_dir(config_dir=str(runner.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=over, return_hydra_config=True)
+    rows = runner.main(cfg)
+    assert [(r["task"], r["quant"]) for r in rows] == [("mmmu_fixture", "fp16"), ("mmmu_fixture", "kivi2")]
+    for r in rows:
+        assert 0.0 <= r["metrics"]["mmmu_acc"] <= 1.0 and r["metrics"]["samples"] == 2
+        assert r["primary_metric"] == "mmmu_acc"
+        assert r["kv_bytes"] > 0 and r["num_tokens"] > 0 and r["tokens_per_second"] > 0
+    assert rows[0]["kv_effective_bits"] >= 16
+    assert len(records.read_records(tmp_path / "runs.jsonl")) == 2
+
+
+@pytest.mark.slow
+def test_lmms_eval_cli_runs_the_fixture_task(fixtures: dict[str, Path], tmp_path: Path) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmms_eval",
+        "--model",
+        "akvq",
+        "--model_args",
+        "pretrained=tiny-llava,quant=kivi2",
+        "--tasks",
+        "akvq_mmmu_fixture",
+        "--include_path",
+        str(fixtures["include_path"]),
+        "--limit",
+        "2",
+        "--batch_size",
+        "2",
+        "--output_path",
+        str(tmp_path / "out"),
+    ]
+    env: dict[str, Any] = {**os.environ, **OFFLINE}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = [line for line in proc.stdout.splitlines() if line.startswith("|akvq_mmmu_fixture")]
+    assert table and "mmmu_acc" in table[0], proc.stdout[-2000:]

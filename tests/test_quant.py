@@ -1,0 +1,118 @@
+"""Quantization math: error bounds, packing, WHT. Property-based over shapes, dtypes and bit widths."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from akvq.quant import SUPPORTED_BITS, check_dim, dequantize, fwht, pack, quantize, unpack
+from akvq.quant.hadamard import hadamard_matrix
+from akvq.quant.packing import packed_len
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    bits=st.sampled_from(SUPPORTED_BITS),
+    rows=st.integers(1, 6),
+    groups=st.integers(1, 4),
+    gexp=st.integers(2, 7),
+    dtype=st.sampled_from(DTYPES),
+    scale=st.floats(1e-2, 1e3),
+    seed=st.integers(0, 2**16),
+)
+def test_error_bound_without_clipping(bits, rows, groups, gexp, dtype, scale, seed):
+    """With ratio 1 every element is within half a step (plus fp16 rounding of scale and zero)."""
+    g = 2**gexp
+    x = (torch.randn(rows, groups * g, generator=torch.Generator().manual_seed(seed)) * scale).to(dtype)
+    qt = quantize(x, bits, g, clip_ratio=1.0, float_zero=seed % 2 == 1)
+    y = dequantize(qt, torch.float32)
+    assert torch.isfinite(y).all()
+    xf = x.float().view(rows, groups, g)
+    step = (xf.amax(-1) - xf.amin(-1)) / (2**bits - 1)
+    # half a step from rounding, one step of slack for the fp16 zero point and scale rounding
+    bound = (1.5 * step + 1e-3 * xf.abs().amax(-1) + 1e-6).unsqueeze(-1)
+    assert ((y.view(rows, groups, g) - xf).abs() <= bound).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(bits=st.sampled_from(SUPPORTED_BITS), value=st.floats(-1e3, 1e3), g=st.sampled_from([8, 64, 128]))
+def test_constant_groups_are_exact(bits, value, g):
+    x = torch.full((3, g), value)
+    for ratio in (1.0, 0.8):
+        y = dequantize(quantize(x, bits, g, clip_ratio=ratio))
+        assert torch.isfinite(y).all()
+        torch.testing.assert_close(y, x.half().float(), rtol=2e-3, atol=1e-6)
+
+
+def test_clipping_ratio_shrinks_range():
+    x = torch.linspace(-1, 1, 64).unsqueeze(0)
+    # float zero point: the grid spans exactly [0.8 min, 0.8 max]
+    y = dequantize(quantize(x, 2, 64, clip_ratio=0.8, float_zero=True))
+    assert abs(y.max() - 0.8) < 1e-3 and abs(y.min() + 0.8) < 1e-3
+    # the paper's integer zero point shifts the grid by at most half a step
+    y = dequantize(quantize(x, 2, 64, clip_ratio=0.8))
+    step = 1.6 / 3
+    assert y.max() <= 0.8 + step / 2 + 1e-3 and y.min() >= -0.8 - step / 2 - 1e-3
+    assert y.max() - y.min() == pytest.approx(1.6, abs=1e-3)
+
+
+def test_clip_search_never_worse_than_fixed_ratios():
+    x = torch.randn(256, 128) * torch.rand(256, 1) * 10
+    search = (dequantize(quantize(x, 2, 64, clip_search=True)) - x).square().sum()
+    for r in (1.0, 0.8, 0.6):
+        assert search <= (dequantize(quantize(x, 2, 64, clip_ratio=r)) - x).square().sum() * 1.0001
+
+
+def test_codes_really_packed():
+    x = torch.randn(10, 128)
+    for bits in SUPPORTED_BITS:
+        qt = quantize(x, bits, 64)
+        assert qt.codes.dtype == torch.uint8
+        assert qt.codes.shape[-1] == packed_len(128, bits) == math.ceil(128 * bits / 8)
+    # 2-bit payload is 1/8 of the fp16 bytes
+    assert quantize(x, 2, 64).codes.nbytes * 8 == x.half().nbytes
+
+
+@pytest.mark.parametrize("bits", SUPPORTED_BITS)
+@pytest.mark.parametrize("n", [1, 7, 8, 64, 130])
+def test_pack_roundtrip(bits, n):
+    codes = torch.randint(0, 2**bits, (3, 5, n), dtype=torch.uint8)
+    packed = pack(codes, bits)
+    assert packed.shape[-1] == packed_len(n, bits)
+    assert torch.equal(unpack(packed, bits, n), codes)
+
+
+def test_bad_bits_and_groups():
+    with pytest.raises(ValueError, match="bits"):
+        quantize(torch.randn(2, 64), 5, 64)
+    with pytest.raises(ValueError, match="group_size"):
+        quantize(torch.randn(2, 64), 2, 48)
+
+
+@pytest.mark.parametrize("d", [1, 2, 16, 64, 128])
+def test_wht_orthonormal_and_self_inverse(d):
+    h = hadamard_matrix(d, torch.float64)
+    torch.testing.assert_close(h @ h.T, torch.eye(d, dtype=torch.float64))
+    x = torch.randn(4, 3, d, dtype=torch.float64)
+    torch.testing.assert_close(fwht(fwht(x)), x)
+    torch.testing.assert_close(fwht(x), x @ h)
+    q, k = torch.randn(5, d, dtype=torch.float64), torch.randn(7, d, dtype=torch.float64)
+    torch.testing.assert_close(fwht(q) @ fwht(k).T, q @ k.T)
+
+
+def test_wht_spreads_a_channel_outlier():
+    x = torch.randn(32, 64, generator=torch.Generator().manual_seed(0))
+    x[:, 3] += 50
+    err_plain = (dequantize(quantize(x, 4, 64)) - x).square().mean()
+    err_wht = (fwht(dequantize(quantize(fwht(x), 4, 64))) - x).square().mean()
+    assert err_wht < err_plain / 4
+
+
+@pytest.mark.parametrize("d", [0, 3, 48, 80, 96])
+def test_wht_rejects_non_power_of_two(d):
+    with pytest.raises(ValueError, match="power-of-two"):
+        check_dim(d)

@@ -1,0 +1,194 @@
+"""Run records: round trip, hashing, redaction, and that no crash or kill can leave a broken file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from akvq import records
+
+
+def rec(i: int, **kw: object) -> dict:
+    r = {k: None for k in records.RECORD_KEYS}
+    r.update(
+        model="m", task="ppl", quant=f"q{i}", metrics={"ppl": 10.0 + i}, config={"i": i}, config_hash=f"h{i}"
+    )
+    r.update(kw)
+    return r
+
+
+def test_write_read_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "runs.jsonl"
+    assert records.read_records(path) == []
+    for i in range(3):
+        records.append_record(path, rec(i))
+    got = records.read_records(path)
+    assert [r["quant"] for r in got] == ["q0", "q1", "q2"]
+    assert got[1] == json.loads(json.dumps(rec(1)))
+    assert set(records.RECORD_KEYS) <= set(got[0])
+    assert path.read_text().endswith("\n") and len(path.read_text().splitlines()) == 3
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_torn_last_line_is_skipped_and_repaired(tmp_path: Path) -> None:
+    path = tmp_path / "runs.jsonl"
+    records.append_record(path, rec(0))
+    with open(path, "a") as fh:  # what a naive appender killed mid-write leaves
+        fh.write('{"model": "m", "task": "pp')
+    assert [r["quant"] for r in records.read_records(path)] == ["q0"]
+    records.append_record(path, rec(1))  # the next append drops the torn line
+    assert [r["quant"] for r in records.read_records(path)] == ["q0", "q1"]
+    assert all(json.loads(x) for x in path.read_text().splitlines())
+    with open(path, "a") as fh:
+        fh.write("garbage\n")
+    assert records.repair(path) == 1
+    assert len(path.read_text().splitlines()) == 2
+
+
+def test_crash_between_write_and_replace_leaves_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "runs.jsonl"
+    records.append_record(path, rec(0))
+    before = path.read_text()
+
+    def boom(tmp: str, dst: Path) -> None:
+        raise KeyboardInterrupt  # the process dies after the temp file is written, before it replaces the old
+
+    monkeypatch.setattr(records, "_replace_hook", boom)
+    with pytest.raises(KeyboardInterrupt):
+        records.append_record(path, rec(1))
+    assert path.read_text() == before
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_killed_writer_never_leaves_a_broken_line(tmp_path: Path) -> None:
+    """SIGKILL a process that appends big records in a loop; whatever moment it dies, the file parses."""
+    path = tmp_path / "runs.jsonl"
+    script = textwrap.dedent(f"""
+        from akvq import records
+        big = "x" * 200_000
+        i = 0
+        while True:
+            records.append_record({str(path)!r}, {{"config_hash": str(i), "quant": "q", "pad": big}})
+            i += 1
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 20
+    while time.time() < deadline and (not path.exists() or len(path.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    lines = path.read_text().splitlines()
+    assert len(lines) >= 3
+    for line in lines:
+        assert json.loads(line)["pad"]  # every line whole
+    n = len(lines)
+    records.append_record(path, {"config_hash": "after", "quant": "q"})  # stray temp files do not matter
+    assert len(records.read_records(path)) == n + 1
+
+
+def test_config_hash_ignores_reporting_keys_and_is_stable() -> None:
+    a = {"model": {"name": "m"}, "task": {"name": "ppl"}, "quant": {"policy": "kivi", "bits": 2}, "seed": 0}
+    b = {**a, "records": "elsewhere.jsonl", "redo": True, "wandb": {"mode": "online"}, "compare": ["fp16"]}
+    assert records.config_hash(a) == records.config_hash(b)
+    assert records.config_hash(a) == records.config_hash(json.loads(json.dumps(a, sort_keys=True)))
+    c = {**a, "quant": {"policy": "kivi", "bits": 4}}
+    assert records.config_hash(a) != records.config_hash(c)
+    assert len(records.config_hash(a)) == 16
+
+
+def test_redact_secrets_but_not_settings() -> None:
+    cfg = {
+        "wandb": {"api_key": "abc123", "project": "akvq"},
+        "hf_token": "hf_xxx",
+        "nested": [{"client_secret": "s"}],
+        "task": {"max_new_tokens": 64, "num_tokens": 5},
+        "tokenizer": "path/to/tok",
+    }
+    out = records.redact(cfg)
+    assert out["wandb"] == {"api_key": records.REDACTED, "project": "akvq"}
+    assert out["hf_token"] == records.REDACTED
+    assert out["nested"][0]["client_secret"] == records.REDACTED
+    assert out["task"] == {"max_new_tokens": 64, "num_tokens": 5}
+    assert out["tokenizer"] == "path/to/tok"
+    assert "abc123" not in json.dumps(out)
+
+
+def test_completed_keeps_latest_per_hash(tmp_path: Path) -> None:
+    path = tmp_path / "runs.jsonl"
+    records.append_record(path, rec(0))
+    records.append_record(path, rec(0, metrics={"ppl": 1.0}))
+    done = records.completed(path)
+    assert list(done) == ["h0"] and done["h0"]["metrics"] == {"ppl": 1.0}
+
+
+def _make_tables():  # scripts/ is not a package
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "make_tables.py"
+    spec = importlib.util.spec_from_file_location("make_tables", path)
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_make_tables_paper_layout(tmp_path: Path) -> None:
+    path = tmp_path / "runs.jsonl"
+    acc = {
+        ("fp16", "A"): 60.0,
+        ("fp16", "B"): 40.0,
+        ("kivi2", "A"): 50.0,
+        ("kivi2", "B"): 30.0,
+        ("akvq", "A"): 58.0,
+        ("akvq", "B"): 39.0,
+    }
+    for i, ((q, t), v) in enumerate(acc.items()):
+        bits = {"fp16": 16.0, "kivi2": 3.0, "akvq": 2.5}[q]
+        records.append_record(
+            path,
+            rec(
+                i,
+                model="llava-1.5-7b",
+                task=t,
+                quant=q,
+                metrics={"acc": v, "n": 10},
+                primary_metric="acc",
+                kv_effective_bits=bits,
+                time=f"2026-01-01T00:00:0{i}",
+            ),
+        )
+    # an older duplicate that must lose to the newer one, and a torn line that must be ignored
+    records.append_record(
+        path,
+        rec(
+            9, model="llava-1.5-7b", task="A", quant="akvq", metrics={"acc": 1.0}, time="2025-01-01T00:00:00"
+        ),
+    )
+    with open(path, "a") as fh:
+        fh.write('{"model": "x"')
+    mt = _make_tables()
+    out = tmp_path / "tables"
+    assert mt.main(["--records", str(path), "--out", str(out)]) == 0
+    import pandas as pd
+
+    df = pd.read_csv(out / "table2.csv")
+    assert list(df.columns) == ["model", "quant", "A", "B", "Avg.", "Δ fp16", "bits"]
+    assert list(df.quant) == ["fp16", "kivi2", "akvq"]  # paper order: reference, baselines, method
+    row = df.set_index("quant").loc["akvq"]
+    assert (row["A"], row["Avg."], row["Δ fp16"], row["bits"]) == (58.0, 48.5, -1.5, 2.5)
+    md = (out / "table2.md").read_text()
+    assert md.startswith("| Model | Method | A | B | Avg. | Δ fp16 | bits |")
+    assert "| llava-1.5-7b | fp16 | 60.00 | 40.00 | 50.00 | +0.00 | 16.00 |" in md
+    assert "-1.50" in md and "A: acc" in md
+    assert mt.main(["--records", str(tmp_path / "none.jsonl"), "--out", str(out)]) == 1

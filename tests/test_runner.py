@@ -1,0 +1,280 @@
+"""The runner with fake model loading and a fake task: records, resume, validation order, W&B offline files,
+and a real Hydra multirun through run.py's entry point."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from omegaconf import OmegaConf
+
+from akvq import records, runner
+from akvq.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class FakeTask:
+    primary_metric = "ppl"
+
+    def __init__(self, needs_images: bool = False, details: Any = None) -> None:
+        self.needs_images = needs_images
+        self.details = details if details is not None else {"windows": [1.0, 2.0]}
+        self.calls: list[Any] = []
+
+    def run(self, loaded: Any, policy: Any, cfg: Any) -> SimpleNamespace:
+        self.calls.append(policy)
+        bits = float(getattr(policy, "bits", 16))
+        return SimpleNamespace(
+            metrics={"ppl": 10.0 + 1.0 / bits, "ppl_lo": 9.0},
+            kv_bytes=int(1000 * bits),
+            kv_effective_bits=bits,
+            num_tokens=128,
+            details=self.details,
+        )
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    state = SimpleNamespace(loads=0, task=FakeTask())
+
+    def load_model(model_cfg: dict) -> SimpleNamespace:
+        state.loads += 1
+        return SimpleNamespace(model=None, tokenizer=None, processor=None, family=model_cfg.get("family"))
+
+    monkeypatch.setattr(runner, "load_model", load_model)
+    monkeypatch.setattr(runner, "validate_model", lambda model_cfg: None)
+    monkeypatch.setattr(runner, "get_task", lambda name, cfg: state.task)
+    return state
+
+
+def make_cfg(tmp_path: Path, **over: Any) -> Any:
+    base = {
+        "model": {"name": "fake-lm", "source": "tiny", "family": "llama", "tiny_kind": "llama"},
+        "task": OmegaConf.to_container(OmegaConf.load(REPO / "configs/task/ppl_quick.yaml")),
+        "quant": runner.load_quant("akvq"),
+        "quant_name": "akvq",
+        "compare": ["fp16", "kivi2"],
+        "records": str(tmp_path / "runs.jsonl"),
+        "redo": False,
+        "seed": 0,
+        "threads": None,
+        "wandb": {"mode": "disabled"},
+    }
+    cfg = OmegaConf.create(base)
+    for k, v in over.items():
+        OmegaConf.update(cfg, k, v, force_add=True)
+    return cfg
+
+
+def test_one_process_compares_quants_and_records(tmp_path: Path, fakes: SimpleNamespace, capsys: Any) -> None:
+    rows = runner.main(make_cfg(tmp_path))
+    assert [r["quant"] for r in rows] == ["fp16", "kivi2", "akvq"]
+    assert fakes.loads == 1  # one model load for the three runs
+    got = records.read_records(tmp_path / "runs.jsonl")
+    assert [r["quant"] for r in got] == ["fp16", "kivi2", "akvq"]
+    for r in got:
+        assert set(records.RECORD_KEYS) <= set(r)
+        assert r["model"] == "fake-lm" and r["task"] == "ppl"
+        assert r["peak_memory_bytes"] > 0 and r["tokens_per_second"] > 0 and r["wall_seconds"] >= 0
+        assert r["config"]["quant"] == runner.load_quant(r["quant"])
+        assert "compare" not in r["config"] and r["primary_metric"] == "ppl"
+        assert r["details"] == {"windows": [1.0, 2.0]}
+    assert len({r["config_hash"] for r in got}) == 3
+    out = capsys.readouterr().out
+    for word in ("quant", "ppl", "eff. bits", "KV bytes", "peak mem", "tok/s", "fp16", "kivi2", "akvq"):
+        assert word in out
+
+
+def test_resume_skips_completed_runs(tmp_path: Path, fakes: SimpleNamespace) -> None:
+    cfg = make_cfg(tmp_path)
+    runner.main(cfg)
+    assert len(fakes.task.calls) == 3
+    # a killed sweep: the last run's record never got written
+    path = tmp_path / "runs.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:2]) + "\n")
+    rows = runner.main(cfg)
+    assert len(fakes.task.calls) == 4 and fakes.loads == 2
+    assert [r["quant"] for r in rows] == ["fp16", "kivi2", "akvq"]
+    # everything recorded: nothing runs, the model does not even load
+    runner.main(cfg)
+    assert len(fakes.task.calls) == 4 and fakes.loads == 2
+    # unless asked
+    runner.main(make_cfg(tmp_path, redo=True))
+    assert len(fakes.task.calls) == 7
+    assert len(records.read_records(path)) == 6
+
+
+def test_reporting_keys_do_not_change_the_hash(tmp_path: Path, fakes: SimpleNamespace) -> None:
+    a = runner.plan(make_cfg(tmp_path))
+    b = runner.plan(
+        make_cfg(tmp_path, records="x.jsonl", **{"wandb.mode": "offline"}, compare=["kivi2", "fp16"])
+    )
+    assert {p.quant: p.config_hash for p in a} == {p.quant: p.config_hash for p in b}
+    c = runner.plan(make_cfg(tmp_path, **{"task.windows": 3}))
+    assert a[0].config_hash != c[0].config_hash
+
+
+def test_overridden_quant_fields_get_their_own_label(tmp_path: Path, fakes: SimpleNamespace) -> None:
+    plans = runner.plan(make_cfg(tmp_path, compare=[], **{"quant.text_bits": 8}))
+    assert [p.quant for p in plans] == ["akvq[text_bits=8]"]
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"compare": ["fp16", "nope"]}, "unknown quant config 'nope'"),
+        ({"quant.bits": 5}, "bits=5"),
+        ({"quant.colour": "red"}, "colour"),
+        ({"quant.policy": "zip"}, "unknown quant policy"),
+        ({"task.name": ""}, "has no 'name:'"),
+    ],
+)
+def test_bad_configs_fail_before_loading(
+    tmp_path: Path, fakes: SimpleNamespace, over: dict, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        runner.main(make_cfg(tmp_path, **over))
+    assert fakes.loads == 0
+    assert not (tmp_path / "runs.jsonl").exists()
+
+
+def test_image_task_on_text_model_is_refused(tmp_path: Path, fakes: SimpleNamespace) -> None:
+    fakes.task = FakeTask(needs_images=True)
+    with pytest.raises(ConfigError, match="text-only"):
+        runner.main(make_cfg(tmp_path))
+    assert fakes.loads == 0
+    runner.plan(make_cfg(tmp_path, **{"model.family": "llava"}))  # a VLM is fine
+    # without the task saying so, the name decides
+    fakes.task = SimpleNamespace(run=None)
+    with pytest.raises(ConfigError, match="text-only"):
+        runner.plan(make_cfg(tmp_path, task={"name": "milebench/ALFRED"}))
+
+
+def test_secrets_never_reach_records(tmp_path: Path, fakes: SimpleNamespace) -> None:
+    cfg = make_cfg(tmp_path, compare=[], hub_token="hf_SECRET", **{"wandb.api_key": "wb_SECRET"})
+    runner.main(cfg)
+    text = (tmp_path / "runs.jsonl").read_text()
+    assert "SECRET" not in text and records.REDACTED in text
+
+
+def test_large_details_go_to_a_sidecar(tmp_path: Path, fakes: SimpleNamespace) -> None:
+    fakes.task = FakeTask(details={"logits": list(range(100_000))})
+    (rec,) = runner.main(make_cfg(tmp_path, compare=[]))
+    assert "details" not in rec
+    side = tmp_path / rec["details_path"]
+    assert json.loads(side.read_text())["logits"][-1] == 99_999
+
+
+def test_multirun_runs_only_each_jobs_quant() -> None:
+    hyd = {"runtime": {"choices": {"quant": "kivi2"}}, "mode": "RunMode.MULTIRUN", "overrides": {"task": []}}
+    cfg = OmegaConf.create({"quant": {"policy": "kivi"}, "compare": ["fp16", "kivi2"], "hydra": hyd})
+    assert runner.quant_names(cfg) == (["kivi2"], "kivi2")
+    cfg.hydra.overrides.task = ["quant=kivi2", "compare=[fp16]"]
+    assert runner.quant_names(cfg) == (["fp16", "kivi2"], "kivi2")
+    cfg.hydra.mode = "RunMode.RUN"
+    cfg.hydra.overrides.task = []
+    assert runner.quant_names(cfg) == (["fp16", "kivi2"], "kivi2")
+
+
+def test_wandb_offline_run_writes_local_files(tmp_path: Path, fakes: SimpleNamespace) -> None:
+    cfg = make_cfg(
+        tmp_path, compare=[], wandb={"mode": "offline", "dir": str(tmp_path / "wb"), "init_timeout": 30}
+    )
+    runner.main(cfg)
+    runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("run-*.wandb")) and (runs[0] / "files").is_dir()
+
+
+def test_wandb_online_without_account_does_not_hang(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from akvq import tracking
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    t = tracking.start({"mode": "online", "dir": str(tmp_path)}, "x", {"a": 1}, tmp_path)
+    assert t.mode == "offline"  # fell back instead of prompting for a key
+    t.log({"m": {"x": 1.0}})
+    t.finish()
+    assert tracking.start({"mode": "disabled"}, "x", {}, tmp_path).active is False
+
+
+def test_hydra_multirun_through_run_py(
+    tmp_path: Path, fakes: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python run.py -m quant=fp16,kivi2 ...` in-process (fake model and task): two jobs, two records."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    extra = tmp_path / "extra_configs"
+    (extra / "model").mkdir(parents=True)
+    (extra / "model" / "fake-lm.yaml").write_text(
+        "name: fake-lm\nsource: tiny\nfamily: llama\ntiny_kind: llama\n"
+    )
+    recs = tmp_path / "runs.jsonl"
+    argv = [
+        "run.py",
+        "-m",
+        "model=fake-lm",
+        "task=ppl_quick",
+        "quant=fp16,kivi2",
+        f"records={recs}",
+        "wandb.mode=disabled",
+        f"hydra.searchpath=[file://{extra}]",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(runner, "SWEEP_ROWS", [])
+    monkeypatch.syspath_prepend(str(REPO))
+    import run
+
+    GlobalHydra.instance().clear()
+    try:
+        run.main()
+    finally:
+        GlobalHydra.instance().clear()
+    got = records.read_records(recs)
+    assert [r["quant"] for r in got] == ["fp16", "kivi2"]  # compare ignored in a sweep
+    assert fakes.loads == 2
+    summary = capsys.readouterr().out.split("sweep summary")[-1]
+    assert "fp16" in summary and "kivi2" in summary
+
+
+@pytest.mark.slow
+def test_real_stack_on_tiny_llama(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    """The composed default with a tiny random llama and a small ppl: real policies, cache and task, two quants."""
+    import warnings
+
+    from conftest import tiny
+    from hydra import compose, initialize_config_dir
+
+    warnings.filterwarnings("ignore", message="(?s).*validated against ConfigStore schema.*")
+    monkeypatch.setattr(runner, "load_model", lambda model_cfg: tiny("llama"))
+    overrides = [
+        "model=tiny-llama",
+        "task.prompt_len=48",
+        "task.cont_len=6",
+        "task.windows=2",
+        "task.bootstrap=20",
+        "quant=kivi2",
+        "compare=[fp16]",
+        f"records={tmp_path / 'runs.jsonl'}",
+        "wandb.mode=disabled",
+    ]
+    with initialize_config_dir(config_dir=str(runner.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    rows = runner.main(cfg)
+    assert [(r["model"], r["task"], r["quant"]) for r in rows] == [
+        ("tiny-llama", "ppl_quick", q) for q in ("fp16", "kivi2")
+    ]
+    for r in rows:
+        assert math.isfinite(r["metrics"]["ppl"]) and r["kv_bytes"] > 0 and r["kv_effective_bits"] > 0
+        assert r["num_tokens"] == 12 and r["tokens_per_second"] > 0
+    assert rows[0]["kv_effective_bits"] >= 16
+    assert "ppl" in capsys.readouterr().out
+    assert len(records.read_records(tmp_path / "runs.jsonl")) == 2

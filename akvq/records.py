@@ -40,7 +40,9 @@ RECORD_KEYS = (
 )
 
 # Config keys that say where or how a run is reported, not what it computes: left out of the hash.
-HASH_IGNORE = frozenset({"records", "redo", "compare", "wandb", "slurm", "threads", "hydra", "milebench_root"})
+HASH_IGNORE = frozenset({"records", "redo", "compare", "wandb", "slurm", "threads", "hydra"})
+# Where data lives (top level or inside the task config): moving the data does not make a new run.
+DATA_KEYS = ("milebench_root",)
 
 SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "credential")
 NOT_SECRET = frozenset({"tokenizer", "image_token", "video_token", "pad_token", "bos_token", "eos_token"})
@@ -68,7 +70,9 @@ def redact(obj: Any) -> Any:
 
 def config_hash(config: dict[str, Any]) -> str:
     """Stable 16-hex-digit hash of what a run computes (reporting keys in HASH_IGNORE left out)."""
-    kept = {k: v for k, v in redact(config).items() if k not in HASH_IGNORE}
+    kept = {k: v for k, v in redact(config).items() if k not in HASH_IGNORE and k not in DATA_KEYS}
+    if isinstance(kept.get("task"), dict):
+        kept["task"] = {k: v for k, v in kept["task"].items() if k not in DATA_KEYS}
     blob = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -53,10 +53,21 @@ def validate_model(model_cfg: dict[str, Any]) -> None:
     validate_spec(model_spec(model_cfg))
 
 
+_LAST_MODEL: dict[str, Any] = {}
+
+
 def load_model(model_cfg: dict[str, Any]) -> Any:
+    """Load a model, reusing the last one when the next job of a local sweep asks for the same config (Hydra's
+    basic launcher runs jobs in one process; tasks also share the full-precision prefill across policies)."""
+    import json
+
     from akvq.models import load_model as _load
 
-    return _load(model_spec(model_cfg))
+    key = json.dumps(model_cfg, sort_keys=True, default=str)
+    if key not in _LAST_MODEL:
+        _LAST_MODEL.clear()
+        _LAST_MODEL[key] = _load(model_spec(model_cfg))
+    return _LAST_MODEL[key]
 
 
 def model_spec(model_cfg: dict[str, Any]) -> Any:
@@ -184,10 +195,15 @@ def task_label(cfg: DictConfig, choices: dict[str, Any]) -> str:
     if t.get("dataset") and "/" not in str(t.name):
         return f"{t.name}/{t.dataset}"
     choice = choices.get("task")
-    path = CONFIG_DIR / "task" / f"{choice}.yaml"
-    if choice and path.is_file() and OmegaConf.load(path).get("name") == t.name:
+    if choice and _task_file_name(str(choice)) == t.name:
         return str(choice)
     return str(t.name)
+
+
+@cache
+def _task_file_name(choice: str) -> str | None:
+    path = CONFIG_DIR / "task" / f"{choice}.yaml"
+    return OmegaConf.load(path).get("name") if path.is_file() else None
 
 
 def model_is_vlm(model_cfg: dict[str, Any]) -> bool:
@@ -214,6 +230,9 @@ def plan(cfg: DictConfig, check_data: bool = True) -> list[RunPlan]:
             raise ConfigError(f"config has no {key!r} group; pick one of: {', '.join(available(key))}")
     choices, _, _ = hydra_info(cfg)
     base = {k: _plain(cfg[k]) for k in cfg if k != "hydra"}
+    for key in records.DATA_KEYS:  # `milebench_root=DIR` on the command line reaches the task config
+        if base.get(key) is not None and isinstance(base["task"], dict) and base["task"].get(key, 0) is None:
+            base["task"][key] = base[key]
 
     quants = []  # (label, quant config, policy)
     names, main = quant_names(cfg)
@@ -233,7 +252,7 @@ def plan(cfg: DictConfig, check_data: bool = True) -> list[RunPlan]:
     model_name = str(model_cfg.get("name") or choices.get("model"))
     validate_model(model_cfg)
 
-    task_cfg = cfg.task
+    task_cfg = OmegaConf.create(base["task"])
     if not task_cfg.get("name"):
         raise ConfigError(f"task config {choices.get('task')!r} has no 'name:' (the task registry name)")
     task = task_label(cfg, choices)

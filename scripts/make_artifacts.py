@@ -24,7 +24,11 @@ from akvq.artifacts import build  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
-        "--records", default=None, help="records file (default: $AKVQ_RECORDS or results/runs.jsonl)"
+        "--records",
+        action="append",
+        default=None,
+        help="records file, repeatable (default: $AKVQ_RECORDS, else results/runs.jsonl and "
+        "results/efficiency/runs.jsonl)",
     )
     ap.add_argument("--out", default="results", help="output root (tables/ and figures/ go under it)")
     ap.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(build.BY_NAME)}")
@@ -40,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--fig5-data", default=None, help="Fig. 5 stats CSV (default OUT/figures/data/fig5_kv_stats.csv)"
     )
+    ap.add_argument(
+        "--points",
+        action="append",
+        default=None,
+        help="efficiency benchmark points CSV(s) for Fig. 9 (default results/efficiency/points.csv)",
+    )
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -52,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         kw["saliency_dirs"] = [Path(p) for p in args.saliency]
     if args.layer_patterns:
         kw["layer_pattern_dirs"] = [Path(p) for p in args.layer_patterns]
+    if args.points:
+        kw["efficiency_points"] = [Path(p) for p in args.points]
     if args.fig5_data:
         kw["fig5_data"] = [Path(args.fig5_data)]
     ctx = build.context(args.records, args.out, **kw)

@@ -59,6 +59,8 @@ def text_samples(loaded: Any, n: int, length: int) -> list[dict[str, torch.Tenso
 
     text = "\n\n".join(topics[k].strip() for k in sorted(topics))
     ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if n * length > len(ids):
+        raise ValueError(f"corpus has {len(ids)} tokens; {n} windows of {length} do not fit")
     stride = (len(ids) - length) // max(n - 1, 1)
     device = loaded.model.get_input_embeddings().weight.device
     out = []
@@ -234,11 +236,11 @@ def main(argv: list[str] | None = None) -> int:
             if k in ("tsa_ratio", "psa_share", "k", "window", "skip_first")
         }
     }
-    patterns.write_layer_pattern(out / "pattern.yaml", name, pattern, source, profiled=True, extra=extra)
+    aliases = [spec.path] if spec.source == "hub" and spec.path else []
+    kw = dict(profiled=True, aliases=aliases, extra=extra)
+    patterns.write_layer_pattern(out / "pattern.yaml", name, pattern, source, **kw)
     if args.write_pattern:
-        p = patterns.write_layer_pattern(
-            Path(args.pattern_dir) / f"{name}.yaml", name, pattern, source, profiled=True, extra=extra
-        )
+        p = patterns.write_layer_pattern(Path(args.pattern_dir) / f"{name}.yaml", name, pattern, source, **kw)
         log.info("installed layer pattern %s", p)
     log.info("pattern: %s", pattern)
     log.info("wrote %s in %.0f s", out, time.time() - t0)

@@ -11,7 +11,7 @@ from PIL import Image
 torch.set_num_threads(2)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny(kind: str):
     from akvq.models.tiny import build_tiny
 

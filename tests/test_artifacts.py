@@ -3,7 +3,6 @@ listed with the sweep command that produces them, and each sweep composes with H
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -55,7 +54,16 @@ def write_side_inputs(root: Path) -> dict[str, list[Path]]:
                                           "p50": 0.0, "p75": -lo / 4, "p99": -lo / 2, "max": -lo}))  # fmt: skip
     fig5 = root / "fig5_kv_stats.csv"
     pd.concat(rows).to_csv(fig5, index=False)
-    return {"layer_pattern_dirs": [lp], "saliency_dirs": [sal], "fig5_data": [fig5]}
+    points = root / "points.csv"  # the benchmark's every measured point (scripts/bench_efficiency.py)
+    pd.DataFrame({"model": "smollm2-135m", "prompt_len": 2048, "device": "cpu", "quant": ["fp16"] * 3 + ["akvq"] * 3,
+                  "batch": [1, 8, 32] * 2, "peak_bytes": [1.2e9, 1.9e9, 4.5e9, 1.1e9, 1.2e9, 1.5e9],
+                  "oom": [False, False, True, False, False, False]}).to_csv(points, index=False)  # fmt: skip
+    return {
+        "layer_pattern_dirs": [lp],
+        "saliency_dirs": [sal],
+        "fig5_data": [fig5],
+        "efficiency_points": [points],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +110,8 @@ def test_ablation_order_and_table4_ratios() -> None:
     assert list(ab.iloc[:, 0]) == [73.0, 7.5, 20.5, 41.0, 78.0]
     t4 = tables.table4(recs).reset_index()
     akvq = t4[(t4["model"] == "smollm2-135m") & (t4["method"] == "AKVQ-VL")].iloc[0]
-    assert akvq["batch ×"] == pytest.approx(18 / 4) and akvq["tokens/s ×"] == pytest.approx(470 / 180)
+    assert akvq["batch ×"] == pytest.approx(72 / 16) and akvq["tokens/s ×"] == pytest.approx(470 / 180)
+    assert akvq["KV ÷"] == pytest.approx(46080 / 6500) and akvq["fixed batch"] == 8
     assert (t4["model"] == "paper: llava-1.5-7b").sum() == 2
 
 
@@ -127,15 +136,24 @@ def test_attention_figures_by_role(built) -> None:
     }
 
 
+def test_fig9_points_from_benchmark_csv_and_records(built) -> None:
+    ctx, _ = built
+    df = build.BY_NAME["fig9"].frame(ctx)
+    fp16 = df[df["quant"] == "fp16"].sort_values("batch")
+    assert list(fp16["batch"]) == [1, 8, 16]  # CSV points (the OOM one dropped) + the records' largest batch
+    assert set(df["quant"]) == {"fp16", "kivi2", "akvq"}
+
+
 def test_missing_records_list_the_sweep_command(tmp_path: Path) -> None:
     ctx = build.Context(
-        records=[], out=tmp_path, layer_pattern_dirs=[], saliency_dirs=[], fig5_data=[tmp_path / "no.csv"]
+        records=[], out=tmp_path, layer_pattern_dirs=[], saliency_dirs=[], fig5_data=[], efficiency_points=[]
     )
     todo = {o.name: "\n".join(o.todo) for o in build.build_all(ctx)}
     assert "python run.py -m +sweep=paper_table2 hydra/launcher=submitit_slurm" in todo["table2"]
     assert "python run.py -m +sweep=cpu_scale" in todo["fig8"]
     assert "python run.py -m +sweep=paper_ablation" in todo["ablation"]
     assert "fig5_kv_distribution.py" in todo["fig5"]
+    assert "python scripts/bench_efficiency.py model=smollm2-135m prompt_len=8192" in todo["table4"]
     assert not list(tmp_path.rglob("*.png"))
     # with the fixtures, only the absent grid points are listed
     part = build.todo_for(build.BY_NAME["table2"], build.Context(records=data.load(FIXTURE), out=tmp_path))
@@ -157,7 +175,21 @@ def test_make_artifacts_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert (tmp_path / "artifacts_status.md").is_file()
 
 
-@pytest.mark.parametrize("name", sweeps.sweep_names())
+@pytest.mark.parametrize("name", sweeps.sweep_names(kind="bench"))
+def test_bench_sweep_runs_compose(name: str) -> None:
+    """Every run of a benchmark list composes against configs/bench/efficiency.yaml as the script does."""
+    from hydra import compose, initialize_config_dir
+
+    grid = sweeps.load_grid(name)
+    assert grid.is_bench and grid.points
+    with initialize_config_dir(str(REPO / "configs" / "bench"), version_base=None):
+        for run in set(grid.runs.values()):
+            cfg = compose("efficiency", overrides=run.split())
+            assert (REPO / "configs" / "model" / f"{cfg.model}.yaml").is_file(), run
+            assert all((REPO / "configs" / "quant" / f"{q}.yaml").is_file() for q in cfg.quants), run
+
+
+@pytest.mark.parametrize("name", sweeps.sweep_names(kind="hydra"))
 def test_sweep_composes_with_hydra(name: str) -> None:
     from hydra import compose, initialize_config_dir
 
@@ -207,7 +239,8 @@ def test_notebook_executes_on_fixture_records(tmp_path: Path, monkeypatch: pytes
     assert (out / "figures" / "fig8_accuracy_vs_bits.png").is_file() and (
         out / "figures" / "fig5_kv_distribution.png"
     ).is_file()
-    assert not math.isnan(pd.read_csv(out / "tables" / "table2_accuracy.csv")["Avg"].iloc[-1])
+    t2 = pd.read_csv(out / "tables" / "table2_accuracy.csv").set_index(["model", "method"])
+    assert t2.loc[("llava-1.5-7b", "AKVQ-VL"), "Avg"] == pytest.approx(60.5)
     assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
                for c in nb.cells for o in c.get("outputs", []))  # fmt: skip
     assert os.environ["AKVQ_RECORDS"] == str(FIXTURE)

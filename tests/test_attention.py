@@ -158,3 +158,57 @@ def test_generate_packed_equals_sdpa(tiny_llama) -> None:
     base, _ = _generate(model, enc, "sdpa", "akvq", **GEN_POLICIES["akvq"])
     packed, _ = _generate(model, enc, "akvq_packed", "akvq", **GEN_POLICIES["akvq"])
     assert torch.equal(base, packed)
+
+
+_TRITON_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+import torch
+from test_attention import PLANS, _store, _views, B, H, D
+from akvq.attention import packed_triton as PT
+from akvq.attention.reference import reference_decode
+from akvq.policies.base import TensorPlan
+assert PT.available()
+for name, groups in {cases!r}:
+    plan, tb, classes = PLANS[name]
+    if True:
+        kst = _store(plan, tb, 45 if plan.axis == "token" else 43, 1, classes)
+        vplan = plan if plan.axis == "token" else TensorPlan(bits=2, group_size=16, window=6)
+        vst = _store(vplan, tb, kst.n_q + kst.tail_len, 2, classes, flushes=3)
+        t = kst.n_q + kst.tail_len
+        q = torch.randn(B, H * groups, 1, D, generator=torch.Generator().manual_seed(3))
+        mask = torch.ones(B, 1, 1, t, dtype=torch.bool)
+        mask[0, ..., :5] = False
+        ref = reference_decode(q, _views(kst), _views(vst), mask, 0.25)
+        torch.testing.assert_close(PT.packed_decode(q, kst, vst, mask, 0.25), ref, atol=2e-5, rtol=1e-4)
+print("TRITON_OK")
+"""
+
+
+def _run_triton(cases: list[tuple[str, int]]) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = str(Path(__file__).resolve().parent)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path(tests).parent)}
+    p = subprocess.run(
+        [sys.executable, "-c", _TRITON_SCRIPT.format(tests=tests, cases=cases)], capture_output=True, text=True,
+        env=env, timeout=900,
+    )
+    assert "TRITON_OK" in p.stdout, p.stderr[-3000:]
+
+
+@pytest.mark.skipif(not TRITON, reason="triton is not installed")
+def test_triton_kernels_match_reference_in_interpreter() -> None:
+    """The Triton kernels on CPU (TRITON_INTERPRET=1 must be set before triton is imported: a subprocess):
+    2/4/16-bit classes with GQA, KIVI channel-axis keys with 16-bit rows and WHT (full matrix: -m benchmark)."""
+    _run_triton([("akvq_all_classes_nowht", 3), ("kivi_keys_hp", 1)])
+
+
+@pytest.mark.benchmark
+@pytest.mark.skipif(not TRITON, reason="triton is not installed")
+def test_triton_kernels_full_matrix() -> None:
+    """Every packable plan, MHA and GQA (minutes in the interpreter)."""
+    _run_triton([(n, g) for n in sorted(PLANS) if n != "bits3_8" for g in (1, 3)])

@@ -250,3 +250,14 @@ def test_cached_read_path_is_numerically_identical(name):
         outs.append((rk, rv, cache.memory_report().total_bytes))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
     assert outs[0][2] == outs[1][2]
+
+
+def test_skvq_channel_reordering_inverts_exactly():
+    """8-bit codes make quantization error tiny, so any slip in the channel permutation shows."""
+    torch.manual_seed(3)
+    k = torch.randn(2, 4, 40, 16) * torch.linspace(0.1, 20, 16)
+    policy = make_policy("skvq", bits=8, group_size=16, window=4, sink=0, clip_search=False, clip_ratio=1.0)
+    cache, rk, _ = _layer_roundtrip(policy, k, k.clone(), steps=2)
+    store = cache.layers[0].k
+    assert store.perm is not None and sorted(store.perm.tolist()) == list(range(64))
+    torch.testing.assert_close(rk, k, rtol=0, atol=0.5)  # half an 8-bit step of the widest group

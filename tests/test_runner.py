@@ -206,7 +206,7 @@ def test_wandb_online_without_account_does_not_hang(tmp_path: Path, monkeypatch:
 
 
 def test_hydra_multirun_through_run_py(
-    tmp_path: Path, fakes: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fakes: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     """`python run.py -m quant=fp16,kivi2 ...` in-process (fake model and task): two jobs, two records."""
     from hydra.core.global_hydra import GlobalHydra
@@ -278,3 +278,42 @@ def test_real_stack_on_tiny_llama(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert rows[0]["kv_effective_bits"] >= 16
     assert "ppl" in capsys.readouterr().out
     assert len(records.read_records(tmp_path / "runs.jsonl")) == 2
+
+
+def test_run_py_bad_config_exits_2_before_loading(
+    tmp_path: Path, fakes: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """`python run.py quant.bits=5`: one clear error line and exit status 2, no model load, no record."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    recs = tmp_path / "runs.jsonl"
+    argv = [
+        "run.py",
+        "quant.bits=5",
+        f"records={recs}",
+        "wandb.mode=disabled",
+        f"hydra.run.dir={tmp_path / 'out'}",
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.syspath_prepend(str(REPO))
+    import run
+
+    GlobalHydra.instance().clear()
+    try:
+        with pytest.raises(SystemExit) as e:
+            run.main()
+    finally:
+        GlobalHydra.instance().clear()
+    assert e.value.code == 2
+    out = capsys.readouterr()
+    assert "ConfigError: quant=akvq: bits=5 is not supported" in out.out + out.err
+    assert fakes.loads == 0 and not recs.exists()
+
+
+def test_data_root_reaches_the_task_but_not_the_hash(tmp_path: Path, fakes: SimpleNamespace) -> None:
+    task = {"name": "milebench", "milebench_root": None, "datasets": ["ALFRED"]}
+    over = {"model.family": "llava", "compare": [], "task": task}
+    a = runner.plan(make_cfg(tmp_path, milebench_root="/data/a", **over))
+    b = runner.plan(make_cfg(tmp_path, milebench_root="/mnt/b", **over))
+    assert a[0].task_cfg.milebench_root == "/data/a" and b[0].task_cfg.milebench_root == "/mnt/b"
+    assert a[0].config_hash == b[0].config_hash

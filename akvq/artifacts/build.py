@@ -24,8 +24,7 @@ PROFILE_HINT = (
 )
 FIG5_COMMAND = "python scripts/fig5_kv_distribution.py"
 BENCH_HINT = (
-    "python scripts/bench_efficiency.py model=llava-1.5-7b prompt_len=500 quants=[fp16,akvq]  (GPU, paper Table IV); "
-    "python scripts/bench_efficiency.py model=smollm2-135m prompt_len=2048 quants=[fp16,kivi2,akvq] budget_gib=4  (here)"
+    "python scripts/bench_efficiency.py <one entry of configs/sweep/bench_paper.yaml or bench_cpu.yaml>"
 )
 
 
@@ -38,6 +37,9 @@ class Context:
     layer_pattern_dirs: list[Path] = field(default_factory=lambda: [REPO / "configs" / "layer_patterns"])
     saliency_dirs: list[Path] = field(default_factory=lambda: [REPO / "results" / "saliency"])
     fig5_data: list[Path] | None = None  # None: OUT/figures/data, then the repo's results/figures/data
+    efficiency_points: list[Path] = field(
+        default_factory=lambda: [REPO / "results" / "efficiency" / "points.csv"]
+    )
     config_dir: Path = sweeps.CONFIG_DIR
 
     @property
@@ -146,7 +148,7 @@ ARTIFACTS: list[Artifact] = [
     Artifact("table4", "Table IV: largest batch, throughput and peak memory",
              _table(lambda c: tables.table4(c.records), "table4_efficiency", "Table IV: batch, throughput, memory",
                     NOTE_RECORDS + " Rows named `paper:` are the paper's numbers (4x V100), for reference.", 2),
-             sweeps=("paper_efficiency", "cpu_efficiency"), how=BENCH_HINT, frame=lambda c: tables.table4(c.records)),
+             sweeps=("bench_paper", "bench_cpu"), how=BENCH_HINT, frame=lambda c: tables.table4(c.records)),
     Artifact("fig2", "Fig. 2: locality (recent-window attention share per layer)",
              _figure(lambda c: figures.fig_attention(_profiles(c), "fig2_locality"), "fig2_locality"), how=PROFILE_HINT),
     Artifact("fig3", "Fig. 3: text-salient attention (per-token attention, text vs vision)",
@@ -159,8 +161,8 @@ ARTIFACTS: list[Artifact] = [
              _figure(lambda c: figures.fig8(c.records), "fig8_accuracy_vs_bits"),
              sweeps=("paper_table2", "cpu_scale"), frame=lambda c: figures.fig8_frame(c.records)),
     Artifact("fig9", "Fig. 9: peak memory vs batch size",
-             _figure(lambda c: figures.fig9(c.records), "fig9_memory_vs_batch"),
-             sweeps=("paper_efficiency", "cpu_efficiency"), how=BENCH_HINT, frame=lambda c: figures.fig9_frame(c.records)),
+             _figure(lambda c: figures.fig9(c.records, c.efficiency_points), "fig9_memory_vs_batch"),
+             sweeps=("bench_paper", "bench_cpu"), how=BENCH_HINT, frame=lambda c: figures.fig9_frame(c.records, c.efficiency_points)),
 ]  # fmt: skip
 BY_NAME: dict[str, Artifact] = {a.name: a for a in ARTIFACTS}
 
@@ -199,8 +201,10 @@ def todo_for(art: Artifact, ctx: Context) -> list[str]:
         shown = ", ".join("/".join(p) for p in miss[:4]) + (
             f", ... (+{len(miss) - 4})" if len(miss) > 4 else ""
         )
-        lines.append(f"{len(miss)}/{len(grid.points)} runs of sweep {name} missing ({where}): {shown}\n"
-                     f"      run: {sweeps.command(name)}")  # fmt: skip
+        runs = "\n".join(f"      run: {c}" for c in sweeps.commands_for(grid, miss))
+        lines.append(
+            f"{len(miss)}/{len(grid.points)} runs of sweep {name} missing ({where}): {shown}\n{runs}"
+        )
     return lines
 
 

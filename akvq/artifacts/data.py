@@ -46,14 +46,25 @@ LONG_COLUMNS = [
 ]  # fmt: skip
 
 
-def default_records_path() -> Path:
-    """`$AKVQ_RECORDS` (the notebook and tests point it at fixtures), else `results/runs.jsonl`."""
-    return Path(os.environ.get("AKVQ_RECORDS", "results/runs.jsonl"))
+# Where runs write records: the runner (run.py) and the efficiency benchmark (configs/bench/efficiency.yaml).
+DEFAULT_RECORDS: tuple[str, ...] = ("results/runs.jsonl", "results/efficiency/runs.jsonl")
 
 
-def load(path: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
-    """All readable records; a torn last line (a run killed mid-write by a naive writer) is skipped."""
-    return read_records(default_records_path() if path is None else path)
+def default_records_paths() -> list[Path]:
+    """`$AKVQ_RECORDS` (one path or several joined by `os.pathsep`; the notebook and tests point it at
+    fixtures), else the runner's and the benchmark's record files."""
+    env = os.environ.get("AKVQ_RECORDS")
+    return [Path(p) for p in env.split(os.pathsep) if p] if env else [Path(p) for p in DEFAULT_RECORDS]
+
+
+def load(paths: str | os.PathLike[str] | list[str | os.PathLike[str]] | None = None) -> list[dict[str, Any]]:
+    """All readable records of one or several files, in order; a torn line (a run killed mid-write by a naive
+    writer) is skipped, a missing file is empty."""
+    if paths is None:
+        paths = list(default_records_paths())
+    elif not isinstance(paths, list):
+        paths = [paths]
+    return [r for p in paths for r in read_records(p)]
 
 
 def is_number(x: Any) -> bool:

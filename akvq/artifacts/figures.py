@@ -97,53 +97,90 @@ MEM_KEYS = ("peak_memory_bytes", "peak_bytes", "memory_bytes", "peak_memory")
 
 
 def memory_curve(rec: dict[str, Any]) -> list[tuple[float, float]]:
-    """(batch, peak bytes) points of one efficiency record: a list of points under any metrics key
-    (`memory_vs_batch`, `curve`, ...), a {batch: bytes} mapping, or the record itself as one point."""
+    """(batch, peak bytes) points in one efficiency record: a list of points under any metrics key
+    (`memory_vs_batch`, `points`, ...), else the benchmark's two summary points (the fixed batch and the
+    largest batch found, `peak_gib_at_batch` / `peak_gib_at_largest`)."""
     metrics = rec.get("metrics") or {}
     pts: list[tuple[float, float]] = []
-    for key, val in metrics.items():
+    for val in metrics.values():
         if isinstance(val, list):
             for p in val:
-                if isinstance(p, dict):
+                if isinstance(p, dict) and not p.get("oom"):
                     b = next((p[k] for k in BATCH_KEYS if data.is_number(p.get(k))), None)
                     m = next((p[k] for k in MEM_KEYS if data.is_number(p.get(k))), None)
                     if b is not None and m is not None:
                         pts.append((float(b), float(m)))
-        elif isinstance(val, dict) and "memory" in key and all(str(k).isdigit() for k in val):
-            pts.extend((float(b), float(m)) for b, m in val.items() if data.is_number(m))
     if not pts:
-        b = next((metrics.get(k) for k in BATCH_KEYS if data.is_number(metrics.get(k))), None)
-        m = next(
-            (
-                v
-                for v in (metrics.get("peak_memory_bytes"), rec.get("peak_memory_bytes"))
-                if data.is_number(v)
-            ),
-            None,
-        )
-        if b is not None and m is not None:
-            pts.append((float(b), float(m)))
+        fixed = ((rec.get("config") or {}).get("bench") or {}).get("batch")
+        for b, gib in (
+            (fixed, metrics.get("peak_gib_at_batch")),
+            (metrics.get("largest_batch"), metrics.get("peak_gib_at_largest")),
+        ):
+            if data.is_number(b) and data.is_number(gib):
+                pts.append((float(b), float(gib) * 2**30))
     return sorted(set(pts))
 
 
-def fig9_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+FIG9_COLUMNS = ["model", "prompt_len", "quant", "batch", "peak_memory_gib", "device", "source"]
+
+
+def points_frame(paths: list[Path]) -> pd.DataFrame:
+    """Every measured (batch, peak) point from the benchmark's `points.csv` files (OOM points dropped)."""
+    frames = []
+    for p in paths:
+        if not p.is_file():
+            continue
+        df = pd.read_csv(p)
+        if not {"model", "prompt_len", "quant", "batch", "peak_bytes"} <= set(df.columns):
+            continue
+        if "oom" in df.columns:
+            df = df[~df["oom"].astype(str).str.lower().isin(("true", "1"))]
+        df = df.assign(
+            peak_memory_gib=pd.to_numeric(df["peak_bytes"], errors="coerce") / 2**30, source=str(p)
+        )
+        frames.append(df.reindex(columns=FIG9_COLUMNS))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FIG9_COLUMNS)
+
+
+def fig9_frame(records: list[dict[str, Any]], points: list[Path] | None = None) -> pd.DataFrame:
+    """(model, prompt length, method, batch, peak GiB): the benchmark's measured points when its points.csv is
+    there, plus the points the records hold; a point measured twice keeps the last."""
     rows = []
     for r in data.efficiency_records(records):
-        prompt = (r.get("metrics") or {}).get("prompt_len") or (r.get("config") or {}).get("prompt_len")
-        for b, m in memory_curve(r):
+        m = r.get("metrics") or {}
+        prompt = m.get("prompt_len") or ((r.get("config") or {}).get("bench") or {}).get("prompt_len")
+        for b, mem in memory_curve(r):
             rows.append({"model": str(r.get("model")), "prompt_len": prompt, "quant": str(r.get("quant")),
-                         "batch": b, "peak_memory_gib": m / 2**30, "device": r.get("device")})  # fmt: skip
-    df = pd.DataFrame(rows, columns=["model", "prompt_len", "quant", "batch", "peak_memory_gib", "device"])
-    return df.drop_duplicates(["model", "prompt_len", "quant", "batch"], keep="last")
+                         "batch": b, "peak_memory_gib": mem / 2**30, "device": r.get("device"), "source": "records"})  # fmt: skip
+    df = pd.concat([pd.DataFrame(rows, columns=FIG9_COLUMNS), points_frame(points or [])], ignore_index=True)
+    if df.empty:
+        return df
+    df["prompt_len"] = pd.to_numeric(df["prompt_len"], errors="coerce")
+    df["batch"] = pd.to_numeric(df["batch"], errors="coerce")
+    return (
+        df.dropna(subset=["batch", "peak_memory_gib"])
+        .drop_duplicates(["model", "prompt_len", "quant", "batch"], keep="last")
+        .reset_index(drop=True)
+    )
 
 
-def fig9(records: list[dict[str, Any]]) -> tuple[Any, pd.DataFrame] | None:
+def fig9(records: list[dict[str, Any]], points: list[Path] | None = None) -> tuple[Any, pd.DataFrame] | None:
     """Peak memory vs batch size per method, one panel per (model, prompt length): the paper's Fig. 9."""
-    df = fig9_frame(records)
+    df = fig9_frame(records, points)
     if df.empty:
         return None
-    panels = sorted(df.groupby(["model", "prompt_len"], dropna=False).groups, key=str)
-    fig, axes = style.figure(1, len(panels), width=3.4, height=2.6)
+    panels = sorted(
+        df.groupby(["model", "prompt_len"], dropna=False).groups,
+        key=lambda k: (style.model_sort_key(str(k[0])), str(k)),
+    )
+    ncols = min(3, len(panels))
+    fig, axes = style.figure(math.ceil(len(panels) / ncols), ncols, width=3.4, height=2.6)
+    budgets = {
+        (str(r.get("model")), (r.get("metrics") or {}).get("prompt_len")): (
+            (r.get("config") or {}).get("bench") or {}
+        ).get("budget_gib")
+        for r in data.efficiency_records(records)
+    }
     for ax, (model, prompt) in zip(axes.flat, panels):
         sub = df[
             (df["model"] == model)
@@ -158,12 +195,17 @@ def fig9(records: list[dict[str, Any]]) -> tuple[Any, pd.DataFrame] | None:
                 color=style.color(q),
                 label=style.label(q),
             )
+        budget = budgets.get((str(model), prompt))
+        if data.is_number(budget):
+            ax.axhline(float(budget), color="grey", linestyle="--", linewidth=0.8, label="budget")
         ax.set_xlabel("batch size")
         ax.set_ylabel("peak memory (GiB)")
         ax.set_title(
             f"{model}" + (f" | prompt {int(prompt)}" if prompt is not None and not pd.isna(prompt) else "")
         )
         ax.legend()
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
     fig.tight_layout()
     return fig, df
 

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "configs"
 GPU_LAUNCH = "hydra/launcher=submitit_slurm slurm.partition=<gpu-partition>"
+BENCH_ENTRY = "python scripts/bench_efficiency.py"
 
 
 @dataclass(frozen=True)
@@ -37,24 +38,41 @@ SWEEPS: dict[str, SweepInfo] = {
     "cpu_scale": SweepInfo("cpu_scale", "cpu"),
     "cpu_fidelity": SweepInfo("cpu_fidelity", "cpu"),
     "cpu_tiny": SweepInfo("cpu_tiny", "cpu", "task.milebench_root=<fixtures>/milebench"),
+    "bench_paper": SweepInfo("bench_paper", "gpu", entry=BENCH_ENTRY),
+    "bench_cpu": SweepInfo("bench_cpu", "cpu", entry=BENCH_ENTRY),
 }
 
 
 @dataclass
 class Grid:
-    """One sweep's expanded grid: every (model, task, quant) option triple it launches."""
+    """One sweep's expanded grid: every (model, task, quant) option triple it launches. A benchmark sweep
+    (a `runs:` list of scripts/bench_efficiency.py overrides) also keeps which run produces which point."""
 
     name: str
     params: dict[str, list[str]]
     points: list[tuple[str, str, str]] = field(default_factory=list)
+    runs: dict[tuple[str, str, str], str] = field(default_factory=dict)
+
+    @property
+    def is_bench(self) -> bool:
+        return bool(self.runs)
 
 
 def sweep_path(name: str, config_dir: Path = CONFIG_DIR) -> Path:
     return config_dir / "sweep" / f"{name}.yaml"
 
 
-def sweep_names(config_dir: Path = CONFIG_DIR) -> list[str]:
-    return sorted(p.stem for p in (config_dir / "sweep").glob("*.yaml"))
+def sweep_names(config_dir: Path = CONFIG_DIR, kind: str = "all") -> list[str]:
+    """Sweep config names; kind "hydra" = run.py sweeps, "bench" = benchmark run lists, "all" = both."""
+    names = sorted(p.stem for p in (config_dir / "sweep").glob("*.yaml"))
+    if kind == "all":
+        return names
+    return [
+        n
+        for n in names
+        if (OmegaConf.select(OmegaConf.load(sweep_path(n, config_dir)), "runs") is not None)
+        == (kind == "bench")
+    ]
 
 
 def _values(key: str, value: Any) -> list[str]:
@@ -69,6 +87,8 @@ def _values(key: str, value: Any) -> list[str]:
 def load_grid(name: str, config_dir: Path = CONFIG_DIR) -> Grid:
     """Expand `configs/sweep/<name>.yaml`'s `hydra.sweeper.params` into its (model, task, quant) triples."""
     node = OmegaConf.load(sweep_path(name, config_dir))
+    if OmegaConf.select(node, "runs") is not None:
+        return _bench_grid(name, [str(r) for r in node.runs])
     raw = OmegaConf.select(node, "hydra.sweeper.params", default=None)
     params_cfg = OmegaConf.to_container(raw) if raw is not None else {}
     assert isinstance(params_cfg, dict)
@@ -77,10 +97,38 @@ def load_grid(name: str, config_dir: Path = CONFIG_DIR) -> Grid:
     return Grid(name, params, [tuple(p) for p in itertools.product(*axes)])  # type: ignore[misc]
 
 
+def _bench_grid(name: str, runs: list[str]) -> Grid:
+    """Points of a benchmark run list: each run measures (model, `efficiency/<prompt_len>`, quant) per quant.
+    Defaults not given in a run come from configs/bench/efficiency.yaml."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    defaults_path = CONFIG_DIR / "bench" / "efficiency.yaml"
+    base = OmegaConf.to_container(OmegaConf.load(defaults_path)) if defaults_path.is_file() else {}
+    assert isinstance(base, dict)
+    grid = Grid(name, {})
+    for run in runs:
+        ov = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(run.split())}
+        cfg = {**base, **ov}
+        for q in cfg.get("quants") or []:
+            point = (str(cfg["model"]), f"efficiency/{cfg['prompt_len']}", str(q))
+            grid.points.append(point)
+            grid.runs[point] = run
+    return grid
+
+
 def command(name: str) -> str:
-    """The exact command that runs (or resumes) a sweep."""
+    """The exact command that runs (or resumes) a run.py sweep."""
     info = SWEEPS.get(name, SweepInfo(name, "cpu"))
     return " ".join(x for x in (info.entry, f"+sweep={name}", info.extra) if x)
+
+
+def commands_for(grid: Grid, missing: list[tuple[str, str, str]]) -> list[str]:
+    """Commands that produce the missing points: the sweep command, or for a benchmark list each run needed."""
+    if not grid.is_bench:
+        return [command(grid.name)]
+    info = SWEEPS.get(grid.name, SweepInfo(grid.name, "cpu", entry=BENCH_ENTRY))
+    runs = list(dict.fromkeys(grid.runs[p] for p in missing))
+    return [f"{info.entry} {r}" for r in runs]
 
 
 @functools.lru_cache(maxsize=512)

@@ -31,13 +31,23 @@ def fmt(x: Any, digits: int = 1) -> str:
     return str(x)
 
 
+COUNT_COLUMNS = frozenset({"prompt_len", "largest batch", "fixed batch", "layers", "budget GiB"})
+
+
+def _cell(col: str, v: Any, digits: int) -> str:
+    """Counts print as integers, effective bits with two decimals, everything else with `digits`."""
+    if col in COUNT_COLUMNS and isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return fmt(v, max(digits, 2) if "bits" in col else digits)
+
+
 def to_markdown(df: pd.DataFrame, digits: int = 1, index: bool = True) -> str:
     """A GitHub-flavoured Markdown table (no `tabulate` dependency)."""
     frame = df.reset_index() if index and not isinstance(df.index, pd.RangeIndex) else df
     cols = [str(c).replace("|", "\\|") for c in frame.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for row in frame.itertuples(index=False):
-        cells = [fmt(v, max(digits, 2) if "bits" in c else digits) for c, v in zip(cols, row)]
+        cells = [_cell(c, v, digits) for c, v in zip(cols, row)]
         lines.append("| " + " | ".join(x.replace("|", "\\|") for x in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -195,59 +205,84 @@ def ranges(idx: list[int]) -> str:
 
 # ----------------------------------------------------------------------------------------------- Table IV
 
-EFF_FIELDS: dict[str, tuple[str, ...]] = {
-    "prompt_len": ("prompt_len", "input_tokens", "context_len"),
-    "max_batch": ("max_batch", "largest_batch"),
-    "tokens/s @ max batch": ("tokens_per_second_at_max_batch", "tps_at_max_batch", "throughput_at_max_batch"),
-    "tokens/s @ fixed batch": ("tokens_per_second_at_fixed_batch", "tps_at_fixed_batch"),
-    "peak memory (GiB)": ("peak_memory_bytes", "peak_memory_bytes_at_fixed_batch"),
-    "KV bytes/token": ("kv_bytes_per_token",),
-    "budget (GiB)": ("budget_gib",),
+# Table IV column -> where an efficiency record holds it (dotted paths, first present wins) and a scale.
+# The benchmark (scripts/bench_efficiency.py) writes `task: efficiency/<prompt_len>` and these metrics.
+EFF_FIELDS: dict[str, tuple[tuple[str, float], ...]] = {
+    "prompt_len": (("metrics.prompt_len", 1), ("config.bench.prompt_len", 1), ("config.prompt_len", 1)),
+    "largest batch": (("metrics.largest_batch", 1), ("metrics.max_batch", 1)),
+    "tokens/s @ largest": (
+        ("metrics.tokens_per_second_at_largest", 1),
+        ("metrics.tokens_per_second_at_max_batch", 1),
+    ),
+    "fixed batch": (("config.bench.batch", 1), ("metrics.batch", 1)),
+    "peak GiB @ fixed": (("metrics.peak_gib_at_batch", 1), ("metrics.peak_memory_bytes", 2**-30)),
+    "tokens/s @ fixed": (
+        ("metrics.tokens_per_second_at_batch", 1),
+        ("metrics.tokens_per_second_at_fixed_batch", 1),
+    ),
+    "peak GiB @ largest": (("metrics.peak_gib_at_largest", 1),),
+    "KV bytes/token": (("metrics.kv_bytes_per_token", 1),),
+    "quant % of prefill": (("metrics.quant_share_of_prefill", 100),),
+    "budget GiB": (("config.bench.budget_gib", 1), ("metrics.budget_gib", 1)),
+}
+# ratio column -> (value column, True when smaller is better so the ratio is fp16 / method)
+EFF_RATIOS: dict[str, tuple[str, bool]] = {
+    "batch ×": ("largest batch", False),
+    "tokens/s ×": ("tokens/s @ largest", False),
+    "memory ÷": ("peak GiB @ fixed", True),
+    "KV ÷": ("KV bytes/token", True),
 }
 
 
-def _field(rec: dict[str, Any], names: tuple[str, ...]) -> Any:
-    metrics, cfg = rec.get("metrics") or {}, rec.get("config") or {}
-    for n in names:
-        for src in (metrics, rec, cfg):
-            v = src.get(n) if isinstance(src, dict) else None
-            if data.is_number(v):
-                return v
+def _dig(rec: dict[str, Any], path: str) -> Any:
+    node: Any = rec
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _field(rec: dict[str, Any], sources: tuple[tuple[str, float], ...]) -> float:
+    for path, scale in sources:
+        v = _dig(rec, path)
+        if data.is_number(v):
+            return float(v) * scale
     return math.nan
 
 
 def table4(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """Rows (model, prompt length, method): largest batch, tokens/s there, peak memory, ratios to FP16.
-    Newest efficiency record per (model, quant, prompt length) wins; paper's rows appended for reference."""
-    recs = data.efficiency_records(records)
+    """Rows (model, prompt length, method): largest batch under the budget and tokens/s there, peak memory and
+    tokens/s at the fixed batch, KV bytes per token, ratios to FP16 of the same model and prompt length.
+    Newest efficiency record per (model, prompt length, quant) wins; the paper's rows are appended."""
     rows: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for r in recs:
-        row = {k: _field(r, names) for k, names in EFF_FIELDS.items()}
-        if not math.isnan(row["peak memory (GiB)"]):
-            row["peak memory (GiB)"] /= 2**30
-        row.update(model=str(r.get("model")), quant=str(r.get("quant")), device=str(r.get("device", "")),
-                   **{"eff. bits": r.get("kv_effective_bits")})  # fmt: skip
+    for r in data.efficiency_records(records):
+        row: dict[str, Any] = {k: _field(r, src) for k, src in EFF_FIELDS.items()}
+        row.update(model=str(r.get("model")), quant=str(r.get("quant")), device=str(r.get("device", "")))
+        row["eff. bits"] = r.get("kv_effective_bits")
+        row["capped"] = bool(_dig(r, "metrics.largest_batch_capped"))  # the search hit max_batch
         rows[(row["model"], row["prompt_len"], row["quant"])] = row
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame(list(rows.values()))
-    for col, ratio in (
-        ("max_batch", "batch ×"),
-        ("tokens/s @ max batch", "tokens/s ×"),
-        ("peak memory (GiB)", "memory ÷"),
-    ):
+    for ratio, (col, smaller_better) in EFF_RATIOS.items():
         ref = df[df["quant"] == "fp16"].set_index(["model", "prompt_len"])[col]
         vals = []
         for m, p, v in zip(df["model"], df["prompt_len"], df[col]):
             r = ref.get((m, p), math.nan)
-            vals.append((r / v if ratio == "memory ÷" else v / r) if r and v else math.nan)
+            vals.append(
+                (r / v if smaller_better else v / r)
+                if r and v and not (math.isnan(r) or math.isnan(v))
+                else math.nan
+            )
         df[ratio] = vals
     df["_q"] = df["quant"].map(lambda q: method_sort_key(q)[0])
-    df = df.sort_values(["model", "prompt_len", "_q", "quant"]).drop(columns="_q")
+    df["_m"] = df["model"].map(lambda m: model_sort_key(m)[0])
+    df = df.sort_values(["_m", "model", "prompt_len", "_q", "quant"]).drop(columns=["_q", "_m"])
     df["quant"] = df["quant"].map(label)
     df = df.rename(columns={"quant": "method"})
-    ref = pd.DataFrame(paper.TABLE4)
-    df = pd.concat([df, ref], ignore_index=True)
-    keep = ["model", "prompt_len", "method", "max_batch", "tokens/s @ max batch", "batch ×", "tokens/s ×",
-            "peak memory (GiB)", "memory ÷", "tokens/s @ fixed batch", "KV bytes/token", "eff. bits", "device"]  # fmt: skip
+    df = pd.concat([df, pd.DataFrame(paper.TABLE4)], ignore_index=True)
+    keep = ["model", "prompt_len", "method", "largest batch", "tokens/s @ largest", "batch ×", "tokens/s ×",
+            "fixed batch", "peak GiB @ fixed", "memory ÷", "tokens/s @ fixed", "KV bytes/token", "KV ÷", "eff. bits",
+            "quant % of prefill", "budget GiB", "capped", "device"]  # fmt: skip
     return df[[c for c in keep if c in df.columns]].set_index(["model", "prompt_len", "method"])

@@ -66,15 +66,15 @@ def planes(packed: torch.Tensor, bits: int) -> list[torch.Tensor]:
 
 def planes_into(packed: torch.Tensor, bits: int) -> torch.Tensor:
     """Packed bytes [..., NB] -> float codes [..., per, NB] in plane-major order (plane i = channels per*j + i),
-    written straight into one buffer so a single matmul over all D channels follows."""
+    one contiguous tensor so a single matmul over all D channels follows."""
     if bits not in (1, 2, 4, 8):  # 3-bit codes straddle bytes: unpack them in channel order (one plane)
         return unpack(packed, bits, packed.shape[-1] * 8 // bits).float().unsqueeze(-2)
     per, m = 8 // bits, (1 << bits) - 1
-    out = torch.empty(*packed.shape[:-1], per, packed.shape[-1], device=packed.device)
-    for i in range(per):
-        x = packed >> (bits * i) if i else packed
-        out[..., i, :].copy_(x & m if i < per - 1 else x)
-    return out
+    if per == 1:
+        return packed.float().unsqueeze(-2)
+    # planes stacked as bytes first (1 byte per code), then one contiguous conversion to float
+    u = torch.stack([(packed >> (bits * i) if i else packed) & m for i in range(per - 1)] + [packed >> (8 - bits)], -2)
+    return u.float()
 
 
 def _per(bits: int) -> int:
@@ -119,8 +119,8 @@ def _token_chunks(store: TensorStore) -> Iterator[tuple[int, int, int, torch.Ten
             scale, zero = scale.float(), zero.float()
             if rep > 1:
                 scale, zero = scale.repeat_interleave(rep, -1), zero.repeat_interleave(rep, -1)
-            s = scale.view(ct, b, h, ns).permute(1, 2, 0, 3)
-            z = zero.view(ct, b, h, ns).permute(1, 2, 0, 3)
+            s = scale.view(ct, b, h, ns).permute(1, 2, 0, 3).contiguous()
+            z = zero.view(ct, b, h, ns).permute(1, 2, 0, 3).contiguous()
             yield t0, t1, qt.bits, by, s, z
 
 

@@ -45,8 +45,11 @@ def packed_attention(
         from akvq.attention import packed_triton
 
         if packed_triton.available():
-            out = packed_triton.packed_decode(query, ks, vs, attention_mask, scaling)
-            return out.transpose(1, 2).contiguous(), None
+            try:
+                out = packed_triton.packed_decode(query, ks, vs, attention_mask, scaling)
+                return out.transpose(1, 2).contiguous(), None
+            except NotImplementedError:  # 3-bit codes: the torch path below reads them
+                pass
     out = packed_decode(query, ks, vs, attention_mask, scaling)
     return out.transpose(1, 2).contiguous(), None
 

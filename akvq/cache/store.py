@@ -61,6 +61,7 @@ class TensorStore:
     hp_pos: torch.Tensor | None = None  # int32 row positions of hp_rows (channel axis only)
     chan: QTensor | None = None  # channel axis: codes [B, H*D, n_q * bits / 8]
     smooth: torch.Tensor | None = None  # fp16 [B, H*D]
+    perm: torch.Tensor | None = None  # int16 [H*D] channel order (SKVQ reordering)
     # Evaluation speed-up: keep the dequantized history (numerically identical reads, fp memory). Off for
     # memory/throughput measurements; the packed tables are held and accounted either way.
     keep_dequantized: bool = False
@@ -72,10 +73,7 @@ class TensorStore:
 
     @property
     def group(self) -> int:
-        p = self.plan
-        if p.axis == "channel":
-            return p.group_size
-        return min(p.group_size, self.width if p.group_across_heads else self.head_dim)
+        return self.plan.row_group(self.num_heads, self.head_dim)
 
     @property
     def tail_len(self) -> int:
@@ -101,9 +99,13 @@ class TensorStore:
             rows = fwht(rows.unflatten(-1, (self.num_heads, self.head_dim))).flatten(-2)
         if self.smooth is not None:
             rows = (rows.view(-1, self.batch, self.width) / self.smooth.float()).view(-1, self.width)
+        if self.perm is not None:
+            rows = rows[:, self.perm.long()]
         return rows
 
     def _inverse(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.perm is not None:
+            rows = rows[:, torch.argsort(self.perm.long())]
         if self.smooth is not None:
             rows = (rows.view(-1, self.batch, self.width) * self.smooth.float()).view(-1, self.width)
         if self.plan.hadamard:
@@ -111,16 +113,21 @@ class TensorStore:
         return rows
 
     def _calibrate(self, rows: torch.Tensor) -> None:
-        """SmoothQuant scales from the first tokens that leave the window (the prompt)."""
+        """Per-channel statistics from the first tokens that leave the window (the prompt): SmoothQuant scales,
+        and SKVQ's channel reordering (channels sorted by range, so each group holds channels of like range)."""
         a = self.plan.smooth_alpha
-        if a is None or self.smooth is not None:
+        if self.n_q or (a is None and not self.plan.reorder):
             return
         x = rows.float()
         if self.plan.hadamard:
             x = fwht(x.unflatten(-1, (self.num_heads, self.head_dim))).flatten(-2)
         amax = x.view(-1, self.batch, self.width).abs().amax(0).clamp_min(1e-5)
-        s = amax.pow(a)
-        self.smooth = (s / s.mean(-1, keepdim=True)).half()
+        if a is not None:
+            s = amax.pow(a)
+            self.smooth = (s / s.mean(-1, keepdim=True)).half()
+            amax = amax / s
+        if self.plan.reorder:
+            self.perm = torch.argsort(amax.amax(0)).to(torch.int16)
 
     # --- write ---
     def append(self, x: torch.Tensor) -> None:
@@ -219,6 +226,8 @@ class TensorStore:
             r.meta += qt.scale.nbytes + qt.zero.nbytes
         if self.smooth is not None:
             r.meta += self.smooth.nbytes
+        if self.perm is not None:
+            r.index += self.perm.nbytes
         for t in (self.cls, self.hp_pos):
             if t is not None:
                 r.index += t.nbytes

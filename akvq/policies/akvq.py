@@ -31,8 +31,11 @@ class AKVQPolicy(Policy):
     layer_pattern: list[str] | None = None  # "tsa"/"psa" per layer; None: read from the model's pattern file
     k_axis: str = "token"
     k_bits: int | None = None  # None: same as bits
+    k_window: int | None = None  # per-channel keys only; None: same as window (0 behaves like KIVI's residual)
+    k_group_tokens: int = 128  # per-channel keys: tokens per group
     clip_search: bool = False
     group_across_heads: bool = False
+    float_zero: bool = False
 
     def validate(self) -> None:
         check_bits(self.bits)
@@ -43,14 +46,12 @@ class AKVQPolicy(Policy):
             raise ConfigError(f"akvq: k_axis must be 'token' or 'channel', got {self.k_axis!r}")
         if self.pivot_rule not in PIVOT_RULES:
             raise ConfigError(f"akvq: pivot_rule must be one of {PIVOT_RULES}, got {self.pivot_rule!r}")
-        if self.window < 0 or self.num_pivots < 0 or self.group_size <= 0:
+        if self.window < 0 or (self.k_window or 0) < 0 or self.num_pivots < 0 or min(self.group_size, self.k_group_tokens) <= 0:
             raise ConfigError("akvq: window and num_pivots must be >= 0, group_size > 0")
         if self.layer_pattern is not None:
             bad = set(self.layer_pattern) - {"tsa", "psa"}
             if bad:
                 raise ConfigError(f"akvq: layer_pattern entries must be 'tsa' or 'psa', got {sorted(bad)}")
-        if self.tsa and self.k_axis == "channel":
-            raise ConfigError("akvq: TSA gives text and vision tokens different bits, which needs k_axis=token")
 
     @property
     def needs_roles(self) -> bool:  # type: ignore[override]
@@ -81,13 +82,25 @@ class AKVQPolicy(Policy):
             window=self.window,
             hadamard=self.hadamard,
             group_across_heads=self.group_across_heads,
+            float_zero=self.float_zero,
         )
-        if self.k_axis == "channel":
-            k = TensorPlan(bits=self.k_bits or self.bits, axis="channel", **{**common, "group_across_heads": False})
+        pattern = self.pattern_of(layer_idx, num_layers)
+        # TSA layers give text and vision tokens different bits, which per-channel key groups cannot: there
+        # keys stay per token, as in the paper.
+        if self.k_axis == "channel" and pattern != "tsa":
+            k = TensorPlan(
+                bits=self.k_bits or self.bits,
+                axis="channel",
+                **{
+                    **common,
+                    "group_size": self.k_group_tokens,
+                    "group_across_heads": False,
+                    "window": self.window if self.k_window is None else self.k_window,
+                },
+            )
         else:
             k = TensorPlan(bits=self.k_bits or self.bits, **common)
         v = TensorPlan(bits=self.bits, **common)
-        pattern = self.pattern_of(layer_idx, num_layers)
         if pattern == "tsa":
             return LayerPlan(k=k, v=v, pattern="tsa", text_bits=self.text_bits)
         return LayerPlan(k=k, v=v, pattern="psa", protect_pivots=self.psa and self.num_pivots > 0)

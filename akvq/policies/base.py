@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -33,11 +34,23 @@ class TensorPlan:
     smooth_alpha: float | None = None
     group_across_heads: bool = False
     float_zero: bool = False  # store the group minimum instead of the paper's integer zero point
+    reorder: bool = False  # SKVQ: permute channels by calibrated range before grouping (token axis only)
 
     @property
     def chunk(self) -> int:
         """Tokens leave the window in multiples of this: a channel group needs all its tokens at once."""
         return self.group_size if self.axis == "channel" else 1
+
+    def row_group(self, num_heads: int, head_dim: int) -> int:
+        """Channels per group. Within a head: min(group_size, head_dim). Across heads (SKVQ): the largest
+        group up to group_size that divides heads*head_dim (gcd; e.g. 64 for 3 heads of 64 and group_size 128)."""
+        if self.axis == "channel":
+            return self.group_size
+        if self.group_across_heads:
+            width = num_heads * head_dim
+            g = min(self.group_size, width)
+            return g if width % g == 0 else math.gcd(g, width)
+        return min(self.group_size, head_dim)
 
     def clip_for(self, bits: int) -> float:
         return self.clip_ratio if self.clip_ratio is not None else default_clip(bits)
@@ -97,14 +110,10 @@ class Policy:
                             f"{self.name}: the Walsh-Hadamard transform needs a power-of-two head_dim, "
                             f"this model has {head_dim}; set hadamard=false"
                         )
-                if t.axis == "token":
-                    width = num_kv_heads * head_dim if t.group_across_heads else head_dim
-                    g = min(t.group_size, width)
-                    if width % g:
-                        raise ConfigError(
-                            f"{self.name}: group_size {t.group_size} does not divide "
-                            f"{'heads*head_dim' if t.group_across_heads else 'head_dim'}={width}"
-                        )
+                if t.axis == "token" and head_dim % t.row_group(num_kv_heads, head_dim) and not t.group_across_heads:
+                    raise ConfigError(f"{self.name}: group_size {t.group_size} does not divide head_dim={head_dim}")
+                if t.axis == "channel" and (t.group_size * t.bits) % 8:
+                    raise ConfigError(f"{self.name}: a channel group of {t.group_size} {t.bits}-bit codes is not byte-aligned")
 
     def to_dict(self) -> dict[str, Any]:
         return {"policy": self.name, **dataclasses.asdict(self)}

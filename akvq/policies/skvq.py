@@ -16,7 +16,9 @@ class SKVQPolicy(Policy):
     window: int = 128
     sink: int = 5
     clip_ratio: float | None = None
-    clip_search: bool = True  # stands in for SKVQ's offline-calibrated clipping; channel reordering is not done
+    clip_search: bool = True  # stands in for SKVQ's offline-calibrated clipping ratios
+    reorder: bool = True  # channel reordering, calibrated on the prompt instead of offline
+    float_zero: bool = False
 
     def validate(self) -> None:
         check_bits(self.bits)
@@ -31,5 +33,7 @@ class SKVQPolicy(Policy):
             clip_search=self.clip_search,
             window=self.window,
             group_across_heads=True,
+            reorder=self.reorder,
+            float_zero=self.float_zero,
         )
         return LayerPlan(k=t, v=t, sink=self.sink)

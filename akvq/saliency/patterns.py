@@ -138,7 +138,8 @@ def load_layer_pattern(model_name: str | None, num_layers: int) -> LayerPattern:
     path = find_pattern_file(model_name)
     if path is None:
         name = model_name or "<model>"
-        log.warning(
+        _warn_once(
+            name,
             "no layer pattern for %r: using all-PSA (unprofiled). Profile it on a GPU with `%s`",
             name,
             PROFILE_COMMAND.format(name=_config_name(name)),
@@ -150,7 +151,8 @@ def load_layer_pattern(model_name: str | None, num_layers: int) -> LayerPattern:
     pat = parse_pattern(node, num_layers, where=str(path))
     profiled = bool(node.get("profiled", True))
     if not profiled:
-        log.warning(
+        _warn_once(
+            str(path),
             "layer pattern %s is unprofiled; profile it with `%s`",
             path,
             PROFILE_COMMAND.format(name=_config_name(str(node.get("model") or path.stem))),
@@ -166,6 +168,16 @@ def load_layer_pattern(model_name: str | None, num_layers: int) -> LayerPattern:
         path=str(path),
         extra=extra,
     )
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(key: str, msg: str, *args: Any) -> None:
+    """One warning per model and process: build_cache runs once per batch."""
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning(msg, *args)
 
 
 def layer_pattern(model_name: str | None, num_layers: int) -> list[str]:
@@ -205,6 +217,6 @@ def write_layer_pattern(
         node.update(extra)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(yaml.safe_dump(node, sort_keys=False, width=120))
+    p.write_text(yaml.safe_dump(node, sort_keys=False, width=120, default_flow_style=None))
     _index.cache_clear()
     return p

@@ -269,7 +269,13 @@ def plot_profile(rows: list[dict[str, Any]], out_prefix: str | Path, title: str)
     ax.set_yscale("log")
     ax.set_title("(b) TSA: mean attention per token")
     ax = axes[2]
-    ax.plot(layers, [r["topk_share"] for r in rows], marker="o", ms=3, label="top-k (oracle)")
+    ax.plot(
+        layers,
+        [r["topk_prefix_share"] for r in rows],
+        marker="o",
+        ms=3,
+        label="top-k (oracle, same positions)",
+    )
     ax.plot(layers, [r["pivot_mass"] for r in rows], marker="s", ms=3, label="detected pivots")
     ax.plot(layers, [r["random_mass"] for r in rows], marker="x", ms=3, label="random tokens")
     ax.set_ylim(0, 1)

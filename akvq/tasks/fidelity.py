@@ -105,13 +105,14 @@ def cache_from_prefill(model: Any, policy: Any, ids: torch.Tensor, pre: Prefill,
     return cache
 
 
-def _decode(model: Any, cache: Any, tokens: torch.Tensor) -> torch.Tensor:
-    """Feed tokens [1, n] one at a time; logits [n, V] in fp32."""
+def _decode(model: Any, cache: Any, tokens: torch.Tensor, chunk: int = 1) -> torch.Tensor:
+    """Feed tokens [1, n] through the cache `chunk` at a time (1 = exactly what decoding sees; larger chunks
+    are a faster proxy: tokens inside a chunk attend to each other in full precision); logits [n, V] fp32."""
     out = []
     with torch.inference_mode():
-        for i in range(tokens.shape[-1]):
-            o = model(input_ids=tokens[:, i : i + 1], **{api.cache_kwarg(): cache}, use_cache=True)
-            out.append(o.logits[:, -1].float())
+        for i in range(0, tokens.shape[-1], chunk):
+            o = model(input_ids=tokens[:, i : i + chunk], **{api.cache_kwarg(): cache}, use_cache=True)
+            out.append(o.logits[0].float())
     return torch.cat(out)
 
 
@@ -133,6 +134,7 @@ class PerplexityTask(Task):
         model, tok = loaded.model, loaded.tokenizer
         p_len, c_len = int(cfg_get(cfg, "prompt_len", 4096)), int(cfg_get(cfg, "cont_len", 256))
         n_win = int(cfg_get(cfg, "windows", 8))
+        chunk = int(cfg_get(cfg, "chunk", 1))
         ids_all = windows(corpus_ids(tok), p_len + c_len, n_win)
         window_nll, details, report = [], [], None
         for w, ids in enumerate(tqdm(ids_all, desc=f"ppl {policy.name}", leave=False)):
@@ -140,7 +142,7 @@ class PerplexityTask(Task):
             prompt, cont = ids[:, :p_len], ids[:, p_len:]
             pre = shared_prefill(model, prompt, policy)
             cache = cache_from_prefill(model, policy, prompt, pre)
-            logits = torch.cat([pre.last_logits, _decode(model, cache, cont[:, :-1])])
+            logits = torch.cat([pre.last_logits, _decode(model, cache, cont[:, :-1], chunk)])
             nll = torch.nn.functional.cross_entropy(logits, cont[0], reduction="mean").item()
             window_nll.append(nll)
             report = cache.memory_report()

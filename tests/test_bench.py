@@ -1,0 +1,109 @@
+"""Benchmark helpers: cache copied along the batch, save/load, the largest-batch search, the table."""
+
+from __future__ import annotations
+
+import torch
+
+from akvq.bench.batch_search import Point, largest_batch
+from akvq.bench.memory import load_cache, repeat_store, save_cache
+from akvq.cache.store import HIGH, LOW, TEXT, TensorStore
+from akvq.policies.base import TensorPlan
+
+
+def _store(plan: TensorPlan, n: int = 40) -> TensorStore:
+    g = torch.Generator().manual_seed(0)
+    st = TensorStore(plan, 4, torch.float16, 2, 16, 1)
+    st.append(torch.randn(1, 2, n, 16, generator=g))
+    m = st.flushable(0)
+    cls = torch.full((m, 1), LOW, dtype=torch.uint8)
+    cls[3], cls[7], cls[11] = HIGH, TEXT, HIGH
+    st.flush(m, cls)
+    return st
+
+
+def test_repeat_store_token_and_channel_axis() -> None:
+    for plan in (
+        TensorPlan(bits=2, group_size=16, window=5, hadamard=True, smooth_alpha=0.5),
+        TensorPlan(bits=2, group_size=8, axis="channel", window=0),
+    ):
+        st = _store(plan)
+        before = st.materialize(torch.float32)
+        repeat_store(st, 3)
+        assert st.batch == 3
+        torch.testing.assert_close(st.materialize(torch.float32), before.repeat(3, 1, 1, 1))
+        st.append(torch.zeros(3, 2, 1, 16))  # later flushes still work at the new batch
+        m = st.flushable(plan.chunk if plan.axis == "channel" else 8)
+        if m:
+            st.flush(m, torch.zeros(m, 3, dtype=torch.uint8))
+
+
+def test_save_load_roundtrip(tmp_path) -> None:
+    from akvq.cache import AKVQCache
+    from akvq.policies import make_policy
+
+    policy = make_policy("rtn", bits=2, group_size=16, window=4)
+    cache = AKVQCache(policy, 2)
+    g = torch.Generator().manual_seed(0)
+    for i in range(2):
+        k, v = torch.randn(2, 2, 12, 16, generator=g), torch.randn(2, 2, 12, 16, generator=g)
+        cache.update(k, v, i)
+        cache.update(k[:, :, :1], v[:, :, :1], i)
+    save_cache(cache, tmp_path / "c.pt", {"next_id": 7})
+    back, extra = load_cache(policy, tmp_path / "c.pt")
+    assert extra["next_id"] == 7
+    assert back.memory_report().total_bytes == cache.memory_report().total_bytes
+    for a, b in zip(cache.layers, back.layers):
+        torch.testing.assert_close(a.k.materialize(torch.float32), b.k.materialize(torch.float32))
+
+
+def _fake(base: int, per: int, limit: int | None = None):
+    calls: list[int] = []
+
+    def measure(b: int) -> Point:
+        calls.append(b)
+        peak = base + per * b + (b * b) // 10  # slightly superlinear: the first guess overshoots
+        if limit is not None and peak > limit:
+            return Point(b, None)
+        return Point(b, peak)
+
+    return measure, calls
+
+
+def test_largest_batch_converges_and_respects_budget() -> None:
+    measure, calls = _fake(1000, 100)
+    first = measure(8)
+    res = largest_batch(measure, 10_000, first, 100, cap=10_000, max_points=6)
+    assert res.batch is not None
+    assert 1000 + 100 * res.batch + res.batch**2 // 10 <= 10_000
+    assert 1000 + 100 * (res.batch + 3) + (res.batch + 3) ** 2 // 10 > 9_700 * 0.95  # near the true optimum
+    assert len(calls) <= 7
+
+
+def test_largest_batch_cap_and_oom() -> None:
+    measure, _ = _fake(0, 1)
+    res = largest_batch(measure, 10**9, measure(8), 1, cap=64)
+    assert res.batch == 64 and res.capped
+    measure, _ = _fake(1000, 100, limit=5000)  # OOM above 5000 bytes although the budget says 10000
+    res = largest_batch(measure, 10_000, measure(8), 100, cap=10_000, max_points=8)
+    assert res.batch is not None and 1000 + 100 * res.batch + res.batch**2 // 10 <= 5000
+
+
+def test_render_table_ratios() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_efficiency.py"
+    spec = importlib.util.spec_from_file_location("bench_efficiency", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = [
+        {"quant": q, "kv_bytes_per_token": kv, "effective_bits": 16.0 * kv / 100, "peak_gib_at_batch": 1.0,
+         "tokens_per_second_at_batch": 10.0, "tokens_per_cpu_second_at_batch": 10.0, "largest_batch": lb,
+         "largest_batch_capped": False, "tokens_per_second_at_largest": tps, "quant_share_of_prefill": 0.01}
+        for q, kv, lb, tps in (("fp16", 100, 10, 20.0), ("akvq", 20, 50, 60.0))
+    ]
+    mod._ratios(rows)
+    assert rows[1]["kv_compression_vs_fp16"] == 5 and rows[1]["largest_batch_vs_fp16"] == 5
+    assert rows[1]["tokens_per_second_at_largest_vs_fp16"] == 3
+    text = mod.render_table(rows, {"model": "m", "prompt_len": 8, "device": "cpu", "budget_gib": 4, "batch": 8})
+    assert "| akvq | 20 (1/5.00)" in text

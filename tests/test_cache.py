@@ -261,3 +261,40 @@ def test_skvq_channel_reordering_inverts_exactly():
     store = cache.layers[0].k
     assert store.perm is not None and sorted(store.perm.tolist()) == list(range(64))
     torch.testing.assert_close(rk, k, rtol=0, atol=0.5)  # half an 8-bit step of the widest group
+
+
+def test_packed_reads_fall_back_for_layouts_the_kernel_does_not_fold():
+    k = torch.randn(1, 2, 40, 16)
+    for name, kw, packable in [("rtn", {}, True), ("akvq", {"float_zero": True}, False), ("skvq", {}, False)]:
+        cache = AKVQCache(make_policy(name, window=4, **kw), 1)
+        cache.packed_reads = True
+        cache.update(k[:, :, :30], k[:, :, :30], 0)
+        rk, _ = cache.update(k[:, :, 30:31], k[:, :, 30:31], 0)
+        assert hasattr(rk, "akvq_store") == packable
+        if not packable:
+            assert torch.isfinite(rk).all()
+
+
+def test_akvq_reads_roles_pivots_and_pattern_with_no_manual_steps():
+    """generate() on a tiny LLaVA: TSA layers hold text at 4-bit and vision at 2-bit, PSA layers hold pivots
+    at 16-bit; roles come from the processor's image tokens, pivots from the prefill, the pattern from
+    configs/layer_patterns/tiny-llava.yaml (TSA 0-1, PSA 2-3)."""
+    from akvq.saliency.roles import vision_mask
+
+    loaded, inputs = tiny_inputs("llava")
+    policy = make_policy("akvq", window=8, num_pivots=3)
+    out, cache = api.generate(loaded.model, inputs, policy, max_new_tokens=4, do_sample=False)
+    assert policy.layer_pattern[:2] == ["tsa", "tsa"] and policy.layer_pattern[2] == "psa"
+    vision = vision_mask(loaded.model, inputs)
+    assert torch.equal(cache.vision_mask, vision) and vision.any()
+    tsa, psa = cache.layers[0].k, cache.layers[2].k
+    n = tsa.n_q
+    quantized_vision = int(vision[:, :n].sum())
+    assert tsa.tables[TEXT].bits == 4 and tsa.tables[LOW].bits == 2
+    assert tsa.tables[LOW].codes.shape[0] == quantized_vision
+    assert tsa.tables[TEXT].codes.shape[0] == n * 2 - quantized_vision
+    assert cache.pivot_mask.sum(-1).tolist() == [3, 3]
+    assert int((psa.cls == HIGH).sum()) == int(cache.pivot_mask[:, :n].sum())
+    # and the bytes say so: the TSA layer's text rows cost 4-bit codes
+    r = cache.layers[0].nbytes()
+    assert r.codes == sum(t.codes.nbytes for s in (cache.layers[0].k, cache.layers[0].v) for t in s.tables.values())

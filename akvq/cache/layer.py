@@ -61,7 +61,7 @@ class AKVQLayer(CacheLayerMixin):
             if m > 0:
                 store.flush(m, self.classes(store.n_q, m))
             store.append(x)
-        if n_new == 1 and self.owner.packed_reads:
+        if n_new == 1 and self.owner.packed_reads and self.k.packable and self.v.packable:
             return self.packed_views(key_states.dtype)
         return self.k.materialize(key_states.dtype), self.v.materialize(value_states.dtype)
 

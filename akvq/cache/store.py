@@ -177,6 +177,14 @@ class TensorStore:
         x = rows.view(m, self.batch, self.width).permute(1, 2, 0)  # [B, W, m], groups of `group` tokens
         self.chan = _cat_q(self.chan, quantize(x, self.plan.bits, self.group, self.plan.clip_for(self.plan.bits), float_zero=self.plan.float_zero), -1)
 
+    @property
+    def packable(self) -> bool:
+        """Whether `akvq.attention`'s packed decode can read this store; otherwise the layer hands attention
+        dequantized K/V (the reference path). Not yet folded there: the float zero point, channel reordering,
+        and groups that span heads."""
+        p = self.plan
+        return not p.float_zero and self.perm is None and (p.axis == "channel" or self.head_dim % self.group == 0)
+
     # --- read ---
     def materialize(self, dtype: torch.dtype) -> torch.Tensor:
         """All tokens as [B, H, T, D]: the packed ones dequantized, then the tail, in token order."""

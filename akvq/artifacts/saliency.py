@@ -7,7 +7,6 @@ written in (a list per layer, or TSA/PSA index lists or ranges) and CSVs with a 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +18,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def parse_indices(spec: Any, num_layers: int | None = None) -> list[int]:
-    """[0, 1] | "0-1" | "0-1, 5" | "all" | "none" | null -> sorted layer indices."""
-    if spec is None:
-        return []
-    if isinstance(spec, int):
-        return [spec]
-    if isinstance(spec, list | tuple):
-        return sorted({i for s in spec for i in parse_indices(s, num_layers)})
-    text = str(spec).strip().lower()
-    if text in ("", "none", "[]"):
-        return []
-    if text == "all":
-        return list(range(num_layers or 0))
-    out: set[int] = set()
-    for part in re.split(r"[,\s]+", text):
-        if not part:
-            continue
-        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
-        if m:
-            out.update(range(int(m[1]), int(m[2]) + 1))
-        elif part.isdigit():
-            out.add(int(part))
-    return sorted(out)
+    """The layer-pattern files' index syntax, parsed by the code that writes and reads them for the cache."""
+    from akvq.saliency.patterns import parse_indices as _parse
+
+    return _parse(spec, num_layers or 0)
 
 
 def pattern_from_mapping(d: dict[str, Any]) -> list[str] | None:

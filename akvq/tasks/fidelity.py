@@ -197,8 +197,10 @@ class PasskeyTask(Task):
             for L in lengths
             for _ in range(trials)
         ]
+        max_pos = getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None) or 1 << 30
         for L, key, depth, offset in tqdm(plan, desc=f"passkey {policy.name}", leave=False):
-            ids = torch.tensor([passkey_prompt(tok, L, key, depth, offset)], device=model.device)
+            n = min(L, max_pos - gen)  # "8K" on an 8192-position model leaves room for the answer
+            ids = torch.tensor([passkey_prompt(tok, n, key, depth, offset)], device=model.device)
             pre = shared_prefill(model, ids, policy)
             cache = cache_from_prefill(model, policy, ids, pre)
             nxt = pre.last_logits.argmax(-1, keepdim=True)

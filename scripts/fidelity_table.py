@@ -1,0 +1,58 @@
+"""Markdown table of the fidelity tasks (ppl, passkey, agreement) from run records, for results/fidelity/."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from akvq.records import read_records
+
+
+def _fmt(x: object, nd: int = 2) -> str:
+    return f"{x:.{nd}f}" if isinstance(x, int | float) else "–"
+
+
+def table(rows: list[dict], task: str) -> str:
+    rows = [r for r in rows if r.get("task") == task]
+    if not rows:
+        return ""
+    latest: dict[tuple[str, str], dict] = {}
+    for r in rows:  # the last record of each (model, quant) wins
+        latest[(r["model"], r["quant"])] = r
+    fp16 = {m: r for (m, q), r in latest.items() if q == "fp16"}
+    metric_keys = sorted({k for r in latest.values() for k in r["metrics"]})
+    if task.startswith("ppl"):
+        head = "| model | quant | ppl | 95% CI (windows) | vs fp16 | effective bits | KV MiB | tok/s |"
+        lines = [head, "|" + "---|" * 8]
+        for (m, q), r in latest.items():
+            met = r["metrics"]
+            base = fp16.get(m, {}).get("metrics", {}).get("ppl")
+            rel = f"{100 * (met['ppl'] / base - 1):+.1f}%" if base else "–"
+            lines.append(
+                f"| {m} | {q} | {_fmt(met['ppl'])} | [{_fmt(met.get('ppl_lo'))}, {_fmt(met.get('ppl_hi'))}] | {rel} | "
+                f"{_fmt(r.get('kv_effective_bits'), 3)} | {_fmt((r.get('kv_bytes') or 0) / 2**20)} | "
+                f"{_fmt(r.get('tokens_per_second'), 1)} |"
+            )
+        return "\n".join(lines)
+    head = "| model | quant | " + " | ".join(metric_keys) + " | effective bits |"
+    lines = [head, "|" + "---|" * (len(metric_keys) + 3)]
+    for (m, q), r in latest.items():
+        vals = " | ".join(_fmt(r["metrics"].get(k)) for k in metric_keys)
+        lines.append(f"| {m} | {q} | {vals} | {_fmt(r.get('kv_effective_bits'), 3)} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--records", default="results/runs.jsonl")
+    ap.add_argument("--task", action="append", default=None, help="task label(s); default: ppl passkey agreement")
+    args = ap.parse_args()
+    rows = list(read_records(Path(args.records)))
+    for task in args.task or ["ppl", "passkey", "agreement"]:
+        t = table(rows, task)
+        if t:
+            print(f"### {task}\n\n{t}\n")
+
+
+if __name__ == "__main__":
+    main()

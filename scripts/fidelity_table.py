@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import math
+import random
 from pathlib import Path
 
 from akvq.records import read_records
+
+
+def paired_ratio(rows: list[dict], base: list[dict], n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of ppl / ppl_fp16 resampling windows in pairs: windows differ far more in difficulty than
+    methods do, so the paired interval is the one that can separate methods."""
+    a = {d["window"]: d["nll"] for d in rows}
+    b = {d["window"]: d["nll"] for d in base}
+    diffs = [a[w] - b[w] for w in sorted(set(a) & set(b))]
+    if len(diffs) < 2:
+        return float("nan"), float("nan")
+    rng = random.Random(seed)
+    k = len(diffs)
+    stats = sorted(math.exp(sum(rng.choices(diffs, k=k)) / k) for _ in range(n))
+    return stats[int(0.025 * (n - 1))], stats[int(0.975 * (n - 1))]
 
 
 def _fmt(x: object, nd: int = 2) -> str:
@@ -22,14 +38,19 @@ def table(rows: list[dict], task: str) -> str:
     fp16 = {m: r for (m, q), r in latest.items() if q == "fp16"}
     metric_keys = sorted({k for r in latest.values() for k in r["metrics"]})
     if task.startswith("ppl"):
-        head = "| model | quant | ppl | 95% CI (windows) | vs fp16 | effective bits | KV MiB | tok/s |"
-        lines = [head, "|" + "---|" * 8]
+        head = (
+            "| model | quant | ppl | 95% CI (windows) | vs fp16 | ppl/fp16, paired 95% CI | effective bits "
+            "| KV MiB | tok/s |"
+        )
+        lines = [head, "|" + "---|" * 9]
         for (m, q), r in latest.items():
             met = r["metrics"]
             base = fp16.get(m, {}).get("metrics", {}).get("ppl")
             rel = f"{100 * (met['ppl'] / base - 1):+.1f}%" if base else "–"
+            lo, hi = paired_ratio(r.get("details") or [], fp16.get(m, {}).get("details") or [])
             lines.append(
                 f"| {m} | {q} | {_fmt(met['ppl'])} | [{_fmt(met.get('ppl_lo'))}, {_fmt(met.get('ppl_hi'))}] | {rel} | "
+                f"[{_fmt(lo, 3)}, {_fmt(hi, 3)}] | "
                 f"{_fmt(r.get('kv_effective_bits'), 3)} | {_fmt((r.get('kv_bytes') or 0) / 2**20)} | "
                 f"{_fmt(r.get('tokens_per_second'), 1)} |"
             )

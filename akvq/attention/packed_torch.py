@@ -263,12 +263,18 @@ def store_scores(store: TensorStore, q: torch.Tensor) -> torch.Tensor:
             _channel_scores(store, qt, out)
         else:
             _token_scores(store, qt, out)
-        hi = _high_positions(store)
-        if hi is not None:
-            bi, ti = hi
-            rows = store.hp_rows.float().view(-1, h, store.head_dim)
-            out.permute(0, 3, 1, 2)[bi, ti] = torch.einsum("nhgd,nhd->nhg", q[bi], rows)
-    if nt:
+    return exact_scores(store, q, out)
+
+
+def exact_scores(store: TensorStore, q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Write the scores of the 16-bit rows and the tail, which every path computes exactly, into `out`."""
+    h = q.shape[1]
+    hi = _high_positions(store) if store.n_q else None
+    if hi is not None:
+        bi, ti = hi
+        rows = store.hp_rows.float().view(-1, h, store.head_dim)
+        out.permute(0, 3, 1, 2)[bi, ti] = torch.einsum("nhgd,nhd->nhg", q[bi], rows)
+    if store.tail_len:
         out[..., store.n_q :] = torch.einsum("bhgd,bhtd->bhgt", q, store.tail.float())
     return out
 
@@ -288,13 +294,20 @@ def store_output(store: TensorStore, p: torch.Tensor) -> torch.Tensor:
             out = _finish_out(store, _channel_output(store, pq))
         else:
             out = _finish_out(store, _token_output(store, pq))
-        if hi is not None:
-            bi, ti = hi
-            w = p.permute(0, 3, 1, 2)[bi, ti]  # [N, H, G]
-            rows = store.hp_rows.float().view(-1, h, store.head_dim)
-            out.index_add_(0, bi, w.unsqueeze(-1) * rows.unsqueeze(2))
+    return exact_output(store, p, out)
+
+
+def exact_output(store: TensorStore, p: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Add the 16-bit rows' and the tail's share of sum_t p_t v_t, computed exactly, to `out`."""
+    h = p.shape[1]
+    hi = _high_positions(store) if store.n_q else None
+    if hi is not None:
+        bi, ti = hi
+        w = p.permute(0, 3, 1, 2)[bi, ti]  # [N, H, G]
+        rows = store.hp_rows.float().view(-1, h, store.head_dim)
+        out.index_add_(0, bi, w.unsqueeze(-1) * rows.unsqueeze(2))
     if store.tail_len:
-        out += torch.einsum("bhgt,bhtd->bhgd", p[..., n:], store.tail.float())
+        out += torch.einsum("bhgt,bhtd->bhgd", p[..., store.n_q :], store.tail.float())
     return out
 
 

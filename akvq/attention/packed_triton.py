@@ -19,9 +19,10 @@ import torch
 
 from akvq.attention.packed_torch import (
     _finish_out,
-    _high_positions,
     _prepare_q,
     apply_mask,
+    exact_output,
+    exact_scores,
 )
 from akvq.attention.packed_torch import (
     store_output as torch_store_output,
@@ -226,14 +227,7 @@ def store_scores(store: TensorStore, q: torch.Tensor) -> torch.Tensor:
                 qt, out, store.cls, _row_index(store), *args, store.n_q, t_all, b, h, store.width, store.group,
                 per, G=g, GP=gp, D=d, BLOCK=BLOCK_T, **meta,
             )
-        hi = _high_positions(store)
-        if hi is not None:
-            bi, ti = hi
-            rows = store.hp_rows.float().view(-1, h, store.head_dim)
-            out.permute(0, 3, 1, 2)[bi, ti] = torch.einsum("nhgd,nhd->nhg", q[bi], rows)
-    if nt:
-        out[..., store.n_q :] = torch.einsum("bhgd,bhtd->bhgt", q, store.tail.float())
-    return out
+    return exact_scores(store, q, out)
 
 
 def store_output(store: TensorStore, p: torch.Tensor) -> torch.Tensor:
@@ -250,16 +244,7 @@ def store_output(store: TensorStore, p: torch.Tensor) -> torch.Tensor:
         p, part, store.cls, _row_index(store), *args, store.n_q, t_all, b, h, store.width, store.group, per,
         G=g, GP=max(2, _pow2(g)), D=d, BLOCK=BLOCK_T, **meta,
     )
-    out = _finish_out(store, part.sum(0))
-    hi = _high_positions(store)
-    if hi is not None:
-        bi, ti = hi
-        w = p.permute(0, 3, 1, 2)[bi, ti]
-        rows = store.hp_rows.float().view(-1, h, d)
-        out.index_add_(0, bi, w.unsqueeze(-1) * rows.unsqueeze(2))
-    if store.tail_len:
-        out += torch.einsum("bhgt,bhtd->bhgd", p[..., store.n_q :], store.tail.float())
-    return out
+    return exact_output(store, p, _finish_out(store, part.sum(0)))
 
 
 def packed_decode(

@@ -70,7 +70,7 @@ def build_cache(
 def pivot_detection(model: Any, cache: AKVQCache) -> Iterator[None]:
     """Hooks that find the pivots during the prefill and hand them to the cache."""
     policy = cache.policy
-    if not (policy.needs_pivots and getattr(policy, "psa", False) and getattr(policy, "num_pivots", 0) > 0):
+    if not policy.needs_pivots:
         yield
         return
     from akvq.saliency.pivots import PivotDetector

@@ -14,7 +14,7 @@ and the recent-window tail are exact. No tensor larger than one chunk of tokens 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -328,18 +328,21 @@ def packed_decode(
     vstore: TensorStore,
     attention_mask: torch.Tensor | None,
     scaling: float,
+    scores: Callable[[TensorStore, torch.Tensor], torch.Tensor] | None = None,
+    output: Callable[[TensorStore, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """softmax(q K^T * scaling + mask) V for one query token over the packed stores: [B, Hq, 1, D] (query's dtype).
 
-    GQA: the Hq query heads are grouped G = Hq / H per KV head, so K/V are never repeated."""
+    GQA: the Hq query heads are grouped G = Hq / H per KV head, so K/V are never repeated. `scores`/`output`
+    default to this module's torch path; the Triton path passes its kernels."""
     b, hq, lq, d = query.shape
     if lq != 1:
         raise ValueError(f"the packed path is for decode steps (one query token), got {lq}")
     h = kstore.num_heads
-    q = query.float().view(b, h, hq // h, d)
-    s = store_scores(kstore, q) * scaling
+    q = query.float().reshape(b, h, hq // h, d)
+    s = (scores or store_scores)(kstore, q) * scaling
     p = torch.softmax(apply_mask(s, attention_mask), dim=-1)
-    o = store_output(vstore, p)
+    o = (output or store_output)(vstore, p)
     return o.reshape(b, hq, 1, vstore.head_dim).to(query.dtype)
 
 

@@ -20,9 +20,11 @@ import torch
 from akvq.attention.packed_torch import (
     _finish_out,
     _prepare_q,
-    apply_mask,
     exact_output,
     exact_scores,
+)
+from akvq.attention.packed_torch import (
+    packed_decode as torch_packed_decode,
 )
 from akvq.attention.packed_torch import (
     store_output as torch_store_output,
@@ -255,15 +257,7 @@ def packed_decode(
     scaling: float,
 ) -> torch.Tensor:
     """As `packed_torch.packed_decode`, through the kernels: [B, Hq, 1, D] in query's dtype."""
-    b, hq, lq, d = query.shape
-    if lq != 1:
-        raise ValueError(f"the packed path is for decode steps (one query token), got {lq}")
-    h = kstore.num_heads
-    q = query.float().reshape(b, h, hq // h, d)
-    s = store_scores(kstore, q) * scaling
-    p = torch.softmax(apply_mask(s, attention_mask), dim=-1)
-    o = store_output(vstore, p)
-    return o.reshape(b, hq, 1, vstore.head_dim).to(query.dtype)
+    return torch_packed_decode(query, kstore, vstore, attention_mask, scaling, store_scores, store_output)
 
 
 __all__ = ["HIGH", "available", "packed_decode", "store_output", "store_scores"]

@@ -5,6 +5,7 @@ logits and its pivot masks are computed once per window and shared by all polici
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -34,16 +35,19 @@ _MEMO_LIMIT = 12
 
 
 class _Recorder:
-    """Stands in for a cache so a PivotDetector's output can be kept."""
+    """Stands in for a cache during the shared prefill: `api.pivot_detection` reads its policy, and the
+    detector's mask is kept here."""
 
-    mask: torch.Tensor | None = None
+    def __init__(self, policy: Any):
+        self.policy = policy
+        self.mask: torch.Tensor | None = None
 
     def set_pivots(self, mask: torch.Tensor) -> None:
         self.mask = mask
 
 
 def _pivot_key(policy: Any) -> tuple | None:
-    if not (policy.needs_pivots and getattr(policy, "psa", False) and getattr(policy, "num_pivots", 0) > 0):
+    if not policy.needs_pivots:
         return None
     return (policy.num_pivots, policy.pivot_rule, policy.pivot_layer, policy.pivot_score)
 
@@ -55,10 +59,10 @@ def shared_prefill(model: Any, ids: torch.Tensor, policy: Any) -> Prefill:
     pkey = _pivot_key(policy)
     if pre is not None and (pkey is None or pkey in pre.pivots):
         return pre
-    rec = _Recorder()
+    rec = _Recorder(policy)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     dyn = DynamicCache(config=model.config)
-    ctx = api.pivot_detection(model, _Proxy(policy, rec)) if pkey is not None else _null()
+    ctx = api.pivot_detection(model, rec) if pkey is not None else contextlib.nullcontext()
     with ctx, torch.inference_mode():
         out = model(**inputs, **{api.cache_kwarg(): dyn}, use_cache=True, logits_to_keep=1)
     kv = [(layer.keys, layer.values) for layer in dyn.layers]
@@ -72,24 +76,6 @@ def shared_prefill(model: Any, ids: torch.Tensor, policy: Any) -> Prefill:
             raise RuntimeError("pivot detection ran but reported no pivots")
         pre.pivots[pkey] = rec.mask
     return pre
-
-
-class _Proxy:
-    """What `api.pivot_detection` reads from a cache: its policy and where the pivots go."""
-
-    def __init__(self, policy: Any, rec: _Recorder):
-        self.policy, self._rec = policy, rec
-
-    def set_pivots(self, mask: torch.Tensor) -> None:
-        self._rec.set_pivots(mask)
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: Any) -> None:
-        return None
 
 
 def cache_from_prefill(model: Any, policy: Any, ids: torch.Tensor, pre: Prefill, read_path: str = "cached"):

@@ -50,6 +50,21 @@ def worker(kind: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     raise RuntimeError(f"{kind} worker failed (rc {p.returncode}):\n{tail}")
 
 
+def parse_entries(names: list[str]) -> list[tuple[str, str, str | None]]:
+    """(label, quant config, forced attention) per entry. "name@attention" measures quant config `name` through
+    another attention path, e.g. fp16@akvq_packed: the 16-bit cache read by the fused C kernel, a control for what
+    the kernel alone buys. Each quant config is prepared once however many entries use it."""
+    out = []
+    for q in names:
+        name, _, att = q.partition("@")
+        if not name or (att == "" and "@" in q):
+            raise ValueError(f"bad quants entry {q!r}: expected NAME or NAME@ATTENTION")
+        out.append((q, name, att or None))
+    if len({label for label, _, _ in out}) != len(out):
+        raise ValueError(f"duplicate quants entries in {names}")
+    return out
+
+
 def git_rev() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
@@ -77,7 +92,8 @@ def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
 
     t_start = time.time()
     model_cfg = yaml.safe_load((ROOT / "configs" / "model" / f"{cfg['model']}.yaml").read_text())
-    quants = {q: load_quant(q) for q in cfg["quants"]}
+    entries = parse_entries(cfg["quants"])
+    quants = {qname: load_quant(qname) for _, qname, _ in entries}
     tag = f"{cfg['model']}-{cfg['prompt_len']}-{cfg['device']}"
     work = ROOT / cfg["work_dir"] / tag
     work.mkdir(parents=True, exist_ok=True)
@@ -94,9 +110,9 @@ def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     log(f"prefill {prep['prefill_seconds']:.1f}s, seq {prep['seq_len']}, vision tokens {prep['vision_tokens']}")
     points_csv = out_dir / "points.csv"
     rows: list[dict[str, Any]] = []
-    for name, qcfg in quants.items():
-        q = prep["quants"][name]
-        attention = cfg["fp16_attention"] if qcfg["policy"] == "fp16" else cfg["attention"]
+    for name, qname, forced in entries:
+        qcfg, q = quants[qname], prep["quants"][qname]
+        attention = forced or (cfg["fp16_attention"] if qcfg["policy"] == "fp16" else cfg["attention"])
         spec = {**base, "quant_cfg": qcfg, "cache_path": q["cache_path"], "attention": attention,
                 "data_limit": int(budget * cfg["data_limit_factor"])}
         measured: dict[int, dict[str, Any]] = {}
@@ -118,7 +134,7 @@ def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         best = measured.get(found.batch) if found.batch else None
         rows.append({
             "model": cfg["model"], "prompt_len": cfg["prompt_len"], "quant": name, "attention": attention,
-            "kv_bytes_per_token": at_batch.get("kv_bytes_per_token", q["kv_bytes_per_token_b1"]),
+            "kernel": at_batch.get("kernel"), "kv_bytes_per_token": at_batch.get("kv_bytes_per_token", q["kv_bytes_per_token_b1"]),
             "effective_bits": at_batch.get("effective_bits", q["effective_bits_b1"]),
             "peak_gib_at_batch": None if at_batch.get("oom") else at_batch["peak_bytes"] / GiB,
             "tokens_per_second_at_batch": at_batch.get("tokens_per_second"),
@@ -138,7 +154,7 @@ def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     records = []
     for r in rows:
         config = {"bench": {k: v for k, v in cfg.items() if k not in ("records", "out_dir", "work_dir")},
-                  "quant_cfg": quants[r["quant"]], "model_cfg": model_cfg}
+                  "quant_cfg": quants[r["quant"].split("@")[0]], "attention": r["attention"], "model_cfg": model_cfg}
         rec = {
             "model": cfg["model"], "task": f"efficiency/{cfg['prompt_len']}", "quant": r["quant"],
             "metrics": {k: v for k, v in r.items() if k not in ("model", "quant")},

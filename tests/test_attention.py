@@ -7,7 +7,8 @@ import importlib.util
 import pytest
 import torch
 
-from akvq.attention.packed_torch import packed_decode, unpack_float
+from akvq.attention import packed_cpu
+from akvq.attention.packed_torch import packed_decode, supports, unpack_float
 from akvq.attention.reference import reference_decode
 from akvq.cache.store import HIGH, LOW, TEXT, TensorStore
 from akvq.policies.base import TensorPlan
@@ -53,13 +54,20 @@ PLANS = {
     "bits3_8": (TensorPlan(bits=3, group_size=16, window=2), 8, "all"),
     "kivi_keys": (TensorPlan(bits=2, group_size=8, clip_ratio=1.0, axis="channel", window=0), None, "low"),
     "kivi_keys_hp": (TensorPlan(bits=2, group_size=8, axis="channel", window=0, hadamard=True), None, "all"),
+    # akvq_plus-like layouts: the group minimum as zero point, value groups across heads, channel keys
+    "float_zero_across": (TensorPlan(bits=2, group_size=32, window=3, float_zero=True, hadamard=True,
+                                     group_across_heads=True), 4, "all"),
+    "float_zero_bits3": (TensorPlan(bits=3, group_size=8, window=2, float_zero=True), 4, "all"),
+    "channel_float_zero": (TensorPlan(bits=2, group_size=8, axis="channel", window=0, float_zero=True), None, "all"),
 }
+PATHS = {"torch": packed_decode, "cpu": packed_cpu.packed_decode}
 
 
+@pytest.mark.parametrize("path", sorted(PATHS))
 @pytest.mark.parametrize("name", sorted(PLANS))
 @pytest.mark.parametrize("groups", [1, 3], ids=["mha", "gqa"])
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "padmask"])
-def test_packed_matches_reference(name: str, groups: int, masked: bool) -> None:
+def test_packed_matches_reference(name: str, groups: int, masked: bool, path: str) -> None:
     plan, text_bits, classes = PLANS[name]
     kst = _store(plan, text_bits, 45 if plan.axis == "token" else 43, 1, classes)
     vplan = plan if plan.axis == "token" else TensorPlan(bits=2, group_size=16, window=6)
@@ -73,8 +81,21 @@ def test_packed_matches_reference(name: str, groups: int, masked: bool) -> None:
         mask[0, ..., :5] = False
         mask[2, ..., :11] = False
     ref = reference_decode(q, _views(kst), _views(vst), mask, 0.25)
-    out = packed_decode(q, kst, vst, mask, 0.25)
+    if path == "torch" and not supports(kst, vst):
+        pytest.skip("a layout the torch path does not fold (the attention dispatcher dequantizes it)")
+    out = PATHS[path](q, kst, vst, mask, 0.25)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+
+
+def test_cpu_kernel_builds_where_a_compiler_is() -> None:
+    """The C kernel must build wherever a C compiler exists (else "akvq_packed" silently uses the slow path)."""
+    import shutil
+
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler here")
+    assert packed_cpu.available(), packed_cpu.status()
+    # loading it must leave the process's float environment alone (no flush-to-zero of subnormals)
+    assert (torch.tensor([1e-39]) * 1.0).item() > 0
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
@@ -110,6 +131,8 @@ GEN_POLICIES = {
     "rtn": {"bits": 2, "group_size": 16},
     "akvq": {"window": 2, "group_size": 16, "layer_pattern": ["tsa", "psa", "psa", "psa"]},
     "kivi": {"residual": 4, "group_size": 16},
+    "akvq_plus": {"policy": "akvq", "window": 2, "group_size": 32, "float_zero": True, "k_axis": "channel", "k_window": 0,
+                  "group_across_heads": True, "layer_pattern": ["tsa", "psa", "psa", "psa"]},
 }
 
 
@@ -119,7 +142,8 @@ def _generate(model, enc, impl: str, name: str, **kw):
     from akvq.cache import AKVQCache
     from akvq.policies import make_policy
 
-    policy = make_policy(name, **kw)
+    kw = dict(kw)
+    policy = make_policy(kw.pop("policy", name), **kw)
     cache = AKVQCache(policy, model.config.num_hidden_layers)
     cache.set_attention_mask(enc["attention_mask"])
     t = enc["input_ids"].shape[1]
@@ -150,6 +174,21 @@ def test_generate_packed_equals_reference(tiny_llama, name: str) -> None:
     # fp32 reassociation only; a later token's K can round to a neighbouring 2-bit code because of it, so the
     # logits are compared by relative norm, not elementwise
     assert float((logits - ref_logits).norm() / ref_logits.norm()) < 1e-4
+
+
+def test_generate_torch_path_equals_cpu_kernel(tiny_llama) -> None:
+    """With the C kernel switched off, "akvq_packed" runs the vectorized torch path: same tokens."""
+    from akvq.attention import use_cpu_kernel
+
+    model, enc = tiny_llama
+    fast, fast_logits = _generate(model, enc, "akvq_packed", "akvq", **GEN_POLICIES["akvq"])
+    use_cpu_kernel(False)
+    try:
+        slow, slow_logits = _generate(model, enc, "akvq_packed", "akvq", **GEN_POLICIES["akvq"])
+    finally:
+        use_cpu_kernel(True)
+    assert torch.equal(fast, slow)
+    assert float((fast_logits - slow_logits).norm() / slow_logits.norm()) < 1e-4
 
 
 def test_generate_packed_equals_sdpa(tiny_llama) -> None:

@@ -88,7 +88,7 @@ def test_largest_batch_cap_and_oom() -> None:
     assert res.batch is not None and 1000 + 100 * res.batch + res.batch**2 // 10 <= 5000
 
 
-def test_render_table_ratios() -> None:
+def _bench_script():
     import importlib.util
     from pathlib import Path
 
@@ -96,6 +96,11 @@ def test_render_table_ratios() -> None:
     spec = importlib.util.spec_from_file_location("bench_efficiency", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_render_table_ratios() -> None:
+    mod = _bench_script()
     rows = [
         {"quant": q, "kv_bytes_per_token": kv, "effective_bits": 16.0 * kv / 100, "peak_gib_at_batch": 1.0,
          "tokens_per_second_at_batch": 10.0, "tokens_per_cpu_second_at_batch": 10.0, "largest_batch": lb,
@@ -107,3 +112,15 @@ def test_render_table_ratios() -> None:
     assert rows[1]["tokens_per_second_at_largest_vs_fp16"] == 3
     text = mod.render_table(rows, {"model": "m", "prompt_len": 8, "device": "cpu", "budget_gib": 4, "batch": 8})
     assert "| akvq | 20 (1/5.00)" in text
+
+
+def test_quant_entries_with_forced_attention() -> None:
+    import pytest
+
+    parse_entries = _bench_script().parse_entries
+    assert parse_entries(["fp16", "fp16@akvq_packed", "akvq"]) == [
+        ("fp16", "fp16", None), ("fp16@akvq_packed", "fp16", "akvq_packed"), ("akvq", "akvq", None),
+    ]
+    for bad in (["fp16@"], ["@x"], ["akvq", "akvq"]):
+        with pytest.raises(ValueError):
+            parse_entries(bad)

@@ -264,8 +264,9 @@ def test_skvq_channel_reordering_inverts_exactly():
 
 
 def test_packed_reads_fall_back_for_layouts_the_kernel_does_not_fold():
+    """SKVQ's channel permutation is folded by no fast path: its layers hand attention real K/V."""
     k = torch.randn(1, 2, 40, 16)
-    for name, kw, packable in [("rtn", {}, True), ("akvq", {"float_zero": True}, False), ("skvq", {}, False)]:
+    for name, kw, packable in [("rtn", {}, True), ("akvq", {"float_zero": True}, True), ("skvq", {}, False)]:
         cache = AKVQCache(make_policy(name, window=4, **kw), 1)
         cache.packed_reads = True
         cache.update(k[:, :, :30], k[:, :, :30], 0)
@@ -298,3 +299,21 @@ def test_akvq_reads_roles_pivots_and_pattern_with_no_manual_steps():
     # and the bytes say so: the TSA layer's text rows cost 4-bit codes
     r = cache.layers[0].nbytes()
     assert r.codes == sum(t.codes.nbytes for s in (cache.layers[0].k, cache.layers[0].v) for t in s.tables.values())
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_append_grows_in_place_like_cat(dim: int) -> None:
+    """`_append` equals torch.cat, and appends within the reserve write into the same buffer (no copy)."""
+    from akvq.cache.store import _append
+
+    g = torch.Generator().manual_seed(0)
+    parts = [torch.randint(0, 255, (3, 5, 7), generator=g, dtype=torch.uint8) for _ in range(40)]
+    ref, out, moves = None, None, 0
+    for x in parts:
+        x = x.transpose(0, dim).contiguous()
+        before = None if out is None else out.data_ptr()
+        out = _append(out, x, dim)
+        ref = x if ref is None else torch.cat([ref, x], dim)
+        moves += before is not None and out.data_ptr() != before
+        assert torch.equal(out, ref)
+    assert moves <= 3  # a reserve of >= 64 units: a handful of reallocations over 40 appends

@@ -266,15 +266,15 @@ def store_scores(store: TensorStore, q: torch.Tensor) -> torch.Tensor:
     return exact_scores(store, q, out)
 
 
-def exact_scores(store: TensorStore, q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Write the scores of the 16-bit rows and the tail, which every path computes exactly, into `out`."""
+def exact_scores(store: TensorStore, q: torch.Tensor, out: torch.Tensor, tail: bool = True) -> torch.Tensor:
+    """Write the scores of the 16-bit rows and (unless a kernel did) the tail, computed exactly, into `out`."""
     h = q.shape[1]
     hi = _high_positions(store) if store.n_q else None
     if hi is not None:
         bi, ti = hi
         rows = store.hp_rows.float().view(-1, h, store.head_dim)
         out.permute(0, 3, 1, 2)[bi, ti] = torch.einsum("nhgd,nhd->nhg", q[bi], rows)
-    if store.tail_len:
+    if tail and store.tail_len:
         out[..., store.n_q :] = torch.einsum("bhgd,bhtd->bhgt", q, store.tail.float())
     return out
 
@@ -297,8 +297,8 @@ def store_output(store: TensorStore, p: torch.Tensor) -> torch.Tensor:
     return exact_output(store, p, out)
 
 
-def exact_output(store: TensorStore, p: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Add the 16-bit rows' and the tail's share of sum_t p_t v_t, computed exactly, to `out`."""
+def exact_output(store: TensorStore, p: torch.Tensor, out: torch.Tensor, tail: bool = True) -> torch.Tensor:
+    """Add the 16-bit rows' and (unless a kernel did) the tail's share of sum_t p_t v_t, exactly, to `out`."""
     h = p.shape[1]
     hi = _high_positions(store) if store.n_q else None
     if hi is not None:
@@ -306,7 +306,7 @@ def exact_output(store: TensorStore, p: torch.Tensor, out: torch.Tensor) -> torc
         w = p.permute(0, 3, 1, 2)[bi, ti]  # [N, H, G]
         rows = store.hp_rows.float().view(-1, h, store.head_dim)
         out.index_add_(0, bi, w.unsqueeze(-1) * rows.unsqueeze(2))
-    if store.tail_len:
+    if tail and store.tail_len:
         out += torch.einsum("bhgt,bhtd->bhgd", p[..., store.n_q :], store.tail.float())
     return out
 
@@ -320,6 +320,16 @@ def apply_mask(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if m.dtype == torch.bool:
         return scores.masked_fill(~m, float("-inf"))
     return scores + m.float()
+
+
+def supports(kstore: TensorStore, vstore: TensorStore) -> bool:
+    """Layouts this path folds: integer zero points, groups within a head or of whole heads, no channel
+    permutation."""
+    for st in (kstore, vstore):
+        g, d = st.group, st.head_dim
+        if st.plan.float_zero or st.perm is not None or (st.plan.axis == "token" and d % g and g % d):
+            return False
+    return True
 
 
 def packed_decode(
@@ -346,4 +356,4 @@ def packed_decode(
     return o.reshape(b, hq, 1, vstore.head_dim).to(query.dtype)
 
 
-__all__ = ["LOW", "apply_mask", "packed_decode", "store_output", "store_scores", "unpack_float"]
+__all__ = ["LOW", "apply_mask", "packed_decode", "supports", "store_output", "store_scores", "unpack_float"]

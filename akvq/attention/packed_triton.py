@@ -221,7 +221,7 @@ def store_scores(store: TensorStore, q: torch.Tensor) -> torch.Tensor:
                 raise NotImplementedError("the Triton path takes 1/2/4/8-bit channel codes, groups of whole bytes")
             _channel_scores_kernel[(b, h, ns)](
                 qt, out, c.codes, c.scale, c.zero, store.n_q, t_all, h, store.width, store.group,
-                c.codes.shape[-1], c.scale.shape[-1], per, G=g, GP=gp, D=d, BITS=c.bits, BLOCK=BLOCK_T,
+                c.codes.stride(1), c.scale.stride(1), per, G=g, GP=gp, D=d, BITS=c.bits, BLOCK=BLOCK_T,
             )
         else:
             args, meta = _tables(store, q.device)
@@ -257,6 +257,8 @@ def packed_decode(
     scaling: float,
 ) -> torch.Tensor:
     """As `packed_torch.packed_decode`, through the kernels: [B, Hq, 1, D] in query's dtype."""
+    if kstore.plan.float_zero or vstore.plan.float_zero or kstore.perm is not None or vstore.perm is not None:
+        raise NotImplementedError("the Triton kernels fold integer zero points and unpermuted channels")
     return torch_packed_decode(query, kstore, vstore, attention_mask, scaling, store_scores, store_output)
 
 

@@ -1,7 +1,9 @@
 """Attention implementations registered with transformers, so any supported model reads the cache without patching.
 
-- "akvq_packed": decode steps read the packed stores (`packed_torch`, or the Triton kernels on CUDA when triton
-  imports); prefill and multi-token steps go to SDPA over full-precision K/V.
+- "akvq_packed": decode steps read the packed stores: the Triton kernels on CUDA (when triton imports), the C
+  kernel on CPU (`packed_cpu`, when a C compiler is there), else vectorized torch (`packed_torch`); a layout no
+  fast path folds (SKVQ's channel permutation) is dequantized and attended as in the reference. Prefill and
+  multi-token steps go to SDPA over full-precision K/V.
 - "akvq_reference": dequantize-then-attend in fp32 (the ground truth of the tests).
 Masks are built as for SDPA (boolean, True = attend)."""
 
@@ -14,11 +16,13 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from akvq.attention import packed_cpu
 from akvq.attention.packed_torch import packed_decode
+from akvq.attention.packed_torch import supports as torch_supports
 from akvq.attention.reference import full_kv, reference_decode, store_of
 
 PACKED, REFERENCE = "akvq_packed", "akvq_reference"
-_state = {"registered": False, "triton": True}
+_state = {"registered": False, "triton": True, "cpu_kernel": True}
 
 
 def _sdpa(module, query, key, value, attention_mask, dropout, scaling, kwargs):
@@ -48,9 +52,14 @@ def packed_attention(
             try:
                 out = packed_triton.packed_decode(query, ks, vs, attention_mask, scaling)
                 return out.transpose(1, 2).contiguous(), None
-            except NotImplementedError:  # 3-bit codes: the torch path below reads them
+            except NotImplementedError:  # 3-bit codes, float zero points: the paths below read them
                 pass
-    out = packed_decode(query, ks, vs, attention_mask, scaling)
+    if not query.is_cuda and _state["cpu_kernel"] and packed_cpu.supports(ks, vs):
+        out = packed_cpu.packed_decode(query, ks, vs, attention_mask, scaling)
+    elif torch_supports(ks, vs):
+        out = packed_decode(query, ks, vs, attention_mask, scaling)
+    else:
+        out = reference_decode(query, key, value, attention_mask, scaling)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -87,6 +96,11 @@ def use_triton(enabled: bool) -> None:
     _state["triton"] = enabled
 
 
+def use_cpu_kernel(enabled: bool) -> None:
+    """Let "akvq_packed" use the C kernel on CPU (default, when it builds) or force the torch path."""
+    _state["cpu_kernel"] = enabled
+
+
 def use_packed(model: Any, cache: Any = None, implementation: str = PACKED) -> None:
     """Switch a loaded model to an akvq attention implementation and tell the cache to hand out packed views.
 
@@ -97,4 +111,4 @@ def use_packed(model: Any, cache: Any = None, implementation: str = PACKED) -> N
         cache.packed_reads = implementation in (PACKED, REFERENCE)
 
 
-__all__ = ["PACKED", "REFERENCE", "packed_attention", "reference_attention", "register_attention", "use_packed", "use_triton"]
+__all__ = ["PACKED", "REFERENCE", "packed_attention", "reference_attention", "register_attention", "use_cpu_kernel", "use_packed", "use_triton"]

@@ -38,7 +38,7 @@ def _rows(x: torch.Tensor, b: int, n: int) -> torch.Tensor:
 
 
 def _q(qt: QTensor, f) -> QTensor:
-    return QTensor(f(qt.codes), f(qt.scale), f(qt.zero), qt.bits, qt.group_size, qt.n)
+    return QTensor(f(qt.codes), f(qt.scale), f(qt.zero), qt.bits, qt.group_size, qt.n, qt.float_zero)
 
 
 def repeat_store(st: TensorStore, n: int) -> None:

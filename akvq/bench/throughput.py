@@ -217,7 +217,21 @@ def point(spec: dict[str, Any]) -> dict[str, Any]:
         "tokens_per_cpu_second": batch / cpu,
         "steps": len(walls),
         "context": cache.get_seq_length(),
+        "kernel": kernel_name(spec["attention"], device),
     }
+
+
+def kernel_name(attention: str, device: str) -> str:
+    """Which decode path "akvq_packed" takes here (the C kernel needs a C compiler; Triton needs CUDA)."""
+    if attention != "akvq_packed":
+        return attention
+    if device.startswith("cuda"):
+        from akvq.attention import packed_triton
+
+        return "triton" if packed_triton.available() else "torch"
+    from akvq.attention import packed_cpu
+
+    return "c" if packed_cpu.available() else f"torch ({packed_cpu.status()})"
 
 
 def main(argv: list[str]) -> None:

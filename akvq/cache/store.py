@@ -6,6 +6,7 @@ uint8 per token: 0 = low bits, 1 = text bits, 2 = 16-bit) says which packed tabl
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -32,15 +33,61 @@ class StoreBytes:
         return self
 
 
+GROWTH = 32  # an append that outgrows a buffer reserves 1/GROWTH more (at least RESERVE_MIN units along dim)
+RESERVE_MIN = 64
+
+
 def _cat(a: torch.Tensor | None, b: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return b if a is None else torch.cat([a, b], dim=dim)
 
 
-def _cat_q(a: QTensor | None, b: QTensor, dim: int = 0) -> QTensor:
+def _append(a: torch.Tensor | None, b: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """`torch.cat([a, b], dim)` for append-only tensors, without copying `a` on every call.
+
+    The result is a prefix view (along dim) of a buffer with spare capacity; while the spare lasts, an append
+    writes only `b`. Why: a decode step appends one token to every packed table (and, for the 16-bit cache, to
+    the tail), and a cat per step copies the whole history: 60 stores x tens of MB at batch 80 and 8K. The spare
+    (1/GROWTH of the used size, at least RESERVE_MIN units) is not written before it is used; `nbytes` counts
+    the used prefix, and the benchmark's peak RSS counts whatever of the spare the allocator made resident."""
+    if a is None or a.numel() == 0:
+        a = b.new_empty(b.shape[:dim % b.dim()] + (0,) + b.shape[dim % b.dim() + 1 :]) if a is None else a
+    d = dim % b.dim()
+    n, k = a.shape[d], b.shape[d]
+    full = tuple(a.shape[:d]) + (n + k,) + tuple(a.shape[d + 1 :])
+    if _capacity(a, d) >= n + k:
+        out = a.as_strided(full, a.stride(), a.storage_offset())
+    else:
+        cap = n + k + max(RESERVE_MIN, (n + k) // GROWTH)
+        shape = tuple(a.shape[:d]) + (cap,) + tuple(a.shape[d + 1 :])
+        out = b.new_empty(shape).narrow(d, 0, n + k)
+        out.narrow(d, 0, n).copy_(a)
+    out.narrow(d, n, k).copy_(b)
+    return out
+
+
+def _capacity(a: torch.Tensor, d: int) -> int:
+    """Units along dim d that `a`'s buffer holds, when a is a prefix view made by `_append` (else a's length)."""
+    if a.storage_offset() or not a.numel() or not a.stride(d):
+        return a.shape[d]
+    if d == 0:
+        cap = a.untyped_storage().nbytes() // (a[0].numel() * a.element_size())
+    else:  # a contiguous buffer with `cap` along d has stride(d - 1) = cap * stride(d)
+        cap = a.stride(d - 1) // a.stride(d)
+    full = list(a.shape)
+    full[d] = cap
+    strides = [1] * a.dim()
+    for i in range(a.dim() - 2, -1, -1):
+        strides[i] = strides[i + 1] * full[i + 1]
+    if list(a.stride()) != strides or a.untyped_storage().nbytes() < math.prod(full) * a.element_size():
+        return a.shape[d]
+    return cap
+
+
+def _append_q(a: QTensor | None, b: QTensor, dim: int = 0) -> QTensor:
     if a is None:
-        return b
+        a = QTensor(None, None, None, b.bits, b.group_size, 0 if dim == -1 else b.n, b.float_zero)
     return QTensor(
-        torch.cat([a.codes, b.codes], dim), torch.cat([a.scale, b.scale], dim), torch.cat([a.zero, b.zero], dim),
+        _append(a.codes, b.codes, dim), _append(a.scale, b.scale, dim), _append(a.zero, b.zero, dim),
         a.bits, a.group_size, a.n + (b.n if dim == -1 else 0), a.float_zero,
     )
 
@@ -131,7 +178,7 @@ class TensorStore:
 
     # --- write ---
     def append(self, x: torch.Tensor) -> None:
-        self.tail = _cat(self.tail, x.to(self.hp_dtype), dim=-2)
+        self.tail = _append(self.tail, x.to(self.hp_dtype), dim=-2)
 
     def flush(self, m: int, classes: torch.Tensor) -> None:
         """Quantize the m oldest tail tokens once; classes is uint8 [m, B]."""
@@ -158,32 +205,31 @@ class TensorStore:
             if sel.numel() == 0:
                 continue
             if c == HIGH:
-                self.hp_rows = _cat(self.hp_rows, orig[sel].to(self.hp_dtype))
+                self.hp_rows = _append(self.hp_rows, orig[sel].to(self.hp_dtype))
             else:
-                self.tables[c] = _cat_q(self.tables.get(c), self._quantize(rows[sel], self.bits_of(c)))
-        self.cls = _cat(self.cls, flat)
+                self.tables[c] = _append_q(self.tables.get(c), self._quantize(rows[sel], self.bits_of(c)))
+        self.cls = _append(self.cls, flat)
 
     def _flush_channel(self, orig: torch.Tensor, rows: torch.Tensor, flat: torch.Tensor, m: int) -> None:
         high = flat == HIGH
         if bool(high.any()):
             pos = high.nonzero().squeeze(1)
-            self.hp_rows = _cat(self.hp_rows, orig[pos].to(self.hp_dtype))
-            self.hp_pos = _cat(self.hp_pos, (pos + self.n_q * self.batch).to(torch.int32))
+            self.hp_rows = _append(self.hp_rows, orig[pos].to(self.hp_dtype))
+            self.hp_pos = _append(self.hp_pos, (pos + self.n_q * self.batch).to(torch.int32))
             # A 16-bit token must not stretch its channel groups: stand in the mean of the others.
             r = rows.view(m, self.batch, self.width)
             keep = (~high).view(m, self.batch, 1).float()
             mean = (r * keep).sum(0) / keep.sum(0).clamp_min(1)
             rows = torch.where(high.view(m, self.batch, 1), mean.expand_as(r), r).view(-1, self.width)
         x = rows.view(m, self.batch, self.width).permute(1, 2, 0)  # [B, W, m], groups of `group` tokens
-        self.chan = _cat_q(self.chan, quantize(x, self.plan.bits, self.group, self.plan.clip_for(self.plan.bits), float_zero=self.plan.float_zero), -1)
+        self.chan = _append_q(self.chan, quantize(x, self.plan.bits, self.group, self.plan.clip_for(self.plan.bits), float_zero=self.plan.float_zero), -1)
 
     @property
     def packable(self) -> bool:
-        """Whether `akvq.attention`'s packed decode can read this store; otherwise the layer hands attention
-        dequantized K/V (the reference path). Not yet folded there: the float zero point, channel reordering,
-        and groups that span heads."""
-        p = self.plan
-        return not p.float_zero and self.perm is None and (p.axis == "channel" or self.head_dim % self.group == 0)
+        """Whether a layer hands attention packed stand-ins (`AKVQLayer.packed_views`) on decode steps; the
+        attention then picks a path that folds this layout or dequantizes (`akvq.attention.register`). Not for
+        SKVQ's channel permutation, which no fast path folds: those layers materialize K/V directly."""
+        return self.perm is None
 
     # --- read ---
     def materialize(self, dtype: torch.dtype) -> torch.Tensor:

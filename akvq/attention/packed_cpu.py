@@ -1,0 +1,208 @@
+"""Decode attention over the packed cache with a small C kernel (CPU): the fused form of `packed_torch`.
+
+Why C: in vectorized torch every packed element goes through several full passes (shift, mask, stack, convert,
+permute, matmul), each writing a tensor as large as the chunk in fp32, so per element the packed path costs about
+what fp16 attention costs and a 2-bit cache buys little speed. The kernel unpacks each row segment into a stack
+buffer and reduces it against the G query heads of its KV head at once: one read of the bytes, no fp32 K/V.
+
+The source (`csrc/packed_cpu.c`, plain C, no torch headers) is compiled on first use with the system C compiler
+(`$CC`, else cc) into `~/.cache/akvq/kernels/` (or `$AKVQ_KERNEL_DIR`), keyed by the source, flags and CPU, and
+loaded with ctypes; a build takes about a second. Without a compiler, or with `AKVQ_CPU_KERNEL=0`, `available()`
+is False and "akvq_packed" uses the torch path. The WHT/SmoothQuant on q and on the output, the 16-bit rows and the
+recent tail are the torch code shared by all paths (`packed_torch.exact_*`)."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from akvq.attention.packed_torch import _finish_out, _prepare_q, exact_output, exact_scores
+from akvq.attention.packed_torch import packed_decode as torch_packed_decode
+from akvq.cache.store import LOW, TEXT, TensorStore
+
+SOURCE = Path(__file__).with_name("csrc") / "packed_cpu.c"
+# Reassociation lets the compiler vectorize the dot products. Not -ffast-math: with GCC < 13 it links
+# crtfastmath.o into the library, whose constructor turns on flush-to-zero for the whole process.
+FLAGS = ("-O3", "-march=native", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
+         "-fno-math-errno", "-fPIC", "-shared", "-std=c11")
+_i64, _ptr = ctypes.c_int64, ctypes.c_void_p
+_state: dict[str, str] = {}
+
+
+def _cpu_id() -> str:
+    try:
+        flags = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = ""
+    return f"{platform.machine()}|{platform.processor()}|{flags}"
+
+
+def _compile(cc: str, out: Path) -> None:
+    """Build the shared library at `out` atomically (OpenMP when the compiler has it)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        lib = Path(tmp) / out.name
+        for extra in (("-fopenmp",), ()):
+            cmd = [cc, *FLAGS, *extra, str(SOURCE), "-o", str(lib), "-lm"]
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            if p.returncode == 0:
+                os.replace(lib, out)
+                return
+        raise RuntimeError(f"compiling {SOURCE.name} failed: {p.stderr[-500:]}")
+
+
+@functools.lru_cache(maxsize=1)
+def _lib() -> ctypes.CDLL | None:
+    if os.environ.get("AKVQ_CPU_KERNEL", "1") == "0":
+        _state["reason"] = "disabled by AKVQ_CPU_KERNEL=0"
+        return None
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        _state["reason"] = "no C compiler on PATH (set CC)"
+        return None
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join((cc, *FLAGS, _cpu_id())).encode()).hexdigest()[:16]
+    root = Path(os.environ.get("AKVQ_KERNEL_DIR") or Path.home() / ".cache" / "akvq" / "kernels")
+    path = root / f"packed_cpu-{key}.so"
+    try:
+        if not path.exists():
+            _compile(cc, path)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, RuntimeError) as e:
+        _state["reason"] = str(e)
+        return None
+    tok = [_i64] * 6 + [_ptr] + [_ptr, _ptr, _ptr, _i64] * 2 + [_i64]
+    lib.akvq_token_scores.argtypes = [*tok, _ptr, _ptr, _i64, _i64, _i64, _i64]
+    lib.akvq_token_output.argtypes = [*tok, _ptr, _i64, _i64, _i64, _ptr, _i64]
+    lib.akvq_channel_scores.argtypes = [_i64] * 6 + [_ptr, _ptr, _ptr] + [_i64] * 4 + [_ptr, _ptr, _i64, _i64]
+    half = [_i64] * 5 + [_ptr] + [_i64] * 3
+    lib.akvq_half_scores.argtypes = [*half, _ptr, _ptr, _i64, _i64, _i64]
+    lib.akvq_half_output.argtypes = [*half, _ptr, _i64, _i64, _ptr, _i64]
+    fns = (lib.akvq_token_scores, lib.akvq_token_output, lib.akvq_channel_scores, lib.akvq_half_scores,
+           lib.akvq_half_output)
+    for f in fns:
+        f.restype = ctypes.c_int
+    _state["reason"] = f"built {path.name}"
+    return lib
+
+
+def available() -> bool:
+    """True when the kernel is built (or builds now) and loads."""
+    return _lib() is not None
+
+
+def status() -> str:
+    """Why the kernel is or is not in use (for logs and records)."""
+    _lib()
+    return _state.get("reason", "")
+
+
+def supports(kstore: TensorStore, vstore: TensorStore) -> bool:
+    """Layouts the kernel reads: any bit width and group within or across heads, integer or float zero points;
+    keys per token or per channel, values per token; not SKVQ's channel permutation; CPU tensors."""
+    if kstore.perm is not None or vstore.perm is not None or vstore.plan.axis == "channel":
+        return False
+    return kstore.tail is not None and kstore.tail.device.type == "cpu" and available()
+
+
+def _table_args(store: TensorStore) -> list:
+    args = []
+    for c in (LOW, TEXT):
+        qt = store.tables.get(c)
+        if qt is None:
+            args += [None, None, None, 2]
+        else:
+            for t in (qt.codes, qt.scale, qt.zero):
+                if not t.is_contiguous() or (t is not qt.codes and t.dtype != torch.float16):
+                    raise ValueError("packed tables must be contiguous with fp16 scale/zero")
+            args += [qt.codes.data_ptr(), qt.scale.data_ptr(), qt.zero.data_ptr(), qt.bits]
+    return args
+
+
+def _check(rc: int) -> None:
+    if rc:
+        raise ValueError("packed_cpu kernel: segment or query-group size out of range")
+
+
+def _kernel_tail(store: TensorStore) -> bool:
+    """The recent-window tail goes through the kernel when it is fp16 with unit stride along head_dim."""
+    t = store.tail
+    return t is not None and store.tail_len > 0 and t.dtype == torch.float16 and t.stride(-1) == 1
+
+
+def store_scores(store: TensorStore, q: torch.Tensor) -> torch.Tensor:
+    """As `packed_torch.store_scores`: [B, H, G, n_q + tail]."""
+    b, h, g, d = q.shape
+    t_all = store.n_q + store.tail_len
+    out = torch.empty(b, h, g, t_all, dtype=torch.float32)
+    if store.n_q:
+        qt = _prepare_q(store, q).float().contiguous()
+        lib, nt = _lib(), torch.get_num_threads()
+        if store.plan.axis == "channel":
+            c = store.chan
+            w = store.width
+            if (c.codes.stride(-1) != 1 or c.codes.stride(0) != w * c.codes.stride(1) or c.scale.stride(-1) != 1
+                    or c.scale.stride(0) != w * c.scale.stride(1) or c.zero.stride() != c.scale.stride()):
+                raise ValueError("channel codes must be laid out [B, W, bytes] with unit stride along tokens")
+            _check(lib.akvq_channel_scores(
+                store.n_q, b, h, g, d, store.group, c.codes.data_ptr(), c.scale.data_ptr(), c.zero.data_ptr(),
+                c.bits, c.codes.stride(1), c.scale.stride(1), int(c.float_zero), qt.data_ptr(), out.data_ptr(),
+                t_all, nt,
+            ))
+        else:  # straight into [B, H, G, T] (measured: cheaper than writing token-major and transposing)
+            _check(lib.akvq_token_scores(
+                store.n_q * b, b, h, g, d, store.group, store.cls.data_ptr(), *_table_args(store),
+                int(store.plan.float_zero), qt.data_ptr(), out.data_ptr(), h * g * t_all, 1, t_all, nt,
+            ))
+    tail = _kernel_tail(store)
+    if tail:
+        x, q32 = store.tail, q.float().contiguous()
+        _check(_lib().akvq_half_scores(
+            b, h, g, d, store.tail_len, x.data_ptr(), x.stride(0), x.stride(1), x.stride(2), q32.data_ptr(),
+            out.data_ptr(), t_all, store.n_q, torch.get_num_threads(),
+        ))
+    return exact_scores(store, q, out, tail=not tail)
+
+
+def store_output(store: TensorStore, p: torch.Tensor) -> torch.Tensor:
+    """As `packed_torch.store_output` for per-token values: [B, H, G, D]."""
+    b, h, g, t_all = p.shape
+    out = torch.zeros(b, h, g, store.head_dim, dtype=torch.float32)
+    p = p.float().contiguous()
+    if store.n_q:
+        _check(_lib().akvq_token_output(
+            store.n_q * b, b, h, g, store.head_dim, store.group, store.cls.data_ptr(), *_table_args(store),
+            int(store.plan.float_zero), p.data_ptr(), h * g * t_all, 1, t_all, out.data_ptr(),
+            torch.get_num_threads(),
+        ))
+        out = _finish_out(store, out)
+    tail = _kernel_tail(store)
+    if tail:
+        x = store.tail
+        _check(_lib().akvq_half_output(
+            b, h, g, store.head_dim, store.tail_len, x.data_ptr(), x.stride(0), x.stride(1), x.stride(2),
+            p.data_ptr(), t_all, store.n_q, out.data_ptr(), torch.get_num_threads(),
+        ))
+    return exact_output(store, p, out, tail=not tail)
+
+
+def packed_decode(
+    query: torch.Tensor,
+    kstore: TensorStore,
+    vstore: TensorStore,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+) -> torch.Tensor:
+    """As `packed_torch.packed_decode`, through the C kernel: [B, Hq, 1, D] in query's dtype."""
+    return torch_packed_decode(query, kstore, vstore, attention_mask, scaling, store_scores, store_output)
+
+
+__all__ = ["available", "packed_decode", "status", "store_output", "store_scores", "supports"]

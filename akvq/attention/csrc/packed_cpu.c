@@ -244,7 +244,7 @@ ALWAYS_INLINE void seg_axpy_pm(const uint8_t *p, int bits, int seg, const float 
 
 /* Both token-axis kernels walk the rows in storage order (t * B + b: sequential reads, which matter more than
  * anything in a VM where every TLB miss walks two page tables) and hand each row to a row function. The row
- * functions are instantiated for the common (bits, segment, G) so that the unpack, the G dot products or
+ * functions are instantiated for the common (bits, segment of 16/32/64/128, G) so that the unpack, the G dot products or
  * updates and the loops are straight-line code with the accumulators in registers; others use a generic one. */
 typedef struct {
     int64_t B, H, G, D, group, float_zero;
@@ -346,7 +346,8 @@ static void output_row_generic(const tok_t *k, int bits, const uint8_t *row, con
     }
 #define ROW_FNS_G(BITS, SEG) ROW_FNS(BITS, SEG, 1) ROW_FNS(BITS, SEG, 2) ROW_FNS(BITS, SEG, 3) ROW_FNS(BITS, SEG, 4) \
     ROW_FNS(BITS, SEG, 5) ROW_FNS(BITS, SEG, 6) ROW_FNS(BITS, SEG, 7) ROW_FNS(BITS, SEG, 8)
-ROW_FNS_G(2, 32) ROW_FNS_G(2, 64) ROW_FNS_G(2, 128) ROW_FNS_G(4, 32) ROW_FNS_G(4, 64) ROW_FNS_G(4, 128)
+ROW_FNS_G(2, 16) ROW_FNS_G(2, 32) ROW_FNS_G(2, 64) ROW_FNS_G(2, 128)
+ROW_FNS_G(4, 16) ROW_FNS_G(4, 32) ROW_FNS_G(4, 64) ROW_FNS_G(4, 128)
 
 #define PICK_G(KIND, BITS, SEG, G)                                                                                    \
     switch (G) {                                                                                                     \
@@ -356,6 +357,8 @@ ROW_FNS_G(2, 32) ROW_FNS_G(2, 64) ROW_FNS_G(2, 128) ROW_FNS_G(4, 32) ROW_FNS_G(4
     case 7: return KIND##_row_##BITS##_##SEG##_7; case 8: return KIND##_row_##BITS##_##SEG##_8;                      \
     }
 #define PICK(KIND, bits, seg, G)                                                                                      \
+    if (bits == 2 && seg == 16) { PICK_G(KIND, 2, 16, G) }                                                           \
+    if (bits == 4 && seg == 16) { PICK_G(KIND, 4, 16, G) }                                                           \
     if (bits == 2 && seg == 32) { PICK_G(KIND, 2, 32, G) }                                                           \
     if (bits == 2 && seg == 64) { PICK_G(KIND, 2, 64, G) }                                                           \
     if (bits == 2 && seg == 128) { PICK_G(KIND, 2, 128, G) }                                                         \

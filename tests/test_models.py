@@ -48,6 +48,20 @@ def test_validate_spec_rejects_bad_fields() -> None:
         ModelSpec.from_dict({"name": "x", "pth": "a/b"})
     with pytest.raises(ConfigError, match="tiny_kind"):
         validate_spec(ModelSpec(name="x", source="tiny", tiny_kind="gpt5"))
+    with pytest.raises(ConfigError, match="power of two"):
+        validate_spec(ModelSpec(name="x", source="tiny", tiny_kind="llava", tiny_head_dim=96))
+
+
+def test_tiny_head_dim_from_the_model_config() -> None:
+    """configs/model/tiny-llava-hd128.yaml: the benchmark's tiny LLaVA with LLaVA-7B's head size."""
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/model/tiny-llava-hd128.yaml").read_text())
+    loaded = load_model(cfg)
+    text = loaded.model.config.text_config
+    assert text.head_dim == 128 and text.num_key_value_heads == 2
+    k = loaded.model.model.language_model.layers[0].self_attn.k_proj
+    assert k.out_features == 2 * 128
 
 
 def test_missing_local_path_is_one_clear_error(tmp_path: Path) -> None:

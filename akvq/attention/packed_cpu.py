@@ -194,15 +194,8 @@ def store_output(store: TensorStore, p: torch.Tensor) -> torch.Tensor:
     return exact_output(store, p, out, tail=not tail)
 
 
-def packed_decode(
-    query: torch.Tensor,
-    kstore: TensorStore,
-    vstore: TensorStore,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-) -> torch.Tensor:
-    """As `packed_torch.packed_decode`, through the C kernel: [B, Hq, 1, D] in query's dtype."""
-    return torch_packed_decode(query, kstore, vstore, attention_mask, scaling, store_scores, store_output)
+# softmax(q K^T * scaling + mask) V for one query token, as `packed_torch.packed_decode`, through the C kernel.
+packed_decode = functools.partial(torch_packed_decode, scores=store_scores, output=store_output)
 
 
 __all__ = ["available", "packed_decode", "status", "store_output", "store_scores", "supports"]

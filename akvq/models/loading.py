@@ -45,6 +45,7 @@ class ModelSpec:
     layer_pattern: str | None = None  # name of configs/layer_patterns/<name>.yaml; defaults to `name`
     family: str | None = None
     tiny_kind: str | None = None
+    tiny_head_dim: int | None = None  # tiny models: head_dim of the text model (default 16); 128 = LLaVA-7B's
 
     @classmethod
     def from_dict(cls, d: Any) -> ModelSpec:
@@ -107,6 +108,12 @@ def validate_spec(spec: ModelSpec) -> ModelSpec:
         if kind not in TINY_KINDS:
             raise ConfigError(
                 f"model {spec.name!r}: tiny models need `tiny_kind` in {', '.join(TINY_KINDS)}, got {kind!r}"
+            )
+        hd = spec.tiny_head_dim
+        if hd is not None and (hd <= 0 or hd & (hd - 1) or kind == "qwen2_vl"):
+            raise ConfigError(
+                f"model {spec.name!r}: tiny_head_dim must be a power of two (the WHT needs one) and is not "
+                f"supported for qwen2_vl (its mrope sections fix head_dim), got {hd}"
             )
     elif spec.source == "gguf":
         if not spec.gguf_file:
@@ -289,7 +296,8 @@ def load_model(spec: ModelSpec | dict[str, Any] | Any) -> Loaded:
     if spec.source == "tiny":
         from akvq.models.tiny import build_tiny
 
-        loaded = build_tiny(spec.tiny_kind or spec.family or "", attn_implementation=spec.attn_implementation)
+        loaded = build_tiny(spec.tiny_kind or spec.family or "", attn_implementation=spec.attn_implementation,
+                            head_dim=spec.tiny_head_dim)
         loaded.spec = spec
     elif spec.source == "gguf":
         loaded = _load_gguf(spec)

@@ -138,16 +138,16 @@ def _processor_parts(kind: str) -> tuple[Any, Any]:
     raise ConfigError(f"unknown tiny model kind {kind!r}; choose one of {', '.join(TINY_KINDS)}")
 
 
-def _build_config(kind: str, tok: Any) -> Any:
+def _build_config(kind: str, tok: Any, head_dim: int = HEAD_DIM) -> Any:
     vocab = len(tok)
     if kind == "llama":
         from transformers import LlamaConfig
 
-        return LlamaConfig(**_text_kwargs(vocab, tok), head_dim=HEAD_DIM, tie_word_embeddings=True)
+        return LlamaConfig(**_text_kwargs(vocab, tok), head_dim=head_dim, tie_word_embeddings=True)
     if kind in ("llava", "llava_next"):
         from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextConfig
 
-        text = LlamaConfig(**_text_kwargs(vocab, tok), head_dim=HEAD_DIM)
+        text = LlamaConfig(**_text_kwargs(vocab, tok), head_dim=head_dim)
         vision = CLIPVisionConfig(**_clip_vision_kwargs())
         common = dict(
             vision_config=vision,
@@ -199,8 +199,11 @@ def _model_class(kind: str) -> Any:
     }[kind]
 
 
-def build_tiny(kind: str, seed: int = 0, attn_implementation: str = "sdpa") -> Any:
+def build_tiny(kind: str, seed: int = 0, attn_implementation: str = "sdpa", head_dim: int | None = None) -> Any:
     """A fresh tiny random model of `kind` (same seed, same weights) with its real tokenizer/processor.
+
+    `head_dim` (llama, llava, llava_next): the text model's head size, default 16; the benchmark uses 128, the
+    size of LLaVA-1.5-7B's heads, because per-group metadata and kernel shapes depend on it.
 
     Returns an `akvq.models.Loaded`; tokenizer and processor objects are shared between calls.
     """
@@ -209,7 +212,7 @@ def build_tiny(kind: str, seed: int = 0, attn_implementation: str = "sdpa") -> A
     if kind not in TINY_KINDS:
         raise ConfigError(f"unknown tiny model kind {kind!r}; choose one of {', '.join(TINY_KINDS)}")
     tok, proc = _processor_parts(kind)
-    config = _build_config(kind, tok)
+    config = _build_config(kind, tok, head_dim or HEAD_DIM)
     config._attn_implementation = attn_implementation
     gen = torch.random.fork_rng(devices=[])
     with gen:

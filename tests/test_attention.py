@@ -176,15 +176,17 @@ def test_generate_packed_equals_reference(tiny_llama, name: str) -> None:
     assert float((logits - ref_logits).norm() / ref_logits.norm()) < 1e-4
 
 
-def test_generate_torch_path_equals_cpu_kernel(tiny_llama) -> None:
-    """With the C kernel switched off, "akvq_packed" runs the vectorized torch path: same tokens."""
+@pytest.mark.parametrize("name", ["akvq", "akvq_plus"])
+def test_generate_torch_path_equals_cpu_kernel(tiny_llama, name: str) -> None:
+    """With the C kernel switched off, "akvq_packed" runs the vectorized torch path, or (akvq_plus's float zero
+    points, which that path does not fold) dequantizes as the reference does: same tokens either way."""
     from akvq.attention import use_cpu_kernel
 
     model, enc = tiny_llama
-    fast, fast_logits = _generate(model, enc, "akvq_packed", "akvq", **GEN_POLICIES["akvq"])
+    fast, fast_logits = _generate(model, enc, "akvq_packed", name, **GEN_POLICIES[name])
     use_cpu_kernel(False)
     try:
-        slow, slow_logits = _generate(model, enc, "akvq_packed", "akvq", **GEN_POLICIES["akvq"])
+        slow, slow_logits = _generate(model, enc, "akvq_packed", name, **GEN_POLICIES[name])
     finally:
         use_cpu_kernel(True)
     assert torch.equal(fast, slow)

@@ -56,8 +56,8 @@ def _append(a: torch.Tensor | None, b: torch.Tensor, dim: int = 0) -> torch.Tens
     full = tuple(a.shape[:d]) + (n + k,) + tuple(a.shape[d + 1 :])
     if _capacity(a, d) >= n + k:
         out = a.as_strided(full, a.stride(), a.storage_offset())
-    else:
-        cap = n + k + max(RESERVE_MIN, (n + k) // GROWTH)
+    else:  # a view past the buffer's start is a sliding window (the tail after a flush): it moves, no reserve
+        cap = n + k + (0 if a.storage_offset() else max(RESERVE_MIN, (n + k) // GROWTH))
         shape = tuple(a.shape[:d]) + (cap,) + tuple(a.shape[d + 1 :])
         out = b.new_empty(shape).narrow(d, 0, n + k)
         out.narrow(d, 0, n).copy_(a)

@@ -65,7 +65,7 @@ PATHS = {"torch": packed_decode, "cpu": packed_cpu.packed_decode}
 
 @pytest.mark.parametrize("path", sorted(PATHS))
 @pytest.mark.parametrize("name", sorted(PLANS))
-@pytest.mark.parametrize("groups", [1, 3], ids=["mha", "gqa"])
+@pytest.mark.parametrize("groups", [1, 3, 12], ids=["mha", "gqa", "gqa12"])  # 12: past the kernel's 8 registers
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "padmask"])
 def test_packed_matches_reference(name: str, groups: int, masked: bool, path: str) -> None:
     plan, text_bits, classes = PLANS[name]

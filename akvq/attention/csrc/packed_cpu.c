@@ -94,9 +94,10 @@ static inline void unpack_run(const uint8_t *row, int bits, int64_t first, int n
 /* Plane-major order: a segment's bytes are taken 8 at a time; chunk u holds channels [8*per*u, 8*per*(u+1)) at
  * per = 8/bits codes per byte and unpacks plane by plane: f[u*8*per + i*8 + j] = code of channel per*(8u+j) + i.
  * Each plane is then one shift and mask of 8 consecutive bytes (8 floats, one AVX2 register); q (scores) and the
- * accumulators (outputs) are permuted to this order once per call. Needs seg * bits to be a multiple of 64. */
-static inline int plane_major_ok(int bits, int seg) {
-    return (bits == 1 || bits == 2 || bits == 4 || bits == 8) && (seg * bits) % 64 == 0;
+ * accumulators (outputs) are permuted to this order once per call. Needs seg * bits to be a multiple of 64, and
+ * G <= 8 (the register accumulators); otherwise the plain loops in channel order run. */
+static inline int plane_major_ok(int bits, int seg, int G) {
+    return (bits == 1 || bits == 2 || bits == 4 || bits == 8) && (seg * bits) % 64 == 0 && G <= 8;
 }
 
 static inline int pm_pos(int k, int bits) {
@@ -104,56 +105,12 @@ static inline int pm_pos(int k, int bits) {
     return (byte / 8) * 8 * per + i * 8 + byte % 8;
 }
 
+/* the scalar unpack for builds without AVX2 (the AVX2 paths unpack in registers, in seg_dots_pm/seg_axpy_pm) */
 static inline void unpack_pm(const uint8_t *restrict p, int bits, int seg, float *restrict f) {
     const int per = 8 / bits, m = (1 << bits) - 1, nu = seg * bits / 64;
-#ifdef __AVX2__
-    const __m256i mask = _mm256_set1_epi32(m);
-    for (int u = 0; u < nu; u++) {
-        const __m256i x = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8 * u)));
-        for (int i = 0; i < per; i++) {
-            const __m256i c = _mm256_and_si256(_mm256_srlv_epi32(x, _mm256_set1_epi32(i * bits)), mask);
-            _mm256_storeu_ps(f + u * 8 * per + i * 8, _mm256_cvtepi32_ps(c));
-        }
-    }
-#else
     for (int u = 0; u < nu; u++)
         for (int i = 0; i < per; i++)
             for (int j = 0; j < 8; j++) f[u * 8 * per + i * 8 + j] = (float)((p[8 * u + j] >> (i * bits)) & m);
-#endif
-}
-
-/* dot of n floats (n a multiple of 8 on the AVX2 path) */
-static inline float dot_f(const float *restrict a, const float *restrict b, int n) {
-#ifdef __AVX2__
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int k = 0;
-    for (; k + 16 <= n; k += 16) {
-        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(b + k + 8), acc1);
-    }
-    for (; k + 8 <= n; k += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc0);
-    acc0 = _mm256_add_ps(acc0, acc1);
-    __m128 v = _mm_add_ps(_mm256_castps256_ps128(acc0), _mm256_extractf128_ps(acc0, 1));
-    v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-    v = _mm_add_ss(v, _mm_shuffle_ps(v, v, 1));
-    float r = _mm_cvtss_f32(v);
-    for (; k < n; k++) r += a[k] * b[k];
-    return r;
-#else
-    float r = 0;
-    for (int k = 0; k < n; k++) r += a[k] * b[k];
-    return r;
-#endif
-}
-
-/* a[k] += w * f[k] for n floats */
-static inline void axpy_f(float *restrict a, float w, const float *restrict f, int n) {
-    int k = 0;
-#ifdef __AVX2__
-    const __m256 wv = _mm256_set1_ps(w);
-    for (; k + 8 <= n; k += 8) _mm256_storeu_ps(a + k, _mm256_fmadd_ps(wv, _mm256_loadu_ps(f + k), _mm256_loadu_ps(a + k)));
-#endif
-    for (; k < n; k++) a[k] += w * f[k];
 }
 
 /* Index of each row inside its class table (the running count of its class); -1 for 16-bit rows. */
@@ -272,7 +229,7 @@ ALWAYS_INLINE void score_row_body(const tok_t *k, int bits, int seg, int G, cons
             const int ch = h * D + s * seg, gi = k->gidx[h * ns + s];
             const float sc = half_to_float(sr[gi]), zz = half_to_float(zr[gi]);
             const float *q = qb + (int64_t)h * G * D + s * seg;
-            if (plane_major_ok(bits, seg)) {
+            if (plane_major_ok(bits, seg, G)) {
                 seg_dots_pm(row + ch * bits / 8, bits, seg, q, D, G, dots);
             } else {
                 float f[MAXSEG];
@@ -309,7 +266,7 @@ ALWAYS_INLINE void output_row_body(const tok_t *k, int bits, int seg, int G, con
                 kz[(h * G + g) * ns + s] += k->float_zero ? w[g] * zz : -ws[g] * zz;
             }
             float *a = ab + (int64_t)h * G * D + s * seg;
-            if (plane_major_ok(bits, seg)) {
+            if (plane_major_ok(bits, seg, G)) {
                 seg_axpy_pm(row + ch * bits / 8, bits, seg, ws, a, D, G);
             } else {
                 float f[MAXSEG];
@@ -384,8 +341,8 @@ static int tok_init(tok_t *k, int64_t n_rows, int64_t B, int64_t H, int64_t G, i
     k->cls = cls;
     k->tab[0] = (table_t){c0, s0, z0, bits0};
     k->tab[1] = (table_t){c1, s1, z1, bits1};
-    k->pm[0] = plane_major_ok((int)bits0, k->seg);
-    k->pm[1] = plane_major_ok((int)bits1, k->seg);
+    k->pm[0] = plane_major_ok((int)bits0, k->seg, (int)G);
+    k->pm[1] = plane_major_ok((int)bits1, k->seg, (int)G);
     if (k->seg > MAXSEG || G > 64) return 1;
     k->gidx = (int *)malloc(sizeof(int) * H * k->ns);
     for (int h = 0; h < H; h++)

@@ -337,3 +337,22 @@ def test_large_fp32_values_never_become_inf(name):
         assert (rv - v).abs().max() < 0.01  # the offset survives (fp16 metadata lost it entirely)
     assert cache.layers[0].k.tail.dtype == torch.float32
     assert cache.memory_report().total_bytes == storage_bytes(cache)
+
+
+def test_pivot_stands_in_with_its_own_channel_group():
+    """akvq_plus keys per channel: a 16-bit pivot's slot in the codes took the mean of the whole flush (four
+    groups here), stretching its own group; it must take its own group's mean."""
+    torch.manual_seed(0)
+    t = torch.arange(35, dtype=torch.float32).view(1, 1, 35, 1)
+    k = (t + 0.1 * torch.randn(1, 2, 35, 16)).contiguous()  # channels drift: groups of 8 tokens differ
+    pivots = torch.zeros(1, 32, dtype=torch.bool)
+    pivots[0, 2] = True
+    policy = make_policy("akvq", tsa=False, hadamard=False, k_axis="channel", k_window=0, k_group_tokens=8,
+                         window=4, clip_ratio=1.0, hp_dtype="model")
+    cache, rk, _ = _layer_roundtrip(policy, k, k.clone(), pivots=pivots)
+    assert cache.layers[0].k.n_q == 32
+    torch.testing.assert_close(rk[0, :, 2], k[0, :, 2], rtol=0, atol=0)  # the pivot itself is exact
+    own = torch.cat([k[:, :, :2], k[:, :, 3:8]], dim=2)  # group 0 without the pivot
+    step = (own.amax(2) - own.amin(2)) / 3
+    err = torch.cat([rk[:, :, :2] - k[:, :, :2], rk[:, :, 3:8] - k[:, :, 3:8]], dim=2).abs().amax(2)
+    assert (err <= step * 0.5 + 1e-3).all()

@@ -221,10 +221,67 @@ def test_bad_configs_fail_before_any_model_loads():
         make_policy("akvq", layer_pattern=["tsa", "xsa"])
 
 
-def test_beam_search_refuses_clearly():
-    loaded, inputs = tiny_inputs("llama")
-    with pytest.raises(NotImplementedError, match="beam"):
-        api.generate(loaded.model, inputs, make_policy("rtn", window=0), max_new_tokens=4, num_beams=2, do_sample=False)
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_beams_and_several_sequences_per_prompt(family, name):
+    """generate expands the batch after the cache got the prompt's masks (crashed for TSA roles and SKVQ sinks)
+    and reorders it every beam step (raised for packed rows): both now gather rows, losslessly."""
+    loaded, inputs = tiny_inputs(family)
+    policy = make_policy(name, **SMALL[name])
+    n = inputs["input_ids"].shape[1]
+    torch.manual_seed(0)
+    out, cache = api.generate(loaded.model, inputs, policy, max_new_tokens=4, do_sample=True, num_return_sequences=3)
+    assert out.shape == (6, n + 4) and cache.layers[0].k.batch == 6
+    assert torch.equal(out[:3, :n], inputs["input_ids"][:1].expand(3, -1))
+    out, cache = api.generate(loaded.model, inputs, make_policy(name, **SMALL[name]), max_new_tokens=4,
+                              do_sample=False, num_beams=3, num_return_sequences=2)
+    assert out.shape[0] == 4 and cache.memory_report().total_bytes == storage_bytes(cache)
+
+
+def test_fp16_beam_search_identical_to_dynamic_cache():
+    loaded, inputs = tiny_inputs("llava")
+    kw = dict(max_new_tokens=8, do_sample=False, num_beams=3)
+    model = loaded.model
+    ref = model.generate(**inputs, **{api.cache_kwarg(): DynamicCache(config=model.config)}, **kw)
+    out, _ = api.generate(model, inputs, make_policy("fp16", hp_dtype="model"), **kw)
+    assert torch.equal(out, ref)
+
+
+SELECT = {
+    "akvq_tsa": ("akvq", {"window": 4, "layer_pattern": ["tsa"]}),
+    "akvq_psa_channel": ("akvq", {"window": 4, "tsa": False, "k_axis": "channel", "k_window": 0,
+                                  "k_group_tokens": 8}),
+    "skvq": ("skvq", {"window": 4, "sink": 2}),
+    "smoothquant": ("smoothquant", {}),
+    "kivi": ("kivi", {"residual": 8}),
+}
+
+
+@pytest.mark.parametrize("key", sorted(SELECT))
+def test_select_batch_gathers_every_row_exactly(key):
+    """Gathering batch rows (any order, repeats) returns exactly those rows of what the cache held, and the
+    cache keeps working after it."""
+    name, kw = SELECT[key]
+    torch.manual_seed(0)
+    b, h, t, d = 3, 2, 37, 16
+    k, v = torch.randn(b, h, t, d), torch.randn(b, h, t, d)
+    vision = torch.rand(b, t - 3) < 0.5
+    pivots = torch.zeros(b, t - 3, dtype=torch.bool)
+    pivots[0, 5] = pivots[1, 11] = pivots[2, 2] = True
+    attention = torch.ones(b, t - 3, dtype=torch.bool)
+    attention[1, :4] = False
+    cache, _, _ = _layer_roundtrip(make_policy(name, hp_dtype="model", **kw), k, v, token_roles=vision,
+                                   pivots=pivots, attention_mask=attention)
+    layer = cache.layers[0]
+    before = layer.k.materialize(torch.float32), layer.v.materialize(torch.float32)
+    idx = torch.tensor([2, 0, 0, 1])
+    cache.select_batch(idx)
+    after = layer.k.materialize(torch.float32), layer.v.materialize(torch.float32)
+    for x, y in zip(before, after):
+        torch.testing.assert_close(y, x[idx], rtol=0, atol=0)
+    assert torch.equal(cache.pivot_mask, pivots[idx]) and cache.memory_report().total_bytes == storage_bytes(cache)
+    rk, _ = cache.update(torch.randn(4, h, 1, d), torch.randn(4, h, 1, d), 0)  # flushes gathered rows further
+    assert rk.shape == (4, h, t + 1, d) and torch.isfinite(rk).all()
 
 
 def test_llava_next_generates_with_akvq():

@@ -13,7 +13,6 @@ import torch
 
 from akvq.cache import AKVQCache
 from akvq.cache.store import TensorStore
-from akvq.quant.uniform import QTensor
 
 GiB = 1 << 30
 
@@ -32,53 +31,15 @@ def limit_data(nbytes: int | None) -> None:
         resource.setrlimit(resource.RLIMIT_DATA, (int(nbytes), int(nbytes)))
 
 
-def _rows(x: torch.Tensor, b: int, n: int) -> torch.Tensor:
-    """Token-major rows (t * b + i) -> the same rows for batch b * n, each sequence copied n times."""
-    return x.reshape(-1, b, *x.shape[1:]).repeat_interleave(n, dim=1).reshape(-1, *x.shape[1:]).contiguous()
-
-
-def _q(qt: QTensor, f) -> QTensor:
-    return QTensor(f(qt.codes), f(qt.scale), f(qt.zero), qt.bits, qt.group_size, qt.n, qt.float_zero)
-
-
 def repeat_store(st: TensorStore, n: int) -> None:
     """Copy every sequence of one store n times along the batch, in place, keeping the storage layout."""
-    b = st.batch
-    if st.tail is not None:
-        st.tail = st.tail.repeat_interleave(n, dim=0).contiguous()
-    if st.cls is not None:
-        st.cls = _rows(st.cls, b, n)
-    st.tables = {c: _q(qt, lambda x: _rows(x, b, n)) for c, qt in st.tables.items()}
-    if st.hp_rows is not None:
-        if st.hp_pos is not None:  # channel axis: positions t * b + i of the 16-bit rows
-            pos = st.hp_pos.long()
-            t, i = pos // b, pos % b
-            new = (t * b * n + i * n).unsqueeze(1) + torch.arange(n, device=pos.device)
-            st.hp_pos = new.reshape(-1).to(torch.int32)
-            st.hp_rows = st.hp_rows.repeat_interleave(n, dim=0).contiguous()
-        else:
-            st.hp_rows = st.hp_rows.repeat_interleave(n, dim=0).contiguous()
-    if st.chan is not None:
-        st.chan = _q(st.chan, lambda x: x.repeat_interleave(n, dim=0).contiguous())
-    if st.smooth is not None:
-        st.smooth = st.smooth.repeat_interleave(n, dim=0).contiguous()
-    if getattr(st, "_deq", None) is not None:  # read_path="cached": the dequantized copy [B, H, n_q, D]
-        st._deq = st._deq.repeat_interleave(n, dim=0).contiguous()
-    st.batch = b * n
+    st.select_batch(torch.arange(st.batch).repeat_interleave(n))
 
 
 def repeat_cache(cache: AKVQCache, n: int) -> AKVQCache:
     """Every layer and every prompt mask copied n times along the batch (in place; returns the cache)."""
-    if n == 1:
-        return cache
-    for layer in cache.layers:
-        if layer.is_initialized:
-            repeat_store(layer.k, n)
-            repeat_store(layer.v, n)
-    for name in ("vision_mask", "pivot_mask", "attention_mask"):
-        m = getattr(cache, name)
-        if m is not None:
-            setattr(cache, name, m.repeat_interleave(n, dim=0))
+    if n > 1:
+        cache.batch_repeat_interleave(n)
     return cache
 
 

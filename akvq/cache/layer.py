@@ -38,6 +38,7 @@ class AKVQLayer(CacheLayerMixin):
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
         b, h, _, d = key_states.shape
+        self.owner.match_batch(b)
         hp = self.hp_dtype or key_states.dtype
         if hp == "auto":  # 16-bit storage even when the model computes in fp32
             hp = key_states.dtype if key_states.element_size() == 2 else torch.float16
@@ -82,6 +83,7 @@ class AKVQLayer(CacheLayerMixin):
         """Semantic precision class of positions [start, start + m) for each batch row, as uint8 [m, B]."""
         owner, plan = self.owner, self.plan
         b = self.k.batch
+        owner.match_batch(b)
         cls = torch.full((m, b), LOW, dtype=torch.uint8, device=self.device)
         if plan.pattern == "tsa":
             vision = owner.window_of(owner.vision_mask, start, m, b, self.device)
@@ -107,13 +109,11 @@ class AKVQLayer(CacheLayerMixin):
         self.k = self.v = None
         self.is_initialized = False
 
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+    def select_batch(self, idx: torch.Tensor) -> None:
+        """This layer's stores only; `AKVQCache.select_batch` also gathers the prompt masks."""
         if self.is_initialized:
-            self.k.select_batch(beam_idx)
-            self.v.select_batch(beam_idx)
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self.reorder_cache(indices)
+            self.k.select_batch(idx)
+            self.v.select_batch(idx)
 
     def nbytes(self) -> StoreBytes:
         r = StoreBytes()

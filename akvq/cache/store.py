@@ -121,6 +121,7 @@ class TensorStore:
     # memory/throughput measurements; the packed tables are held and accounted either way.
     keep_dequantized: bool = False
     _deq: torch.Tensor | None = None
+    _row_index: torch.Tensor | None = None  # see `row_index`
 
     @property
     def width(self) -> int:
@@ -309,16 +310,59 @@ class TensorStore:
             r.meta += self.smooth.nbytes
         if self.perm is not None:
             r.index += self.perm.nbytes
-        for t in (self.cls, self.hp_pos):
+        for t in (self.cls, self.hp_pos, self._row_index):
             if t is not None:
                 r.index += t.nbytes
         return r
 
+    def row_index(self) -> torch.Tensor:
+        """Token axis: row r -> its index inside its class table, int64 [n_q * B] (the Triton kernels' lookup).
+        Extended by the rows flushed since the last call, and counted in `nbytes` as index bytes."""
+        idx, done = self._row_index, 0 if self._row_index is None else self._row_index.shape[0]
+        if done < self.cls.shape[0]:
+            cls = self.cls[done:].long()
+            before = torch.bincount(self.cls[:done].long(), minlength=3) if done else torch.zeros(3, dtype=torch.long,
+                                                                                                   device=cls.device)
+            oh = torch.nn.functional.one_hot(cls, 3)
+            new = (oh.cumsum(0) - 1 + before).gather(1, cls.unsqueeze(1)).squeeze(1)
+            self._row_index = idx = _append(idx, new)
+        return idx
+
     def select_batch(self, idx: torch.Tensor) -> None:
-        """Beam reordering; only the 16-bit tail can be permuted without a lossy round trip."""
-        if self.n_q:
-            raise NotImplementedError(
-                "beam search reorders the batch, which a packed cache cannot do losslessly; use greedy or sampling"
-            )
+        """Keep batch rows `idx` (with repeats, any order): beam search's reorder, and generate's expansion of
+        each prompt into several sequences. Lossless: packed rows are gathered, never re-quantized."""
+        idx = idx.long().to(self.tail.device if self.tail is not None else idx.device)
+        b, n = self.batch, self.n_q
         if self.tail is not None:
-            self.tail = self.tail.index_select(0, idx.to(self.tail.device))
+            self.tail = self.tail.index_select(0, idx)
+        if self.cls is not None:  # token axis: each class table holds its rows in token-major order
+            old = self.cls.view(n, b)
+            new = old[:, idx]
+            for c in (LOW, TEXT, HIGH):
+                here = old == c
+                pos = (here.reshape(-1).long().cumsum(0) - 1).view(n, b)[:, idx][new == c]
+                if c == HIGH:
+                    if self.hp_rows is not None:
+                        self.hp_rows = self.hp_rows.index_select(0, pos)
+                elif c in self.tables:
+                    qt = self.tables[c]
+                    self.tables[c] = QTensor(qt.codes[pos], qt.scale[pos], qt.zero[pos], qt.bits, qt.group_size, qt.n,
+                                             qt.float_zero)
+            self.cls = new.reshape(-1).contiguous()
+        if self.chan is not None:  # channel axis: batch-major codes; 16-bit rows at positions t * B + b
+            q = self.chan
+            self.chan = QTensor(q.codes.index_select(0, idx), q.scale.index_select(0, idx),
+                                q.zero.index_select(0, idx), q.bits, q.group_size, q.n, q.float_zero)
+            if self.hp_pos is not None:
+                where = torch.full((n * b,), -1, dtype=torch.long, device=idx.device)
+                where[self.hp_pos.long()] = torch.arange(self.hp_pos.numel(), device=idx.device)
+                where = where.view(n, b)[:, idx].reshape(-1)
+                keep = where >= 0
+                self.hp_rows = self.hp_rows.index_select(0, where[keep])
+                self.hp_pos = keep.nonzero().squeeze(1).to(torch.int32)
+        if self.smooth is not None:
+            self.smooth = self.smooth.index_select(0, idx)
+        if self._deq is not None:
+            self._deq = self._deq.index_select(0, idx)
+        self._row_index = None
+        self.batch = idx.numel()

@@ -413,3 +413,50 @@ def test_pivot_stands_in_with_its_own_channel_group():
     step = (own.amax(2) - own.amin(2)) / 3
     err = torch.cat([rk[:, :, :2] - k[:, :, :2], rk[:, :, 3:8] - k[:, :, 3:8]], dim=2).abs().amax(2)
     assert (err <= step * 0.5 + 1e-3).all()
+
+
+@pytest.mark.parametrize("name", ["kivi", "smoothquant"])
+def test_left_padding_stays_out_of_shared_statistics(name):
+    """KIVI's per-channel key groups (and SmoothQuant's calibration) took pad tokens into their statistics, so a
+    padded row read back differently from the same row alone (by up to 2.0 in the audit)."""
+    torch.manual_seed(0)
+    b, h, t, d, pads = 2, 2, 43, 16, 3
+    k = torch.randn(b, h, t, d)
+    k[0, :, :pads] = 50 * torch.randn(h, pads, d)  # what a pad token's key may look like
+    attention = torch.ones(b, t - 3, dtype=torch.bool)
+    attention[0, :pads] = False
+    kw = {"kivi": {"residual": 8}, "smoothquant": {"window": 4}}[name]
+    padded, rk, _ = _layer_roundtrip(make_policy(name, hp_dtype="model", **kw), k, k.clone(), attention_mask=attention)
+    n = padded.layers[0].k.n_q
+    if name == "kivi":  # every real token within half a step of its group's range over real tokens only
+        real = k[0, :, :n].clone()
+        real[:, :pads] = float("nan")
+        grp = real.view(h, n // 8, 8, d)
+        step = (grp.nan_to_num(-1e9).amax(2) - grp.nan_to_num(1e9).amin(2)) / 3
+        err = (rk[0, :, :n] - k[0, :, :n]).view(h, n // 8, 8, d)[:, :, :, :]
+        err[:, 0, :pads] = 0
+        assert (err.abs() <= step.unsqueeze(2) / 2 + 1e-4).all()
+    else:  # the padded row's smoothing scales equal those of the row alone
+        alone, _, _ = _layer_roundtrip(make_policy(name, hp_dtype="model", **kw), k[:1, :, pads:], k[:1, :, pads:])
+        torch.testing.assert_close(padded.layers[0].k.smooth[0], alone.layers[0].k.smooth[0], rtol=0, atol=0)
+
+
+def test_row_index_grows_with_the_flushes_and_is_counted():
+    """The Triton kernels' row -> class-table index: extended per flush (not rebuilt), equal to a one-shot
+    count, and part of memory_report."""
+    torch.manual_seed(0)
+    k = torch.randn(2, 2, 40, 16)
+    pivots = torch.rand(2, 37) < 0.2
+    cache = AKVQCache(make_policy("akvq", window=4, layer_pattern=["tsa"], hp_dtype="model"), 1)
+    cache.set_token_roles(torch.rand(2, 37) < 0.5)
+    cache.set_pivots(pivots)
+    for i in range(0, 40, 7):
+        cache.update(k[:, :, i : i + 7], k[:, :, i : i + 7], 0)
+        store = cache.layers[0].k
+        if not store.n_q:
+            continue
+        idx = store.row_index()
+        cls = store.cls.long()
+        ref = (torch.nn.functional.one_hot(cls, 3).cumsum(0) - 1).gather(1, cls.unsqueeze(1)).squeeze(1)
+        assert torch.equal(idx, ref)
+    assert cache.memory_report().total_bytes == storage_bytes(cache)

@@ -60,7 +60,7 @@ class AKVQLayer(CacheLayerMixin):
         for store, x in ((self.k, key_states), (self.v, value_states)):
             m = store.flushable(n_new)
             if m > 0:
-                store.flush(m, self.classes(store.n_q, m))
+                store.flush(m, self.classes(store.n_q, m), self.pads(store.n_q, m))
             store.append(x)
         if n_new == 1 and self.owner.packed_reads and self.k.packable and self.v.packable:
             return self.packed_views(key_states.dtype)
@@ -93,6 +93,13 @@ class AKVQLayer(CacheLayerMixin):
         if plan.sink:
             cls[owner.window_of(owner.sink_mask(plan.sink, b), start, m, b, self.device)] = HIGH
         return cls
+
+    def pads(self, start: int, m: int) -> torch.Tensor | None:
+        """Left padding of positions [start, start + m) as bool [m, B] (None: the prompt has none)."""
+        mask = self.owner.attention_mask
+        if mask is None or bool(mask.all()):
+            return None
+        return self.owner.window_of(~mask, start, m, self.k.batch, self.device)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.get_seq_length() + query_length, 0

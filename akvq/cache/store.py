@@ -168,16 +168,20 @@ class TensorStore:
             rows = fwht(rows.unflatten(-1, (self.num_heads, self.head_dim))).flatten(-2)
         return rows
 
-    def _calibrate(self, rows: torch.Tensor) -> None:
-        """Per-channel statistics from the first tokens that leave the window (the prompt): SmoothQuant scales,
-        and SKVQ's channel reordering (channels sorted by range, so each group holds channels of like range)."""
+    def _calibrate(self, rows: torch.Tensor, pad: torch.Tensor | None = None) -> None:
+        """Per-channel statistics from the first tokens that leave the window (the prompt, pads excluded):
+        SmoothQuant scales, and SKVQ's channel reordering (channels sorted by range, so each group holds
+        channels of like range)."""
         a = self.plan.smooth_alpha
         if self.n_q or (a is None and not self.plan.reorder):
             return
         x = rows.float()
         if self.plan.hadamard:
             x = fwht(x.unflatten(-1, (self.num_heads, self.head_dim))).flatten(-2)
-        amax = x.view(-1, self.batch, self.width).abs().amax(0).clamp_min(1e-5)
+        x = x.abs()
+        if pad is not None:
+            x = x.masked_fill(pad.reshape(-1, 1), 0.0)
+        amax = x.view(-1, self.batch, self.width).amax(0).clamp_min(1e-5)
         if a is not None:
             s = amax.pow(a)
             self.smooth = (s / s.mean(-1, keepdim=True)).half()
@@ -200,15 +204,16 @@ class TensorStore:
         if self.hp_rows is not None:
             self.hp_rows = self.hp_rows.to(dtype)
 
-    def flush(self, m: int, classes: torch.Tensor) -> None:
-        """Quantize the m oldest tail tokens once; classes is uint8 [m, B]."""
+    def flush(self, m: int, classes: torch.Tensor, pad: torch.Tensor | None = None) -> None:
+        """Quantize the m oldest tail tokens once; classes is uint8 [m, B]; pad (bool [m, B], True at left
+        padding) keeps pad tokens out of statistics shared with real tokens."""
         old, self.tail = self.tail[:, :, :m], self.tail[:, :, m:]
         orig = self._rows(old)
-        self._calibrate(orig)
+        self._calibrate(orig, pad)
         rows = self._forward(orig)
         flat = classes.reshape(-1).to(torch.uint8)
         if self.plan.axis == "channel":
-            self._flush_channel(orig, rows, flat, m)
+            self._flush_channel(orig, rows, flat, m, None if pad is None else pad.reshape(-1))
         else:
             self._flush_token(orig, rows, flat)
         self.n_q += m
@@ -230,17 +235,21 @@ class TensorStore:
                 self.tables[c] = _append_q(self.tables.get(c), self._quantize(rows[sel], self.bits_of(c)))
         self.cls = _append(self.cls, flat)
 
-    def _flush_channel(self, orig: torch.Tensor, rows: torch.Tensor, flat: torch.Tensor, m: int) -> None:
+    def _flush_channel(
+        self, orig: torch.Tensor, rows: torch.Tensor, flat: torch.Tensor, m: int, pad: torch.Tensor | None
+    ) -> None:
         high = flat == HIGH
         if bool(high.any()):
             pos = high.nonzero().squeeze(1)
             self.hp_rows = _append(self.hp_rows, orig[pos].to(self.hp_dtype))
             self.hp_pos = _append(self.hp_pos, (pos + self.n_q * self.batch).to(torch.int32))
-            # A 16-bit token must not stretch its channel group: it stands in as the mean of the other tokens of
-            # its own group of `group` tokens (a flush spans m / group groups).
+        skip = high if pad is None else high | pad
+        if bool(skip.any()):
+            # A 16-bit token or a pad must not stretch its channel group: it stands in as the mean of the other
+            # tokens of its own group of `group` tokens (a flush spans m / group groups).
             g = self.group
             r = rows.view(m // g, g, self.batch, self.width)
-            keep = (~high).view(m // g, g, self.batch, 1).float()
+            keep = (~skip).view(m // g, g, self.batch, 1).float()
             mean = (r * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp_min(1)
             rows = torch.where(keep.bool(), r, mean.expand_as(r)).view(-1, self.width)
         x = rows.view(m, self.batch, self.width).permute(1, 2, 0)  # [B, W, m], groups of `group` tokens
@@ -319,6 +328,8 @@ class TensorStore:
         """Token axis: row r -> its index inside its class table, int64 [n_q * B] (the Triton kernels' lookup).
         Extended by the rows flushed since the last call, and counted in `nbytes` as index bytes."""
         idx, done = self._row_index, 0 if self._row_index is None else self._row_index.shape[0]
+        if self.cls is None:
+            return torch.zeros(0, dtype=torch.long)
         if done < self.cls.shape[0]:
             cls = self.cls[done:].long()
             before = torch.bincount(self.cls[:done].long(), minlength=3) if done else torch.zeros(3, dtype=torch.long,

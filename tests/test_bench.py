@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from akvq.bench.batch_search import Point, largest_batch
@@ -37,11 +38,13 @@ def test_repeat_store_token_and_channel_axis() -> None:
             st.flush(m, torch.zeros(m, 3, dtype=torch.uint8))
 
 
-def test_save_load_roundtrip(tmp_path) -> None:
+@pytest.mark.parametrize("name", ["rtn", "kivi"])
+def test_save_load_roundtrip(tmp_path, name) -> None:
+    """Saved as plain tensors and values, loaded with `weights_only=True` (no pickled classes)."""
     from akvq.cache import AKVQCache
     from akvq.policies import make_policy
 
-    policy = make_policy("rtn", bits=2, group_size=16, window=4)
+    policy = make_policy(name, **{"rtn": {"bits": 2, "group_size": 16, "window": 4}, "kivi": {"residual": 8}}[name])
     cache = AKVQCache(policy, 2)
     g = torch.Generator().manual_seed(0)
     for i in range(2):

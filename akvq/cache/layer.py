@@ -12,7 +12,7 @@ import torch
 from transformers.cache_utils import CacheLayerMixin
 
 from akvq.cache.store import HIGH, LOW, TEXT, StoreBytes, TensorStore
-from akvq.policies.base import LayerPlan
+from akvq.policies.base import LayerPlan, TensorPlan
 
 if TYPE_CHECKING:
     from akvq.cache.cache import AKVQCache
@@ -42,14 +42,17 @@ class AKVQLayer(CacheLayerMixin):
         hp = self.hp_dtype or key_states.dtype
         if hp == "auto":  # 16-bit storage even when the model computes in fp32
             hp = key_states.dtype if key_states.element_size() == 2 else torch.float16
-        full = self.plan.full_precision
-        inf = _no_flush()
+        kplan, vplan = self.store_plans()
         keep = self.owner.read_path == "cached"
-        self.k = TensorStore(inf if full else self.plan.k, self.plan.text_bits, hp, h, d, b, keep_dequantized=keep)
-        self.v = TensorStore(
-            inf if full else self.plan.v, self.plan.text_bits, hp, h, value_states.shape[-1], b, keep_dequantized=keep
-        )
+        self.k = TensorStore(kplan, self.plan.text_bits, hp, h, d, b, keep_dequantized=keep)
+        self.v = TensorStore(vplan, self.plan.text_bits, hp, h, value_states.shape[-1], b, keep_dequantized=keep)
         self.is_initialized = True
+
+    def store_plans(self) -> tuple[TensorPlan, TensorPlan]:
+        """The K and V stores' plans (a full-precision layer: a window that never flushes)."""
+        if self.plan.full_precision:
+            return _no_flush(), _no_flush()
+        return self.plan.k, self.plan.v
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
@@ -136,7 +139,5 @@ class AKVQLayer(CacheLayerMixin):
         return self.k.batch * t * (self.k.width + self.v.width)
 
 
-def _no_flush():
-    from akvq.policies.base import TensorPlan
-
+def _no_flush() -> TensorPlan:
     return TensorPlan(window=1 << 62)

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from akvq.bench.batch_search import Point, largest_batch  # noqa: E402
+from akvq.bench.batch_search import Point, available_memory, check_budget, largest_batch  # noqa: E402
 from akvq.bench.memory import GiB  # noqa: E402
 from akvq.bench.throughput import RESULT  # noqa: E402
 
@@ -79,6 +79,14 @@ def device_name(device: str) -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
+def _check_budget(budget: int, base_bytes: int | None, device: str) -> None:
+    """Exit 2 with one line when no batch can be searched under the budget (before any point is measured)."""
+    problem = check_budget(budget, base_bytes, available_memory(device))
+    if problem:
+        print(f"bench_efficiency: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     from akvq.policies import quant_config
     from akvq.records import append_record, config_hash, git_rev
@@ -93,6 +101,7 @@ def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     out_dir = ROOT / cfg["out_dir"]
     out_dir.mkdir(parents=True, exist_ok=True)
     budget = int(cfg["budget_gib"] * GiB)
+    _check_budget(budget, None, cfg["device"])
     base = {
         "model": model_cfg, "device": cfg["device"], "threads": cfg["threads"], "hp_dtype": cfg["hp_dtype"],
         "gen_len": cfg["gen_len"],
@@ -101,13 +110,16 @@ def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     prep = worker("prepare", {**base, "prompt_len": cfg["prompt_len"], "quants": quants, "work_dir": str(work)},
                   cfg["timeout_s"])
     log(f"prefill {prep['prefill_seconds']:.1f}s, seq {prep['seq_len']}, vision tokens {prep['vision_tokens']}")
+    _check_budget(budget, prep.get("base_peak_bytes"), cfg["device"])
+    # never let a point allocate past what the machine has (the data limit is the OOM guard on CPU)
+    data_limit = min(int(budget * cfg["data_limit_factor"]), available_memory(cfg["device"]))
     points_csv = out_dir / "points.csv"
     rows: list[dict[str, Any]] = []
     for name, qname, forced in entries:
         qcfg, q = quants[qname], prep["quants"][qname]
         attention = forced or (cfg["fp16_attention"] if qcfg["policy"] == "fp16" else cfg["attention"])
         spec = {**base, "quant_cfg": qcfg, "cache_path": q["cache_path"], "attention": attention,
-                "data_limit": int(budget * cfg["data_limit_factor"])}
+                "data_limit": data_limit}
         measured: dict[int, dict[str, Any]] = {}
 
         def measure(b: int, spec=spec, name=name, measured=measured, attention=attention) -> Point:
@@ -133,6 +145,7 @@ def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
             "tokens_per_second_at_batch": at_batch.get("tokens_per_second"),
             "tokens_per_cpu_second_at_batch": at_batch.get("tokens_per_cpu_second"),
             "largest_batch": found.batch, "largest_batch_capped": found.capped,
+            "largest_batch_fails_at": found.above, "search_note": found.reason,
             "peak_gib_at_largest": best["peak_bytes"] / GiB if best else None,
             "tokens_per_second_at_largest": best["tokens_per_second"] if best else None,
             "tokens_per_cpu_second_at_largest": best["tokens_per_cpu_second"] if best else None,

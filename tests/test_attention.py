@@ -53,6 +53,7 @@ PLANS = {
     "across_heads": (TensorPlan(bits=2, group_size=32, window=3, group_across_heads=True), 4, "all"),
     "smoothquant": (TensorPlan(bits=4, group_size=16, window=2, smooth_alpha=0.5), None, "low"),
     "bits3_8": (TensorPlan(bits=3, group_size=16, window=2), 8, "all"),
+    "bits3_group4": (TensorPlan(bits=3, group_size=4, window=2), 8, "all"),  # 12-bit groups straddle bytes
     "kivi_keys": (TensorPlan(bits=2, group_size=8, clip_ratio=1.0, axis="channel", window=0), None, "low"),
     "kivi_keys_hp": (TensorPlan(bits=2, group_size=8, axis="channel", window=0, hadamard=True), None, "all"),
     # akvq_plus-like layouts: the group minimum as zero point, value groups across heads, channel keys

@@ -160,9 +160,11 @@ def test_quantized_read_matches_reference_math(name):
         x = (x.view(n, b, -1) / store.smooth.float()).view(-1, h * d)
     if plan.axis == "channel":
         xt = x.view(n, b, -1).permute(1, 2, 0)
-        ref = dequantize(quantize(xt, plan.bits, plan.group_size, 1.0)).permute(2, 0, 1).reshape(n * b, -1)
+        ref = dequantize(quantize(xt, plan.bits, plan.group_size, 1.0, float_zero=plan.float_zero))
+        ref = ref.permute(2, 0, 1).reshape(n * b, -1)
     else:
-        ref = dequantize(quantize(x, plan.bits, store.group, plan.clip_for(plan.bits), plan.clip_search))
+        ref = dequantize(quantize(x, plan.bits, store.group, plan.clip_for(plan.bits), plan.clip_search,
+                                  plan.float_zero, plan.clip_mode))
     if store.smooth is not None:
         ref = (ref.view(n, b, -1) * store.smooth.float()).view(-1, h * d)
     if plan.hadamard:
@@ -219,10 +221,67 @@ def test_bad_configs_fail_before_any_model_loads():
         make_policy("akvq", layer_pattern=["tsa", "xsa"])
 
 
-def test_beam_search_refuses_clearly():
-    loaded, inputs = tiny_inputs("llama")
-    with pytest.raises(NotImplementedError, match="beam"):
-        api.generate(loaded.model, inputs, make_policy("rtn2", window=0), max_new_tokens=4, num_beams=2, do_sample=False)
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_beams_and_several_sequences_per_prompt(family, name):
+    """generate expands the batch after the cache got the prompt's masks (crashed for TSA roles and SKVQ sinks)
+    and reorders it every beam step (raised for packed rows): both now gather rows, losslessly."""
+    loaded, inputs = tiny_inputs(family)
+    policy = make_policy(name, **SMALL[name])
+    n = inputs["input_ids"].shape[1]
+    torch.manual_seed(0)
+    out, cache = api.generate(loaded.model, inputs, policy, max_new_tokens=4, do_sample=True, num_return_sequences=3)
+    assert out.shape == (6, n + 4) and cache.layers[0].k.batch == 6
+    assert torch.equal(out[:3, :n], inputs["input_ids"][:1].expand(3, -1))
+    out, cache = api.generate(loaded.model, inputs, make_policy(name, **SMALL[name]), max_new_tokens=4,
+                              do_sample=False, num_beams=3, num_return_sequences=2)
+    assert out.shape[0] == 4 and cache.memory_report().total_bytes == storage_bytes(cache)
+
+
+def test_fp16_beam_search_identical_to_dynamic_cache():
+    loaded, inputs = tiny_inputs("llava")
+    kw = dict(max_new_tokens=8, do_sample=False, num_beams=3)
+    model = loaded.model
+    ref = model.generate(**inputs, **{api.cache_kwarg(): DynamicCache(config=model.config)}, **kw)
+    out, _ = api.generate(model, inputs, make_policy("fp16", hp_dtype="model"), **kw)
+    assert torch.equal(out, ref)
+
+
+SELECT = {
+    "akvq_tsa": ("akvq", {"window": 4, "layer_pattern": ["tsa"]}),
+    "akvq_psa_channel": ("akvq", {"window": 4, "tsa": False, "k_axis": "channel", "k_window": 0,
+                                  "k_group_tokens": 8}),
+    "skvq": ("skvq", {"window": 4, "sink": 2}),
+    "smoothquant": ("smoothquant", {}),
+    "kivi": ("kivi", {"residual": 8}),
+}
+
+
+@pytest.mark.parametrize("key", sorted(SELECT))
+def test_select_batch_gathers_every_row_exactly(key):
+    """Gathering batch rows (any order, repeats) returns exactly those rows of what the cache held, and the
+    cache keeps working after it."""
+    name, kw = SELECT[key]
+    torch.manual_seed(0)
+    b, h, t, d = 3, 2, 37, 16
+    k, v = torch.randn(b, h, t, d), torch.randn(b, h, t, d)
+    vision = torch.rand(b, t - 3) < 0.5
+    pivots = torch.zeros(b, t - 3, dtype=torch.bool)
+    pivots[0, 5] = pivots[1, 11] = pivots[2, 2] = True
+    attention = torch.ones(b, t - 3, dtype=torch.bool)
+    attention[1, :4] = False
+    cache, _, _ = _layer_roundtrip(make_policy(name, hp_dtype="model", **kw), k, v, token_roles=vision,
+                                   pivots=pivots, attention_mask=attention)
+    layer = cache.layers[0]
+    before = layer.k.materialize(torch.float32), layer.v.materialize(torch.float32)
+    idx = torch.tensor([2, 0, 0, 1])
+    cache.select_batch(idx)
+    after = layer.k.materialize(torch.float32), layer.v.materialize(torch.float32)
+    for x, y in zip(before, after):
+        torch.testing.assert_close(y, x[idx], rtol=0, atol=0)
+    assert torch.equal(cache.pivot_mask, pivots[idx]) and cache.memory_report().total_bytes == storage_bytes(cache)
+    rk, _ = cache.update(torch.randn(4, h, 1, d), torch.randn(4, h, 1, d), 0)  # flushes gathered rows further
+    assert rk.shape == (4, h, t + 1, d) and torch.isfinite(rk).all()
 
 
 def test_llava_next_generates_with_akvq():
@@ -318,3 +377,87 @@ def test_append_grows_in_place_like_cat(dim: int) -> None:
         moves += before is not None and out.data_ptr() != before
         assert torch.equal(out, ref)
     assert moves <= 3  # a reserve of >= 64 units: a handful of reallocations over 40 appends
+
+
+@pytest.mark.parametrize("name", ["rtn", "kivi", "akvq"])
+def test_large_fp32_values_never_become_inf(name):
+    """An fp32 model's 16-bit window (hp_dtype auto = fp16) and fp16 scales turned 1e5 into inf; the store
+    widens to fp32 where needed and counts it."""
+    torch.manual_seed(0)
+    k = torch.randn(1, 2, 40, 16) * 1e5
+    v = 1000 + 1e-3 * torch.randn(1, 2, 40, 16)
+    policy = make_policy(name, **{"rtn": {"window": 4}, "kivi": {"residual": 8}, "akvq": {"window": 4, "tsa": False,
+                                                                                          "num_pivots": 0}}[name])
+    cache, rk, rv = _layer_roundtrip(policy, k, v)
+    assert torch.isfinite(rk).all() and torch.isfinite(rv).all()
+    torch.testing.assert_close(rk[:, :, -4:], k[:, :, -4:], rtol=0, atol=0)  # the window: exact, not inf
+    if name != "akvq":  # (the WHT turns the offset into one large channel: no small error to check there)
+        assert (rv - v).abs().max() < 0.01  # the offset survives (fp16 metadata lost it entirely)
+    assert cache.layers[0].k.tail.dtype == torch.float32
+    assert cache.memory_report().total_bytes == storage_bytes(cache)
+
+
+def test_pivot_stands_in_with_its_own_channel_group():
+    """akvq_plus keys per channel: a 16-bit pivot's slot in the codes took the mean of the whole flush (four
+    groups here), stretching its own group; it must take its own group's mean."""
+    torch.manual_seed(0)
+    t = torch.arange(35, dtype=torch.float32).view(1, 1, 35, 1)
+    k = (t + 0.1 * torch.randn(1, 2, 35, 16)).contiguous()  # channels drift: groups of 8 tokens differ
+    pivots = torch.zeros(1, 32, dtype=torch.bool)
+    pivots[0, 2] = True
+    policy = make_policy("akvq", tsa=False, hadamard=False, k_axis="channel", k_window=0, k_group_tokens=8,
+                         window=4, clip_ratio=1.0, hp_dtype="model")
+    cache, rk, _ = _layer_roundtrip(policy, k, k.clone(), pivots=pivots)
+    assert cache.layers[0].k.n_q == 32
+    torch.testing.assert_close(rk[0, :, 2], k[0, :, 2], rtol=0, atol=0)  # the pivot itself is exact
+    own = torch.cat([k[:, :, :2], k[:, :, 3:8]], dim=2)  # group 0 without the pivot
+    step = (own.amax(2) - own.amin(2)) / 3
+    err = torch.cat([rk[:, :, :2] - k[:, :, :2], rk[:, :, 3:8] - k[:, :, 3:8]], dim=2).abs().amax(2)
+    assert (err <= step * 0.5 + 1e-3).all()
+
+
+@pytest.mark.parametrize("name", ["kivi", "smoothquant"])
+def test_left_padding_stays_out_of_shared_statistics(name):
+    """KIVI's per-channel key groups (and SmoothQuant's calibration) took pad tokens into their statistics, so a
+    padded row read back differently from the same row alone (by up to 2.0 in the audit)."""
+    torch.manual_seed(0)
+    b, h, t, d, pads = 2, 2, 43, 16, 3
+    k = torch.randn(b, h, t, d)
+    k[0, :, :pads] = 50 * torch.randn(h, pads, d)  # what a pad token's key may look like
+    attention = torch.ones(b, t - 3, dtype=torch.bool)
+    attention[0, :pads] = False
+    kw = {"kivi": {"residual": 8}, "smoothquant": {"window": 4}}[name]
+    padded, rk, _ = _layer_roundtrip(make_policy(name, hp_dtype="model", **kw), k, k.clone(), attention_mask=attention)
+    n = padded.layers[0].k.n_q
+    if name == "kivi":  # every real token within half a step of its group's range over real tokens only
+        real = k[0, :, :n].clone()
+        real[:, :pads] = float("nan")
+        grp = real.view(h, n // 8, 8, d)
+        step = (grp.nan_to_num(-1e9).amax(2) - grp.nan_to_num(1e9).amin(2)) / 3
+        err = (rk[0, :, :n] - k[0, :, :n]).view(h, n // 8, 8, d)[:, :, :, :]
+        err[:, 0, :pads] = 0
+        assert (err.abs() <= step.unsqueeze(2) / 2 + 1e-4).all()
+    else:  # the padded row's smoothing scales equal those of the row alone
+        alone, _, _ = _layer_roundtrip(make_policy(name, hp_dtype="model", **kw), k[:1, :, pads:], k[:1, :, pads:])
+        torch.testing.assert_close(padded.layers[0].k.smooth[0], alone.layers[0].k.smooth[0], rtol=0, atol=0)
+
+
+def test_row_index_grows_with_the_flushes_and_is_counted():
+    """The Triton kernels' row -> class-table index: extended per flush (not rebuilt), equal to a one-shot
+    count, and part of memory_report."""
+    torch.manual_seed(0)
+    k = torch.randn(2, 2, 40, 16)
+    pivots = torch.rand(2, 37) < 0.2
+    cache = AKVQCache(make_policy("akvq", window=4, layer_pattern=["tsa"], hp_dtype="model"), 1)
+    cache.set_token_roles(torch.rand(2, 37) < 0.5)
+    cache.set_pivots(pivots)
+    for i in range(0, 40, 7):
+        cache.update(k[:, :, i : i + 7], k[:, :, i : i + 7], 0)
+        store = cache.layers[0].k
+        if not store.n_q:
+            continue
+        idx = store.row_index()
+        cls = store.cls.long()
+        ref = (torch.nn.functional.one_hot(cls, 3).cumsum(0) - 1).gather(1, cls.unsqueeze(1)).squeeze(1)
+        assert torch.equal(idx, ref)
+    assert cache.memory_report().total_bytes == storage_bytes(cache)

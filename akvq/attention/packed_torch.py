@@ -77,6 +77,16 @@ def planes_into(packed: torch.Tensor, bits: int) -> torch.Tensor:
     return u.float()
 
 
+def _segment_planes(by: torch.Tensor, bits: int, ns: int) -> torch.Tensor:
+    """One head's packed row [..., D*bits/8] -> float codes [..., ns, per, seg/per] per segment, plane-major.
+
+    3-bit codes straddle bytes, and a segment of `seg` codes need not end on a byte (4 codes = 1.5 bytes):
+    such rows are unpacked whole, then cut into segments (one plane, channel order)."""
+    if bits in (1, 2, 4, 8):
+        return planes_into(by.unflatten(-1, (ns, -1)), bits)
+    return unpack(by, bits, by.shape[-1] * 8 // bits).float().unflatten(-1, (ns, 1, -1))
+
+
 def _per(bits: int) -> int:
     """Planes per byte in `planes_into`: 8/bits, or 1 for widths that straddle bytes."""
     return 8 // bits if bits in (1, 2, 4, 8) else 1
@@ -144,7 +154,7 @@ def _token_scores(store: TensorStore, qt: torch.Tensor, out: torch.Tensor) -> No
         if bits not in qplanes:  # q in the codes' plane-major order, per segment
             qplanes[bits] = plane_major(qseg, per).contiguous()
         qp = qplanes[bits]
-        f = planes_into(by.view(b, h, ct, ns, -1), bits)  # [B, H, ct, ns, per, seg/per]
+        f = _segment_planes(by, bits, ns)  # [B, H, ct, ns, per, seg/per]
         if ns == 1:
             dots = (qp[:, :, :, 0] @ f.view(b, h, ct, seg).transpose(-1, -2)).unsqueeze(-1)
         else:
@@ -164,7 +174,7 @@ def _token_output(store: TensorStore, p: torch.Tensor) -> torch.Tensor:
     for t0, t1, bits, by, s, z in _token_chunks(store):
         ct = t1 - t0
         w = p[..., t0:t1].unsqueeze(-1) * s.unsqueeze(2)  # [B, H, G, ct, ns]
-        f = planes_into(by.view(b, h, ct, ns, -1), bits).view(b, h, ct, ns, seg)
+        f = _segment_planes(by, bits, ns).reshape(b, h, ct, ns, seg)
         if ns == 1:
             part = (w[..., 0].contiguous() @ f.view(b, h, ct, seg)).unsqueeze(3)
         else:

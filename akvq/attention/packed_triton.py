@@ -167,18 +167,6 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _row_index(store: TensorStore) -> torch.Tensor:
-    """Row r -> its index inside its class table (int64 [n_q * B]); cached on the store until n_q changes."""
-    cached = getattr(store, "_akvq_row_index", None)
-    if cached is not None and cached[0] == store.n_q:
-        return cached[1]
-    cls = store.cls.long()
-    oh = torch.nn.functional.one_hot(cls, 3)
-    idx = (oh.cumsum(0) - 1).gather(1, cls.unsqueeze(1)).squeeze(1).contiguous()
-    store._akvq_row_index = (store.n_q, idx)
-    return idx
-
-
 def _tables(store: TensorStore, dev: torch.device) -> tuple[list, dict]:
     """Kernel arguments for the LOW and TEXT tables (dummies where a class is absent)."""
     dummy8 = torch.zeros(1, dtype=torch.uint8, device=dev)
@@ -226,7 +214,7 @@ def store_scores(store: TensorStore, q: torch.Tensor) -> torch.Tensor:
         else:
             args, meta = _tables(store, q.device)
             _token_scores_kernel[(b, h, ns)](
-                qt, out, store.cls, _row_index(store), *args, store.n_q, t_all, b, h, store.width, store.group,
+                qt, out, store.cls, store.row_index(), *args, store.n_q, t_all, b, h, store.width, store.group,
                 per, G=g, GP=gp, D=d, BLOCK=BLOCK_T, **meta,
             )
     return exact_scores(store, q, out)
@@ -243,7 +231,7 @@ def store_output(store: TensorStore, p: torch.Tensor) -> torch.Tensor:
     part = torch.empty(ns, b, h, g, d, device=p.device, dtype=torch.float32)
     args, meta = _tables(store, p.device)
     _token_output_kernel[(b, h, ns)](
-        p, part, store.cls, _row_index(store), *args, store.n_q, t_all, b, h, store.width, store.group, per,
+        p, part, store.cls, store.row_index(), *args, store.n_q, t_all, b, h, store.width, store.group, per,
         G=g, GP=max(2, _pow2(g)), D=d, BLOCK=BLOCK_T, **meta,
     )
     return exact_output(store, p, _finish_out(store, part.sum(0)))

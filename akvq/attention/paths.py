@@ -75,6 +75,8 @@ def _c_fits(k: TensorStore, v: TensorStore, cuda: bool) -> str | None:
         return "per-channel values"
     if k.perm is not None or v.perm is not None:
         return "permuted channels"
+    if not (k.half_meta and v.half_meta):
+        return "fp32 scale/zero (groups that overflow fp16)"
     return None if packed_cpu.available() else f"kernel unavailable ({packed_cpu.status()})"
 
 

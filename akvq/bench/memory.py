@@ -32,74 +32,69 @@ def limit_data(nbytes: int | None) -> None:
         resource.setrlimit(resource.RLIMIT_DATA, (int(nbytes), int(nbytes)))
 
 
-def _rows(x: torch.Tensor, b: int, n: int) -> torch.Tensor:
-    """Token-major rows (t * b + i) -> the same rows for batch b * n, each sequence copied n times."""
-    return x.reshape(-1, b, *x.shape[1:]).repeat_interleave(n, dim=1).reshape(-1, *x.shape[1:]).contiguous()
-
-
-def _q(qt: QTensor, f) -> QTensor:
-    return QTensor(f(qt.codes), f(qt.scale), f(qt.zero), qt.bits, qt.group_size, qt.n, qt.float_zero)
-
-
 def repeat_store(st: TensorStore, n: int) -> None:
     """Copy every sequence of one store n times along the batch, in place, keeping the storage layout."""
-    b = st.batch
-    if st.tail is not None:
-        st.tail = st.tail.repeat_interleave(n, dim=0).contiguous()
-    if st.cls is not None:
-        st.cls = _rows(st.cls, b, n)
-    st.tables = {c: _q(qt, lambda x: _rows(x, b, n)) for c, qt in st.tables.items()}
-    if st.hp_rows is not None:
-        if st.hp_pos is not None:  # channel axis: positions t * b + i of the 16-bit rows
-            pos = st.hp_pos.long()
-            t, i = pos // b, pos % b
-            new = (t * b * n + i * n).unsqueeze(1) + torch.arange(n, device=pos.device)
-            st.hp_pos = new.reshape(-1).to(torch.int32)
-            st.hp_rows = st.hp_rows.repeat_interleave(n, dim=0).contiguous()
-        else:
-            st.hp_rows = st.hp_rows.repeat_interleave(n, dim=0).contiguous()
-    if st.chan is not None:
-        st.chan = _q(st.chan, lambda x: x.repeat_interleave(n, dim=0).contiguous())
-    if st.smooth is not None:
-        st.smooth = st.smooth.repeat_interleave(n, dim=0).contiguous()
-    if getattr(st, "_deq", None) is not None:  # read_path="cached": the dequantized copy [B, H, n_q, D]
-        st._deq = st._deq.repeat_interleave(n, dim=0).contiguous()
-    st.batch = b * n
+    st.select_batch(torch.arange(st.batch).repeat_interleave(n))
 
 
 def repeat_cache(cache: AKVQCache, n: int) -> AKVQCache:
     """Every layer and every prompt mask copied n times along the batch (in place; returns the cache)."""
-    if n == 1:
-        return cache
-    for layer in cache.layers:
-        if layer.is_initialized:
-            repeat_store(layer.k, n)
-            repeat_store(layer.v, n)
-    for name in ("vision_mask", "pivot_mask", "attention_mask"):
-        m = getattr(cache, name)
-        if m is not None:
-            setattr(cache, name, m.repeat_interleave(n, dim=0))
+    if n > 1:
+        cache.batch_repeat_interleave(n)
     return cache
+
+
+_STORE_TENSORS = ("tail", "cls", "hp_rows", "hp_pos", "smooth", "perm", "_deq")
+_STORE_INTS = ("num_heads", "head_dim", "batch", "n_q")
+
+
+def _q_state(qt: QTensor) -> dict[str, Any]:
+    return {"codes": qt.codes, "scale": qt.scale, "zero": qt.zero, "bits": qt.bits, "group_size": qt.group_size,
+            "n": qt.n, "float_zero": qt.float_zero}
+
+
+def _store_state(st: TensorStore) -> dict[str, Any]:
+    """Tensors and plain values only, so loading needs no pickled classes (`weights_only=True`)."""
+    return {
+        **{k: getattr(st, k) for k in _STORE_TENSORS},
+        **{k: getattr(st, k) for k in _STORE_INTS},
+        "text_bits": st.text_bits,
+        "hp_dtype": str(st.hp_dtype).removeprefix("torch."),
+        "keep_dequantized": st.keep_dequantized,
+        "tables": {str(c): _q_state(q) for c, q in st.tables.items()},
+        "chan": None if st.chan is None else _q_state(st.chan),
+    }
+
+
+def _store_from(state: dict[str, Any], plan: Any) -> TensorStore:
+    st = TensorStore(plan, state["text_bits"], getattr(torch, state["hp_dtype"]), state["num_heads"],
+                     state["head_dim"], state["batch"], keep_dequantized=state["keep_dequantized"])
+    for k in (*_STORE_TENSORS, "n_q"):
+        setattr(st, k, state[k])
+    st.tables = {int(c): QTensor(**q) for c, q in state["tables"].items()}
+    st.chan = None if state["chan"] is None else QTensor(**state["chan"])
+    return st
 
 
 def save_cache(cache: AKVQCache, path: str | Path, extra: dict[str, Any]) -> None:
     """The stores of every layer plus the prompt masks and `extra` (next token, sequence length)."""
     state = {
-        "stores": [(lay.k, lay.v) for lay in cache.layers],
-        "dtype": cache.layers[0].dtype,
-        "masks": {n: getattr(cache, n) for n in ("vision_mask", "pivot_mask", "attention_mask")},
+        "stores": [(_store_state(lay.k), _store_state(lay.v)) for lay in cache.layers],
+        "dtype": str(cache.layers[0].dtype).removeprefix("torch."),
+        "masks": {n: getattr(cache, n) for n in cache.MASKS},
         "extra": extra,
     }
     torch.save(state, str(path))
 
 
 def load_cache(policy: Any, path: str | Path, device: str = "cpu") -> tuple[AKVQCache, dict[str, Any]]:
-    """Rebuild an AKVQCache saved by `save_cache` (same policy) on `device`."""
-    state = torch.load(str(path), weights_only=False, map_location=device)
+    """Rebuild an AKVQCache saved by `save_cache` (same policy) on `device`; plans come from the policy."""
+    state = torch.load(str(path), weights_only=True, map_location=device)
     cache = AKVQCache(policy, len(state["stores"]))
     for layer, (k, v) in zip(cache.layers, state["stores"]):
-        layer.k, layer.v = k, v
-        layer.dtype, layer.device = state["dtype"], torch.device(device)
+        kplan, vplan = layer.store_plans()
+        layer.k, layer.v = _store_from(k, kplan), _store_from(v, vplan)
+        layer.dtype, layer.device = getattr(torch, state["dtype"]), torch.device(device)
         layer.is_initialized = True
     for n, m in state["masks"].items():
         setattr(cache, n, m)

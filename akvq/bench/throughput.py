@@ -86,9 +86,9 @@ def timed_flushes() -> Iterator[dict[str, list[float]]]:
     spent: dict[str, list[float]] = {"wall": [], "cpu": []}
     orig = TensorStore.flush
 
-    def flush(self, m, classes):  # noqa: ANN001
+    def flush(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
         t, c = time.perf_counter(), time.process_time()
-        orig(self, m, classes)
+        orig(self, *args, **kwargs)
         spent["wall"].append(time.perf_counter() - t)
         spent["cpu"].append(time.process_time() - c)  # steadier than wall time on a shared machine
 
@@ -123,12 +123,13 @@ def decode_steps(model: Any, cache: Any, ids: torch.Tensor, steps: int, device: 
 
 def prepare(spec: dict[str, Any]) -> dict[str, Any]:
     from akvq import api
-    from akvq.bench.memory import kv_bytes_per_token, save_cache
+    from akvq.bench.memory import kv_bytes_per_token, peak_memory_bytes, save_cache
     from akvq.cache import AKVQCache
 
     _threads(spec.get("threads"))
     device = spec["device"]
     loaded = load(spec["model"], device)
+    base_peak = peak_memory_bytes(device)  # model and runtime, before any cache: no budget below this can work
     model = loaded.model
     inputs = build_prompt(loaded, spec["prompt_len"])
     inputs = {k: (v.to(model.device) if hasattr(v, "to") else v) for k, v in inputs.items()}
@@ -146,7 +147,7 @@ def prepare(spec: dict[str, Any]) -> dict[str, Any]:
     next_id = int(out.logits[0, -1].argmax())
     del out
     result: dict[str, Any] = {"prefill_seconds": prefill_s, "prefill_cpu_seconds": prefill_cpu, "seq_len": seq,
-                              "quants": {}}
+                              "base_peak_bytes": base_peak, "quants": {}}
     n_vision = int(cache0.vision_mask.sum()) if cache0.vision_mask is not None else 0
     result["vision_tokens"] = n_vision
     for name, qcfg in quants.items():

@@ -72,6 +72,37 @@ class AKVQCache(Cache):
         """The prompt's padding (1 = real token), so sink tokens are the first real ones."""
         self.attention_mask = attention_mask.bool()
 
+    MASKS = ("vision_mask", "pivot_mask", "attention_mask")
+
+    def match_batch(self, batch: int) -> None:
+        """`generate` repeats each prompt row (num_return_sequences, beams) after the cache got the prompt's
+        masks: repeat them the same way (row i -> rows i*n .. i*n + n - 1)."""
+        for name in self.MASKS:
+            m = getattr(self, name)
+            if m is not None and m.shape[0] != batch and batch % m.shape[0] == 0:
+                setattr(self, name, m.repeat_interleave(batch // m.shape[0], dim=0))
+
+    def select_batch(self, idx: torch.Tensor) -> None:
+        """Keep batch rows `idx` (repeats allowed) in every layer and prompt mask; lossless (rows are gathered)."""
+        for layer in self.layers:
+            layer.select_batch(idx)
+        for name in self.MASKS:
+            m = getattr(self, name)
+            if m is not None:
+                setattr(self, name, m.index_select(0, idx.to(m.device)))
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.select_batch(beam_idx)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.select_batch(indices)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        sizes = [lay.k.batch for lay in self.layers if lay.is_initialized]
+        sizes += [getattr(self, n).shape[0] for n in self.MASKS if getattr(self, n) is not None]
+        if sizes:
+            self.select_batch(torch.arange(sizes[0]).repeat_interleave(repeats))
+
     def sink_mask(self, n: int, batch: int) -> torch.Tensor:
         if self.attention_mask is None:
             return torch.ones(batch, n, dtype=torch.bool)
@@ -96,5 +127,5 @@ class AKVQCache(Cache):
         for layer in self.layers:
             total += layer.nbytes()
             elements += layer.elements()
-        extra = sum(m.nbytes for m in (self.vision_mask, self.pivot_mask, self.attention_mask) if m is not None)
+        extra = sum(getattr(self, n).nbytes for n in self.MASKS if getattr(self, n) is not None)
         return MemoryReport(total.codes, total.meta, total.hp, total.index + extra, elements)

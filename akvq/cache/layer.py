@@ -12,7 +12,7 @@ import torch
 from transformers.cache_utils import CacheLayerMixin
 
 from akvq.cache.store import HIGH, LOW, TEXT, StoreBytes, TensorStore
-from akvq.policies.base import LayerPlan
+from akvq.policies.base import LayerPlan, TensorPlan
 
 if TYPE_CHECKING:
     from akvq.cache.cache import AKVQCache
@@ -38,17 +38,21 @@ class AKVQLayer(CacheLayerMixin):
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
         b, h, _, d = key_states.shape
+        self.owner.match_batch(b)
         hp = self.hp_dtype or key_states.dtype
         if hp == "auto":  # 16-bit storage even when the model computes in fp32
             hp = key_states.dtype if key_states.element_size() == 2 else torch.float16
-        full = self.plan.full_precision
-        inf = _no_flush()
+        kplan, vplan = self.store_plans()
         keep = self.owner.read_path == "cached"
-        self.k = TensorStore(inf if full else self.plan.k, self.plan.text_bits, hp, h, d, b, keep_dequantized=keep)
-        self.v = TensorStore(
-            inf if full else self.plan.v, self.plan.text_bits, hp, h, value_states.shape[-1], b, keep_dequantized=keep
-        )
+        self.k = TensorStore(kplan, self.plan.text_bits, hp, h, d, b, keep_dequantized=keep)
+        self.v = TensorStore(vplan, self.plan.text_bits, hp, h, value_states.shape[-1], b, keep_dequantized=keep)
         self.is_initialized = True
+
+    def store_plans(self) -> tuple[TensorPlan, TensorPlan]:
+        """The K and V stores' plans (a full-precision layer: a window that never flushes)."""
+        if self.plan.full_precision:
+            return _no_flush(), _no_flush()
+        return self.plan.k, self.plan.v
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
@@ -59,7 +63,7 @@ class AKVQLayer(CacheLayerMixin):
         for store, x in ((self.k, key_states), (self.v, value_states)):
             m = store.flushable(n_new)
             if m > 0:
-                store.flush(m, self.classes(store.n_q, m))
+                store.flush(m, self.classes(store.n_q, m), self.pads(store.n_q, m))
             store.append(x)
         if n_new == 1 and self.owner.packed_reads and self.k.packable and self.v.packable:
             return self.packed_views(key_states.dtype)
@@ -83,6 +87,7 @@ class AKVQLayer(CacheLayerMixin):
         """Semantic precision class of positions [start, start + m) for each batch row, as uint8 [m, B]."""
         owner, plan = self.owner, self.plan
         b = self.k.batch
+        owner.match_batch(b)
         cls = torch.full((m, b), LOW, dtype=torch.uint8, device=self.device)
         if plan.pattern == "tsa":
             vision = owner.window_of(owner.vision_mask, start, m, b, self.device)
@@ -92,6 +97,13 @@ class AKVQLayer(CacheLayerMixin):
         if plan.sink:
             cls[owner.window_of(owner.sink_mask(plan.sink, b), start, m, b, self.device)] = HIGH
         return cls
+
+    def pads(self, start: int, m: int) -> torch.Tensor | None:
+        """Left padding of positions [start, start + m) as bool [m, B] (None: the prompt has none)."""
+        mask = self.owner.attention_mask
+        if mask is None or bool(mask.all()):
+            return None
+        return self.owner.window_of(~mask, start, m, self.k.batch, self.device)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.get_seq_length() + query_length, 0
@@ -108,13 +120,11 @@ class AKVQLayer(CacheLayerMixin):
         self.k = self.v = None
         self.is_initialized = False
 
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+    def select_batch(self, idx: torch.Tensor) -> None:
+        """This layer's stores only; `AKVQCache.select_batch` also gathers the prompt masks."""
         if self.is_initialized:
-            self.k.select_batch(beam_idx)
-            self.v.select_batch(beam_idx)
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self.reorder_cache(indices)
+            self.k.select_batch(idx)
+            self.v.select_batch(idx)
 
     def nbytes(self) -> StoreBytes:
         r = StoreBytes()
@@ -130,7 +140,5 @@ class AKVQLayer(CacheLayerMixin):
         return self.k.batch * t * (self.k.width + self.v.width)
 
 
-def _no_flush():
-    from akvq.policies.base import TensorPlan
-
+def _no_flush() -> TensorPlan:
     return TensorPlan(window=1 << 62)

@@ -65,6 +65,11 @@ def _append(a: torch.Tensor | None, b: torch.Tensor, dim: int = 0) -> torch.Tens
     return out
 
 
+def _overflows_half(x: torch.Tensor) -> bool:
+    big = x.abs() > torch.finfo(torch.float16).max
+    return bool((big & torch.isfinite(x)).any())
+
+
 def _capacity(a: torch.Tensor, d: int) -> int:
     """Units along dim d that `a`'s buffer holds, when a is a prefix view made by `_append` (else a's length)."""
     if a.storage_offset() or not a.numel() or not a.stride(d):
@@ -86,6 +91,9 @@ def _capacity(a: torch.Tensor, d: int) -> int:
 def _append_q(a: QTensor | None, b: QTensor, dim: int = 0) -> QTensor:
     if a is None:
         a = QTensor(None, None, None, b.bits, b.group_size, 0 if dim == -1 else b.n, b.float_zero)
+    elif b.scale.dtype.itemsize > a.scale.dtype.itemsize:  # a piece that needed fp32 metadata widens the table
+        a = QTensor(a.codes, a.scale.to(b.scale.dtype), a.zero.to(b.zero.dtype), a.bits, a.group_size, a.n,
+                    a.float_zero)
     return QTensor(
         _append(a.codes, b.codes, dim), _append(a.scale, b.scale, dim), _append(a.zero, b.zero, dim),
         a.bits, a.group_size, a.n + (b.n if dim == -1 else 0), a.float_zero,
@@ -113,6 +121,7 @@ class TensorStore:
     # memory/throughput measurements; the packed tables are held and accounted either way.
     keep_dequantized: bool = False
     _deq: torch.Tensor | None = None
+    _row_index: torch.Tensor | None = None  # see `row_index`
 
     @property
     def width(self) -> int:
@@ -159,16 +168,20 @@ class TensorStore:
             rows = fwht(rows.unflatten(-1, (self.num_heads, self.head_dim))).flatten(-2)
         return rows
 
-    def _calibrate(self, rows: torch.Tensor) -> None:
-        """Per-channel statistics from the first tokens that leave the window (the prompt): SmoothQuant scales,
-        and SKVQ's channel reordering (channels sorted by range, so each group holds channels of like range)."""
+    def _calibrate(self, rows: torch.Tensor, pad: torch.Tensor | None = None) -> None:
+        """Per-channel statistics from the first tokens that leave the window (the prompt, pads excluded):
+        SmoothQuant scales, and SKVQ's channel reordering (channels sorted by range, so each group holds
+        channels of like range)."""
         a = self.plan.smooth_alpha
         if self.n_q or (a is None and not self.plan.reorder):
             return
         x = rows.float()
         if self.plan.hadamard:
             x = fwht(x.unflatten(-1, (self.num_heads, self.head_dim))).flatten(-2)
-        amax = x.view(-1, self.batch, self.width).abs().amax(0).clamp_min(1e-5)
+        x = x.abs()
+        if pad is not None:
+            x = x.masked_fill(pad.reshape(-1, 1), 0.0)
+        amax = x.view(-1, self.batch, self.width).amax(0).clamp_min(1e-5)
         if a is not None:
             s = amax.pow(a)
             self.smooth = (s / s.mean(-1, keepdim=True)).half()
@@ -178,17 +191,29 @@ class TensorStore:
 
     # --- write ---
     def append(self, x: torch.Tensor) -> None:
+        if self.hp_dtype == torch.float16 and x.dtype.itemsize > 2 and _overflows_half(x):
+            self._widen_hp(x.dtype)
         self.tail = _append(self.tail, x.to(self.hp_dtype), dim=-2)
 
-    def flush(self, m: int, classes: torch.Tensor) -> None:
-        """Quantize the m oldest tail tokens once; classes is uint8 [m, B]."""
+    def _widen_hp(self, dtype: torch.dtype) -> None:
+        """Full-precision tokens of an fp32 model kept in fp16 would turn finite values past 65504 into inf:
+        from the first such token on, this store keeps them in `dtype` (and counts their bytes as such)."""
+        self.hp_dtype = dtype
+        if self.tail is not None:
+            self.tail = self.tail.to(dtype)
+        if self.hp_rows is not None:
+            self.hp_rows = self.hp_rows.to(dtype)
+
+    def flush(self, m: int, classes: torch.Tensor, pad: torch.Tensor | None = None) -> None:
+        """Quantize the m oldest tail tokens once; classes is uint8 [m, B]; pad (bool [m, B], True at left
+        padding) keeps pad tokens out of statistics shared with real tokens."""
         old, self.tail = self.tail[:, :, :m], self.tail[:, :, m:]
         orig = self._rows(old)
-        self._calibrate(orig)
+        self._calibrate(orig, pad)
         rows = self._forward(orig)
         flat = classes.reshape(-1).to(torch.uint8)
         if self.plan.axis == "channel":
-            self._flush_channel(orig, rows, flat, m)
+            self._flush_channel(orig, rows, flat, m, None if pad is None else pad.reshape(-1))
         else:
             self._flush_token(orig, rows, flat)
         self.n_q += m
@@ -197,7 +222,7 @@ class TensorStore:
 
     def _quantize(self, rows: torch.Tensor, bits: int) -> QTensor:
         p = self.plan
-        return quantize(rows, bits, self.group, p.clip_for(bits), p.clip_search, p.float_zero)
+        return quantize(rows, bits, self.group, p.clip_for(bits), p.clip_search, p.float_zero, p.clip_mode)
 
     def _flush_token(self, orig: torch.Tensor, rows: torch.Tensor, flat: torch.Tensor) -> None:
         for c in (LOW, TEXT, HIGH):
@@ -210,19 +235,31 @@ class TensorStore:
                 self.tables[c] = _append_q(self.tables.get(c), self._quantize(rows[sel], self.bits_of(c)))
         self.cls = _append(self.cls, flat)
 
-    def _flush_channel(self, orig: torch.Tensor, rows: torch.Tensor, flat: torch.Tensor, m: int) -> None:
+    def _flush_channel(
+        self, orig: torch.Tensor, rows: torch.Tensor, flat: torch.Tensor, m: int, pad: torch.Tensor | None
+    ) -> None:
         high = flat == HIGH
         if bool(high.any()):
             pos = high.nonzero().squeeze(1)
             self.hp_rows = _append(self.hp_rows, orig[pos].to(self.hp_dtype))
             self.hp_pos = _append(self.hp_pos, (pos + self.n_q * self.batch).to(torch.int32))
-            # A 16-bit token must not stretch its channel groups: stand in the mean of the others.
-            r = rows.view(m, self.batch, self.width)
-            keep = (~high).view(m, self.batch, 1).float()
-            mean = (r * keep).sum(0) / keep.sum(0).clamp_min(1)
-            rows = torch.where(high.view(m, self.batch, 1), mean.expand_as(r), r).view(-1, self.width)
+        skip = high if pad is None else high | pad
+        if bool(skip.any()):
+            # A 16-bit token or a pad must not stretch its channel group: it stands in as the mean of the other
+            # tokens of its own group of `group` tokens (a flush spans m / group groups).
+            g = self.group
+            r = rows.view(m // g, g, self.batch, self.width)
+            keep = (~skip).view(m // g, g, self.batch, 1).float()
+            mean = (r * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp_min(1)
+            rows = torch.where(keep.bool(), r, mean.expand_as(r)).view(-1, self.width)
         x = rows.view(m, self.batch, self.width).permute(1, 2, 0)  # [B, W, m], groups of `group` tokens
-        self.chan = _append_q(self.chan, quantize(x, self.plan.bits, self.group, self.plan.clip_for(self.plan.bits), float_zero=self.plan.float_zero), -1)
+        self.chan = _append_q(self.chan, self._quantize(x, self.plan.bits), -1)
+
+    @property
+    def half_meta(self) -> bool:
+        """Whether every packed table keeps fp16 scale/zero (a piece whose groups overflow fp16 keeps fp32)."""
+        tables = [*self.tables.values(), *([self.chan] if self.chan is not None else [])]
+        return all(qt.scale.dtype == torch.float16 and qt.zero.dtype == torch.float16 for qt in tables)
 
     @property
     def packable(self) -> bool:
@@ -282,16 +319,61 @@ class TensorStore:
             r.meta += self.smooth.nbytes
         if self.perm is not None:
             r.index += self.perm.nbytes
-        for t in (self.cls, self.hp_pos):
+        for t in (self.cls, self.hp_pos, self._row_index):
             if t is not None:
                 r.index += t.nbytes
         return r
 
+    def row_index(self) -> torch.Tensor:
+        """Token axis: row r -> its index inside its class table, int64 [n_q * B] (the Triton kernels' lookup).
+        Extended by the rows flushed since the last call, and counted in `nbytes` as index bytes."""
+        idx, done = self._row_index, 0 if self._row_index is None else self._row_index.shape[0]
+        if self.cls is None:
+            return torch.zeros(0, dtype=torch.long)
+        if done < self.cls.shape[0]:
+            cls = self.cls[done:].long()
+            before = torch.bincount(self.cls[:done].long(), minlength=3) if done else torch.zeros(3, dtype=torch.long,
+                                                                                                   device=cls.device)
+            oh = torch.nn.functional.one_hot(cls, 3)
+            new = (oh.cumsum(0) - 1 + before).gather(1, cls.unsqueeze(1)).squeeze(1)
+            self._row_index = idx = _append(idx, new)
+        return idx
+
     def select_batch(self, idx: torch.Tensor) -> None:
-        """Beam reordering; only the 16-bit tail can be permuted without a lossy round trip."""
-        if self.n_q:
-            raise NotImplementedError(
-                "beam search reorders the batch, which a packed cache cannot do losslessly; use greedy or sampling"
-            )
+        """Keep batch rows `idx` (with repeats, any order): beam search's reorder, and generate's expansion of
+        each prompt into several sequences. Lossless: packed rows are gathered, never re-quantized."""
+        idx = idx.long().to(self.tail.device if self.tail is not None else idx.device)
+        b, n = self.batch, self.n_q
         if self.tail is not None:
-            self.tail = self.tail.index_select(0, idx.to(self.tail.device))
+            self.tail = self.tail.index_select(0, idx)
+        if self.cls is not None:  # token axis: each class table holds its rows in token-major order
+            old = self.cls.view(n, b)
+            new = old[:, idx]
+            for c in (LOW, TEXT, HIGH):
+                here = old == c
+                pos = (here.reshape(-1).long().cumsum(0) - 1).view(n, b)[:, idx][new == c]
+                if c == HIGH:
+                    if self.hp_rows is not None:
+                        self.hp_rows = self.hp_rows.index_select(0, pos)
+                elif c in self.tables:
+                    qt = self.tables[c]
+                    self.tables[c] = QTensor(qt.codes[pos], qt.scale[pos], qt.zero[pos], qt.bits, qt.group_size, qt.n,
+                                             qt.float_zero)
+            self.cls = new.reshape(-1).contiguous()
+        if self.chan is not None:  # channel axis: batch-major codes; 16-bit rows at positions t * B + b
+            q = self.chan
+            self.chan = QTensor(q.codes.index_select(0, idx), q.scale.index_select(0, idx),
+                                q.zero.index_select(0, idx), q.bits, q.group_size, q.n, q.float_zero)
+            if self.hp_pos is not None:
+                where = torch.full((n * b,), -1, dtype=torch.long, device=idx.device)
+                where[self.hp_pos.long()] = torch.arange(self.hp_pos.numel(), device=idx.device)
+                where = where.view(n, b)[:, idx].reshape(-1)
+                keep = where >= 0
+                self.hp_rows = self.hp_rows.index_select(0, where[keep])
+                self.hp_pos = keep.nonzero().squeeze(1).to(torch.int32)
+        if self.smooth is not None:
+            self.smooth = self.smooth.index_select(0, idx)
+        if self._deq is not None:
+            self._deq = self._deq.index_select(0, idx)
+        self._row_index = None
+        self.batch = idx.numel()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from akvq.errors import ConfigError
-from akvq.quant.uniform import SUPPORTED_BITS
+from akvq.quant.uniform import CLIP_MODES, SUPPORTED_BITS
 
 if TYPE_CHECKING:
     from transformers.cache_utils import Cache
@@ -37,6 +37,7 @@ class TensorPlan:
     group_across_heads: bool = False
     float_zero: bool = False  # store the group minimum instead of the paper's integer zero point
     reorder: bool = False  # SKVQ: permute channels by calibrated range before grouping (token axis only)
+    clip_mode: str = "center"  # how clip_ratio shrinks a group's range (`akvq.quant.uniform.CLIP_MODES`)
 
     @property
     def chunk(self) -> int:
@@ -75,6 +76,11 @@ class LayerPlan:
 def check_bits(bits: int, what: str = "bits") -> None:
     if bits not in SUPPORTED_BITS:
         raise ConfigError(f"{what}={bits} is not supported; choose one of {list(SUPPORTED_BITS)}")
+
+
+def check_clip_mode(mode: str) -> None:
+    if mode not in CLIP_MODES:
+        raise ConfigError(f"clip_mode={mode!r} is not supported; choose one of {list(CLIP_MODES)}")
 
 
 @dataclass
@@ -143,4 +149,4 @@ def register(cls: type[Policy]) -> type[Policy]:
     return cls
 
 
-__all__ = ["POLICIES", "LayerPlan", "Policy", "TensorPlan", "check_bits", "default_clip", "register"]
+__all__ = ["POLICIES", "LayerPlan", "Policy", "TensorPlan", "check_bits", "check_clip_mode", "default_clip", "register"]

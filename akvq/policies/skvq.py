@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from akvq.errors import ConfigError
-from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits, register
+from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits, check_clip_mode, register
 
 
 @register
@@ -20,9 +20,11 @@ class SKVQPolicy(Policy):
     clip_search: bool = True  # stands in for SKVQ's offline-calibrated clipping ratios
     reorder: bool = True  # channel reordering, calibrated on the prompt instead of offline
     float_zero: bool = False
+    clip_mode: str = "center"  # "minmax": the r*min, r*max rule used before (docs/design.md)
 
     def validate(self) -> None:
         check_bits(self.bits)
+        check_clip_mode(self.clip_mode)
         if self.window < 0 or self.sink < 0 or self.group_size <= 0:
             raise ConfigError("skvq: window and sink must be >= 0, group_size > 0")
 
@@ -36,5 +38,6 @@ class SKVQPolicy(Policy):
             group_across_heads=True,
             reorder=self.reorder,
             float_zero=self.float_zero,
+            clip_mode=self.clip_mode,
         )
         return LayerPlan(k=t, v=t, sink=self.sink)

@@ -32,6 +32,8 @@ from akvq import records, tracking
 from akvq.errors import ConfigError
 
 log = logging.getLogger(__name__)
+# Until this module becomes the package akvq/runner/ (Architecture #11 step 3), its submodules live there.
+__path__ = [str(Path(__file__).with_suffix(""))]
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "configs"
@@ -228,6 +230,9 @@ def plan(cfg: DictConfig, check_data: bool = True) -> list[RunPlan]:
     for key in ("model", "task", "quant"):
         if key not in cfg or cfg[key] is None:
             raise ConfigError(f"config has no {key!r} group; pick one of: {', '.join(available(key))}")
+    from akvq.runner.validate import validate
+
+    validate(cfg, check_data=check_data)  # types, ranges, unknown keys, lengths vs the model's config
     choices, _, _ = hydra_info(cfg)
     base = {k: _plain(cfg[k]) for k in cfg if k != "hydra"}
     for key in records.DATA_KEYS:  # `milebench_root=DIR` on the command line reaches the task config
@@ -474,11 +479,11 @@ def resolve_paths(cfg: DictConfig) -> tuple[Path, Path]:
 
 def main(cfg: DictConfig) -> list[dict[str, Any]]:
     """Plan, skip what is recorded, run the rest on one loaded model, append records, print the table."""
+    plans = plan(cfg)
     if cfg.get("threads"):
         import torch
 
         torch.set_num_threads(int(cfg.threads))
-    plans = plan(cfg)
     records_path, wandb_dir = resolve_paths(cfg)
     done = {} if cfg.get("redo") else records.completed(records_path)
     todo = [p for p in plans if p.config_hash not in done]

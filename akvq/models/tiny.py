@@ -227,3 +227,10 @@ def build_tiny(kind: str, seed: int = 0, attn_implementation: str = "sdpa", head
     )
     model._akvq_model_name = spec.name  # read by akvq.api to find the layer pattern
     return Loaded(model=model, tokenizer=tok, processor=proc, family=family, spec=spec)
+
+
+def tiny_config(kind: str, head_dim: int | None = None) -> Any:
+    """The config `build_tiny` uses (layers, heads, positions), without building any weights."""
+    if kind not in TINY_KINDS:
+        raise ConfigError(f"unknown tiny model kind {kind!r}; choose one of {', '.join(TINY_KINDS)}")
+    return _build_config(kind, _processor_parts(kind)[0], head_dim or HEAD_DIM)

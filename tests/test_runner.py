@@ -129,7 +129,7 @@ def test_overridden_quant_fields_get_their_own_label(tmp_path: Path, fakes: Simp
 @pytest.mark.parametrize(
     ("over", "message"),
     [
-        ({"compare": ["fp16", "nope"]}, "unknown quant config 'nope'"),
+        ({"compare": ["fp16", "nope"]}, "'nope' is not a quant config"),
         ({"quant.bits": 5}, "bits=5"),
         ({"quant.colour": "red"}, "colour"),
         ({"quant.policy": "zip"}, "unknown quant policy"),

@@ -30,6 +30,7 @@ from urllib.parse import urlparse
 from omegaconf import OmegaConf
 
 from akvq.errors import ConfigError, MissingDataError
+from akvq.tasks.milebench import DATASETS as MILEBENCH_DATASETS
 
 # ------------------------------------------------------------------------------------------------ value checks
 
@@ -321,8 +322,8 @@ TASK_SCHEMAS: dict[str, dict[str, Checker]] = {
     "milebench": {
         **COMMON_TASK,
         "milebench_root": OPT_STR,
-        "datasets": ANY,  # names checked by milebench.datasets_for
-        "dataset": OPT_STR,
+        "datasets": Check("list", item=Str(MILEBENCH_DATASETS), nullable=True, min_len=1),
+        "dataset": Str(MILEBENCH_DATASETS, nullable=True),
         "limit": Int(1, nullable=True, note="samples per dataset; null = all"),
         "batch_size": Int(1),
         "max_new_tokens": Int(1),
@@ -644,10 +645,8 @@ def check_task(task: Any) -> None:
         )
     kind = task_kind(name)
     if kind not in TASK_SCHEMAS:
-        from akvq.tasks import get_task
-
-        get_task(name)  # raises the registry's ConfigError listing the known tasks
-        return
+        known = "ppl, passkey, agreement, milebench, milebench/<Dataset>, mmmu, lmms/<lmms-eval task>"
+        raise fail("task.name", name, f"unknown task; known: {known}")
     check_mapping("task", task, TASK_SCHEMAS[kind], f"task {name!r}")
 
 
@@ -770,7 +769,13 @@ def validate(cfg: Any, check_data: bool = True) -> ValidatedConfig:
     names, main = runner.quant_names(cfg)
     quants: dict[str, dict[str, Any]] = {}
     for name in names:
-        q = plain["quant"] if name == main else runner.load_quant(str(name))
+        try:
+            q = plain["quant"] if name == main else runner.load_quant(str(name))
+        except ConfigError:
+            known = ", ".join(runner.available("quant"))
+            raise fail(
+                "compare", plain.get("compare"), f"{name!r} is not a quant config; available: {known}"
+            ) from None
         check_quant(str(name), q, "quant" if name == main else f"compare[{name}]")
         quants[str(name)] = q
 

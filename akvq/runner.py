@@ -497,22 +497,30 @@ def main(cfg: DictConfig) -> list[dict[str, Any]]:
                 p.config_hash,
             )
     new: dict[str, dict[str, Any]] = {}
-    if todo:
-        log.info("loading model %s", plans[0].model)
-        t0 = time.perf_counter()
-        loaded = load_model(dict(plans[0].config["model"]))
-        log.info("model loaded in %.1fs", time.perf_counter() - t0)
-        from tqdm.auto import tqdm
+    loaded = None
+    lease = float(cfg.get("claim_lease_s") or records.LEASE_S)
+    from tqdm.auto import tqdm
 
-        bar = tqdm(todo, desc="runs", unit="run", disable=len(todo) < 2, file=sys.stderr)
-        for p in bar:
+    bar = tqdm(todo, desc="runs", unit="run", disable=len(todo) < 2, file=sys.stderr)
+    for p in bar:
+        # A claim with a lease: a concurrent identical sweep skips this config while we run it.
+        claim = records.try_claim(records_path, p.config_hash, lease, skip_recorded=not cfg.get("redo"))
+        if claim is None:
+            log.info("skip %s | %s | %s: recorded or running in another job", p.model, p.task, p.quant)
+            continue
+        with claim:
+            if loaded is None:
+                log.info("loading model %s", p.model)
+                t0 = time.perf_counter()
+                loaded = load_model(dict(p.config["model"]))
+                log.info("model loaded in %.1fs", time.perf_counter() - t0)
             bar.set_postfix_str(p.quant)
             log.info("run %s | %s | %s", p.model, p.task, p.quant)
             rec = execute(p, loaded, cfg, records_path, wandb_dir)
             records.append_record(records_path, rec)
-            new[p.config_hash] = rec
-            log.info("recorded %s -> %s", p.quant, records_path)
-    rows = [new.get(p.config_hash) or done[p.config_hash] for p in plans]
+        new[p.config_hash] = rec
+        log.info("recorded %s -> %s", p.quant, records_path)
+    rows = [r for p in plans if (r := new.get(p.config_hash) or done.get(p.config_hash))]
     SWEEP_ROWS.extend(rows)
     print(format_table(rows))
     return rows

@@ -208,6 +208,7 @@ TOP_LEVEL: dict[str, Checker] = {
     "threads": Int(1, nullable=True),
     "milebench_root": OPT_STR,
     "quant_name": OPT_STR,
+    "claim_lease_s": Float(0, lo_open=True, note="seconds a dead sweep job's claim on a config lasts"),
     "wandb": _sub(WANDB, "wandb"),
     "slurm": _sub(SLURM, "slurm"),
 }

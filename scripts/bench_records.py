@@ -45,7 +45,13 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_records-"))
     try:
         old = old_records(args.rev, tmp)
-        rec = {"model": "m", "task": "t", "quant": "q", "metrics": {"ppl": 1.0}, "details": {"x": "y" * 190_000}}
+        rec = {
+            "model": "m",
+            "task": "t",
+            "quant": "q",
+            "metrics": {"ppl": 1.0},
+            "details": {"x": "y" * 190_000},
+        }
         seed = tmp / "seed.jsonl"
         line = records.json.dumps({**rec, "config_hash": "h000000"}) + "\n"
         n = int(args.mb * 1e6 / len(line))

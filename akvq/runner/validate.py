@@ -729,10 +729,14 @@ def check_against_model(
         try:
             policy.check_model(shape.num_kv_heads, shape.head_dim, shape.num_layers)
             if getattr(policy, "needs_pattern", False):
-                from akvq.models.loading import ModelSpec, pattern_name
-                from akvq.saliency.patterns import load_layer_pattern
+                import yaml
 
-                load_layer_pattern(pattern_name(ModelSpec.from_dict(cfg["model"])), shape.num_layers)
+                from akvq.models.loading import ModelSpec, pattern_name
+                from akvq.saliency.patterns import find_pattern_file, parse_pattern
+
+                file = find_pattern_file(pattern_name(ModelSpec.from_dict(cfg["model"])))
+                if file is not None:  # parsed without load_layer_pattern's warnings: the error stays one line
+                    parse_pattern(yaml.safe_load(file.read_text()) or {}, shape.num_layers, str(file))
         except ConfigError as e:
             raise ConfigError(" ".join(f"{pre} ({q['policy']}) on {where}: {e}".split())) from e
 
@@ -788,6 +792,12 @@ def validate(cfg: Any, check_data: bool = True) -> ValidatedConfig:
     shape = model_shape(spec, need=check_data)
     if shape is not None:
         check_against_model(plain, quants, main, shape, spec.name)
+    if check_data and task_kind(str(plain["task"]["name"])) == "milebench":
+        from akvq.tasks.milebench import datasets_for, validate_milebench_root
+
+        task = plain["task"]
+        root = task.get("milebench_root") or plain.get("milebench_root")
+        validate_milebench_root(root, datasets_for(str(task["name"]), task), task.get("limit"))
     return ValidatedConfig(config=plain, quants=quants, shape=shape, records=records)
 
 

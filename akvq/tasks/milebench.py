@@ -10,6 +10,7 @@ tested on hand-checked samples; `MileBenchTask` runs them through a model and th
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -190,6 +191,14 @@ def dataset_problems(root: Path, name: str, limit: int | None = None) -> list[st
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _root_problems(
+    root: str, datasets: tuple[str, ...], limit: int | None, stamp: tuple[int, ...]
+) -> list[str]:
+    """Memoized per JSON version (`stamp`): the pre-flight and the plan step check the same root once."""
+    return [p for name in datasets for p in dataset_problems(Path(root), name, limit)]
+
+
 def validate_milebench_root(
     root: str | os.PathLike[str] | None, datasets: Sequence[str], limit: int | None = None
 ) -> Path:
@@ -197,7 +206,8 @@ def validate_milebench_root(
     model loads; ALL problems are reported at once, with file and sample id, in one line. Returns the root."""
     base = resolve_root(root)
     check_datasets(base, datasets)  # unknown names, missing JSON files: MissingDataError with download steps
-    problems = [p for name in datasets for p in dataset_problems(base, name, limit)]
+    stamp = tuple((base / n / f"{n}.json").stat().st_mtime_ns for n in datasets)
+    problems = _root_problems(str(base), tuple(datasets), limit, stamp)
     if problems:
         shown = "; ".join(problems[:MAX_LISTED])
         more = f"; ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""

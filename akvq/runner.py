@@ -232,7 +232,7 @@ def plan(cfg: DictConfig, check_data: bool = True) -> list[RunPlan]:
             raise ConfigError(f"config has no {key!r} group; pick one of: {', '.join(available(key))}")
     from akvq.runner.validate import validate
 
-    validate(cfg, check_data=check_data)  # types, ranges, unknown keys, lengths vs the model's config
+    validate(cfg, check_data, task_data=False)  # types, ranges, unknown keys, lengths vs the model's config
     choices, _, _ = hydra_info(cfg)
     base = {k: _plain(cfg[k]) for k in cfg if k != "hydra"}
     for key in records.DATA_KEYS:  # `milebench_root=DIR` on the command line reaches the task config

@@ -529,6 +529,18 @@ def test_milebench_reports_every_problem_at_once(tmp_path: Path, data: dict[str,
     assert "does not open" in msg
     validate_milebench_root(data["mb_good"], ["WebQA"])
 
+    # the sweep pre-flight's entry point reads the data too
+    from hydra import compose, initialize_config_dir
+
+    from akvq.runner.validate import validate
+
+    case = Case("milebench_root", ["task.milebench_root={mb_slot3}"], [], base="milebench")
+    args = [a for a in argv_of(case, case.bad, data, tmp_path) if not a.startswith("hydra.")]
+    with initialize_config_dir(config_dir=str(runner.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=args, return_hydra_config=True)
+    with pytest.raises(ConfigError, match=r"\{image#3\}"):
+        validate(cfg)
+
 
 SUBPROCESS_CASES = [
     CASES[0],

@@ -741,20 +741,19 @@ def check_against_model(
             raise ConfigError(" ".join(f"{pre} ({q['policy']}) on {where}: {e}".split())) from e
 
 
-def validate(cfg: Any, check_data: bool = True) -> ValidatedConfig:
+def validate(cfg: Any, check_data: bool = True, task_data: bool = True) -> ValidatedConfig:
     """Check a composed config (DictConfig or dict) completely; ConfigError/MissingDataError with one line.
 
-    `check_data`: also require the model's config to be readable (weights present or fetchable) and the
-    records path to be writable; without it an unreadable model config only skips the shape checks."""
+    `check_data`: also require the model's config to be readable (weights present or fetchable); without it an
+    unreadable model config only skips the shape checks. `task_data` (with `check_data`): also read the task's
+    data (MileBench JSON and images); the runner's plan step leaves that to the task object's own `validate`."""
     from akvq import runner
     from akvq.models.loading import ModelSpec
 
     if not OmegaConf.is_config(cfg):
         cfg = OmegaConf.create(cfg)
     plain = _plain(cfg)
-    check_mapping(
-        "", {k: v for k, v in plain.items()}, TOP_LEVEL, "the top-level config (configs/config.yaml)"
-    )
+    check_mapping("", plain, TOP_LEVEL, "the top-level config (configs/config.yaml)")
     for key in ("model", "task", "quant"):
         if plain.get(key) is None:
             raise fail(
@@ -792,7 +791,7 @@ def validate(cfg: Any, check_data: bool = True) -> ValidatedConfig:
     shape = model_shape(spec, need=check_data)
     if shape is not None:
         check_against_model(plain, quants, main, shape, spec.name)
-    if check_data and task_kind(str(plain["task"]["name"])) == "milebench":
+    if check_data and task_data and task_kind(str(plain["task"]["name"])) == "milebench":
         from akvq.tasks.milebench import datasets_for, validate_milebench_root
 
         task = plain["task"]

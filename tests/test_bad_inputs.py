@@ -404,7 +404,10 @@ class Spy:
 
 @pytest.fixture
 def spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Spy]:
-    from akvq.models import loading, tiny
+    import dataclasses
+
+    from akvq.models import sources
+    from akvq.models.sources import tiny
 
     s = Spy()
 
@@ -417,8 +420,8 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Spy]:
 
     monkeypatch.setattr(runner, "load_model", refuse("runner.load_model"))
     monkeypatch.setattr(tiny, "build_tiny", refuse("build_tiny"))
-    monkeypatch.setattr(loading, "_load_hub", refuse("_load_hub"))
-    monkeypatch.setattr(loading, "_load_gguf", refuse("_load_gguf"))
+    for name, src in list(sources.SOURCES.items()):
+        monkeypatch.setitem(sources.SOURCES, name, dataclasses.replace(src, load=refuse(f"sources.{name}.load")))
     yield s
 
 

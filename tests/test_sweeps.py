@@ -25,6 +25,7 @@ SWEEP = textwrap.dedent("""
     from types import SimpleNamespace
     from omegaconf import OmegaConf
     from akvq import runner
+    from akvq.policies.loader import quant_config
 
     recs, calls, lease, hang = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4] == "hang"
 
@@ -45,7 +46,7 @@ SWEEP = textwrap.dedent("""
     cfg = OmegaConf.create({
         "model": {"name": "fake-lm", "source": "tiny", "family": "llama", "tiny_kind": "llama"},
         "task": {"name": "ppl", "prompt_len": 32, "cont_len": 4, "windows": 1},
-        "quant": runner.load_quant("akvq"), "quant_name": "akvq", "compare": %s,
+        "quant": quant_config("akvq"), "quant_name": "akvq", "compare": %s,
         "records": recs, "redo": False, "seed": 0, "threads": 1, "claim_lease_s": lease,
         "wandb": {"mode": "disabled"},
     })

@@ -215,27 +215,33 @@ TOP_LEVEL: dict[str, Checker] = {
 """Top-level keys of configs/config.yaml. A new top-level key gets one line here (unknown keys are errors)."""
 
 
-def model_schema() -> dict[str, Checker]:
-    """Model keys: exactly `akvq.models.ModelSpec`'s fields, with their allowed values."""
-    from akvq.models.loading import ATTN_IMPLEMENTATIONS, DTYPES, SOURCES, ModelSpec
+def model_schema(source: str | None = None) -> dict[str, Checker]:
+    """Model keys: `akvq.models.ModelSpec`'s fields with their allowed values, plus the keys the chosen loading
+    source declares for itself (`Source.keys`, any value: the source checks them)."""
+    from akvq.models.loading import ATTN_IMPLEMENTATIONS, DTYPES
     from akvq.models.registry import FAMILIES
-    from akvq.models.tiny import TINY_KINDS
+    from akvq.models.sources import SOURCES
+    from akvq.models.sources.tiny import kinds
+    from akvq.models.spec import ModelSpec
 
     special: dict[str, Checker] = {
         "name": Str(),
-        "source": Str(SOURCES),
+        "source": Str(tuple(SOURCES)),
         "dtype": Str(DTYPES),
         "attn_implementation": Str(ATTN_IMPLEMENTATIONS),
         "trust_remote_code": BOOL,
-        "family": Str(FAMILIES, nullable=True),
-        "tiny_kind": Str(TINY_KINDS, nullable=True),
+        "family": Str(tuple(sorted(FAMILIES)), nullable=True),
+        "tiny_kind": Str(kinds(), nullable=True),
         "tiny_head_dim": Int(1, nullable=True, note="a power of two"),
         "device_map": ANY,
     }
-    return {
+    out = {
         f.name: special.get(f.name) or _from_annotation(ModelSpec, f.name)
         for f in dataclasses.fields(ModelSpec)
+        if f.name != "options"
     }
+    extra = SOURCES[source].keys if source in SOURCES else ()
+    return {**out, **{k: ANY for k in extra}}
 
 
 def quant_ranges() -> dict[str, Checker]:
@@ -477,14 +483,18 @@ def model_shape(spec: Any, need: bool) -> ModelShape | None:
     """The model's shape from its config, never its weights; None when unknown and `need` is false.
 
     With `need`, weights that cannot be there are a MissingDataError now (the hub is asked at most once)."""
-    from akvq.models import loading
+    from akvq.models.sources.hub import _hub_offline, _looks_local
+    from akvq.models.spec import resolve_path
 
     if spec.source == "tiny":
-        from akvq.models.tiny import tiny_config
+        from akvq.models.families import REGISTRY
 
-        return shape_of_config(tiny_config(spec.tiny_kind or spec.family, spec.tiny_head_dim), "tiny config")
+        build = REGISTRY[spec.tiny_kind or spec.family].tiny  # the config and tokenizer, never the weights
+        return shape_of_config(build(spec.tiny_head_dim).config, "tiny config")
+    if spec.source not in ("gguf", "hub"):
+        return None  # a source this module does not know how to read a config of
     try:
-        path = loading._resolve_path(spec)
+        path = resolve_path(spec)
     except MissingDataError:
         if need:
             raise
@@ -501,7 +511,7 @@ def model_shape(spec: Any, need: bool) -> ModelShape | None:
     from transformers import AutoConfig
 
     kw = {"trust_remote_code": True} if spec.trust_remote_code else {}
-    if loading._looks_local(path):
+    if _looks_local(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
             if need:
                 raise MissingDataError(
@@ -520,7 +530,7 @@ def model_shape(spec: Any, need: bool) -> ModelShape | None:
         return shape_of_config(AutoConfig.from_pretrained(os.path.dirname(cached), **kw), cached)
     if not need:
         return None
-    if loading._hub_offline():
+    if _hub_offline():
         raise MissingDataError(
             f"model.path={show(spec.path)}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
             f"on a machine with network run `hf download {path} --local-dir DIR`, then set model.path=DIR"
@@ -731,10 +741,10 @@ def check_against_model(
             if getattr(policy, "needs_pattern", False):
                 import yaml
 
-                from akvq.models.loading import ModelSpec, pattern_name
+                from akvq.models.spec import ModelSpec
                 from akvq.saliency.patterns import find_pattern_file, parse_pattern
 
-                file = find_pattern_file(pattern_name(ModelSpec.from_dict(cfg["model"])))
+                file = find_pattern_file(ModelSpec.from_dict(cfg["model"]).pattern_name)
                 if file is not None:  # parsed without load_layer_pattern's warnings: the error stays one line
                     parse_pattern(yaml.safe_load(file.read_text()) or {}, shape.num_layers, str(file))
         except ConfigError as e:
@@ -748,7 +758,8 @@ def validate(cfg: Any, check_data: bool = True, task_data: bool = True) -> Valid
     unreadable model config only skips the shape checks. `task_data` (with `check_data`): also read the task's
     data (MileBench JSON and images); the runner's plan step leaves that to the task object's own `validate`."""
     from akvq import runner
-    from akvq.models.loading import ModelSpec
+    from akvq.models.spec import ModelSpec
+    from akvq.policies.loader import quant_config
 
     if not OmegaConf.is_config(cfg):
         cfg = OmegaConf.create(cfg)
@@ -762,7 +773,9 @@ def validate(cfg: Any, check_data: bool = True, task_data: bool = True) -> Valid
                 f"the config needs a {key!r} group; pick one of: {', '.join(runner.available(key))}",
             )
 
-    check_mapping("model", plain["model"], model_schema(), "model configs (akvq.models.ModelSpec)")
+    model = plain["model"]
+    source = model.get("source", "hub") if isinstance(model, Mapping) else None
+    check_mapping("model", model, model_schema(source), f"model configs of source {source!r}")
     hd = plain["model"].get("tiny_head_dim")
     if hd is not None and hd & (hd - 1):
         raise fail("model.tiny_head_dim", hd, "must be a power of two (the WHT needs one)")
@@ -774,7 +787,7 @@ def validate(cfg: Any, check_data: bool = True, task_data: bool = True) -> Valid
     quants: dict[str, dict[str, Any]] = {}
     for name in names:
         try:
-            q = plain["quant"] if name == main else runner.load_quant(str(name))
+            q = plain["quant"] if name == main else quant_config(str(name))
         except ConfigError:
             known = ", ".join(runner.available("quant"))
             raise fail(

@@ -315,7 +315,7 @@ def test_run_py_bad_config_exits_2_before_loading(
 
 def test_data_root_reaches_the_task_but_not_the_hash(tmp_path: Path, fakes: SimpleNamespace) -> None:
     task = {"name": "milebench", "milebench_root": None, "datasets": ["ALFRED"]}
-    over = {"model.family": "llava", "compare": [], "task": task}
+    over = {"model.family": "llava", "model.tiny_kind": "llava", "compare": [], "task": task}
     a = runner.plan(make_cfg(tmp_path, milebench_root="/data/a", **over))
     b = runner.plan(make_cfg(tmp_path, milebench_root="/mnt/b", **over))
     assert a[0].task_cfg.milebench_root == "/data/a" and b[0].task_cfg.milebench_root == "/mnt/b"

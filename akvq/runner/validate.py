@@ -379,13 +379,14 @@ class ModelShape:
 
 
 def shape_of_config(config: Any, source: str) -> ModelShape:
-    from akvq.models.registry import head_dim, text_config
+    from akvq.models.registry import text_config
 
     tc = text_config(config)
     heads = int(tc.num_attention_heads)
     kv = int(getattr(tc, "num_key_value_heads", None) or heads)
+    hd = int(getattr(tc, "head_dim", None) or tc.hidden_size // heads)
     mp = getattr(tc, "max_position_embeddings", None)
-    return ModelShape(int(tc.num_hidden_layers), kv, head_dim(config), int(mp) if mp else None, source)
+    return ModelShape(int(tc.num_hidden_layers), kv, hd, int(mp) if mp else None, source)
 
 
 _GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}

@@ -421,7 +421,9 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Spy]:
     monkeypatch.setattr(runner, "load_model", refuse("runner.load_model"))
     monkeypatch.setattr(tiny, "build_tiny", refuse("build_tiny"))
     for name, src in list(sources.SOURCES.items()):
-        monkeypatch.setitem(sources.SOURCES, name, dataclasses.replace(src, load=refuse(f"sources.{name}.load")))
+        monkeypatch.setitem(
+            sources.SOURCES, name, dataclasses.replace(src, load=refuse(f"sources.{name}.load"))
+        )
     yield s
 
 

@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -476,18 +475,24 @@ def test_bad_input_fails_in_one_line_before_loading(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    import huggingface_hub
+
+    from akvq.runner import validate
+
     for k, v in case.env.items():
         monkeypatch.setenv(k, v)
-    t0 = time.perf_counter()
+    monkeypatch.setattr(validate, "_hub_reachable", lambda timeout=3.0: False)  # this machine: no hub
+    monkeypatch.setattr(
+        huggingface_hub, "hf_hub_download", lambda *a, **k: spy.calls.append("hf_hub_download")
+    )
     code = run_py(argv_of(case, case.bad, data, tmp_path), monkeypatch)
     out = capsys.readouterr()
     lines = [x for x in (out.out + out.err).splitlines() if x.strip()]
     assert code == 2, lines
     assert len(lines) == 1, lines  # one line, no traceback
     assert re.search(rf"\b{re.escape(case.key)}(\[\d+\])?[= ]", lines[0]), lines[0]  # names the key
-    assert spy.calls == []  # no model built or loaded
+    assert spy.calls == []  # no model built or loaded, no hub download (with its minute of retries)
     assert not (tmp_path / "runs.jsonl").exists() and not list(tmp_path.rglob("*.jsonl"))
-    assert time.perf_counter() - t0 < 30  # no minute of hub retries
 
     # the good neighbour validates (data checks included)
     from hydra import compose, initialize_config_dir
@@ -547,11 +552,7 @@ def test_milebench_reports_every_problem_at_once(tmp_path: Path, data: dict[str,
         validate(cfg)
 
 
-SUBPROCESS_CASES = [
-    CASES[0],
-    next(c for c in CASES if c.key == "windows"),
-    next(c for c in CASES if c.id.startswith("task.milebench_root={mb_slot3}")),
-]
+SUBPROCESS_CASES = [CASES[0], next(c for c in CASES if c.id.startswith("task.milebench_root={mb_slot3}"))]
 
 
 @pytest.mark.slow
@@ -561,7 +562,9 @@ def test_bad_input_through_a_real_process(case: Case, data: dict[str, Path], tmp
     loaded is the time (imports only) and the absence of the model's log line."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     argv = [sys.executable, str(REPO / "run.py"), *argv_of(case, case.bad, data, tmp_path)]
-    p = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    p = subprocess.run(
+        argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1200
+    )  # imports alone take minutes on a busy 2-core machine
     lines = [x for x in (p.stdout + p.stderr).splitlines() if x.strip()]
     assert p.returncode == 2, lines
     assert len(lines) == 1 and f"{case.key}=" in lines[0], lines

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
 import math
 import os
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parent.parent
 
 RECORD_KEYS = (
     "model",
@@ -343,6 +346,20 @@ def claimed(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
         if info is not None and float(info.get("expires", 0)) > now:
             out[f.stem] = info
     return out
+@functools.cache
+def git_rev(repo: Path = REPO) -> str:
+    """Short commit of the checkout, `+dirty` when tracked files changed; `unknown` outside git. The one
+    format of the records' `git_rev` (runner and benchmark alike)."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5)
+        if rev.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, timeout=5
+        )
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def _json_default(x: Any) -> Any:

@@ -417,7 +417,9 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Spy]:
 
         return f
 
-    monkeypatch.setattr(runner, "load_model", refuse("runner.load_model"))
+    import akvq.models
+
+    monkeypatch.setattr(akvq.models, "load_model", refuse("akvq.models.load_model"))  # what Session() calls
     monkeypatch.setattr(tiny, "build_tiny", refuse("build_tiny"))
     for name, src in list(sources.SOURCES.items()):
         monkeypatch.setitem(

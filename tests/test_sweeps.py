@@ -41,8 +41,10 @@ SWEEP = textwrap.dedent("""
             time.sleep(1000 if hang else 0.3)
             return SimpleNamespace(metrics={"ppl": 1.0}, kv_bytes=1, kv_effective_bits=2.0, num_tokens=1, details={})
 
-    runner.load_model = lambda model_cfg: SimpleNamespace(model=None, tokenizer=None, processor=None)
-    runner.get_task = lambda name, cfg: Task()
+    session = runner.Session(
+        load_model=lambda model_cfg: SimpleNamespace(model=None, tokenizer=None, processor=None),
+        get_task=lambda name, cfg: Task(),
+    )
     cfg = OmegaConf.create({
         "model": {"name": "fake-lm", "source": "tiny", "family": "llama", "tiny_kind": "llama"},
         "task": {"name": "ppl", "prompt_len": 32, "cont_len": 4, "windows": 1},
@@ -51,7 +53,7 @@ SWEEP = textwrap.dedent("""
         "wandb": {"mode": "disabled"},
     })
     print("start", flush=True)
-    runner.main(cfg)
+    runner.main(cfg, session)
 """) % json.dumps(QUANTS)
 
 

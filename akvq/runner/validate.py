@@ -758,9 +758,9 @@ def validate(cfg: Any, check_data: bool = True, task_data: bool = True) -> Valid
     `check_data`: also require the model's config to be readable (weights present or fetchable); without it an
     unreadable model config only skips the shape checks. `task_data` (with `check_data`): also read the task's
     data (MileBench JSON and images); the runner's plan step leaves that to the task object's own `validate`."""
-    from akvq import runner
     from akvq.models.spec import ModelSpec
     from akvq.policies.loader import quant_config
+    from akvq.runner.plan import available, quant_names
 
     if not OmegaConf.is_config(cfg):
         cfg = OmegaConf.create(cfg)
@@ -771,7 +771,7 @@ def validate(cfg: Any, check_data: bool = True, task_data: bool = True) -> Valid
             raise fail(
                 key,
                 None,
-                f"the config needs a {key!r} group; pick one of: {', '.join(runner.available(key))}",
+                f"the config needs a {key!r} group; pick one of: {', '.join(available(key))}",
             )
 
     model = plain["model"]
@@ -784,13 +784,13 @@ def validate(cfg: Any, check_data: bool = True, task_data: bool = True) -> Valid
         raise fail("model.name", None, "every model config needs a name")
     check_task(plain["task"])
 
-    names, main = runner.quant_names(cfg)
+    names, main = quant_names(cfg)
     quants: dict[str, dict[str, Any]] = {}
     for name in names:
         try:
             q = plain["quant"] if name == main else quant_config(str(name))
         except ConfigError:
-            known = ", ".join(runner.available("quant"))
+            known = ", ".join(available("quant"))
             raise fail(
                 "compare", plain.get("compare"), f"{name!r} is not a quant config; available: {known}"
             ) from None

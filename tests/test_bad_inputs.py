@@ -502,7 +502,7 @@ def test_bad_input_fails_in_one_line_before_loading(
     args = [a for a in argv_of(case, case.good, data, tmp_path) if not a.startswith("hydra.")]
     with initialize_config_dir(config_dir=str(runner.CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=args, return_hydra_config=True)
-    assert runner.plan(cfg)
+    assert runner.plan(cfg, runner.Session())
 
 
 NEIGHBOURS_THAT_RUN = [

@@ -147,12 +147,17 @@ def test_every_combination(cfg_of: Compose, session: runner.Session) -> None:
                     runner.plan(cfg, session, check_data=False)
                 refused += 1
                 continue
+            if t in ("ppl", "passkey") and mcfg["source"] == "tiny":  # 4352 or 8192 tokens > 4096 positions
+                with pytest.raises(ConfigError, match=r"more than the 4096 positions of model"):
+                    runner.plan(cfg, session, check_data=False)
+                refused += 1
+                continue
             plans = runner.plan(cfg, session, check_data=False)
             assert sorted(p.quant for p in plans) == sorted(quants)
             assert {p.model for p in plans} == {mcfg["name"]}
             assert len({p.config_hash for p in plans}) == len(quants)
             ok += len(plans)
-    assert ok >= len(MODELS) * 4 * len(QUANTS)  # at least the four text tasks on every model
+    assert ok >= len(MODELS) * 2 * len(QUANTS)  # at least two text tasks on every model
     assert refused > 0
 
 
@@ -169,11 +174,11 @@ def test_unknown_names_list_the_options(cfg_of: Compose, group: str) -> None:
         (["quant.bits=5"], "bits=5"),
         (["+quant.wat=1"], "wat"),
         (["compare=[fp16,kivi3]"], "kivi3"),
-        (["model.source=ftp"], "unknown source"),
+        (["model.source=ftp"], 'model.source="ftp": must be one of'),
         (["model.dtype=float7"], "dtype"),
         (["task.name=nosuchtask"], "unknown task"),
-        (["model=smollm2-135m", "task.name=mmmu"], "text-only"),
-        (["model=tiny-llama", "task.name=milebench/ALFRED"], "text-only"),
+        (["model=smollm2-135m", "task=mmmu"], "text-only"),
+        (["model=tiny-llama", "task=milebench/ALFRED"], "text-only"),
     ],
 )
 def test_bad_configs_fail_clearly(

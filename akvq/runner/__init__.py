@@ -46,11 +46,11 @@ def resolve_paths(cfg: DictConfig) -> tuple[Path, Path]:
 def main(cfg: DictConfig, session: Session | None = None) -> list[dict[str, Any]]:
     """Plan, skip what is recorded, run the rest on one loaded model, append records, print the table."""
     session = session or Session()
+    plans = plan(cfg, session)  # validates threads too: set them only after
     if cfg.get("threads"):
         import torch
 
         torch.set_num_threads(int(cfg.threads))
-    plans = plan(cfg, session)
     records_path, wandb_dir = resolve_paths(cfg)
     done = {} if cfg.get("redo") else records.completed(records_path)
     todo = [p for p in plans if p.config_hash not in done]
@@ -59,17 +59,25 @@ def main(cfg: DictConfig, session: Session | None = None) -> list[dict[str, Any]
             log.info("skip %s | %s | %s: recorded (config_hash %s; redo=true reruns it)",
                      p.model, p.task, p.quant, p.config_hash)
     new: dict[str, dict[str, Any]] = {}
-    if todo:
-        log.info("loading model %s", plans[0].model)
-        t0 = time.perf_counter()
-        loaded = session.model(dict(plans[0].config["model"]))
-        log.info("model loaded in %.1fs", time.perf_counter() - t0)
-        if plans[0].needs_images and not getattr(loaded, "is_vision", True):  # family known only after loading
-            raise ConfigError(text_only_error(plans[0].task, plans[0].model, loaded.family))
-        from tqdm.auto import tqdm
+    loaded = None
+    lease = float(cfg.get("claim_lease_s") or records.LEASE_S)
+    from tqdm.auto import tqdm
 
-        bar = tqdm(todo, desc="runs", unit="run", disable=len(todo) < 2, file=sys.stderr)
-        for p in bar:
+    bar = tqdm(todo, desc="runs", unit="run", disable=len(todo) < 2, file=sys.stderr)
+    for p in bar:
+        # A claim with a lease: a concurrent identical sweep skips this config while we run it.
+        claim = records.try_claim(records_path, p.config_hash, lease, skip_recorded=not cfg.get("redo"))
+        if claim is None:
+            log.info("skip %s | %s | %s: recorded or running in another job", p.model, p.task, p.quant)
+            continue
+        with claim:
+            if loaded is None:
+                log.info("loading model %s", p.model)
+                t0 = time.perf_counter()
+                loaded = session.model(dict(p.config["model"]))
+                log.info("model loaded in %.1fs", time.perf_counter() - t0)
+                if p.needs_images and not getattr(loaded, "is_vision", True):  # family known only after loading
+                    raise ConfigError(text_only_error(p.task, p.model, loaded.family))
             bar.set_postfix_str(p.quant)
             log.info("run %s | %s | %s", p.model, p.task, p.quant)
             tracker = tracking.start(cfg.get("wandb") or {}, f"{p.model}|{p.task}|{p.quant}", p.config, wandb_dir)
@@ -79,9 +87,9 @@ def main(cfg: DictConfig, session: Session | None = None) -> list[dict[str, Any]
             finally:
                 tracker.finish()
             records.append_record(records_path, rec)
-            new[p.config_hash] = rec
-            log.info("recorded %s -> %s", p.quant, records_path)
-    rows = [new.get(p.config_hash) or done[p.config_hash] for p in plans]
+        new[p.config_hash] = rec
+        log.info("recorded %s -> %s", p.quant, records_path)
+    rows = [r for p in plans if (r := new.get(p.config_hash) or done.get(p.config_hash))]
     print(format_table(rows))
     return rows
 

@@ -139,6 +139,9 @@ def plan(cfg: DictConfig, session: Session, check_data: bool = True) -> list[Run
     Order: quant configs and their policy fields, then the model spec, then the task and the model/task pair,
     then (with `check_data`) the task's own data checks."""
     check_groups(cfg)
+    from akvq.runner.validate import validate
+
+    validate(cfg, check_data, task_data=False)  # types, ranges, unknown keys, lengths vs the model's config
     choices, _, _ = hydra_info(cfg)
     base = {k: _plain(cfg[k]) for k in cfg if k != "hydra"}
     for key in records.DATA_KEYS:  # `milebench_root=DIR` on the command line reaches the task config

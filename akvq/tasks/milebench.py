@@ -10,6 +10,7 @@ tested on hand-checked samples; `MileBenchTask` runs them through a model and th
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -107,6 +108,115 @@ def check_datasets(root: Path, names: Sequence[str]) -> None:
     missing = [n for n in names if not (root / n / f"{n}.json").is_file()]
     if missing:
         raise MissingDataError(f"{root} lacks {', '.join(f'{n}/{n}.json' for n in missing)}. {DOWNLOAD_HELP}")
+
+
+QUESTION_TYPES = ("open-ended", "multi-choice")
+MAX_LISTED = 40  # problems spelled out in the one-line report; the rest are counted
+
+
+def _image_problem(path: Path) -> str | None:
+    """Why an image cannot be used (missing, unreadable, not an image), or None."""
+    from PIL import Image
+
+    if not path.is_file():
+        return "missing"
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for a corrupt file
+        return f"does not open ({type(e).__name__})"
+    return None
+
+
+def dataset_problems(root: Path, name: str, limit: int | None = None) -> list[str]:
+    """Everything wrong with one dataset's JSON and the images its first `limit` samples reference."""
+    where = f"{name}/{name}.json"
+    path = root / name / f"{name}.json"
+    if not path.is_file():
+        return [f"{where}: missing"]
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        return [f"{where}: not valid JSON ({str(e).splitlines()[0]}; truncated?)"]
+    if not isinstance(raw, dict):
+        return [f"{where}: top level is a {type(raw).__name__}, must be an object with meta_data and data"]
+    out: list[str] = []
+    meta = raw.get("meta_data")
+    if not isinstance(meta, dict):
+        out.append(f"{where}: no meta_data object")
+        meta = {}
+    instructions = meta.get("task_instruction")
+    if meta and not isinstance(instructions, list):
+        out.append(f"{where}: meta_data.task_instruction is not a list")
+    qtype = meta.get("question_type")
+    if meta and "NeedleInAHaystack" not in name and name != "MMCoQA" and qtype not in QUESTION_TYPES:
+        out.append(f"{where}: unknown meta_data.question_type {qtype!r}; known: {list(QUESTION_TYPES)}")
+    data = raw.get("data")
+    if not isinstance(data, list) or not data:
+        return [*out, f"{where}: zero samples (data must be a non-empty list)"]
+    seen: dict[Path, str | None] = {}
+    for i, item in enumerate(data[:limit]):
+        sid = item.get("sample_id", f"#{i}") if isinstance(item, dict) else f"#{i}"
+        at = f"{where} sample {sid}"
+        inst = item.get("task_instance") if isinstance(item, dict) else None
+        if not isinstance(inst, dict):
+            out.append(f"{at}: no task_instance object")
+            continue
+        missing = [k for k in ("sample_id", "task_instruction_id", "response") if k not in item]
+        missing += [f"task_instance.{k}" for k in ("context", "images_path") if k not in inst]
+        if missing:
+            out.append(f"{at}: missing {', '.join(missing)}")
+            continue
+        tid = item["task_instruction_id"]
+        if isinstance(instructions, list) and not (isinstance(tid, int) and 0 <= tid < len(instructions)):
+            out.append(f"{at}: task_instruction_id {tid!r} not in [0, {len(instructions) - 1}]")
+        images = inst["images_path"]
+        if not isinstance(images, list):
+            out.append(f"{at}: images_path is not a list")
+            continue
+        if qtype == "multi-choice" and inst.get("choice_list") is None:
+            out.append(f"{at}: multi-choice without choice_list")
+        slots = [int(k) for k in re.findall(r"\{(?:image|table)#(\d+)\}", str(inst["context"]))]
+        beyond = sorted({k for k in slots if not 1 <= k <= len(images)})
+        if beyond:
+            out.append(
+                f"{at}: context names {', '.join(f'{{image#{k}}}' for k in beyond)} but has {len(images)} image path(s)"
+            )
+        for rel in images:
+            img = root / name / "images" / str(rel)
+            if img not in seen:
+                seen[img] = _image_problem(img)
+            if seen[img]:
+                out.append(f"{at}: image images/{rel} {seen[img]}")
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _root_problems(
+    root: str, datasets: tuple[str, ...], limit: int | None, stamp: tuple[int, ...]
+) -> list[str]:
+    """Memoized per JSON version (`stamp`): the pre-flight and the plan step check the same root once."""
+    return [p for name in datasets for p in dataset_problems(Path(root), name, limit)]
+
+
+def validate_milebench_root(
+    root: str | os.PathLike[str] | None, datasets: Sequence[str], limit: int | None = None
+) -> Path:
+    """Read every dataset's JSON and open every image its samples (up to `limit` each) reference, before any
+    model loads; ALL problems are reported at once, with file and sample id, in one line. Returns the root."""
+    base = resolve_root(root)
+    check_datasets(base, datasets)  # unknown names, missing JSON files: MissingDataError with download steps
+    stamp = tuple((base / n / f"{n}.json").stat().st_mtime_ns for n in datasets)
+    problems = _root_problems(str(base), tuple(datasets), limit, stamp)
+    if problems:
+        shown = "; ".join(problems[:MAX_LISTED])
+        more = f"; ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise ConfigError(
+            " ".join(
+                f"milebench_root={str(base)!r}: {len(problems)} problem(s) in the data: {shown}{more}".split()
+            )
+        )
+    return base
 
 
 def load_dataset(root: Path, name: str, limit: int | None = None) -> list[Sample]:
@@ -457,8 +567,9 @@ class MileBenchTask(Task):
             raise ConfigError("batch_size must be >= 1")
 
     def validate(self) -> None:
-        """Data root and every dataset's JSON must exist: a MissingDataError with download steps otherwise."""
-        check_datasets(resolve_root(cfg_get(self.cfg, "milebench_root")), self.datasets)
+        """Data root, every dataset's JSON and every image it references must be there and readable."""
+        limit = cfg_get(self.cfg, "limit")
+        validate_milebench_root(cfg_get(self.cfg, "milebench_root"), self.datasets, limit)
 
     def _limits(self, loaded: Any, cfg: Any, max_new: int) -> tuple[int, int]:
         from akvq.models.registry import text_config

@@ -42,7 +42,7 @@ RECORD_KEYS = (
 # Config keys that say where or how a run is reported, not what it computes: left out of the hash.
 HASH_IGNORE = frozenset({"records", "redo", "compare", "wandb", "slurm", "threads", "hydra"})
 # Where data lives (top level or inside the task config): moving the data does not make a new run.
-DATA_KEYS = ("milebench_root",)
+DATA_KEYS = ("milebench_root", "synthbench_root")
 
 SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "credential")
 NOT_SECRET = frozenset({"tokenizer", "image_token", "video_token", "pad_token", "bos_token", "eos_token"})

@@ -39,7 +39,7 @@ CONFIG_DIR = REPO / "configs"
 # Families whose models take images; everything else is text-only.
 VLM_FAMILIES = frozenset({"llava", "llava_next", "qwen2_vl", "qwen2_5_vl"})
 # Tasks that feed images; a text-only model cannot run them.
-IMAGE_TASK_PREFIXES = ("milebench", "mmmu", "lmms/")
+IMAGE_TASK_PREFIXES = ("milebench", "synthbench", "mmmu", "lmms/")
 DETAILS_MAX_BYTES = 200_000  # larger task details go to a sidecar file next to the records
 
 

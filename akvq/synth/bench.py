@@ -169,7 +169,7 @@ def image_needle(rng: random.Random, pool: Any, n: int) -> Item:
     f = rng.randrange(len(pool))
     family = pool[f]
     spots = rng.sample(range(1, n + 1), 4)
-    member = rng.randrange(4)
+    member = 0  # the family's base: every wrong option is exactly one digit away from the asked number
     others = [g for g in range(len(pool)) if g != f]
     scenes: list[Scene] = [rng.choice(pool[rng.choice(others)]) for _ in range(n)]
     for m, spot in enumerate(spots):
@@ -298,14 +298,14 @@ POOL_SIZES = {
 def bench_items(
     task: str, seed: int, samples: int = SAMPLES_PER_CELL, levels: dict[str, int] | None = None
 ) -> list[Item]:
-    """A task's evaluation items, `samples` per cell, cells in `LEVELS` order."""
+    """A task's evaluation items, `samples` per cell, cells interleaved (1K, 2K, 4K, 8K, 1K, ...).
+
+    Interleaving makes MileBench's "first `limit` samples" take `limit / cells` from every cell.
+    """
     rng = rng_for(seed, task, "bench")
     pool = make_pool(task, rng, POOL_SIZES[task])
-    items = []
-    for level, tokens in (levels or LEVELS).items():
-        n = images_for(task, tokens)
-        items += [generate(task, rng, pool, n, level) for _ in range(samples)]
-    return items
+    cells = [(level, images_for(task, tokens)) for level, tokens in (levels or LEVELS).items()]
+    return [generate(task, rng, pool, n, level) for _ in range(samples) for level, n in cells]
 
 
 def write_task(root: Path, task: str, items: list[Item]) -> int:

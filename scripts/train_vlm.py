@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from akvq.models.synth_vlm import (  # noqa: E402
+    IMAGE_TOKEN,
     TOKENS_PER_IMAGE,
     TRAINED_PREFIXES,
     TowerConfig,
@@ -41,8 +42,18 @@ from akvq.models.synth_vlm import (  # noqa: E402
     build_untrained,
     trained_state,
 )
-from akvq.synth.bench import EVAL_SEED, MIN_IMAGES, TASKS, Item, generate, make_pool  # noqa: E402
-from akvq.synth.draw import render  # noqa: E402
+from akvq.synth.bench import (  # noqa: E402
+    EVAL_SEED,
+    INSTRUCTIONS,
+    MIN_IMAGES,
+    TASKS,
+    Item,
+    caption,
+    caption_scene,
+    generate,
+    make_pool,
+)
+from akvq.synth.draw import Scene, render  # noqa: E402
 from akvq.tasks.generation import chat_text  # noqa: E402
 from akvq.tasks.milebench import Sample, build_prompt  # noqa: E402
 
@@ -51,19 +62,34 @@ END = "<|im_end|>"
 
 @dataclass(frozen=True)
 class Stage:
+    """`kind` "caption": one image then its caption (LLaVA's alignment stage: cheap, ~25 tokens, rich targets);
+    "qa": benchmark-format questions with up to `max_images` images."""
+
     name: str
     steps: int
-    tasks: tuple[str, ...]
-    max_images: int
+    kind: str
+    tasks: tuple[str, ...] = ()
+    max_images: int = 1
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("drills", 300, ("ReadNumber", "NameObject", "ObjectExistence"), 2),
-    Stage("few", 600, ("ReadNumber", "NameObject", *TASKS), 6),
-    Stage("more", 1200, TASKS, 12),
-    Stage("many", 1200, TASKS, 24),
+    Stage("caption", 1500, "caption"),
+    Stage("drills", 500, "qa", ("ReadNumber", "NameObject", "ObjectExistence"), 2),
+    Stage("few", 1000, "qa", ("ReadNumber", "NameObject", *TASKS), 6),
+    Stage("more", 1500, "qa", TASKS, 12),
+    Stage("many", 1500, "qa", TASKS, 24),
 )
-"""The curriculum: single-image attributes on short sequences first, then more images per prompt."""
+"""The curriculum: captions, single-image questions on short sequences, then more images per prompt."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training sequence: prompt text with `<image>` placeholders, its scenes, and the supervised answer."""
+
+    prompt: str
+    scenes: tuple[Scene, ...]
+    target: str
+    task: str
 
 
 def stage_at(step: int) -> Stage:
@@ -76,11 +102,20 @@ def stage_at(step: int) -> Stage:
 
 
 def draw_item(rng: random.Random, stage: Stage) -> Item:
-    """One training item: a task of the stage with a random image count in [task minimum, stage maximum]."""
+    """One question: a task of the stage with a random image count in [task minimum, stage maximum]."""
     task = rng.choice(stage.tasks)
     n = rng.randint(MIN_IMAGES[task], max(MIN_IMAGES[task], stage.max_images))
     size = {"SceneTransition": 3, "Spot-the-Diff": 2}.get(task, max(4, n // 3 + 2))
     return generate(task, rng, make_pool(task, rng, size), n)
+
+
+def draw_example(loaded: Any, rng: random.Random, stage: Stage) -> Example:
+    if stage.kind == "caption":
+        scene = caption_scene(rng)
+        return Example(IMAGE_TOKEN + "\n", (scene,), caption(scene) + END, "caption")
+    item = draw_item(rng, stage)
+    prompt, target = item_text(loaded, item)
+    return Example(prompt, item.scenes, target, item.task)
 
 
 def item_text(loaded: Any, item: Item) -> tuple[str, str]:
@@ -88,7 +123,7 @@ def item_text(loaded: Any, item: Item) -> tuple[str, str]:
     sample = Sample(
         dataset=item.task,
         sample_id=0,
-        instruction=_instruction(item.task),
+        instruction=INSTRUCTIONS[item.task],
         context=item.context,
         images=list(range(len(item.scenes))),  # type: ignore[arg-type]  # truncation only counts them
         answer=item.answer,
@@ -99,32 +134,23 @@ def item_text(loaded: Any, item: Item) -> tuple[str, str]:
     return chat_text(loaded, prompt.text), item.target + END
 
 
-def _instruction(task: str) -> str:
-    from akvq.synth.bench import INSTRUCTIONS
-
-    return INSTRUCTIONS[task]
-
-
-def make_batch(loaded: Any, items: list[Item]) -> tuple[dict[str, torch.Tensor], list[int]]:
+def make_batch(loaded: Any, examples: list[Example]) -> tuple[dict[str, torch.Tensor], list[int]]:
     """Left-padded inputs with the target appended, and how many trailing tokens each target has."""
     tok = loaded.tokenizer
-    texts, lens = [], []
-    for it in items:
-        prompt, target = item_text(loaded, it)
-        texts.append(prompt + target)
-        lens.append(len(tok.encode(target, add_special_tokens=False)))
-    images = [render(s) for it in items for s in it.scenes]
+    texts = [ex.prompt + ex.target for ex in examples]
+    lens = [len(tok.encode(ex.target, add_special_tokens=False)) for ex in examples]
+    images = [render(s) for ex in examples for s in ex.scenes]
     tok.padding_side = "left"
     enc = loaded.processor(text=texts, images=images, padding=True, return_tensors="pt")
-    for i, (it, k) in enumerate(zip(items, lens, strict=True)):
+    for i, (ex, k) in enumerate(zip(examples, lens, strict=True)):
         tail = tok.decode(enc["input_ids"][i, -k:])
-        if tail != it.target + END:  # the answer must tokenize the same inside the prompt as alone
-            raise RuntimeError(f"target {it.target!r} tokenizes differently in context: {tail!r}")
+        if tail != ex.target:  # the answer must tokenize the same inside the prompt as alone
+            raise RuntimeError(f"target {ex.target!r} tokenizes differently in context: {tail!r}")
     return dict(enc), lens
 
 
 def batch_loss(model: Any, enc: dict[str, torch.Tensor], lens: list[int]) -> tuple[torch.Tensor, list[bool]]:
-    """Mean cross-entropy over answer tokens, and whether each item's option letter was the argmax."""
+    """Mean cross-entropy over answer tokens, and whether each answer was the argmax at every token."""
     keep = max(lens) + 1
     out = model(**enc, logits_to_keep=keep)
     logits = out.logits[:, :-1]  # position t predicts token t+1
@@ -133,8 +159,28 @@ def batch_loss(model: Any, enc: dict[str, torch.Tensor], lens: list[int]) -> tup
     for i, k in enumerate(lens):
         lg, tg = logits[i, -k:], ids[i, -k:]
         losses.append(torch.nn.functional.cross_entropy(lg, tg, reduction="sum"))
-        right.append(bool(lg[0].argmax() == tg[0]))
+        right.append(bool((lg.argmax(-1) == tg).all()))
     return torch.stack(losses).sum() / sum(lens), right
+
+
+def set_trained(model: Any, state: dict[str, torch.Tensor]) -> None:
+    """Copy tower, projector and LoRA factors (as `trained_state` names them) into a model with adapters."""
+    named = {**dict(model.named_buffers()), **dict(model.named_parameters())}
+    with torch.no_grad():
+        for k, v in state.items():
+            name = k[len("lora.") :] if k.startswith("lora.") else k
+            if name not in named:
+                raise KeyError(f"{k} does not fit this model (is --lora-rank the same as the file's?)")
+            named[name].copy_(v)
+
+
+def load_trained(model: Any, path: Path) -> int:
+    """Initialise from an exported weights file; returns the step it was exported at."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        set_trained(model, {k: f.get_tensor(k) for k in f.keys()})
+        return int((f.metadata() or {}).get("step", 0))
 
 
 def git_rev() -> str:
@@ -200,7 +246,7 @@ def train(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tower = TowerConfig(lora_rank=args.lora_rank)
     loaded = build_untrained(tower, seed=args.seed)
-    model = loaded.model
+    model = loaded.model.to(args.device)
     for p in model.parameters():
         p.requires_grad_(False)
     params = [p for k, p in model.named_parameters() if k.startswith(TRAINED_PREFIXES)]
@@ -212,21 +258,16 @@ def train(args: argparse.Namespace) -> None:
     rng = random.Random(f"synthbench/{args.seed}/all/train")
     step, history, wall = 0, [], 0.0
     ckpt = out / "ckpt.pt"
+    if args.init is not None and not (args.resume and ckpt.exists()):
+        step = load_trained(model, args.init)
+        rng = random.Random(f"synthbench/{args.seed}/all/train/from{step}")
+        print(f"initialised from {args.init} (step {step}); fresh optimizer, data stream from{step}")
     if args.resume and ckpt.exists():
-        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-        missing = model.load_state_dict(
-            {k: v for k, v in ck["trained"].items() if not k.startswith("lora.")}, strict=False
-        )
-        del missing
-        named = dict(model.named_parameters())
-        with torch.no_grad():
-            for k, v in ck["trained"].items():
-                if k.startswith("lora."):
-                    base, part = k[len("lora.") :].rsplit(".", 1)
-                    named[f"{base}.{part}"].copy_(v)
+        ck = torch.load(ckpt, map_location=args.device, weights_only=False)
+        set_trained(model, ck["trained"])
         opt.load_state_dict(ck["optimizer"])
         rng.setstate(ck["rng"])
-        torch.set_rng_state(ck["torch_rng"])
+        torch.set_rng_state(ck["torch_rng"].cpu())
         step, history, wall = ck["step"], ck["history"], ck["wall"]
         print(f"resumed at step {step}")
     model.train()
@@ -255,6 +296,7 @@ def train(args: argparse.Namespace) -> None:
             "seed": args.seed,
             "threads": args.threads,
             "batch": args.batch,
+            "device": args.device,
             "lr": args.lr,
             "lora_rank": tower.lora_rank,
             "steps": step,
@@ -262,7 +304,7 @@ def train(args: argparse.Namespace) -> None:
             "stages": [s.__dict__ for s in STAGES],
             "wall_seconds": round(time.time() - t_start, 1),
             "last_loss_mean50": sum(h["loss"] for h in history[-50:]) / max(1, len(history[-50:])),
-            "last_letter_acc200": sum(h["acc"] for h in history[-200:]) / max(1, len(history[-200:])),
+            "last_exact_acc200": sum(h["acc"] for h in history[-200:]) / max(1, len(history[-200:])),
         }
         (out / "run.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
         if history:
@@ -270,12 +312,14 @@ def train(args: argparse.Namespace) -> None:
 
     while step < total:
         stage = stage_at(step)
-        items = [draw_item(rng, stage) for _ in range(args.batch)]
-        enc, lens = make_batch(loaded, items)
+        examples = [draw_example(loaded, rng, stage) for _ in range(args.batch)]
+        enc, lens = make_batch(loaded, examples)
+        enc = {k: v.to(args.device) for k, v in enc.items()}
         lr_scale = min(1.0, (step + 1) / args.warmup)
         for g, base in zip(opt.param_groups, (args.lr, args.lora_lr), strict=False):
             g["lr"] = base * lr_scale
-        loss, right = batch_loss(model, enc, lens)
+        with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.device != "cpu"):
+            loss, right = batch_loss(model, enc, lens)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
@@ -289,7 +333,7 @@ def train(args: argparse.Namespace) -> None:
                 "acc": acc,
                 "stage": stage.name,
                 "tokens": int(enc["input_ids"].numel()),
-                "tasks": [it.task for it in items],
+                "tasks": [ex.task for ex in examples],
                 "right": right,
             }
         )
@@ -311,14 +355,20 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="run directory (ckpt.pt, run.json, loss.png)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--device", default="cpu", help="cpu (deterministic) or cuda (bf16 autocast, minutes)")
+    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=5e-4, help="tower and projector")
     ap.add_argument("--lora-lr", type=float, default=2e-4)
     ap.add_argument("--lora-rank", type=int, default=8, help="0 = language model fully frozen")
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--steps", type=int, default=0, help="stop after this many steps (0 = all stages)")
     ap.add_argument("--ckpt-minutes", type=float, default=5.0)
-    ap.add_argument("--resume", action="store_true")
+    ap.add_argument(
+        "--resume", action="store_true", help="continue OUT/ckpt.pt (optimizer and data stream too)"
+    )
+    ap.add_argument(
+        "--init", type=Path, default=None, help="start from an exported weights file (and its step)"
+    )
     ap.add_argument(
         "--export", type=Path, default=None, help="write OUT/ckpt.pt's trained tensors here and exit"
     )

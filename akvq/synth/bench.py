@@ -238,6 +238,28 @@ def name_object(rng: random.Random, pool: Any, n: int) -> Item:
     )
 
 
+def caption(scene: Scene) -> str:
+    """What one image shows, in words (training's alignment stage): the number, the object, or the scene colour."""
+    if scene.text is not None:
+        return scene.text
+    if len(scene.shapes) == 1 and scene.shapes[0].colour in COLOURS.values():
+        return _object_name(*_describe(scene))
+    colour = next((name for name, rgb in COLOURS.items() if rgb == scene.background), None)
+    if colour is None:
+        raise ValueError(f"no caption for {scene}")
+    return _object_name(colour, "scene")
+
+
+def caption_scene(rng: random.Random) -> Scene:
+    """A random image of any kind the benchmark uses (number, object, video frame), for captioning."""
+    kind = rng.randrange(3)
+    if kind == 0:
+        return _number_scene(rng, rng.choice(_number_family(rng)))
+    if kind == 1:
+        return _object_scene(rng, rng.choice(SHAPES), rng.choice(list(COLOURS)))
+    return _frame_scene(rng, rng.choice(list(COLOURS)))
+
+
 Generator = Callable[[random.Random, Any, int], Item]
 GENERATORS: dict[str, Generator] = {
     "SceneTransition": scene_transition,

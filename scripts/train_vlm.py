@@ -40,6 +40,7 @@ from akvq.models.synth_vlm import (  # noqa: E402
     TowerConfig,
     add_lora,
     build_untrained,
+    save_trained,
     trained_state,
 )
 from akvq.synth.bench import (  # noqa: E402
@@ -226,15 +227,10 @@ def plot_losses(history: list[dict[str, Any]], path: Path) -> None:
 
 def export(ckpt_path: Path, out: Path) -> str:
     """Write the trained tensors of a checkpoint as one safetensors file; returns its SHA-256."""
-    from safetensors.torch import save_file
-
-    from akvq.models.synth_vlm import sha256_of
-
     ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {**ck["tower"], "step": str(ck["step"]), "git_rev": ck.get("git_rev", "unknown")}
-    save_file({k: v.contiguous() for k, v in ck["trained"].items()}, str(out), metadata=meta)
-    return sha256_of(out)
+    tower = TowerConfig.from_metadata(ck["tower"])
+    extra = {"step": str(ck["step"]), "git_rev": ck.get("git_rev", "unknown"), "seed": str(ck.get("seed"))}
+    return save_trained(out, ck["trained"], tower, extra)
 
 
 def train(args: argparse.Namespace) -> None:

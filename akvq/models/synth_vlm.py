@@ -106,6 +106,18 @@ def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def save_trained(
+    path: Path, state: dict[str, torch.Tensor], tower: TowerConfig, extra: dict[str, str] | None = None
+) -> str:
+    """Write `trained_state` tensors with the tower shape as metadata; returns the file's SHA-256."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {**tower.as_metadata(), **(extra or {})}
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path), metadata=meta)
+    return sha256_of(path)
+
+
 def _tokenizer() -> Any:
     from akvq.models.smollm2 import smollm2_tokenizer
 
@@ -240,4 +252,5 @@ def load_synth_vlm(
                 layer.b.copy_(lora[f"lora.{name}.b"])
                 getattr(parent, attr).weight.copy_(layer.merged_weight())
     model.eval()
+    model._akvq_model_name = loaded.spec.layer_pattern  # read by akvq.api to find the TSA/PSA pattern
     return loaded

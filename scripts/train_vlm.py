@@ -49,6 +49,7 @@ from akvq.synth.bench import (  # noqa: E402
     MIN_IMAGES,
     TASKS,
     Item,
+    bench_scenes,
     caption,
     caption_scene,
     generate,
@@ -110,13 +111,18 @@ def draw_item(rng: random.Random, stage: Stage) -> Item:
     return generate(task, rng, make_pool(task, rng, size), n)
 
 
-def draw_example(loaded: Any, rng: random.Random, stage: Stage) -> Example:
-    if stage.kind == "caption":
-        scene = caption_scene(rng)
-        return Example(IMAGE_TOKEN + "\n", (scene,), caption(scene) + END, "caption")
-    item = draw_item(rng, stage)
-    prompt, target = item_text(loaded, item)
-    return Example(prompt, item.scenes, target, item.task)
+def draw_example(loaded: Any, rng: random.Random, stage: Stage, held_out: frozenset[Scene]) -> Example:
+    """A caption or question whose images are none of the evaluation root's (`held_out`); redrawn otherwise."""
+    while True:
+        if stage.kind == "caption":
+            scene = caption_scene(rng)
+            ex = Example(IMAGE_TOKEN + "\n", (scene,), caption(scene) + END, "caption")
+        else:
+            item = draw_item(rng, stage)
+            prompt, target = item_text(loaded, item)
+            ex = Example(prompt, item.scenes, target, item.task)
+        if held_out.isdisjoint(ex.scenes):
+            return ex
 
 
 def item_text(loaded: Any, item: Item) -> tuple[str, str]:
@@ -266,6 +272,7 @@ def train(args: argparse.Namespace) -> None:
         torch.set_rng_state(ck["torch_rng"].cpu())
         step, history, wall = ck["step"], ck["history"], ck["wall"]
         print(f"resumed at step {step}")
+    held_out = bench_scenes(EVAL_SEED)
     model.train()
     total = args.steps or sum(s.steps for s in STAGES)
     last_save = time.time()
@@ -308,7 +315,7 @@ def train(args: argparse.Namespace) -> None:
 
     while step < total:
         stage = stage_at(step)
-        examples = [draw_example(loaded, rng, stage) for _ in range(args.batch)]
+        examples = [draw_example(loaded, rng, stage, held_out) for _ in range(args.batch)]
         enc, lens = make_batch(loaded, examples)
         enc = {k: v.to(args.device) for k, v in enc.items()}
         lr_scale = min(1.0, (step + 1) / args.warmup)

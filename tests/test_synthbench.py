@@ -44,6 +44,12 @@ def test_same_seed_same_bytes_other_seed_other_items(root: Path, tmp_path: Path)
     assert _digest(tmp_path / "other") != _digest(root)
 
 
+def test_held_out_scenes_are_exactly_the_roots_images(root: Path) -> None:
+    """What training refuses to draw (`bench_scenes`) is every image file of the root, no more, no fewer."""
+    files = sum(len(list((root / t / "images").iterdir())) for t in TASKS)
+    assert len(bench.bench_scenes(7, 3, SMALL)) == files
+
+
 def test_loads_through_milebench_loader(root: Path) -> None:
     for task in TASKS:
         samples = load_dataset(root, task)

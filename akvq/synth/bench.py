@@ -330,6 +330,16 @@ def bench_items(
     return [generate(task, rng, pool, n, level) for _ in range(samples) for level, n in cells]
 
 
+def bench_scenes(
+    seed: int = EVAL_SEED,
+    samples: int = SAMPLES_PER_CELL,
+    levels: dict[str, int] | None = None,
+    tasks: tuple[str, ...] = TASKS,
+) -> frozenset[Scene]:
+    """Every image of a benchmark root (without rendering): training rejects items that draw one of these."""
+    return frozenset(s for t in tasks for item in bench_items(t, seed, samples, levels) for s in item.scenes)
+
+
 def write_task(root: Path, task: str, items: list[Item]) -> int:
     """`<root>/<task>/<task>.json` + `images/` in MileBench's schema; returns the number of image files."""
     folder = root / task

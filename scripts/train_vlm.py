@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from akvq.models.synth_vlm import (  # noqa: E402
+from akvq.models.sources.synth_vlm import (  # noqa: E402
     IMAGE_TOKEN,
     TOKENS_PER_IMAGE,
     TRAINED_PREFIXES,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from akvq.errors import ConfigError, MissingDataError
-from akvq.models.synth_vlm import (
+from akvq.models.sources.synth_vlm import (
     TOKENS_PER_IMAGE,
     TowerConfig,
     add_lora,

@@ -1,4 +1,4 @@
-"""synth-vlm: a LLaVA built offline from SmolLM2-135M-Instruct plus a small vision tower trained on SynthBench.
+"""Source `synth-vlm`: a LLaVA built offline from SmolLM2-135M-Instruct plus a small vision tower trained on SynthBench.
 
 Architecture (`LlavaForConditionalGeneration` + `LlavaProcessor`, so akvq treats it exactly like LLaVA):
 a CLIP-style ViT from scratch (64 px images, 16 px patches: 16 tokens per image after dropping CLS), LLaVA's
@@ -8,6 +8,9 @@ language model, optionally with low-rank (LoRA) adapters on its attention projec
 Only the trained parts are stored (`TRAINED_PREFIXES` plus `lora.*` factors, one safetensors file); loading
 builds the LLaVA, copies SmolLM2's weights in, merges the adapters into the linear layers (so inference runs
 plain LLaVA modules), and loads the rest. `scripts/train_vlm.py` produces the file.
+
+Model config keys of this source: `weights` (the file; relative paths are relative to the repository) and
+`sha256` (checked before the model is built). See configs/model/synth-vlm.yaml.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ import torch
 from torch import nn
 
 from akvq.errors import ConfigError, MissingDataError
+from akvq.models.sources import Source
+from akvq.models.spec import Loaded, ModelSpec
+from akvq.paths import REPO
 
 IMAGE_TOKEN = "<image>"
 IMAGE_SIZE = 64
@@ -32,7 +38,6 @@ TOKENS_PER_IMAGE = (IMAGE_SIZE // PATCH) ** 2
 TRAINED_PREFIXES = ("model.vision_tower.", "model.multi_modal_projector.")
 """State-dict prefixes of the parts trained from scratch (everything else is SmolLM2's, frozen)."""
 LORA_TARGETS = ("q_proj", "v_proj")
-REPO = Path(__file__).resolve().parents[2]
 DEFAULT_WEIGHTS = REPO / "assets" / "synth-vlm" / "synth-vlm.safetensors"
 
 
@@ -156,7 +161,6 @@ def build_untrained(tower: TowerConfig, seed: int = 0, attn_implementation: str 
         LlavaForConditionalGeneration,
     )
 
-    from akvq.models.loading import Loaded, ModelSpec
     from akvq.models.smollm2 import gguf_as_pretrained, smollm2_location
 
     lm_dir = gguf_as_pretrained(*smollm2_location())
@@ -199,7 +203,7 @@ def build_untrained(tower: TowerConfig, seed: int = 0, attn_implementation: str 
     model.eval()
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
-    spec = ModelSpec(name="synth-vlm", source="hub", path=None, family="llava", layer_pattern="synth-vlm")
+    spec = ModelSpec(name="synth-vlm", source="synth-vlm", family="llava", layer_pattern="synth-vlm")
     return Loaded(model=model, tokenizer=tok, processor=build_processor(tok), family="llava", spec=spec)
 
 
@@ -254,3 +258,37 @@ def load_synth_vlm(
     model.eval()
     model._akvq_model_name = loaded.spec.layer_pattern  # read by akvq.api to find the TSA/PSA pattern
     return loaded
+
+
+def weights_path(spec: ModelSpec) -> Path:
+    raw = spec.options.get("weights")
+    if not raw:
+        return DEFAULT_WEIGHTS
+    path = Path(str(raw)).expanduser()
+    return path if path.is_absolute() else REPO / path
+
+
+def check(spec: ModelSpec) -> None:
+    if spec.family not in (None, "llava"):
+        raise ConfigError(
+            f"model {spec.name!r}: source 'synth-vlm' builds family 'llava', not {spec.family!r}"
+        )
+    path = weights_path(spec)
+    if not path.is_file():
+        raise MissingDataError(
+            f"model {spec.name!r}: synth-vlm weights {path} not found (model.weights); they are committed under "
+            f"assets/synth-vlm/, or train them: python scripts/train_vlm.py --out DIR, then --export {path}"
+        )
+
+
+def load(spec: ModelSpec) -> Loaded:
+    sha = spec.options.get("sha256")
+    loaded = load_synth_vlm(weights_path(spec), str(sha) if sha else None, spec.attn_implementation)
+    loaded.spec = spec
+    loaded.model._akvq_model_name = spec.pattern_name
+    return loaded
+
+
+SOURCE = Source(
+    name="synth-vlm", load=load, check=check, family=lambda spec: "llava", keys=("weights", "sha256")
+)

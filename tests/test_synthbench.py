@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
@@ -124,23 +124,27 @@ def test_bad_names_fail_before_any_model() -> None:
         task.validate()
 
 
-def test_script_writes_a_root_and_refuses_nothing_silently(tmp_path: Path) -> None:
+def test_a_root_without_the_task_names_what_is_missing(tmp_path: Path) -> None:
+    (tmp_path / "SceneTransition").mkdir()
+    task = get_task("synthbench/Spot-the-Diff", {"synthbench_root": str(tmp_path)})
+    with pytest.raises(MissingDataError, match=r"lacks Spot-the-Diff/Spot-the-Diff.json.*make_synthbench.py"):
+        task.validate()
+
+
+def test_script_writes_a_root_and_refuses_bad_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "sb"
-    cmd = [
-        sys.executable,
-        str(REPO / "scripts/make_synthbench.py"),
-        str(out),
-        "--seed",
-        "5",
-        "--samples",
-        "1",
-    ]
-    subprocess.run(cmd, check=True, capture_output=True, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": ""})
+    script = str(REPO / "scripts/make_synthbench.py")
+    args = [script, str(out), "--seed", "5", "--cells", "1K", "--samples"]
+    monkeypatch.setattr(sys, "argv", [*args, "1"])
+    runpy.run_path(script, run_name="__main__")
     assert {p.name for p in out.iterdir()} == {*TASKS, "SYNTHBENCH.json"}
-    bad = subprocess.run(
-        [*cmd[:-1], "0"], capture_output=True, text=True, cwd=REPO, env={"PYTHONPATH": str(REPO)}
-    )
-    assert bad.returncode == 2 and "--samples must be >= 1" in bad.stderr
+    assert [s.image_quantity_level for s in load_dataset(out, "ObjectExistence")] == ["1K"]
+    monkeypatch.setattr(sys, "argv", [*args, "0"])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_path(script, run_name="__main__")
+    assert exc.value.code == 2 and "--samples must be >= 1" in capsys.readouterr().err
 
 
 def test_task_runs_per_cell_on_a_tiny_llava(root: Path) -> None:

@@ -55,6 +55,7 @@ from akvq.synth.bench import (  # noqa: E402
     generate,
     make_pool,
 )
+from akvq.records import git_rev  # noqa: E402
 from akvq.synth.draw import Scene, render  # noqa: E402
 from akvq.tasks.generation import chat_text  # noqa: E402
 from akvq.tasks.milebench import Sample, build_prompt  # noqa: E402
@@ -188,12 +189,6 @@ def load_trained(model: Any, path: Path) -> int:
     with safe_open(str(path), framework="pt") as f:
         set_trained(model, {k: f.get_tensor(k) for k in f.keys()})
         return int((f.metadata() or {}).get("step", 0))
-
-
-def git_rev() -> str:
-    from akvq.runner import git_rev as rev
-
-    return rev()
 
 
 def save_atomic(obj: Any, path: Path) -> None:

@@ -43,6 +43,7 @@ from akvq.models.sources.synth_vlm import (  # noqa: E402
     save_trained,
     trained_state,
 )
+from akvq.records import git_rev  # noqa: E402
 from akvq.synth.bench import (  # noqa: E402
     EVAL_SEED,
     INSTRUCTIONS,
@@ -55,7 +56,6 @@ from akvq.synth.bench import (  # noqa: E402
     generate,
     make_pool,
 )
-from akvq.records import git_rev  # noqa: E402
 from akvq.synth.draw import Scene, render  # noqa: E402
 from akvq.tasks.generation import chat_text  # noqa: E402
 from akvq.tasks.milebench import Sample, build_prompt  # noqa: E402

@@ -56,7 +56,7 @@ RECORD_KEYS = (
 HASH_IGNORE = frozenset({"records", "redo", "compare", "wandb", "slurm", "threads", "hydra", "claim_lease_s"})
 LEASE_S = 600.0  # default claim lease; a live job renews it every third of this
 # Where data lives (top level or inside the task config): moving the data does not make a new run.
-DATA_KEYS = ("milebench_root",)
+DATA_KEYS = ("milebench_root", "synthbench_root")
 
 SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "credential")
 NOT_SECRET = frozenset({"tokenizer", "image_token", "video_token", "pad_token", "bos_token", "eos_token"})

@@ -13,8 +13,13 @@ _FIXED = {
     "passkey": "akvq.tasks.fidelity:PasskeyTask",
     "agreement": "akvq.tasks.fidelity:AgreementTask",
     "milebench": "akvq.tasks.milebench:MileBenchTask",
+    "synthbench": "akvq.tasks.synthbench:SynthBenchTask",
 }
-_PREFIXES = {"milebench/": "akvq.tasks.milebench:MileBenchTask", "lmms/": "akvq.tasks.lmms_task:LmmsTask"}
+_PREFIXES = {
+    "milebench/": "akvq.tasks.milebench:MileBenchTask",
+    "synthbench/": "akvq.tasks.synthbench:SynthBenchTask",
+    "lmms/": "akvq.tasks.lmms_task:LmmsTask",
+}
 _ALIASES = {"mmmu": "lmms/mmmu_val"}
 
 

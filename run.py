@@ -8,6 +8,7 @@ import logging
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
@@ -22,16 +23,28 @@ log = logging.getLogger("akvq")
 @hydra.main(
     version_base="1.3", config_path=str(Path(__file__).resolve().parent / "configs"), config_name="config"
 )
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> Any:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from akvq import runner
     from akvq.errors import ConfigError, MissingDataError, UnsupportedModelError
+    from akvq.launchers import job_failure
 
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        runner.main(cfg)
+        return runner.main(cfg)
     except (ConfigError, MissingDataError, UnsupportedModelError) as e:
         # A config or setup problem: say what and how to fix it, without a traceback.
         log.error("%s: %s", type(e).__name__, e)
+        if multirun:  # the other jobs of the sweep go on; the launcher lists this one as failed
+            return job_failure(cfg, e)
         sys.exit(2)
+    except Exception as e:
+        if not multirun:
+            raise
+        log.exception("job failed")
+        return job_failure(cfg, e)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ RECORD_KEYS = (
 )
 
 # Config keys that say where or how a run is reported, not what it computes: left out of the hash.
-HASH_IGNORE = frozenset({"records", "redo", "compare", "wandb", "slurm", "threads", "hydra"})
+HASH_IGNORE = frozenset({"records", "redo", "compare", "wandb", "slurm", "threads", "hydra", "preflight"})
 # Where data lives (top level or inside the task config): moving the data does not make a new run.
 DATA_KEYS = ("milebench_root",)
 

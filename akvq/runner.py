@@ -25,7 +25,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from akvq import records, tracking
@@ -508,7 +507,6 @@ def main(cfg: DictConfig) -> list[dict[str, Any]]:
             new[p.config_hash] = rec
             log.info("recorded %s -> %s", p.quant, records_path)
     rows = [new.get(p.config_hash) or done[p.config_hash] for p in plans]
-    SWEEP_ROWS.extend(rows)
     print(format_table(rows))
     return rows
 
@@ -570,17 +568,4 @@ def _one_table(title: str, rows: list[dict[str, Any]]) -> str:
     return "\n".join([title, line(head), line(["-" * w for w in widths]), *map(line, body)])
 
 
-# Rows of every job this process ran, for the summary at the end of a local sweep.
-SWEEP_ROWS: list[dict[str, Any]] = []
-
-
-class SweepSummary(Callback):
-    """Hydra callback: after a multirun, print one table of every job's rows (local launcher; SLURM jobs run in
-    other processes, their rows are in the records)."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if len(SWEEP_ROWS) > 1:
-            print("\nsweep summary\n" + format_table(SWEEP_ROWS))
-
-
-__all__ = ["RunPlan", "SweepSummary", "format_table", "load_quant", "main", "plan", "quant_names"]
+__all__ = ["RunPlan", "format_table", "load_quant", "main", "plan", "quant_names"]

@@ -229,7 +229,6 @@ def test_hydra_multirun_through_run_py(
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
     ]
     monkeypatch.setattr(sys, "argv", argv)
-    monkeypatch.setattr(runner, "SWEEP_ROWS", [])
     monkeypatch.syspath_prepend(str(REPO))
     import run
 

@@ -154,8 +154,13 @@ def _lmms_task_yaml(task: str, include_paths: tuple[str, ...]) -> dict[str, Any]
     """The task's YAML config (includes resolved), or None when lmms-eval does not know the task."""
     from lmms_eval.tasks import TaskManager
     from lmms_eval.utils import load_yaml_config
+    from loguru import logger
 
-    manager = TaskManager("ERROR", include_path=list(include_paths) or None, model_name="akvq")
+    logger.disable("lmms_eval")  # indexing ~2000 task YAMLs logs a DEBUG line for each it skips
+    try:
+        manager = TaskManager("ERROR", include_path=list(include_paths) or None, model_name="akvq")
+    finally:
+        logger.enable("lmms_eval")
     entry = manager.task_index.get(task)
     if entry is None or not str(entry.get("yaml_path", "")).endswith(".yaml"):
         return None
@@ -233,7 +238,13 @@ def check_job(label: str, cfg: DictConfig, slurm: bool = False) -> JobCheck:
     except (ConfigError, MissingDataError, UnsupportedModelError) as e:
         out.problems.append(_one_line(e))
         return out
-    from akvq import records
+    check_plans(out, plans, cfg, slurm)
+    return out
+
+
+def check_plans(out: JobCheck, plans: Sequence[Any], cfg: DictConfig, slurm: bool) -> None:
+    """The checks beyond `runner.plan` (which validated the config): records, weights, datasets, memory."""
+    from akvq import records, runner
 
     try:
         records_path, _ = runner.resolve_paths(cfg)
@@ -266,11 +277,21 @@ def check_job(label: str, cfg: DictConfig, slurm: bool = False) -> JobCheck:
         )
     elif budget is None and out.weights_bytes:
         out.notes.append(what)
-    return out
+
+
+def verify(plans: Sequence[Any], cfg: DictConfig) -> None:
+    """For one run in this process (a single run or a job on its node): raise the first problem, one line,
+    before the model loads. Skipped with `preflight=skip`."""
+    if mode_of(cfg) == "skip":
+        return
+    out = JobCheck("this run")
+    check_plans(out, plans, cfg, slurm=False)
+    if out.problems:
+        raise MissingDataError(out.problems[0])
 
 
 def _one_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}".splitlines()[0]
+    return str(e).splitlines()[0]
 
 
 # ------------------------------------------------------------------------------------------------ the table
@@ -308,8 +329,10 @@ __all__ = [
     "MODES",
     "JobCheck",
     "check_job",
+    "check_plans",
     "check_lmms_dataset",
     "check_weights",
     "format_checks",
     "run_checks",
+    "verify",
 ]

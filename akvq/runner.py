@@ -477,10 +477,14 @@ def main(cfg: DictConfig) -> list[dict[str, Any]]:
         import torch
 
         torch.set_num_threads(int(cfg.threads))
+    from akvq import preflight
+
     plans = plan(cfg)
     records_path, wandb_dir = resolve_paths(cfg)
     done = {} if cfg.get("redo") else records.completed(records_path)
     todo = [p for p in plans if p.config_hash not in done]
+    if todo:
+        preflight.verify(todo, cfg)  # weights, datasets, records, memory: one line before any model loads
     for p in plans:
         if p.config_hash in done:
             log.info(

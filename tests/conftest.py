@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -40,3 +42,43 @@ def tiny_inputs(kind: str, batch: int = 2):
 @pytest.fixture(scope="session")
 def tiny_llama():
     return tiny("llama")
+
+
+# ---------------------------------------------------------------- fakes of the runner's hooks (runner, pre-flight tests)
+
+
+class FakeTask:
+    primary_metric = "ppl"
+
+    def __init__(self, needs_images: bool = False, details: Any = None) -> None:
+        self.needs_images = needs_images
+        self.details = details if details is not None else {"windows": [1.0, 2.0]}
+        self.calls: list[Any] = []
+
+    def run(self, loaded: Any, policy: Any, cfg: Any) -> SimpleNamespace:
+        self.calls.append(policy)
+        bits = float(getattr(policy, "bits", 16))
+        return SimpleNamespace(
+            metrics={"ppl": 10.0 + 1.0 / bits, "ppl_lo": 9.0},
+            kv_bytes=int(1000 * bits),
+            kv_effective_bits=bits,
+            num_tokens=128,
+            details=self.details,
+        )
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    """The runner with a fake model loader and `state.task` as every task; `state.loads` counts loads."""
+    from akvq import runner
+
+    state = SimpleNamespace(loads=0, task=FakeTask())
+
+    def load_model(model_cfg: dict) -> SimpleNamespace:
+        state.loads += 1
+        return SimpleNamespace(model=None, tokenizer=None, processor=None, family=model_cfg.get("family"))
+
+    monkeypatch.setattr(runner, "load_model", load_model)
+    monkeypatch.setattr(runner, "validate_model", lambda model_cfg: None)
+    monkeypatch.setattr(runner, "get_task", lambda name, cfg: state.task)
+    return state

@@ -11,46 +11,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from conftest import FakeTask
 from omegaconf import OmegaConf
 
 from akvq import records, runner
 from akvq.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-class FakeTask:
-    primary_metric = "ppl"
-
-    def __init__(self, needs_images: bool = False, details: Any = None) -> None:
-        self.needs_images = needs_images
-        self.details = details if details is not None else {"windows": [1.0, 2.0]}
-        self.calls: list[Any] = []
-
-    def run(self, loaded: Any, policy: Any, cfg: Any) -> SimpleNamespace:
-        self.calls.append(policy)
-        bits = float(getattr(policy, "bits", 16))
-        return SimpleNamespace(
-            metrics={"ppl": 10.0 + 1.0 / bits, "ppl_lo": 9.0},
-            kv_bytes=int(1000 * bits),
-            kv_effective_bits=bits,
-            num_tokens=128,
-            details=self.details,
-        )
-
-
-@pytest.fixture
-def fakes(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
-    state = SimpleNamespace(loads=0, task=FakeTask())
-
-    def load_model(model_cfg: dict) -> SimpleNamespace:
-        state.loads += 1
-        return SimpleNamespace(model=None, tokenizer=None, processor=None, family=model_cfg.get("family"))
-
-    monkeypatch.setattr(runner, "load_model", load_model)
-    monkeypatch.setattr(runner, "validate_model", lambda model_cfg: None)
-    monkeypatch.setattr(runner, "get_task", lambda name, cfg: state.task)
-    return state
 
 
 def make_cfg(tmp_path: Path, **over: Any) -> Any:

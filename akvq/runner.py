@@ -384,7 +384,9 @@ def execute(p: RunPlan, loaded: Any, cfg: DictConfig, records_path: Path, wandb_
     try:
         reset_peak(kind)
         t0 = time.perf_counter()
-        result = p.task_obj.run(loaded, p.policy, p.task_cfg)
+        # Tasks that resume (MileBench) append finished samples here; a rerun of the same config continues.
+        task_cfg = OmegaConf.merge(p.task_cfg, {"partial_path": str(partial_path(records_path, p.config_hash))})
+        result = p.task_obj.run(loaded, p.policy, task_cfg)
         if kind == "cuda":
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0
@@ -430,6 +432,11 @@ def execute(p: RunPlan, loaded: Any, cfg: DictConfig, records_path: Path, wandb_
     )
     tracker.finish()
     return rec
+
+
+def partial_path(records_path: Path, chash: str) -> Path:
+    """Where a run's finished samples go until its record is written (`<records dir>/partial/<hash>.jsonl`)."""
+    return records_path.parent / "partial" / f"{chash}.jsonl"
 
 
 def _num(x: Any) -> float | int | None:
@@ -508,6 +515,7 @@ def main(cfg: DictConfig) -> list[dict[str, Any]]:
             log.info("run %s | %s | %s", p.model, p.task, p.quant)
             rec = execute(p, loaded, cfg, records_path, wandb_dir)
             records.append_record(records_path, rec)
+            partial_path(records_path, p.config_hash).unlink(missing_ok=True)
             new[p.config_hash] = rec
             log.info("recorded %s -> %s", p.quant, records_path)
     rows = [new.get(p.config_hash) or done[p.config_hash] for p in plans]

@@ -76,7 +76,8 @@ def test_loglikelihood_reads_the_continuation_through_the_cache() -> None:
     lm.task_dict = {"t": {"test": [{"img": img}]}}
     args = ("<image> The colour is", " a bright red", lambda d: [d["img"]], 0, "t", "test")
     req = Instance("loglikelihood", args, 0, {"task": "t", "doc_id": 0, "repeats": 1})
-    ((logp, greedy),) = lm.loglikelihood([req])
+    (out,) = lm.loglikelihood([req])
+    logp, greedy = out.text  # what lmms-eval's unwrap_generation_output hands to the task
     # Reference: one forward over context + continuation without any cache.
     ctx = build_inputs(loaded, ["<image> The colour is"], [[img]])
     cont = loaded.tokenizer.encode(" a bright red", add_special_tokens=False)
@@ -147,3 +148,30 @@ def test_lmms_eval_cli_runs_the_fixture_task(fixtures: dict[str, Path], tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = [line for line in proc.stdout.splitlines() if line.startswith("|akvq_mmmu_fixture")]
     assert table and "mmmu_acc" in table[0], proc.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_lmms_eval_cli_scores_a_loglikelihood_task(fixtures: dict[str, Path], tmp_path: Path) -> None:
+    """A `multiple_choice` task end to end: the (logprob, greedy) pairs survive lmms-eval's output unwrapping."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmms_eval",
+        "--model",
+        "akvq",
+        "--model_args",
+        "pretrained=tiny-llava,quant=akvq",
+        "--tasks",
+        "akvq_mc_fixture",
+        "--include_path",
+        str(fixtures["include_path"]),
+        "--output_path",
+        str(tmp_path / "out"),
+    ]
+    env: dict[str, Any] = {**os.environ, **OFFLINE}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("|akvq_mc_fixture")]
+    assert rows and "|acc" in rows[0].replace(" ", ""), proc.stdout[-2000:]
+    acc = float(rows[0].split("|")[-4 if rows[0].rstrip().endswith("|") else -3].strip() or "nan")
+    assert 0.0 <= acc <= 1.0

@@ -330,3 +330,11 @@ def test_killed_run_resumes_with_only_the_missing_samples(
     for key in ("metrics", "details", "kv_bytes", "kv_effective_bits", "num_tokens", "config_hash"):
         assert resumed[key] == whole[key], key
     assert len(records.read_records(tmp_path / "b" / "runs.jsonl")) == 1
+
+
+def test_fixtures_hold_every_dataset_task_milebench_runs(root: Path) -> None:
+    """The documented offline smoke test (`task=milebench` on the fixture root) finds all 12 datasets."""
+    mb.MileBenchTask("milebench", {"milebench_root": str(root)}).validate()
+    for name in mb.PAPER_TASKS:
+        samples = mb.load_dataset(root, name)
+        assert samples and all(s.choices and s.answer in s.choices for s in samples)

@@ -416,6 +416,7 @@ def execute(p: RunPlan, loaded: Any, cfg: DictConfig, records_path: Path, wandb_
     details = _get(result, "details")
     if details:
         rec.update(details_entry(details, p.config_hash, records_path))
+        tracker.log_samples(records.to_json(details))
     tracker.log(
         {
             k: rec[k]

@@ -185,3 +185,22 @@ def test_model_larger_than_the_gpus_is_refused(fakes: SimpleNamespace, tmp_path:
     assert not check.ok and "2.0 GiB" in check.problems[0] and "1 x 1 GiB GPU" in check.problems[0]
     cfg.slurm = {"gpus": 2, "gpu_mem_gb": 2}
     assert preflight.check_job("big", cfg, slurm=True).ok
+
+
+def test_wandb_groups_the_jobs_of_a_sweep(
+    tmp_path: Path, fakes: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from akvq import tracking
+
+    groups: list[Any] = []
+    real = tracking.start
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        t = real(*args, **kwargs)
+        groups.append(t.run.group if t.run is not None else None)
+        return t
+
+    monkeypatch.setattr(tracking, "start", spy)
+    assert run_py(tmp_path, monkeypatch, "model=fake-lm", "quant=fp16,kivi2", "wandb.mode=offline") == 0
+    assert groups == [str(tmp_path / "multirun")] * 2
+    assert tracking.sweep_group({"group": "mine"}) == "mine"

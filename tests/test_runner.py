@@ -150,14 +150,22 @@ def test_multirun_runs_only_each_jobs_quant() -> None:
     assert runner.quant_names(cfg) == (["fp16", "kivi2"], "kivi2")
 
 
-def test_wandb_offline_run_writes_local_files(tmp_path: Path, fakes: SimpleNamespace) -> None:
+def test_wandb_offline_run_writes_local_files(
+    tmp_path: Path, fakes: SimpleNamespace, caplog: pytest.LogCaptureFixture
+) -> None:
+    fakes.task = FakeTask(details=[{"prediction": "red", "answer": "red", "score": 1.0}, {"prediction": "b"}])
     cfg = make_cfg(
         tmp_path, compare=[], wandb={"mode": "offline", "dir": str(tmp_path / "wb"), "init_timeout": 30}
     )
-    runner.main(cfg)
+    with caplog.at_level("INFO", logger="akvq.tracking"):
+        runner.main(cfg)
     runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert list(runs[0].glob("run-*.wandb")) and (runs[0] / "files").is_dir()
+    assert f"W&B offline run in {runs[0]} (upload: `wandb sync {runs[0]}`)" in caplog.text
+    (table,) = (runs[0] / "files" / "media" / "table").glob("samples_*.table.json")
+    data = json.loads(table.read_text())
+    assert data["columns"] == ["prediction", "answer", "score"] and data["data"][1] == ["b", None, None]
 
 
 def test_wandb_online_without_account_does_not_hang(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

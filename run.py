@@ -11,13 +11,35 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 # Our configs/hydra/launcher/submitit_slurm.yaml is checked against the plugin's schema of the same name;
 # Hydra warns that this matching is deprecated, which is noise for users.
 warnings.filterwarnings("ignore", message="(?s).*validated against ConfigStore schema.*")
 
 log = logging.getLogger("akvq")
+CONFIGS = Path(__file__).resolve().parent / "configs"
+# Folders under configs/ that other tools read (the benchmark's settings, the TSA/PSA layer patterns): data, not
+# groups of run.py, so `--help` leaves them out (and the benchmark's sweeps).
+NOT_GROUPS = ("bench", "layer_patterns")
+
+
+def help_groups() -> str:
+    """The `--help` lines `group: option, ...` for run.py's own groups (the template's `${akvq_groups:}`)."""
+    lines = []
+    for folder in sorted(p for p in CONFIGS.rglob("*") if p.is_dir()):
+        group = str(folder.relative_to(CONFIGS))
+        options = sorted(f.stem for f in folder.glob("*.yaml"))
+        if group == "sweep":  # benchmark run lists (bench_*) are scripts/bench_efficiency.py's, not run.py's
+            from akvq.artifacts.sweeps import sweep_names
+
+            options = sweep_names(CONFIGS, kind="hydra")
+        if options and group.split("/")[0] not in NOT_GROUPS:
+            lines.append(f"{group}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
+OmegaConf.register_new_resolver("akvq_groups", help_groups, replace=True)
 
 
 @hydra.main(

@@ -204,3 +204,13 @@ def test_wandb_groups_the_jobs_of_a_sweep(
     assert run_py(tmp_path, monkeypatch, "model=fake-lm", "quant=fp16,kivi2", "wandb.mode=offline") == 0
     assert groups == [str(tmp_path / "multirun")] * 2
     assert tracking.sweep_group({"group": "mine"}) == "mine"
+
+
+def test_help_lists_only_run_py_groups() -> None:
+    res = subprocess.run(
+        [sys.executable, "run.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    groups = res.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    names = {line.split(":")[0] for line in groups.splitlines() if ":" in line}
+    assert {"model", "task", "quant", "sweep", "hydra/launcher"} <= names
+    assert not names & {"bench", "layer_patterns"} and "bench_cpu" not in groups

@@ -92,7 +92,7 @@ def _cached_hub_bytes(repo: str) -> int | None:
 
 def check_weights(model_cfg: dict[str, Any]) -> tuple[int | None, str | None]:
     """(bytes of the weights if known, a note) or MissingDataError with the command that gets them."""
-    from akvq.models.loading import _looks_local, _resolve_path
+    from akvq.models.loading import _looks_local, _resolve_path, weights_hint
 
     source = str(model_cfg.get("source") or "hub")
     name = str(model_cfg.get("name"))
@@ -107,11 +107,11 @@ def check_weights(model_cfg: dict[str, Any]) -> tuple[int | None, str | None]:
     if source == "gguf":
         f = Path(path) / str(model_cfg.get("gguf_file"))
         if not f.is_file():
-            raise MissingDataError(f"model {name!r}: GGUF file {f} not found. {_weights_hint(spec)}")
+            raise MissingDataError(f"model {name!r}: GGUF file {f} not found. {weights_hint(spec)}")
         return f.stat().st_size, None
     if _looks_local(path):
         if not Path(path).is_dir():
-            raise MissingDataError(f"model {name!r}: local path {path} does not exist. {_weights_hint(spec)}")
+            raise MissingDataError(f"model {name!r}: local path {path} does not exist. {weights_hint(spec)}")
         return _dir_bytes(Path(path)), None
     size = _cached_hub_bytes(path)
     if size is not None:
@@ -119,20 +119,32 @@ def check_weights(model_cfg: dict[str, Any]) -> tuple[int | None, str | None]:
     if hub_offline():
         raise MissingDataError(
             f"model {name!r}: {path} is not in the Hugging Face cache and HF_HUB_OFFLINE is set. "
-            f"{_weights_hint(spec)}"
+            f"{weights_hint(spec)}"
+        )
+    problem = hub_problem(path)
+    if problem:
+        raise MissingDataError(
+            f"model {name!r}: {path} is not in the Hugging Face cache and {problem}. {weights_hint(spec)}"
         )
     return None, f"{path} not cached: the job downloads it"
 
 
-def _weights_hint(spec: Any) -> str:
-    """How to get the weights, naming the real hub id when the config has one (no placeholder)."""
-    from akvq.models.loading import _looks_local
+@cache
+def hub_problem(repo: str) -> str | None:
+    """One request (no retries) that tells a missing repo or an unreachable hub from a download that will work;
+    without it, `from_pretrained` on a node without network retries for about a minute before failing."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
-    if spec.source == "gguf":
-        return "Point model.path at the folder holding model.gguf_file."
-    repo = spec.path if spec.path and not _looks_local(spec.path) else None
-    get = f"`hf download {repo} --local-dir DIR`" if repo else "copy the weights to DIR"
-    return f"On a machine with network run {get}, then run with model.path=DIR."
+    try:
+        HfApi().model_info(repo, timeout=10)
+    except GatedRepoError:
+        return "it is gated (accept its licence on the hub and log in with `hf auth login`)"
+    except RepositoryNotFoundError:
+        return "the hub has no such model"
+    except Exception as e:  # noqa: BLE001 - no network, proxy, DNS: all mean "cannot download here"
+        return f"the hub cannot be reached ({type(e).__name__}; set HF_HUB_OFFLINE=1 on machines without network)"
+    return None
 
 
 # ------------------------------------------------------------------------------------------------ datasets

@@ -161,12 +161,20 @@ def _hub_offline() -> bool:
         return False
 
 
-def _missing(spec: ModelSpec, path: str, why: str) -> MissingDataError:
-    return MissingDataError(
-        f"model {spec.name!r}: cannot load {path!r} ({why}). On a machine with network run "
-        f"`hf download {spec.path if spec.path and not _looks_local(spec.path) else '<hub-id>'} --local-dir <dir>` "
-        f"(or copy the weights), then set `model.path=<dir>` (Hydra: `model.path=/abs/dir`)."
+def weights_hint(spec: ModelSpec) -> str:
+    """How to get missing weights: the real hub id when there is one, and how each entry point takes a path."""
+    if spec.source == "gguf":
+        return "Point the model's `path` at the folder holding its `gguf_file`."
+    hub = spec.path if spec.path and not _looks_local(spec.path) else None
+    get = f"`hf download {hub} --local-dir DIR`" if hub else "copy the weights to a folder DIR"
+    return (
+        f"On a machine with network run {get}, then point the model's path at DIR (run.py: `model.path=DIR`; "
+        f"lmms-eval: `--model_args pretrained=DIR`; scripts/profile_layers.py: `--model` a YAML with `path: DIR`)."
     )
+
+
+def _missing(spec: ModelSpec, path: str, why: str) -> MissingDataError:
+    return MissingDataError(f"model {spec.name!r}: cannot load {path!r} ({why}). {weights_hint(spec)}")
 
 
 def _check_available(spec: ModelSpec, path: str) -> None:
@@ -296,8 +304,11 @@ def load_model(spec: ModelSpec | dict[str, Any] | Any) -> Loaded:
     if spec.source == "tiny":
         from akvq.models.tiny import build_tiny
 
-        loaded = build_tiny(spec.tiny_kind or spec.family or "", attn_implementation=spec.attn_implementation,
-                            head_dim=spec.tiny_head_dim)
+        loaded = build_tiny(
+            spec.tiny_kind or spec.family or "",
+            attn_implementation=spec.attn_implementation,
+            head_dim=spec.tiny_head_dim,
+        )
         loaded.spec = spec
     elif spec.source == "gguf":
         loaded = _load_gguf(spec)

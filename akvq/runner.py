@@ -315,6 +315,13 @@ def git_rev() -> str:
         return "unknown"
 
 
+def is_stale(rec: dict[str, Any], current: str | None = None) -> bool:
+    """A record made by other code than this checkout's commit, or by uncommitted code (`+dirty`)."""
+    rev = str(rec.get("git_rev") or "unknown")
+    now = (current or git_rev()).removesuffix("+dirty")
+    return rev.endswith("+dirty") or rev.removesuffix("+dirty") != now
+
+
 def model_device(loaded: Any) -> str:
     """`cuda` when any weight is on a GPU, else `cpu` (device_map may spread a model over several GPUs)."""
     model = getattr(loaded, "model", None)
@@ -495,12 +502,16 @@ def main(cfg: DictConfig) -> list[dict[str, Any]]:
         preflight.verify(todo, cfg)  # weights, datasets, records, memory: one line before any model loads
     for p in plans:
         if p.config_hash in done:
-            log.info(
-                "skip %s | %s | %s: recorded (config_hash %s; redo=true reruns it)",
+            old = done[p.config_hash].get("git_rev")
+            log.log(
+                logging.WARNING if is_stale(done[p.config_hash]) else logging.INFO,
+                "skip %s | %s | %s: recorded (config_hash %s, code %s%s; redo=true reruns it)",
                 p.model,
                 p.task,
                 p.quant,
                 p.config_hash,
+                old,
+                f", now {git_rev()}" if is_stale(done[p.config_hash]) else "",
             )
     new: dict[str, dict[str, Any]] = {}
     if todo:
@@ -551,7 +562,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((str(r["model"]), str(r["task"])), []).append(r)
-    return "\n\n".join(_one_table(f"{m} | {t}", g) for (m, t), g in groups.items())
+    out = "\n\n".join(_one_table(f"{m} | {t}", g) for (m, t), g in groups.items())
+    if any(is_stale(r) for r in rows):
+        out += f"\n* recorded by another commit or by uncommitted code (now {git_rev()}); redo=true reruns it"
+    return out
 
 
 def _one_table(title: str, rows: list[dict[str, Any]]) -> str:
@@ -562,7 +576,7 @@ def _one_table(title: str, rows: list[dict[str, Any]]) -> str:
         m = (r.get("metrics") or {}).get(metric)
         body.append(
             [
-                r["quant"],
+                r["quant"] + (" *" if is_stale(r) else ""),
                 _fmt(m, ".4g") if isinstance(m, int | float) else str(m if m is not None else "-"),
                 _fmt(r.get("kv_effective_bits"), ".2f"),
                 _human_bytes(r.get("kv_bytes")),

@@ -291,3 +291,17 @@ def test_data_root_reaches_the_task_but_not_the_hash(tmp_path: Path, fakes: Simp
     b = runner.plan(make_cfg(tmp_path, milebench_root="/mnt/b", **over))
     assert a[0].task_cfg.milebench_root == "/data/a" and b[0].task_cfg.milebench_root == "/mnt/b"
     assert a[0].config_hash == b[0].config_hash
+
+
+def test_results_of_other_code_are_flagged(tmp_path: Path, fakes: SimpleNamespace, capsys: Any) -> None:
+    cfg = make_cfg(tmp_path, compare=[])
+    (row,) = runner.main(cfg)
+    now = runner.git_rev()
+    assert runner.is_stale({"git_rev": "0123abc"}, "4567def") and runner.is_stale(
+        {"git_rev": "4567def+dirty"}, "4567def"
+    )
+    assert not runner.is_stale({"git_rev": "4567def"}, "4567def+dirty")  # clean results, edited checkout
+    old = dict(row, git_rev="0123abc")
+    table = runner.format_table([old])
+    assert "akvq *" in table and f"now {now}" in table
+    assert ("akvq *" in runner.format_table([row])) == now.endswith("+dirty")

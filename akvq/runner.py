@@ -470,12 +470,23 @@ def details_entry(details: Any, chash: str, records_path: Path) -> dict[str, Any
     return {"details_path": os.path.relpath(out, records_path.parent)}
 
 
+RECORDS = "results/runs.jsonl"  # what tables and figures are built from (committed)
+SCRATCH_RECORDS = "results/_scratch/runs.jsonl"  # ad-hoc runs (git-ignored): never in committed artifacts
+
+
+def default_records(cfg: DictConfig) -> str:
+    """`records: null`: the committed records file, or the scratch file for a task marked `adhoc: true` (the
+    quick start's ppl_quick), so trying akvq out leaves the checkout and its figures unchanged."""
+    task = cfg.get("task") or {}
+    return SCRATCH_RECORDS if task.get("adhoc") else RECORDS
+
+
 def resolve_paths(cfg: DictConfig) -> tuple[Path, Path]:
     """(records file, W&B dir): relative paths against where run.py started; W&B under the run's output dir."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import to_absolute_path
 
-    recs = Path(to_absolute_path(str(cfg.get("records") or "results/runs.jsonl")))
+    recs = Path(to_absolute_path(str(cfg.get("records") or default_records(cfg))))
     wb = (cfg.get("wandb") or {}).get("dir")
     if wb:
         wdir = Path(to_absolute_path(str(wb)))
@@ -486,12 +497,28 @@ def resolve_paths(cfg: DictConfig) -> tuple[Path, Path]:
     return recs, wdir
 
 
+def choose_threads(threads: Any) -> int:
+    """`threads=N` as given; null: the CPUs this process may use (affinity, SLURM's cpus-per-task) less the ones
+    other processes keep busy (1-minute load average). On a shared machine torch's default (every core) makes
+    its threads wait on each other and a run several times slower."""
+    if threads:
+        return int(threads)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        cpus = min(cpus, int(os.environ["SLURM_CPUS_PER_TASK"]))
+    # the load average is the whole machine's: meaningful only when this process may use the whole machine
+    whole = cpus == (os.cpu_count() or cpus) and hasattr(os, "getloadavg")
+    busy = os.getloadavg()[0] if whole else 0.0
+    n = max(1, min(cpus, round(cpus - busy)))
+    log.info("threads=%d (%d CPUs, load %.1f; threads=N overrides)", n, cpus, busy)
+    return n
+
+
 def main(cfg: DictConfig) -> list[dict[str, Any]]:
     """Plan, skip what is recorded, run the rest on one loaded model, append records, print the table."""
-    if cfg.get("threads"):
-        import torch
+    import torch
 
-        torch.set_num_threads(int(cfg.threads))
+    torch.set_num_threads(choose_threads(cfg.get("threads")))
     from akvq import preflight
 
     plans = plan(cfg)

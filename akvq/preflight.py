@@ -59,11 +59,9 @@ def mode_of(cfg: DictConfig) -> str:
 
 
 def hub_offline() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return True
-    from huggingface_hub import constants
+    from akvq.models.sources.hub import _hub_offline
 
-    return bool(constants.HF_HUB_OFFLINE)
+    return _hub_offline()
 
 
 def _dir_bytes(path: Path) -> int:
@@ -92,7 +90,8 @@ def _cached_hub_bytes(repo: str) -> int | None:
 
 def check_weights(model_cfg: dict[str, Any]) -> tuple[int | None, str | None]:
     """(bytes of the weights if known, a note) or MissingDataError with the command that gets them."""
-    from akvq.models.loading import _looks_local, _resolve_path, weights_hint
+    from akvq.models.sources.hub import _looks_local, weights_hint
+    from akvq.models.spec import resolve_path
 
     source = str(model_cfg.get("source") or "hub")
     name = str(model_cfg.get("name"))
@@ -101,13 +100,13 @@ def check_weights(model_cfg: dict[str, Any]) -> tuple[int | None, str | None]:
     from akvq.models import ModelSpec
 
     spec = ModelSpec.from_dict(dict(model_cfg))
-    path = _resolve_path(spec)  # MissingDataError for a pkg:// path whose package is absent
+    path = resolve_path(spec)  # MissingDataError for a pkg:// path whose package is absent
     if path is None:
         raise ConfigError(f"model {name!r}: no `path`")
     if source == "gguf":
         f = Path(path) / str(model_cfg.get("gguf_file"))
         if not f.is_file():
-            raise MissingDataError(f"model {name!r}: GGUF file {f} not found. {weights_hint(spec)}")
+            raise MissingDataError(f"model {name!r}: GGUF file {f} not found; point model.path at its folder")
         return f.stat().st_size, None
     if _looks_local(path):
         if not Path(path).is_dir():

@@ -174,5 +174,6 @@ def test_lmms_eval_cli_scores_a_loglikelihood_task(fixtures: dict[str, Path], tm
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("|akvq_mc_fixture")]
     assert rows and "|acc" in rows[0].replace(" ", ""), proc.stdout[-2000:]
-    acc = float(rows[0].split("|")[-4 if rows[0].rstrip().endswith("|") else -3].strip() or "nan")
+    cells = [c.strip() for c in rows[0].split("|")]  # |task|version|filter|n-shot|acc|↑|value|±|stderr|
+    acc = float(cells[cells.index("acc") + 2])
     assert 0.0 <= acc <= 1.0

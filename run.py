@@ -13,11 +13,16 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from akvq import runner
+from akvq.errors import ConfigError, MissingDataError, UnsupportedModelError
+
 # Our configs/hydra/launcher/submitit_slurm.yaml is checked against the plugin's schema of the same name;
 # Hydra warns that this matching is deprecated, which is noise for users.
 warnings.filterwarnings("ignore", message="(?s).*validated against ConfigStore schema.*")
 
 log = logging.getLogger("akvq")
+# The process's session, handed to every job: the jobs of a local multirun (one process) share a model load.
+SESSION = runner.Session()
 CONFIGS = Path(__file__).resolve().parent / "configs"
 # Folders under configs/ that other tools read (the benchmark's settings, the TSA/PSA layer patterns): data, not
 # groups of run.py, so `--help` leaves them out (and the benchmark's sweeps).
@@ -46,16 +51,16 @@ OmegaConf.register_new_resolver("akvq_groups", help_groups, replace=True)
     version_base="1.3", config_path=str(Path(__file__).resolve().parent / "configs"), config_name="config"
 )
 def main(cfg: DictConfig) -> Any:
+    """Returns the rows (a sweep's launcher prints them all at the end), or in a sweep a `JobFailure`, so one
+    failing job does not stop the others."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from akvq import runner
-    from akvq.errors import ConfigError, MissingDataError, UnsupportedModelError
-    from akvq.launchers import job_failure
+    from akvq.runner.launch import job_failure
 
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        return runner.main(cfg)
+        return runner.main(cfg, SESSION)
     except (ConfigError, MissingDataError, UnsupportedModelError) as e:
         # A config or setup problem: say what and how to fix it, without a traceback.
         log.error("%s: %s", type(e).__name__, e)

@@ -68,8 +68,8 @@ class FakeTask:
 
 
 @pytest.fixture
-def fakes(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
-    """The runner with a fake model loader and `state.task` as every task; `state.loads` counts loads."""
+def fakes() -> SimpleNamespace:
+    """A runner Session with a fake model loader and `state.task` as every task; `state.loads` counts loads."""
     from akvq import runner
 
     state = SimpleNamespace(loads=0, task=FakeTask())
@@ -78,7 +78,7 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
         state.loads += 1
         return SimpleNamespace(model=None, tokenizer=None, processor=None, family=model_cfg.get("family"))
 
-    monkeypatch.setattr(runner, "load_model", load_model)
-    monkeypatch.setattr(runner, "validate_model", lambda model_cfg: None)
-    monkeypatch.setattr(runner, "get_task", lambda name, cfg: state.task)
+    state.session = runner.Session(
+        load_model=load_model, validate_model=lambda model_cfg: None, get_task=lambda name, cfg: state.task
+    )
     return state

@@ -13,13 +13,14 @@ import pytest
 from conftest import FakeTask
 from test_runner import make_cfg
 
-from akvq import preflight, records, runner
+from akvq import records, runner
 from akvq.errors import MissingDataError
+from akvq.runner import preflight
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_py(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *overrides: str) -> int:
+def run_py(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fakes: SimpleNamespace, *overrides: str) -> int:
     """`python run.py -m <overrides>` in this process (so the fakes apply); returns the exit status."""
     from hydra.core.global_hydra import GlobalHydra
 
@@ -43,6 +44,7 @@ def run_py(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *overrides: str) -> 
     monkeypatch.syspath_prepend(str(REPO))
     import run
 
+    monkeypatch.setattr(run, "SESSION", fakes.session)
     GlobalHydra.instance().clear()
     try:
         run.main()
@@ -56,7 +58,7 @@ def run_py(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *overrides: str) -> 
 def test_local_sweep_with_a_broken_job_starts_nothing(
     tmp_path: Path, fakes: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    rc = run_py(tmp_path, monkeypatch, "model=fake-lm,gone", "quant=fp16")
+    rc = run_py(tmp_path, monkeypatch, fakes, "model=fake-lm,gone", "quant=fp16")
     out = capsys.readouterr().out
     assert rc == 2
     assert "pre-flight: 1/2 jobs OK" in out
@@ -77,7 +79,7 @@ def test_failing_job_is_reported_and_the_others_run(
     tmp_path: Path, fakes: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     fakes.task.__class__ = FailingTask
-    rc = run_py(tmp_path, monkeypatch, "model=fake-lm", "quant=kivi2,fp16,rtn4")
+    rc = run_py(tmp_path, monkeypatch, fakes, "model=fake-lm", "quant=kivi2,fp16,rtn4")
     out = capsys.readouterr().out
     assert rc == 1
     assert sorted(r["quant"] for r in records.read_records(tmp_path / "runs.jsonl")) == ["fp16", "rtn4"]
@@ -89,9 +91,9 @@ def test_failing_job_is_reported_and_the_others_run(
 def test_recorded_jobs_are_not_started_again(
     tmp_path: Path, fakes: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    assert run_py(tmp_path, monkeypatch, "model=fake-lm", "quant=fp16") == 0
+    assert run_py(tmp_path, monkeypatch, fakes, "model=fake-lm", "quant=fp16") == 0
     loads = fakes.loads
-    assert run_py(tmp_path, monkeypatch, "model=fake-lm", "quant=fp16,kivi2") == 0
+    assert run_py(tmp_path, monkeypatch, fakes, "model=fake-lm", "quant=fp16,kivi2") == 0
     out = capsys.readouterr().out
     assert "1 of 2 jobs are recorded already" in out and "OK (recorded)" in out
     assert fakes.loads == loads + 1  # only kivi2 ran
@@ -104,6 +106,7 @@ def test_slurm_dry_run_prints_the_sbatch_script_and_submits_nothing(
     rc = run_py(
         tmp_path,
         monkeypatch,
+        fakes,
         "model=fake-lm",
         "quant=fp16,kivi2",
         "hydra/launcher=submitit_slurm",
@@ -181,10 +184,10 @@ def test_model_larger_than_the_gpus_is_refused(fakes: SimpleNamespace, tmp_path:
     cfg = make_cfg(tmp_path, compare=[])
     cfg.model = {"name": "big", "source": "hub", "path": str(weights), "family": "llama"}
     cfg.slurm = {"gpus": 1, "gpu_mem_gb": 1}
-    check = preflight.check_job("big", cfg, slurm=True)
+    check = preflight.check_job("big", cfg, slurm=True, session=fakes.session)
     assert not check.ok and "2.0 GiB" in check.problems[0] and "1 x 1 GiB GPU" in check.problems[0]
     cfg.slurm = {"gpus": 2, "gpu_mem_gb": 2}
-    assert preflight.check_job("big", cfg, slurm=True).ok
+    assert preflight.check_job("big", cfg, slurm=True, session=fakes.session).ok
 
 
 def test_wandb_groups_the_jobs_of_a_sweep(
@@ -201,7 +204,7 @@ def test_wandb_groups_the_jobs_of_a_sweep(
         return t
 
     monkeypatch.setattr(tracking, "start", spy)
-    assert run_py(tmp_path, monkeypatch, "model=fake-lm", "quant=fp16,kivi2", "wandb.mode=offline") == 0
+    assert run_py(tmp_path, monkeypatch, fakes, "model=fake-lm", "quant=fp16,kivi2", "wandb.mode=offline") == 0
     assert groups == [str(tmp_path / "multirun")] * 2
     assert tracking.sweep_group({"group": "mine"}) == "mine"
 

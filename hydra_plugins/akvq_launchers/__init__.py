@@ -2,7 +2,7 @@
 
 `LocalLauncher` is Hydra's basic launcher and `SlurmLauncher` hydra-submitit-launcher's, each with akvq's
 pre-flight of every job before any starts and a summary of all jobs at the end; the logic is in
-`akvq.launchers`, the checks in `akvq.preflight`.
+`akvq.runner.launch`, the checks in `akvq.preflight`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
 
-from akvq.launchers import check_sweep, finish, label, labels, wait_for
+from akvq.runner.launch import check_sweep, finish, label, labels, wait_for
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]

@@ -28,7 +28,7 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import DictConfig
 
-from akvq import preflight
+from akvq.runner import preflight
 
 log = logging.getLogger(__name__)
 

@@ -239,13 +239,14 @@ def memory_budget(cfg: DictConfig, slurm: bool) -> tuple[float | None, str]:
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")), "this machine's memory"
 
 
-def check_job(label: str, cfg: DictConfig, slurm: bool = False) -> JobCheck:
-    """Every check for one composed job config; never raises for what a user can fix."""
+def check_job(label: str, cfg: DictConfig, slurm: bool = False, session: Any = None) -> JobCheck:
+    """Every check for one composed job config; never raises for what a user can fix. `session`: the loaders
+    and task factory `plan` validates with (default: the real ones; nothing is loaded)."""
     from akvq import runner
 
     out = JobCheck(label)
     try:
-        plans = runner.plan(cfg)
+        plans = runner.plan(cfg, session or runner.Session())
     except (ConfigError, MissingDataError, UnsupportedModelError) as e:
         out.problems.append(_one_line(e))
         return out

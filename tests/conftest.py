@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -82,3 +84,38 @@ def fakes() -> SimpleNamespace:
         load_model=load_model, validate_model=lambda model_cfg: None, get_task=lambda name, cfg: state.task
     )
     return state
+
+
+def run_py(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fakes: SimpleNamespace, *overrides: str) -> int:
+    """`python run.py -m <overrides>` in this process (so the fakes apply); returns the exit status."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    extra = tmp_path / "extra_configs" / "model"
+    extra.mkdir(parents=True, exist_ok=True)
+    (extra / "fake-lm.yaml").write_text("name: fake-lm\nsource: tiny\nfamily: llama\ntiny_kind: llama\n")
+    (extra / "gone.yaml").write_text(
+        f"name: gone\nsource: hub\npath: {tmp_path / 'nothing'}\nfamily: llama\n"
+    )
+    argv = [
+        "run.py",
+        "-m",
+        "task=ppl_quick",
+        f"records={tmp_path / 'runs.jsonl'}",
+        "wandb.mode=disabled",
+        f"hydra.searchpath=[file://{extra.parent}]",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+        *overrides,
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
+    import run
+
+    monkeypatch.setattr(run, "SESSION", fakes.session)
+    GlobalHydra.instance().clear()
+    try:
+        run.main()
+    except SystemExit as e:
+        return int(e.code or 0)
+    finally:
+        GlobalHydra.instance().clear()
+    return 0

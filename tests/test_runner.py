@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import FakeTask
+from conftest import FakeTask, run_py
 from omegaconf import OmegaConf
 
 from akvq import records, runner
@@ -181,40 +181,11 @@ def test_wandb_online_without_account_does_not_hang(tmp_path: Path, monkeypatch:
     assert tracking.start({"mode": "disabled"}, "x", {}, tmp_path).active is False
 
 
-def test_hydra_multirun_through_run_py(
-    tmp_path: Path, fakes: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, capsys: Any
-) -> None:
+def test_hydra_multirun_through_run_py(tmp_path: Path, fakes: SimpleNamespace, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: Any) -> None:  # fmt: skip
     """`python run.py -m quant=fp16,kivi2 ...` in-process (fake model and task): two jobs, two records."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    extra = tmp_path / "extra_configs"
-    (extra / "model").mkdir(parents=True)
-    (extra / "model" / "fake-lm.yaml").write_text(
-        "name: fake-lm\nsource: tiny\nfamily: llama\ntiny_kind: llama\n"
-    )
-    recs = tmp_path / "runs.jsonl"
-    argv = [
-        "run.py",
-        "-m",
-        "model=fake-lm",
-        "task=ppl_quick",
-        "quant=fp16,kivi2",
-        f"records={recs}",
-        "wandb.mode=disabled",
-        f"hydra.searchpath=[file://{extra}]",
-        f"hydra.sweep.dir={tmp_path / 'multirun'}",
-    ]
-    monkeypatch.setattr(sys, "argv", argv)
-    monkeypatch.syspath_prepend(str(REPO))
-    import run
-
-    monkeypatch.setattr(run, "SESSION", fakes.session)
-    GlobalHydra.instance().clear()
-    try:
-        run.main()
-    finally:
-        GlobalHydra.instance().clear()
-    got = records.read_records(recs)
+    assert run_py(tmp_path, monkeypatch, fakes, "model=fake-lm", "quant=fp16,kivi2") == 0
+    got = records.read_records(tmp_path / "runs.jsonl")
     assert [r["quant"] for r in got] == ["fp16", "kivi2"]  # compare ignored in a sweep
     assert fakes.loads == 1  # the jobs of a local sweep share run.py's session and its model
     summary = capsys.readouterr().out.split("sweep summary")[-1]
@@ -299,7 +270,7 @@ def test_data_root_reaches_the_task_but_not_the_hash(tmp_path: Path, fakes: Simp
 def test_results_of_other_code_are_flagged(tmp_path: Path, fakes: SimpleNamespace, capsys: Any) -> None:
     cfg = make_cfg(tmp_path, compare=[])
     (row,) = runner.main(cfg, fakes.session)
-    now = runner.git_rev()
+    now = records.git_rev()
     assert runner.is_stale({"git_rev": "0123abc"}, "4567def") and runner.is_stale(
         {"git_rev": "4567def+dirty"}, "4567def"
     )

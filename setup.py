@@ -4,7 +4,7 @@ shipped as `akvq/_configs`, and the C kernel's source. Everything else is in pyp
 from setuptools import find_packages, setup
 
 setup(
-    packages=[*find_packages(include=["akvq*"]), "akvq._configs"],
+    packages=[*find_packages(include=["akvq*", "hydra_plugins*"]), "akvq._configs"],
     package_dir={"akvq._configs": "configs"},
     package_data={
         "akvq._configs": ["quant/*.yaml", "layer_patterns/*.yaml"],

@@ -54,6 +54,19 @@ class Tracker:
         except Exception as e:  # noqa: BLE001 - logging must not end a run
             log.warning("W&B log failed (%s); continuing without it", e)
 
+    def log_samples(self, rows: Any, key: str = "samples") -> None:
+        """Per-sample details (prediction, answer, score, ...) as one `wandb.Table`; columns are the union of keys."""
+        if self.run is None or not isinstance(rows, list) or not rows or not isinstance(rows[0], Mapping):
+            return
+        try:
+            import wandb
+
+            columns = list(dict.fromkeys(k for r in rows for k in r))
+            data = [[_cell(r.get(c)) for c in columns] for r in rows]
+            self.run.log({key: wandb.Table(columns=columns, data=data)})
+        except Exception as e:  # noqa: BLE001 - logging must not end a run
+            log.warning("W&B table failed (%s); continuing without it", e)
+
     def finish(self) -> None:
         if self.run is None:
             return
@@ -96,17 +109,38 @@ def start(
             mode=mode,
             project=wandb_cfg.get("project") or "akvq",
             entity=wandb_cfg.get("entity"),
-            group=wandb_cfg.get("group"),
+            group=sweep_group(wandb_cfg),
             name=name,
             dir=str(out),
             config=redact(dict(config)),
             reinit="create_new",
             settings=settings,
         )
+        where = Path(run.dir).parent if getattr(run, "dir", None) else out
+        if mode == "offline":
+            log.info("W&B offline run in %s (upload: `wandb sync %s`)", where, where)
+        else:
+            log.info("W&B run %s (local files in %s)", getattr(run, "url", None) or run.name, where)
         return Tracker(run, mode)
     except Exception as e:  # noqa: BLE001 - no account, no network, broken install: warn and go on
         log.warning("W&B did not start (%s: %s); continuing without it", type(e).__name__, e)
         return Tracker()
+
+
+def sweep_group(wandb_cfg: Mapping[str, Any]) -> str | None:
+    """`wandb.group`, else the sweep's directory when this is a job of a multirun (so its jobs are grouped)."""
+    if wandb_cfg.get("group"):
+        return str(wandb_cfg["group"])
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return str(HydraConfig.get().sweep.dir)
+    return None
+
+
+def _cell(v: Any) -> Any:
+    return v if isinstance(v, int | float | bool | str) or v is None else str(v)
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -120,4 +154,4 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-__all__ = ["Tracker", "start"]
+__all__ = ["Tracker", "start", "sweep_group"]

@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check akvq tests scripts run.py
+.venv/bin/ruff check akvq hydra_plugins tests scripts run.py
 exec .venv/bin/python -m pytest -q "$@"

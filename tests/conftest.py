@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import functools
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -40,3 +44,78 @@ def tiny_inputs(kind: str, batch: int = 2):
 @pytest.fixture(scope="session")
 def tiny_llama():
     return tiny("llama")
+
+
+# ---------------------------------------------------------------- fakes of the runner's hooks (runner, pre-flight tests)
+
+
+class FakeTask:
+    primary_metric = "ppl"
+
+    def __init__(self, needs_images: bool = False, details: Any = None) -> None:
+        self.needs_images = needs_images
+        self.details = details if details is not None else {"windows": [1.0, 2.0]}
+        self.calls: list[Any] = []
+
+    def run(self, loaded: Any, policy: Any, cfg: Any) -> SimpleNamespace:
+        self.calls.append(policy)
+        bits = float(getattr(policy, "bits", 16))
+        return SimpleNamespace(
+            metrics={"ppl": 10.0 + 1.0 / bits, "ppl_lo": 9.0},
+            kv_bytes=int(1000 * bits),
+            kv_effective_bits=bits,
+            num_tokens=128,
+            details=self.details,
+        )
+
+
+@pytest.fixture
+def fakes() -> SimpleNamespace:
+    """A runner Session with a fake model loader and `state.task` as every task; `state.loads` counts loads."""
+    from akvq import runner
+
+    state = SimpleNamespace(loads=0, task=FakeTask())
+
+    def load_model(model_cfg: dict) -> SimpleNamespace:
+        state.loads += 1
+        return SimpleNamespace(model=None, tokenizer=None, processor=None, family=model_cfg.get("family"))
+
+    state.session = runner.Session(
+        load_model=load_model, validate_model=lambda model_cfg: None, get_task=lambda name, cfg: state.task
+    )
+    return state
+
+
+def run_py(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fakes: SimpleNamespace, *overrides: str) -> int:
+    """`python run.py -m <overrides>` in this process (so the fakes apply); returns the exit status."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    extra = tmp_path / "extra_configs" / "model"
+    extra.mkdir(parents=True, exist_ok=True)
+    (extra / "fake-lm.yaml").write_text("name: fake-lm\nsource: tiny\nfamily: llama\ntiny_kind: llama\n")
+    (extra / "gone.yaml").write_text(
+        f"name: gone\nsource: hub\npath: {tmp_path / 'nothing'}\nfamily: llama\n"
+    )
+    argv = [
+        "run.py",
+        "-m",
+        "task=ppl_quick",
+        f"records={tmp_path / 'runs.jsonl'}",
+        "wandb.mode=disabled",
+        f"hydra.searchpath=[file://{extra.parent}]",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+        *overrides,
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
+    import run
+
+    monkeypatch.setattr(run, "SESSION", fakes.session)
+    GlobalHydra.instance().clear()
+    try:
+        run.main()
+    except SystemExit as e:
+        return int(e.code or 0)
+    finally:
+        GlobalHydra.instance().clear()
+    return 0

@@ -55,9 +55,10 @@ def write_side_inputs(root: Path) -> dict[str, list[Path]]:
     fig5 = root / "fig5_kv_stats.csv"
     pd.concat(rows).to_csv(fig5, index=False)
     points = root / "points.csv"  # the benchmark's every measured point (scripts/bench_efficiency.py)
-    pd.DataFrame({"model": "smollm2-135m", "prompt_len": 2048, "device": "cpu", "quant": ["fp16"] * 3 + ["akvq"] * 3,
-                  "batch": [1, 8, 32] * 2, "peak_bytes": [1.2e9, 1.9e9, 4.5e9, 1.1e9, 1.2e9, 1.5e9],
-                  "oom": [False, False, True, False, False, False]}).to_csv(points, index=False)  # fmt: skip
+    pd.DataFrame({"model": ["smollm2-135m"] * 6 + ["tiny-llava"] * 2, "prompt_len": 2048, "device": "cpu",
+                  "quant": ["fp16"] * 3 + ["akvq"] * 3 + ["fp16", "akvq"],
+                  "batch": [1, 8, 32] * 2 + [16, 16], "peak_bytes": [1.2e9, 1.9e9, 4.5e9, 1.1e9, 1.2e9, 1.5e9, 2e9, 1e9],
+                  "oom": [False, False, True, False, False, False, False, False]}).to_csv(points, index=False)  # fmt: skip
     return {
         "layer_pattern_dirs": [lp],
         "saliency_dirs": [sal],
@@ -129,17 +130,17 @@ def test_attention_figures_by_role(built) -> None:
         n: set(pd.read_csv(next(p for p in outcomes[n].paths if p.suffix == ".csv"))["model"])
         for n in ("fig2", "fig3", "fig4")
     }
-    assert per_fig == {
-        "fig2": {"tiny-llava", "smollm2-135m"},
+    assert per_fig == {  # the real model only, where it has the figure's columns
+        "fig2": {"smollm2-135m"},
         "fig3": {"tiny-llava"},
-        "fig4": {"tiny-llava", "smollm2-135m"},
+        "fig4": {"smollm2-135m"},
     }
 
 
 def test_fig9_points_from_benchmark_csv_and_records(built) -> None:
     ctx, _ = built
     df = build.BY_NAME["fig9"].frame(ctx)
-    fp16 = df[df["quant"] == "fp16"].sort_values("batch")
+    fp16 = df[(df["quant"] == "fp16") & (df["model"] == "smollm2-135m")].sort_values("batch")
     assert list(fp16["batch"]) == [1, 8, 16]  # CSV points (the OOM one dropped) + the records' largest batch
     assert set(df["quant"]) == {"fp16", "kivi2", "akvq"}
 
@@ -265,3 +266,27 @@ def test_sweep_launches_its_grid(tmp_path: Path) -> None:
     )  # fmt: skip
     jobs = {tuple(line.split()[1:]) for line in out.stdout.splitlines() if line.startswith("JOB")}
     assert jobs == set(sweeps.load_grid("cpu_fidelity").points), out.stderr[-2000:]
+
+
+def test_figures_never_mix_real_and_random_weight_models(built) -> None:
+    ctx, outcomes = built
+    real = pd.read_csv(ctx.figures / "fig9_memory_vs_batch.csv")
+    tiny = pd.read_csv(ctx.figures / "fig9_memory_vs_batch_tiny.csv")
+    assert set(real["model"]) == {"smollm2-135m"} and set(tiny["model"]) == {"tiny-llava"}
+    assert not any(str(s).startswith("/") for s in pd.concat([real, tiny])["source"])  # no absolute paths
+
+
+def test_fig8_uses_a_log_axis_and_one_name_per_method() -> None:
+    from akvq.artifacts import figures, style
+
+    recs = [
+        {"model": "smollm2-135m", "task": "ppl", "quant": q, "metrics": {"ppl": v}, "primary_metric": "ppl",
+         "kv_effective_bits": b, "config": {}}
+        for q, v, b in (("fp16", 12.0, 16.0), ("rtn2", 230.0, 2.6), ("akvq_plus", 13.4, 2.7))
+    ]  # fmt: skip
+    fig, df = figures.fig8(recs)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and "perplexity" in ax.get_ylabel()
+    labels = {t.get_text() for t in fig.legends[0].get_texts()}
+    assert labels == {style.label(q) for q in ("fp16", "rtn2", "akvq_plus")} and "akvq_plus" not in labels
+    assert style.label("akvq[bits=4]") == "AKVQ-VL [bits=4]"

@@ -271,3 +271,70 @@ def test_tiny_llava_through_the_runner(root: Path, tmp_path: Path, monkeypatch: 
     assert rows[0]["kv_effective_bits"] >= 16 > rows[1]["kv_effective_bits"]
     assert math.isfinite(rows[1]["kv_effective_bits"])
     assert len(records.read_records(tmp_path / "runs.jsonl")) == 2
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_with_only_the_missing_samples(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stopped after 4 of 9 batches continues from its partial file; its record equals an unbroken run's."""
+    from conftest import tiny
+    from hydra import compose, initialize_config_dir
+
+    from akvq import records, runner
+    from akvq.tasks import generation
+
+    session = runner.Session(load_model=lambda model_cfg: tiny("llava"))
+    real = generation.generate_texts
+    calls: list[int] = []
+
+    def counting(*args: Any, **kwargs: Any) -> list[str]:
+        calls.append(1)
+        if stop_after is not None and len(calls) > stop_after:
+            raise KeyboardInterrupt  # what SIGINT/SIGTERM does mid-run
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "generate_texts", counting)
+
+    def run(records_file: Path) -> dict[str, Any]:
+        over = [
+            "model=tiny-llava",
+            "task=milebench",
+            f"task.milebench_root={root}",
+            f"task.datasets=[{','.join(FIXTURE_SETS)}]",
+            "task.max_new_tokens=4",
+            "task.tokens_per_image=16",
+            "quant=akvq",
+            "compare=[]",
+            f"records={records_file}",
+            "wandb.mode=disabled",
+        ]
+        with initialize_config_dir(config_dir=str(runner.CONFIG_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=over, return_hydra_config=True)
+        return runner.main(cfg, session)[0]
+
+    stop_after = None
+    whole = run(tmp_path / "a" / "runs.jsonl")
+    assert len(calls) == 9  # 3 + 2 + 2 + 2 samples, batch size 1
+    calls.clear()
+    stop_after = 4
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b" / "runs.jsonl")
+    partial = runner.partial_path(tmp_path / "b" / "runs.jsonl", whole["config_hash"])
+    assert len(partial.read_text().splitlines()) == 4
+    calls.clear()
+    stop_after = None
+    resumed = run(tmp_path / "b" / "runs.jsonl")
+    assert len(calls) == 5  # only the missing samples
+    assert not partial.exists()  # the record replaces it
+    for key in ("metrics", "details", "kv_bytes", "kv_effective_bits", "num_tokens", "config_hash"):
+        assert resumed[key] == whole[key], key
+    assert len(records.read_records(tmp_path / "b" / "runs.jsonl")) == 1
+
+
+def test_fixtures_hold_every_dataset_task_milebench_runs(root: Path) -> None:
+    """The documented offline smoke test (`task=milebench` on the fixture root) finds all 12 datasets."""
+    mb.MileBenchTask("milebench", {"milebench_root": str(root)}).validate()
+    for name in mb.PAPER_TASKS:
+        samples = mb.load_dataset(root, name)
+        assert samples and all(s.choices and s.answer in s.choices for s in samples)

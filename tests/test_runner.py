@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from conftest import FakeTask, run_py
 from omegaconf import OmegaConf
 
 from akvq import records, runner
@@ -18,40 +19,6 @@ from akvq.errors import ConfigError
 from akvq.policies import quant_config
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-class FakeTask:
-    primary_metric = "ppl"
-
-    def __init__(self, needs_images: bool = False, details: Any = None) -> None:
-        self.needs_images = needs_images
-        self.details = details if details is not None else {"windows": [1.0, 2.0]}
-        self.calls: list[Any] = []
-
-    def run(self, loaded: Any, policy: Any, cfg: Any) -> SimpleNamespace:
-        self.calls.append(policy)
-        bits = float(getattr(policy, "bits", 16))
-        return SimpleNamespace(
-            metrics={"ppl": 10.0 + 1.0 / bits, "ppl_lo": 9.0},
-            kv_bytes=int(1000 * bits),
-            kv_effective_bits=bits,
-            num_tokens=128,
-            details=self.details,
-        )
-
-
-@pytest.fixture
-def fakes(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
-    state = SimpleNamespace(loads=0, task=FakeTask())
-
-    def load_model(model_cfg: dict) -> SimpleNamespace:
-        state.loads += 1
-        return SimpleNamespace(model=None, tokenizer=None, processor=None, family=model_cfg.get("family"))
-
-    state.session = runner.Session(
-        load_model=load_model, validate_model=lambda model_cfg: None, get_task=lambda name, cfg: state.task
-    )
-    return state
 
 
 def make_cfg(tmp_path: Path, **over: Any) -> Any:
@@ -186,14 +153,22 @@ def test_multirun_runs_only_each_jobs_quant() -> None:
     assert runner.quant_names(cfg) == (["fp16", "kivi2"], "kivi2")
 
 
-def test_wandb_offline_run_writes_local_files(tmp_path: Path, fakes: SimpleNamespace) -> None:
+def test_wandb_offline_run_writes_local_files(
+    tmp_path: Path, fakes: SimpleNamespace, caplog: pytest.LogCaptureFixture
+) -> None:
+    fakes.task = FakeTask(details=[{"prediction": "red", "answer": "red", "score": 1.0}, {"prediction": "b"}])
     cfg = make_cfg(
         tmp_path, compare=[], wandb={"mode": "offline", "dir": str(tmp_path / "wb"), "init_timeout": 30}
     )
-    runner.main(cfg, fakes.session)
+    with caplog.at_level("INFO", logger="akvq.tracking"):
+        runner.main(cfg, fakes.session)
     runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert list(runs[0].glob("run-*.wandb")) and (runs[0] / "files").is_dir()
+    assert f"W&B offline run in {runs[0]} (upload: `wandb sync {runs[0]}`)" in caplog.text
+    (table,) = (runs[0] / "files" / "media" / "table").glob("samples_*.table.json")
+    data = json.loads(table.read_text())
+    assert data["columns"] == ["prediction", "answer", "score"] and data["data"][1] == ["b", None, None]
 
 
 def test_wandb_online_without_account_does_not_hang(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -208,40 +183,11 @@ def test_wandb_online_without_account_does_not_hang(tmp_path: Path, monkeypatch:
     assert tracking.start({"mode": "disabled"}, "x", {}, tmp_path).active is False
 
 
-def test_hydra_multirun_through_run_py(
-    tmp_path: Path, fakes: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, capsys: Any
-) -> None:
+def test_hydra_multirun_through_run_py(tmp_path: Path, fakes: SimpleNamespace, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: Any) -> None:  # fmt: skip
     """`python run.py -m quant=fp16,kivi2 ...` in-process (fake model and task): two jobs, two records."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    extra = tmp_path / "extra_configs"
-    (extra / "model").mkdir(parents=True)
-    (extra / "model" / "fake-lm.yaml").write_text(
-        "name: fake-lm\nsource: tiny\nfamily: llama\ntiny_kind: llama\n"
-    )
-    recs = tmp_path / "runs.jsonl"
-    argv = [
-        "run.py",
-        "-m",
-        "model=fake-lm",
-        "task=ppl_quick",
-        "quant=fp16,kivi2",
-        f"records={recs}",
-        "wandb.mode=disabled",
-        f"hydra.searchpath=[file://{extra}]",
-        f"hydra.sweep.dir={tmp_path / 'multirun'}",
-    ]
-    monkeypatch.setattr(sys, "argv", argv)
-    monkeypatch.syspath_prepend(str(REPO))
-    import run
-
-    monkeypatch.setattr(run, "SESSION", fakes.session)
-    GlobalHydra.instance().clear()
-    try:
-        run.main()
-    finally:
-        GlobalHydra.instance().clear()
-    got = records.read_records(recs)
+    assert run_py(tmp_path, monkeypatch, fakes, "model=fake-lm", "quant=fp16,kivi2") == 0
+    got = records.read_records(tmp_path / "runs.jsonl")
     assert [r["quant"] for r in got] == ["fp16", "kivi2"]  # compare ignored in a sweep
     assert fakes.loads == 1  # the jobs of a local sweep share run.py's session and its model
     summary = capsys.readouterr().out.split("sweep summary")[-1]
@@ -321,3 +267,17 @@ def test_data_root_reaches_the_task_but_not_the_hash(tmp_path: Path, fakes: Simp
     b = runner.plan(make_cfg(tmp_path, milebench_root="/mnt/b", **over), fakes.session)
     assert a[0].task_cfg.milebench_root == "/data/a" and b[0].task_cfg.milebench_root == "/mnt/b"
     assert a[0].config_hash == b[0].config_hash
+
+
+def test_results_of_other_code_are_flagged(tmp_path: Path, fakes: SimpleNamespace, capsys: Any) -> None:
+    cfg = make_cfg(tmp_path, compare=[])
+    (row,) = runner.main(cfg, fakes.session)
+    now = records.git_rev()
+    assert runner.is_stale({"git_rev": "0123abc"}, "4567def") and runner.is_stale(
+        {"git_rev": "4567def+dirty"}, "4567def"
+    )
+    assert not runner.is_stale({"git_rev": "4567def"}, "4567def+dirty")  # clean results, edited checkout
+    old = dict(row, git_rev="0123abc")
+    table = runner.format_table([old])
+    assert "akvq *" in table and f"now {now}" in table
+    assert ("akvq *" in runner.format_table([row])) == now.endswith("+dirty")

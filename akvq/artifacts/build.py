@@ -163,6 +163,10 @@ ARTIFACTS: list[Artifact] = [
     Artifact("fig9", "Fig. 9: peak memory vs batch size",
              _figure(lambda c: figures.fig9(c.records, c.efficiency_points), "fig9_memory_vs_batch"),
              sweeps=("bench_paper", "bench_cpu"), how=BENCH_HINT, frame=lambda c: figures.fig9_frame(c.records, c.efficiency_points)),
+    Artifact("fig9_tiny", "Fig. 9 for the tiny random-weight models (memory mechanics only)",
+             _figure(lambda c: figures.fig9(c.records, c.efficiency_points, random_weights=True),
+                     "fig9_memory_vs_batch_tiny"),
+             sweeps=("bench_cpu",), how=BENCH_HINT, frame=lambda c: figures.fig9_frame(c.records, c.efficiency_points)),
 ]  # fmt: skip
 BY_NAME: dict[str, Artifact] = {a.name: a for a in ARTIFACTS}
 

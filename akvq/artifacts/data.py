@@ -59,12 +59,18 @@ def default_records_paths() -> list[Path]:
 
 def load(paths: str | os.PathLike[str] | list[str | os.PathLike[str]] | None = None) -> list[dict[str, Any]]:
     """All readable records of one or several files, in order; a torn line (a run killed mid-write by a naive
-    writer) is skipped, a missing file is empty."""
+    writer) is skipped, a missing file is empty, and ad-hoc runs (a task config with `adhoc: true`, such as the
+    quick start's ppl_quick) are left out: they are try-outs, not results."""
     if paths is None:
         paths = list(default_records_paths())
     elif not isinstance(paths, list):
         paths = [paths]
-    return [r for p in paths for r in read_records(p)]
+    return [r for p in paths for r in read_records(p) if not is_adhoc(r)]
+
+
+def is_adhoc(rec: dict[str, Any]) -> bool:
+    task = (rec.get("config") or {}).get("task")
+    return bool(isinstance(task, dict) and task.get("adhoc"))
 
 
 def is_number(x: Any) -> bool:

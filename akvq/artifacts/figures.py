@@ -16,6 +16,37 @@ import pandas as pd
 from akvq.artifacts import data, style
 from akvq.artifacts.tables import is_paper_task
 
+# ----------------------------------------------------------------------------------------------- shared
+
+
+def one_kind_of_model(models: Any, random_weights: bool | None = None) -> set[str]:
+    """The models one figure may show: real and random-weight models are never drawn together. By default the
+    real ones when there are any (the random ones only show the pipeline's mechanics)."""
+    names = {str(m) for m in models}
+    real = {m for m in names if not style.is_random_weights(m)}
+    if random_weights is None:
+        return real or names
+    return names - real if random_weights else real
+
+
+def legend_on_top(fig: Any, axes: Any, rows: int, order: Any = None) -> None:
+    """One legend for all panels, above them, so it never covers data."""
+    handles: dict[str, Any] = {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    if not handles:
+        fig.tight_layout()
+        return
+    names = sorted(handles, key=order) if order else list(handles)
+    ncol = min(6, len(names))
+    height = fig.get_size_inches()[1]
+    top = 1 - 0.28 * math.ceil(len(names) / ncol) / height
+    fig.tight_layout(rect=(0, 0, 1, top))
+    fig.legend([handles[n] for n in names], names, loc="upper center", ncol=ncol, frameon=False,
+               bbox_to_anchor=(0.5, 1.0))  # fmt: skip
+
+
 # ----------------------------------------------------------------------------------------------- Fig. 8
 
 
@@ -43,10 +74,12 @@ def fig8_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def fig8(records: list[dict[str, Any]]) -> tuple[Any, pd.DataFrame] | None:
-    """Accuracy (or perplexity) vs KV effective bits, one marker per method, one panel per (model, task)."""
+    """Accuracy (or perplexity) vs KV effective bits, one marker per method, one panel per (model, task).
+    Real models only when there are any (random-weight models' numbers mean nothing beside them)."""
     df = fig8_frame(records)
     if df.empty:
         return None
+    df = df[df["model"].isin(one_kind_of_model(df["model"]))].reset_index(drop=True)
     panels = sorted(df.groupby(["model", "panel"]).groups, key=lambda k: (not is_paper_task(k[1]), k))
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
@@ -60,33 +93,28 @@ def fig8(records: list[dict[str, Any]]) -> tuple[Any, pd.DataFrame] | None:
         if not fp.empty:
             ax.axhline(float(fp["value"].iloc[0]), color=style.color("fp16"), linestyle="--", linewidth=0.8)
         metric = str(sub["metric"].iloc[0])
-        if (
-            bool(sub["lower_is_better"].iloc[0])
-            and (sub["value"] > 0).all()
-            and sub["value"].max() / sub["value"].min() > 20
-        ):
+        log_y = bool((sub["value"] > 0).all() and sub["value"].max() / sub["value"].min() >= 10)
+        if log_y:  # e.g. perplexity 12 (fp16) to 230 (RTN-2): linear squashes the methods that matter
             ax.set_yscale("log")
+            lo, hi = float(sub["value"].min()), float(sub["value"].max())
+            ticks = [m * 10**k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+                     for m in (1, 2, 5) if lo / 1.3 <= m * 10**k <= hi * 1.3]  # fmt: skip
+            ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+            ax.yaxis.set_minor_formatter("")
         ax.set_xscale("log", base=2)
         ax.set_xticks([2, 3, 4, 6, 8, 16], ["2", "3", "4", "6", "8", "16"])
         ax.minorticks_off()
         ax.set_xlabel("KV effective bits per element")
         n = int(sub["n_tasks"].max())
-        ylab = f"mean {metric} over {n} tasks" if n > 1 else metric
-        ax.set_ylabel(ylab + (" (lower is better)" if bool(sub["lower_is_better"].iloc[0]) else ""))
+        text = style.metric_label(metric, "" if n > 1 else panel.split("/")[0])
+        ylab = f"mean {text} over {n} tasks" if n > 1 else text
+        lower = bool(sub["lower_is_better"].iloc[0])
+        ax.set_ylabel(ylab + (", log" if log_y else "") + (" (lower is better)" if lower else ""))
         ax.set_title(f"{model} | {panel}")
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
-    handles: dict[str, Any] = {}
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
     by_label = {style.label(q): q for q in df["quant"].unique()}
-    names = sorted(handles, key=lambda lab: style.method_sort_key(by_label.get(lab, lab)))
-    ncol = min(7, len(names))
-    top = 1 - 0.3 / (nrows * 2.6) * math.ceil(len(names) / ncol)
-    fig.tight_layout(rect=(0, 0, 1, top))
-    fig.legend([handles[n] for n in names], names, loc="upper center", ncol=ncol, frameon=False,
-               bbox_to_anchor=(0.5, 1.0))  # fmt: skip
+    legend_on_top(fig, axes, nrows, order=lambda lab: style.method_sort_key(by_label.get(lab, lab)))
     return fig, df
 
 
@@ -124,6 +152,14 @@ def memory_curve(rec: dict[str, Any]) -> list[tuple[float, float]]:
 FIG9_COLUMNS = ["model", "prompt_len", "quant", "batch", "peak_memory_gib", "device", "source"]
 
 
+def _source(path: Path) -> str:
+    """A points file as the CSV beside the figure names it: relative to the repository, never absolute."""
+    from akvq.artifacts.sweeps import REPO
+
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else p.name
+
+
 def points_frame(paths: list[Path]) -> pd.DataFrame:
     """Every measured (batch, peak) point from the benchmark's `points.csv` files (OOM points dropped)."""
     frames = []
@@ -136,7 +172,7 @@ def points_frame(paths: list[Path]) -> pd.DataFrame:
         if "oom" in df.columns:
             df = df[~df["oom"].astype(str).str.lower().isin(("true", "1"))]
         df = df.assign(
-            peak_memory_gib=pd.to_numeric(df["peak_bytes"], errors="coerce") / 2**30, source=str(p)
+            peak_memory_gib=pd.to_numeric(df["peak_bytes"], errors="coerce") / 2**30, source=_source(p)
         )
         frames.append(df.reindex(columns=FIG9_COLUMNS))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FIG9_COLUMNS)
@@ -164,9 +200,15 @@ def fig9_frame(records: list[dict[str, Any]], points: list[Path] | None = None) 
     )
 
 
-def fig9(records: list[dict[str, Any]], points: list[Path] | None = None) -> tuple[Any, pd.DataFrame] | None:
-    """Peak memory vs batch size per method, one panel per (model, prompt length): the paper's Fig. 9."""
+def fig9(
+    records: list[dict[str, Any]], points: list[Path] | None = None, random_weights: bool = False
+) -> tuple[Any, pd.DataFrame] | None:
+    """Peak memory vs batch size per method, one panel per (model, prompt length): the paper's Fig. 9.
+    Real models, or (`random_weights=True`) the tiny random-weight ones: never both in one figure."""
     df = fig9_frame(records, points)
+    if df.empty:
+        return None
+    df = df[df["model"].isin(one_kind_of_model(df["model"], random_weights))].reset_index(drop=True)
     if df.empty:
         return None
     panels = sorted(
@@ -174,7 +216,8 @@ def fig9(records: list[dict[str, Any]], points: list[Path] | None = None) -> tup
         key=lambda k: (style.model_sort_key(str(k[0])), str(k)),
     )
     ncols = min(3, len(panels))
-    fig, axes = style.figure(math.ceil(len(panels) / ncols), ncols, width=3.4, height=2.6)
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = style.figure(nrows, ncols, width=3.4, height=2.6)
     budgets = {
         (str(r.get("model")), (r.get("metrics") or {}).get("prompt_len")): (
             (r.get("config") or {}).get("bench") or {}
@@ -187,26 +230,30 @@ def fig9(records: list[dict[str, Any]], points: list[Path] | None = None) -> tup
             & ((df["prompt_len"] == prompt) | (df["prompt_len"].isna() & pd.isna(prompt)))
         ]
         for q in sorted(sub["quant"].unique(), key=style.method_sort_key):
-            s = sub[sub["quant"] == q].sort_values("batch")
+            s = sub[sub["quant"] == q].sort_values("batch")  # joined in batch order, not measurement order
             ax.plot(
                 s["batch"],
                 s["peak_memory_gib"],
                 marker=style.marker(q),
                 color=style.color(q),
                 label=style.label(q),
+                markersize=3.5,
+                linewidth=1.0,
             )
         budget = budgets.get((str(model), prompt))
         if data.is_number(budget):
             ax.axhline(float(budget), color="grey", linestyle="--", linewidth=0.8, label="budget")
-        ax.set_xlabel("batch size")
+        ax.set_xlabel("batch size (sequences)")
         ax.set_ylabel("peak memory (GiB)")
         ax.set_title(
-            f"{model}" + (f" | prompt {int(prompt)}" if prompt is not None and not pd.isna(prompt) else "")
+            f"{model}" + (f" | prompt {int(prompt)} tokens" if prompt is not None and not pd.isna(prompt) else "")
         )
-        ax.legend()
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
-    fig.tight_layout()
+    by_label = {style.label(q): q for q in df["quant"].unique()}
+    legend_on_top(fig, axes, nrows, order=lambda lab: style.method_sort_key(by_label.get(lab, lab)))
+    if random_weights:
+        fig.suptitle("tiny random-weight models (memory only; no accuracy meaning)", y=0.0, va="top", fontsize=8)
     return fig, df
 
 
@@ -293,11 +340,13 @@ def fig_attention(profiles: pd.DataFrame, fig_name: str) -> tuple[Any, pd.DataFr
         cols = series_columns(sub, fig_name)
         if cols:
             panels.append((model, sub.sort_values("layer"), cols))
+    keep = one_kind_of_model(m for m, _, _ in panels)
+    panels = [p for p in panels if p[0] in keep]
     if not panels:
         return None
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = style.figure(nrows, ncols, width=3.4, height=2.5)
+    fig, axes = style.figure(nrows, ncols, width=4.6 if ncols == 1 else 3.4, height=2.6)
     drawn = []
     for ax, (model, sub, cols) in zip(axes.flat, panels):
         ptype = next((c for c in ("pattern", "layer_pattern") if c in sub.columns), None)
@@ -318,11 +367,13 @@ def fig_attention(profiles: pd.DataFrame, fig_name: str) -> tuple[Any, pd.DataFr
         else:
             ax.set_ylim(0, 1)
         ax.set_xlabel("layer" + (" (grey: TSA layers)" if len(tsa) else ""))
-        ax.set_ylabel("mean attention per token" if fig_name == "fig3_tsa" else "share of attention mass")
-        ax.set_title(str(model))
-        ax.legend()
+        ax.set_ylabel(
+            "mean attention per token (log)" if fig_name == "fig3_tsa" else "share of attention mass (fraction)"
+        )
+        ax.set_title(f"{model}: {FIG_TITLES[fig_name]}" if len(panels) == 1 else str(model), wrap=True)
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
-    fig.suptitle(FIG_TITLES[fig_name], y=1.0)
-    fig.tight_layout()
+    if len(panels) > 1:
+        fig.suptitle(FIG_TITLES[fig_name], y=0.0, va="top")
+    legend_on_top(fig, axes, nrows)
     return fig, pd.concat(drawn, ignore_index=True)

@@ -51,6 +51,8 @@ METHOD_COLORS: dict[str, str] = {
     "akvq_wht": "#a1d99b",
     "akvq_tsa": "#74c476",
     "akvq_psa": "#238b45",
+    "akvq_plus": "#ff7f0e",
+    "fp16@akvq_packed": "#7f7f7f",
 }
 METHOD_MARKERS: dict[str, str] = {
     "fp16": "*",
@@ -66,6 +68,8 @@ METHOD_MARKERS: dict[str, str] = {
     "akvq_wht": ">",
     "akvq_tsa": "h",
     "akvq_psa": "o",
+    "akvq_plus": "D",
+    "fp16@akvq_packed": "*",
 }
 METHOD_LABELS: dict[str, str] = {
     "fp16": "FP16",
@@ -81,6 +85,19 @@ METHOD_LABELS: dict[str, str] = {
     "akvq_wht": "+WHT",
     "akvq_tsa": "+WHT+TSA",
     "akvq_psa": "+WHT+TSA+PSA",
+    "akvq_plus": "AKVQ-VL+ (ours)",
+    "fp16@akvq_packed": "FP16, fused kernel",
+}
+# Axis labels of the metrics records carry, with units ("acc" alone is not a label a reader can use).
+METRIC_LABELS: dict[str, str] = {
+    "acc": "accuracy (fraction)",
+    "accuracy": "accuracy (%)",
+    "ppl": "perplexity",
+    "perplexity": "perplexity",
+    "average": "average score (%)",
+    "rouge_l_f": "ROUGE-L F (%)",
+    "agreement": "agreement with FP16 (fraction)",
+    "mmmu_acc": "MMMU accuracy (fraction)",
 }
 # Order of methods in tables and legends: baseline first, ours last, ablation ladder after.
 METHOD_ORDER: tuple[str, ...] = tuple(METHOD_COLORS)
@@ -122,7 +139,22 @@ def marker(name: str) -> str:
 
 
 def label(name: str) -> str:
-    return METHOD_LABELS.get(name, name)
+    """The one display name of a quant config (tables, legends); `akvq[bits=4]`-style labels keep their fields."""
+    base, _, fields = name.partition("[")
+    return METHOD_LABELS.get(name) or (
+        f"{METHOD_LABELS[base]} [{fields}" if fields and base in METHOD_LABELS else name
+    )
+
+
+def metric_label(metric: str, task: str = "") -> str:
+    """Axis label of a metric, with its unit; the task names it when the metric alone does not (passkey)."""
+    text = METRIC_LABELS.get(metric, metric)
+    return f"{task} {text}" if task and metric in ("acc", "accuracy") and not text.startswith(task) else text
+
+
+def is_random_weights(model: str) -> bool:
+    """Tiny random-weight test models (configs/model/tiny-*.yaml): never drawn beside real models."""
+    return model.startswith("tiny-")
 
 
 def method_sort_key(name: str) -> tuple[int, str]:

@@ -227,12 +227,17 @@ class AKVQLmms(lmms):
                 out[i] = GenerationResult(text=t, token_counts=TokenCounts(output_tokens=per))
         return [o if o is not None else GenerationResult(text="") for o in out]
 
-    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+    def loglikelihood(self, requests: list[Instance]) -> list[GenerationResult]:
         """Log-probability of each continuation read through the quantized cache, one request at a time.
 
         The context is prefilled (kept 16-bit, as every prefill is), then the continuation is fed through the
-        cache, so its tokens attend to the context as the policy stores it.
+        cache, so its tokens attend to the context as the policy stores it. Each `(logprob, is_greedy)` pair
+        comes wrapped in a `GenerationResult`: lmms-eval 0.7.3's evaluator passes every model output through
+        `unwrap_generation_output`, which turns a bare tuple into its string but hands `.text` on untouched.
         """
+        return [GenerationResult(text=pair) for pair in self._loglikelihoods(requests)]  # type: ignore[arg-type]
+
+    def _loglikelihoods(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         from akvq.api import build_cache, forward
         from akvq.models.prompting import build_inputs
 

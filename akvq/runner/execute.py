@@ -7,6 +7,7 @@ import resource
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from akvq.runner.plan import RunPlan
@@ -58,15 +59,18 @@ def peak_memory(kind: str) -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
-def execute(p: RunPlan, loaded: Any, seed: int) -> Measured:
-    """Run one plan on the loaded model (seeded), timing it and reading peak memory."""
+def execute(p: RunPlan, loaded: Any, seed: int, partial: Path | None = None) -> Measured:
+    """Run one plan on the loaded model (seeded), timing it and reading peak memory. `partial`: where a task that
+    resumes (MileBench) appends finished samples, handed to it as the task config's `partial_path`."""
     import torch
+    from omegaconf import OmegaConf
 
     kind = model_device(loaded)
     torch.manual_seed(seed)
     reset_peak(kind)
     t0 = time.perf_counter()
-    result = p.task_obj.run(loaded, p.policy, p.task_cfg)
+    task_cfg = OmegaConf.merge(p.task_cfg, {"partial_path": str(partial)}) if partial is not None else p.task_cfg
+    result = p.task_obj.run(loaded, p.policy, task_cfg)
     if kind == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0

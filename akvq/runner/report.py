@@ -10,9 +10,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
-
 from akvq import records
 from akvq.runner.execute import Measured
 from akvq.runner.plan import RunPlan
@@ -119,7 +116,17 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((str(r["model"]), str(r["task"])), []).append(r)
-    return "\n\n".join(_one_table(f"{m} | {t}", g) for (m, t), g in groups.items())
+    out = "\n\n".join(_one_table(f"{m} | {t}", g) for (m, t), g in groups.items())
+    if any(is_stale(r) for r in rows):
+        out += f"\n* recorded by another commit or by uncommitted code (now {records.git_rev()}); redo=true reruns it"
+    return out
+
+
+def is_stale(rec: dict[str, Any], current: str | None = None) -> bool:
+    """A record made by other code than this checkout's commit, or by uncommitted code (`+dirty`)."""
+    rev = str(rec.get("git_rev") or "unknown")
+    now = (current or records.git_rev()).removesuffix("+dirty")
+    return rev.endswith("+dirty") or rev.removesuffix("+dirty") != now
 
 
 def _one_table(title: str, rows: list[dict[str, Any]]) -> str:
@@ -130,7 +137,7 @@ def _one_table(title: str, rows: list[dict[str, Any]]) -> str:
         m = (r.get("metrics") or {}).get(metric)
         body.append(
             [
-                r["quant"],
+                r["quant"] + (" *" if is_stale(r) else ""),
                 _fmt(m, ".4g") if isinstance(m, int | float) else str(m if m is not None else "-"),
                 _fmt(r.get("kv_effective_bits"), ".2f"),
                 _human_bytes(r.get("kv_bytes")),
@@ -147,23 +154,3 @@ def _one_table(title: str, rows: list[dict[str, Any]]) -> str:
         )
 
     return "\n".join([title, line(head), line(["-" * w for w in widths]), *map(line, body)])
-
-
-class SweepSummary(Callback):
-    """Hydra callback: after a local multirun, print one table of every job's rows. The rows are what each job
-    returned (`run.py` returns `runner.main`'s rows), collected on this callback object, not in a global.
-    SLURM jobs run in other processes; their rows are in the records."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-
-    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        from hydra.core.utils import JobStatus
-
-        value = job_return.return_value if job_return.status == JobStatus.COMPLETED else None
-        if isinstance(value, list):
-            self.rows.extend(r for r in value if isinstance(r, dict))
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if len(self.rows) > 1:
-            print("\nsweep summary\n" + format_table(self.rows))

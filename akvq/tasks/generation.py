@@ -40,6 +40,20 @@ class GenStats:
     def tokens_per_second(self) -> float | None:
         return self.new_tokens / self.seconds if self.seconds > 0 else None
 
+    def add(self, other: GenStats) -> None:
+        """Fold in another run's totals (a batch, or the batches a resumed run read back)."""
+        for f in (
+            "samples",
+            "batches",
+            "prompt_tokens",
+            "new_tokens",
+            "seconds",
+            "kv_total_bytes",
+            "kv_elements",
+        ):
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+        self.kv_bytes = max(self.kv_bytes, other.kv_bytes)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             **asdict(self),

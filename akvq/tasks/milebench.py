@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 
 from akvq.errors import ConfigError, MissingDataError
 from akvq.tasks.base import Task, TaskResult, cfg_get
+from akvq.tasks.generation import GenStats
 
 log = logging.getLogger(__name__)
 
@@ -585,7 +587,11 @@ class MileBenchTask(Task):
         return int(max_len), per_image
 
     def run(self, loaded: Any, policy: Any, cfg: Any = None) -> TaskResult:
-        from akvq.tasks.generation import GenStats, chat_text, generate_texts
+        """Generate and score every dataset; with `partial_path` (set by the runner) every finished batch is
+        appended there and a rerun of the same config generates only the samples that are missing."""
+        from tqdm.auto import tqdm
+
+        from akvq.tasks.generation import chat_text, generate_texts
 
         cfg = cfg if cfg is not None else self.cfg
         root = resolve_root(cfg_get(cfg, "milebench_root"))
@@ -596,30 +602,59 @@ class MileBenchTask(Task):
         use_template = bool(cfg_get(cfg, "chat_template", True))
         max_len, per_image = self._limits(loaded, cfg, max_new)
         tok = loaded.tokenizer
-        stats = GenStats()
+        partial = Path(cfg_get(cfg, "partial_path")) if cfg_get(cfg, "partial_path") else None
+        done, stats = read_partial(partial)
+        if done:
+            log.info("MileBench: resuming from %s (%d samples already generated)", partial, len(done))
         metrics: dict[str, float] = {}
         details: list[dict[str, Any]] = []
         for name in self.datasets:
             samples = load_dataset(root, name, int(limit) if limit is not None else None)
             prompts = [build_prompt(s, tok, max_len, per_image) for s in samples]
             texts = [chat_text(loaded, p.text, use_template) for p in prompts]
-            preds: list[str] = [""] * len(samples)
-            order = batch_order(prompts, lambda p: len(p.text))
-            for idx in batches(order, batch_size):
+            preds: list[str | None] = [done.get((name, str(s.sample_id))) for s in samples]
+            resumed = sum(p is not None for p in preds)
+            ds_stats = GenStats()
+            bar = tqdm(
+                total=len(samples), initial=resumed, desc=f"MileBench {name}", unit="sample", file=sys.stderr
+            )
+            for idx in batches(batch_order(prompts, lambda p: len(p.text)), batch_size):
+                if all(preds[i] is not None for i in idx):
+                    continue  # generated before the job was stopped
+                batch = GenStats()
                 outs = generate_texts(
                     loaded,
                     policy,
                     [texts[i] for i in idx],
                     [prompts[i].images for i in idx],
                     max_new_tokens=max_new,
-                    stats=stats,
+                    stats=batch,
                 )
                 for i, out in zip(idx, outs, strict=True):
                     preds[i] = out
-            scores = [score_sample(s, p) for s, p in zip(samples, preds, strict=True)]
+                if partial is not None:
+                    append_partial(partial, name, [str(samples[i].sample_id) for i in idx], outs, batch)
+                stats.add(batch)
+                ds_stats.add(batch)
+                bar.update(len(idx))
+                bar.set_postfix_str(f"{ds_stats.tokens_per_second or 0.0:.1f} tok/s")
+            bar.close()
+            final = [p if p is not None else "" for p in preds]
+            scores = [score_sample(s, p) for s, p in zip(samples, final, strict=True)]
             agg = aggregate(samples, scores)
             metrics[name] = agg.score
-            for s, pr, p, sc in zip(samples, prompts, preds, scores, strict=True):
+            log.info(
+                "MileBench %s: %s %.1f over %d samples (%d resumed); %d tokens in %.0f s (%.1f tok/s)",
+                name,
+                agg.metric,
+                agg.score,
+                agg.n,
+                resumed,
+                ds_stats.new_tokens,
+                ds_stats.seconds,
+                ds_stats.tokens_per_second or 0.0,
+            )
+            for s, pr, p, sc in zip(samples, prompts, final, scores, strict=True):
                 details.append(
                     {
                         "dataset": name,
@@ -643,3 +678,36 @@ class MileBenchTask(Task):
             num_tokens=stats.new_tokens,
             details=details,
         )
+
+
+# ------------------------------------------------------------------------------------------ partial results
+
+
+def read_partial(path: Path | None) -> tuple[dict[tuple[str, str], str], GenStats]:
+    """Predictions by (dataset, sample id) and the generation totals of the batches a stopped run finished.
+
+    A line cut short by a kill is ignored (its batch is generated again)."""
+    done: dict[tuple[str, str], str] = {}
+    stats = GenStats()
+    if path is None or not path.is_file():
+        return done, stats
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        for sid, pred in zip(entry["ids"], entry["predictions"], strict=True):
+            done[(entry["dataset"], sid)] = pred
+        stats.add(GenStats(**entry["stats"]))
+    return done, stats
+
+
+def append_partial(path: Path, dataset: str, ids: list[str], predictions: list[str], stats: GenStats) -> None:
+    """One line per finished batch, flushed to disk before the next batch starts."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = {k: v for k, v in stats.as_dict().items() if k in GenStats.__dataclass_fields__}
+    line = json.dumps({"dataset": dataset, "ids": ids, "predictions": predictions, "stats": raw})
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())

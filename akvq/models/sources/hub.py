@@ -27,12 +27,18 @@ def _hub_offline() -> bool:
         return False
 
 
-def _missing(spec: ModelSpec, path: str, why: str) -> MissingDataError:
-    return MissingDataError(
-        f"model {spec.name!r}: cannot load {path!r} ({why}). On a machine with network run "
-        f"`hf download {spec.path if spec.path and not _looks_local(spec.path) else '<hub-id>'} --local-dir <dir>` "
-        f"(or copy the weights), then set `model.path=<dir>` (Hydra: `model.path=/abs/dir`)."
+def weights_hint(spec: ModelSpec) -> str:
+    """How to get missing weights: the real hub id when there is one, and how each entry point takes a path."""
+    hub = spec.path if spec.path and not _looks_local(spec.path) else None
+    get = f"`hf download {hub} --local-dir DIR`" if hub else "copy the weights to a folder DIR"
+    return (
+        f"On a machine with network run {get}, then point the model's path at DIR (run.py: `model.path=DIR`; "
+        f"lmms-eval: `--model_args pretrained=DIR`; scripts/profile_layers.py: `--model` a YAML with `path: DIR`)."
     )
+
+
+def _missing(spec: ModelSpec, path: str, why: str) -> MissingDataError:
+    return MissingDataError(f"model {spec.name!r}: cannot load {path!r} ({why}). {weights_hint(spec)}")
 
 
 def _check_available(spec: ModelSpec, path: str) -> None:

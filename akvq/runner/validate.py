@@ -189,6 +189,8 @@ SLURM: dict[str, Checker] = {
     "cpus": Int(1),
     "mem_gb": Int(1),
     "account": OPT_STR,
+    "gpu_mem_gb": Float(0, lo_open=True, nullable=True),
+    "wait": BOOL,
 }
 
 
@@ -202,12 +204,14 @@ TOP_LEVEL: dict[str, Checker] = {
     "quant": ANY,
     "hydra": ANY,
     "compare": Check("list", item=Str(), nullable=True, note="names of configs/quant/*.yaml"),
-    "records": Str(note="a .jsonl file"),  # the path itself is checked by check_records
+    "records": Str(nullable=True, note="a .jsonl file; null = results/runs.jsonl"),  # the path itself is checked by check_records
     "redo": BOOL,
     "seed": SEED,
     "threads": Int(1, nullable=True),
     "milebench_root": OPT_STR,
+    "synthbench_root": OPT_STR,
     "quant_name": OPT_STR,
+    "preflight": Str(("check", "skip", "dry_run")),
     "claim_lease_s": Float(0, lo_open=True, note="seconds a dead sweep job's claim on a config lasts"),
     "wandb": _sub(WANDB, "wandb"),
     "slurm": _sub(SLURM, "slurm"),
@@ -306,6 +310,7 @@ COMMON_TASK: dict[str, Checker] = {
     "label": OPT_STR,
     "primary_metric": OPT_STR,
     "modality": Str(("text", "image", "images", "multimodal", "vision"), nullable=True),
+    "adhoc": BOOL,
 }
 LENGTH = Int(1)
 TASK_SCHEMAS: dict[str, dict[str, Checker]] = {
@@ -351,6 +356,12 @@ TASK_SCHEMAS: dict[str, dict[str, Checker]] = {
         "log_samples": BOOL,
     },
 }
+TASK_SCHEMAS["synthbench"] = {
+    **{k: v for k, v in TASK_SCHEMAS["milebench"].items() if k not in ("milebench_root", "datasets", "dataset")},
+    "synthbench_root": OPT_STR,
+    "datasets": Check("list", item=Str(), nullable=True, min_len=1),
+    "dataset": OPT_STR,
+}
 """Task keys per task type (`milebench/<Dataset>` uses `milebench`, `lmms/<task>` uses `lmms`)."""
 
 
@@ -358,7 +369,7 @@ def task_kind(name: str) -> str:
     from akvq.tasks import resolve_name
 
     name = resolve_name(name)
-    for prefix in ("milebench", "lmms"):
+    for prefix in ("milebench", "synthbench", "lmms"):
         if name == prefix or name.startswith(prefix + "/"):
             return prefix
     return name
@@ -701,9 +712,9 @@ def check_against_model(
         for i, length in enumerate(task.get("lengths", [])):
             fits(f"task.lengths[{i}]", length, length, "a passkey prompt")
     elif kind in ("milebench", "lmms"):
-        new = task.get("max_new_tokens", 512 if kind == "milebench" else 256)
+        new = task.get("max_new_tokens", 512 if kind in ("milebench", "synthbench") else 256)
         fits("task.max_new_tokens", new, new + 1, "max_new_tokens + a prompt")
-        ctx = task.get("max_context_len") if kind == "milebench" else None
+        ctx = task.get("max_context_len") if kind in ("milebench", "synthbench") else None
         if ctx is not None:
             fits("task.max_context_len", ctx, ctx + new, "max_context_len + max_new_tokens")
 
@@ -797,7 +808,10 @@ def validate(cfg: Any, check_data: bool = True, task_data: bool = True) -> Valid
         check_quant(str(name), q, "quant" if name == main else f"compare[{name}]")
         quants[str(name)] = q
 
-    records = check_records(plain.get("records", "results/runs.jsonl"), _records_base())
+    from akvq.runner import default_records
+
+    given = plain.get("records")
+    records = check_records(default_records(plain) if given is None else given, _records_base())
 
     from akvq.models import validate_spec
 

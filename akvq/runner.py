@@ -11,7 +11,6 @@ swap in fakes.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -30,14 +29,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from akvq import records, tracking
 from akvq.errors import ConfigError
+from akvq.policies.loader import quant_config
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "configs"
 
-# Families whose models take images; everything else is text-only.
-VLM_FAMILIES = frozenset({"llava", "llava_next", "qwen2_vl", "qwen2_5_vl"})
 # Tasks that feed images; a text-only model cannot run them.
 IMAGE_TASK_PREFIXES = ("milebench", "mmmu", "lmms/")
 DETAILS_MAX_BYTES = 200_000  # larger task details go to a sidecar file next to the records
@@ -83,10 +81,10 @@ def get_task(name: str, task_cfg: DictConfig) -> Any:
     return _get(name, task_cfg)
 
 
-def make_policy(name: str, **fields: Any) -> Any:
-    from akvq.policies import make_policy as _make
+def make_policy(qcfg: dict[str, Any], what: str) -> Any:
+    from akvq.policies import policy_from_mapping
 
-    return _make(name, **fields)
+    return policy_from_mapping(qcfg, what)
 
 
 # ---------------------------------------------------------------- planning: everything checked before loading
@@ -116,29 +114,6 @@ def available(group: str, config_dir: Path = CONFIG_DIR) -> list[str]:
 
 def _plain(x: Any) -> Any:
     return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
-
-
-def load_quant(name: str, config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
-    """A quant config by name, with Hydra's `defaults: [other, _self_]` resolved the way Hydra does it."""
-    return copy.deepcopy(_load_quant(name, config_dir))
-
-
-@cache
-def _load_quant(name: str, config_dir: Path) -> dict[str, Any]:
-    path = config_dir / "quant" / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(
-            f"unknown quant config {name!r}; available: {', '.join(available('quant', config_dir))}"
-        )
-    node = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    assert isinstance(node, dict)
-    defaults = node.pop("defaults", None) or []
-    if "_self_" not in defaults:
-        defaults = [*defaults, "_self_"]
-    out: dict[str, Any] = {}
-    for d in defaults:
-        out.update(node if d == "_self_" else _load_quant(str(d), config_dir))
-    return out
 
 
 def hydra_info(cfg: DictConfig) -> tuple[dict[str, Any], bool, list[str]]:
@@ -179,7 +154,7 @@ def quant_names(cfg: DictConfig) -> tuple[list[str], str]:
 def quant_label(name: str, qcfg: dict[str, Any]) -> str:
     """`akvq` for the config as written, `akvq[bits=4]` when command-line overrides changed its fields."""
     try:
-        ref = load_quant(name)
+        ref = quant_config(name)
     except ConfigError:
         return name
     diff = [f"{k}={v}" for k, v in qcfg.items() if k not in ref or ref[k] != v]
@@ -206,9 +181,11 @@ def _task_file_name(choice: str) -> str | None:
     return OmegaConf.load(path).get("name") if path.is_file() else None
 
 
-def model_is_vlm(model_cfg: dict[str, Any]) -> bool:
-    fam = str(model_cfg.get("family") or model_cfg.get("tiny_kind") or "")
-    return fam in VLM_FAMILIES
+def model_is_vlm(model_cfg: dict[str, Any]) -> bool | None:
+    """Whether the model takes images, asked of its loading source; None: only the loaded weights can tell."""
+    from akvq.models import is_vlm
+
+    return is_vlm(model_spec(model_cfg))
 
 
 def task_needs_images(task_obj: Any, task_cfg: DictConfig) -> bool:
@@ -218,6 +195,13 @@ def task_needs_images(task_obj: Any, task_cfg: DictConfig) -> bool:
     if task_cfg.get("modality") is not None:
         return str(task_cfg.modality) in ("image", "images", "multimodal", "vision")
     return str(task_cfg.name).startswith(IMAGE_TASK_PREFIXES)
+
+
+def text_only_error(task: str, model: str, family: Any) -> str:
+    return (
+        f"task {task!r} feeds images but model {model!r} (family {family!r}) is text-only; use a "
+        f"vision-language model (e.g. model=llava, model=qwen2-vl-7b, model=tiny-llava)"
+    )
 
 
 def plan(cfg: DictConfig, check_data: bool = True) -> list[RunPlan]:
@@ -237,15 +221,9 @@ def plan(cfg: DictConfig, check_data: bool = True) -> list[RunPlan]:
     quants = []  # (label, quant config, policy)
     names, main = quant_names(cfg)
     for qname in names:
-        qcfg = dict(base["quant"]) if qname == main else load_quant(qname)
+        qcfg = dict(base["quant"]) if qname == main else quant_config(qname)
         label = quant_label(qname, qcfg) if qname == main else qname
-        if "policy" not in qcfg:
-            raise ConfigError(f"quant config {qname!r} has no 'policy:' key")
-        fields = {k: v for k, v in qcfg.items() if k != "policy"}
-        try:
-            policy = make_policy(str(qcfg["policy"]), **fields)  # ConfigError on bad names, fields, bits
-        except ConfigError as e:
-            raise ConfigError(f"quant={qname}: {e}") from e
+        policy = make_policy(qcfg, f"quant={qname}")  # ConfigError on bad names, fields, bits
         quants.append((label, qcfg, policy))
 
     model_cfg = dict(base["model"])
@@ -262,11 +240,9 @@ def plan(cfg: DictConfig, check_data: bool = True) -> list[RunPlan]:
         raise
     except (KeyError, ValueError) as e:
         raise ConfigError(f"task {task_cfg.name!r}: {e}") from e
-    if task_needs_images(task_obj, task_cfg) and not model_is_vlm(model_cfg):
-        raise ConfigError(
-            f"task {task!r} feeds images but model {model_name!r} (family {model_cfg.get('family')!r}) is "
-            f"text-only; use a vision-language model (e.g. model=llava, model=qwen2-vl-7b, model=tiny-llava)"
-        )
+    needs_images = task_needs_images(task_obj, task_cfg)
+    if needs_images and model_is_vlm(model_cfg) is False:
+        raise ConfigError(text_only_error(task, model_name, model_cfg.get("family")))
     if check_data and hasattr(task_obj, "validate"):
         task_obj.validate()  # data paths and options (MissingDataError says what to download)
 
@@ -287,6 +263,7 @@ def plan(cfg: DictConfig, check_data: bool = True) -> list[RunPlan]:
                 config_hash=records.config_hash(run_cfg),
                 task_obj=task_obj,
                 policy=policy,
+                extra={"needs_images": needs_images},
             )
         )
     return plans
@@ -497,6 +474,8 @@ def main(cfg: DictConfig) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
         loaded = load_model(dict(plans[0].config["model"]))
         log.info("model loaded in %.1fs", time.perf_counter() - t0)
+        if plans[0].extra.get("needs_images") and not getattr(loaded, "is_vision", True):
+            raise ConfigError(text_only_error(plans[0].task, plans[0].model, loaded.family))
         from tqdm.auto import tqdm
 
         bar = tqdm(todo, desc="runs", unit="run", disable=len(todo) < 2, file=sys.stderr)
@@ -583,4 +562,4 @@ class SweepSummary(Callback):
             print("\nsweep summary\n" + format_table(SWEEP_ROWS))
 
 
-__all__ = ["RunPlan", "SweepSummary", "format_table", "load_quant", "main", "plan", "quant_names"]
+__all__ = ["RunPlan", "SweepSummary", "format_table", "main", "plan", "quant_names"]

@@ -87,13 +87,13 @@ def device_name(device: str) -> str:
 
 
 def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    from akvq.policies import quant_config
     from akvq.records import append_record, config_hash
-    from akvq.runner import load_quant
 
     t_start = time.time()
     model_cfg = yaml.safe_load((ROOT / "configs" / "model" / f"{cfg['model']}.yaml").read_text())
     entries = parse_entries(cfg["quants"])
-    quants = {qname: load_quant(qname) for _, qname, _ in entries}
+    quants = {qname: quant_config(qname) for _, qname, _ in entries}
     tag = f"{cfg['model']}-{cfg['prompt_len']}-{cfg['device']}"
     work = ROOT / cfg["work_dir"] / tag
     work.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from akvq import runner
 from akvq.errors import ConfigError
+from akvq.policies import quant_config
 
 CONFIG_DIR = runner.CONFIG_DIR
 MODELS = runner.available("model")
@@ -107,14 +108,14 @@ def test_every_quant_composes_like_the_runner_loads_it(cfg_of: Compose) -> None:
 
     for q in QUANTS:
         node = OmegaConf.to_container(cfg_of(f"quant={q}").quant)
-        assert node == runner.load_quant(q), q
-        make_policy(node.pop("policy"), **node)
-    assert runner.load_quant("akvq_paper") == runner.load_quant("akvq")
+        assert node == quant_config(q), q
+        assert make_policy(node) == make_policy(q)
+    assert quant_config("akvq_paper") == quant_config("akvq")
     for name, flags in LADDER.items():
-        q = runner.load_quant(name)
+        q = quant_config(name)
         assert q["policy"] == "akvq" and (q["hadamard"], q["tsa"], q["psa"]) == flags
         assert {k: v for k, v in q.items() if k not in ("hadamard", "tsa", "psa")} == {
-            k: v for k, v in runner.load_quant("akvq").items() if k not in ("hadamard", "tsa", "psa")
+            k: v for k, v in quant_config("akvq").items() if k not in ("hadamard", "tsa", "psa")
         }
 
 

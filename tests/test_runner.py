@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from akvq import records, runner
 from akvq.errors import ConfigError
+from akvq.policies import quant_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -57,7 +58,7 @@ def make_cfg(tmp_path: Path, **over: Any) -> Any:
     base = {
         "model": {"name": "fake-lm", "source": "tiny", "family": "llama", "tiny_kind": "llama"},
         "task": OmegaConf.to_container(OmegaConf.load(REPO / "configs/task/ppl_quick.yaml")),
-        "quant": runner.load_quant("akvq"),
+        "quant": quant_config("akvq"),
         "quant_name": "akvq",
         "compare": ["fp16", "kivi2"],
         "records": str(tmp_path / "runs.jsonl"),
@@ -82,7 +83,7 @@ def test_one_process_compares_quants_and_records(tmp_path: Path, fakes: SimpleNa
         assert set(records.RECORD_KEYS) <= set(r)
         assert r["model"] == "fake-lm" and r["task"] == "ppl"
         assert r["peak_memory_bytes"] > 0 and r["tokens_per_second"] > 0 and r["wall_seconds"] >= 0
-        assert r["config"]["quant"] == runner.load_quant(r["quant"])
+        assert r["config"]["quant"] == quant_config(r["quant"])
         assert "compare" not in r["config"] and r["primary_metric"] == "ppl"
         assert r["details"] == {"windows": [1.0, 2.0]}
     assert len({r["config_hash"] for r in got}) == 3
@@ -150,7 +151,7 @@ def test_image_task_on_text_model_is_refused(tmp_path: Path, fakes: SimpleNamesp
     with pytest.raises(ConfigError, match="text-only"):
         runner.main(make_cfg(tmp_path))
     assert fakes.loads == 0
-    runner.plan(make_cfg(tmp_path, **{"model.family": "llava"}))  # a VLM is fine
+    runner.plan(make_cfg(tmp_path, **{"model.family": "llava", "model.tiny_kind": "llava"}))  # a VLM is fine
     # without the task saying so, the name decides
     fakes.task = SimpleNamespace(run=None)
     with pytest.raises(ConfigError, match="text-only"):

@@ -6,8 +6,10 @@ what fp16 attention costs and a 2-bit cache buys little speed. The kernel unpack
 buffer and reduces it against the G query heads of its KV head at once: one read of the bytes, no fp32 K/V.
 
 The source (`csrc/packed_cpu.c`, plain C, no torch headers) is compiled on first use with the system C compiler
-(`$CC`, else cc) into `~/.cache/akvq/kernels/` (or `$AKVQ_KERNEL_DIR`), keyed by the source, flags and CPU, and
-loaded with ctypes; a build takes about a second. Without a compiler, or with `AKVQ_CPU_KERNEL=0`, `available()`
+(`$CC`, else cc) into `~/.cache/akvq/kernels/` (or `$AKVQ_KERNEL_DIR`), keyed by the source, compiler, flags and
+variant (`VARIANTS`: avx2, portable; the best the CPU's flags allow is loaded), and loaded with ctypes; a build
+takes a few seconds. Keys of 2/4 bits go through the integer path by default (q quantized to int8 per segment; see
+docs/efficiency.md). Without a compiler, or with `AKVQ_CPU_KERNEL=0`, `available()`
 is False and "akvq_packed" uses the torch path. The WHT/SmoothQuant on q and on the output, the 16-bit rows and the
 recent tail are the torch code shared by all paths (`packed_torch.exact_*`)."""
 

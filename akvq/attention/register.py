@@ -22,7 +22,7 @@ from akvq.attention.packed_torch import supports as torch_supports
 from akvq.attention.reference import full_kv, reference_decode, store_of
 
 PACKED, REFERENCE = "akvq_packed", "akvq_reference"
-_state = {"registered": False, "triton": True, "cpu_kernel": True}
+_state = {"registered": False, "triton": True, "cpu_kernel": True, "cpu_int8": True}
 
 
 def _sdpa(module, query, key, value, attention_mask, dropout, scaling, kwargs):
@@ -55,7 +55,7 @@ def packed_attention(
             except NotImplementedError:  # 3-bit codes, float zero points: the paths below read them
                 pass
     if not query.is_cuda and _state["cpu_kernel"] and packed_cpu.supports(ks, vs):
-        out = packed_cpu.packed_decode(query, ks, vs, attention_mask, scaling)
+        out = packed_cpu.packed_decode(query, ks, vs, attention_mask, scaling, int8=_state["cpu_int8"])
     elif torch_supports(ks, vs):
         out = packed_decode(query, ks, vs, attention_mask, scaling)
     else:
@@ -96,9 +96,11 @@ def use_triton(enabled: bool) -> None:
     _state["triton"] = enabled
 
 
-def use_cpu_kernel(enabled: bool) -> None:
-    """Let "akvq_packed" use the C kernel on CPU (default, when it builds) or force the torch path."""
+def use_cpu_kernel(enabled: bool, int8: bool = True) -> None:
+    """Let "akvq_packed" use the C kernel on CPU (default, when it builds) or force the torch path; `int8`: the
+    kernel's integer path for 2/4-bit keys (q quantized to int8 per segment; default) or fp32 q."""
     _state["cpu_kernel"] = enabled
+    _state["cpu_int8"] = int8
 
 
 def use_packed(model: Any, cache: Any = None, implementation: str = PACKED) -> None:

@@ -32,18 +32,6 @@ DEFAULTS = {"model": "smollm2-135m", "prompt_len": "8192", "runs": "akvq:79,fp16
             "rounds": "3", "work_dir": "results/_scratch/decode", "records": "results/efficiency/decode_runs.jsonl"}
 
 
-def copy_bandwidth(mib: int = 256, reps: int = 3) -> float:
-    """Bytes/s of a large tensor copy (read + write counted, as STREAM's copy), best of `reps`, one thread."""
-    a = torch.ones(mib << 18)
-    b = torch.empty_like(a)
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        b.copy_(a)
-        best = min(best, time.perf_counter() - t)
-    return 2 * a.numel() * 4 / best
-
-
 class Profile:
     """Seconds spent in the attention function and in cache updates during one step (wrappers, no globals left)."""
 
@@ -76,7 +64,7 @@ def main(args: dict[str, str]) -> None:
 
     from akvq import api
     from akvq.attention import register
-    from akvq.bench.memory import load_cache, repeat_cache
+    from akvq.bench.memory import copy_bandwidth, load_cache, repeat_cache
     from akvq.bench.throughput import load, make_policy
     from akvq.cache.layer import AKVQLayer
     from akvq.policies.loader import quant_config

@@ -2,7 +2,7 @@
 interleaved in one process, plus a STREAM-like copy probe for the machine's memory bandwidth.
 
     python scripts/bench_kernel.py                       # SmolLM2 shapes (3 KV heads of 64, 9 query heads), 8K
-    python scripts/bench_kernel.py batches=79,14 threads=1,2 ctx=8192 rounds=5
+    python scripts/bench_kernel.py cases=akvq:79,fp16:14,akvq:8,fp16:8 threads=1,2 ctx=8192 rounds=5
 
 Random K/V (what the kernel reads does not depend on the values), the akvq layout of SmolLM2 (2-bit, groups of
 64, WHT, ~15 16-bit pivots per sequence, a 128-token 16-bit window); the control is the same shapes as a 16-bit
@@ -21,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from akvq.attention import packed_cpu  # noqa: E402
+from akvq.bench.memory import copy_bandwidth  # noqa: E402
 from akvq.cache.store import HIGH, LOW, TensorStore  # noqa: E402
 from akvq.policies.base import TensorPlan  # noqa: E402
 
@@ -48,49 +49,42 @@ def nbytes(st: TensorStore) -> int:
     return b.codes + b.meta + b.hp + b.index
 
 
-def copy_bandwidth(mib: int = 512, reps: int = 5) -> float:
-    """Bytes/s of a large tensor copy (read + write counted, as STREAM's copy), best of `reps`."""
-    a = torch.ones(mib << 18)
-    b = torch.empty_like(a)
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        b.copy_(a)
-        best = min(best, time.perf_counter() - t)
-    return 2 * a.numel() * 4 / best
-
-
 def main(args: dict[str, str]) -> None:
-    batches = [int(x) for x in args.get("batches", "8").split(",")]
+    entries = [(c.split(":")[0], int(c.split(":")[1])) for c in args.get("cases", "akvq:8,fp16:8").split(",")]
     threads = [int(x) for x in args.get("threads", "1").split(",")]
     ctx, rounds = int(args.get("ctx", 8192)), int(args.get("rounds", 5))
     paths = args.get("paths", "int8,float").split(",")
     plan = TensorPlan(bits=2, group_size=64, window=128, hadamard=True)
     cases = []
-    for i, b in enumerate(batches):
-        for name, p in (("akvq", plan), ("fp16", None)):
-            k, v = store(p, b, ctx, 2 * i), store(p, b, ctx, 2 * i + 1)
-            cases.append((name, b, k, v, nbytes(k) + nbytes(v)))
-    q = {b: torch.randn(b, H * G, 1, D) for b in batches}
+    for i, (name, b) in enumerate(entries):
+        if name not in ("akvq", "fp16"):
+            raise ValueError(f"cases entry {name}:{b}: expected akvq:BATCH or fp16:BATCH")
+        p = plan if name == "akvq" else None
+        k, v = store(p, b, ctx, 2 * i), store(p, b, ctx, 2 * i + 1)
+        cases.append((name, b, k, v, nbytes(k) + nbytes(v)))
+    q = {b: torch.randn(b, H * G, 1, D) for _, b in entries}
     times: dict[tuple, list[float]] = {}
     bw: list[float] = []
     for _ in range(rounds):
-        bw.append(copy_bandwidth())
+        torch.set_num_threads(1)
+        bw.append(copy_bandwidth(512, 5))
         for nt in threads:
+            torch.set_num_threads(nt)
             for name, b, k, v, _ in cases:
-                for path in paths:
+                for path in paths if name == "akvq" else paths[:1]:
                     t = time.perf_counter()
                     packed_cpu.packed_decode(q[b], k, v, None, 0.125, threads=nt, int8=path == "int8")
                     times.setdefault((name, b, nt, path), []).append(time.perf_counter() - t)
     copy = statistics.median(bw)
     print(f"copy probe: {copy / 1e9:.2f} GB/s (median of {rounds}, read + write)")
-    print("| cache | batch | threads | path | ms/call | tokens/s (one layer) | GB/s read | x copy |")
+    print("| cache | batch | threads | q in K | ms/call | tokens/s (one layer) | GB/s read | x copy |")
     print("|---|---|---|---|---|---|---|---|")
     for name, b, _, _, nb in cases:
         for nt in threads:
-            for path in paths:
+            for path in paths if name == "akvq" else paths[:1]:
                 s = statistics.median(times[(name, b, nt, path)])
-                print(f"| {name} | {b} | {nt} | {path} | {1e3 * s:.1f} | {b / s:.0f} | {nb / s / 1e9:.2f} | "
+                label = path if name == "akvq" else "f16c"
+                print(f"| {name} | {b} | {nt} | {label} | {1e3 * s:.1f} | {b / s:.0f} | {nb / s / 1e9:.2f} | "
                       f"{nb / s / copy:.2f} |")
 
 

@@ -341,9 +341,9 @@ static inline int i8_pos(int k, int bits) {
     return (k / cw) * cw + (k % per) * 16 + (k % cw) / per;
 }
 
-/* dots[g] = sum_k c_k q8[g * ldq + pos(k)] over one segment of nc 16-byte chunks */
-ALWAYS_INLINE void i8_dots(const uint8_t *p, int bits, int nc, const int8_t *q, int64_t ldq, int G, int32_t *dots) {
 #ifdef __AVX2__
+/* out[g * 8] = the int32 lanes of sum_k c_k q8_k (madd-ed, not yet summed) for one token's segment */
+ALWAYS_INLINE void i8_tok(const uint8_t *p, int bits, int nc, const int8_t *q, int64_t ldq, int G, __m256i *out) {
     const __m256i m = _mm256_set1_epi8((char)((1 << bits) - 1)), ones = _mm256_set1_epi16(1);
     const __m256i sh0 = _mm256_setr_epi32(0, 0, 0, 0, bits, bits, bits, bits);
     const __m256i sh1 = _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6);
@@ -361,9 +361,19 @@ ALWAYS_INLINE void i8_dots(const uint8_t *p, int bits, int nc, const int8_t *q, 
                 acc[g] = _mm256_add_epi16(acc[g], _mm256_maddubs_epi16(v1, _mm256_loadu_si256((const __m256i *)(qc + g * ldq + 32))));
         }
     }
+    for (int g = 0; g < G; g++) out[g * 8] = _mm256_madd_epi16(acc[g], ones);
+}
+
+#endif
+
+/* dots[g] = sum_k c_k q8[g * ldq + pos(k)] over one segment of nc 16-byte chunks */
+ALWAYS_INLINE void i8_dots(const uint8_t *p, int bits, int nc, const int8_t *q, int64_t ldq, int G, int32_t *dots) {
+#ifdef __AVX2__
+    __m256i v[64];
+    i8_tok(p, bits, nc, q, ldq, G, v);
     for (int g0 = 0; g0 < G; g0 += 4) { /* four horizontal sums at once */
         __m256i a[4];
-        for (int i = 0; i < 4; i++) a[i] = g0 + i < G ? _mm256_madd_epi16(acc[g0 + i], ones) : _mm256_setzero_si256();
+        for (int i = 0; i < 4; i++) a[i] = g0 + i < G ? v[(g0 + i) * 8] : _mm256_setzero_si256();
         const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
         int32_t r[4];
         _mm_storeu_si128((__m128i *)r, _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
@@ -467,28 +477,6 @@ ALWAYS_INLINE __m256i reduce8_epi32(const __m256i *v) {
     const __m256i c = _mm256_hadd_epi32(v[4], v[5]), d = _mm256_hadd_epi32(v[6], v[7]);
     const __m256i ab = _mm256_hadd_epi32(a, b), cd = _mm256_hadd_epi32(c, d);
     return _mm256_add_epi32(_mm256_permute2x128_si256(ab, cd, 0x20), _mm256_permute2x128_si256(ab, cd, 0x31));
-}
-
-/* out[g * 8] = the int32 lanes of sum_k c_k q8_k (madd-ed, not yet summed) for one token's segment */
-ALWAYS_INLINE void i8_tok(const uint8_t *p, int bits, int nc, const int8_t *q, int64_t ldq, int G, __m256i *out) {
-    const __m256i m = _mm256_set1_epi8((char)((1 << bits) - 1)), ones = _mm256_set1_epi16(1);
-    const __m256i sh0 = _mm256_setr_epi32(0, 0, 0, 0, bits, bits, bits, bits);
-    const __m256i sh1 = _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6);
-    __m256i acc[8];
-    for (int g = 0; g < G; g++) acc[g] = _mm256_setzero_si256();
-    for (int c = 0; c < nc; c++) {
-        const __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(p + 16 * c)));
-        const __m256i v0 = _mm256_and_si256(_mm256_srlv_epi32(x, sh0), m);
-        const int8_t *qc = q + c * 16 * (8 / bits);
-        for (int g = 0; g < G; g++)
-            acc[g] = _mm256_add_epi16(acc[g], _mm256_maddubs_epi16(v0, _mm256_loadu_si256((const __m256i *)(qc + g * ldq))));
-        if (bits == 2) {
-            const __m256i v1 = _mm256_and_si256(_mm256_srlv_epi32(x, sh1), m);
-            for (int g = 0; g < G; g++)
-                acc[g] = _mm256_add_epi16(acc[g], _mm256_maddubs_epi16(v1, _mm256_loadu_si256((const __m256i *)(qc + g * ldq + 32))));
-        }
-    }
-    for (int g = 0; g < G; g++) out[g * 8] = _mm256_madd_epi16(acc[g], ones);
 }
 
 /* int8 scores of tokens [t0, t1) of sequence b into out[b * osb + (h * G + g) * osg + t] */

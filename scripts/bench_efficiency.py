@@ -65,13 +65,6 @@ def parse_entries(names: list[str]) -> list[tuple[str, str, str | None]]:
     return out
 
 
-def git_rev() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    except OSError:
-        return ""
-
-
 def load_cfg(overrides: list[str]) -> dict[str, Any]:
     with initialize_config_dir(config_dir=str(ROOT / "configs" / "bench"), version_base=None):
         cfg = compose(config_name="efficiency", overrides=overrides)
@@ -88,7 +81,7 @@ def device_name(device: str) -> str:
 
 def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     from akvq.policies import quant_config
-    from akvq.records import append_record, config_hash
+    from akvq.records import append_record, config_hash, git_rev
 
     t_start = time.time()
     model_cfg = yaml.safe_load((ROOT / "configs" / "model" / f"{cfg['model']}.yaml").read_text())

@@ -99,7 +99,7 @@ def test_fixture_mmmu_through_the_runner(
     from akvq import records, runner
 
     monkeypatch.setenv("AKVQ_FIXTURES", str(fixtures["include_path"].parent))
-    monkeypatch.setattr(runner, "load_model", lambda model_cfg: tiny("llava"))
+    session = runner.Session(load_model=lambda model_cfg: tiny("llava"))
     over = [
         "model=tiny-llava",
         "task=mmmu_fixture",
@@ -112,7 +112,7 @@ def test_fixture_mmmu_through_the_runner(
     ]
     with initialize_config_dir(config_dir=str(runner.CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=over, return_hydra_config=True)
-    rows = runner.main(cfg)
+    rows = runner.main(cfg, session)
     assert [(r["task"], r["quant"]) for r in rows] == [("mmmu_fixture", "fp16"), ("mmmu_fixture", "kivi2")]
     for r in rows:
         assert 0.0 <= r["metrics"]["mmmu_acc"] <= 1.0 and r["metrics"]["samples"] == 2

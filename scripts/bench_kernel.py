@@ -3,6 +3,7 @@ interleaved in one process, plus a STREAM-like copy probe for the machine's memo
 
     python scripts/bench_kernel.py                       # SmolLM2 shapes (3 KV heads of 64, 9 query heads), 8K
     python scripts/bench_kernel.py cases=akvq:79,fp16:14,akvq:8,fp16:8 threads=1,2 ctx=8192 rounds=5
+    python scripts/bench_kernel.py breakdown=8      # CPU time of each piece of one layer's attention, batch 8
 
 Random K/V (what the kernel reads does not depend on the values), the akvq layout of SmolLM2 (2-bit, groups of
 64, WHT, ~15 16-bit pivots per sequence, a 128-token 16-bit window); the control is the same shapes as a 16-bit
@@ -49,7 +50,41 @@ def nbytes(st: TensorStore) -> int:
     return b.codes + b.meta + b.hp + b.index
 
 
+def breakdown(batch: int, ctx: int, reps: int = 5) -> None:
+    """Process CPU time (one thread) of each piece of one layer's decode attention: where akvq's time goes."""
+    from akvq.attention import packed_torch as pt
+
+    torch.set_num_threads(1)
+    plan = TensorPlan(bits=2, group_size=64, window=128, hadamard=True)
+    k, v, fk, fv = (store(p, batch, ctx, i) for i, p in enumerate((plan, plan, None, None)))
+    q = torch.randn(batch, H * G, 1, D)
+    qq = q.reshape(batch, H, G, D)
+    s = packed_cpu.store_scores(k, qq, threads=1)
+    p = torch.softmax(s * 0.125, -1)
+    pieces = {
+        "akvq: packed_decode (int8 q)": lambda: packed_cpu.packed_decode(q, k, v, None, 0.125, threads=1),
+        "akvq: packed_decode (fp32 q)": lambda: packed_cpu.packed_decode(q, k, v, None, 0.125, threads=1, int8=False),
+        "fp16 control: packed_decode": lambda: packed_cpu.packed_decode(q, fk, fv, None, 0.125, threads=1),
+        "akvq: scores (int8 q)": lambda: packed_cpu.store_scores(k, qq, threads=1),
+        "akvq: scores (fp32 q)": lambda: packed_cpu.store_scores(k, qq, threads=1, int8=False),
+        "akvq: outputs": lambda: packed_cpu.store_output(v, p, threads=1),
+        "scale + softmax (torch)": lambda: torch.softmax(s * 0.125, -1),
+        "akvq: 16-bit pivot rows (torch)": lambda: pt.exact_scores(k, qq, s.clone(), tail=False),
+    }
+    print(f"| piece (batch {batch}, {ctx} tokens, one layer, 1 thread) | CPU ms (median of {reps}) |\n|---|---|")
+    for name, f in pieces.items():
+        xs = []
+        for _ in range(reps):
+            c = time.process_time()
+            f()
+            xs.append(time.process_time() - c)
+        print(f"| {name} | {1e3 * statistics.median(xs):.2f} |")
+
+
 def main(args: dict[str, str]) -> None:
+    if "breakdown" in args:
+        breakdown(int(args["breakdown"]), int(args.get("ctx", 8192)))
+        return
     entries = [(c.split(":")[0], int(c.split(":")[1])) for c in args.get("cases", "akvq:8,fp16:8").split(",")]
     threads = [int(x) for x in args.get("threads", "1").split(",")]
     ctx, rounds = int(args.get("ctx", 8192)), int(args.get("rounds", 5))

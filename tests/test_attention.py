@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import pytest
@@ -18,11 +19,12 @@ from akvq.quant.packing import pack
 B, H, D = 3, 2, 16
 
 
-def _store(plan: TensorPlan, text_bits: int | None, n: int, seed: int, classes: str, flushes: int = 2) -> TensorStore:
+def _store(plan: TensorPlan, text_bits: int | None, n: int, seed: int, classes: str, flushes: int = 2,
+           d: int = D) -> TensorStore:
     """A store with n tokens written in `flushes` appends, older ones flushed with random classes."""
     g = torch.Generator().manual_seed(seed)
-    st = TensorStore(plan, text_bits, torch.float16, H, D, B)
-    x = torch.randn(B, H, n, D, generator=g) * (1 + 3 * torch.rand(1, 1, 1, D, generator=g))
+    st = TensorStore(plan, text_bits, torch.float16, H, d, B)
+    x = torch.randn(B, H, n, d, generator=g) * (1 + 3 * torch.rand(1, 1, 1, d, generator=g))
     for part in x.chunk(flushes, dim=2):
         m = st.flushable(part.shape[2])
         if m:
@@ -39,7 +41,7 @@ def _store(plan: TensorPlan, text_bits: int | None, n: int, seed: int, classes: 
 
 def _views(st: TensorStore) -> torch.Tensor:
     t = st.n_q + st.tail_len
-    x = torch.full((1, 1, 1, 1), float("nan")).expand(B, H, t, D)
+    x = torch.full((1, 1, 1, 1), float("nan")).expand(B, H, t, st.head_dim)
     x.akvq_store = st
     return x
 
@@ -62,7 +64,15 @@ PLANS = {
     "float_zero_bits3": (TensorPlan(bits=3, group_size=8, window=2, float_zero=True), 4, "all"),
     "channel_float_zero": (TensorPlan(bits=2, group_size=8, axis="channel", window=0, float_zero=True), None, "all"),
 }
-PATHS = {"torch": packed_decode, "cpu": packed_cpu.packed_decode}
+# The C kernel's float path in each build (avx2 where the CPU has it, portable plain C everywhere)
+PATHS = {"torch": packed_decode, **{f"cpu-{v}": functools.partial(packed_cpu.packed_decode, variant=v, int8=False)
+                                    for v in packed_cpu.VARIANTS}}
+
+
+def _skip_variant(path: str) -> None:
+    v = path.split("-", 1)[1] if path.startswith("cpu-") else None
+    if v and v != "portable" and not set(packed_cpu.VARIANTS[v][0]) <= packed_cpu._cpu_flags():
+        pytest.skip(f"this CPU lacks {packed_cpu.VARIANTS[v][0]}")
 
 
 @pytest.mark.parametrize("path", sorted(PATHS))
@@ -85,8 +95,60 @@ def test_packed_matches_reference(name: str, groups: int, masked: bool, path: st
     ref = reference_decode(q, _views(kst), _views(vst), mask, 0.25)
     if path == "torch" and DECODE_PATHS["packed_torch"].why_not(kst, vst, cuda=False) is not None:
         pytest.skip("a layout the torch path does not fold (the attention dispatcher dequantizes it)")
+    _skip_variant(path)
     out = PATHS[path](q, kst, vst, mask, 0.25)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+
+
+# Layouts the integer (int8 query) path reads: 2-bit codes in segments of 64/128 channels, 4-bit in 32/64/128;
+# head_dim 64 (SmolLM2) and 128 (LLaVA-7B). Others in the same call fall back to the float path per table.
+PLANS_I8 = {
+    "akvq_psa_d64": (TensorPlan(bits=2, group_size=128, window=7, hadamard=True), None, "all", 64),
+    "akvq_tsa_d64": (TensorPlan(bits=2, group_size=64, window=7, hadamard=True), 4, "text", 64),
+    "rtn4_g32_d64": (TensorPlan(bits=4, group_size=32, window=3), None, "low", 64),
+    "float_zero_across_d64": (TensorPlan(bits=2, group_size=128, window=3, float_zero=True,
+                                         group_across_heads=True), 4, "all", 64),
+    "akvq_d128": (TensorPlan(bits=2, group_size=128, window=5, hadamard=True), 4, "all", 128),
+    "bits3_falls_back_d64": (TensorPlan(bits=3, group_size=64, window=2), 8, "all", 64),
+}
+# The int8 query is an approximation (q rounded to 1/254 of its segment's max): attention outputs are compared by
+# relative norm. Largest measured over this matrix: 8.6e-3 (float_zero_across_d64, G=1: peaked random scores).
+I8_REL_TOL = 2e-2
+
+
+@pytest.mark.parametrize("variant", sorted(packed_cpu.VARIANTS))
+@pytest.mark.parametrize("name", sorted(PLANS_I8))
+@pytest.mark.parametrize("groups", [1, 3, 12], ids=["mha", "gqa", "gqa12"])
+def test_int8_query_path_matches_reference(name: str, groups: int, variant: str) -> None:
+    plan, text_bits, classes, d = PLANS_I8[name]
+    _skip_variant(f"cpu-{variant}")
+    kst = _store(plan, text_bits, 45, 1, classes, d=d)
+    vst = _store(plan, text_bits, 45, 2, classes, flushes=3, d=d)
+    q = torch.randn(B, H * groups, 1, d, generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(B, 1, 1, 45, dtype=torch.bool)
+    mask[0, ..., :5] = False
+    scale = d**-0.5
+    ref = reference_decode(q, _views(kst), _views(vst), mask, scale)
+    flt = packed_cpu.packed_decode(q, kst, vst, mask, scale, variant=variant, int8=False)
+    torch.testing.assert_close(flt, ref, atol=2e-5, rtol=1e-4)
+    out = packed_cpu.packed_decode(q, kst, vst, mask, scale, variant=variant, int8=True)
+    assert float((out - ref).norm() / ref.norm()) < I8_REL_TOL
+    # the scores themselves against the float path of the same build: each q entry moves by at most half a step,
+    # max|q| / 254 of its segment, so |ds| <= |q|_inf |k|_1 / 254 <= |q|_2 |k|_2 sqrt(d) / 254 (WHT: orthonormal)
+    qs = q.float().reshape(B, H, groups, d)
+    s8 = packed_cpu.store_scores(kst, qs, variant=variant, int8=True)
+    s32 = packed_cpu.store_scores(kst, qs, variant=variant, int8=False)
+    kn = _views_dense(kst).norm(dim=-1).unsqueeze(2)  # [B, H, 1, T]
+    bound = qs.norm(dim=-1, keepdim=True) * kn * d**0.5 / 254 * 1.01 + 1e-5
+    assert bool(((s8 - s32).abs() <= bound).all())
+    if "falls_back" not in name and groups <= 8 and plan.bits in (2, 4):
+        assert not torch.equal(s8, s32)  # the integer path ran
+
+
+def _views_dense(st: TensorStore) -> torch.Tensor:
+    from akvq.attention.reference import full_kv
+
+    return full_kv(_views(st)).float()
 
 
 def test_cpu_kernel_builds_where_a_compiler_is() -> None:

@@ -23,7 +23,7 @@ from akvq.policies.base import TensorPlan
 
 log = logging.getLogger(__name__)
 
-ATTENTION = ("auto", "reference", "packed_torch", "packed_c", "triton")
+ATTENTION = ("auto", "reference", "packed_torch", "packed_c", "packed_c_fp32", "triton")
 ANY: frozenset[Any] = frozenset({"<any>"})  # the field does not change how stored rows are read
 PLAN_FIELDS = tuple(f.name for f in dataclasses.fields(TensorPlan))
 
@@ -107,6 +107,13 @@ def _c_decode(*args: Any) -> Any:
     return packed_cpu.packed_decode(*args)
 
 
+def _c_fp32_decode(*args: Any) -> Any:
+    """The C kernel with q kept in fp32 (the integer path's control: same layouts, no int8 query)."""
+    from akvq.attention import packed_cpu
+
+    return packed_cpu.packed_decode(*args, int8=False)
+
+
 def _triton_decode(*args: Any) -> Any:
     from akvq.attention import packed_triton
 
@@ -115,6 +122,9 @@ def _triton_decode(*args: Any) -> Any:
 
 _ALL = {f: ANY for f in PLAN_FIELDS}
 _FOLDED = {"hadamard": ANY, "smooth_alpha": ANY, "group_across_heads": ANY}  # undone on q and the output
+
+_C_CAPS = {**_STORAGE_ONLY, **_FOLDED, "bits": frozenset({1, 2, 3, 4, 8}), "axis": frozenset({"token", "channel"}),
+           "float_zero": frozenset({False, True}), "reorder": frozenset({False})}
 
 PATHS: dict[str, DecodePath] = {
     "reference": DecodePath("reference", _ALL, lambda k, v, cuda: None, None),
@@ -127,10 +137,15 @@ PATHS: dict[str, DecodePath] = {
     ),
     "packed_c": DecodePath(
         "packed_c",
-        {**_STORAGE_ONLY, **_FOLDED, "bits": frozenset({1, 2, 3, 4, 8}), "axis": frozenset({"token", "channel"}),
-         "float_zero": frozenset({False, True}), "reorder": frozenset({False})},
+        _C_CAPS,
         _c_fits,
         _c_decode,
+    ),
+    "packed_c_fp32": DecodePath(
+        "packed_c_fp32",
+        _C_CAPS,
+        _c_fits,
+        _c_fp32_decode,
     ),
     "triton": DecodePath(
         "triton",

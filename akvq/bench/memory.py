@@ -6,6 +6,7 @@ copied to the batch being measured; decode cost and cache bytes are those of a r
 from __future__ import annotations
 
 import resource
+import time
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +119,17 @@ __all__ = [
     "repeat_store",
     "save_cache",
 ]
+
+
+def copy_bandwidth(mib: int = 256, reps: int = 3) -> float:
+    """Bytes/s of a large tensor copy (read + write counted, as STREAM's copy), best of `reps`, in torch's
+    current threads: the machine's memory bandwidth, measured in the same run as a kernel's bytes/s."""
+    a = torch.ones(mib << 18)
+    b = torch.empty_like(a)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        b.copy_(a)
+        best = min(best, time.perf_counter() - t)
+    return 2 * a.numel() * 4 / best
+

@@ -1,0 +1,161 @@
+"""Decode throughput of akvq against the fp16 control, interleaved in one process, with a per-step profile and a
+memory-bandwidth probe measured in the same run (issue #14).
+
+    python scripts/bench_decode.py model=smollm2-135m prompt_len=8192 runs=akvq:79,fp16:14 threads=1,2 rounds=3
+
+`reuse=true` takes the prefilled caches an earlier run saved under work_dir (same model, prompt_len, quants).
+`runs`: QUANT:BATCH[:float] entries (":float" keeps the query in fp32 in the C kernel; default: the int8 path).
+Every entry decodes through "akvq_packed" (the C kernel on CPU; fp16 is the 16-bit control, fp16@akvq_packed of
+the efficiency benchmark). One prefill (batch 1) is shared; each entry's cache is that prefill copied along the
+batch. Each round runs one decode step of every (threads, entry) in turn and a STREAM-like copy, so the machine's
+noise hits all of them alike: report the ratios. Per step: attention (the registered attention function: C kernel,
+softmax, WHT of q/out, 16-bit rows), cache updates (append + quantizing the token leaving the window), and the rest
+(weight matmuls, norms, rotary, Python). Prints a markdown table; appends one record to `records`."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from akvq.bench.throughput import prepare  # noqa: E402
+
+DEFAULTS = {"model": "smollm2-135m", "prompt_len": "8192", "runs": "akvq:79,fp16:14", "threads": "1,2",
+            "rounds": "3", "work_dir": "results/_scratch/decode", "records": "results/efficiency/decode_runs.jsonl"}
+
+
+class Profile:
+    """Seconds spent in the attention function and in cache updates during one step (wrappers, no globals left)."""
+
+    def __init__(self) -> None:
+        self.attention = 0.0
+        self.update = 0.0
+
+    def wrap_attention(self, fn):  # noqa: ANN001, ANN201
+        def timed(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+            t = time.perf_counter()
+            out = fn(*a, **kw)
+            self.attention += time.perf_counter() - t
+            return out
+
+        return timed
+
+
+def parse_runs(text: str) -> list[tuple[str, int, bool]]:
+    out = []
+    for item in text.split(","):
+        parts = item.split(":")
+        if len(parts) not in (2, 3) or not parts[1].isdigit() or parts[2:] not in ([], ["float"]):
+            raise ValueError(f"runs entry {item!r}: expected QUANT:BATCH or QUANT:BATCH:float")
+        out.append((parts[0], int(parts[1]), parts[2:] == ["float"]))
+    return out
+
+
+def main(args: dict[str, str]) -> None:
+    from transformers import AttentionInterface
+
+    from akvq import api
+    from akvq.attention import register
+    from akvq.bench.memory import copy_bandwidth, load_cache, repeat_cache
+    from akvq.bench.throughput import load, make_policy
+    from akvq.cache.layer import AKVQLayer
+    from akvq.policies.loader import quant_config
+
+    cfg = {**DEFAULTS, **args}
+    runs = parse_runs(cfg["runs"])
+    threads = [int(x) for x in cfg["threads"].split(",")]
+    rounds = int(cfg["rounds"])
+    model_cfg = yaml.safe_load((ROOT / "configs" / "model" / f"{cfg['model']}.yaml").read_text())
+    quants = {q: quant_config(q) for q in dict.fromkeys(q for q, _, _ in runs)}
+    work = ROOT / cfg["work_dir"] / f"{cfg['model']}-{cfg['prompt_len']}"
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    paths = {q: work / f"{q}.pt" for q in quants}
+    if cfg.get("reuse") == "true" and all(p.exists() for p in paths.values()):  # caches saved by an earlier run
+        prep = {"quants": {q: {"cache_path": str(p)} for q, p in paths.items()}}
+    else:
+        prep = prepare({"device": "cpu", "model": model_cfg, "prompt_len": int(cfg["prompt_len"]), "quants": quants,
+                        "work_dir": str(work), "hp_dtype": "float16", "threads": 1})
+        print(f"prefill {prep['prefill_seconds']:.1f} s, seq {prep['seq_len']}", flush=True)
+    model = load(model_cfg, "cpu").model
+    register.register_attention()
+    prof = Profile()
+    AttentionInterface.register(register.PACKED, prof.wrap_attention(register.packed_attention))
+    orig_update = AKVQLayer.update
+
+    def update(self, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        t = time.perf_counter()
+        out = orig_update(self, *a, **kw)
+        prof.update += time.perf_counter() - t
+        return out
+
+    AKVQLayer.update = update
+    caches = []
+    for q, b, flt in runs:
+        policy = api.resolve_policy(model, make_policy(quants[q], "float16"))
+        cache, extra = load_cache(policy, prep["quants"][q]["cache_path"])
+        prep["seq_len"] = extra["seq_len"]
+        repeat_cache(cache, b)
+        caches.append({"quant": q, "batch": b, "float": flt, "cache": cache,
+                       "ids": torch.full((b, 1), extra["next_id"]), "kv_bytes": cache.memory_report().total_bytes})
+    samples: dict[tuple[int, int], list[dict[str, float]]] = {}
+    bw: list[float] = []
+    try:
+        for r in range(rounds + 1):  # round 0 warms up
+            torch.set_num_threads(1)
+            bw.append(copy_bandwidth())
+            for nt in threads:
+                torch.set_num_threads(nt)
+                for i, e in enumerate(caches):
+                    register.use_packed(model, e["cache"], "packed_c_fp32" if e["float"] else "auto")
+                    prof.attention = prof.update = 0.0
+                    t, c = time.perf_counter(), time.process_time()
+                    with torch.inference_mode():
+                        out = model(input_ids=e["ids"], **{api.cache_kwarg(): e["cache"]}, use_cache=True,
+                                    logits_to_keep=1)
+                    wall, cpu = time.perf_counter() - t, time.process_time() - c
+                    e["ids"] = out.logits[:, -1:].argmax(-1)
+                    if r:
+                        samples.setdefault((nt, i), []).append(
+                            {"wall": wall, "cpu": cpu, "attention": prof.attention, "update": prof.update})
+    finally:
+        AKVQLayer.update = orig_update
+        AttentionInterface.register(register.PACKED, register.packed_attention)
+    copy = statistics.median(bw[1:])
+    rows = []
+    for nt in threads:
+        for i, e in enumerate(caches):
+            s = samples[(nt, i)]
+            med = {k: statistics.median(x[k] for x in s) for k in s[0]}
+            rows.append({"threads": nt, "quant": e["quant"] + (" (float q)" if e["float"] else ""), "batch": e["batch"],
+                         "kv_bytes": e["kv_bytes"], **med, "tokens_per_second": e["batch"] / med["wall"],
+                         "attention_bytes_per_second": e["kv_bytes"] / med["attention"]})
+    for r in rows:  # ratios to the fp16 control with the same threads (its largest batch: the first fp16 entry)
+        ctl = next((x for x in rows if x["threads"] == r["threads"] and x["quant"] == "fp16"), None)
+        r["x_control"] = r["tokens_per_second"] / ctl["tokens_per_second"] if ctl else None
+    head = (f"copy probe (STREAM-like, 1 thread): {copy / 1e9:.2f} GB/s\n\n"
+            "| threads | cache | batch | KV GB | s/step | tok/s | x fp16 control | attention s | cache update s "
+            "| rest s | KV read by attention GB/s (x copy) |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = [f"| {r['threads']} | {r['quant']} | {r['batch']} | {r['kv_bytes'] / 1e9:.2f} | {r['wall']:.2f} | "
+             f"{r['tokens_per_second']:.1f} | {r['x_control']:.2f} | {r['attention']:.2f} | {r['update']:.2f} | "
+             f"{r['wall'] - r['attention'] - r['update']:.2f} | {r['attention_bytes_per_second'] / 1e9:.2f} "
+             f"({r['attention_bytes_per_second'] / copy:.2f}) |" for r in rows]
+    table = head + "\n".join(lines) + "\n"
+    print(table)
+    rec = {"bench": "decode_interleaved", "config": cfg, "copy_bytes_per_second": copy, "rows": rows,
+           "seq_len": prep["seq_len"], "wall_seconds": time.time() - t0,
+           "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    with (ROOT / cfg["records"]).open("a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+if __name__ == "__main__":
+    main({**dict(a.split("=", 1) for a in sys.argv[1:])})

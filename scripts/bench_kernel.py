@@ -1,0 +1,127 @@
+"""Attention-kernel benchmark on CPU: one layer's decode attention over a 2-bit akvq store vs the fp16 control,
+interleaved in one process, plus a STREAM-like copy probe for the machine's memory bandwidth.
+
+    python scripts/bench_kernel.py                       # SmolLM2 shapes (3 KV heads of 64, 9 query heads), 8K
+    python scripts/bench_kernel.py cases=akvq:79,fp16:14,akvq:8,fp16:8 threads=1,2 ctx=8192 rounds=5
+    python scripts/bench_kernel.py breakdown=8      # CPU time of each piece of one layer's attention, batch 8
+
+Random K/V (what the kernel reads does not depend on the values), the akvq layout of SmolLM2 (2-bit, groups of
+64, WHT, ~15 16-bit pivots per sequence, a 128-token 16-bit window); the control is the same shapes as a 16-bit
+cache. Each round times every (cache, batch, threads, path) once, in turn; the table gives medians and the bytes
+each call reads (codes, scales, zeros, 16-bit rows) per second, as a fraction of the copy probe's."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from akvq.attention import packed_cpu  # noqa: E402
+from akvq.bench.memory import copy_bandwidth  # noqa: E402
+from akvq.cache.store import HIGH, LOW, TensorStore  # noqa: E402
+from akvq.policies.base import TensorPlan  # noqa: E402
+
+H, G, D = 3, 3, 64
+
+
+def store(plan: TensorPlan | None, batch: int, ctx: int, seed: int) -> TensorStore:
+    """A store holding `ctx` tokens: quantized (plan) with ~15 pivots per sequence and a full window, or 16-bit."""
+    g = torch.Generator().manual_seed(seed)
+    inf = TensorPlan(bits=16, window=1 << 30)
+    st = TensorStore(plan or inf, None, torch.float16, H, D, batch)
+    step = 2048
+    for t0 in range(0, ctx, step):
+        st.append(torch.randn(batch, H, min(step, ctx - t0), D, generator=g))
+        m = st.flushable(0)  # the tail keeps the window's tokens
+        if m:
+            cls = torch.full((m, batch), LOW, dtype=torch.uint8)
+            cls[torch.rand(m, batch, generator=g) < 15 / ctx] = HIGH
+            st.flush(m, cls)
+    return st
+
+
+def nbytes(st: TensorStore) -> int:
+    b = st.nbytes()
+    return b.codes + b.meta + b.hp + b.index
+
+
+def breakdown(batch: int, ctx: int, reps: int = 5) -> None:
+    """Process CPU time (one thread) of each piece of one layer's decode attention: where akvq's time goes."""
+    from akvq.attention import packed_torch as pt
+
+    torch.set_num_threads(1)
+    plan = TensorPlan(bits=2, group_size=64, window=128, hadamard=True)
+    k, v, fk, fv = (store(p, batch, ctx, i) for i, p in enumerate((plan, plan, None, None)))
+    q = torch.randn(batch, H * G, 1, D)
+    qq = q.reshape(batch, H, G, D)
+    s = packed_cpu.store_scores(k, qq, threads=1)
+    p = torch.softmax(s * 0.125, -1)
+    pieces = {
+        "akvq: packed_decode (int8 q)": lambda: packed_cpu.packed_decode(q, k, v, None, 0.125, threads=1),
+        "akvq: packed_decode (fp32 q)": lambda: packed_cpu.packed_decode(q, k, v, None, 0.125, threads=1, int8=False),
+        "fp16 control: packed_decode": lambda: packed_cpu.packed_decode(q, fk, fv, None, 0.125, threads=1),
+        "akvq: scores (int8 q)": lambda: packed_cpu.store_scores(k, qq, threads=1),
+        "akvq: scores (fp32 q)": lambda: packed_cpu.store_scores(k, qq, threads=1, int8=False),
+        "akvq: outputs": lambda: packed_cpu.store_output(v, p, threads=1),
+        "scale + softmax (torch)": lambda: torch.softmax(s * 0.125, -1),
+        "akvq: 16-bit pivot rows (torch)": lambda: pt.exact_scores(k, qq, s.clone(), tail=False),
+    }
+    print(f"| piece (batch {batch}, {ctx} tokens, one layer, 1 thread) | CPU ms (median of {reps}) |\n|---|---|")
+    for name, f in pieces.items():
+        xs = []
+        for _ in range(reps):
+            c = time.process_time()
+            f()
+            xs.append(time.process_time() - c)
+        print(f"| {name} | {1e3 * statistics.median(xs):.2f} |")
+
+
+def main(args: dict[str, str]) -> None:
+    if "breakdown" in args:
+        breakdown(int(args["breakdown"]), int(args.get("ctx", 8192)))
+        return
+    entries = [(c.split(":")[0], int(c.split(":")[1])) for c in args.get("cases", "akvq:8,fp16:8").split(",")]
+    threads = [int(x) for x in args.get("threads", "1").split(",")]
+    ctx, rounds = int(args.get("ctx", 8192)), int(args.get("rounds", 5))
+    paths = args.get("paths", "int8,float").split(",")
+    plan = TensorPlan(bits=2, group_size=64, window=128, hadamard=True)
+    cases = []
+    for i, (name, b) in enumerate(entries):
+        if name not in ("akvq", "fp16"):
+            raise ValueError(f"cases entry {name}:{b}: expected akvq:BATCH or fp16:BATCH")
+        p = plan if name == "akvq" else None
+        k, v = store(p, b, ctx, 2 * i), store(p, b, ctx, 2 * i + 1)
+        cases.append((name, b, k, v, nbytes(k) + nbytes(v)))
+    q = {b: torch.randn(b, H * G, 1, D) for _, b in entries}
+    times: dict[tuple, list[float]] = {}
+    bw: list[float] = []
+    for _ in range(rounds):
+        torch.set_num_threads(1)
+        bw.append(copy_bandwidth(512, 5))
+        for nt in threads:
+            torch.set_num_threads(nt)
+            for name, b, k, v, _ in cases:
+                for path in paths if name == "akvq" else paths[:1]:
+                    t = time.perf_counter()
+                    packed_cpu.packed_decode(q[b], k, v, None, 0.125, threads=nt, int8=path == "int8")
+                    times.setdefault((name, b, nt, path), []).append(time.perf_counter() - t)
+    copy = statistics.median(bw)
+    print(f"copy probe: {copy / 1e9:.2f} GB/s (median of {rounds}, read + write)")
+    print("| cache | batch | threads | q in K | ms/call | tokens/s (one layer) | GB/s read | x copy |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, b, _, _, nb in cases:
+        for nt in threads:
+            for path in paths if name == "akvq" else paths[:1]:
+                s = statistics.median(times[(name, b, nt, path)])
+                label = path if name == "akvq" else "f16c"
+                print(f"| {name} | {b} | {nt} | {label} | {1e3 * s:.1f} | {b / s:.0f} | {nb / s / 1e9:.2f} | "
+                      f"{nb / s / copy:.2f} |")
+
+
+if __name__ == "__main__":
+    main(dict(a.split("=", 1) for a in sys.argv[1:]))

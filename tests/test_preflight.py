@@ -27,7 +27,7 @@ def test_local_sweep_with_a_broken_job_starts_nothing(
     out = capsys.readouterr().out
     assert rc == 2
     assert "pre-flight: 1/2 jobs OK" in out
-    assert "model=gone" in out and "local path" in out and "does not exist" in out
+    assert "model=gone" in out and "model.path=" in out and "no config.json" in out
     assert fakes.loads == 0 and not (tmp_path / "runs.jsonl").exists()
 
 

@@ -129,9 +129,11 @@ class TensorStore:
     def bits_of(self, cls: int) -> int:
         return self.text_bits if cls == TEXT and self.text_bits else self.plan.bits
 
-    def flushable(self, n_new: int) -> int:
-        """Tokens to move out of the tail before appending n_new, so that the window holds the newest ones."""
-        m = min(self.tail_len + n_new - self.plan.window, self.tail_len)
+    def flushable(self, n_new: int, tail_len: int | None = None) -> int:
+        """Tokens to move out of the tail before appending n_new, so that the window holds the newest ones
+        (`tail_len`: plan ahead from a tail of that length instead of the current one)."""
+        tail_len = self.tail_len if tail_len is None else tail_len
+        m = min(tail_len + n_new - self.plan.window, tail_len)
         c = self.plan.chunk
         return max(0, m // c * c)
 
@@ -237,8 +239,11 @@ class TensorStore:
         tail = self.tail.to(dtype)
         if self.n_q == 0:
             return tail
-        old = self._deq.to(dtype) if self.keep_dequantized else self.decode(self.n_q, dtype)
-        return torch.cat([old, tail], dim=-2)
+        return torch.cat([self.history(dtype), tail], dim=-2)
+
+    def history(self, dtype: torch.dtype) -> torch.Tensor:
+        """The packed tokens dequantized, [B, H, n_q, D] (the kept copy on the cached read path)."""
+        return self._deq.to(dtype) if self.keep_dequantized else self.decode(self.n_q, dtype)
 
     def decode(self, m: int, dtype: torch.dtype) -> torch.Tensor:
         """The last m packed tokens as [B, H, m, D] (tables are append-only, so a suffix is a suffix per class)."""

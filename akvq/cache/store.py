@@ -163,7 +163,10 @@ class TensorStore:
 
     def _calibrate(self, rows: torch.Tensor) -> None:
         """Per-channel statistics from the first tokens that leave the window (the prompt): SmoothQuant scales,
-        and SKVQ's channel reordering (channels sorted by range, so each group holds channels of like range)."""
+        and SKVQ's channel reordering (channels sorted by a calibrated statistic, so each group holds like channels:
+        `reorder_by="absmax"` their largest magnitude, `"center"` the middle of their [min, max], which keeps a
+        channel offset to +10 apart from one offset to -10 -- the fixed-size-group stand-in for SKVQ's KMeans
+        clusters of (min, max))."""
         a = self.plan.smooth_alpha
         if self.n_q or (a is None and not self.plan.reorder):
             return
@@ -176,7 +179,12 @@ class TensorStore:
             self.smooth = (s / s.mean(-1, keepdim=True)).half()
             amax = amax / s
         if self.plan.reorder:
-            self.perm = torch.argsort(amax.amax(0)).to(torch.int16)
+            if self.plan.reorder_by == "center":
+                y = x.view(-1, self.batch, self.width) / (self.smooth.float() if a is not None else 1.0)
+                key = (y.amin(0) + y.amax(0)).mean(0)
+            else:
+                key = amax.amax(0)
+            self.perm = torch.argsort(key).to(torch.int16)
 
     # --- write ---
     def append(self, x: torch.Tensor) -> None:

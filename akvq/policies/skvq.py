@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from akvq.errors import ConfigError
 from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits
 
+REORDER_BY = ("absmax", "center")
+
 
 @dataclass
 class SKVQPolicy(Policy):
@@ -19,11 +21,14 @@ class SKVQPolicy(Policy):
     clip_search: bool = True  # stands in for SKVQ's offline-calibrated clipping ratios
     reorder: bool = True  # channel reordering, calibrated on the prompt instead of offline
     float_zero: bool = False
+    reorder_by: str = "absmax"
 
     def validate(self) -> None:
         check_bits(self.bits)
         if self.window < 0 or self.sink < 0 or self.group_size <= 0:
             raise ConfigError("skvq: window and sink must be >= 0, group_size > 0")
+        if self.reorder_by not in REORDER_BY:
+            raise ConfigError(f"skvq: reorder_by must be one of {REORDER_BY}, got {self.reorder_by!r}")
 
     def layer_plan(self, layer_idx: int, num_layers: int) -> LayerPlan:
         t = TensorPlan(
@@ -34,6 +39,7 @@ class SKVQPolicy(Policy):
             window=self.window,
             group_across_heads=True,
             reorder=self.reorder,
+            reorder_by=self.reorder_by,
             float_zero=self.float_zero,
         )
         return LayerPlan(k=t, v=t, sink=self.sink)

@@ -160,9 +160,11 @@ def test_quantized_read_matches_reference_math(name):
         x = (x.view(n, b, -1) / store.smooth.float()).view(-1, h * d)
     if plan.axis == "channel":
         xt = x.view(n, b, -1).permute(1, 2, 0)
-        ref = dequantize(quantize(xt, plan.bits, plan.group_size, 1.0)).permute(2, 0, 1).reshape(n * b, -1)
+        ref = dequantize(quantize(xt, plan.bits, plan.group_size, 1.0, float_zero=plan.float_zero))
+        ref = ref.permute(2, 0, 1).reshape(n * b, -1)
     else:
-        ref = dequantize(quantize(x, plan.bits, store.group, plan.clip_for(plan.bits), plan.clip_search))
+        ref = dequantize(quantize(x, plan.bits, store.group, plan.clip_for(plan.bits), plan.clip_search,
+                                  plan.float_zero, plan.clip_mode))
     if store.smooth is not None:
         ref = (ref.view(n, b, -1) * store.smooth.float()).view(-1, h * d)
     if plan.hadamard:
@@ -317,3 +319,21 @@ def test_append_grows_in_place_like_cat(dim: int) -> None:
         moves += before is not None and out.data_ptr() != before
         assert torch.equal(out, ref)
     assert moves <= 3  # a reserve of >= 64 units: a handful of reallocations over 40 appends
+
+
+@pytest.mark.parametrize("name", ["rtn", "kivi", "akvq"])
+def test_large_fp32_values_never_become_inf(name):
+    """An fp32 model's 16-bit window (hp_dtype auto = fp16) and fp16 scales turned 1e5 into inf; the store
+    widens to fp32 where needed and counts it."""
+    torch.manual_seed(0)
+    k = torch.randn(1, 2, 40, 16) * 1e5
+    v = 1000 + 1e-3 * torch.randn(1, 2, 40, 16)
+    policy = make_policy(name, **{"rtn": {"window": 4}, "kivi": {"residual": 8}, "akvq": {"window": 4, "tsa": False,
+                                                                                          "num_pivots": 0}}[name])
+    cache, rk, rv = _layer_roundtrip(policy, k, v)
+    assert torch.isfinite(rk).all() and torch.isfinite(rv).all()
+    torch.testing.assert_close(rk[:, :, -4:], k[:, :, -4:], rtol=0, atol=0)  # the window: exact, not inf
+    if name != "akvq":  # (the WHT turns the offset into one large channel: no small error to check there)
+        assert (rv - v).abs().max() < 0.01  # the offset survives (fp16 metadata lost it entirely)
+    assert cache.layers[0].k.tail.dtype == torch.float32
+    assert cache.memory_report().total_bytes == storage_bytes(cache)

@@ -116,3 +116,74 @@ def test_wht_spreads_a_channel_outlier():
 def test_wht_rejects_non_power_of_two(d):
     with pytest.raises(ValueError, match="power-of-two"):
         check_dim(d)
+
+
+# --- numerics at the edges: metadata never overflows, non-finite values stay in their group -------------------------
+def _edge_groups(dtype: torch.dtype, g: int) -> torch.Tensor:
+    """Rows of groups: 1e5-scale, 1e-5-scale, a large offset with a tiny spread, constant, one NaN, one inf."""
+    gen = torch.Generator().manual_seed(0)
+    big = min(1e5, torch.finfo(dtype).max / 4)
+    groups = [
+        torch.randn(g, generator=gen) * big,
+        torch.randn(g, generator=gen) * 1e-5,
+        1000 + 1e-3 * torch.randn(g, generator=gen),
+        torch.full((g,), 3.3),
+        torch.randn(g, generator=gen),
+        torch.randn(g, generator=gen) * 7,
+    ]
+    groups[4][3] = float("nan")
+    groups[5][1] = float("inf")
+    return torch.cat(groups).unsqueeze(0).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("float_zero", [False, True])
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_edge_groups_reconstruct_finite_within_the_bound(dtype, float_zero, bits):
+    g = 16
+    x = _edge_groups(dtype, g)
+    qt = quantize(x, bits, g, clip_ratio=1.0, float_zero=float_zero)
+    assert torch.isfinite(qt.scale).all() and torch.isfinite(qt.zero).all()
+    y = dequantize(qt).view(-1, g)
+    assert torch.isfinite(y).all()
+    xf = x.float().view(-1, g)
+    ok = torch.isfinite(xf)
+    mn = torch.where(ok, xf, torch.inf).amin(-1, keepdim=True)
+    mx = torch.where(ok, xf, -torch.inf).amax(-1, keepdim=True)
+    step = (mx - mn) / (2**bits - 1)
+    # half a step of rounding plus half a step of integer-zero shift; fp32 arithmetic on top
+    bound = step + 1e-6 * xf.abs().nan_to_num(0, 0, 0).amax(-1, keepdim=True) + 1e-30
+    assert ((y - xf).abs() <= bound)[ok].all()
+    # a non-finite element lands on the group's grid, and its neighbours are unaffected
+    assert ((y >= mn - bound) & (y <= mx + bound)).all()
+    clean = x.clone()
+    clean.view(-1, g)[4, 3] = clean.view(-1, g)[4, 2]
+    clean.view(-1, g)[5, 1] = clean.view(-1, g)[5, 0]
+    y_clean = dequantize(quantize(clean, bits, g, clip_ratio=1.0, float_zero=float_zero)).view(-1, g)
+    rows = [0, 1, 2, 3]
+    torch.testing.assert_close(y[rows], y_clean[rows], rtol=0, atol=0)
+
+
+def test_large_offset_small_spread_keeps_its_zero_point():
+    """The audit's case: fp16 gave zero = -inf. Now the piece keeps fp32 metadata (counted in its bytes)."""
+    x = 1000 + 1e-3 * torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
+    for fz in (False, True):
+        qt = quantize(x, 2, 16, float_zero=fz)
+        assert qt.zero.dtype == torch.float32 and torch.isfinite(qt.zero).all()
+        assert qt.nbytes == qt.codes.nbytes + 2 * 4 * 16
+        step = (x.view(4, 4, 16).amax(-1) - x.view(4, 4, 16).amin(-1)) / 3
+        assert ((dequantize(qt) - x).view(4, 4, 16).abs() <= step.unsqueeze(-1) + 1e-4).all()
+    # ordinary data keeps fp16 metadata
+    assert quantize(torch.randn(4, 64), 2, 16).scale.dtype == torch.float16
+
+
+@pytest.mark.parametrize("float_zero", [False, True])
+def test_center_clipping_keeps_a_one_signed_group_in_place(float_zero):
+    """[r min, r max] moved a group in [10, 11] to 8.8 at r = 0.8; clipping around the centre keeps it there."""
+    x = (10 + torch.linspace(0, 1, 16)).unsqueeze(0)
+    y = dequantize(quantize(x, 2, 16, clip_ratio=0.8, float_zero=float_zero))
+    assert (y - x).abs().max() < 0.25
+    old = dequantize(quantize(x, 2, 16, clip_ratio=0.8, float_zero=float_zero, clip_mode="minmax"))
+    assert (old - x).abs().max() > 1.0  # the old rule, kept as clip_mode="minmax"
+    with pytest.raises(ValueError, match="clip_mode"):
+        quantize(x, 2, 16, clip_mode="zero")

@@ -110,6 +110,8 @@ def supports(kstore: TensorStore, vstore: TensorStore) -> bool:
     keys per token or per channel, values per token; not SKVQ's channel permutation; CPU tensors."""
     if kstore.perm is not None or vstore.perm is not None or vstore.plan.axis == "channel":
         return False
+    if not (kstore.half_meta and vstore.half_meta):  # fp32 scale/zero (overflow-safe pieces): torch reads them
+        return False
     return kstore.tail is not None and kstore.tail.device.type == "cpu" and available()
 
 

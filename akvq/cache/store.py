@@ -65,6 +65,11 @@ def _append(a: torch.Tensor | None, b: torch.Tensor, dim: int = 0) -> torch.Tens
     return out
 
 
+def _overflows_half(x: torch.Tensor) -> bool:
+    big = x.abs() > torch.finfo(torch.float16).max
+    return bool((big & torch.isfinite(x)).any())
+
+
 def _capacity(a: torch.Tensor, d: int) -> int:
     """Units along dim d that `a`'s buffer holds, when a is a prefix view made by `_append` (else a's length)."""
     if a.storage_offset() or not a.numel() or not a.stride(d):
@@ -86,6 +91,9 @@ def _capacity(a: torch.Tensor, d: int) -> int:
 def _append_q(a: QTensor | None, b: QTensor, dim: int = 0) -> QTensor:
     if a is None:
         a = QTensor(None, None, None, b.bits, b.group_size, 0 if dim == -1 else b.n, b.float_zero)
+    elif b.scale.dtype.itemsize > a.scale.dtype.itemsize:  # a piece that needed fp32 metadata widens the table
+        a = QTensor(a.codes, a.scale.to(b.scale.dtype), a.zero.to(b.zero.dtype), a.bits, a.group_size, a.n,
+                    a.float_zero)
     return QTensor(
         _append(a.codes, b.codes, dim), _append(a.scale, b.scale, dim), _append(a.zero, b.zero, dim),
         a.bits, a.group_size, a.n + (b.n if dim == -1 else 0), a.float_zero,
@@ -188,7 +196,18 @@ class TensorStore:
 
     # --- write ---
     def append(self, x: torch.Tensor) -> None:
+        if self.hp_dtype == torch.float16 and x.dtype.itemsize > 2 and _overflows_half(x):
+            self._widen_hp(x.dtype)
         self.tail = _append(self.tail, x.to(self.hp_dtype), dim=-2)
+
+    def _widen_hp(self, dtype: torch.dtype) -> None:
+        """Full-precision tokens of an fp32 model kept in fp16 would turn finite values past 65504 into inf:
+        from the first such token on, this store keeps them in `dtype` (and counts their bytes as such)."""
+        self.hp_dtype = dtype
+        if self.tail is not None:
+            self.tail = self.tail.to(dtype)
+        if self.hp_rows is not None:
+            self.hp_rows = self.hp_rows.to(dtype)
 
     def flush(self, m: int, classes: torch.Tensor) -> None:
         """Quantize the m oldest tail tokens once; classes is uint8 [m, B]."""
@@ -207,7 +226,7 @@ class TensorStore:
 
     def _quantize(self, rows: torch.Tensor, bits: int) -> QTensor:
         p = self.plan
-        return quantize(rows, bits, self.group, p.clip_for(bits), p.clip_search, p.float_zero)
+        return quantize(rows, bits, self.group, p.clip_for(bits), p.clip_search, p.float_zero, p.clip_mode)
 
     def _flush_token(self, orig: torch.Tensor, rows: torch.Tensor, flat: torch.Tensor) -> None:
         for c in (LOW, TEXT, HIGH):
@@ -226,13 +245,21 @@ class TensorStore:
             pos = high.nonzero().squeeze(1)
             self.hp_rows = _append(self.hp_rows, orig[pos].to(self.hp_dtype))
             self.hp_pos = _append(self.hp_pos, (pos + self.n_q * self.batch).to(torch.int32))
-            # A 16-bit token must not stretch its channel groups: stand in the mean of the others.
-            r = rows.view(m, self.batch, self.width)
-            keep = (~high).view(m, self.batch, 1).float()
-            mean = (r * keep).sum(0) / keep.sum(0).clamp_min(1)
-            rows = torch.where(high.view(m, self.batch, 1), mean.expand_as(r), r).view(-1, self.width)
+            # A 16-bit token must not stretch its channel group: it stands in as the mean of the other tokens of
+            # its own group of `group` tokens (a flush spans m / group groups).
+            g = self.group
+            r = rows.view(m // g, g, self.batch, self.width)
+            keep = (~high).view(m // g, g, self.batch, 1).float()
+            mean = (r * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp_min(1)
+            rows = torch.where(keep.bool(), r, mean.expand_as(r)).view(-1, self.width)
         x = rows.view(m, self.batch, self.width).permute(1, 2, 0)  # [B, W, m], groups of `group` tokens
-        self.chan = _append_q(self.chan, quantize(x, self.plan.bits, self.group, self.plan.clip_for(self.plan.bits), float_zero=self.plan.float_zero), -1)
+        self.chan = _append_q(self.chan, self._quantize(x, self.plan.bits), -1)
+
+    @property
+    def half_meta(self) -> bool:
+        """Whether every packed table keeps fp16 scale/zero (a piece whose groups overflow fp16 keeps fp32)."""
+        tables = [*self.tables.values(), *([self.chan] if self.chan is not None else [])]
+        return all(qt.scale.dtype == torch.float16 and qt.zero.dtype == torch.float16 for qt in tables)
 
     @property
     def packable(self) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from akvq.errors import ConfigError
-from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits
+from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits, check_clip_mode
 
 PIVOT_RULES = ("massive", "attention")
 
@@ -36,9 +36,11 @@ class AKVQPolicy(Policy):
     clip_search: bool = False
     group_across_heads: bool = False
     float_zero: bool = False
+    clip_mode: str = "center"  # "minmax": the r*min, r*max rule used before (docs/design.md)
 
     def validate(self) -> None:
         check_bits(self.bits)
+        check_clip_mode(self.clip_mode)
         check_bits(self.text_bits, "text_bits")
         if self.k_bits is not None:
             check_bits(self.k_bits, "k_bits")
@@ -83,6 +85,7 @@ class AKVQPolicy(Policy):
             hadamard=self.hadamard,
             group_across_heads=self.group_across_heads,
             float_zero=self.float_zero,
+            clip_mode=self.clip_mode,
         )
         pattern = self.pattern_of(layer_idx, num_layers)
         # TSA layers give text and vision tokens different bits, which per-channel key groups cannot: there

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from akvq.errors import ConfigError
-from akvq.quant.uniform import SUPPORTED_BITS
+from akvq.quant.uniform import CLIP_MODES, SUPPORTED_BITS
 
 HP = 16  # the precision class of tokens kept in 16-bit (or the model's dtype)
 HP_DTYPES = ("auto", "model", "float16", "bfloat16", "float32")
@@ -36,6 +36,7 @@ class TensorPlan:
     float_zero: bool = False  # store the group minimum instead of the paper's integer zero point
     reorder: bool = False  # SKVQ: permute channels by calibrated range before grouping (token axis only)
     reorder_by: str = "absmax"  # the statistic channels are sorted by: "absmax" or "center" (of [min, max])
+    clip_mode: str = "center"  # how clip_ratio shrinks a group's range (`akvq.quant.uniform.CLIP_MODES`)
 
     @property
     def chunk(self) -> int:
@@ -74,6 +75,11 @@ class LayerPlan:
 def check_bits(bits: int, what: str = "bits") -> None:
     if bits not in SUPPORTED_BITS:
         raise ConfigError(f"{what}={bits} is not supported; choose one of {list(SUPPORTED_BITS)}")
+
+
+def check_clip_mode(mode: str) -> None:
+    if mode not in CLIP_MODES:
+        raise ConfigError(f"clip_mode={mode!r} is not supported; choose one of {list(CLIP_MODES)}")
 
 
 @dataclass
@@ -124,4 +130,4 @@ def fields_of(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-__all__ = ["HP", "LayerPlan", "Policy", "TensorPlan", "check_bits", "default_clip", "field", "fields_of"]
+__all__ = ["HP", "LayerPlan", "Policy", "TensorPlan", "check_bits", "check_clip_mode", "default_clip", "field", "fields_of"]

@@ -1,4 +1,7 @@
-"""KIVI: keys per channel (groups of `residual` tokens), values per token, full-precision residual."""
+"""KIVI: keys per channel (groups of `residual` tokens), values per token, full-precision residual.
+
+KIVI's own quantizer stores each group's minimum and scale (x^ = s q + min, a float zero point) with no
+clipping; `float_zero: false` gives the paper-style integer zero point instead (docs/design.md)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ class KIVIPolicy(Policy):
     bits: int = 2
     group_size: int = 128  # value groups along channels (min(group_size, head_dim))
     residual: int = 128  # KIVI's R: keys flush in groups of R tokens, values keep the last R in full precision
+    float_zero: bool = True  # KIVI's min + scale; false: integer zero point z = -round(min / s)
 
     def validate(self) -> None:
         check_bits(self.bits)
@@ -21,6 +25,7 @@ class KIVIPolicy(Policy):
             raise ConfigError("kivi: residual and group_size must be > 0")
 
     def layer_plan(self, layer_idx: int, num_layers: int) -> LayerPlan:
-        k = TensorPlan(bits=self.bits, group_size=self.residual, clip_ratio=1.0, axis="channel", window=0)
-        v = TensorPlan(bits=self.bits, group_size=self.group_size, clip_ratio=1.0, window=self.residual)
+        common = dict(bits=self.bits, clip_ratio=1.0, float_zero=self.float_zero)
+        k = TensorPlan(group_size=self.residual, axis="channel", window=0, **common)
+        v = TensorPlan(group_size=self.group_size, window=self.residual, **common)
         return LayerPlan(k=k, v=v)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from akvq.errors import ConfigError
-from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits
+from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits, check_clip_mode
 
 REORDER_BY = ("absmax", "center")
 
@@ -22,9 +22,11 @@ class SKVQPolicy(Policy):
     reorder: bool = True  # channel reordering, calibrated on the prompt instead of offline
     float_zero: bool = False
     reorder_by: str = "absmax"
+    clip_mode: str = "center"  # "minmax": the r*min, r*max rule used before (docs/design.md)
 
     def validate(self) -> None:
         check_bits(self.bits)
+        check_clip_mode(self.clip_mode)
         if self.window < 0 or self.sink < 0 or self.group_size <= 0:
             raise ConfigError("skvq: window and sink must be >= 0, group_size > 0")
         if self.reorder_by not in REORDER_BY:
@@ -41,5 +43,6 @@ class SKVQPolicy(Policy):
             reorder=self.reorder,
             reorder_by=self.reorder_by,
             float_zero=self.float_zero,
+            clip_mode=self.clip_mode,
         )
         return LayerPlan(k=t, v=t, sink=self.sink)

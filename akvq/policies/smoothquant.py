@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from akvq.errors import ConfigError
-from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits
+from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits, check_clip_mode
 
 
 @dataclass
@@ -19,9 +19,11 @@ class SmoothQuantPolicy(Policy):
     alpha: float = 0.5
     clip_ratio: float | None = 1.0
     window: int = 0
+    clip_mode: str = "center"  # "minmax": the r*min, r*max rule used before (docs/design.md)
 
     def validate(self) -> None:
         check_bits(self.bits)
+        check_clip_mode(self.clip_mode)
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"smoothquant: alpha must be in [0, 1], got {self.alpha}")
         if self.window < 0 or self.group_size <= 0:
@@ -34,5 +36,6 @@ class SmoothQuantPolicy(Policy):
             clip_ratio=self.clip_ratio,
             window=self.window,
             smooth_alpha=self.alpha,
+            clip_mode=self.clip_mode,
         )
         return LayerPlan(k=t, v=t)

@@ -20,8 +20,8 @@ class SKVQPolicy(Policy):
     clip_ratio: float | None = None
     clip_search: bool = True  # stands in for SKVQ's offline-calibrated clipping ratios
     reorder: bool = True  # channel reordering, calibrated on the prompt instead of offline
-    float_zero: bool = False
-    reorder_by: str = "absmax"
+    float_zero: bool = True  # SKVQ's quantizer stores the group minimum and the scale (as KIVI)
+    reorder_by: str = "center"  # stands in for its KMeans clusters of channel (min, max); docs/skvq.md
     clip_mode: str = "center"  # "minmax": the r*min, r*max rule used before (docs/design.md)
 
     def validate(self) -> None:

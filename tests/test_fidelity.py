@@ -5,7 +5,10 @@ import math
 import pytest
 import torch
 from conftest import tiny
+from transformers import DynamicCache
 
+from akvq import api
+from akvq.attention.replay import replayed
 from akvq.policies import make_policy
 from akvq.tasks.fidelity import (
     PasskeyTask,
@@ -85,3 +88,16 @@ def test_replayed_decoding_equals_the_step_loop(name, fields):
             # can move a 16-bit value by an ulp or a code across a rounding edge: rare, never systematic.
             off = (sb.materialize(torch.float32) - sa.materialize(torch.float32)).abs() > 1e-3
             assert off.float().mean() < 1e-3
+
+
+def test_a_cache_that_cannot_replay_is_decoded_step_by_step():
+    """transformers' own caches take a many-token forward as one chunk; `_decode` feeds them token by token."""
+    loaded = tiny("llama")
+    ids = torch.tensor([windows(corpus_ids(loaded.tokenizer), 48, 1)[0]])
+    with torch.inference_mode():
+        full = loaded.model(input_ids=ids).logits[0, 32:].float()
+        cache = DynamicCache(config=loaded.model.config)
+        loaded.model(input_ids=ids[:, :32], **{api.cache_kwarg(): cache}, use_cache=True)
+    torch.testing.assert_close(_decode(loaded.model, cache, ids[:, 32:], replay=True), full, rtol=1e-4, atol=1e-4)
+    with pytest.raises(NotImplementedError, match="cannot replay"), replayed(loaded.model, cache):
+        pass

@@ -18,6 +18,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from akvq.cache import AKVQCache
 from akvq.cache.layer import Replay
 
 REPLAY = "akvq_replay"
@@ -80,9 +81,17 @@ def replay_attention(
     return out.transpose(1, 2).contiguous(), None
 
 
+def can_replay(cache: Any) -> bool:
+    """Only our cache replays; any other (transformers' QuantizedCache, DynamicCache) would take a multi-token
+    forward as one chunk, so its callers decode step by step instead."""
+    return isinstance(cache, AKVQCache)
+
+
 @contextlib.contextmanager
 def replayed(model: Any, cache: Any) -> Iterator[None]:
     """Within the block, a multi-token forward through `cache` is token-by-token decoding of those tokens."""
+    if not can_replay(cache):
+        raise NotImplementedError(f"{type(cache).__name__} cannot replay decoding; feed it one token per forward")
     AttentionInterface.register(REPLAY, replay_attention)  # idempotent: a dict entry
     AttentionMaskInterface.register(REPLAY, sdpa_mask)
     before = model.config._attn_implementation
@@ -95,4 +104,4 @@ def replayed(model: Any, cache: Any) -> Iterator[None]:
         model.set_attn_implementation(before)
 
 
-__all__ = ["REPLAY", "replay_attention", "replayed"]
+__all__ = ["REPLAY", "can_replay", "replay_attention", "replayed"]

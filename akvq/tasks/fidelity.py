@@ -17,7 +17,7 @@ from tqdm import tqdm
 from transformers import DynamicCache
 
 from akvq import api
-from akvq.attention.replay import replayed
+from akvq.attention.replay import can_replay, replayed
 from akvq.errors import ConfigError
 from akvq.tasks.base import Task, TaskResult, cfg_get
 from akvq.tasks.text import corpus_ids, pydoc_corpus, windows
@@ -97,8 +97,12 @@ def _decode(model: Any, cache: Any, tokens: torch.Tensor, chunk: int = 1, replay
     """Logits [n, V] fp32 of tokens [1, n] fed through the cache. `replay`: token-by-token decoding, computed in
     one forward (`akvq.attention.replay`; the same logits as the step loop, tested). Else `chunk` tokens per
     forward: 1 is the step loop itself; larger chunks are a biased proxy (tokens inside a chunk attend to each
-    other in full precision, so a window policy sees up to chunk - 1 extra 16-bit tokens)."""
+    other in full precision, and the chunk fills the 16-bit window before its first token attends: a 128-token
+    window gives 113-128 16-bit keys at chunk 16, per-channel groups are untouched). A cache that cannot
+    replay (a peer's) takes the step loop: the same token-by-token numbers, slower."""
     with torch.inference_mode():
+        if replay and not can_replay(cache):
+            replay, chunk = False, 1
         if replay:
             with replayed(model, cache):
                 o = model(input_ids=tokens, **{api.cache_kwarg(): cache}, use_cache=True)

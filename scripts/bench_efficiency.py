@@ -65,13 +65,6 @@ def parse_entries(names: list[str]) -> list[tuple[str, str, str | None]]:
     return out
 
 
-def git_rev() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    except OSError:
-        return ""
-
-
 def load_cfg(overrides: list[str]) -> dict[str, Any]:
     with initialize_config_dir(config_dir=str(ROOT / "configs" / "bench"), version_base=None):
         cfg = compose(config_name="efficiency", overrides=overrides)
@@ -87,13 +80,13 @@ def device_name(device: str) -> str:
 
 
 def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    from akvq.records import append_record, config_hash
-    from akvq.runner import load_quant
+    from akvq.policies import quant_config
+    from akvq.records import append_record, config_hash, git_rev
 
     t_start = time.time()
     model_cfg = yaml.safe_load((ROOT / "configs" / "model" / f"{cfg['model']}.yaml").read_text())
     entries = parse_entries(cfg["quants"])
-    quants = {qname: load_quant(qname) for _, qname, _ in entries}
+    quants = {qname: quant_config(qname) for _, qname, _ in entries}
     tag = f"{cfg['model']}-{cfg['prompt_len']}-{cfg['device']}"
     work = ROOT / cfg["work_dir"] / tag
     work.mkdir(parents=True, exist_ok=True)

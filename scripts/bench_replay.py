@@ -11,7 +11,9 @@ import time
 
 import torch
 
-from akvq.runner import CONFIG_DIR, load_model, load_quant, make_policy
+from akvq.models import load_model
+from akvq.paths import CONFIG_DIR
+from akvq.policies import make_policy
 from akvq.tasks.fidelity import _decode, cache_from_prefill, shared_prefill
 from akvq.tasks.text import corpus_ids, windows
 
@@ -34,8 +36,7 @@ def main() -> None:
     print("| quant | step loop, ms / token | replayed, ms / token | ratio | NLL step loop / replayed |")
     print("|---|---|---|---|---|")
     for q in args.quants.split(","):
-        qcfg = dict(load_quant(q))
-        policy = make_policy(qcfg.pop("policy"), **qcfg)
+        policy = make_policy(q)
         pre = shared_prefill(model, prompt, policy)
         res: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
         for replay in (False, True, False, True):

@@ -45,7 +45,7 @@ def test_quantized_perplexity_runs_and_counts_bits():
 
 def test_passkey_reports_each_length():
     res = PasskeyTask("passkey", {"lengths": [128, 160], "trials": 1, "gen_len": 4}).run(
-        tiny("llama"), make_policy("kivi", residual=16)
+        tiny("llama"), make_policy("kivi2", residual=16)
     )
     assert set(res.metrics) == {"acc@128", "acc@160", "acc"}
 
@@ -57,13 +57,12 @@ def test_bootstrap_interval_brackets_the_mean():
 
 REPLAYED = [
     ("fp16", {}),
-    ("rtn", {"window": 0}),
-    ("kivi", {"group_size": 16, "residual": 16}),
+    ("rtn2", {}),
+    ("kivi2", {"group_size": 16, "residual": 16}),
     ("skvq", {"window": 16, "sink": 3}),
     ("smoothquant", {}),
     ("akvq", {"window": 16, "num_pivots": 2}),
-    ("akvq", {"window": 16, "num_pivots": 2, "k_axis": "channel", "k_window": 0, "k_group_tokens": 16,
-              "float_zero": True, "clip_search": True, "group_across_heads": True}),
+    ("akvq_plus", {"window": 16, "num_pivots": 2, "k_group_tokens": 16}),
 ]
 
 

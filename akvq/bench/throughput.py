@@ -40,8 +40,7 @@ def load(model_cfg: dict[str, Any], device: str) -> Any:
 def make_policy(quant_cfg: dict[str, Any], hp_dtype: str) -> Any:
     from akvq.policies import make_policy as mk
 
-    q = dict(quant_cfg)
-    return mk(q.pop("policy"), **{**q, "hp_dtype": hp_dtype})
+    return mk(quant_cfg, hp_dtype=hp_dtype)
 
 
 def build_prompt(loaded: Any, prompt_len: int, vision_share: float = 0.5, seed: int = 0) -> dict[str, Any]:

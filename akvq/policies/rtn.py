@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from akvq.errors import ConfigError
-from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits, check_clip_mode
+from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits, check_clip_mode, register
 
 
+@register
 @dataclass
 class RTNPolicy(Policy):
     name = "rtn"

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from akvq.errors import ConfigError
-from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits, check_clip_mode
+from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits, check_clip_mode, register
 
 REORDER_BY = ("absmax", "center")
 
 
+@register
 @dataclass
 class SKVQPolicy(Policy):
     name = "skvq"

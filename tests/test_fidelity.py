@@ -9,6 +9,7 @@ from transformers import DynamicCache
 
 from akvq import api
 from akvq.attention.replay import replayed
+from akvq.errors import ConfigError
 from akvq.policies import make_policy
 from akvq.tasks.fidelity import (
     PasskeyTask,
@@ -100,3 +101,10 @@ def test_a_cache_that_cannot_replay_is_decoded_step_by_step():
     torch.testing.assert_close(_decode(loaded.model, cache, ids[:, 32:], replay=True), full, rtol=1e-4, atol=1e-4)
     with pytest.raises(NotImplementedError, match="cannot replay"), replayed(loaded.model, cache):
         pass
+
+
+def test_a_chunked_proxy_must_be_asked_for():
+    """chunk > 1 is a proxy: with the default replay it is refused in one line, before any model loads."""
+    with pytest.raises(ConfigError, match=r"task.chunk=16 .*task.replay=false"):
+        PerplexityTask("ppl", {"chunk": 16}).validate()
+    PerplexityTask("ppl", {"chunk": 16, "replay": False}).validate()

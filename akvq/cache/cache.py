@@ -49,6 +49,7 @@ class AKVQCache(Cache):
     # True: a multi-token update stands for that many single-token decode steps (`AKVQLayer.replay_views`); set
     # by `akvq.attention.replay.replayed` together with the attention implementation that reads it.
     replay_steps: bool = False
+    attention: str = "auto"  # which decode path reads the packed stores (`akvq.attention.paths`)
 
     def __init__(self, policy: Policy, num_layers: int, read_path: str = "dequantize"):
         if read_path not in READ_PATHS:

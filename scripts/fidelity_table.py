@@ -28,38 +28,53 @@ def _fmt(x: object, nd: int = 2) -> str:
     return f"{x:.{nd}f}" if isinstance(x, int | float) else "–"
 
 
-def table(rows: list[dict], task: str) -> str:
+def decode_mode(r: dict) -> str:
+    """How the continuation was read: token by token (chunk=1, replayed or stepped: the same numbers) or the
+    biased chunked proxy."""
+    chunk = int(((r.get("config") or {}).get("task") or {}).get("chunk", 1))
+    return "token-by-token" if chunk == 1 else f"chunk={chunk} (proxy)"
+
+
+def setting(r: dict) -> tuple:
+    """Records compare (and pair with fp16) only within one model, text layout and decode mode."""
+    t = (r.get("config") or {}).get("task") or {}
+    return (r["model"], t.get("prompt_len"), t.get("cont_len"), t.get("windows"), decode_mode(r))
+
+
+def table(rows: list[dict], task: str, order: list[str] | None = None) -> str:
     rows = [r for r in rows if r.get("task") == task]
     if not rows:
         return ""
-    latest: dict[tuple[str, str], dict] = {}
-    for r in rows:  # the last record of each (model, quant) wins
-        latest[(r["model"], r["quant"])] = r
-    fp16 = {m: r for (m, q), r in latest.items() if q == "fp16"}
+    latest: dict[tuple, dict] = {}
+    for r in rows:  # the last record of each (setting, quant) wins
+        latest[(setting(r), r["quant"])] = r
+    if order:  # the listed quants first, in that order
+        rank = {q: i for i, q in enumerate(order)}
+        latest = dict(sorted(latest.items(), key=lambda kv: (kv[0][0], rank.get(kv[0][1], len(rank)))))
+    fp16 = {st: r for (st, q), r in latest.items() if q == "fp16"}
     metric_keys = sorted({k for r in latest.values() for k in r["metrics"]})
     if task.startswith("ppl"):
         head = (
-            "| model | quant | ppl | 95% CI (windows) | vs fp16 | ppl/fp16, paired 95% CI | effective bits "
-            "| KV MiB | tok/s |"
+            "| model | text (prompt+scored x windows) | decode | quant | ppl | 95% CI (windows) | vs fp16 "
+            "| ppl/fp16, paired 95% CI | effective bits | KV MiB |"
         )
-        lines = [head, "|" + "---|" * 9]
-        for (m, q), r in latest.items():
+        lines = [head, "|" + "---|" * 10]
+        for (st, q), r in latest.items():
             met = r["metrics"]
-            base = fp16.get(m, {}).get("metrics", {}).get("ppl")
+            base = fp16.get(st, {}).get("metrics", {}).get("ppl")
             rel = f"{100 * (met['ppl'] / base - 1):+.1f}%" if base else "–"
-            lo, hi = paired_ratio(r.get("details") or [], fp16.get(m, {}).get("details") or [])
+            lo, hi = paired_ratio(r.get("details") or [], fp16.get(st, {}).get("details") or [])
             lines.append(
-                f"| {m} | {q} | {_fmt(met['ppl'])} | [{_fmt(met.get('ppl_lo'))}, {_fmt(met.get('ppl_hi'))}] | {rel} | "
-                f"[{_fmt(lo, 3)}, {_fmt(hi, 3)}] | "
-                f"{_fmt(r.get('kv_effective_bits'), 3)} | {_fmt((r.get('kv_bytes') or 0) / 2**20)} | "
-                f"{_fmt(r.get('tokens_per_second'), 1)} |"
+                f"| {st[0]} | {st[1]}+{st[2]} x {st[3]} | {st[4]} | {q} | {_fmt(met['ppl'])} | "
+                f"[{_fmt(met.get('ppl_lo'))}, {_fmt(met.get('ppl_hi'))}] | {rel} | [{_fmt(lo, 3)}, {_fmt(hi, 3)}] | "
+                f"{_fmt(r.get('kv_effective_bits'), 3)} | {_fmt((r.get('kv_bytes') or 0) / 2**20)} |"
             )
         return "\n".join(lines)
     head = "| model | quant | " + " | ".join(metric_keys) + " | effective bits |"
     lines = [head, "|" + "---|" * (len(metric_keys) + 3)]
-    for (m, q), r in latest.items():
+    for (st, q), r in latest.items():
         vals = " | ".join(_fmt(r["metrics"].get(k)) for k in metric_keys)
-        lines.append(f"| {m} | {q} | {vals} | {_fmt(r.get('kv_effective_bits'), 3)} |")
+        lines.append(f"| {st[0]} | {q} | {vals} | {_fmt(r.get('kv_effective_bits'), 3)} |")
     return "\n".join(lines)
 
 
@@ -67,10 +82,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--records", default="results/runs.jsonl")
     ap.add_argument("--task", action="append", default=None, help="task label(s); default: ppl passkey agreement")
+    ap.add_argument("--order", default="", help="comma-separated quants listed first, in this order")
     args = ap.parse_args()
     rows = list(read_records(Path(args.records)))
     for task in args.task or ["ppl", "passkey", "agreement"]:
-        t = table(rows, task)
+        t = table(rows, task, [q for q in args.order.split(",") if q])
         if t:
             print(f"### {task}\n\n{t}\n")
 

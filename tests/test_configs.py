@@ -98,6 +98,7 @@ def test_task_params(cfg_of: Compose) -> None:
         "bootstrap": 1000,
         "seed": 0,
         "chunk": 1,
+        "replay": True,
     }
     assert list(cfg_of("task=passkey").task.lengths) == [1024, 2048, 4096, 8192]
     a = cfg_of("task=agreement").task

@@ -28,7 +28,9 @@ ANY: frozenset[Any] = frozenset({"<any>"})  # the field does not change how stor
 PLAN_FIELDS = tuple(f.name for f in dataclasses.fields(TensorPlan))
 
 # Fields that decide what gets stored (and when) but not the stored layout a reader sees.
-_STORAGE_ONLY = {"clip_ratio": ANY, "clip_search": ANY, "window": ANY, "group_size": ANY}
+_STORAGE_ONLY = {
+    "clip_ratio": ANY, "clip_search": ANY, "clip_mode": ANY, "window": ANY, "group_size": ANY, "reorder_by": ANY
+}
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,9 @@ class AKVQCache(Cache):
     # True: decode steps return `AKVQLayer.packed_views` instead of dequantized K/V; set by
     # `akvq.attention.use_packed` together with an attention implementation that reads them.
     packed_reads: bool = False
+    # True: a multi-token update stands for that many single-token decode steps (`AKVQLayer.replay_views`); set
+    # by `akvq.attention.replay.replayed` together with the attention implementation that reads it.
+    replay_steps: bool = False
     attention: str = "auto"  # which decode path reads the packed stores (`akvq.attention.paths`)
 
     def __init__(self, policy: Policy, num_layers: int, read_path: str = "dequantize"):

@@ -6,6 +6,7 @@ detected during the prefill (possibly in later layers) are known before any prom
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -60,6 +61,8 @@ class AKVQLayer(CacheLayerMixin):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         n_new = key_states.shape[-2]
+        if self.owner.replay_steps and n_new > 1:
+            return self.replay_views(key_states, value_states)
         for store, x in ((self.k, key_states), (self.v, value_states)):
             m = store.flushable(n_new)
             if m > 0:
@@ -68,6 +71,38 @@ class AKVQLayer(CacheLayerMixin):
         if n_new == 1 and self.owner.packed_reads and self.k.packable and self.v.packable:
             return self.packed_views(key_states.dtype)
         return self.k.materialize(key_states.dtype), self.v.materialize(value_states.dtype)
+
+    def replay_views(self, key_states: torch.Tensor, value_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """n tokens as if fed one per step, in one call: the stores end exactly as after n single-token updates,
+        and the stand-ins returned carry what each step's query saw (`akvq.attention.replay` attends with it).
+
+        Why exact: a token's K/V are quantized once, from its own values, when it leaves the window; so which
+        version of position p the query at step t reads (dequantized if p was flushed by step t, else the 16-bit
+        tail) follows from the flush schedule alone. The flushes run at the same sizes in the same order, except
+        that per-token flushes after the first (which calibrates) are merged: per-token rows quantize alone."""
+        out = []
+        for store, x in ((self.k, key_states), (self.v, value_states)):
+            n, start = x.shape[-2], store.n_q
+            sizes, bounds, tail, nq = [], [], store.tail_len, store.n_q
+            for _ in range(n):
+                m = store.flushable(1, tail)
+                sizes.append(m)
+                nq += m
+                bounds.append(nq)
+                tail += 1 - m
+            store.append(x)
+            fresh = store.tail  # 16-bit rows of positions [start, start + tail): what a step reads before a flush
+            todo = [m for m in sizes if m]
+            if store.plan.axis == "token" and len(todo) > 1:
+                todo = todo[:1] + [sum(todo[1:])] if start == 0 else [sum(todo)]
+            for m in todo:
+                store.flush(m, self.classes(store.n_q, m))
+            deq = store.history(x.dtype) if store.n_q else None
+            stand_in = torch.full((1, 1, 1, 1), float("nan"), dtype=x.dtype, device=self.device)
+            stand_in = stand_in.expand(store.batch, store.num_heads, start + fresh.shape[-2], store.head_dim)
+            stand_in.akvq_replay = Replay(deq, fresh.to(x.dtype), start, torch.tensor(bounds, device=self.device))
+            out.append(stand_in)
+        return out[0], out[1]
 
     def packed_views(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Stand-ins for K/V on a decode step when an attention function reads the packed stores itself
@@ -138,6 +173,17 @@ class AKVQLayer(CacheLayerMixin):
             return 0
         t = self.get_seq_length()
         return self.k.batch * t * (self.k.width + self.v.width)
+
+
+@dataclass
+class Replay:
+    """One of K or V over a replayed multi-token update: `deq` the dequantized positions [0, n_q_end), `fresh`
+    the 16-bit ones [start, T), and `bounds[t]` = positions the query of step t reads dequantized."""
+
+    deq: torch.Tensor | None
+    fresh: torch.Tensor
+    start: int
+    bounds: torch.Tensor
 
 
 def _no_flush() -> TensorPlan:

@@ -138,9 +138,11 @@ class TensorStore:
     def bits_of(self, cls: int) -> int:
         return self.text_bits if cls == TEXT and self.text_bits else self.plan.bits
 
-    def flushable(self, n_new: int) -> int:
-        """Tokens to move out of the tail before appending n_new, so that the window holds the newest ones."""
-        m = min(self.tail_len + n_new - self.plan.window, self.tail_len)
+    def flushable(self, n_new: int, tail_len: int | None = None) -> int:
+        """Tokens to move out of the tail before appending n_new, so that the window holds the newest ones
+        (`tail_len`: plan ahead from a tail of that length instead of the current one)."""
+        tail_len = self.tail_len if tail_len is None else tail_len
+        m = min(tail_len + n_new - self.plan.window, tail_len)
         c = self.plan.chunk
         return max(0, m // c * c)
 
@@ -169,25 +171,34 @@ class TensorStore:
         return rows
 
     def _calibrate(self, rows: torch.Tensor, pad: torch.Tensor | None = None) -> None:
-        """Per-channel statistics from the first tokens that leave the window (the prompt, pads excluded):
-        SmoothQuant scales, and SKVQ's channel reordering (channels sorted by range, so each group holds
-        channels of like range)."""
+        """Per-channel statistics from the first tokens that leave the window (the prompt): SmoothQuant scales,
+        and SKVQ's channel reordering (channels sorted by a calibrated statistic, so each group holds like channels:
+        `reorder_by="absmax"` their largest magnitude, `"center"` the middle of their [min, max], which keeps a
+        channel offset to +10 apart from one offset to -10 -- the fixed-size-group stand-in for SKVQ's KMeans
+        clusters of (min, max)). Pads are excluded."""
         a = self.plan.smooth_alpha
         if self.n_q or (a is None and not self.plan.reorder):
             return
         x = rows.float()
         if self.plan.hadamard:
             x = fwht(x.unflatten(-1, (self.num_heads, self.head_dim))).flatten(-2)
-        x = x.abs()
-        if pad is not None:
-            x = x.masked_fill(pad.reshape(-1, 1), 0.0)
-        amax = x.view(-1, self.batch, self.width).amax(0).clamp_min(1e-5)
+        pad = None if pad is None else pad.reshape(-1, 1)
+        ax = x.abs() if pad is None else x.abs().masked_fill(pad, 0.0)
+        amax = ax.view(-1, self.batch, self.width).amax(0).clamp_min(1e-5)
         if a is not None:
             s = amax.pow(a)
             self.smooth = (s / s.mean(-1, keepdim=True)).half()
             amax = amax / s
         if self.plan.reorder:
-            self.perm = torch.argsort(amax.amax(0)).to(torch.int16)
+            if self.plan.reorder_by == "center":
+                lo = x if pad is None else x.masked_fill(pad, float("inf"))
+                hi = x if pad is None else x.masked_fill(pad, float("-inf"))
+                div = self.smooth.float() if a is not None else 1.0
+                lo, hi = (t.view(-1, self.batch, self.width) / div for t in (lo, hi))
+                key = (lo.amin(0) + hi.amax(0)).mean(0)
+            else:
+                key = amax.amax(0)
+            self.perm = torch.argsort(key).to(torch.int16)
 
     # --- write ---
     def append(self, x: torch.Tensor) -> None:
@@ -274,8 +285,11 @@ class TensorStore:
         tail = self.tail.to(dtype)
         if self.n_q == 0:
             return tail
-        old = self._deq.to(dtype) if self.keep_dequantized else self.decode(self.n_q, dtype)
-        return torch.cat([old, tail], dim=-2)
+        return torch.cat([self.history(dtype), tail], dim=-2)
+
+    def history(self, dtype: torch.dtype) -> torch.Tensor:
+        """The packed tokens dequantized, [B, H, n_q, D] (the kept copy on the cached read path)."""
+        return self._deq.to(dtype) if self.keep_dequantized else self.decode(self.n_q, dtype)
 
     def decode(self, m: int, dtype: torch.dtype) -> torch.Tensor:
         """The last m packed tokens as [B, H, m, D] (tables are append-only, so a suffix is a suffix per class)."""

@@ -37,6 +37,7 @@ class TensorPlan:
     group_across_heads: bool = False
     float_zero: bool = False  # store the group minimum instead of the paper's integer zero point
     reorder: bool = False  # SKVQ: permute channels by calibrated range before grouping (token axis only)
+    reorder_by: str = "absmax"  # the statistic channels are sorted by: "absmax" or "center" (of [min, max])
     clip_mode: str = "center"  # how clip_ratio shrinks a group's range (`akvq.quant.uniform.CLIP_MODES`)
 
     @property

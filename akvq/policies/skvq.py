@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from akvq.errors import ConfigError
 from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits, check_clip_mode, register
 
+REORDER_BY = ("absmax", "center")
+
 
 @register
 @dataclass
@@ -19,7 +21,8 @@ class SKVQPolicy(Policy):
     clip_ratio: float | None = None
     clip_search: bool = True  # stands in for SKVQ's offline-calibrated clipping ratios
     reorder: bool = True  # channel reordering, calibrated on the prompt instead of offline
-    float_zero: bool = False
+    float_zero: bool = True  # SKVQ's quantizer stores the group minimum and the scale (as KIVI)
+    reorder_by: str = "center"  # stands in for its KMeans clusters of channel (min, max); docs/skvq.md
     clip_mode: str = "center"  # "minmax": the r*min, r*max rule used before (docs/design.md)
 
     def validate(self) -> None:
@@ -27,6 +30,8 @@ class SKVQPolicy(Policy):
         check_clip_mode(self.clip_mode)
         if self.window < 0 or self.sink < 0 or self.group_size <= 0:
             raise ConfigError("skvq: window and sink must be >= 0, group_size > 0")
+        if self.reorder_by not in REORDER_BY:
+            raise ConfigError(f"skvq: reorder_by must be one of {REORDER_BY}, got {self.reorder_by!r}")
 
     def layer_plan(self, layer_idx: int, num_layers: int) -> LayerPlan:
         t = TensorPlan(
@@ -37,6 +42,7 @@ class SKVQPolicy(Policy):
             window=self.window,
             group_across_heads=True,
             reorder=self.reorder,
+            reorder_by=self.reorder_by,
             float_zero=self.float_zero,
             clip_mode=self.clip_mode,
         )

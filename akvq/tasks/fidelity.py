@@ -17,6 +17,8 @@ from tqdm import tqdm
 from transformers import DynamicCache
 
 from akvq import api
+from akvq.attention.replay import can_replay, replayed
+from akvq.errors import ConfigError
 from akvq.tasks.base import Task, TaskResult, cfg_get
 from akvq.tasks.text import corpus_ids, pydoc_corpus, windows
 
@@ -91,11 +93,21 @@ def cache_from_prefill(model: Any, policy: Any, ids: torch.Tensor, pre: Prefill,
     return cache
 
 
-def _decode(model: Any, cache: Any, tokens: torch.Tensor, chunk: int = 1) -> torch.Tensor:
-    """Feed tokens [1, n] through the cache `chunk` at a time (1 = exactly what decoding sees; larger chunks
-    are a faster proxy: tokens inside a chunk attend to each other in full precision); logits [n, V] fp32."""
-    out = []
+def _decode(model: Any, cache: Any, tokens: torch.Tensor, chunk: int = 1, replay: bool = True) -> torch.Tensor:
+    """Logits [n, V] fp32 of tokens [1, n] fed through the cache. `replay`: token-by-token decoding, computed in
+    one forward (`akvq.attention.replay`; the same logits as the step loop, tested). Else `chunk` tokens per
+    forward: 1 is the step loop itself; larger chunks are a biased proxy (tokens inside a chunk attend to each
+    other in full precision, and the chunk fills the 16-bit window before its first token attends: a 128-token
+    window gives 113-128 16-bit keys at chunk 16, per-channel groups are untouched). A cache that cannot
+    replay (a peer's) takes the step loop: the same token-by-token numbers, slower."""
     with torch.inference_mode():
+        if replay and not can_replay(cache):
+            replay, chunk = False, 1
+        if replay:
+            with replayed(model, cache):
+                o = model(input_ids=tokens, **{api.cache_kwarg(): cache}, use_cache=True)
+            return o.logits[0].float()
+        out = []
         for i in range(0, tokens.shape[-1], chunk):
             o = model(input_ids=tokens[:, i : i + chunk], **{api.cache_kwarg(): cache}, use_cache=True)
             out.append(o.logits[0].float())
@@ -113,14 +125,22 @@ def bootstrap_ppl(window_nll: list[float], n: int, seed: int) -> tuple[float, fl
 
 
 class PerplexityTask(Task):
-    """Teacher-forced perplexity of continuations read through the quantized cache."""
+    """Teacher-forced perplexity of continuations read through the quantized cache, token by token."""
+
+    def validate(self) -> None:
+        chunk, replay = int(cfg_get(self.cfg, "chunk", 1)), bool(cfg_get(self.cfg, "replay", True))
+        if chunk < 1 or (replay and chunk != 1):
+            raise ConfigError(
+                f"ppl: task.chunk={chunk} is not allowed with task.replay={replay}; replay decodes token by token "
+                "(chunk=1), set task.replay=false for the step loop with chunk >= 1"
+            )
 
     def run(self, loaded: Any, policy: Any, cfg: Any = None) -> TaskResult:
         cfg = cfg if cfg is not None else self.cfg
         model, tok = loaded.model, loaded.tokenizer
         p_len, c_len = int(cfg_get(cfg, "prompt_len", 4096)), int(cfg_get(cfg, "cont_len", 256))
         n_win = int(cfg_get(cfg, "windows", 8))
-        chunk = int(cfg_get(cfg, "chunk", 1))
+        chunk, replay = int(cfg_get(cfg, "chunk", 1)), bool(cfg_get(cfg, "replay", True))
         ids_all = windows(corpus_ids(tok), p_len + c_len, n_win)
         window_nll, details, report = [], [], None
         for w, ids in enumerate(tqdm(ids_all, desc=f"ppl {policy.name}", leave=False)):
@@ -128,7 +148,7 @@ class PerplexityTask(Task):
             prompt, cont = ids[:, :p_len], ids[:, p_len:]
             pre = shared_prefill(model, prompt, policy)
             cache = cache_from_prefill(model, policy, prompt, pre)
-            logits = torch.cat([pre.last_logits, _decode(model, cache, cont[:, :-1], chunk)])
+            logits = torch.cat([pre.last_logits, _decode(model, cache, cont[:, :-1], chunk, replay)])
             nll = torch.nn.functional.cross_entropy(logits, cont[0], reduction="mean").item()
             window_nll.append(nll)
             report = cache.memory_report()

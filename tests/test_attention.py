@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from akvq.attention import packed_cpu
-from akvq.attention.packed_torch import packed_decode, supports, unpack_float
+from akvq.attention.packed_torch import packed_decode, unpack_float
+from akvq.attention.paths import PATHS as DECODE_PATHS
 from akvq.attention.reference import reference_decode
 from akvq.cache.store import HIGH, LOW, TEXT, TensorStore
 from akvq.policies.base import TensorPlan
@@ -81,7 +82,7 @@ def test_packed_matches_reference(name: str, groups: int, masked: bool, path: st
         mask[0, ..., :5] = False
         mask[2, ..., :11] = False
     ref = reference_decode(q, _views(kst), _views(vst), mask, 0.25)
-    if path == "torch" and not supports(kst, vst):
+    if path == "torch" and DECODE_PATHS["packed_torch"].why_not(kst, vst, cuda=False) is not None:
         pytest.skip("a layout the torch path does not fold (the attention dispatcher dequantizes it)")
     out = PATHS[path](q, kst, vst, mask, 0.25)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
@@ -178,17 +179,11 @@ def test_generate_packed_equals_reference(tiny_llama, name: str) -> None:
 
 @pytest.mark.parametrize("name", ["akvq", "akvq_plus"])
 def test_generate_torch_path_equals_cpu_kernel(tiny_llama, name: str) -> None:
-    """With the C kernel switched off, "akvq_packed" runs the vectorized torch path, or (akvq_plus's float zero
-    points, which that path does not fold) dequantizes as the reference does: same tokens either way."""
-    from akvq.attention import use_cpu_kernel
-
+    """attention=packed_torch runs the vectorized torch path, or (akvq_plus's float zero points, which that path
+    does not read) the reference: same tokens as the C kernel either way."""
     model, enc = tiny_llama
     fast, fast_logits = _generate(model, enc, "akvq_packed", name, **GEN_POLICIES[name])
-    use_cpu_kernel(False)
-    try:
-        slow, slow_logits = _generate(model, enc, "akvq_packed", name, **GEN_POLICIES[name])
-    finally:
-        use_cpu_kernel(True)
+    slow, slow_logits = _generate(model, enc, "packed_torch", name, **GEN_POLICIES[name])
     assert torch.equal(fast, slow)
     assert float((fast_logits - slow_logits).norm() / slow_logits.norm()) < 1e-4
 
@@ -253,3 +248,31 @@ def test_triton_kernels_match_reference_in_interpreter() -> None:
 def test_triton_kernels_full_matrix() -> None:
     """Every packable plan, MHA and GQA (minutes in the interpreter)."""
     _run_triton([(n, g) for n in sorted(PLANS) if n != "bits3_8" for g in (1, 3)])
+
+
+def test_every_decode_path_declares_every_plan_field() -> None:
+    """A new TensorPlan field fails here until every path says which of its values it reads."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(TensorPlan)}
+    for name, path in DECODE_PATHS.items():
+        assert set(path.reads) == fields, f"{name} declares {sorted(set(path.reads) ^ fields)} wrongly"
+
+
+def test_selector_fails_closed_to_the_reference(caplog: pytest.LogCaptureFixture) -> None:
+    import dataclasses
+
+    from akvq.attention.paths import _fallback, select
+
+    _fallback.cache_clear()  # the line is logged once per (setting, reason) per process
+    plan = TensorPlan(bits=2, group_size=8, window=2, float_zero=True)
+    st = _store(plan, None, 20, 0, "low")
+    assert select("packed_c", st, st, cuda=False).name == ("packed_c" if packed_cpu.available() else "reference")
+    with caplog.at_level("INFO", logger="akvq.attention.paths"):
+        assert select("packed_torch", st, st, cuda=False).name == "reference"  # float zero points: not read
+    assert "k.float_zero=True" in caplog.text
+    # a path that does not declare a field (as if TensorPlan had grown one) is never chosen
+    partial = dataclasses.replace(DECODE_PATHS["packed_torch"], reads={
+        k: v for k, v in DECODE_PATHS["packed_torch"].reads.items() if k != "hadamard"})
+    assert "not declared" in partial.why_not(_store(TensorPlan(bits=2, group_size=8, window=2), None, 20, 0, "low"),
+                                             st, cuda=False)

@@ -7,8 +7,8 @@ buffer and reduces it against the G query heads of its KV head at once: one read
 
 The source (`csrc/packed_cpu.c`, plain C, no torch headers) is compiled on first use with the system C compiler
 (`$CC`, else cc) into `~/.cache/akvq/kernels/` (or `$AKVQ_KERNEL_DIR`), keyed by the source, flags and CPU, and
-loaded with ctypes; a build takes about a second. Without a compiler, or with `AKVQ_CPU_KERNEL=0`, `available()`
-is False and "akvq_packed" uses the torch path. The WHT/SmoothQuant on q and on the output, the 16-bit rows and the
+loaded with ctypes; a build takes about a second. Without a compiler (or without the source, in a broken install) `available()`
+is False and attention=auto uses the torch path. The WHT/SmoothQuant on q and on the output, the 16-bit rows and the
 recent tail are the torch code shared by all paths (`packed_torch.exact_*`)."""
 
 from __future__ import annotations
@@ -62,17 +62,14 @@ def _compile(cc: str, out: Path) -> None:
 
 @functools.lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL | None:
-    if os.environ.get("AKVQ_CPU_KERNEL", "1") == "0":
-        _state["reason"] = "disabled by AKVQ_CPU_KERNEL=0"
-        return None
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not cc:
         _state["reason"] = "no C compiler on PATH (set CC)"
         return None
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join((cc, *FLAGS, _cpu_id())).encode()).hexdigest()[:16]
     root = Path(os.environ.get("AKVQ_KERNEL_DIR") or Path.home() / ".cache" / "akvq" / "kernels")
-    path = root / f"packed_cpu-{key}.so"
     try:
+        key = hashlib.sha256(SOURCE.read_bytes() + " ".join((cc, *FLAGS, _cpu_id())).encode()).hexdigest()[:16]
+        path = root / f"packed_cpu-{key}.so"
         if not path.exists():
             _compile(cc, path)
         lib = ctypes.CDLL(str(path))
@@ -103,14 +100,6 @@ def status() -> str:
     """Why the kernel is or is not in use (for logs and records)."""
     _lib()
     return _state.get("reason", "")
-
-
-def supports(kstore: TensorStore, vstore: TensorStore) -> bool:
-    """Layouts the kernel reads: any bit width and group within or across heads, integer or float zero points;
-    keys per token or per channel, values per token; not SKVQ's channel permutation; CPU tensors."""
-    if kstore.perm is not None or vstore.perm is not None or vstore.plan.axis == "channel":
-        return False
-    return kstore.tail is not None and kstore.tail.device.type == "cpu" and available()
 
 
 def _table_args(store: TensorStore) -> list:
@@ -198,4 +187,4 @@ def store_output(store: TensorStore, p: torch.Tensor) -> torch.Tensor:
 packed_decode = functools.partial(torch_packed_decode, scores=store_scores, output=store_output)
 
 
-__all__ = ["available", "packed_decode", "status", "store_output", "store_scores", "supports"]
+__all__ = ["available", "packed_decode", "status", "store_output", "store_scores"]

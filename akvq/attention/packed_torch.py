@@ -322,16 +322,6 @@ def apply_mask(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return scores + m.float()
 
 
-def supports(kstore: TensorStore, vstore: TensorStore) -> bool:
-    """Layouts this path folds: integer zero points, groups within a head or of whole heads, no channel
-    permutation."""
-    for st in (kstore, vstore):
-        g, d = st.group, st.head_dim
-        if st.plan.float_zero or st.perm is not None or (st.plan.axis == "token" and d % g and g % d):
-            return False
-    return True
-
-
 def packed_decode(
     query: torch.Tensor,
     kstore: TensorStore,
@@ -356,4 +346,4 @@ def packed_decode(
     return o.reshape(b, hq, 1, vstore.head_dim).to(query.dtype)
 
 
-__all__ = ["LOW", "apply_mask", "packed_decode", "supports", "store_output", "store_scores", "unpack_float"]
+__all__ = ["LOW", "apply_mask", "packed_decode", "store_output", "store_scores", "unpack_float"]

@@ -1,9 +1,9 @@
 """Attention implementations registered with transformers, so any supported model reads the cache without patching.
 
-- "akvq_packed": decode steps read the packed stores: the Triton kernels on CUDA (when triton imports), the C
-  kernel on CPU (`packed_cpu`, when a C compiler is there), else vectorized torch (`packed_torch`); a layout no
-  fast path folds (SKVQ's channel permutation) is dequantized and attended as in the reference. Prefill and
-  multi-token steps go to SDPA over full-precision K/V.
+- "akvq_packed": decode steps read the packed stores through the path `akvq.attention.paths.select` picks from
+  the cache's one setting (`attention = auto | reference | packed_torch | packed_c | triton`); a layout the
+  chosen path cannot read goes to the reference, logged. Prefill and multi-token steps go to SDPA over
+  full-precision K/V.
 - "akvq_reference": dequantize-then-attend in fp32 (the ground truth of the tests).
 Masks are built as for SDPA (boolean, True = attend)."""
 
@@ -16,13 +16,11 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from akvq.attention import packed_cpu
-from akvq.attention.packed_torch import packed_decode
-from akvq.attention.packed_torch import supports as torch_supports
+from akvq.attention.paths import check_setting, select
 from akvq.attention.reference import full_kv, reference_decode, store_of
 
 PACKED, REFERENCE = "akvq_packed", "akvq_reference"
-_state = {"registered": False, "triton": True, "cpu_kernel": True}
+_registered: list[bool] = []  # transformers' registries are process-wide; register once
 
 
 def _sdpa(module, query, key, value, attention_mask, dropout, scaling, kwargs):
@@ -45,21 +43,11 @@ def packed_attention(
     if ks is None or vs is None or query.shape[2] != 1:
         return _sdpa(module, query, key, value, attention_mask, dropout, scaling, kwargs)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-    if query.is_cuda and _state["triton"]:
-        from akvq.attention import packed_triton
-
-        if packed_triton.available():
-            try:
-                out = packed_triton.packed_decode(query, ks, vs, attention_mask, scaling)
-                return out.transpose(1, 2).contiguous(), None
-            except NotImplementedError:  # 3-bit codes, float zero points: the paths below read them
-                pass
-    if not query.is_cuda and _state["cpu_kernel"] and packed_cpu.supports(ks, vs):
-        out = packed_cpu.packed_decode(query, ks, vs, attention_mask, scaling)
-    elif torch_supports(ks, vs):
-        out = packed_decode(query, ks, vs, attention_mask, scaling)
-    else:
+    path = select(getattr(key, "akvq_attention", "auto"), ks, vs, query.is_cuda)
+    if path.decode is None:
         out = reference_decode(query, key, value, attention_mask, scaling)
+    else:
+        out = path.decode(query, ks, vs, attention_mask, scaling)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -82,33 +70,29 @@ def reference_attention(
 
 def register_attention() -> None:
     """Idempotent: add both implementations (and their SDPA-style masks) to transformers' global registries."""
-    if _state["registered"]:
+    if _registered:
         return
     AttentionInterface.register(PACKED, packed_attention)
     AttentionInterface.register(REFERENCE, reference_attention)
     AttentionMaskInterface.register(PACKED, sdpa_mask)
     AttentionMaskInterface.register(REFERENCE, sdpa_mask)
-    _state["registered"] = True
+    _registered.append(True)
 
 
-def use_triton(enabled: bool) -> None:
-    """Let "akvq_packed" use the Triton kernels on CUDA (default) or force the torch path."""
-    _state["triton"] = enabled
+# The benchmark configs name transformers implementations; they mean these settings.
+_IMPLEMENTATION_NAMES = {PACKED: "auto", REFERENCE: "reference"}
 
 
-def use_cpu_kernel(enabled: bool) -> None:
-    """Let "akvq_packed" use the C kernel on CPU (default, when it builds) or force the torch path."""
-    _state["cpu_kernel"] = enabled
-
-
-def use_packed(model: Any, cache: Any = None, implementation: str = PACKED) -> None:
-    """Switch a loaded model to an akvq attention implementation and tell the cache to hand out packed views.
-
-    `implementation="sdpa"` switches back (and the cache to materialized K/V)."""
+def use_packed(model: Any, cache: Any = None, attention: str = "auto") -> None:
+    """Point a loaded model and its cache at one decode path: `attention` is `auto | reference | packed_torch |
+    packed_c | triton` (also the implementation names `akvq_packed` = auto, `akvq_reference` = reference), or
+    `sdpa` to switch back (the cache then hands out materialized K/V)."""
     register_attention()
-    model.set_attn_implementation(implementation)
+    setting = "sdpa" if attention == "sdpa" else check_setting(_IMPLEMENTATION_NAMES.get(attention, attention))
+    model.set_attn_implementation({"sdpa": "sdpa", "reference": REFERENCE}.get(setting, PACKED))
     if cache is not None:
-        cache.packed_reads = implementation in (PACKED, REFERENCE)
+        cache.packed_reads = setting != "sdpa"
+        cache.attention = "auto" if setting == "sdpa" else setting
 
 
-__all__ = ["PACKED", "REFERENCE", "packed_attention", "reference_attention", "register_attention", "use_cpu_kernel", "use_packed", "use_triton"]
+__all__ = ["PACKED", "REFERENCE", "packed_attention", "reference_attention", "register_attention", "use_packed"]

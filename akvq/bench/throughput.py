@@ -221,7 +221,8 @@ def point(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def kernel_name(attention: str, device: str) -> str:
-    """Which decode path "akvq_packed" takes here (the C kernel needs a C compiler; Triton needs CUDA)."""
+    """Which kernel "akvq_packed" (attention=auto) uses here when the layout allows (C needs a C compiler;
+    Triton needs CUDA); the names are those of the existing records."""
     if attention != "akvq_packed":
         return attention
     if device.startswith("cuda"):

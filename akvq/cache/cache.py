@@ -46,6 +46,7 @@ class AKVQCache(Cache):
     # True: decode steps return `AKVQLayer.packed_views` instead of dequantized K/V; set by
     # `akvq.attention.use_packed` together with an attention implementation that reads them.
     packed_reads: bool = False
+    attention: str = "auto"  # which decode path reads the packed stores (`akvq.attention.paths`)
 
     def __init__(self, policy: Policy, num_layers: int, read_path: str = "dequantize"):
         if read_path not in READ_PATHS:

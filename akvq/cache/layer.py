@@ -75,6 +75,7 @@ class AKVQLayer(CacheLayerMixin):
             x = torch.full((1, 1, 1, 1), float("nan"), dtype=dtype, device=self.device)
             x = x.expand(store.batch, store.num_heads, t, store.head_dim)
             x.akvq_store = store
+            x.akvq_attention = self.owner.attention
             out.append(x)
         return out[0], out[1]
 

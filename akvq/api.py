@@ -54,6 +54,8 @@ def build_cache(
     model: Any, policy: Policy, inputs: Mapping[str, Any] | None = None, read_path: str = "dequantize"
 ) -> AKVQCache:
     policy = resolve_policy(model, policy)
+    if hasattr(policy, "make_cache"):  # a peer's own cache (transformers' QuantizedCache): no roles, no pivots
+        return policy.make_cache(model, read_path=read_path)
     cache = AKVQCache(policy, text_dims(model)[0], read_path=read_path)
     if inputs is None:
         return cache

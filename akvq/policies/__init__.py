@@ -9,6 +9,7 @@ from akvq.errors import ConfigError
 from akvq.policies.akvq import AKVQPolicy
 from akvq.policies.base import HP, LayerPlan, Policy, TensorPlan
 from akvq.policies.fp16 import FP16Policy
+from akvq.policies.hf_quantized import HFQuantizedPolicy
 from akvq.policies.kivi import KIVIPolicy
 from akvq.policies.rtn import RTNPolicy
 from akvq.policies.skvq import SKVQPolicy
@@ -17,13 +18,16 @@ from akvq.policies.smoothquant import SmoothQuantPolicy
 POLICIES: dict[str, type[Policy]] = {
     cls.name: cls for cls in (FP16Policy, RTNPolicy, KIVIPolicy, SKVQPolicy, SmoothQuantPolicy, AKVQPolicy)
 }
+# Methods whose cache is not ours (`policy.make_cache`): transformers' QuantizedCache.
+PEER_POLICIES: dict[str, type[Policy]] = {HFQuantizedPolicy.name: HFQuantizedPolicy}
 
 
 def make_policy(name: str, **overrides: Any) -> Policy:
     """Build a policy by name; unknown names or fields raise ConfigError listing what exists."""
-    if name not in POLICIES:
-        raise ConfigError(f"unknown quant policy {name!r}; known: {sorted(POLICIES)}")
-    cls = POLICIES[name]
+    known_policies = {**POLICIES, **PEER_POLICIES}
+    if name not in known_policies:
+        raise ConfigError(f"unknown quant policy {name!r}; known: {sorted(known_policies)}")
+    cls = known_policies[name]
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(overrides) - known
     if unknown:
@@ -40,4 +44,4 @@ def validate(name: str, **overrides: Any) -> None:
     make_policy(name, **overrides)
 
 
-__all__ = ["HP", "POLICIES", "LayerPlan", "Policy", "TensorPlan", "make_policy", "validate"]
+__all__ = ["HP", "PEER_POLICIES", "POLICIES", "LayerPlan", "Policy", "TensorPlan", "make_policy", "validate"]

@@ -212,3 +212,70 @@ def test_smollm2_perplexity_through_the_task() -> None:
     assert ppl["hf_quanto4"].metrics["ppl"] < ppl["hf_quanto2"].metrics["ppl"]
     assert ppl["hf_quanto4"].metrics["ppl"] == pytest.approx(ppl["fp16"].metrics["ppl"], rel=0.1)
     assert 2.5 < ppl["hf_quanto2"].kv_effective_bits < 4.5 < ppl["hf_quanto4"].kv_effective_bits < 7
+
+
+@pytest.mark.parametrize("name", ["hf_quanto2", "hf_quanto4"])
+def test_benchmark_save_load_and_batch_copy(name: str, tmp_path: Path) -> None:
+    """bench.memory's save/load/repeat on a peer's cache: a batch-1 cache saved, loaded and copied 3 times
+    reads exactly as a cache that held the 3 sequences from the start; a flush is what its update does."""
+    need("quanto")
+    from akvq.bench.memory import kv_bytes_per_token, load_cache, repeat_cache, save_cache
+
+    torch.manual_seed(0)
+    k, v = torch.randn(1, 2, 75, 32), torch.randn(1, 2, 75, 32)
+    pol = policy_of(name, residual_length=8)
+    one = hf_quantized.HFQuantizedCache(pol, _Cfg(), torch.float16, "dequantize")
+    _drive(one, k, v, 70)
+    save_cache(one, tmp_path / "c.pt", {"next_id": 1})
+    loaded, extra = load_cache(pol, tmp_path / "c.pt")
+    assert extra == {"next_id": 1}
+    repeat_cache(loaded, 3)
+    three = hf_quantized.HFQuantizedCache(pol, _Cfg(), torch.float16, "dequantize")
+    _drive(three, k.repeat(3, 1, 1, 1), v.repeat(3, 1, 1, 1), 70)
+    assert loaded.memory_report() == three.memory_report()
+    assert kv_bytes_per_token(loaded) == pytest.approx(kv_bytes_per_token(one), rel=0.02)  # packing pads rows
+    x = torch.randn(3, 2, 1, 32)
+    for a, b in zip(loaded.update(x, x, 0), three.update(x, x, 0)):
+        assert torch.equal(a, b)
+    loaded.flush()
+    assert loaded.layers[0].keys.numel() == 0 and loaded.get_seq_length() == 76
+    with pytest.raises(NotImplementedError, match="replay"):
+        loaded.replay_steps = True
+
+
+def test_hqq_cache_cannot_be_copied_along_the_batch() -> None:
+    need("hqq")
+    cache = hf_quantized.HFQuantizedCache(policy_of("hf_hqq2"), _Cfg(), torch.float16, "dequantize")
+    with pytest.raises(NotImplementedError, match="HQQ's axis-0 groups stride"):
+        cache.repeat_batch(2)
+
+
+@pytest.mark.parametrize("name", ["hf_quanto2", "hf_hqq4"])
+def test_exact_chunks_are_token_by_token(name: str) -> None:
+    """The ppl task feeds a peer's cache in chunks cut at its flush points: the same logits as one token a step."""
+    need(PEERS[name])
+    from conftest import tiny
+
+    from akvq.tasks.fidelity import _decode
+
+    loaded = tiny("llama")
+    model = loaded.model
+    torch.manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (1, 60))
+    pol = policy_of(name, q_group_size=32, residual_length=8)
+    logits = []
+    for exact in (True, False):
+        cache = api.build_cache(model, pol, {"input_ids": ids[:, :37]})
+        with torch.inference_mode():
+            model(input_ids=ids[:, :37], **{api.cache_kwarg(): cache}, use_cache=True)
+        if not exact:  # the plain step loop
+            logits.append(torch.cat([_decode_one(model, cache, ids[:, t : t + 1]) for t in range(37, 60)]))
+        else:
+            assert cache.exact_chunks(23) == [8, 8, 7]
+            logits.append(_decode(model, cache, ids[:, 37:60], chunk=1))
+    torch.testing.assert_close(logits[0], logits[1], rtol=1e-4, atol=1e-4)
+
+
+def _decode_one(model: Any, cache: Any, tok: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(input_ids=tok, **{api.cache_kwarg(): cache}, use_cache=True).logits[0].float()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import resource
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -71,6 +72,9 @@ def repeat_cache(cache: AKVQCache, n: int) -> AKVQCache:
     """Every layer and every prompt mask copied n times along the batch (in place; returns the cache)."""
     if n == 1:
         return cache
+    if hasattr(cache, "repeat_batch"):  # a peer's cache (transformers' QuantizedCache) copies itself
+        cache.repeat_batch(n)
+        return cache
     for layer in cache.layers:
         if layer.is_initialized:
             repeat_store(layer.k, n)
@@ -84,6 +88,9 @@ def repeat_cache(cache: AKVQCache, n: int) -> AKVQCache:
 
 def save_cache(cache: AKVQCache, path: str | Path, extra: dict[str, Any]) -> None:
     """The stores of every layer plus the prompt masks and `extra` (next token, sequence length)."""
+    if hasattr(cache, "state"):  # a peer's cache
+        torch.save({"peer_state": cache.state(), "extra": extra}, str(path))
+        return
     state = {
         "stores": [(lay.k, lay.v) for lay in cache.layers],
         "dtype": cache.layers[0].dtype,
@@ -96,6 +103,8 @@ def save_cache(cache: AKVQCache, path: str | Path, extra: dict[str, Any]) -> Non
 def load_cache(policy: Any, path: str | Path, device: str = "cpu") -> tuple[AKVQCache, dict[str, Any]]:
     """Rebuild an AKVQCache saved by `save_cache` (same policy) on `device`."""
     state = torch.load(str(path), weights_only=False, map_location=device)
+    if "peer_state" in state:
+        return _load_peer(policy, state, device), state["extra"]
     cache = AKVQCache(policy, len(state["stores"]))
     for layer, (k, v) in zip(cache.layers, state["stores"]):
         layer.k, layer.v = k, v
@@ -106,10 +115,21 @@ def load_cache(policy: Any, path: str | Path, device: str = "cpu") -> tuple[AKVQ
     return cache, state["extra"]
 
 
+def _load_peer(policy: Any, state: dict[str, Any], device: str) -> Any:
+    from transformers import LlamaConfig
+
+    layers = state["peer_state"]
+    config = LlamaConfig(num_hidden_layers=len(layers))  # QuantizedCache needs only the layer count and types
+    cache = policy.make_cache(SimpleNamespace(config=config, dtype=layers[0]["keys"].dtype))
+    cache.load_state(layers, device)
+    return cache
+
+
 def kv_bytes_per_token(cache: AKVQCache) -> float:
     """Bytes the cache holds per (sequence, token), everything counted (codes, scales, 16-bit rows, indices)."""
     layer = cache.layers[0]
-    tokens = layer.k.batch * layer.get_seq_length()
+    batch = layer.kv_shape[0] if hasattr(layer, "kv_shape") else layer.k.batch
+    tokens = batch * layer.get_seq_length()
     return cache.memory_report().total_bytes / max(1, tokens)
 
 

@@ -156,6 +156,32 @@ class HFQuantizedCache(QuantizedCache):
             layer.storage_dtype = storage_dtype
             layer.memo = read_path == "cached"
 
+    def exact_chunks(self, n: int) -> list[int]:
+        """Chunk sizes whose forwards give the same logits as feeding n tokens one at a time.
+
+        Between two re-quantizations every decode step reads the same dequantized history plus the 16-bit
+        residual, and a chunk's own tokens are that residual; a chunk that ends where the step loop would
+        flush ends with the same flush. So chunks cut at the flush points are token-by-token decoding."""
+        layer = self.layers[0]
+        r = layer.keys.shape[-2] if layer.keys.dim() == 4 else 0
+        sizes, left, first = [], n, max(1, self.policy.residual_length - r)
+        while left > 0:
+            sizes.append(min(first, left))
+            left -= sizes[-1]
+            first = self.policy.residual_length
+        return sizes
+
+    @property
+    def replay_steps(self) -> bool:
+        return False
+
+    @replay_steps.setter
+    def replay_steps(self, on: bool) -> None:
+        # A many-token forward would reach its update as one chunk: not token-by-token decoding. Fail loudly
+        # rather than score a biased proxy; the ppl task's step loop (task.replay=false) is exact.
+        if on:
+            raise NotImplementedError("transformers' QuantizedCache cannot replay decoding; use task.replay=false")
+
     def memory_report(self) -> Any:
         """Codes (integer tensors), scales and zero points (float tensors of the quantized states) and the
         16-bit residual, in bytes, from the tensors the layers hold; elements = every cached K/V value."""
@@ -175,6 +201,63 @@ class HFQuantizedCache(QuantizedCache):
             b, h, d = layer.kv_shape
             elements += 2 * b * h * layer.cumulative_length * d
         return MemoryReport(codes_bytes=codes, meta_bytes=meta, hp_bytes=hp, index_bytes=0, elements=elements)
+
+    # ---- for the efficiency benchmark: save a prefilled cache, load it, copy it along the batch
+
+    def state(self) -> list[dict[str, Any]]:
+        keep = ("_quantized_keys", "_quantized_values", "keys", "values", "cumulative_length", "kv_shape")
+        return [{k: getattr(layer, k) for k in keep} for layer in self.layers]
+
+    def load_state(self, state: list[dict[str, Any]], device: str | torch.device = "cpu") -> None:
+        for layer, st in zip(self.layers, state):
+            layer.lazy_initialization(st["keys"].to(device), st["values"].to(device))
+            for k, v in st.items():
+                setattr(layer, k, v.to(device) if isinstance(v, torch.Tensor) else v)
+
+    def flush(self) -> None:
+        """What each layer's update does when its residual fills: dequantize everything, append the residual,
+        quantize it all again (the benchmark times it: it comes every `residual_length` steps)."""
+        for layer in self.layers:
+            for qname, rname, axis in (("_quantized_keys", "keys", layer.axis_key),
+                                       ("_quantized_values", "values", layer.axis_value)):
+                parts = [layer._dequantize(getattr(layer, qname)), getattr(layer, rname)]
+                full = torch.cat([p for p in parts if p.dim() == 4], dim=-2)
+                setattr(layer, qname, layer._quantize(full.contiguous(), axis=axis))
+            layer.keys = layer.keys.new_empty(0)
+            layer.values = layer.values.new_empty(0)
+
+    def repeat_batch(self, n: int) -> None:
+        """Every sequence copied n times, in place (as `bench.memory.repeat_cache` does for ours)."""
+        if n == 1:
+            return
+        if self.policy.backend != "quanto" or (self.policy.axis_key, self.policy.axis_value) != (0, 0):
+            raise NotImplementedError(
+                "only quanto's axis-0 states can be copied along the batch; HQQ's axis-0 groups stride across "
+                "the whole flattened cache, so a batch-n cache must be quantized from scratch"
+            )
+        for layer in self.layers:
+            b = layer.kv_shape[0]
+            layer._quantized_keys = _repeat_quantized(layer._quantized_keys, b, n)
+            layer._quantized_values = _repeat_quantized(layer._quantized_values, b, n)
+            if layer.keys.dim() == 4:
+                layer.keys = layer.keys.repeat_interleave(n, dim=0)
+                layer.values = layer.values.repeat_interleave(n, dim=0)
+            layer.kv_shape = (b * n, *layer.kv_shape[1:])
+
+
+def _repeat_quantized(q: Any, b: int, n: int) -> Any:
+    """Quantized states of batch b with every sequence copied n times (quanto only: its axis-0 groups are
+    contiguous runs of the flattened [B, H, T, D] tensor, so sequence i owns a block of whole groups)."""
+    from optimum.quanto import WeightQBitsTensor
+
+    def rows(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(b, -1, *x.shape[1:]).repeat_interleave(n, dim=0).reshape(-1, *x.shape[1:])
+
+    size = (q.shape[0] * n, *q.shape[1:])
+    stride = torch.empty(size, device="meta").stride()
+    return WeightQBitsTensor(
+        q._qtype, q._axis, q._group_size, size, stride, rows(q._data.unpack()), rows(q._scale), rows(q._shift)
+    )
 
 
 __all__ = ["BACKENDS", "HFQuantizedCache", "HFQuantizedPolicy", "missing_backend"]

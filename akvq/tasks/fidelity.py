@@ -94,11 +94,15 @@ def cache_from_prefill(model: Any, policy: Any, ids: torch.Tensor, pre: Prefill,
 def _decode(model: Any, cache: Any, tokens: torch.Tensor, chunk: int = 1) -> torch.Tensor:
     """Feed tokens [1, n] through the cache `chunk` at a time (1 = exactly what decoding sees; larger chunks
     are a faster proxy: tokens inside a chunk attend to each other in full precision); logits [n, V] fp32."""
-    out = []
+    n = tokens.shape[-1]
+    # A cache that knows chunk sizes equal to token-by-token decoding (transformers' QuantizedCache) uses them.
+    sizes = cache.exact_chunks(n) if chunk == 1 and hasattr(cache, "exact_chunks") else [chunk] * -(-n // chunk)
+    out, i = [], 0
     with torch.inference_mode():
-        for i in range(0, tokens.shape[-1], chunk):
-            o = model(input_ids=tokens[:, i : i + chunk], **{api.cache_kwarg(): cache}, use_cache=True)
+        for size in sizes:
+            o = model(input_ids=tokens[:, i : i + size], **{api.cache_kwarg(): cache}, use_cache=True)
             out.append(o.logits[0].float())
+            i += size
     return torch.cat(out)
 
 

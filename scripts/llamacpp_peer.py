@@ -66,6 +66,7 @@ class Engine:
         mp = lc.llama_model_default_params()
         self.model = lc.llama_model_load_from_file(gguf_path().encode(), mp)
         cp = lc.llama_context_default_params()
+        n_batch = max(n_batch, n_seq)  # one decode step of every sequence is one llama_decode
         cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, n_batch, n_batch, n_seq
         cp.n_threads = cp.n_threads_batch = threads
         cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED  # quantized V needs it; on for all, alike
@@ -182,6 +183,8 @@ def point(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     batch, n_prompt = spec["batch"], spec["prompt_len"]
+    if spec.get("data_limit"):  # an over-budget point fails to allocate instead of swapping a shared machine
+        resource.setrlimit(resource.RLIMIT_DATA, (spec["data_limit"], spec["data_limit"]))
     per_seq = n_prompt + spec["steps"] + 8
     try:
         eng = Engine(spec["kv"], n_ctx=per_seq * batch, n_seq=batch, threads=spec["threads"])
@@ -247,7 +250,7 @@ def bench(args: argparse.Namespace) -> None:
         next_id = prepare_state(kv, args.prompt_len, args.prefill_threads, state)
         print(f"{kv}: prefill {args.prompt_len} tokens in {time.perf_counter() - t0:.1f} s", flush=True)
         spec = {"kv": kv, "prompt_len": args.prompt_len, "steps": args.steps, "threads": args.threads,
-                "state": str(state), "next_id": next_id}
+                "state": str(state), "next_id": next_id, "data_limit": int(budget * 1.5)}
         measured: dict[int, dict[str, Any]] = {}
 
         def measure(b: int, spec=spec, measured=measured, kv=kv) -> Point:
@@ -287,7 +290,7 @@ def run_point(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     for line in p.stdout.splitlines():
         if line.startswith(RESULT):
             return json.loads(line[len(RESULT):])
-    if p.returncode in (-9, 137) or "alloc" in p.stderr.lower():
+    if p.returncode in (-9, -6, 134, 137) or "alloc" in p.stderr.lower():
         return {"oom": True, "batch": spec["batch"], "peak_bytes": None, "error": p.stderr[-300:]}
     raise RuntimeError(f"llama.cpp point failed (rc {p.returncode}):\n{p.stderr[-1500:]}")
 
@@ -303,7 +306,7 @@ def main(argv: list[str]) -> None:
     a.add_argument("--prompt-len", type=int, default=4096)
     a.add_argument("--cont-len", type=int, default=256)
     a.add_argument("--windows", type=int, default=8)
-    a.add_argument("--threads", type=int, default=1)
+    a.add_argument("--threads", type=int, default=2, help="threads (the numbers do not depend on them)")
     a.add_argument("--records", default="results/runs.jsonl")
     b = sub.add_parser("bench", help="decode tokens/s at batch 1 and at the largest batch under the budget")
     b.add_argument("--kv", nargs="+", default=["f16", "q4_0"], choices=sorted(BITS))

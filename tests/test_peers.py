@@ -279,3 +279,40 @@ def test_exact_chunks_are_token_by_token(name: str) -> None:
 def _decode_one(model: Any, cache: Any, tok: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         return model(input_ids=tok, **{api.cache_kwarg(): cache}, use_cache=True).logits[0].float()
+
+
+def _llamacpp_script() -> Any:
+    import importlib.util
+
+    path = Path(runner.REPO) / "scripts" / "llamacpp_peer.py"
+    spec = importlib.util.spec_from_file_location("llamacpp_peer", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_llamacpp_nll_and_bits() -> None:
+    import numpy as np
+
+    mod = _llamacpp_script()
+    x = np.array([1.0, 3.0, -2.0, 0.5])
+    want = torch.nn.functional.cross_entropy(torch.tensor(x)[None], torch.tensor([1])).item()
+    assert mod.nll_at(x, 1) == pytest.approx(want)
+    assert mod.BITS == {"f16": 16.0, "q8_0": 8.5, "q4_0": 4.5}  # (2 + 32) and (2 + 16) bytes per 32 values
+
+
+@pytest.mark.slow
+def test_llamacpp_ppl_record_lands_in_the_runner_schema(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp", reason="llama.cpp peer needs pip install 'akvq[llamacpp]'")
+    mod = _llamacpp_script()
+    recs = tmp_path / "runs.jsonl"
+    mod.main(["ppl", "--kv", "q4_0", "f16", "--prompt-len", "64", "--cont-len", "8", "--windows", "2",
+              "--records", str(recs)])
+    rows = records.read_records(recs)
+    assert [r["quant"] for r in rows] == ["llamacpp_q4_0", "llamacpp_f16"]
+    for r in rows:
+        assert r["model"] == "smollm2-135m" and r["task"] == "ppl" and r["primary_metric"] == "ppl"
+        assert r["config"]["task"]["chunk"] == 1 and r["config"]["task"]["windows"] == 2
+        assert math.isfinite(r["metrics"]["ppl"]) and len(r["details"]) == 2
+    assert rows[0]["kv_effective_bits"] == 4.5 and rows[1]["kv_effective_bits"] == 16
+    assert rows[0]["metrics"]["ppl"] == pytest.approx(rows[1]["metrics"]["ppl"], rel=0.3)

@@ -9,6 +9,12 @@ are ours, and neither changes its numbers:
 - `read_path="cached"` (accuracy runs) memoizes the dequantized history until the next re-quantization:
   the same tensors, without dequantizing the whole cache at every token (tested bit-identical).
 Its bytes are read from its own tensors (`memory_report`), so effective bits are counted as ours are.
+
+What "axis 0, groups of 64" means on a KV cache (read from the backends, checked on tensors): quanto cuts the
+flattened [B, H, T, D] tensor into runs of 64 consecutive values, i.e. per token and head when head_dim = 64;
+HQQ reshapes it to [64, N/64] and groups columns, so group j holds one value from each 64th of the cache:
+channel j mod D of 64 tokens N/64/D rows apart (every 192nd token-head row for SmolLM2 at batch 1), regrouped
+at every re-quantization as the cache grows. Both key and value are grouped the same way.
 """
 
 from __future__ import annotations
@@ -72,13 +78,13 @@ class HFQuantizedPolicy(Policy):
         raise TypeError("hf_quantized stores K/V in transformers' QuantizedCache, not in an AKVQ layer plan")
 
     def check_model(self, num_kv_heads: int, head_dim: int, num_layers: int) -> None:
-        # Along axis 0 both backends cut the flattened [B, H, T, D] tensor into runs of q_group_size elements,
-        # so a group must divide one token's K (else a cache of odd length fails mid-run).
+        # Along axis 0 both backends need q_group_size to divide the whole tensor's size; dividing one token's
+        # K/V makes that hold at every length (else a cache of odd length fails mid-run).
         width = num_kv_heads * head_dim
         if 0 in (self.axis_key, self.axis_value) and width % self.q_group_size:
             raise ConfigError(
                 f"hf_quantized: q_group_size={self.q_group_size} must divide num_kv_heads*head_dim={width} "
-                f"(its groups run along the flattened K/V of each token); set quant.q_group_size"
+                f"(the backends group the flattened K/V); set quant.q_group_size"
             )
 
     def make_cache(self, model: Any, read_path: str = "dequantize") -> HFQuantizedCache:

@@ -8,26 +8,30 @@ import logging
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
+
+from akvq import runner
+from akvq.errors import ConfigError, MissingDataError, UnsupportedModelError
 
 # Our configs/hydra/launcher/submitit_slurm.yaml is checked against the plugin's schema of the same name;
 # Hydra warns that this matching is deprecated, which is noise for users.
 warnings.filterwarnings("ignore", message="(?s).*validated against ConfigStore schema.*")
 
 log = logging.getLogger("akvq")
+# The process's session, handed to every job: the jobs of a local multirun (one process) share a model load.
+SESSION = runner.Session()
 
 
 @hydra.main(
     version_base="1.3", config_path=str(Path(__file__).resolve().parent / "configs"), config_name="config"
 )
-def main(cfg: DictConfig) -> None:
-    from akvq import runner
-    from akvq.errors import ConfigError, MissingDataError, UnsupportedModelError
-
+def main(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Returns the rows, which the sweep summary callback collects at the end of each job."""
     try:
-        runner.main(cfg)
+        return runner.main(cfg, SESSION)
     except (ConfigError, MissingDataError, UnsupportedModelError) as e:
         # A config or setup problem: say what and how to fix it, without a traceback.
         log.error("%s: %s", type(e).__name__, e)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import transformers
 from packaging.version import Version
+from transformers.cache_utils import Cache
 
 from akvq.cache import AKVQCache
 from akvq.policies import Policy
@@ -39,25 +40,23 @@ def model_name(model: Any) -> str:
 
 
 def resolve_policy(model: Any, policy: Policy) -> Policy:
-    """Fill what the policy leaves to the model (the TSA/PSA layer pattern) and check shapes."""
+    """The policy for this model: what it leaves to the model (the TSA/PSA layer pattern) filled in, in a new
+    object (the caller's policy is unchanged, so one policy serves many models), and shapes checked."""
     num_layers, kv, head_dim = text_dims(model)
-    if getattr(policy, "needs_pattern", False):
-        from akvq.saliency.patterns import layer_pattern
-
-        name = getattr(model, "_akvq_model_name", None) or model_name(model)
-        policy.layer_pattern = list(layer_pattern(name, num_layers))
-    policy.check_model(kv, head_dim, num_layers)
-    return policy
+    name = getattr(model, "_akvq_model_name", None) or model_name(model)
+    resolved = policy.resolve(name, num_layers)
+    resolved.check_model(kv, head_dim, num_layers)
+    return resolved
 
 
 def build_cache(
     model: Any, policy: Policy, inputs: Mapping[str, Any] | None = None, read_path: str = "dequantize"
-) -> AKVQCache:
+) -> Cache:
+    """The method's cache for this model, told the prompt's padding, token roles (and, through
+    `pivot_detection`, its pivots) when the method uses them."""
     policy = resolve_policy(model, policy)
-    if hasattr(policy, "make_cache"):  # a peer's own cache (transformers' QuantizedCache): no roles, no pivots
-        return policy.make_cache(model, read_path=read_path)
-    cache = AKVQCache(policy, text_dims(model)[0], read_path=read_path)
-    if inputs is None:
+    cache = policy.new_cache(text_dims(model)[0], read_path=read_path)
+    if inputs is None or not isinstance(cache, AKVQCache):
         return cache
     if inputs.get("attention_mask") is not None:
         cache.set_attention_mask(inputs["attention_mask"])
@@ -69,10 +68,10 @@ def build_cache(
 
 
 @contextlib.contextmanager
-def pivot_detection(model: Any, cache: AKVQCache) -> Iterator[None]:
+def pivot_detection(model: Any, cache: Cache) -> Iterator[None]:
     """Hooks that find the pivots during the prefill and hand them to the cache."""
-    policy = cache.policy
-    if not policy.needs_pivots:
+    policy = getattr(cache, "policy", None)
+    if policy is None or not policy.needs_pivots:
         yield
         return
     from akvq.saliency.pivots import PivotDetector
@@ -88,7 +87,7 @@ def pivot_detection(model: Any, cache: AKVQCache) -> Iterator[None]:
 
 def generate(
     model: Any, inputs: Mapping[str, Any], policy: Policy, read_path: str = "dequantize", **gen_kwargs: Any
-) -> tuple[torch.Tensor, AKVQCache]:
+) -> tuple[torch.Tensor, Cache]:
     """`model.generate` through a fresh quantized cache; returns (sequences, cache)."""
     cache = build_cache(model, policy, inputs, read_path=read_path)
     with pivot_detection(model, cache), torch.inference_mode():
@@ -96,7 +95,7 @@ def generate(
     return out, cache
 
 
-def forward(model: Any, cache: AKVQCache, inputs: Mapping[str, Any], prefill: bool = False) -> Any:
+def forward(model: Any, cache: Cache, inputs: Mapping[str, Any], prefill: bool = False) -> Any:
     """One forward through the cache (teacher forcing); `prefill=True` runs pivot detection on it."""
     ctx = pivot_detection(model, cache) if prefill else contextlib.nullcontext()
     with ctx, torch.inference_mode():

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
 import math
 import os
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parent.parent
 
 RECORD_KEYS = (
     "model",
@@ -181,6 +184,22 @@ def latest_by_hash(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def completed(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     """What a sweep can skip: config_hash -> record."""
     return latest_by_hash(read_records(path))
+
+
+@functools.cache
+def git_rev(repo: Path = REPO) -> str:
+    """Short commit of the checkout, `+dirty` when tracked files changed; `unknown` outside git. The one
+    format of the records' `git_rev` (runner and benchmark alike)."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5)
+        if rev.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, timeout=5
+        )
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def _json_default(x: Any) -> Any:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from akvq.bench.batch_search import Point, largest_batch  # noqa: E402
 from akvq.bench.memory import GiB  # noqa: E402
 from akvq.bench.throughput import RESULT  # noqa: E402
-from akvq.policies import PEER_POLICIES  # noqa: E402
+from akvq.policies import POLICIES, Policy  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -66,13 +66,6 @@ def parse_entries(names: list[str]) -> list[tuple[str, str, str | None]]:
     return out
 
 
-def git_rev() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    except OSError:
-        return ""
-
-
 def load_cfg(overrides: list[str]) -> dict[str, Any]:
     with initialize_config_dir(config_dir=str(ROOT / "configs" / "bench"), version_base=None):
         cfg = compose(config_name="efficiency", overrides=overrides)
@@ -88,13 +81,13 @@ def device_name(device: str) -> str:
 
 
 def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    from akvq.records import append_record, config_hash
-    from akvq.runner import load_quant
+    from akvq.policies import quant_config
+    from akvq.records import append_record, config_hash, git_rev
 
     t_start = time.time()
     model_cfg = yaml.safe_load((ROOT / "configs" / "model" / f"{cfg['model']}.yaml").read_text())
     entries = parse_entries(cfg["quants"])
-    quants = {qname: load_quant(qname) for _, qname, _ in entries}
+    quants = {qname: quant_config(qname) for _, qname, _ in entries}
     tag = f"{cfg['model']}-{cfg['prompt_len']}-{cfg['device']}"
     work = ROOT / cfg["work_dir"] / tag
     work.mkdir(parents=True, exist_ok=True)
@@ -114,7 +107,7 @@ def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     for name, qname, forced in entries:
         qcfg, q = quants[qname], prep["quants"][qname]
         # fp16 and the peers' own caches (transformers' QuantizedCache) are read by transformers' attention
-        plain = qcfg["policy"] == "fp16" or qcfg["policy"] in PEER_POLICIES
+        plain = qcfg["policy"] == "fp16" or POLICIES[qcfg["policy"]].new_cache is not Policy.new_cache
         attention = forced or (cfg["fp16_attention"] if plain else cfg["attention"])
         spec = {**base, "quant_cfg": qcfg, "cache_path": q["cache_path"], "attention": attention,
                 "data_limit": int(budget * cfg["data_limit_factor"])}

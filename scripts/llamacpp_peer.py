@@ -127,7 +127,7 @@ def ppl(args: argparse.Namespace) -> None:
 
     from akvq import records
     from akvq.models.smollm2 import smollm2_tokenizer
-    from akvq.runner import git_rev
+    from akvq.records import git_rev
     from akvq.tasks.fidelity import bootstrap_ppl
     from akvq.tasks.text import corpus_ids, windows
 

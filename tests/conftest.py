@@ -13,7 +13,7 @@ torch.set_num_threads(2)
 
 @functools.cache
 def tiny(kind: str):
-    from akvq.models.tiny import build_tiny
+    from akvq.models import build_tiny
 
     return build_tiny(kind)
 

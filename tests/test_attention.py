@@ -114,7 +114,7 @@ TRITON = importlib.util.find_spec("triton") is not None
 # --- through a real model: transformers' attention interface, greedy tokens ------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_llama():
-    from akvq.models.tiny import build_tiny
+    from akvq.models import build_tiny
 
     loaded = build_tiny("llama")
     g = torch.Generator().manual_seed(0)
@@ -143,7 +143,7 @@ def _generate(model, enc, impl: str, name: str, **kw):
     from akvq.policies import make_policy
 
     kw = dict(kw)
-    policy = make_policy(kw.pop("policy", name), **kw)
+    policy = make_policy({"policy": kw.pop("policy", name)}, **kw)
     cache = AKVQCache(policy, model.config.num_hidden_layers)
     cache.set_attention_mask(enc["attention_mask"])
     t = enc["input_ids"].shape[1]

@@ -41,7 +41,7 @@ def test_save_load_roundtrip(tmp_path) -> None:
     from akvq.cache import AKVQCache
     from akvq.policies import make_policy
 
-    policy = make_policy("rtn", bits=2, group_size=16, window=4)
+    policy = make_policy("rtn2", bits=2, group_size=16, window=4)
     cache = AKVQCache(policy, 2)
     g = torch.Generator().manual_seed(0)
     for i in range(2):

@@ -73,7 +73,7 @@ def test_fp16_identical_in_bfloat16():
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_every_policy_generates(family, name):
     loaded, inputs = tiny_inputs(family)
-    policy = make_policy(name, **SMALL[name])
+    policy = make_policy({"policy": name}, **SMALL[name])
     out, cache = api.generate(loaded.model, inputs, policy, max_new_tokens=10, do_sample=False)
     prompt_len = inputs["input_ids"].shape[1]
     assert out.shape == (2, prompt_len + 10)
@@ -126,7 +126,7 @@ def test_window_and_pivots_stay_exact_rest_is_quantized():
 def test_tokens_are_quantized_once():
     torch.manual_seed(0)
     k, v = torch.randn(1, 2, 30, 16), torch.randn(1, 2, 30, 16)
-    cache = AKVQCache(make_policy("rtn", bits=2, window=4), 1)
+    cache = AKVQCache(make_policy("rtn2", bits=2, window=4), 1)
     cache.update(k[:, :, :20], v[:, :, :20], 0)
     cache.update(k[:, :, 20:21], v[:, :, 20:21], 0)
     codes_before = cache.layers[0].k.tables[LOW].codes.clone()
@@ -148,7 +148,7 @@ def test_quantized_read_matches_reference_math(name):
     k, v = torch.randn(b, h, t, d), torch.randn(b, h, t, d) * 3
     overrides = {"rtn": {}, "kivi": {"residual": 16}, "skvq": {"sink": 0, "window": 8},
                  "smoothquant": {}, "akvq": {"tsa": False, "psa": False, "window": 8}}[name]
-    policy = make_policy(name, hp_dtype="model", **overrides)
+    policy = make_policy({"policy": name}, hp_dtype="model", **overrides)
     cache, rk, _ = _layer_roundtrip(policy, k, v, steps=2)
     store = cache.layers[0].k
     n = store.n_q
@@ -189,14 +189,14 @@ def test_tsa_text_4bit_vision_2bit():
 
 def test_two_bit_payload_is_an_eighth_of_fp16():
     k = torch.randn(1, 2, 300, 64)
-    cache, _, _ = _layer_roundtrip(make_policy("rtn", bits=2, window=0), k, k.clone(), steps=1)
+    cache, _, _ = _layer_roundtrip(make_policy("rtn2", bits=2, window=0), k, k.clone(), steps=1)
     store = cache.layers[0].k
     assert store.tables[LOW].codes.nbytes * 8 == store.n_q * 2 * 64 * 2
 
 
 def test_kivi_keys_flush_in_residual_groups():
     k = torch.randn(1, 2, 100, 16)
-    cache, _, _ = _layer_roundtrip(make_policy("kivi", residual=32), k, k.clone(), steps=5)
+    cache, _, _ = _layer_roundtrip(make_policy("kivi2", residual=32), k, k.clone(), steps=5)
     layer = cache.layers[0]
     assert layer.k.n_q % 32 == 0 and 0 < layer.k.tail_len <= 32 + 1
     assert layer.v.tail_len == 32  # values keep a sliding residual
@@ -207,12 +207,12 @@ def test_bad_configs_fail_before_any_model_loads():
         make_policy("akvq", bits=5)
     with pytest.raises(ConfigError, match="text_bits"):
         make_policy("akvq", text_bits=6)
-    with pytest.raises(ConfigError, match="unknown quant policy"):
+    with pytest.raises(ConfigError, match="unknown quant config .gptq.; available: akvq"):
         make_policy("gptq")
     with pytest.raises(ConfigError, match="no field"):
-        make_policy("kivi", window=3)
+        make_policy("kivi2", window=3)
     with pytest.raises(ConfigError, match="group_size"):
-        make_policy("rtn", group_size=48).check_model(num_kv_heads=2, head_dim=64, num_layers=2)
+        make_policy("rtn2", group_size=48).check_model(num_kv_heads=2, head_dim=64, num_layers=2)
     with pytest.raises(ConfigError, match="power-of-two"):
         make_policy("akvq").check_model(num_kv_heads=2, head_dim=80, num_layers=2)
     with pytest.raises(ConfigError, match="layer_pattern"):
@@ -222,7 +222,7 @@ def test_bad_configs_fail_before_any_model_loads():
 def test_beam_search_refuses_clearly():
     loaded, inputs = tiny_inputs("llama")
     with pytest.raises(NotImplementedError, match="beam"):
-        api.generate(loaded.model, inputs, make_policy("rtn", window=0), max_new_tokens=4, num_beams=2, do_sample=False)
+        api.generate(loaded.model, inputs, make_policy("rtn2", window=0), max_new_tokens=4, num_beams=2, do_sample=False)
 
 
 def test_llava_next_generates_with_akvq():
@@ -241,7 +241,7 @@ def test_cached_read_path_is_numerically_identical(name):
     overrides = {"kivi": {"residual": 16}, "skvq": {"window": 8}, "akvq": {"window": 8, "layer_pattern": ["tsa"]}}
     outs = []
     for path in ("dequantize", "cached"):
-        cache = AKVQCache(make_policy(name, **overrides.get(name, {})), 1, read_path=path)
+        cache = AKVQCache(make_policy({"policy": name}, **overrides.get(name, {})), 1, read_path=path)
         cache.set_pivots(pivots)
         cache.set_token_roles(vision)
         cache.update(k[:, :, :80], v[:, :, :80], 0)
@@ -267,7 +267,7 @@ def test_packed_reads_fall_back_for_layouts_the_kernel_does_not_fold():
     """SKVQ's channel permutation is folded by no fast path: its layers hand attention real K/V."""
     k = torch.randn(1, 2, 40, 16)
     for name, kw, packable in [("rtn", {}, True), ("akvq", {"float_zero": True}, True), ("skvq", {}, False)]:
-        cache = AKVQCache(make_policy(name, window=4, **kw), 1)
+        cache = AKVQCache(make_policy({"policy": name}, window=4, **kw), 1)
         cache.packed_reads = True
         cache.update(k[:, :, :30], k[:, :, :30], 0)
         rk, _ = cache.update(k[:, :, 30:31], k[:, :, 30:31], 0)
@@ -285,7 +285,8 @@ def test_akvq_reads_roles_pivots_and_pattern_with_no_manual_steps():
     loaded, inputs = tiny_inputs("llava")
     policy = make_policy("akvq", window=8, num_pivots=3)
     out, cache = api.generate(loaded.model, inputs, policy, max_new_tokens=4, do_sample=False)
-    assert policy.layer_pattern[:2] == ["tsa", "tsa"] and policy.layer_pattern[2] == "psa"
+    assert policy.layer_pattern is None  # the caller's policy is a value: resolving made a copy
+    assert cache.policy.layer_pattern[:2] == ["tsa", "tsa"] and cache.policy.layer_pattern[2] == "psa"
     vision = vision_mask(loaded.model, inputs)
     assert torch.equal(cache.vision_mask, vision) and vision.any()
     tsa, psa = cache.layers[0].k, cache.layers[2].k

@@ -15,6 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from akvq import runner
 from akvq.errors import ConfigError
+from akvq.policies import quant_config
+from akvq.runner.plan import model_is_vlm
+from akvq.tasks import needs_images
 
 CONFIG_DIR = runner.CONFIG_DIR
 MODELS = runner.available("model")
@@ -39,11 +42,10 @@ def cfg_of() -> Iterator[Compose]:
 
 
 @pytest.fixture
-def tasks_even_if_unwritten(monkeypatch: pytest.MonkeyPatch) -> None:
+def session() -> runner.Session:
     """The real task registry; a task whose module is not written yet stands in as a bare Task."""
+    from akvq.tasks import get_task as real
     from akvq.tasks.base import Task
-
-    real = runner.get_task
 
     def get_task(name: str, cfg: Any) -> Any:
         try:
@@ -51,7 +53,7 @@ def tasks_even_if_unwritten(monkeypatch: pytest.MonkeyPatch) -> None:
         except ModuleNotFoundError:
             return Task(name, cfg)
 
-    monkeypatch.setattr(runner, "get_task", get_task)
+    return runner.Session(get_task=get_task)
 
 
 def test_expected_choices_exist() -> None:
@@ -75,14 +77,14 @@ def test_expected_choices_exist() -> None:
         assert q in QUANTS
 
 
-def test_embedded_default(cfg_of: Compose, tasks_even_if_unwritten: None) -> None:
+def test_embedded_default(cfg_of: Compose, session: runner.Session) -> None:
     cfg = cfg_of()
     assert cfg.model.name == "smollm2-135m" and cfg.model.source == "gguf"
     assert cfg.task.name == "ppl" and cfg.hydra.runtime.choices.task == "ppl_quick"
     assert cfg.task.prompt_len == 1024 and cfg.task.cont_len == 64 and cfg.task.windows == 2
     assert cfg.quant.policy == "akvq" and list(cfg.compare) == ["fp16", "kivi2"]
     assert cfg.records == "results/runs.jsonl" and cfg.redo is False and cfg.wandb.mode == "offline"
-    plans = runner.plan(cfg, check_data=False)
+    plans = runner.plan(cfg, session, check_data=False)
     assert [p.quant for p in plans] == ["fp16", "kivi2", "akvq"]
     assert {p.task for p in plans} == {"ppl_quick"} and {p.model for p in plans} == {"smollm2-135m"}
 
@@ -107,14 +109,14 @@ def test_every_quant_composes_like_the_runner_loads_it(cfg_of: Compose) -> None:
 
     for q in QUANTS:
         node = OmegaConf.to_container(cfg_of(f"quant={q}").quant)
-        assert node == runner.load_quant(q), q
-        make_policy(node.pop("policy"), **node)
-    assert runner.load_quant("akvq_paper") == runner.load_quant("akvq")
+        assert node == quant_config(q), q
+        assert make_policy(node) == make_policy(q)
+    assert quant_config("akvq_paper") == quant_config("akvq")
     for name, flags in LADDER.items():
-        q = runner.load_quant(name)
+        q = quant_config(name)
         assert q["policy"] == "akvq" and (q["hadamard"], q["tsa"], q["psa"]) == flags
         assert {k: v for k, v in q.items() if k not in ("hadamard", "tsa", "psa")} == {
-            k: v for k, v in runner.load_quant("akvq").items() if k not in ("hadamard", "tsa", "psa")
+            k: v for k, v in quant_config("akvq").items() if k not in ("hadamard", "tsa", "psa")
         }
 
 
@@ -125,7 +127,7 @@ def test_model_aliases(cfg_of: Compose) -> None:
     )
 
 
-def test_every_combination(cfg_of: Compose, tasks_even_if_unwritten: None) -> None:
+def test_every_combination(cfg_of: Compose, session: runner.Session) -> None:
     """models x tasks x quants: text tasks run everywhere, image tasks only on VLMs (clear error otherwise).
     Each (model, task) is planned once with every quant in `compare`, which validates each quant's policy.
     The per-dataset `milebench/<Dataset>` configs differ from `milebench` only in `datasets`, and a quant's
@@ -140,18 +142,18 @@ def test_every_combination(cfg_of: Compose, tasks_even_if_unwritten: None) -> No
             choices = {"model": m, "task": t, "quant": "akvq"}
             hyd = {"runtime": {"choices": choices}}
             cfg = OmegaConf.create({**top, "model": mcfg, "task": tcfg, "compare": quants, "hydra": hyd})
-            if str(tcfg["name"]).startswith(runner.IMAGE_TASK_PREFIXES) and not runner.model_is_vlm(mcfg):
+            if needs_images(session.get_task(str(tcfg["name"]), OmegaConf.create(tcfg))) and not model_is_vlm(mcfg):
                 with pytest.raises(ConfigError, match="text-only"):
-                    runner.plan(cfg, check_data=False)
+                    runner.plan(cfg, session, check_data=False)
                 refused += 1
                 continue
-            plans = runner.plan(cfg, check_data=False)
+            plans = runner.plan(cfg, session, check_data=False)
             assert sorted(p.quant for p in plans) == sorted(quants)
             assert {p.model for p in plans} == {mcfg["name"]}
             assert len({p.config_hash for p in plans}) == len(quants)
             ok += len(plans)
     assert ok >= len(MODELS) * 4 * len(QUANTS)  # at least the four text tasks on every model
-    assert refused > 0 or not any(t.startswith(runner.IMAGE_TASK_PREFIXES) for t in TASKS)
+    assert refused > 0
 
 
 @pytest.mark.parametrize("group", ["model", "task", "quant"])
@@ -175,11 +177,11 @@ def test_unknown_names_list_the_options(cfg_of: Compose, group: str) -> None:
     ],
 )
 def test_bad_configs_fail_clearly(
-    cfg_of: Compose, tasks_even_if_unwritten: None, overrides: list[str], message: str
+    cfg_of: Compose, session: runner.Session, overrides: list[str], message: str
 ) -> None:
     cfg = cfg_of(*overrides)
     with pytest.raises(ValueError, match=message):  # ConfigError and UnsupportedModelError are ValueErrors
-        runner.plan(cfg, check_data=False)
+        runner.plan(cfg, session, check_data=False)
 
 
 def test_local_launcher(cfg_of: Compose) -> None:

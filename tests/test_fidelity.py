@@ -34,7 +34,7 @@ def test_quantized_perplexity_runs_and_counts_bits():
 
 def test_passkey_reports_each_length():
     res = PasskeyTask("passkey", {"lengths": [128, 160], "trials": 1, "gen_len": 4}).run(
-        tiny("llama"), make_policy("kivi", residual=16)
+        tiny("llama"), make_policy("kivi2", residual=16)
     )
     assert set(res.metrics) == {"acc@128", "acc@160", "acc"}
 

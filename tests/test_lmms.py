@@ -36,11 +36,11 @@ def test_entry_point_gives_lmms_eval_a_manifest() -> None:
     from lmms_eval.models import get_model
     from lmms_eval.models.registry_v2 import ModelManifest
 
-    from akvq.tasks.lmms_plugin import AKVQLmms
+    from akvq.integrations.lmms_eval import AKVQLmms
 
     payload = ep.load()()
     assert (
-        isinstance(payload, ModelManifest) and payload.simple_class_path == "akvq.tasks.lmms_plugin.AKVQLmms"
+        isinstance(payload, ModelManifest) and payload.simple_class_path == "akvq.integrations.lmms_eval.AKVQLmms"
     )
     assert get_model("akvq") is AKVQLmms
 
@@ -48,8 +48,8 @@ def test_entry_point_gives_lmms_eval_a_manifest() -> None:
 def test_model_class_contract_and_clean_keeps_the_model() -> None:
     from conftest import tiny
 
+    from akvq.integrations.lmms_eval import AKVQLmms, model_spec
     from akvq.policies import make_policy
-    from akvq.tasks.lmms_plugin import AKVQLmms, model_spec, policy_from
 
     lm = AKVQLmms(loaded=tiny("llava"), policy=make_policy("fp16"), batch_size=3, chat_template=False)
     lm.clean()
@@ -58,7 +58,8 @@ def test_model_class_contract_and_clean_keeps_the_model() -> None:
     assert lm._prompt("<image> left, <image> right", 2) == "<image> left, <image> right"
     assert model_spec("tiny-llava").tiny_kind == "llava"
     assert model_spec("llava-hf/llava-1.5-7b-hf", dtype="float16").path == "llava-hf/llava-1.5-7b-hf"
-    assert policy_from("kivi2").bits == 2 and policy_from("akvq", window=64).window == 64
+    assert AKVQLmms(loaded=lm.loaded, quant="kivi2").policy == make_policy("kivi2")
+    assert AKVQLmms(loaded=lm.loaded, quant="akvq", **{"quant.window": 64}).policy.window == 64
 
 
 def test_loglikelihood_reads_the_continuation_through_the_cache() -> None:
@@ -66,9 +67,9 @@ def test_loglikelihood_reads_the_continuation_through_the_cache() -> None:
     from conftest import image, tiny
     from lmms_eval.api.instance import Instance
 
+    from akvq.integrations.lmms_eval import AKVQLmms
     from akvq.models.prompting import build_inputs
     from akvq.policies import make_policy
-    from akvq.tasks.lmms_plugin import AKVQLmms
 
     loaded = tiny("llava")
     img = image(56, 56, 7)
@@ -98,7 +99,7 @@ def test_fixture_mmmu_through_the_runner(
     from akvq import records, runner
 
     monkeypatch.setenv("AKVQ_FIXTURES", str(fixtures["include_path"].parent))
-    monkeypatch.setattr(runner, "load_model", lambda model_cfg: tiny("llava"))
+    session = runner.Session(load_model=lambda model_cfg: tiny("llava"))
     over = [
         "model=tiny-llava",
         "task=mmmu_fixture",
@@ -111,7 +112,7 @@ def test_fixture_mmmu_through_the_runner(
     ]
     with initialize_config_dir(config_dir=str(runner.CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=over, return_hydra_config=True)
-    rows = runner.main(cfg)
+    rows = runner.main(cfg, session)
     assert [(r["task"], r["quant"]) for r in rows] == [("mmmu_fixture", "fp16"), ("mmmu_fixture", "kivi2")]
     for r in rows:
         assert 0.0 <= r["metrics"]["mmmu_acc"] <= 1.0 and r["metrics"]["samples"] == 2

@@ -95,12 +95,12 @@ def test_missing_data_fails_before_the_model_loads(monkeypatch: pytest.MonkeyPat
     def no_load(_: Any) -> None:
         raise AssertionError("the model must not load when data is missing")
 
-    monkeypatch.setattr(runner, "load_model", no_load)
+    session = runner.Session(load_model=no_load)
     over = ["model=tiny-llava", "task=milebench/SceneTransition", "quant=fp16", "compare=[]"]
     with initialize_config_dir(config_dir=str(runner.CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[*over, f"records={tmp_path / 'r.jsonl'}", "wandb.mode=disabled"])
     with pytest.raises(MissingDataError, match="milebench_root"):
-        runner.main(cfg)
+        runner.main(cfg, session)
 
 
 # ------------------------------------------------------------------------------------- loader and prompts
@@ -244,7 +244,7 @@ def test_tiny_llava_through_the_runner(root: Path, tmp_path: Path, monkeypatch: 
 
     from akvq import records, runner
 
-    monkeypatch.setattr(runner, "load_model", lambda model_cfg: tiny("llava"))
+    session = runner.Session(load_model=lambda model_cfg: tiny("llava"))
     over = [
         "model=tiny-llava",
         "task=milebench",
@@ -261,7 +261,7 @@ def test_tiny_llava_through_the_runner(root: Path, tmp_path: Path, monkeypatch: 
     ]
     with initialize_config_dir(config_dir=str(runner.CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=over, return_hydra_config=True)
-    rows = runner.main(cfg)
+    rows = runner.main(cfg, session)
     assert [r["quant"] for r in rows] == ["fp16", "rtn2"]
     for r in rows:
         assert set(FIXTURE_SETS) | {"average"} <= set(r["metrics"])

@@ -42,10 +42,10 @@ def test_model_configs_validate(path: Path) -> None:
 def test_validate_spec_rejects_bad_fields() -> None:
     with pytest.raises(ConfigError, match="unknown source"):
         validate_spec(ModelSpec(name="x", source="s3", path="a/b"))
-    with pytest.raises(UnsupportedModelError, match="supported families: llama, llava"):
+    with pytest.raises(UnsupportedModelError, match="supported families: idefics3, llama, llava"):
         validate_spec(ModelSpec(name="x", path="a/b", family="blip2"))
     with pytest.raises(ConfigError, match="unknown model config keys"):
-        ModelSpec.from_dict({"name": "x", "pth": "a/b"})
+        validate_spec(ModelSpec.from_dict({"name": "x", "pth": "a/b"}))
     with pytest.raises(ConfigError, match="tiny_kind"):
         validate_spec(ModelSpec(name="x", source="tiny", tiny_kind="gpt5"))
     with pytest.raises(ConfigError, match="power of two"):
@@ -88,7 +88,7 @@ def test_smollm2_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyP
 def test_family_of_unsupported_names_the_families() -> None:
     from transformers import BertConfig
 
-    with pytest.raises(UnsupportedModelError, match="supported families: llama, llava, llava_next, qwen2_vl"):
+    with pytest.raises(UnsupportedModelError, match="supported families: idefics3, llama, llava, llava_next, qwen2_5_vl, qwen2_vl"):
         family_of(BertConfig())
     with pytest.raises(UnsupportedModelError):
         family_of(object())

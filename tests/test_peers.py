@@ -15,7 +15,8 @@ import yaml
 
 from akvq import api, records, runner
 from akvq.errors import ConfigError
-from akvq.policies import hf_quantized, make_policy
+from akvq.paths import REPO
+from akvq.policies import hf_quantized, make_policy, quant_config
 
 PEERS = {"hf_quanto2": "quanto", "hf_quanto4": "quanto", "hf_hqq2": "hqq", "hf_hqq4": "hqq"}
 
@@ -27,8 +28,7 @@ def need(backend: str) -> None:
 
 
 def policy_of(name: str, **over: Any):
-    q = runner.load_quant(name)
-    return make_policy(q.pop("policy"), **{**q, **over})
+    return make_policy(name, **over)
 
 
 def test_yamls_spell_out_transformers_defaults() -> None:
@@ -36,7 +36,7 @@ def test_yamls_spell_out_transformers_defaults() -> None:
 
     defaults = {k: p.default for k, p in inspect.signature(QuantizedLayer.__init__).parameters.items() if k != "self"}
     for name, backend in PEERS.items():
-        q = runner.load_quant(name)
+        q = quant_config(name)
         assert q["backend"] == backend and q["nbits"] == int(name[-1])
         assert {k: q[k] for k in defaults if k != "nbits"} == {k: v for k, v in defaults.items() if k != "nbits"}
 
@@ -51,7 +51,7 @@ def test_yamls_spell_out_transformers_defaults() -> None:
 )
 def test_bad_fields_name_the_key(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        make_policy("hf_quantized", **fields)
+        make_policy({"policy": "hf_quantized", **fields})
 
 
 def test_group_must_divide_a_tokens_values() -> None:
@@ -86,7 +86,7 @@ def test_cached_read_path_is_bit_identical_to_transformers(name: str) -> None:
     torch.manual_seed(0)
     k, v = torch.randn(2, 2, 70, 32), torch.randn(2, 2, 70, 32)
     pol = policy_of(name, residual_length=8)
-    ours = hf_quantized.HFQuantizedCache(pol, _Cfg(), torch.float16, "cached")
+    ours = hf_quantized.HFQuantizedCache(pol, 1, "cached")
     fields = {f: getattr(pol, f) for f in ("nbits", "axis_key", "axis_value", "q_group_size", "residual_length")}
     ref = QuantizedCache(pol.backend, _Cfg(), **fields)
     got = _drive(ours, k, v, 30)
@@ -104,7 +104,7 @@ def test_bytes_are_the_tensors_it_holds(name: str) -> None:
     b, h, t, d = 2, 3, 1000, 64
     k, v = torch.randn(b, h, t, d), torch.randn(b, h, t, d)
     pol = policy_of(name)
-    cache = hf_quantized.HFQuantizedCache(pol, _Cfg(), torch.float16, "dequantize")
+    cache = hf_quantized.HFQuantizedCache(pol, 1)
     _drive(cache, k, v, 900)
     layer = cache.layers[0]
     held = layer.keys.nbytes + layer.values.nbytes
@@ -155,14 +155,14 @@ def test_runner_on_tiny_llama(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     need("hqq")
     from conftest import tiny
 
-    monkeypatch.setattr(runner, "load_model", lambda model_cfg: tiny("llama"))
+    session = runner.Session(load_model=lambda model_cfg: tiny("llama"))
     rows = []
     for quant, compare in (("hf_hqq2", "[fp16]"), ("hf_quanto4", "[]")):
         cfg = _runner_cfg(
             tmp_path, "model=tiny-llama", "task.prompt_len=48", "task.cont_len=6", "task.windows=2",
             f"quant={quant}", f"compare={compare}", "quant.q_group_size=32", "quant.residual_length=4",
         )
-        rows += runner.main(cfg)
+        rows += runner.main(cfg, session)
     assert [r["quant"] for r in rows] == [
         "fp16", "hf_hqq2[q_group_size=32,residual_length=4]", "hf_quanto4[q_group_size=32,residual_length=4]"
     ]
@@ -178,19 +178,19 @@ def test_runner_skips_a_peer_whose_package_is_absent(
 ) -> None:
     from conftest import tiny
 
-    monkeypatch.setattr(runner, "load_model", lambda model_cfg: tiny("llama"))
+    session = runner.Session(load_model=lambda model_cfg: tiny("llama"))
     monkeypatch.setattr(hf_quantized.importlib.util, "find_spec", lambda name: None)
     cfg = _runner_cfg(
         tmp_path, "model=tiny-llama", "task.prompt_len=48", "task.cont_len=4", "task.windows=2",
         "quant=hf_quanto2", "compare=[fp16]",
     )
     with caplog.at_level(logging.WARNING):
-        rows = runner.main(cfg)
+        rows = runner.main(cfg, session)
     assert [r["quant"] for r in rows] == ["fp16"]
     msg = [r.message for r in caplog.records if "hf_quanto2" in r.message]
     assert len(msg) == 1 and "needs optimum-quanto" in msg[0] and "akvq[peers]" in msg[0]
     with pytest.raises(ImportError, match="akvq\\[peers\\]"):
-        policy_of("hf_quanto2").make_cache(tiny("llama").model)
+        policy_of("hf_quanto2").new_cache(4)
 
 
 @pytest.mark.slow
@@ -204,7 +204,7 @@ def test_smollm2_perplexity_through_the_task() -> None:
         smollm2.smollm2_location()
     except FileNotFoundError as e:
         pytest.skip(str(e))
-    root = Path(runner.CONFIG_DIR)
+    root = REPO / "configs"
     loaded = load_model(yaml.safe_load((root / "model" / "smollm2-135m.yaml").read_text()))
     task = PerplexityTask("ppl", {"prompt_len": 160, "cont_len": 16, "windows": 1, "chunk": 1, "bootstrap": 0})
     ppl = {"fp16": task.run(loaded, make_policy("fp16"))}
@@ -224,13 +224,13 @@ def test_benchmark_save_load_and_batch_copy(name: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     k, v = torch.randn(1, 2, 75, 32), torch.randn(1, 2, 75, 32)
     pol = policy_of(name, residual_length=8)
-    one = hf_quantized.HFQuantizedCache(pol, _Cfg(), torch.float16, "dequantize")
+    one = hf_quantized.HFQuantizedCache(pol, 1)
     _drive(one, k, v, 70)
     save_cache(one, tmp_path / "c.pt", {"next_id": 1})
     loaded, extra = load_cache(pol, tmp_path / "c.pt")
     assert extra == {"next_id": 1}
     repeat_cache(loaded, 3)
-    three = hf_quantized.HFQuantizedCache(pol, _Cfg(), torch.float16, "dequantize")
+    three = hf_quantized.HFQuantizedCache(pol, 1)
     _drive(three, k.repeat(3, 1, 1, 1), v.repeat(3, 1, 1, 1), 70)
     assert loaded.memory_report() == three.memory_report()
     assert kv_bytes_per_token(loaded) == pytest.approx(kv_bytes_per_token(one), rel=0.02)  # packing pads rows
@@ -245,7 +245,7 @@ def test_benchmark_save_load_and_batch_copy(name: str, tmp_path: Path) -> None:
 
 def test_hqq_cache_cannot_be_copied_along_the_batch() -> None:
     need("hqq")
-    cache = hf_quantized.HFQuantizedCache(policy_of("hf_hqq2"), _Cfg(), torch.float16, "dequantize")
+    cache = hf_quantized.HFQuantizedCache(policy_of("hf_hqq2"), 1)
     with pytest.raises(NotImplementedError, match="HQQ's axis-0 groups stride"):
         cache.repeat_batch(2)
 
@@ -284,7 +284,7 @@ def _decode_one(model: Any, cache: Any, tok: torch.Tensor) -> torch.Tensor:
 def _llamacpp_script() -> Any:
     import importlib.util
 
-    path = Path(runner.REPO) / "scripts" / "llamacpp_peer.py"
+    path = REPO / "scripts" / "llamacpp_peer.py"
     spec = importlib.util.spec_from_file_location("llamacpp_peer", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

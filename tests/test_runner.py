@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from akvq import records, runner
 from akvq.errors import ConfigError
+from akvq.policies import quant_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,9 +48,9 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
         state.loads += 1
         return SimpleNamespace(model=None, tokenizer=None, processor=None, family=model_cfg.get("family"))
 
-    monkeypatch.setattr(runner, "load_model", load_model)
-    monkeypatch.setattr(runner, "validate_model", lambda model_cfg: None)
-    monkeypatch.setattr(runner, "get_task", lambda name, cfg: state.task)
+    state.session = runner.Session(
+        load_model=load_model, validate_model=lambda model_cfg: None, get_task=lambda name, cfg: state.task
+    )
     return state
 
 
@@ -57,7 +58,7 @@ def make_cfg(tmp_path: Path, **over: Any) -> Any:
     base = {
         "model": {"name": "fake-lm", "source": "tiny", "family": "llama", "tiny_kind": "llama"},
         "task": OmegaConf.to_container(OmegaConf.load(REPO / "configs/task/ppl_quick.yaml")),
-        "quant": runner.load_quant("akvq"),
+        "quant": quant_config("akvq"),
         "quant_name": "akvq",
         "compare": ["fp16", "kivi2"],
         "records": str(tmp_path / "runs.jsonl"),
@@ -73,7 +74,7 @@ def make_cfg(tmp_path: Path, **over: Any) -> Any:
 
 
 def test_one_process_compares_quants_and_records(tmp_path: Path, fakes: SimpleNamespace, capsys: Any) -> None:
-    rows = runner.main(make_cfg(tmp_path))
+    rows = runner.main(make_cfg(tmp_path), fakes.session)
     assert [r["quant"] for r in rows] == ["fp16", "kivi2", "akvq"]
     assert fakes.loads == 1  # one model load for the three runs
     got = records.read_records(tmp_path / "runs.jsonl")
@@ -82,7 +83,7 @@ def test_one_process_compares_quants_and_records(tmp_path: Path, fakes: SimpleNa
         assert set(records.RECORD_KEYS) <= set(r)
         assert r["model"] == "fake-lm" and r["task"] == "ppl"
         assert r["peak_memory_bytes"] > 0 and r["tokens_per_second"] > 0 and r["wall_seconds"] >= 0
-        assert r["config"]["quant"] == runner.load_quant(r["quant"])
+        assert r["config"]["quant"] == quant_config(r["quant"])
         assert "compare" not in r["config"] and r["primary_metric"] == "ppl"
         assert r["details"] == {"windows": [1.0, 2.0]}
     assert len({r["config_hash"] for r in got}) == 3
@@ -93,36 +94,36 @@ def test_one_process_compares_quants_and_records(tmp_path: Path, fakes: SimpleNa
 
 def test_resume_skips_completed_runs(tmp_path: Path, fakes: SimpleNamespace) -> None:
     cfg = make_cfg(tmp_path)
-    runner.main(cfg)
+    runner.main(cfg, fakes.session)
     assert len(fakes.task.calls) == 3
     # a killed sweep: the last run's record never got written
     path = tmp_path / "runs.jsonl"
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:2]) + "\n")
-    rows = runner.main(cfg)
-    assert len(fakes.task.calls) == 4 and fakes.loads == 2
+    rows = runner.main(cfg, fakes.session)
+    assert len(fakes.task.calls) == 4 and fakes.loads == 1  # the session still holds the model
     assert [r["quant"] for r in rows] == ["fp16", "kivi2", "akvq"]
-    # everything recorded: nothing runs, the model does not even load
-    runner.main(cfg)
-    assert len(fakes.task.calls) == 4 and fakes.loads == 2
+    # everything recorded: nothing runs, no model is asked for
+    runner.main(cfg, runner.Session(load_model=None, validate_model=lambda c: None, get_task=lambda n, c: fakes.task))
+    assert len(fakes.task.calls) == 4
     # unless asked
-    runner.main(make_cfg(tmp_path, redo=True))
+    runner.main(make_cfg(tmp_path, redo=True), fakes.session)
     assert len(fakes.task.calls) == 7
     assert len(records.read_records(path)) == 6
 
 
 def test_reporting_keys_do_not_change_the_hash(tmp_path: Path, fakes: SimpleNamespace) -> None:
-    a = runner.plan(make_cfg(tmp_path))
+    a = runner.plan(make_cfg(tmp_path), fakes.session)
     b = runner.plan(
-        make_cfg(tmp_path, records="x.jsonl", **{"wandb.mode": "offline"}, compare=["kivi2", "fp16"])
+        make_cfg(tmp_path, records="x.jsonl", **{"wandb.mode": "offline"}, compare=["kivi2", "fp16"]), fakes.session
     )
     assert {p.quant: p.config_hash for p in a} == {p.quant: p.config_hash for p in b}
-    c = runner.plan(make_cfg(tmp_path, **{"task.windows": 3}))
+    c = runner.plan(make_cfg(tmp_path, **{"task.windows": 3}), fakes.session)
     assert a[0].config_hash != c[0].config_hash
 
 
 def test_overridden_quant_fields_get_their_own_label(tmp_path: Path, fakes: SimpleNamespace) -> None:
-    plans = runner.plan(make_cfg(tmp_path, compare=[], **{"quant.text_bits": 8}))
+    plans = runner.plan(make_cfg(tmp_path, compare=[], **{"quant.text_bits": 8}), fakes.session)
     assert [p.quant for p in plans] == ["akvq[text_bits=8]"]
 
 
@@ -140,7 +141,7 @@ def test_bad_configs_fail_before_loading(
     tmp_path: Path, fakes: SimpleNamespace, over: dict, message: str
 ) -> None:
     with pytest.raises(ConfigError, match=message):
-        runner.main(make_cfg(tmp_path, **over))
+        runner.main(make_cfg(tmp_path, **over), fakes.session)
     assert fakes.loads == 0
     assert not (tmp_path / "runs.jsonl").exists()
 
@@ -148,25 +149,25 @@ def test_bad_configs_fail_before_loading(
 def test_image_task_on_text_model_is_refused(tmp_path: Path, fakes: SimpleNamespace) -> None:
     fakes.task = FakeTask(needs_images=True)
     with pytest.raises(ConfigError, match="text-only"):
-        runner.main(make_cfg(tmp_path))
+        runner.main(make_cfg(tmp_path), fakes.session)
     assert fakes.loads == 0
-    runner.plan(make_cfg(tmp_path, **{"model.family": "llava"}))  # a VLM is fine
-    # without the task saying so, the name decides
-    fakes.task = SimpleNamespace(run=None)
+    vlm = {"model.family": "llava", "model.tiny_kind": "llava"}
+    runner.plan(make_cfg(tmp_path, **vlm), fakes.session)  # a VLM is fine
+    # the real task classes say whether they feed images (Task.needs_images), the one place that decides
     with pytest.raises(ConfigError, match="text-only"):
-        runner.plan(make_cfg(tmp_path, task={"name": "milebench/ALFRED"}))
+        runner.plan(make_cfg(tmp_path, task={"name": "milebench/ALFRED"}), runner.Session())
 
 
 def test_secrets_never_reach_records(tmp_path: Path, fakes: SimpleNamespace) -> None:
     cfg = make_cfg(tmp_path, compare=[], hub_token="hf_SECRET", **{"wandb.api_key": "wb_SECRET"})
-    runner.main(cfg)
+    runner.main(cfg, fakes.session)
     text = (tmp_path / "runs.jsonl").read_text()
     assert "SECRET" not in text and records.REDACTED in text
 
 
 def test_large_details_go_to_a_sidecar(tmp_path: Path, fakes: SimpleNamespace) -> None:
     fakes.task = FakeTask(details={"logits": list(range(100_000))})
-    (rec,) = runner.main(make_cfg(tmp_path, compare=[]))
+    (rec,) = runner.main(make_cfg(tmp_path, compare=[]), fakes.session)
     assert "details" not in rec
     side = tmp_path / rec["details_path"]
     assert json.loads(side.read_text())["logits"][-1] == 99_999
@@ -187,7 +188,7 @@ def test_wandb_offline_run_writes_local_files(tmp_path: Path, fakes: SimpleNames
     cfg = make_cfg(
         tmp_path, compare=[], wandb={"mode": "offline", "dir": str(tmp_path / "wb"), "init_timeout": 30}
     )
-    runner.main(cfg)
+    runner.main(cfg, fakes.session)
     runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert list(runs[0].glob("run-*.wandb")) and (runs[0] / "files").is_dir()
@@ -229,10 +230,10 @@ def test_hydra_multirun_through_run_py(
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
     ]
     monkeypatch.setattr(sys, "argv", argv)
-    monkeypatch.setattr(runner, "SWEEP_ROWS", [])
     monkeypatch.syspath_prepend(str(REPO))
     import run
 
+    monkeypatch.setattr(run, "SESSION", fakes.session)
     GlobalHydra.instance().clear()
     try:
         run.main()
@@ -240,7 +241,7 @@ def test_hydra_multirun_through_run_py(
         GlobalHydra.instance().clear()
     got = records.read_records(recs)
     assert [r["quant"] for r in got] == ["fp16", "kivi2"]  # compare ignored in a sweep
-    assert fakes.loads == 2
+    assert fakes.loads == 1  # the jobs of a local sweep share run.py's session and its model
     summary = capsys.readouterr().out.split("sweep summary")[-1]
     assert "fp16" in summary and "kivi2" in summary
 
@@ -254,7 +255,7 @@ def test_real_stack_on_tiny_llama(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     from hydra import compose, initialize_config_dir
 
     warnings.filterwarnings("ignore", message="(?s).*validated against ConfigStore schema.*")
-    monkeypatch.setattr(runner, "load_model", lambda model_cfg: tiny("llama"))
+    session = runner.Session(load_model=lambda model_cfg: tiny("llama"))
     overrides = [
         "model=tiny-llama",
         "task.prompt_len=48",
@@ -268,7 +269,7 @@ def test_real_stack_on_tiny_llama(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     ]
     with initialize_config_dir(config_dir=str(runner.CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    rows = runner.main(cfg)
+    rows = runner.main(cfg, session)
     assert [(r["model"], r["task"], r["quant"]) for r in rows] == [
         ("tiny-llama", "ppl_quick", q) for q in ("fp16", "kivi2")
     ]
@@ -298,6 +299,7 @@ def test_run_py_bad_config_exits_2_before_loading(
     monkeypatch.syspath_prepend(str(REPO))
     import run
 
+    monkeypatch.setattr(run, "SESSION", fakes.session)
     GlobalHydra.instance().clear()
     try:
         with pytest.raises(SystemExit) as e:
@@ -313,7 +315,7 @@ def test_run_py_bad_config_exits_2_before_loading(
 def test_data_root_reaches_the_task_but_not_the_hash(tmp_path: Path, fakes: SimpleNamespace) -> None:
     task = {"name": "milebench", "milebench_root": None, "datasets": ["ALFRED"]}
     over = {"model.family": "llava", "compare": [], "task": task}
-    a = runner.plan(make_cfg(tmp_path, milebench_root="/data/a", **over))
-    b = runner.plan(make_cfg(tmp_path, milebench_root="/mnt/b", **over))
+    a = runner.plan(make_cfg(tmp_path, milebench_root="/data/a", **over), fakes.session)
+    b = runner.plan(make_cfg(tmp_path, milebench_root="/mnt/b", **over), fakes.session)
     assert a[0].task_cfg.milebench_root == "/data/a" and b[0].task_cfg.milebench_root == "/mnt/b"
     assert a[0].config_hash == b[0].config_hash

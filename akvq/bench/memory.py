@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import resource
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -116,11 +115,8 @@ def load_cache(policy: Any, path: str | Path, device: str = "cpu") -> tuple[AKVQ
 
 
 def _load_peer(policy: Any, state: dict[str, Any], device: str) -> Any:
-    from transformers import LlamaConfig
-
     layers = state["peer_state"]
-    config = LlamaConfig(num_hidden_layers=len(layers))  # QuantizedCache needs only the layer count and types
-    cache = policy.make_cache(SimpleNamespace(config=config, dtype=layers[0]["keys"].dtype))
+    cache = policy.new_cache(len(layers))
     cache.load_state(layers, device)
     return cache
 

@@ -40,8 +40,7 @@ def load(model_cfg: dict[str, Any], device: str) -> Any:
 def make_policy(quant_cfg: dict[str, Any], hp_dtype: str) -> Any:
     from akvq.policies import make_policy as mk
 
-    q = dict(quant_cfg)
-    return mk(q.pop("policy"), **{**q, "hp_dtype": hp_dtype})
+    return mk(quant_cfg, hp_dtype=hp_dtype)
 
 
 def build_prompt(loaded: Any, prompt_len: int, vision_share: float = 0.5, seed: int = 0) -> dict[str, Any]:
@@ -152,7 +151,7 @@ def prepare(spec: dict[str, Any]) -> dict[str, Any]:
     result["vision_tokens"] = n_vision
     for name, qcfg in quants.items():
         policy = api.resolve_policy(model, make_policy(qcfg, spec["hp_dtype"]))
-        if hasattr(policy, "make_cache"):  # a peer's own cache: the prompt is quantized where its update does it
+        if is_peer(policy):  # a peer's own cache: the prompt is quantized where its update does it
             result["quants"][name] = prepare_peer(model, policy, cache0, next_id, seq, f"{spec['work_dir']}/{name}.pt", device)
             continue
         cache = AKVQCache(policy, len(cache0.layers))
@@ -178,12 +177,19 @@ def prepare(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def is_peer(policy: Any) -> bool:
+    """A method that brings another library's cache (transformers' QuantizedCache), not akvq's."""
+    from akvq.policies import Policy
+
+    return type(policy).new_cache is not Policy.new_cache
+
+
 def prepare_peer(model: Any, policy: Any, cache0: Any, next_id: int, seq: int, path: str, device: str) -> dict[str, Any]:
     """transformers' QuantizedCache: hand it the 16-bit prefill (its first update quantizes the prompt, timed
     as its quantization), run the first decode step, save its states."""
     from akvq.bench.memory import kv_bytes_per_token, save_cache
 
-    cache = policy.make_cache(model)
+    cache = policy.new_cache(len(cache0.layers))
     t, c = time.perf_counter(), time.process_time()
     for src, dst in zip(cache0.layers, cache.layers):
         dst.update(src.k.tail.to(src.dtype), src.v.tail.to(src.dtype))
@@ -217,7 +223,7 @@ def point(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         cache, extra = load_cache(policy, spec["cache_path"], device="cuda" if device.startswith("cuda") else "cpu")
         repeat_cache(cache, batch)
-        if not hasattr(policy, "make_cache"):  # a peer's cache is read as transformers reads it
+        if not is_peer(policy):  # a peer's cache is read as transformers reads it
             use_packed(model, cache, spec["attention"])
         ids = torch.full((batch, 1), extra["next_id"], device=model.device)
         report = cache.memory_report()

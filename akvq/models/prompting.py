@@ -1,6 +1,6 @@
 """Turn prompts with a family-neutral `<image>` / `<video>` placeholder into the model's own input format.
 
-Tasks write one prompt format; this module maps the placeholders to each family's tokens and lets the real
+Tasks write one prompt format; each family (`Family.render`) maps the placeholders to its tokens and lets the real
 processor expand them (so token roles later come from what the model actually receives).
 """
 
@@ -9,21 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from akvq.errors import ConfigError
-
-IMAGE = "<image>"
-VIDEO = "<video>"
-
-# Placeholder -> family-specific text the processor expands.
-_QWEN = {
-    IMAGE: "<|vision_start|><|image_pad|><|vision_end|>",
-    VIDEO: "<|vision_start|><|video_pad|><|vision_end|>",
-}
-
-
-def _render(family: str, prompt: str) -> str:
-    if family in ("qwen2_vl", "qwen2_5_vl"):
-        return prompt.replace(IMAGE, _QWEN[IMAGE]).replace(VIDEO, _QWEN[VIDEO])
-    return prompt  # LLaVA, LLaVA-NeXT, Idefics3 all use a literal `<image>` token
+from akvq.models.families import IMAGE, VIDEO
+from akvq.models.registry import FAMILIES, get_family
 
 
 def _flatten(nested: list[list[Any]] | None, prompts: list[str], placeholder: str, what: str) -> list[Any]:
@@ -66,11 +53,13 @@ def build_inputs(
         tok.padding_side = "left"
         enc = tok(list(prompts), return_tensors=return_tensors, padding=True)
     else:
-        if flat_videos and family not in ("qwen2_vl", "qwen2_5_vl"):
-            raise ConfigError(f"family {family!r} does not take videos; only qwen2_vl / qwen2_5_vl do")
+        fam = get_family(family)
+        if flat_videos and not fam.videos:
+            takes = ", ".join(n for n, f in FAMILIES.items() if f.videos)
+            raise ConfigError(f"family {family!r} does not take videos; only {takes} do")
         proc = loaded.processor
         proc.tokenizer.padding_side = "left"
-        kwargs: dict[str, Any] = dict(text=[_render(family, p) for p in prompts], padding=True)
+        kwargs: dict[str, Any] = dict(text=[fam.render(p) for p in prompts], padding=True)
         if flat_images:
             kwargs["images"] = flat_images
         if flat_videos:

@@ -1,8 +1,7 @@
-"""Model families akvq knows: which config `model_type`s they cover and where their decoder layers live.
+"""Questions about a model's family, answered from the family registry (`akvq.models.families`).
 
-Everything downstream (roles, pivots, cache sizing) asks this module instead of poking at model internals,
-so a new family is one entry here plus its role rule in `akvq.saliency.roles`.
-"""
+Everything downstream (roles, prompts, loaders, the runner, cache sizing) asks here instead of poking at model
+internals or keeping its own list of families."""
 
 from __future__ import annotations
 
@@ -11,71 +10,50 @@ from typing import Any
 from torch import nn
 
 from akvq.errors import UnsupportedModelError
+from akvq.models.families import REGISTRY as FAMILIES
+from akvq.models.families import Family
 
-FAMILIES: tuple[str, ...] = ("llama", "llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3")
-VISION_FAMILIES: frozenset[str] = frozenset(FAMILIES) - {"llama"}
 
-# Text-only decoders with the Llama-style layer layout; all handled as family "llama".
-TEXT_MODEL_TYPES: frozenset[str] = frozenset(
-    {
-        "llama",
-        "mistral",
-        "mixtral",
-        "qwen2",
-        "qwen3",
-        "phi3",
-        "gemma",
-        "gemma2",
-        "smollm3",
-        "olmo",
-        "olmo2",
-        "granite",
-        "starcoder2",
-    }
-)
-_VLM_MODEL_TYPES: dict[str, str] = {
-    "llava": "llava",
-    "llava_next": "llava_next",
-    "qwen2_vl": "qwen2_vl",
-    "qwen2_5_vl": "qwen2_5_vl",
-    "idefics3": "idefics3",
-    "smolvlm": "idefics3",  # SmolVLM is Idefics3's architecture under another name
-}
+def supported() -> str:
+    """`idefics3, llama, ...`: the registered family names, for error messages."""
+    return ", ".join(sorted(FAMILIES))
+
+
+def get_family(name: str) -> Family:
+    """The registered family `name`, else UnsupportedModelError naming them."""
+    if name not in FAMILIES:
+        raise UnsupportedModelError(f"unknown family {name!r}; supported families: {supported()}")
+    return FAMILIES[name]
 
 
 def _config_of(model_or_config: Any) -> Any:
     """Accept a model, a config, or an `akvq.models.Loaded`."""
-    if (
-        hasattr(model_or_config, "model")
-        and hasattr(model_or_config, "family")
-        and hasattr(model_or_config, "spec")
-    ):
+    if hasattr(model_or_config, "model") and hasattr(model_or_config, "family") and hasattr(model_or_config, "spec"):
         model_or_config = model_or_config.model
     cfg = getattr(model_or_config, "config", model_or_config)
     if not hasattr(cfg, "model_type"):
         raise UnsupportedModelError(
             f"cannot tell the model family of {type(model_or_config).__name__}: it has no `config.model_type`; "
-            f"supported families: {', '.join(FAMILIES)}"
+            f"supported families: {supported()}"
         )
     return cfg
 
 
 def family_of(model_or_config: Any) -> str:
-    """Family name of a model/config: one of FAMILIES, else UnsupportedModelError naming them."""
-    cfg = _config_of(model_or_config)
-    mt = cfg.model_type
-    if mt in _VLM_MODEL_TYPES:
-        return _VLM_MODEL_TYPES[mt]
-    if mt in TEXT_MODEL_TYPES:
-        return "llama"
+    """Family name of a model/config, else UnsupportedModelError naming the supported families."""
+    mt = _config_of(model_or_config).model_type
+    for fam in FAMILIES.values():
+        if mt in fam.model_types:
+            return fam.name
     raise UnsupportedModelError(
-        f"model_type {mt!r} is not supported by akvq; supported families: {', '.join(FAMILIES)} "
-        f"(family 'llama' covers text-only decoders: {', '.join(sorted(TEXT_MODEL_TYPES))})"
+        f"model_type {mt!r} is not supported by akvq; supported families: {supported()} "
+        f"(family 'llama' covers text-only decoders: {', '.join(sorted(FAMILIES['llama'].model_types))})"
     )
 
 
-def is_vision_family(family: str) -> bool:
-    return family in VISION_FAMILIES
+def vision_token_ids(model_or_config: Any) -> list[int]:
+    """Token ids that stand for vision features in this model (empty for text-only models)."""
+    return get_family(family_of(model_or_config)).vision_token_ids(_config_of(model_or_config))
 
 
 def text_config(model_or_config: Any) -> Any:
@@ -87,12 +65,6 @@ def text_config(model_or_config: Any) -> Any:
 
 def num_layers(model_or_config: Any) -> int:
     return int(text_config(model_or_config).num_hidden_layers)
-
-
-def head_dim(model_or_config: Any) -> int:
-    tc = text_config(model_or_config)
-    hd = getattr(tc, "head_dim", None)
-    return int(hd) if hd else int(tc.hidden_size // tc.num_attention_heads)
 
 
 # Attribute paths to the decoder's ModuleList, most specific first (transformers 5 layouts).
@@ -117,5 +89,5 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
         if isinstance(obj, nn.ModuleList) and len(obj) > 0:
             return obj
     raise UnsupportedModelError(
-        f"cannot find the decoder layers of {type(model).__name__}; supported families: {', '.join(FAMILIES)}"
+        f"cannot find the decoder layers of {type(model).__name__}; supported families: {supported()}"
     )

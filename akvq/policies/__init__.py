@@ -1,47 +1,26 @@
-"""One small file per method; `make_policy(name, **overrides)` is how everything else gets one."""
+"""Methods: one file per method in this package (a `Policy` subclass under `@register`), found at import; one YAML
+per public name in configs/quant/. `make_policy(name, **overrides)` is how everything else gets one."""
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+import importlib
+import pkgutil
 
-from akvq.errors import ConfigError
-from akvq.policies.akvq import AKVQPolicy
-from akvq.policies.base import HP, LayerPlan, Policy, TensorPlan
-from akvq.policies.fp16 import FP16Policy
-from akvq.policies.hf_quantized import HFQuantizedPolicy
-from akvq.policies.kivi import KIVIPolicy
-from akvq.policies.rtn import RTNPolicy
-from akvq.policies.skvq import SKVQPolicy
-from akvq.policies.smoothquant import SmoothQuantPolicy
+from akvq.policies.base import POLICIES, LayerPlan, Policy, TensorPlan, register
+from akvq.policies.loader import make_policy, policy_from_mapping, quant_config, quant_names
 
-POLICIES: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (FP16Policy, RTNPolicy, KIVIPolicy, SKVQPolicy, SmoothQuantPolicy, AKVQPolicy)
-}
-# Methods whose cache is not ours (`policy.make_cache`): transformers' QuantizedCache.
-PEER_POLICIES: dict[str, type[Policy]] = {HFQuantizedPolicy.name: HFQuantizedPolicy}
+for _m in pkgutil.iter_modules(__path__):
+    if _m.name not in ("base", "loader") and not _m.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_m.name}")
 
-
-def make_policy(name: str, **overrides: Any) -> Policy:
-    """Build a policy by name; unknown names or fields raise ConfigError listing what exists."""
-    known_policies = {**POLICIES, **PEER_POLICIES}
-    if name not in known_policies:
-        raise ConfigError(f"unknown quant policy {name!r}; known: {sorted(known_policies)}")
-    cls = known_policies[name]
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise ConfigError(f"policy {name!r} has no field(s) {sorted(unknown)}; its fields: {sorted(known)}")
-    if "layer_pattern" in overrides and overrides["layer_pattern"] is not None:
-        overrides["layer_pattern"] = list(overrides["layer_pattern"])
-    try:
-        return cls(**overrides)
-    except TypeError as e:  # wrong value types from a YAML
-        raise ConfigError(f"policy {name!r}: {e}") from e
-
-
-def validate(name: str, **overrides: Any) -> None:
-    make_policy(name, **overrides)
-
-
-__all__ = ["HP", "PEER_POLICIES", "POLICIES", "LayerPlan", "Policy", "TensorPlan", "make_policy", "validate"]
+__all__ = [
+    "POLICIES",
+    "LayerPlan",
+    "Policy",
+    "TensorPlan",
+    "make_policy",
+    "policy_from_mapping",
+    "quant_config",
+    "quant_names",
+    "register",
+]

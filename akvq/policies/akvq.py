@@ -5,14 +5,16 @@ one policy. The knobs past the paper (k_axis, clip_search, group_across_heads) a
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from akvq.errors import ConfigError
-from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits
+from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits, register
 
 PIVOT_RULES = ("massive", "attention")
 
 
+@register
 @dataclass
 class AKVQPolicy(Policy):
     name = "akvq"
@@ -64,6 +66,14 @@ class AKVQPolicy(Policy):
     @property
     def needs_pattern(self) -> bool:
         return self.tsa and self.layer_pattern is None
+
+    def resolve(self, model_name: str, num_layers: int) -> AKVQPolicy:
+        """A copy with the model's TSA/PSA layer pattern (configs/layer_patterns/) when none was given."""
+        if not self.needs_pattern:
+            return self
+        from akvq.saliency.patterns import layer_pattern
+
+        return dataclasses.replace(self, layer_pattern=list(layer_pattern(model_name, num_layers)))
 
     def pattern_of(self, layer_idx: int, num_layers: int) -> str:
         if not self.tsa:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from akvq.errors import ConfigError
 from akvq.quant.uniform import SUPPORTED_BITS
 
-HP = 16  # the precision class of tokens kept in 16-bit (or the model's dtype)
+if TYPE_CHECKING:
+    from transformers.cache_utils import Cache
+
 HP_DTYPES = ("auto", "model", "float16", "bfloat16", "float32")
 
 
@@ -77,7 +79,8 @@ def check_bits(bits: int, what: str = "bits") -> None:
 
 @dataclass
 class Policy:
-    """Base of every method. Subclasses are dataclasses whose fields are the method's knobs."""
+    """Base of every method. Subclasses are dataclasses whose fields are the method's knobs; they are values:
+    nothing that uses a policy changes it (`akvq.api.resolve_policy` returns a resolved copy)."""
 
     name: ClassVar[str] = "base"
     needs_roles: ClassVar[bool] = False
@@ -119,12 +122,29 @@ class Policy:
                 if t.axis == "channel" and (t.group_size * t.bits) % 8:
                     raise ConfigError(f"{self.name}: a channel group of {t.group_size} {t.bits}-bit codes is not byte-aligned")
 
+    def resolve(self, model_name: str, num_layers: int) -> Policy:
+        """This policy with what it leaves to the model filled in (a new object; `self` is unchanged)."""
+        return self
+
+    def new_cache(self, num_layers: int, read_path: str = "dequantize") -> Cache:
+        """The transformers Cache this method runs in: akvq's own by default. A method that is another library's
+        cache (transformers' QuantizedCache, ...) overrides this, `layer_plan` and `check_model`, and returns a
+        Cache with a `memory_report()` (docs/architecture.md, "add a method")."""
+        from akvq.cache import AKVQCache
+
+        return AKVQCache(self, num_layers, read_path=read_path)
+
     def to_dict(self) -> dict[str, Any]:
         return {"policy": self.name, **dataclasses.asdict(self)}
 
 
-def fields_of(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
+POLICIES: dict[str, type[Policy]] = {}
 
 
-__all__ = ["HP", "LayerPlan", "Policy", "TensorPlan", "check_bits", "default_clip", "field", "fields_of"]
+def register(cls: type[Policy]) -> type[Policy]:
+    """Class decorator: make a method known under its `name` (the `policy:` key of configs/quant/*.yaml)."""
+    POLICIES[cls.name] = cls
+    return cls
+
+
+__all__ = ["POLICIES", "LayerPlan", "Policy", "TensorPlan", "check_bits", "default_clip", "register"]

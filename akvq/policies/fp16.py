@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from akvq.policies.base import LayerPlan, Policy
+from akvq.policies.base import LayerPlan, Policy, register
 
 
+@register
 @dataclass
 class FP16Policy(Policy):
     name = "fp16"

@@ -27,7 +27,7 @@ import torch
 from transformers.cache_utils import QuantizedCache
 
 from akvq.errors import ConfigError
-from akvq.policies.base import LayerPlan, Policy
+from akvq.policies.base import LayerPlan, Policy, register
 
 # backend -> (module that must be importable, pip name, bits the backend accepts, its axes)
 BACKENDS: dict[str, tuple[str, str, tuple[int, ...], tuple[int, ...]]] = {
@@ -47,6 +47,7 @@ def missing_backend(backend: str) -> str | None:
     return None if found else f"transformers' QuantizedCache backend {backend!r} needs {pip_name} ({INSTALL_HINT})"
 
 
+@register
 @dataclass
 class HFQuantizedPolicy(Policy):
     """The fields are `QuantizedCache`'s own arguments; the YAMLs spell out transformers' defaults."""
@@ -87,12 +88,13 @@ class HFQuantizedPolicy(Policy):
                 f"(the backends group the flattened K/V); set quant.q_group_size"
             )
 
-    def make_cache(self, model: Any, read_path: str = "dequantize") -> HFQuantizedCache:
-        """The cache for `model` (16-bit storage as `hp_dtype` says); ImportError naming the extra if absent."""
+    def new_cache(self, num_layers: int, read_path: str = "dequantize") -> HFQuantizedCache:
+        """Its cache (16-bit storage as `hp_dtype` says, fixed at the first update); ImportError naming the
+        extra when the backend's package is absent."""
         reason = self.unavailable()
         if reason:
             raise ImportError(reason)
-        return HFQuantizedCache(self, model.config, _storage_dtype(self.hp_dtype, model.dtype), read_path)
+        return HFQuantizedCache(self, num_layers, read_path)
 
 
 def _storage_dtype(hp_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
@@ -105,12 +107,12 @@ class _Stored16:
     """Mixed into transformers' layer classes: cast to the storage dtype on the way in and back on the way
     out; optionally memoize `_dequantize` on the identity of the quantized states (new object = new states)."""
 
-    storage_dtype: torch.dtype
+    hp_dtype: str
     memo: bool
     kv_shape: tuple[int, int, int]  # (batch, kv heads, head_dim) of what it holds
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
-        dtype, sd = key_states.dtype, self.storage_dtype
+        dtype, sd = key_states.dtype, _storage_dtype(self.hp_dtype, key_states.dtype)
         self.kv_shape = (key_states.shape[0], key_states.shape[1], key_states.shape[-1])
         k, v = super().update(key_states.to(sd), value_states.to(sd), *args, **kwargs)  # type: ignore[misc]
         return k.to(dtype), v.to(dtype)
@@ -153,13 +155,17 @@ def _leaves(x: Any) -> list[torch.Tensor]:
 class HFQuantizedCache(QuantizedCache):
     """transformers' QuantizedCache with its real layers, 16-bit storage, and a byte count of its tensors."""
 
-    def __init__(self, policy: HFQuantizedPolicy, config: Any, storage_dtype: torch.dtype, read_path: str):
+    def __init__(self, policy: HFQuantizedPolicy, num_layers: int, read_path: str = "dequantize"):
+        # transformers' own layer classes with the policy's arguments; QuantizedCache.__init__ would only add
+        # its check that every layer is full attention (true of every model this harness runs).
+        from transformers.cache_utils import Cache, HQQQuantizedLayer, QuantoQuantizedLayer
+
+        cls = {"quanto": QuantoQuantizedLayer, "hqq": HQQQuantizedLayer}[policy.backend]
         fields = {k: v for k, v in asdict(policy).items() if k not in ("hp_dtype", "backend")}
-        super().__init__(policy.backend, config, **fields)  # transformers' checks (full attention only, ...)
+        Cache.__init__(self, layers=[_wrap(cls)(**fields) for _ in range(num_layers)])
         self.policy = policy
-        self.layers = [_wrap(type(layer))(**fields) for layer in self.layers]
         for layer in self.layers:
-            layer.storage_dtype = storage_dtype
+            layer.hp_dtype = policy.hp_dtype
             layer.memo = read_path == "cached"
 
     def exact_chunks(self, n: int) -> list[int]:

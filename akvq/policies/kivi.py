@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from akvq.errors import ConfigError
-from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits
+from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits, register
 
 
+@register
 @dataclass
 class KIVIPolicy(Policy):
     name = "kivi"

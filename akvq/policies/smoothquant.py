@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from akvq.errors import ConfigError
-from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits
+from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits, register
 
 
+@register
 @dataclass
 class SmoothQuantPolicy(Policy):
     name = "smoothquant"

@@ -20,10 +20,11 @@ from typing import Any
 import yaml
 
 from akvq.errors import ConfigError
+from akvq.paths import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 
-PATTERNS_DIR = Path(__file__).resolve().parents[2] / "configs" / "layer_patterns"
+PATTERNS_DIR = CONFIG_DIR / "layer_patterns"
 ENV_DIRS = "AKVQ_LAYER_PATTERNS"  # extra directories (os.pathsep-separated), searched before the shipped one
 LABELS = ("tsa", "psa")
 PROFILE_COMMAND = "python scripts/profile_layers.py --model {name} --samples 8 --write-pattern"

@@ -12,31 +12,7 @@ from typing import Any
 
 import torch
 
-from akvq.errors import UnsupportedModelError
-from akvq.models.registry import FAMILIES, _config_of, family_of
-
-
-def vision_token_ids(model_or_config: Any) -> list[int]:
-    """Token ids that stand for vision features in this family (empty for text-only models)."""
-    family = family_of(model_or_config)
-    if family == "llama":
-        return []
-    cfg = _config_of(model_or_config)
-    names = {
-        "llava": ("image_token_id", "image_token_index"),
-        "llava_next": ("image_token_id", "image_token_index"),
-        "qwen2_vl": ("image_token_id", "video_token_id"),
-        "qwen2_5_vl": ("image_token_id", "video_token_id"),
-        "idefics3": ("image_token_id",),
-    }.get(family)
-    if names is None:  # pragma: no cover - FAMILIES and this table are kept in step
-        raise UnsupportedModelError(
-            f"no role rule for family {family!r}; supported families: {', '.join(FAMILIES)}"
-        )
-    ids = sorted({int(v) for n in names if (v := getattr(cfg, n, None)) is not None})
-    if not ids:
-        raise UnsupportedModelError(f"{family} config has none of {names}; cannot locate vision tokens")
-    return ids
+from akvq.models.registry import vision_token_ids
 
 
 def vision_mask(model_or_config: Any, inputs: Mapping[str, Any]) -> torch.Tensor:
@@ -63,11 +39,3 @@ def vision_mask(model_or_config: Any, inputs: Mapping[str, Any]) -> torch.Tensor
     if attn is not None:
         mask = mask & torch.as_tensor(attn, device=ids.device).reshape(ids.shape).bool()
     return mask
-
-
-def text_mask(model_or_config: Any, inputs: Mapping[str, Any]) -> torch.Tensor:
-    """BoolTensor[B, T]: real (non-pad) tokens that are not vision tokens."""
-    ids = inputs["input_ids"]
-    attn = inputs.get("attention_mask")
-    valid = torch.ones_like(ids, dtype=torch.bool) if attn is None else attn.bool()
-    return valid & ~vision_mask(model_or_config, inputs)

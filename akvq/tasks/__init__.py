@@ -16,7 +16,6 @@ _FIXED = {
 }
 _PREFIXES = {"milebench/": "akvq.tasks.milebench:MileBenchTask", "lmms/": "akvq.tasks.lmms_task:LmmsTask"}
 _ALIASES = {"mmmu": "lmms/mmmu_val"}
-TEXT_ONLY_TASKS = ("ppl", "passkey", "agreement")
 
 
 def _load(path: str) -> type[Task]:
@@ -40,4 +39,9 @@ def get_task(name: str, cfg: Any = None) -> Task:
     )
 
 
-__all__ = ["TEXT_ONLY_TASKS", "Task", "TaskResult", "get_task", "resolve_name"]
+def needs_images(task: Any) -> bool:
+    """Whether a task feeds images: its class says so (`Task.needs_images`), the one place this is decided."""
+    return bool(getattr(task, "needs_images", False))
+
+
+__all__ = ["Task", "TaskResult", "get_task", "needs_images", "resolve_name"]

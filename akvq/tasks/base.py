@@ -19,6 +19,8 @@ class Task:
     """A task is constructed from its config and run once per (model, policy)."""
 
     name: str = "task"
+    needs_images: bool = False  # True: the runner refuses text-only models before loading
+    primary_metric: str | None = None  # the one number tables show; a config's `primary_metric` overrides it
 
     def __init__(self, name: str, cfg: Any = None):
         self.name = name

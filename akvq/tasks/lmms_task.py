@@ -81,7 +81,7 @@ class LmmsTask(Task):
         from lmms_eval.evaluator import simple_evaluate
         from lmms_eval.tasks import TaskManager
 
-        from akvq.tasks.lmms_plugin import AKVQLmms
+        from akvq.integrations.lmms_eval import AKVQLmms
 
         cfg = cfg if cfg is not None else self.cfg
         lm = AKVQLmms(

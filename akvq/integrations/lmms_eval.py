@@ -26,6 +26,7 @@ from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
 
 from akvq.errors import ConfigError
+from akvq.policies import make_policy
 from akvq.tasks.generation import GenStats, chat_text, generate_texts, open_image
 
 log = logging.getLogger(__name__)
@@ -36,14 +37,14 @@ IMAGE = "<image>"
 
 
 def manifest() -> Any:
-    """Entry-point payload (`lmms_eval.models: akvq = "akvq.tasks.lmms_plugin:manifest"`).
+    """Entry-point payload (`lmms_eval.models: akvq = "akvq.integrations.lmms_eval:manifest"`).
 
     Imported while `lmms_eval.models` itself is importing, so it only touches `registry_v2`, which that
     package has loaded by then.
     """
     from lmms_eval.models.registry_v2 import ModelManifest
 
-    return ModelManifest(model_id=MODEL_ID, simple_class_path="akvq.tasks.lmms_plugin.AKVQLmms")
+    return ModelManifest(model_id=MODEL_ID, simple_class_path="akvq.integrations.lmms_eval.AKVQLmms")
 
 
 # ------------------------------------------------------------------------------------- building from args
@@ -69,18 +70,6 @@ def model_spec(pretrained: str, **overrides: Any) -> Any:
         d = {"name": pretrained.rstrip("/").split("/")[-1], "source": "hub", "path": pretrained}
     d.update({k: v for k, v in overrides.items() if v is not None})
     return ModelSpec.from_dict(d)
-
-
-def policy_from(quant: str, **overrides: Any) -> Any:
-    """A policy from a configs/quant name (`akvq`, `kivi2`) or a policy name, with field overrides."""
-    from akvq.policies import make_policy
-
-    preset = CONFIGS / "quant" / f"{quant}.yaml"
-    fields = _yaml(preset) if preset.is_file() else {"policy": quant}
-    name = str(fields.pop("policy", quant))
-    fields = {k: v for k, v in fields.items() if v is not None}
-    fields.update(overrides)
-    return make_policy(name, **fields)
 
 
 def _split_prefixed(kwargs: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -134,7 +123,7 @@ class AKVQLmms(lmms):
             if device and device != "cpu" and torch.cuda.is_available() and loaded.spec.device_map is None:
                 loaded.model.to(device)
         self.loaded = loaded
-        self.policy = policy if policy is not None else policy_from(str(quant), **quant_over)
+        self.policy = policy if policy is not None else make_policy(str(quant), **quant_over)
         self.batch_size_per_gpu = int(batch_size) if batch_size not in (None, "auto") else 1
         if self.batch_size_per_gpu < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")

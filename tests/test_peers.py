@@ -282,13 +282,9 @@ def _decode_one(model: Any, cache: Any, tok: torch.Tensor) -> torch.Tensor:
 
 
 def _llamacpp_script() -> Any:
-    import importlib.util
+    from conftest import load_script
 
-    path = REPO / "scripts" / "llamacpp_peer.py"
-    spec = importlib.util.spec_from_file_location("llamacpp_peer", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("llamacpp_peer")
 
 
 def test_llamacpp_nll_and_bits() -> None:

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from akvq.bench.batch_search import Point, available_memory, check_budget, largest_batch  # noqa: E402
 from akvq.bench.memory import GiB  # noqa: E402
 from akvq.bench.throughput import RESULT  # noqa: E402
+from akvq.policies import POLICIES, Policy  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -117,7 +118,9 @@ def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for name, qname, forced in entries:
         qcfg, q = quants[qname], prep["quants"][qname]
-        attention = forced or (cfg["fp16_attention"] if qcfg["policy"] == "fp16" else cfg["attention"])
+        # fp16 and the peers' own caches (transformers' QuantizedCache) are read by transformers' attention
+        plain = qcfg["policy"] == "fp16" or POLICIES[qcfg["policy"]].new_cache is not Policy.new_cache
+        attention = forced or (cfg["fp16_attention"] if plain else cfg["attention"])
         spec = {**base, "quant_cfg": qcfg, "cache_path": q["cache_path"], "attention": attention,
                 "data_limit": data_limit}
         measured: dict[int, dict[str, Any]] = {}
@@ -149,6 +152,9 @@ def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
             "peak_gib_at_largest": best["peak_bytes"] / GiB if best else None,
             "tokens_per_second_at_largest": best["tokens_per_second"] if best else None,
             "tokens_per_cpu_second_at_largest": best["tokens_per_cpu_second"] if best else None,
+            # peers that re-quantize the whole cache every residual_length steps: that cost spread over the steps
+            "tokens_per_second_amortized_at_batch": at_batch.get("tokens_per_second_amortized"),
+            "tokens_per_second_amortized_at_largest": best.get("tokens_per_second_amortized") if best else None,
             "prefill_seconds": prep["prefill_seconds"], "quant_seconds": q["quant_seconds"],
             "quant_share_of_prefill": q["quant_seconds"] / prep["prefill_seconds"],
             "quant_share_of_prefill_cpu": (q["quant_cpu_seconds"] / prep["prefill_cpu_seconds"]

@@ -22,6 +22,18 @@ def tiny(kind: str):
     return build_tiny(kind)
 
 
+def load_script(name: str):
+    """A module of scripts/ (not a package) loaded from its file."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def image(w: int, h: int, seed: int = 0) -> Image.Image:
     g = torch.Generator().manual_seed(seed)
     return Image.fromarray((torch.rand(h, w, 3, generator=g) * 255).byte().numpy())

@@ -92,14 +92,9 @@ def test_largest_batch_cap_and_oom() -> None:
 
 
 def _bench_script():
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_script
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_efficiency.py"
-    spec = importlib.util.spec_from_file_location("bench_efficiency", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench_efficiency")
 
 
 def test_render_table_ratios() -> None:

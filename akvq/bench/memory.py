@@ -40,7 +40,9 @@ def repeat_store(st: TensorStore, n: int) -> None:
 
 def repeat_cache(cache: AKVQCache, n: int) -> AKVQCache:
     """Every layer and every prompt mask copied n times along the batch (in place; returns the cache)."""
-    if n > 1:
+    if n > 1 and hasattr(cache, "repeat_batch"):  # a peer's cache (transformers' QuantizedCache) copies itself
+        cache.repeat_batch(n)
+    elif n > 1:
         cache.batch_repeat_interleave(n)
     return cache
 
@@ -79,6 +81,9 @@ def _store_from(state: dict[str, Any], plan: Any) -> TensorStore:
 
 def save_cache(cache: AKVQCache, path: str | Path, extra: dict[str, Any]) -> None:
     """The stores of every layer plus the prompt masks and `extra` (next token, sequence length)."""
+    if hasattr(cache, "state"):  # a peer's cache
+        torch.save({"peer_state": cache.state(), "extra": extra}, str(path))
+        return
     state = {
         "stores": [(_store_state(lay.k), _store_state(lay.v)) for lay in cache.layers],
         "dtype": str(cache.layers[0].dtype).removeprefix("torch."),
@@ -91,6 +96,8 @@ def save_cache(cache: AKVQCache, path: str | Path, extra: dict[str, Any]) -> Non
 def load_cache(policy: Any, path: str | Path, device: str = "cpu") -> tuple[AKVQCache, dict[str, Any]]:
     """Rebuild an AKVQCache saved by `save_cache` (same policy) on `device`; plans come from the policy."""
     state = torch.load(str(path), weights_only=True, map_location=device)
+    if "peer_state" in state:
+        return _load_peer(policy, state, device), state["extra"]
     cache = AKVQCache(policy, len(state["stores"]))
     for layer, (k, v) in zip(cache.layers, state["stores"]):
         kplan, vplan = layer.store_plans()
@@ -102,10 +109,18 @@ def load_cache(policy: Any, path: str | Path, device: str = "cpu") -> tuple[AKVQ
     return cache, state["extra"]
 
 
+def _load_peer(policy: Any, state: dict[str, Any], device: str) -> Any:
+    layers = state["peer_state"]
+    cache = policy.new_cache(len(layers))
+    cache.load_state(layers, device)
+    return cache
+
+
 def kv_bytes_per_token(cache: AKVQCache) -> float:
     """Bytes the cache holds per (sequence, token), everything counted (codes, scales, 16-bit rows, indices)."""
     layer = cache.layers[0]
-    tokens = layer.k.batch * layer.get_seq_length()
+    batch = layer.kv_shape[0] if hasattr(layer, "kv_shape") else layer.k.batch
+    tokens = batch * layer.get_seq_length()
     return cache.memory_report().total_bytes / max(1, tokens)
 
 

@@ -152,6 +152,9 @@ def prepare(spec: dict[str, Any]) -> dict[str, Any]:
     result["vision_tokens"] = n_vision
     for name, qcfg in quants.items():
         policy = api.resolve_policy(model, make_policy(qcfg, spec["hp_dtype"]))
+        if is_peer(policy):  # a peer's own cache: the prompt is quantized where its update does it
+            result["quants"][name] = prepare_peer(model, policy, cache0, next_id, seq, f"{spec['work_dir']}/{name}.pt", device)
+            continue
         cache = AKVQCache(policy, len(cache0.layers))
         for attr in ("vision_mask", "pivot_mask", "attention_mask"):
             setattr(cache, attr, getattr(cache0, attr))
@@ -175,6 +178,35 @@ def prepare(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def is_peer(policy: Any) -> bool:
+    """A method that brings another library's cache (transformers' QuantizedCache), not akvq's."""
+    from akvq.policies import Policy
+
+    return type(policy).new_cache is not Policy.new_cache
+
+
+def prepare_peer(model: Any, policy: Any, cache0: Any, next_id: int, seq: int, path: str, device: str) -> dict[str, Any]:
+    """transformers' QuantizedCache: hand it the 16-bit prefill (its first update quantizes the prompt, timed
+    as its quantization), run the first decode step, save its states."""
+    from akvq.bench.memory import kv_bytes_per_token, save_cache
+
+    cache = policy.new_cache(len(cache0.layers))
+    t, c = time.perf_counter(), time.process_time()
+    for src, dst in zip(cache0.layers, cache.layers):
+        dst.update(src.k.tail.to(src.dtype), src.v.tail.to(src.dtype))
+    quant_s, quant_cpu = time.perf_counter() - t, time.process_time() - c
+    walls, _ = decode_steps(model, cache, torch.full((1, 1), next_id, device=model.device), 1, device)
+    save_cache(cache, path, {"next_id": next_id, "seq_len": seq + 1})
+    return {
+        "quant_seconds": quant_s,
+        "quant_cpu_seconds": quant_cpu,
+        "first_step_seconds": walls[0],
+        "kv_bytes_per_token_b1": kv_bytes_per_token(cache),
+        "effective_bits_b1": cache.memory_report().effective_bits,
+        "cache_path": path,
+    }
+
+
 def point(spec: dict[str, Any]) -> dict[str, Any]:
     """One (quant, batch) measurement in this fresh process."""
     from akvq import api
@@ -192,11 +224,19 @@ def point(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         cache, extra = load_cache(policy, spec["cache_path"], device="cuda" if device.startswith("cuda") else "cpu")
         repeat_cache(cache, batch)
-        use_packed(model, cache, spec["attention"])
+        if not is_peer(policy):  # a peer's cache is read as transformers reads it
+            use_packed(model, cache, spec["attention"])
         ids = torch.full((batch, 1), extra["next_id"], device=model.device)
         report = cache.memory_report()
         kvpt = kv_bytes_per_token(cache)
         walls, cpus = decode_steps(model, cache, ids, int(spec["gen_len"]) + 1, device)
+        flush_s = None
+        if hasattr(cache, "flush"):  # a peer that re-quantizes its whole cache every `residual_length` steps
+            _sync(device)
+            t = time.perf_counter()
+            cache.flush()
+            _sync(device)
+            flush_s = time.perf_counter() - t
     except (RuntimeError, MemoryError) as e:
         msg = str(e)
         if isinstance(e, MemoryError) or "alloc" in msg.lower() or "out of memory" in msg.lower():
@@ -218,6 +258,10 @@ def point(spec: dict[str, Any]) -> dict[str, Any]:
         "steps": len(walls),
         "context": cache.get_seq_length(),
         "kernel": kernel_name(spec["attention"], device),
+        **({} if flush_s is None else {
+            "flush_seconds": flush_s,
+            "tokens_per_second_amortized": batch / (wall + flush_s / policy.residual_length),
+        }),
     }
 
 

@@ -104,6 +104,10 @@ class Policy:
     def validate(self) -> None:
         """Raise ConfigError for impossible settings; runs at construction, before any model loads."""
 
+    def unavailable(self) -> str | None:
+        """Why this method cannot run here (an optional package it needs is absent), else None."""
+        return None
+
     def layer_plan(self, layer_idx: int, num_layers: int) -> LayerPlan:
         raise NotImplementedError
 

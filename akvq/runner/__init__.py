@@ -77,6 +77,11 @@ def resolve_paths(cfg: DictConfig) -> tuple[Path, Path]:
     return recs, wdir
 
 
+def _missing(policy: Any) -> str | None:
+    check = getattr(policy, "unavailable", None)
+    return check() if callable(check) else None
+
+
 def main(cfg: DictConfig, session: Session | None = None) -> list[dict[str, Any]]:
     """Plan, skip what is recorded, run the rest on one loaded model, append records, print the table."""
     import torch
@@ -89,6 +94,10 @@ def main(cfg: DictConfig, session: Session | None = None) -> list[dict[str, Any]
     records_path, wandb_dir = resolve_paths(cfg)
     done = {} if cfg.get("redo") else records.completed(records_path)
     todo = [p for p in plans if p.config_hash not in done]
+    for p in [p for p in todo if _missing(p.policy)]:  # a peer whose optional package is absent
+        log.warning("skip %s | %s | %s: %s", p.model, p.task, p.quant, _missing(p.policy))
+        todo.remove(p)
+        plans.remove(p)
     for p in plans:
         if p.config_hash in done:
             stale = is_stale(done[p.config_hash])

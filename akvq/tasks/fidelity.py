@@ -107,10 +107,14 @@ def _decode(model: Any, cache: Any, tokens: torch.Tensor, chunk: int = 1, replay
             with replayed(model, cache):
                 o = model(input_ids=tokens, **{api.cache_kwarg(): cache}, use_cache=True)
             return o.logits[0].float()
-        out = []
-        for i in range(0, tokens.shape[-1], chunk):
-            o = model(input_ids=tokens[:, i : i + chunk], **{api.cache_kwarg(): cache}, use_cache=True)
+        n = tokens.shape[-1]
+        # A cache that knows chunk sizes equal to token-by-token decoding (transformers' QuantizedCache) uses them.
+        sizes = cache.exact_chunks(n) if chunk == 1 and hasattr(cache, "exact_chunks") else [chunk] * -(-n // chunk)
+        out, i = [], 0
+        for size in sizes:
+            o = model(input_ids=tokens[:, i : i + size], **{api.cache_kwarg(): cache}, use_cache=True)
             out.append(o.logits[0].float())
+            i += size
     return torch.cat(out)
 
 

@@ -42,11 +42,11 @@ def test_each_tiny_family_roles_and_generate(name: str) -> None:
 @pytest.mark.parametrize("family", ["idefics3", None])
 def test_runner_admits_image_tasks_for_every_vlm_family(family: str | None) -> None:
     """idefics3 was missing from a copy of the family list; `family: null` (auto-detect) was refused."""
-    from akvq import runner
+    from akvq.runner.plan import model_is_vlm
 
     cfg = {"name": "m", "source": "hub", "path": "/nonexistent/dir", "family": family}
-    assert runner.model_is_vlm(cfg) is (True if family else None)
-    assert runner.model_is_vlm({**cfg, "family": "llama"}) is False
+    assert model_is_vlm(cfg) is (True if family else None)
+    assert model_is_vlm({**cfg, "family": "llama"}) is False
 
 
 @pytest.fixture
@@ -62,10 +62,10 @@ def toy_family():
 def test_toy_family_registered_in_one_place(toy_family) -> None:
     from conftest import image
 
-    from akvq import runner
+    from akvq.runner import plan
 
     validate_spec(ModelSpec(name="toy", source="tiny", tiny_kind="toy"))
-    assert runner.model_is_vlm({"name": "toy", "source": "tiny", "tiny_kind": "toy"}) is True
+    assert plan.model_is_vlm({"name": "toy", "source": "tiny", "tiny_kind": "toy"}) is True
     loaded = build_tiny("toy")
     assert loaded.family == "toy" and loaded.is_vision
     enc = build_inputs(loaded, ["<image> what is it"], [[image(56, 56)]])

@@ -62,10 +62,10 @@ def toy_family():
 def test_toy_family_registered_in_one_place(toy_family) -> None:
     from conftest import image
 
-    from akvq.runner import plan
+    from akvq.runner.plan import model_is_vlm
 
     validate_spec(ModelSpec(name="toy", source="tiny", tiny_kind="toy"))
-    assert plan.model_is_vlm({"name": "toy", "source": "tiny", "tiny_kind": "toy"}) is True
+    assert model_is_vlm({"name": "toy", "source": "tiny", "tiny_kind": "toy"}) is True
     loaded = build_tiny("toy")
     assert loaded.family == "toy" and loaded.is_vision
     enc = build_inputs(loaded, ["<image> what is it"], [[image(56, 56)]])

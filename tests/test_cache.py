@@ -42,7 +42,7 @@ def storage_bytes(cache: AKVQCache) -> int:
 
 
 def test_policy_matrix_covers_every_policy():
-    assert set(SMALL) == set(POLICIES)
+    assert set(SMALL) == set(POLICIES) - {"hf_quantized"}  # transformers' own caches: tests/test_peers.py
 
 
 @pytest.mark.parametrize("family", FAMILIES)

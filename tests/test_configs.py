@@ -83,7 +83,8 @@ def test_embedded_default(cfg_of: Compose, session: runner.Session) -> None:
     assert cfg.task.name == "ppl" and cfg.hydra.runtime.choices.task == "ppl_quick"
     assert cfg.task.prompt_len == 1024 and cfg.task.cont_len == 64 and cfg.task.windows == 2
     assert cfg.quant.policy == "akvq" and list(cfg.compare) == ["fp16", "kivi2"]
-    assert cfg.records == "results/runs.jsonl" and cfg.redo is False and cfg.wandb.mode == "offline"
+    assert runner.default_records(cfg) == "results/_scratch/runs.jsonl"  # ppl_quick is ad hoc: scratch records
+    assert cfg.records is None and cfg.redo is False and cfg.wandb.mode == "offline"
     plans = runner.plan(cfg, session, check_data=False)
     assert [p.quant for p in plans] == ["fp16", "kivi2", "akvq"]
     assert {p.task for p in plans} == {"ppl_quick"} and {p.model for p in plans} == {"smollm2-135m"}
@@ -140,6 +141,8 @@ def test_every_combination(cfg_of: Compose, session: runner.Session) -> None:
     for m, mcfg in models.items():
         for t, tcfg in tasks.items():
             quants = ["akvq"] if t.startswith("milebench/") else QUANTS
+            if mcfg["source"] == "tiny":  # KV width 32 < the HF backends' group of 64: tests/test_peers.py
+                quants = [q for q in quants if not q.startswith("hf_")]
             choices = {"model": m, "task": t, "quant": "akvq"}
             hyd = {"runtime": {"choices": choices}}
             cfg = OmegaConf.create({**top, "model": mcfg, "task": tcfg, "compare": quants, "hydra": hyd})
@@ -158,7 +161,7 @@ def test_every_combination(cfg_of: Compose, session: runner.Session) -> None:
             assert {p.model for p in plans} == {mcfg["name"]}
             assert len({p.config_hash for p in plans}) == len(quants)
             ok += len(plans)
-    assert ok >= len(MODELS) * 2 * len(QUANTS)  # at least two text tasks on every model
+    assert ok >= len(MODELS) * 2 * len([q for q in QUANTS if not q.startswith("hf_")])  # two text tasks a model
     assert refused > 0
 
 
@@ -192,7 +195,7 @@ def test_bad_configs_fail_clearly(
 
 def test_local_launcher(cfg_of: Compose) -> None:
     cfg = cfg_of()
-    assert cfg.hydra.launcher._target_ == "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.akvq_launchers.LocalLauncher"  # pre-flight, then jobs
 
 
 def test_slurm_launcher_composes_and_builds_sbatch(

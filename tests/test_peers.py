@@ -179,10 +179,13 @@ def test_runner_skips_a_peer_whose_package_is_absent(
     from conftest import tiny
 
     session = runner.Session(load_model=lambda model_cfg: tiny("llama"))
-    monkeypatch.setattr(hf_quantized.importlib.util, "find_spec", lambda name: None)
+    real = hf_quantized.importlib.util.find_spec
+    backends = {b[0] for b in hf_quantized.BACKENDS.values()}
+    monkeypatch.setattr(hf_quantized.importlib.util, "find_spec",
+                        lambda name, *a: None if name in backends else real(name, *a))
     cfg = _runner_cfg(
-        tmp_path, "model=tiny-llama", "task.prompt_len=48", "task.cont_len=4", "task.windows=2",
-        "quant=hf_quanto2", "compare=[fp16]",
+        tmp_path, "model=tiny-llama", "+model.tiny_head_dim=32", "task.prompt_len=48", "task.cont_len=4",
+        "task.windows=2", "quant=hf_quanto2", "compare=[fp16]",
     )
     with caplog.at_level(logging.WARNING):
         rows = runner.main(cfg, session)

@@ -3,6 +3,7 @@ SLURM dry run, and the offline checks of weights and lmms-eval datasets (no netw
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -146,6 +147,10 @@ def test_model_larger_than_the_gpus_is_refused(fakes: SimpleNamespace, tmp_path:
     weights.mkdir()
     with open(weights / "model.safetensors", "wb") as f:
         f.truncate(2 * preflight.GiB)  # sparse: 2 GiB on paper
+    (weights / "config.json").write_text(json.dumps({
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 64, "intermediate_size": 128,
+        "max_position_embeddings": 4096, "vocab_size": 128}))
     cfg = make_cfg(tmp_path, compare=[])
     cfg.model = {"name": "big", "source": "hub", "path": str(weights), "family": "llama"}
     cfg.slurm = {"gpus": 1, "gpu_mem_gb": 1}

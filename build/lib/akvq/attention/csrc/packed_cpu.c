@@ -1,0 +1,1029 @@
+/* Decode attention over akvq's packed KV rows on the CPU: scores q.k and outputs sum_t p_t v_t, read straight
+ * from the 1/2/3/4/8-bit codes. One pass over the bytes, no full-precision K/V: each row segment is unpacked
+ * into a small stack buffer and reduced against every query head of its group at once.
+ *
+ * Layouts (see akvq/cache/store.py):
+ *   token axis: rows r = t * B + b in token order; cls[r] is the row's class (0 low, 1 text, 2 16-bit).
+ *     Class c's rows are stored contiguously in its own table, in token order: codes [N_c, W * bits_c / 8],
+ *     scale/zero [N_c, W / group] as IEEE half. W = H * D. Dequantized: x = s * (c - z), or s * c + z when
+ *     float_zero (z then holds the group minimum). 16-bit rows are skipped here; the caller writes them.
+ *   channel axis: codes [B, W, T * bits / 8] packed along tokens, scale/zero [B, W, T / group].
+ * q is [B, H, G, D] (already in the stored space); scores and p are float32 [B, H, G, T] with given strides.
+ * Build: see FLAGS in packed_cpu.py (reassociation, no -ffast-math; OpenMP optional). */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__F16C__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#define MAXSEG 512
+
+static inline float half_to_float(uint16_t h) {
+#ifdef __F16C__
+    return _cvtsh_ss(h);
+#endif
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal: renormalize */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) { man <<= 1; exp--; }
+            bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* n halfs -> floats (8 at a time with F16C) */
+static inline void half_run(const uint16_t *src, int64_t n, float *dst) {
+    int64_t i = 0;
+#ifdef __F16C__
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+#endif
+    for (; i < n; i++) dst[i] = half_to_float(src[i]);
+}
+
+/* codes of channels [first, first + n) of a packed row -> floats */
+static inline void unpack_run(const uint8_t *row, int bits, int64_t first, int n, float *f) {
+    const int aligned = (first * bits) % 8 == 0 && ((int64_t)n * bits) % 8 == 0;
+    switch (aligned ? bits : 0) {
+    case 8:
+        for (int i = 0; i < n; i++) f[i] = (float)row[first + i];
+        break;
+    case 4: {
+        const uint8_t *p = row + first / 2;
+        for (int j = 0; j < n / 2; j++) { f[2 * j] = (float)(p[j] & 15); f[2 * j + 1] = (float)(p[j] >> 4); }
+        break;
+    }
+    case 2: {
+        const uint8_t *p = row + first / 4;
+        for (int j = 0; j < n / 4; j++) {
+            uint8_t v = p[j];
+            f[4 * j] = (float)(v & 3); f[4 * j + 1] = (float)((v >> 2) & 3);
+            f[4 * j + 2] = (float)((v >> 4) & 3); f[4 * j + 3] = (float)(v >> 6);
+        }
+        break;
+    }
+    case 1: {
+        const uint8_t *p = row + first / 8;
+        for (int i = 0; i < n; i++) f[i] = (float)((p[i >> 3] >> (i & 7)) & 1);
+        break;
+    }
+    default: /* any width: a little-endian bit stream, code i at bit (first + i) * bits */
+        for (int i = 0; i < n; i++) {
+            int64_t bit = (first + i) * bits;
+            uint32_t w = row[bit >> 3];
+            if ((bit & 7) + bits > 8) w |= (uint32_t)row[(bit >> 3) + 1] << 8;
+            f[i] = (float)((w >> (bit & 7)) & ((1u << bits) - 1));
+        }
+    }
+}
+
+/* Plane-major order: a segment's bytes are taken 8 at a time; chunk u holds channels [8*per*u, 8*per*(u+1)) at
+ * per = 8/bits codes per byte and unpacks plane by plane: f[u*8*per + i*8 + j] = code of channel per*(8u+j) + i.
+ * Each plane is then one shift and mask of 8 consecutive bytes (8 floats, one AVX2 register); q (scores) and the
+ * accumulators (outputs) are permuted to this order once per call. Needs seg * bits to be a multiple of 64, and
+ * G <= 8 (the register accumulators); otherwise the plain loops in channel order run. */
+static inline int plane_major_ok(int bits, int seg, int G) {
+    return (bits == 1 || bits == 2 || bits == 4 || bits == 8) && (seg * bits) % 64 == 0 && G <= 8;
+}
+
+static inline int pm_pos(int k, int bits) {
+    const int per = 8 / bits, byte = k / per, i = k % per;
+    return (byte / 8) * 8 * per + i * 8 + byte % 8;
+}
+
+/* the scalar unpack for builds without AVX2 (the AVX2 paths unpack in registers, in seg_dots_pm/seg_axpy_pm) */
+static inline void unpack_pm(const uint8_t *restrict p, int bits, int seg, float *restrict f) {
+    const int per = 8 / bits, m = (1 << bits) - 1, nu = seg * bits / 64;
+    for (int u = 0; u < nu; u++)
+        for (int i = 0; i < per; i++)
+            for (int j = 0; j < 8; j++) f[u * 8 * per + i * 8 + j] = (float)((p[8 * u + j] >> (i * bits)) & m);
+}
+
+/* Index of each row inside its class table (the running count of its class); -1 for 16-bit rows. */
+static int32_t *table_index(const uint8_t *cls, int64_t n_rows) {
+    int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * (n_rows > 0 ? n_rows : 1));
+    int32_t cnt[3] = {0, 0, 0};
+    for (int64_t r = 0; r < n_rows; r++) {
+        int c = cls[r];
+        idx[r] = c < 2 ? cnt[c] : -1;
+        cnt[c < 3 ? c : 2]++;
+    }
+    return idx;
+}
+
+typedef struct {
+    const uint8_t *codes;
+    const uint16_t *scale, *zero;
+    int64_t bits;
+} table_t;
+
+static int gcd(int a, int b) { while (b) { int t = a % b; a = b; b = t; } return a; }
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* sum of the 8 lanes */
+#ifdef __AVX2__
+ALWAYS_INLINE float hsum8(__m256 v) {
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 1));
+    return _mm_cvtss_f32(x);
+}
+#endif
+
+/* dots[g] = q_g . codes for one segment (plane-major order, seg * bits a multiple of 64); G is a constant after
+ * inlining, so the accumulators live in registers and the unpacked codes never go to memory. */
+ALWAYS_INLINE void seg_dots_pm(const uint8_t *p, int bits, int seg, const float *q, int64_t ldq, int G, float *dots) {
+#ifdef __AVX2__
+    const int per = 8 / bits, nu = seg * bits / 64;
+    const __m256i mask = _mm256_set1_epi32((1 << bits) - 1);
+    __m256 acc[8];
+    for (int g = 0; g < G; g++) acc[g] = _mm256_setzero_ps();
+    for (int u = 0; u < nu; u++) {
+        const __m256i x = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8 * u)));
+        for (int i = 0; i < per; i++) {
+            const __m256 fv = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(x, _mm256_set1_epi32(i * bits)), mask));
+            const int off = u * 8 * per + i * 8;
+            for (int g = 0; g < G; g++) acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * ldq + off), fv, acc[g]);
+        }
+    }
+    for (int g = 0; g < G; g++) dots[g] = hsum8(acc[g]);
+#else
+    float f[MAXSEG];
+    unpack_pm(p, bits, seg, f);
+    for (int g = 0; g < G; g++) {
+        float a = 0;
+        for (int k = 0; k < seg; k++) a += q[g * ldq + k] * f[k];
+        dots[g] = a;
+    }
+#endif
+}
+
+/* acc_g += w_g * codes for one segment (plane-major order). */
+ALWAYS_INLINE void seg_axpy_pm(const uint8_t *p, int bits, int seg, const float *w, float *acc, int64_t lda, int G) {
+#ifdef __AVX2__
+    const int per = 8 / bits, nu = seg * bits / 64;
+    const __m256i mask = _mm256_set1_epi32((1 << bits) - 1);
+    __m256 wv[8];
+    for (int g = 0; g < G; g++) wv[g] = _mm256_set1_ps(w[g]);
+    for (int u = 0; u < nu; u++) {
+        const __m256i x = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8 * u)));
+        for (int i = 0; i < per; i++) {
+            const __m256 fv = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(x, _mm256_set1_epi32(i * bits)), mask));
+            const int off = u * 8 * per + i * 8;
+            for (int g = 0; g < G; g++) {
+                float *a = acc + g * lda + off;
+                _mm256_storeu_ps(a, _mm256_fmadd_ps(wv[g], fv, _mm256_loadu_ps(a)));
+            }
+        }
+    }
+#else
+    float f[MAXSEG];
+    unpack_pm(p, bits, seg, f);
+    for (int g = 0; g < G; g++)
+        for (int k = 0; k < seg; k++) acc[g * lda + k] += w[g] * f[k];
+#endif
+}
+
+/* Both token-axis kernels walk the rows in storage order (t * B + b: sequential reads, which matter more than
+ * anything in a VM where every TLB miss walks two page tables) and hand each row to a row function. The row
+ * functions are instantiated for the common (bits, segment of 16/32/64/128, G) so that the unpack, the G dot products or
+ * updates and the loops are straight-line code with the accumulators in registers; others use a generic one. */
+typedef struct {
+    int64_t B, H, G, D, group, float_zero;
+    int seg, ns, W, ngr;
+    const uint8_t *cls;
+    int32_t *idx;
+    table_t tab[2];
+    int pm[2];
+    int *gidx; /* [H * ns]: scale/zero index inside a row of segment s of head h */
+} tok_t;
+
+typedef void (*score_row_fn)(const tok_t *k, int bits, const uint8_t *row, const uint16_t *sr, const uint16_t *zr,
+                             const float *qb, const float *qs, float *ob, int64_t sg);
+typedef void (*output_row_fn)(const tok_t *k, int bits, const uint8_t *row, const uint16_t *sr, const uint16_t *zr,
+                              const float *pb, int64_t sg, float *ab, float *kz);
+
+/* q . x for every head of one row; qb [H, G, D] in table order, qs [H, G, ns], ob[(h * G + g) * sg]. */
+ALWAYS_INLINE void score_row_body(const tok_t *k, int bits, int seg, int G, const uint8_t *row, const uint16_t *sr,
+                                  const uint16_t *zr, const float *qb, const float *qs, float *ob, int64_t sg) {
+    const int H = (int)k->H, D = (int)k->D, ns = D / seg;
+    for (int h = 0; h < H; h++) {
+        float res[64], dots[64];
+        for (int g = 0; g < G; g++) res[g] = 0;
+        for (int s = 0; s < ns; s++) {
+            const int ch = h * D + s * seg, gi = k->gidx[h * ns + s];
+            const float sc = half_to_float(sr[gi]), zz = half_to_float(zr[gi]);
+            const float *q = qb + (int64_t)h * G * D + s * seg;
+            if (plane_major_ok(bits, seg, G)) {
+                seg_dots_pm(row + ch * bits / 8, bits, seg, q, D, G, dots);
+            } else {
+                float f[MAXSEG];
+                unpack_run(row, bits, ch, seg, f);
+                for (int g = 0; g < G; g++) {
+                    float a = 0;
+                    for (int d = 0; d < seg; d++) a += q[g * D + d] * f[d];
+                    dots[g] = a;
+                }
+            }
+            for (int g = 0; g < G; g++) {
+                const float q1 = qs[(h * G + g) * ns + s];
+                res[g] += sc * dots[g] + (k->float_zero ? zz * q1 : -sc * zz * q1);
+            }
+        }
+        for (int g = 0; g < G; g++) ob[(int64_t)(h * G + g) * sg] = res[g];
+    }
+}
+
+/* acc += p_t x_t for every head of one row; pb[(h * G + g) * sg], ab [H, G, D] in table order. */
+ALWAYS_INLINE void output_row_body(const tok_t *k, int bits, int seg, int G, const uint8_t *row, const uint16_t *sr,
+                                   const uint16_t *zr, const float *pb, int64_t sg, float *ab, float *kz) {
+    const int H = (int)k->H, D = (int)k->D, ns = D / seg;
+    for (int h = 0; h < H; h++) {
+        float w[64], ws[64];
+        int nz = 0;
+        for (int g = 0; g < G; g++) { w[g] = pb[(int64_t)(h * G + g) * sg]; nz |= w[g] != 0.0f; }
+        if (!nz) continue; /* masked (padding) positions */
+        for (int s = 0; s < ns; s++) {
+            const int ch = h * D + s * seg, gi = k->gidx[h * ns + s];
+            const float sc = half_to_float(sr[gi]), zz = half_to_float(zr[gi]);
+            for (int g = 0; g < G; g++) {
+                ws[g] = w[g] * sc;
+                kz[(h * G + g) * ns + s] += k->float_zero ? w[g] * zz : -ws[g] * zz;
+            }
+            float *a = ab + (int64_t)h * G * D + s * seg;
+            if (plane_major_ok(bits, seg, G)) {
+                seg_axpy_pm(row + ch * bits / 8, bits, seg, ws, a, D, G);
+            } else {
+                float f[MAXSEG];
+                unpack_run(row, bits, ch, seg, f);
+                for (int g = 0; g < G; g++)
+                    for (int d = 0; d < seg; d++) a[g * D + d] += ws[g] * f[d];
+            }
+        }
+    }
+}
+
+static void score_row_generic(const tok_t *k, int bits, const uint8_t *row, const uint16_t *sr, const uint16_t *zr,
+                              const float *qb, const float *qs, float *ob, int64_t sg) {
+    score_row_body(k, bits, k->seg, (int)k->G, row, sr, zr, qb, qs, ob, sg);
+}
+
+static void output_row_generic(const tok_t *k, int bits, const uint8_t *row, const uint16_t *sr, const uint16_t *zr,
+                               const float *pb, int64_t sg, float *ab, float *kz) {
+    output_row_body(k, bits, k->seg, (int)k->G, row, sr, zr, pb, sg, ab, kz);
+}
+
+#define ROW_FNS(BITS, SEG, G)                                                                                        \
+    static void score_row_##BITS##_##SEG##_##G(const tok_t *k, int bits, const uint8_t *row, const uint16_t *sr,     \
+                                               const uint16_t *zr, const float *qb, const float *qs, float *ob,      \
+                                               int64_t sg) {                                                         \
+        (void)bits;                                                                                                  \
+        score_row_body(k, BITS, SEG, G, row, sr, zr, qb, qs, ob, sg);                                                \
+    }                                                                                                                \
+    static void output_row_##BITS##_##SEG##_##G(const tok_t *k, int bits, const uint8_t *row, const uint16_t *sr,    \
+                                                const uint16_t *zr, const float *pb, int64_t sg, float *ab,          \
+                                                float *kz) {                                                         \
+        (void)bits;                                                                                                  \
+        output_row_body(k, BITS, SEG, G, row, sr, zr, pb, sg, ab, kz);                                               \
+    }
+#define ROW_FNS_G(BITS, SEG) ROW_FNS(BITS, SEG, 1) ROW_FNS(BITS, SEG, 2) ROW_FNS(BITS, SEG, 3) ROW_FNS(BITS, SEG, 4) \
+    ROW_FNS(BITS, SEG, 5) ROW_FNS(BITS, SEG, 6) ROW_FNS(BITS, SEG, 7) ROW_FNS(BITS, SEG, 8)
+ROW_FNS_G(2, 16) ROW_FNS_G(2, 32) ROW_FNS_G(2, 64) ROW_FNS_G(2, 128)
+ROW_FNS_G(4, 16) ROW_FNS_G(4, 32) ROW_FNS_G(4, 64) ROW_FNS_G(4, 128)
+
+#define PICK_G(KIND, BITS, SEG, G)                                                                                    \
+    switch (G) {                                                                                                     \
+    case 1: return KIND##_row_##BITS##_##SEG##_1; case 2: return KIND##_row_##BITS##_##SEG##_2;                      \
+    case 3: return KIND##_row_##BITS##_##SEG##_3; case 4: return KIND##_row_##BITS##_##SEG##_4;                      \
+    case 5: return KIND##_row_##BITS##_##SEG##_5; case 6: return KIND##_row_##BITS##_##SEG##_6;                      \
+    case 7: return KIND##_row_##BITS##_##SEG##_7; case 8: return KIND##_row_##BITS##_##SEG##_8;                      \
+    }
+#define PICK(KIND, bits, seg, G)                                                                                      \
+    if (bits == 2 && seg == 16) { PICK_G(KIND, 2, 16, G) }                                                           \
+    if (bits == 4 && seg == 16) { PICK_G(KIND, 4, 16, G) }                                                           \
+    if (bits == 2 && seg == 32) { PICK_G(KIND, 2, 32, G) }                                                           \
+    if (bits == 2 && seg == 64) { PICK_G(KIND, 2, 64, G) }                                                           \
+    if (bits == 2 && seg == 128) { PICK_G(KIND, 2, 128, G) }                                                         \
+    if (bits == 4 && seg == 32) { PICK_G(KIND, 4, 32, G) }                                                           \
+    if (bits == 4 && seg == 64) { PICK_G(KIND, 4, 64, G) }                                                           \
+    if (bits == 4 && seg == 128) { PICK_G(KIND, 4, 128, G) }
+
+/* ---- int8 query path: q . k in integers --------------------------------------------------------------------------
+ * q is quantized per (batch, query head, segment) to int8 with its own scale sq = max|q| / 127, so
+ *   q . s(c - z) = s (sq sum_k c_k q8_k - z sq sum_k q8_k)     (integer zero points)
+ *   q . (s c + z) = s sq sum_k c_k q8_k + z sq sum_k q8_k      (float zero points)
+ * and sum_k c_k q8_k is exact in integers: AVX2 vpmaddubsw (u8 codes x s8 q -> s16 pairs), a few s16 adds
+ * (<= 4 per segment: |sum| <= 4 * 2 * 15 * 127 < 2^15), vpmaddwd -> s32. Scales and zero points are applied
+ * once per segment. Codes of a 16-byte chunk unpack to bytes plane by plane: byte position i * 16 + j holds the
+ * code of channel per * j + i (per = 8 / bits codes per byte); q8 is stored in that order once per call. */
+static inline int i8_ok(int bits, int seg, int64_t G, int ns) {
+    return (bits == 2 || bits == 4) && (seg * bits) % 128 == 0 && seg <= 128 && G <= 8 && G * ns <= 64;
+}
+
+static inline int i8_pos(int k, int bits) {
+    const int per = 8 / bits, cw = 16 * per;
+    return (k / cw) * cw + (k % per) * 16 + (k % cw) / per;
+}
+
+#ifdef __AVX2__
+/* out[g * 8] = the int32 lanes of sum_k c_k q8_k (madd-ed, not yet summed) for one token's segment */
+ALWAYS_INLINE void i8_tok(const uint8_t *p, int bits, int nc, const int8_t *q, int64_t ldq, int G, __m256i *out) {
+    const __m256i m = _mm256_set1_epi8((char)((1 << bits) - 1)), ones = _mm256_set1_epi16(1);
+    const __m256i sh0 = _mm256_setr_epi32(0, 0, 0, 0, bits, bits, bits, bits);
+    const __m256i sh1 = _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6);
+    __m256i acc[8];
+    for (int g = 0; g < G; g++) acc[g] = _mm256_setzero_si256();
+    for (int c = 0; c < nc; c++) {
+        const __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(p + 16 * c)));
+        const __m256i v0 = _mm256_and_si256(_mm256_srlv_epi32(x, sh0), m);
+        const int8_t *qc = q + c * 16 * (8 / bits);
+        for (int g = 0; g < G; g++)
+            acc[g] = _mm256_add_epi16(acc[g], _mm256_maddubs_epi16(v0, _mm256_loadu_si256((const __m256i *)(qc + g * ldq))));
+        if (bits == 2) {
+            const __m256i v1 = _mm256_and_si256(_mm256_srlv_epi32(x, sh1), m);
+            for (int g = 0; g < G; g++)
+                acc[g] = _mm256_add_epi16(acc[g], _mm256_maddubs_epi16(v1, _mm256_loadu_si256((const __m256i *)(qc + g * ldq + 32))));
+        }
+    }
+    for (int g = 0; g < G; g++) out[g * 8] = _mm256_madd_epi16(acc[g], ones);
+}
+
+#endif
+
+/* dots[g] = sum_k c_k q8[g * ldq + pos(k)] over one segment of nc 16-byte chunks */
+ALWAYS_INLINE void i8_dots(const uint8_t *p, int bits, int nc, const int8_t *q, int64_t ldq, int G, int32_t *dots) {
+#ifdef __AVX2__
+    __m256i v[64];
+    i8_tok(p, bits, nc, q, ldq, G, v);
+    for (int g0 = 0; g0 < G; g0 += 4) { /* four horizontal sums at once */
+        __m256i a[4];
+        for (int i = 0; i < 4; i++) a[i] = g0 + i < G ? v[(g0 + i) * 8] : _mm256_setzero_si256();
+        const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
+        int32_t r[4];
+        _mm_storeu_si128((__m128i *)r, _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
+        for (int i = 0; i < 4 && g0 + i < G; i++) dots[g0 + i] = r[i];
+    }
+#else
+    const int per = 8 / bits, m = (1 << bits) - 1;
+    for (int g = 0; g < G; g++) {
+        int32_t a = 0;
+        for (int c = 0; c < nc; c++)
+            for (int i = 0; i < per; i++)
+                for (int j = 0; j < 16; j++)
+                    a += ((p[16 * c + j] >> (i * bits)) & m) * q[g * ldq + c * 16 * per + i * 16 + j];
+        dots[g] = a;
+    }
+#endif
+}
+
+typedef void (*score_i8_fn)(const tok_t *k, const uint8_t *row, const uint16_t *sr, const uint16_t *zr,
+                            const int8_t *q8, const float *qsc, const float *qz, float *ob, int64_t sg);
+
+/* one row, every head: q8 [H, G, D] in unpack order, qsc/qz [H, G, ns] (sq and sq * sum q8) */
+ALWAYS_INLINE void score_row_i8_body(const tok_t *k, int bits, int seg, int G, const uint8_t *row, const uint16_t *sr,
+                                     const uint16_t *zr, const int8_t *q8, const float *qsc, const float *qz, float *ob,
+                                     int64_t sg) {
+    const int H = (int)k->H, D = (int)k->D, ns = D / seg, nc = seg * bits / 128;
+    for (int h = 0; h < H; h++) {
+        int32_t dots[64];
+        float res[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int s = 0; s < ns; s++) {
+            const int gi = k->gidx[h * ns + s];
+            const float sc = half_to_float(sr[gi]), zz = half_to_float(zr[gi]);
+            i8_dots(row + (h * D + s * seg) * bits / 8, bits, nc, q8 + (int64_t)h * G * D + s * seg, D, G, dots);
+            for (int g = 0; g < G; g++) {
+                const int i = (h * G + g) * ns + s;
+                res[g] += k->float_zero ? sc * qsc[i] * (float)dots[g] + zz * qz[i]
+                                        : sc * (qsc[i] * (float)dots[g] - zz * qz[i]);
+            }
+        }
+        for (int g = 0; g < G; g++) ob[(int64_t)(h * G + g) * sg] = res[g];
+    }
+}
+
+#define I8_FN(BITS, SEG, G)                                                                                          \
+    static void score_i8_row_##BITS##_##SEG##_##G(const tok_t *k, const uint8_t *row, const uint16_t *sr,            \
+                                              const uint16_t *zr, const int8_t *q8, const float *qsc, const float *qz, \
+                                              float *ob, int64_t sg) {                                               \
+        score_row_i8_body(k, BITS, SEG, G, row, sr, zr, q8, qsc, qz, ob, sg);                                       \
+    }
+#define I8_FNS_G(BITS, SEG) I8_FN(BITS, SEG, 1) I8_FN(BITS, SEG, 2) I8_FN(BITS, SEG, 3) I8_FN(BITS, SEG, 4)            \
+    I8_FN(BITS, SEG, 5) I8_FN(BITS, SEG, 6) I8_FN(BITS, SEG, 7) I8_FN(BITS, SEG, 8)
+I8_FNS_G(2, 64) I8_FNS_G(2, 128) I8_FNS_G(4, 32) I8_FNS_G(4, 64) I8_FNS_G(4, 128)
+
+static score_i8_fn pick_i8(int bits, int seg, int64_t G) {
+    if (bits == 2 && seg == 64) { PICK_G(score_i8, 2, 64, G) }
+    if (bits == 2 && seg == 128) { PICK_G(score_i8, 2, 128, G) }
+    if (bits == 4 && seg == 32) { PICK_G(score_i8, 4, 32, G) }
+    if (bits == 4 && seg == 64) { PICK_G(score_i8, 4, 64, G) }
+    if (bits == 4 && seg == 128) { PICK_G(score_i8, 4, 128, G) }
+    return NULL;
+}
+
+/* ---- batch-major kernels (AVX2): item = (b, a chunk of TCH tokens), tokens 8 at a time --------------------------
+ * Scores: per head and segment, the 8 tokens' int32 dot vectors are reduced together (lane i = token i), scales
+ * and zero points applied to 8 tokens in one vector, 8 scores stored at once. Outputs: per head, segment and
+ * 32-channel chunk, the G x 4 accumulators stay in registers over the 8 tokens. A token's rows for all heads lie in
+ * one row of its table, so they are read from memory once and from L1 after. Items run chunk-major (all sequences
+ * of a chunk, then the next chunk): the chunk's rows are one contiguous stretch of the table (TCH * B rows, inside
+ * L2), read in order, where batch-major order strides B rows per token (a TLB miss per token at large B).
+ * Parallel over token chunks x batch. */
+#define TCH 64
+
+typedef struct {
+    int n, cl[8], bits[8];
+    const uint8_t *row[8];
+    const uint16_t *sr[8], *zr[8];
+} blk_t;
+
+/* the (up to) 8 rows of tokens t..t+n-1 of sequence b; cl 2 = a 16-bit row or past the end (contributes 0) */
+static inline void blk_rows(const tok_t *k, int64_t b, int64_t t, int64_t t1, blk_t *r) {
+    r->n = t1 - t < 8 ? (int)(t1 - t) : 8;
+    for (int i = 0; i < 8; i++) {
+        const int64_t rr = (t + i) * k->B + b;
+        const int c = i < r->n ? k->cls[rr] : 2;
+        r->cl[i] = c < 2 ? c : 2;
+        if (c < 2) {
+            const table_t *T = &k->tab[c];
+            const int64_t ii = k->idx[rr];
+            r->bits[i] = (int)T->bits;
+            r->row[i] = T->codes + ii * (k->W * T->bits / 8);
+            r->sr[i] = T->scale + ii * k->ngr;
+            r->zr[i] = T->zero + ii * k->ngr;
+        }
+    }
+}
+
+#ifdef __AVX2__
+/* lane i = sum of the 8 lanes of v[i] */
+ALWAYS_INLINE __m256i reduce8_epi32(const __m256i *v) {
+    const __m256i a = _mm256_hadd_epi32(v[0], v[1]), b = _mm256_hadd_epi32(v[2], v[3]);
+    const __m256i c = _mm256_hadd_epi32(v[4], v[5]), d = _mm256_hadd_epi32(v[6], v[7]);
+    const __m256i ab = _mm256_hadd_epi32(a, b), cd = _mm256_hadd_epi32(c, d);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(ab, cd, 0x20), _mm256_permute2x128_si256(ab, cd, 0x31));
+}
+
+/* int8 scores of tokens [t0, t1) of sequence b into out[b * osb + (h * G + g) * osg + t] */
+ALWAYS_INLINE void i8_block_body(const tok_t *k, int G, int64_t b, int64_t t0, int64_t t1, const int8_t *q8, int64_t nq,
+                                 const float *qsc, const float *qz, float *out, int64_t osb, int64_t osg) {
+    const int H = (int)k->H, D = (int)k->D, seg = k->seg, ns = k->ns;
+    __m256i buf[64];
+    blk_t r;
+    for (int64_t t = t0; t < t1; t += 8) {
+        blk_rows(k, b, t, t1, &r);
+        for (int h = 0; h < H; h++) {
+            __m256 res[8];
+            for (int g = 0; g < G; g++) res[g] = _mm256_setzero_ps();
+            for (int s = 0; s < ns; s++) {
+                const int gi = k->gidx[h * ns + s];
+                float scv[8], zzv[8];
+                for (int i = 0; i < 8; i++) {
+                    const int c = r.cl[i];
+                    if (c < 2) {
+                        const int bits = r.bits[i];
+                        i8_tok(r.row[i] + (h * D + s * seg) * bits / 8, bits, seg * bits / 128,
+                               q8 + c * nq + ((b * k->H + h) * G) * D + s * seg, D, G, buf + i);
+                        scv[i] = half_to_float(r.sr[i][gi]);
+                        zzv[i] = half_to_float(r.zr[i][gi]);
+                    } else {
+                        for (int g = 0; g < G; g++) buf[g * 8 + i] = _mm256_setzero_si256();
+                        scv[i] = zzv[i] = 0;
+                    }
+                }
+                const __m256 sc = _mm256_loadu_ps(scv), zz = _mm256_loadu_ps(zzv);
+                for (int g = 0; g < G; g++) {
+                    const __m256 d = _mm256_cvtepi32_ps(reduce8_epi32(buf + g * 8));
+                    const int64_t j = ((b * k->H + h) * G + g) * ns + s;
+                    const __m256 qs = _mm256_set1_ps(qsc[j]), qzz = _mm256_set1_ps(qz[j]);
+                    res[g] = k->float_zero ? _mm256_fmadd_ps(zz, qzz, _mm256_fmadd_ps(_mm256_mul_ps(sc, qs), d, res[g]))
+                                           : _mm256_fmadd_ps(sc, _mm256_fmsub_ps(qs, d, _mm256_mul_ps(zz, qzz)), res[g]);
+                }
+            }
+            for (int g = 0; g < G; g++) {
+                float *o = out + b * osb + (int64_t)(h * G + g) * osg + t;
+                if (r.n == 8) {
+                    _mm256_storeu_ps(o, res[g]);
+                } else {
+                    float tmp[8];
+                    _mm256_storeu_ps(tmp, res[g]);
+                    for (int i = 0; i < r.n; i++) o[i] = tmp[i];
+                }
+            }
+        }
+    }
+}
+
+typedef void (*i8_block_fn)(const tok_t *, int64_t, int64_t, int64_t, const int8_t *, int64_t, const float *,
+                            const float *, float *, int64_t, int64_t);
+#define I8_BLOCK(G)                                                                                                  \
+    static void i8_block_##G(const tok_t *k, int64_t b, int64_t t0, int64_t t1, const int8_t *q8, int64_t nq,       \
+                             const float *qsc, const float *qz, float *out, int64_t osb, int64_t osg) {             \
+        i8_block_body(k, G, b, t0, t1, q8, nq, qsc, qz, out, osb, osg);                                              \
+    }
+I8_BLOCK(1) I8_BLOCK(2) I8_BLOCK(3) I8_BLOCK(4) I8_BLOCK(5) I8_BLOCK(6) I8_BLOCK(7) I8_BLOCK(8)
+static const i8_block_fn I8_BLOCKS[9] = {NULL, i8_block_1, i8_block_2, i8_block_3, i8_block_4, i8_block_5,
+                                         i8_block_6, i8_block_7, i8_block_8};
+
+/* a[g * D + 0..32) += sum over the block's table-0 tokens of w[g][i] * codes (one 32-channel chunk at byte `off`
+ * of each row; bits in {2, 4, 8}, plane-major positions). GN <= 2 query heads per pass: 8 accumulators, the
+ * weights, the codes and the mask stay within the 16 AVX2 registers (G = 3 spilled). */
+ALWAYS_INLINE void chunk_pass(const blk_t *r, int GN, int bits, int64_t off, const float (*w)[8], float *a, int64_t D) {
+    const int per = 8 / bits, nu = bits / 2; /* 32 channels = nu units of 8 bytes, per planes each */
+    const __m256i mask = _mm256_set1_epi32((1 << bits) - 1);
+    __m256 acc[2][4];
+    for (int g = 0; g < GN; g++)
+        for (int v = 0; v < 4; v++) acc[g][v] = _mm256_loadu_ps(a + g * D + 8 * v);
+    for (int i = 0; i < r->n; i++) {
+        if (r->cl[i] != 0) continue;
+        const uint8_t *p = r->row[i] + off;
+        __m256 wv[2];
+        for (int g = 0; g < GN; g++) wv[g] = _mm256_broadcast_ss(&w[g][i]);
+        for (int u = 0; u < nu; u++) {
+            const __m256i x = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8 * u)));
+            for (int j = 0; j < per; j++) {
+                const __m256 f = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(x, j * bits), mask));
+                for (int g = 0; g < GN; g++) acc[g][u * per + j] = _mm256_fmadd_ps(wv[g], f, acc[g][u * per + j]);
+            }
+        }
+    }
+    for (int g = 0; g < GN; g++)
+        for (int v = 0; v < 4; v++) _mm256_storeu_ps(a + g * D + 8 * v, acc[g][v]);
+}
+
+/* outputs of tokens [t0, t1) of sequence b: table 0 rows in registers, table 1 rows through memory */
+ALWAYS_INLINE void out_block_body(const tok_t *k, int G, int bits0, int64_t b, int64_t t0, int64_t t1,
+                                  const float *p, int64_t psb, int64_t psg, float *acc, int64_t nacc, float *kz) {
+    const int H = (int)k->H, D = (int)k->D, seg = k->seg, ns = k->ns;
+    blk_t r;
+    for (int64_t t = t0; t < t1; t += 8) {
+        blk_rows(k, b, t, t1, &r);
+        for (int h = 0; h < H; h++) {
+            float pv[3][8];
+            for (int g = 0; g < G; g++) {
+                const float *pp = p + b * psb + (int64_t)(h * G + g) * psg + t;
+                for (int i = 0; i < 8; i++) pv[g][i] = i < r.n ? pp[i] : 0.0f;
+            }
+            for (int s = 0; s < ns; s++) {
+                const int gi = k->gidx[h * ns + s];
+                float scv[8], zzv[8], w[3][8];
+                for (int i = 0; i < 8; i++) {
+                    scv[i] = r.cl[i] < 2 ? half_to_float(r.sr[i][gi]) : 0.0f;
+                    zzv[i] = r.cl[i] < 2 ? half_to_float(r.zr[i][gi]) : 0.0f;
+                }
+                const __m256 sc = _mm256_loadu_ps(scv), zz = _mm256_loadu_ps(zzv);
+                for (int g = 0; g < G; g++) {
+                    const __m256 pg = _mm256_loadu_ps(pv[g]), wg = _mm256_mul_ps(pg, sc);
+                    _mm256_storeu_ps(w[g], wg);
+                    kz[((b * k->H + h) * G + g) * ns + s] += hsum8(k->float_zero ? _mm256_mul_ps(pg, zz)
+                                                                                 : _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(wg, zz)));
+                }
+                float *a0 = acc + ((b * k->H + h) * G) * D + s * seg, *a1 = a0 + nacc;
+                for (int c0 = 0; c0 < seg; c0 += 32) {
+                    const int ch = h * D + s * seg + c0;
+                    for (int g0 = 0; g0 < G; g0 += 2) {
+                        if (G - g0 >= 2) chunk_pass(&r, 2, bits0, (int64_t)ch * bits0 / 8, w + g0, a0 + g0 * D + c0, D);
+                        else chunk_pass(&r, 1, bits0, (int64_t)ch * bits0 / 8, w + g0, a0 + g0 * D + c0, D);
+                    }
+                    for (int i = 0; i < r.n; i++) {
+                        if (r.cl[i] != 1) continue;
+                        float wi[3];
+                        for (int g = 0; g < G; g++) wi[g] = w[g][i];
+                        if (k->pm[1]) {
+                            seg_axpy_pm(r.row[i] + ch * r.bits[i] / 8, r.bits[i], 32, wi, a1 + c0, D, G);
+                        } else {
+                            float f[32];
+                            unpack_run(r.row[i], r.bits[i], ch, 32, f);
+                            for (int g = 0; g < G; g++)
+                                for (int d = 0; d < 32; d++) a1[g * D + c0 + d] += wi[g] * f[d];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+typedef void (*out_block_fn)(const tok_t *, int64_t, int64_t, int64_t, const float *, int64_t, int64_t, float *,
+                             int64_t, float *);
+#define OUT_BLOCK(G, BITS)                                                                                           \
+    static void out_block_##G##_##BITS(const tok_t *k, int64_t b, int64_t t0, int64_t t1, const float *p,           \
+                                       int64_t psb, int64_t psg, float *acc, int64_t nacc, float *kz) {             \
+        out_block_body(k, G, BITS, b, t0, t1, p, psb, psg, acc, nacc, kz);                                           \
+    }
+#define OUT_BLOCK_G(G) OUT_BLOCK(G, 2) OUT_BLOCK(G, 4) OUT_BLOCK(G, 8)
+OUT_BLOCK_G(1) OUT_BLOCK_G(2) OUT_BLOCK_G(3)
+static const out_block_fn OUT_BLOCKS[4][3] = {{NULL, NULL, NULL}, {out_block_1_2, out_block_1_4, out_block_1_8},
+                                              {out_block_2_2, out_block_2_4, out_block_2_8},
+                                              {out_block_3_2, out_block_3_4, out_block_3_8}};
+#endif
+
+/* whether the batch-major output kernel reads these tables: table 0 in {2, 4, 8} bits, table 1 in {2, 4, 8} bits
+ * or not plane-major, 32-channel chunks, G <= 3 */
+static inline int out_block_ok(const tok_t *k) {
+#ifdef __AVX2__
+    const int b0 = (int)k->tab[0].bits, b1 = (int)k->tab[1].bits;
+    return k->G <= 3 && k->seg % 32 == 0 && (b0 == 2 || b0 == 4 || b0 == 8) && k->pm[0]
+           && (b1 == 2 || b1 == 4 || b1 == 8 || !k->pm[1]);
+#else
+    (void)k;
+    return 0;
+#endif
+}
+
+static score_row_fn pick_score(int bits, int seg, int64_t G) {
+    PICK(score, bits, seg, G)
+    return score_row_generic;
+}
+
+static output_row_fn pick_output(int bits, int seg, int64_t G) {
+    PICK(output, bits, seg, G)
+    return output_row_generic;
+}
+
+static int tok_init(tok_t *k, int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D, int64_t group,
+                    const uint8_t *cls, const uint8_t *c0, const uint16_t *s0, const uint16_t *z0, int64_t bits0,
+                    const uint8_t *c1, const uint16_t *s1, const uint16_t *z1, int64_t bits1, int64_t float_zero) {
+    k->B = B; k->H = H; k->G = G; k->D = D; k->group = group; k->float_zero = float_zero;
+    k->seg = gcd((int)group, (int)D); k->ns = (int)(D / k->seg); k->W = (int)(H * D); k->ngr = (int)(H * D / group);
+    k->cls = cls;
+    k->tab[0] = (table_t){c0, s0, z0, bits0};
+    k->tab[1] = (table_t){c1, s1, z1, bits1};
+    k->pm[0] = plane_major_ok((int)bits0, k->seg, (int)G);
+    k->pm[1] = plane_major_ok((int)bits1, k->seg, (int)G);
+    if (k->seg > MAXSEG || G > 64) return 1;
+    k->gidx = (int *)malloc(sizeof(int) * H * k->ns);
+    for (int h = 0; h < H; h++)
+        for (int s = 0; s < k->ns; s++) k->gidx[h * k->ns + s] = (int)((h * D + s * k->seg) / group);
+    k->idx = table_index(cls, n_rows);
+    return 0;
+}
+
+static void tok_free(tok_t *k) {
+    free(k->idx);
+    free(k->gidx);
+}
+
+/* [r0, r1) of n rows for thread `tid` of `nt` */
+static void row_range(int64_t n, int nt, int tid, int64_t *r0, int64_t *r1) {
+    *r0 = n * tid / nt;
+    *r1 = n * (tid + 1) / nt;
+}
+
+static int n_threads(int64_t nthreads) {
+#ifdef _OPENMP
+    return nthreads > 0 ? (int)nthreads : 1;
+#else
+    (void)nthreads;
+    return 1;
+#endif
+}
+
+static int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* scores: out[b * osb + t * ost + (h * G + g) * osg] for the packed rows (t < n_q); 16-bit rows are left as they
+ * are. The caller picks the layout: token-major (osg = 1) keeps every write sequential. */
+int akvq_token_scores(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D, int64_t group,
+                      const uint8_t *cls, const uint8_t *c0, const uint16_t *s0, const uint16_t *z0, int64_t bits0,
+                      const uint8_t *c1, const uint16_t *s1, const uint16_t *z1, int64_t bits1, int64_t float_zero,
+                      const float *q, float *out, int64_t osb, int64_t ost, int64_t osg, int64_t int8,
+                      int64_t nthreads) {
+    tok_t k;
+    if (tok_init(&k, n_rows, B, H, G, D, group, cls, c0, s0, z0, bits0, c1, s1, z1, bits1, float_zero)) return 1;
+    const int seg = k.seg, ns = k.ns, nt = n_threads(nthreads);
+    const int64_t nq = B * H * G * D, W = H * D;
+    score_i8_fn f8[2] = {NULL, NULL};
+    for (int c = 0; c < 2; c++)
+        if (int8 && i8_ok((int)k.tab[c].bits, seg, G, ns)) f8[c] = pick_i8((int)k.tab[c].bits, seg, G);
+    int8_t *q8 = NULL;
+    float *qsc = NULL, *qz = NULL;
+    if (f8[0] || f8[1]) { /* int8 q per (b, h, g, segment), in each table's unpack order */
+        q8 = (int8_t *)malloc(2 * nq);
+        qsc = (float *)malloc(sizeof(float) * 2 * B * H * G * ns);
+        qz = qsc + B * H * G * ns;
+        for (int64_t i = 0; i < B * H * G; i++)
+            for (int s = 0; s < ns; s++) {
+                const float *x = q + i * D + s * seg;
+                float amax = 0;
+                for (int j = 0; j < seg; j++) amax = fmaxf(amax, fabsf(x[j]));
+                const float sq = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+                int32_t sum = 0;
+                for (int j = 0; j < seg; j++) {
+                    const int v = (int)lrintf(x[j] * inv);
+                    const int8_t v8 = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+                    sum += v8;
+                    for (int c = 0; c < 2; c++)
+                        if (f8[c]) q8[c * nq + i * D + s * seg + i8_pos(j, (int)k.tab[c].bits)] = v8;
+                }
+                qsc[i * ns + s] = sq;
+                qz[i * ns + s] = sq * (float)sum;
+            }
+    }
+    /* q per table in the order its codes unpack to, and q summed per segment for the zero-point term */
+    float *qp = (float *)malloc(sizeof(float) * 2 * nq), *qsum = (float *)malloc(sizeof(float) * B * H * G * ns);
+    for (int c = 0; c < 2; c++)
+        for (int64_t i = 0; i < B * H * G; i++)
+            for (int s = 0; s < ns; s++)
+                for (int j = 0; j < seg; j++)
+                    qp[c * nq + i * D + s * seg + (k.pm[c] ? pm_pos(j, (int)k.tab[c].bits) : j)] = q[i * D + s * seg + j];
+    for (int64_t i = 0; i < B * H * G; i++)
+        for (int s = 0; s < ns; s++) {
+            float a = 0;
+            for (int d = 0; d < seg; d++) a += q[i * D + s * seg + d];
+            qsum[i * ns + s] = a;
+        }
+    const score_row_fn fn[2] = {pick_score((int)bits0, seg, G), pick_score((int)bits1, seg, G)};
+#ifdef __AVX2__
+    if (f8[0] && f8[1] && ost == 1) { /* batch-major: items (b, chunk of TCH tokens) */
+        const int64_t n_t = n_rows / B, nch = (n_t + TCH - 1) / TCH;
+        const i8_block_fn blk = I8_BLOCKS[G];
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nt)
+        for (int64_t ci = 0; ci < nch; ci++)
+            for (int64_t b = 0; b < B; b++) {
+                const int64_t t0 = ci * TCH, t1 = t0 + TCH < n_t ? t0 + TCH : n_t;
+                blk(&k, b, t0, t1, q8, nq, qsc, qz, out, osb, osg);
+            }
+        free(qp);
+        free(qsum);
+        free(q8);
+        free(qsc);
+        tok_free(&k);
+        return 0;
+    }
+#endif
+#pragma omp parallel num_threads(nt)
+    {
+        int64_t r0, r1;
+        row_range(n_rows, nt, thread_id(), &r0, &r1);
+        int64_t t = r0 / B, b = r0 % B;
+        for (int64_t r = r0; r < r1; r++) {
+            const int c = cls[r];
+            if (c < 2) {
+                const table_t *T = &k.tab[c];
+                const int64_t i = k.idx[r];
+                if (f8[c])
+                    f8[c](&k, T->codes + i * (W * T->bits / 8), T->scale + i * k.ngr, T->zero + i * k.ngr,
+                          q8 + c * nq + b * H * G * D, qsc + b * H * G * ns, qz + b * H * G * ns, out + b * osb + t * ost,
+                          osg);
+                else
+                    fn[c](&k, (int)T->bits, T->codes + i * (W * T->bits / 8), T->scale + i * k.ngr, T->zero + i * k.ngr,
+                          qp + c * nq + b * H * G * D, qsum + b * H * G * ns, out + b * osb + t * ost, osg);
+            }
+            if (++b == B) { b = 0; t++; }
+        }
+    }
+    free(qp);
+    free(qsum);
+    free(q8);
+    free(qsc);
+    tok_free(&k);
+    return 0;
+}
+
+/* outputs: acc[b, h, g, :] += sum over packed rows of p[b, h, g, t] * x_t (16-bit rows skipped); p at
+ * p[b * psb + t * pst + (h * G + g) * psg], token-major (psg = 1) for sequential reads. Each table
+ * accumulates in its own unpack order (per-thread partials), permuted back to channel order at the end; the
+ * zero-point terms are one scalar per segment. */
+int akvq_token_output(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D, int64_t group,
+                      const uint8_t *cls, const uint8_t *c0, const uint16_t *s0, const uint16_t *z0, int64_t bits0,
+                      const uint8_t *c1, const uint16_t *s1, const uint16_t *z1, int64_t bits1, int64_t float_zero,
+                      const float *p, int64_t psb, int64_t pst, int64_t psg, float *acc, int64_t nthreads) {
+    tok_t k;
+    if (tok_init(&k, n_rows, B, H, G, D, group, cls, c0, s0, z0, bits0, c1, s1, z1, bits1, float_zero)) return 1;
+    const int seg = k.seg, ns = k.ns, nt = n_threads(nthreads);
+    const int64_t nacc = B * H * G * D, nk = B * H * G * ns, W = H * D;
+    float *part = (float *)calloc((size_t)nt * (2 * nacc + nk), sizeof(float));
+    const output_row_fn fn[2] = {pick_output((int)bits0, seg, G), pick_output((int)bits1, seg, G)};
+    const int blocked = out_block_ok(&k) && pst == 1;
+#ifdef __AVX2__
+    if (blocked) { /* batch-major: items (b, chunk of TCH tokens), per-thread partials */
+        const int64_t n_t = n_rows / B, nch = (n_t + TCH - 1) / TCH;
+        const out_block_fn blk = OUT_BLOCKS[G][bits0 == 2 ? 0 : bits0 == 4 ? 1 : 2];
+#pragma omp parallel num_threads(nt)
+        {
+            float *acc2 = part + (int64_t)thread_id() * (2 * nacc + nk);
+#pragma omp for collapse(2) schedule(static)
+            for (int64_t ci = 0; ci < nch; ci++)
+                for (int64_t b = 0; b < B; b++) {
+                    const int64_t t0 = ci * TCH, t1 = t0 + TCH < n_t ? t0 + TCH : n_t;
+                    blk(&k, b, t0, t1, p, psb, psg, acc2, nacc, acc2 + 2 * nacc);
+                }
+        }
+    }
+#endif
+    if (!blocked) {
+#pragma omp parallel num_threads(nt)
+    {
+        const int tid = thread_id();
+        float *acc2 = part + (int64_t)tid * (2 * nacc + nk), *kz = acc2 + 2 * nacc;
+        int64_t r0, r1;
+        row_range(n_rows, nt, tid, &r0, &r1);
+        int64_t t = r0 / B, b = r0 % B;
+        for (int64_t r = r0; r < r1; r++) {
+            const int c = cls[r];
+            if (c < 2) {
+                const table_t *T = &k.tab[c];
+                const int64_t i = k.idx[r];
+                fn[c](&k, (int)T->bits, T->codes + i * (W * T->bits / 8), T->scale + i * k.ngr, T->zero + i * k.ngr,
+                      p + b * psb + t * pst, psg, acc2 + c * nacc + b * H * G * D, kz + b * H * G * ns);
+            }
+            if (++b == B) { b = 0; t++; }
+        }
+    }
+    }
+    for (int j = 0; j < nt; j++) {
+        const float *acc2 = part + (int64_t)j * (2 * nacc + nk), *kz = acc2 + 2 * nacc;
+        for (int c = 0; c < 2; c++)
+            for (int64_t e = 0; e < nacc; e += seg)
+                for (int m = 0; m < seg; m++)
+                    acc[e + m] += acc2[c * nacc + e + (k.pm[c] ? pm_pos(m, (int)k.tab[c].bits) : m)];
+        for (int64_t e = 0; e < nk; e++)
+            for (int m = 0; m < seg; m++) acc[e * seg + m] += kz[e];
+    }
+    free(part);
+    tok_free(&k);
+    return 0;
+}
+
+/* channel axis scores: out[b, h, g, t] for t < n_q. Codes [B, W, n_q * bits / 8], scale/zero [B, W, n_q / group]. */
+int akvq_channel_scores(int64_t n_q, int64_t B, int64_t H, int64_t G, int64_t D, int64_t group,
+                        const uint8_t *codes, const uint16_t *scale, const uint16_t *zero, int64_t bits,
+                        int64_t row_bytes, int64_t row_groups, int64_t float_zero, const float *q, float *out,
+                        int64_t ldo, int64_t nthreads) {
+    if (group > 4096 || G > 64) return 1;
+    const int64_t W = H * D, ngroups = n_q / group;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads)
+    for (int64_t b = 0; b < B; b++) {
+        for (int64_t n = 0; n < ngroups; n++) {
+            float f[4096];
+            for (int64_t h = 0; h < H; h++) {
+                const float *qb = q + (b * H + h) * G * D;
+                float *ob = out + (b * H + h) * G * ldo + n * group;
+                for (int g = 0; g < G; g++)
+                    for (int64_t j = 0; j < group; j++) ob[g * ldo + j] = 0;
+                for (int64_t d = 0; d < D; d++) {
+                    const int64_t ch = (b * W + h * D + d);
+                    const float s = half_to_float(scale[ch * row_groups + n]), z = half_to_float(zero[ch * row_groups + n]);
+                    unpack_run(codes + ch * row_bytes, (int)bits, n * group, (int)group, f);
+                    for (int g = 0; g < G; g++) {
+                        const float qs = qb[g * D + d] * s, k = float_zero ? qb[g * D + d] * z : -qs * z;
+                        float *o = ob + g * ldo;
+                        for (int64_t j = 0; j < group; j++) o[j] += qs * f[j] + k;
+                    }
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+/* ---- 16-bit rows [B, H, T, D] (IEEE half, strides sb/sh/st, unit stride along D): the recent window, and the
+ * whole cache of the fp16 control. With F16C + FMA (D a multiple of 8, G <= 8) each row is converted in registers
+ * (vcvtph2ps) and reduced against the G query heads at once; outputs keep their accumulators in registers over a
+ * tile of tokens, a chunk of channels at a time. Parallel over batch x KV heads. */
+#define HALF_TILE 64
+
+#if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
+ALWAYS_INLINE void half_scores_bh(int G, int64_t D, int64_t T, const uint16_t *x, int64_t st, const float *qb,
+                                  float *ob, int64_t ldo) {
+    for (int64_t t = 0; t < T; t++) {
+        const uint16_t *row = x + t * st;
+        __m256 acc[8];
+        for (int g = 0; g < G; g++) acc[g] = _mm256_setzero_ps();
+        for (int64_t d = 0; d < D; d += 8) {
+            const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + d)));
+            for (int g = 0; g < G; g++) acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(qb + g * D + d), f, acc[g]);
+        }
+        for (int g0 = 0; g0 < G; g0 += 4) {
+            __m256 a[4];
+            for (int i = 0; i < 4; i++) a[i] = g0 + i < G ? acc[g0 + i] : _mm256_setzero_ps();
+            const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+            float r[4];
+            _mm_storeu_ps(r, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+            for (int i = 0; i < 4 && g0 + i < G; i++) ob[(g0 + i) * ldo + t] = r[i];
+        }
+    }
+}
+
+/* CW channels (a multiple of 8) at a time: G * CW / 8 accumulators in registers over HALF_TILE tokens */
+ALWAYS_INLINE void half_output_bh(int G, int CW, int64_t D, int64_t T, const uint16_t *x, int64_t st,
+                                  const float *pb, int64_t ldp, float *ab) {
+    for (int64_t t0 = 0; t0 < T; t0 += HALF_TILE) {
+        const int64_t t1 = t0 + HALF_TILE < T ? t0 + HALF_TILE : T;
+        for (int64_t c0 = 0; c0 < D; c0 += CW) {
+            __m256 acc[8][4];
+            for (int g = 0; g < G; g++)
+                for (int v = 0; v < CW / 8; v++) acc[g][v] = _mm256_loadu_ps(ab + g * D + c0 + 8 * v);
+            for (int64_t t = t0; t < t1; t++) {
+                const uint16_t *row = x + t * st + c0;
+                __m256 w[8];
+                for (int g = 0; g < G; g++) w[g] = _mm256_broadcast_ss(pb + g * ldp + t);
+                for (int v = 0; v < CW / 8; v++) {
+                    const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + 8 * v)));
+                    for (int g = 0; g < G; g++) acc[g][v] = _mm256_fmadd_ps(w[g], f, acc[g][v]);
+                }
+            }
+            for (int g = 0; g < G; g++)
+                for (int v = 0; v < CW / 8; v++) _mm256_storeu_ps(ab + g * D + c0 + 8 * v, acc[g][v]);
+        }
+    }
+}
+
+#define HALF_FNS(G, CW)                                                                                              \
+    static void half_scores_##G(int64_t D, int64_t T, const uint16_t *x, int64_t st, const float *qb, float *ob,     \
+                                int64_t ldo) { half_scores_bh(G, D, T, x, st, qb, ob, ldo); }                        \
+    static void half_output_##G(int64_t D, int64_t T, const uint16_t *x, int64_t st, const float *pb, int64_t ldp,   \
+                                float *ab) {                                                                         \
+        if (D % CW == 0) half_output_bh(G, CW, D, T, x, st, pb, ldp, ab);                                            \
+        else half_output_bh(G, 8, D, T, x, st, pb, ldp, ab);                                                         \
+    }
+HALF_FNS(1, 32) HALF_FNS(2, 32) HALF_FNS(3, 32) HALF_FNS(4, 16) HALF_FNS(5, 16) HALF_FNS(6, 16) HALF_FNS(7, 8)
+HALF_FNS(8, 8)
+typedef void (*half_scores_fn)(int64_t, int64_t, const uint16_t *, int64_t, const float *, float *, int64_t);
+typedef void (*half_output_fn)(int64_t, int64_t, const uint16_t *, int64_t, const float *, int64_t, float *);
+static const half_scores_fn HALF_SCORES[9] = {NULL, half_scores_1, half_scores_2, half_scores_3, half_scores_4,
+                                              half_scores_5, half_scores_6, half_scores_7, half_scores_8};
+static const half_output_fn HALF_OUTPUT[9] = {NULL, half_output_1, half_output_2, half_output_3, half_output_4,
+                                              half_output_5, half_output_6, half_output_7, half_output_8};
+#define HALF_FAST(D, G) ((D) % 8 == 0 && (G) <= 8)
+#else
+#define HALF_FAST(D, G) 0
+#endif
+
+/* scores into out[b, h, g, t0 + t] */
+int akvq_half_scores(int64_t B, int64_t H, int64_t G, int64_t D, int64_t T, const uint16_t *x, int64_t sb,
+                     int64_t sh, int64_t st, const float *q, float *out, int64_t ldo, int64_t t0, int64_t nthreads) {
+    if (D > MAXSEG || G > 64) return 1;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(n_threads(nthreads))
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++) {
+            const float *qb = q + (b * H + h) * G * D;
+            float *ob = out + (b * H + h) * G * ldo + t0;
+            const uint16_t *xb = x + b * sb + h * sh;
+#if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
+            if (HALF_FAST(D, G)) {
+                HALF_SCORES[G](D, T, xb, st, qb, ob, ldo);
+                continue;
+            }
+#endif
+            float f[MAXSEG];
+            for (int64_t t = 0; t < T; t++) {
+                half_run(xb + t * st, D, f);
+                for (int g = 0; g < G; g++) {
+                    float dot = 0;
+                    for (int64_t d = 0; d < D; d++) dot += qb[g * D + d] * f[d];
+                    ob[g * ldo + t] = dot;
+                }
+            }
+        }
+    return 0;
+}
+
+/* acc[b, h, g, :] += sum_t p[b, h, g, t0 + t] * x[b, h, t, :] */
+int akvq_half_output(int64_t B, int64_t H, int64_t G, int64_t D, int64_t T, const uint16_t *x, int64_t sb,
+                     int64_t sh, int64_t st, const float *p, int64_t ldp, int64_t t0, float *acc, int64_t nthreads) {
+    if (D > MAXSEG || G > 64) return 1;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(n_threads(nthreads))
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++) {
+            const float *pb = p + (b * H + h) * G * ldp + t0;
+            float *ab = acc + (b * H + h) * G * D;
+            const uint16_t *xb = x + b * sb + h * sh;
+#if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
+            if (HALF_FAST(D, G)) {
+                HALF_OUTPUT[G](D, T, xb, st, pb, ldp, ab);
+                continue;
+            }
+#endif
+            float f[MAXSEG];
+            for (int64_t t = 0; t < T; t++) {
+                half_run(xb + t * st, D, f);
+                for (int g = 0; g < G; g++) {
+                    const float w = pb[g * ldp + t];
+                    for (int64_t d = 0; d < D; d++) ab[g * D + d] += w * f[d];
+                }
+            }
+        }
+    return 0;
+}

@@ -1,0 +1,226 @@
+"""Decode attention over the packed cache with a small C kernel (CPU): the fused form of `packed_torch`.
+
+Why C: in vectorized torch every packed element goes through several full passes (shift, mask, stack, convert,
+permute, matmul), each writing a tensor as large as the chunk in fp32, so per element the packed path costs about
+what fp16 attention costs and a 2-bit cache buys little speed. The kernel unpacks each row segment into a stack
+buffer and reduces it against the G query heads of its KV head at once: one read of the bytes, no fp32 K/V.
+
+The source (`csrc/packed_cpu.c`, plain C, no torch headers) is compiled on first use with the system C compiler
+(`$CC`, else cc) into `~/.cache/akvq/kernels/` (or `$AKVQ_KERNEL_DIR`), keyed by the source, compiler, flags and
+variant (`VARIANTS`: avx2, portable; the best the CPU's flags allow is loaded), and loaded with ctypes; a build
+takes a few seconds. Keys of 2/4 bits go through the integer path by default (q quantized to int8 per segment; see
+docs/efficiency.md). Without a compiler (or without the source, in a broken install) `available()`
+is False and attention=auto uses the torch path. The WHT/SmoothQuant on q and on the output, the 16-bit rows and the
+recent tail are the torch code shared by all paths (`packed_torch.exact_*`)."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from akvq.attention.packed_torch import _finish_out, _prepare_q, exact_output, exact_scores
+from akvq.attention.packed_torch import packed_decode as torch_packed_decode
+from akvq.cache.store import LOW, TEXT, TensorStore
+
+SOURCE = Path(__file__).with_name("csrc") / "packed_cpu.c"
+# Reassociation lets the compiler vectorize the dot products. Not -ffast-math: with GCC < 13 it links
+# crtfastmath.o into the library, whose constructor turns on flush-to-zero for the whole process.
+FLAGS = ("-O3", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math", "-fno-math-errno", "-fPIC",
+         "-shared", "-std=c11")
+# Builds of the one source, best first: the CPU flags each needs (/proc/cpuinfo names) and its compiler flags.
+# "portable" is plain C (whatever the compiler's default target vectorizes). No AVX-512/VNNI build: untested.
+VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "avx2": (("avx2", "fma", "f16c"), ("-mavx2", "-mfma", "-mf16c")),
+    "portable": ((), ()),
+}
+_i64, _ptr = ctypes.c_int64, ctypes.c_void_p
+_state: dict[str, str] = {}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        line = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
+    except (OSError, StopIteration):
+        return set()
+    return set(line.split(":", 1)[1].split())
+
+
+def best_variant() -> str:
+    """The first build in VARIANTS whose CPU flags this machine has (x86 flags only; elsewhere "portable")."""
+    flags = _cpu_flags()
+    is_x86 = platform.machine().lower() in ("x86_64", "amd64")
+    return next(v for v, (need, _) in VARIANTS.items() if not need or (is_x86 and set(need) <= flags))
+
+
+def _compile(cc: str, flags: tuple[str, ...], out: Path) -> None:
+    """Build the shared library at `out` atomically (OpenMP when the compiler has it)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        lib = Path(tmp) / out.name
+        for extra in (("-fopenmp",), ()):
+            cmd = [cc, *flags, *extra, str(SOURCE), "-o", str(lib), "-lm"]
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            if p.returncode == 0:
+                os.replace(lib, out)
+                return
+        raise RuntimeError(f"compiling {SOURCE.name} failed: {p.stderr[-500:]}")
+
+
+@functools.cache
+def _lib(variant: str = "auto") -> ctypes.CDLL | None:
+    """The kernel library built for `variant` ("auto": `best_variant()`), or None (reason in `status()`)."""
+    variant = best_variant() if variant == "auto" else variant
+    if variant not in VARIANTS:
+        raise ValueError(f"kernel variant {variant!r}: expected auto or one of {sorted(VARIANTS)}")
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        _state["reason"] = "no C compiler on PATH (set CC)"
+        return None
+    flags = (*FLAGS, *VARIANTS[variant][1])
+    root = Path(os.environ.get("AKVQ_KERNEL_DIR") or Path.home() / ".cache" / "akvq" / "kernels")
+    try:
+        key = hashlib.sha256(SOURCE.read_bytes() + " ".join((cc, *flags, platform.machine())).encode()).hexdigest()[:16]
+        path = root / f"packed_cpu-{variant}-{key}.so"
+        if not path.exists():
+            _compile(cc, flags, path)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, RuntimeError) as e:
+        _state["reason"] = str(e)
+        return None
+    tok = [_i64] * 6 + [_ptr] + [_ptr, _ptr, _ptr, _i64] * 2 + [_i64]
+    lib.akvq_token_scores.argtypes = [*tok, _ptr, _ptr, _i64, _i64, _i64, _i64, _i64]
+    lib.akvq_token_output.argtypes = [*tok, _ptr, _i64, _i64, _i64, _ptr, _i64]
+    lib.akvq_channel_scores.argtypes = [_i64] * 6 + [_ptr, _ptr, _ptr] + [_i64] * 4 + [_ptr, _ptr, _i64, _i64]
+    half = [_i64] * 5 + [_ptr] + [_i64] * 3
+    lib.akvq_half_scores.argtypes = [*half, _ptr, _ptr, _i64, _i64, _i64]
+    lib.akvq_half_output.argtypes = [*half, _ptr, _i64, _i64, _ptr, _i64]
+    fns = (lib.akvq_token_scores, lib.akvq_token_output, lib.akvq_channel_scores, lib.akvq_half_scores,
+           lib.akvq_half_output)
+    for f in fns:
+        f.restype = ctypes.c_int
+    _state["reason"] = f"built {path.name}"
+    return lib
+
+
+def available() -> bool:
+    """True when the kernel is built (or builds now) and loads."""
+    return _lib() is not None
+
+
+def status() -> str:
+    """Why the kernel is or is not in use (for logs and records)."""
+    _lib()
+    return _state.get("reason", "")
+
+
+def _table_args(store: TensorStore) -> list:
+    args = []
+    for c in (LOW, TEXT):
+        qt = store.tables.get(c)
+        if qt is None:
+            args += [None, None, None, 2]
+        else:
+            for t in (qt.codes, qt.scale, qt.zero):
+                if not t.is_contiguous() or (t is not qt.codes and t.dtype != torch.float16):
+                    raise ValueError("packed tables must be contiguous with fp16 scale/zero")
+            args += [qt.codes.data_ptr(), qt.scale.data_ptr(), qt.zero.data_ptr(), qt.bits]
+    return args
+
+
+def _check(rc: int) -> None:
+    if rc:
+        raise ValueError("packed_cpu kernel: segment or query-group size out of range")
+
+
+def _kernel_tail(store: TensorStore) -> bool:
+    """The recent-window tail goes through the kernel when it is fp16 with unit stride along head_dim."""
+    t = store.tail
+    return t is not None and store.tail_len > 0 and t.dtype == torch.float16 and t.stride(-1) == 1
+
+
+def _nt(threads: int | None) -> int:
+    return torch.get_num_threads() if threads is None else max(1, int(threads))
+
+
+def store_scores(store: TensorStore, q: torch.Tensor, threads: int | None = None, int8: bool = True,
+                 variant: str = "auto") -> torch.Tensor:
+    """As `packed_torch.store_scores`: [B, H, G, n_q + tail]. `int8`: per-token keys of 2/4 bits take the integer
+    path (q quantized per segment to int8); `threads`: OpenMP threads (None: torch's count)."""
+    b, h, g, d = q.shape
+    t_all = store.n_q + store.tail_len
+    out = torch.empty(b, h, g, t_all, dtype=torch.float32)
+    lib, nt = _lib(variant), _nt(threads)
+    if store.n_q:
+        qt = _prepare_q(store, q).float().contiguous()
+        if store.plan.axis == "channel":
+            c = store.chan
+            w = store.width
+            if (c.codes.stride(-1) != 1 or c.codes.stride(0) != w * c.codes.stride(1) or c.scale.stride(-1) != 1
+                    or c.scale.stride(0) != w * c.scale.stride(1) or c.zero.stride() != c.scale.stride()):
+                raise ValueError("channel codes must be laid out [B, W, bytes] with unit stride along tokens")
+            _check(lib.akvq_channel_scores(
+                store.n_q, b, h, g, d, store.group, c.codes.data_ptr(), c.scale.data_ptr(), c.zero.data_ptr(),
+                c.bits, c.codes.stride(1), c.scale.stride(1), int(c.float_zero), qt.data_ptr(), out.data_ptr(),
+                t_all, nt,
+            ))
+        else:  # straight into [B, H, G, T] (measured: cheaper than writing token-major and transposing)
+            _check(lib.akvq_token_scores(
+                store.n_q * b, b, h, g, d, store.group, store.cls.data_ptr(), *_table_args(store),
+                int(store.plan.float_zero), qt.data_ptr(), out.data_ptr(), h * g * t_all, 1, t_all, int(int8), nt,
+            ))
+    tail = _kernel_tail(store)
+    if tail:
+        x, q32 = store.tail, q.float().contiguous()
+        _check(lib.akvq_half_scores(
+            b, h, g, d, store.tail_len, x.data_ptr(), x.stride(0), x.stride(1), x.stride(2), q32.data_ptr(),
+            out.data_ptr(), t_all, store.n_q, nt,
+        ))
+    return exact_scores(store, q, out, tail=not tail)
+
+
+def store_output(store: TensorStore, p: torch.Tensor, threads: int | None = None, variant: str = "auto") -> torch.Tensor:
+    """As `packed_torch.store_output` for per-token values: [B, H, G, D]."""
+    b, h, g, t_all = p.shape
+    out = torch.zeros(b, h, g, store.head_dim, dtype=torch.float32)
+    p = p.float().contiguous()
+    lib, nt = _lib(variant), _nt(threads)
+    if store.n_q:
+        _check(lib.akvq_token_output(
+            store.n_q * b, b, h, g, store.head_dim, store.group, store.cls.data_ptr(), *_table_args(store),
+            int(store.plan.float_zero), p.data_ptr(), h * g * t_all, 1, t_all, out.data_ptr(), nt,
+        ))
+        out = _finish_out(store, out)
+    tail = _kernel_tail(store)
+    if tail:
+        x = store.tail
+        _check(lib.akvq_half_output(
+            b, h, g, store.head_dim, store.tail_len, x.data_ptr(), x.stride(0), x.stride(1), x.stride(2),
+            p.data_ptr(), t_all, store.n_q, out.data_ptr(), nt,
+        ))
+    return exact_output(store, p, out, tail=not tail)
+
+
+def packed_decode(query: torch.Tensor, kstore: TensorStore, vstore: TensorStore, attention_mask: torch.Tensor | None,
+                  scaling: float, threads: int | None = None, int8: bool = True, variant: str = "auto") -> torch.Tensor:
+    """softmax(q K^T * scaling + mask) V for one query token, as `packed_torch.packed_decode`, through the C kernel.
+
+    `int8=False` keeps q in fp32 (the float path); `variant` forces a build ("avx2", "portable"; tests)."""
+    if _lib(variant) is None:
+        raise RuntimeError(f"packed_cpu kernel unavailable: {status()}")
+    return torch_packed_decode(
+        query, kstore, vstore, attention_mask, scaling,
+        scores=functools.partial(store_scores, threads=threads, int8=int8, variant=variant),
+        output=functools.partial(store_output, threads=threads, variant=variant),
+    )
+
+
+__all__ = ["VARIANTS", "available", "best_variant", "packed_decode", "status", "store_output", "store_scores"]

@@ -1,0 +1,150 @@
+"""Memory side of the benchmark: peak memory of this process, a cache copied along the batch, saving a prefilled cache.
+
+Why repeat a cache: a CPU prefill of 8K tokens takes about a minute, so one prefill (batch 1) is quantized once and
+copied to the batch being measured; decode cost and cache bytes are those of a real batch of that size."""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from akvq.cache import AKVQCache
+from akvq.cache.store import TensorStore
+from akvq.quant.uniform import QTensor
+
+GiB = 1 << 30
+
+
+def peak_memory_bytes(device: str = "cpu") -> int:
+    """CUDA: max_memory_allocated; CPU: this process's peak resident set (a fresh process per point)."""
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def limit_data(nbytes: int | None) -> None:
+    """Cap this process's data segment (heap and anonymous mappings) so an over-budget point fails with an
+    allocation error instead of pushing a shared machine into swap."""
+    if nbytes:
+        resource.setrlimit(resource.RLIMIT_DATA, (int(nbytes), int(nbytes)))
+
+
+def repeat_store(st: TensorStore, n: int) -> None:
+    """Copy every sequence of one store n times along the batch, in place, keeping the storage layout."""
+    st.select_batch(torch.arange(st.batch).repeat_interleave(n))
+
+
+def repeat_cache(cache: AKVQCache, n: int) -> AKVQCache:
+    """Every layer and every prompt mask copied n times along the batch (in place; returns the cache)."""
+    if n > 1 and hasattr(cache, "repeat_batch"):  # a peer's cache (transformers' QuantizedCache) copies itself
+        cache.repeat_batch(n)
+    elif n > 1:
+        cache.batch_repeat_interleave(n)
+    return cache
+
+
+_STORE_TENSORS = ("tail", "cls", "hp_rows", "hp_pos", "smooth", "perm", "_deq")
+_STORE_INTS = ("num_heads", "head_dim", "batch", "n_q")
+
+
+def _q_state(qt: QTensor) -> dict[str, Any]:
+    return {"codes": qt.codes, "scale": qt.scale, "zero": qt.zero, "bits": qt.bits, "group_size": qt.group_size,
+            "n": qt.n, "float_zero": qt.float_zero}
+
+
+def _store_state(st: TensorStore) -> dict[str, Any]:
+    """Tensors and plain values only, so loading needs no pickled classes (`weights_only=True`)."""
+    return {
+        **{k: getattr(st, k) for k in _STORE_TENSORS},
+        **{k: getattr(st, k) for k in _STORE_INTS},
+        "text_bits": st.text_bits,
+        "hp_dtype": str(st.hp_dtype).removeprefix("torch."),
+        "keep_dequantized": st.keep_dequantized,
+        "tables": {str(c): _q_state(q) for c, q in st.tables.items()},
+        "chan": None if st.chan is None else _q_state(st.chan),
+    }
+
+
+def _store_from(state: dict[str, Any], plan: Any) -> TensorStore:
+    st = TensorStore(plan, state["text_bits"], getattr(torch, state["hp_dtype"]), state["num_heads"],
+                     state["head_dim"], state["batch"], keep_dequantized=state["keep_dequantized"])
+    for k in (*_STORE_TENSORS, "n_q"):
+        setattr(st, k, state[k])
+    st.tables = {int(c): QTensor(**q) for c, q in state["tables"].items()}
+    st.chan = None if state["chan"] is None else QTensor(**state["chan"])
+    return st
+
+
+def save_cache(cache: AKVQCache, path: str | Path, extra: dict[str, Any]) -> None:
+    """The stores of every layer plus the prompt masks and `extra` (next token, sequence length)."""
+    if hasattr(cache, "state"):  # a peer's cache
+        torch.save({"peer_state": cache.state(), "extra": extra}, str(path))
+        return
+    state = {
+        "stores": [(_store_state(lay.k), _store_state(lay.v)) for lay in cache.layers],
+        "dtype": str(cache.layers[0].dtype).removeprefix("torch."),
+        "masks": {n: getattr(cache, n) for n in cache.MASKS},
+        "extra": extra,
+    }
+    torch.save(state, str(path))
+
+
+def load_cache(policy: Any, path: str | Path, device: str = "cpu") -> tuple[AKVQCache, dict[str, Any]]:
+    """Rebuild an AKVQCache saved by `save_cache` (same policy) on `device`; plans come from the policy."""
+    state = torch.load(str(path), weights_only=True, map_location=device)
+    if "peer_state" in state:
+        return _load_peer(policy, state, device), state["extra"]
+    cache = AKVQCache(policy, len(state["stores"]))
+    for layer, (k, v) in zip(cache.layers, state["stores"]):
+        kplan, vplan = layer.store_plans()
+        layer.k, layer.v = _store_from(k, kplan), _store_from(v, vplan)
+        layer.dtype, layer.device = getattr(torch, state["dtype"]), torch.device(device)
+        layer.is_initialized = True
+    for n, m in state["masks"].items():
+        setattr(cache, n, m)
+    return cache, state["extra"]
+
+
+def _load_peer(policy: Any, state: dict[str, Any], device: str) -> Any:
+    layers = state["peer_state"]
+    cache = policy.new_cache(len(layers))
+    cache.load_state(layers, device)
+    return cache
+
+
+def kv_bytes_per_token(cache: AKVQCache) -> float:
+    """Bytes the cache holds per (sequence, token), everything counted (codes, scales, 16-bit rows, indices)."""
+    layer = cache.layers[0]
+    batch = layer.kv_shape[0] if hasattr(layer, "kv_shape") else layer.k.batch
+    tokens = batch * layer.get_seq_length()
+    return cache.memory_report().total_bytes / max(1, tokens)
+
+
+__all__ = [
+    "GiB",
+    "kv_bytes_per_token",
+    "limit_data",
+    "load_cache",
+    "peak_memory_bytes",
+    "repeat_cache",
+    "repeat_store",
+    "save_cache",
+]
+
+
+def copy_bandwidth(mib: int = 256, reps: int = 3) -> float:
+    """Bytes/s of a large tensor copy (read + write counted, as STREAM's copy), best of `reps`, in torch's
+    current threads: the machine's memory bandwidth, measured in the same run as a kernel's bytes/s."""
+    a = torch.ones(mib << 18)
+    b = torch.empty_like(a)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        b.copy_(a)
+        best = min(best, time.perf_counter() - t)
+    return 2 * a.numel() * 4 / best
+

@@ -1,0 +1,393 @@
+"""One of K or V for one layer: a 16-bit tail (the recent window) plus the tokens that left it, stored packed.
+
+Rows are tokens in token-major order (position t, batch b) -> t * B + b, each row all KV heads' channels
+(heads * head_dim), so a flush appends rows and never re-quantizes old ones. A per-token class map (one
+uint8 per token: 0 = low bits, 1 = text bits, 2 = 16-bit) says which packed table holds each row."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from akvq.policies.base import TensorPlan
+from akvq.quant.hadamard import fwht
+from akvq.quant.uniform import QTensor, dequantize, quantize
+
+LOW, TEXT, HIGH = 0, 1, 2  # semantic precision classes
+
+
+@dataclass
+class StoreBytes:
+    codes: int = 0
+    meta: int = 0
+    hp: int = 0
+    index: int = 0
+
+    def __iadd__(self, other: StoreBytes) -> StoreBytes:
+        self.codes += other.codes
+        self.meta += other.meta
+        self.hp += other.hp
+        self.index += other.index
+        return self
+
+
+GROWTH = 32  # an append that outgrows a buffer reserves 1/GROWTH more (at least RESERVE_MIN units along dim)
+RESERVE_MIN = 64
+
+
+def _cat(a: torch.Tensor | None, b: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    return b if a is None else torch.cat([a, b], dim=dim)
+
+
+def _append(a: torch.Tensor | None, b: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """`torch.cat([a, b], dim)` for append-only tensors, without copying `a` on every call.
+
+    The result is a prefix view (along dim) of a buffer with spare capacity; while the spare lasts, an append
+    writes only `b`. Why: a decode step appends one token to every packed table (and, for the 16-bit cache, to
+    the tail), and a cat per step copies the whole history: 60 stores x tens of MB at batch 80 and 8K. The spare
+    (1/GROWTH of the used size, at least RESERVE_MIN units) is not written before it is used; `nbytes` counts
+    the used prefix, and the benchmark's peak RSS counts whatever of the spare the allocator made resident."""
+    if a is None or a.numel() == 0:
+        a = b.new_empty(b.shape[:dim % b.dim()] + (0,) + b.shape[dim % b.dim() + 1 :]) if a is None else a
+    d = dim % b.dim()
+    n, k = a.shape[d], b.shape[d]
+    full = tuple(a.shape[:d]) + (n + k,) + tuple(a.shape[d + 1 :])
+    if _capacity(a, d) >= n + k:
+        out = a.as_strided(full, a.stride(), a.storage_offset())
+    else:  # a view past the buffer's start is a sliding window (the tail after a flush): it moves, no reserve
+        cap = n + k + (0 if a.storage_offset() else max(RESERVE_MIN, (n + k) // GROWTH))
+        shape = tuple(a.shape[:d]) + (cap,) + tuple(a.shape[d + 1 :])
+        out = b.new_empty(shape).narrow(d, 0, n + k)
+        out.narrow(d, 0, n).copy_(a)
+    out.narrow(d, n, k).copy_(b)
+    return out
+
+
+def _overflows_half(x: torch.Tensor) -> bool:
+    big = x.abs() > torch.finfo(torch.float16).max
+    return bool((big & torch.isfinite(x)).any())
+
+
+def _capacity(a: torch.Tensor, d: int) -> int:
+    """Units along dim d that `a`'s buffer holds, when a is a prefix view made by `_append` (else a's length)."""
+    if a.storage_offset() or not a.numel() or not a.stride(d):
+        return a.shape[d]
+    if d == 0:
+        cap = a.untyped_storage().nbytes() // (a[0].numel() * a.element_size())
+    else:  # a contiguous buffer with `cap` along d has stride(d - 1) = cap * stride(d)
+        cap = a.stride(d - 1) // a.stride(d)
+    full = list(a.shape)
+    full[d] = cap
+    strides = [1] * a.dim()
+    for i in range(a.dim() - 2, -1, -1):
+        strides[i] = strides[i + 1] * full[i + 1]
+    if list(a.stride()) != strides or a.untyped_storage().nbytes() < math.prod(full) * a.element_size():
+        return a.shape[d]
+    return cap
+
+
+def _append_q(a: QTensor | None, b: QTensor, dim: int = 0) -> QTensor:
+    if a is None:
+        a = QTensor(None, None, None, b.bits, b.group_size, 0 if dim == -1 else b.n, b.float_zero)
+    elif b.scale.dtype.itemsize > a.scale.dtype.itemsize:  # a piece that needed fp32 metadata widens the table
+        a = QTensor(a.codes, a.scale.to(b.scale.dtype), a.zero.to(b.zero.dtype), a.bits, a.group_size, a.n,
+                    a.float_zero)
+    return QTensor(
+        _append(a.codes, b.codes, dim), _append(a.scale, b.scale, dim), _append(a.zero, b.zero, dim),
+        a.bits, a.group_size, a.n + (b.n if dim == -1 else 0), a.float_zero,
+    )
+
+
+@dataclass
+class TensorStore:
+    plan: TensorPlan
+    text_bits: int | None
+    hp_dtype: torch.dtype
+    num_heads: int
+    head_dim: int
+    batch: int
+    tail: torch.Tensor | None = None  # [B, H, n, D]
+    n_q: int = 0  # tokens that left the window
+    cls: torch.Tensor | None = None  # uint8 [n_q * B] (token axis)
+    tables: dict[int, QTensor] = field(default_factory=dict)  # class -> rows (token axis)
+    hp_rows: torch.Tensor | None = None  # [N_high, H*D], original space
+    hp_pos: torch.Tensor | None = None  # int32 row positions of hp_rows (channel axis only)
+    chan: QTensor | None = None  # channel axis: codes [B, H*D, n_q * bits / 8]
+    smooth: torch.Tensor | None = None  # fp16 [B, H*D]
+    perm: torch.Tensor | None = None  # int16 [H*D] channel order (SKVQ reordering)
+    # Evaluation speed-up: keep the dequantized history (numerically identical reads, fp memory). Off for
+    # memory/throughput measurements; the packed tables are held and accounted either way.
+    keep_dequantized: bool = False
+    _deq: torch.Tensor | None = None
+    _row_index: torch.Tensor | None = None  # see `row_index`
+
+    @property
+    def width(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def group(self) -> int:
+        return self.plan.row_group(self.num_heads, self.head_dim)
+
+    @property
+    def tail_len(self) -> int:
+        return 0 if self.tail is None else self.tail.shape[-2]
+
+    def bits_of(self, cls: int) -> int:
+        return self.text_bits if cls == TEXT and self.text_bits else self.plan.bits
+
+    def flushable(self, n_new: int, tail_len: int | None = None) -> int:
+        """Tokens to move out of the tail before appending n_new, so that the window holds the newest ones
+        (`tail_len`: plan ahead from a tail of that length instead of the current one)."""
+        tail_len = self.tail_len if tail_len is None else tail_len
+        m = min(tail_len + n_new - self.plan.window, tail_len)
+        c = self.plan.chunk
+        return max(0, m // c * c)
+
+    # --- transforms between [B, H, n, D] and rows [n * B, H * D] ---
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, n, d = x.shape
+        return x.permute(2, 0, 1, 3).reshape(n * b, h * d)
+
+    def _forward(self, rows: torch.Tensor) -> torch.Tensor:
+        rows = rows.float()
+        if self.plan.hadamard:
+            rows = fwht(rows.unflatten(-1, (self.num_heads, self.head_dim))).flatten(-2)
+        if self.smooth is not None:
+            rows = (rows.view(-1, self.batch, self.width) / self.smooth.float()).view(-1, self.width)
+        if self.perm is not None:
+            rows = rows[:, self.perm.long()]
+        return rows
+
+    def _inverse(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.perm is not None:
+            rows = rows[:, torch.argsort(self.perm.long())]
+        if self.smooth is not None:
+            rows = (rows.view(-1, self.batch, self.width) * self.smooth.float()).view(-1, self.width)
+        if self.plan.hadamard:
+            rows = fwht(rows.unflatten(-1, (self.num_heads, self.head_dim))).flatten(-2)
+        return rows
+
+    def _calibrate(self, rows: torch.Tensor, pad: torch.Tensor | None = None) -> None:
+        """Per-channel statistics from the first tokens that leave the window (the prompt): SmoothQuant scales,
+        and SKVQ's channel reordering (channels sorted by a calibrated statistic, so each group holds like channels:
+        `reorder_by="absmax"` their largest magnitude, `"center"` the middle of their [min, max], which keeps a
+        channel offset to +10 apart from one offset to -10 -- the fixed-size-group stand-in for SKVQ's KMeans
+        clusters of (min, max)). Pads are excluded."""
+        a = self.plan.smooth_alpha
+        if self.n_q or (a is None and not self.plan.reorder):
+            return
+        x = rows.float()
+        if self.plan.hadamard:
+            x = fwht(x.unflatten(-1, (self.num_heads, self.head_dim))).flatten(-2)
+        pad = None if pad is None else pad.reshape(-1, 1)
+        ax = x.abs() if pad is None else x.abs().masked_fill(pad, 0.0)
+        amax = ax.view(-1, self.batch, self.width).amax(0).clamp_min(1e-5)
+        if a is not None:
+            s = amax.pow(a)
+            self.smooth = (s / s.mean(-1, keepdim=True)).half()
+            amax = amax / s
+        if self.plan.reorder:
+            if self.plan.reorder_by == "center":
+                lo = x if pad is None else x.masked_fill(pad, float("inf"))
+                hi = x if pad is None else x.masked_fill(pad, float("-inf"))
+                div = self.smooth.float() if a is not None else 1.0
+                lo, hi = (t.view(-1, self.batch, self.width) / div for t in (lo, hi))
+                key = (lo.amin(0) + hi.amax(0)).mean(0)
+            else:
+                key = amax.amax(0)
+            self.perm = torch.argsort(key).to(torch.int16)
+
+    # --- write ---
+    def append(self, x: torch.Tensor) -> None:
+        if self.hp_dtype == torch.float16 and x.dtype.itemsize > 2 and _overflows_half(x):
+            self._widen_hp(x.dtype)
+        self.tail = _append(self.tail, x.to(self.hp_dtype), dim=-2)
+
+    def _widen_hp(self, dtype: torch.dtype) -> None:
+        """Full-precision tokens of an fp32 model kept in fp16 would turn finite values past 65504 into inf:
+        from the first such token on, this store keeps them in `dtype` (and counts their bytes as such)."""
+        self.hp_dtype = dtype
+        if self.tail is not None:
+            self.tail = self.tail.to(dtype)
+        if self.hp_rows is not None:
+            self.hp_rows = self.hp_rows.to(dtype)
+
+    def flush(self, m: int, classes: torch.Tensor, pad: torch.Tensor | None = None) -> None:
+        """Quantize the m oldest tail tokens once; classes is uint8 [m, B]; pad (bool [m, B], True at left
+        padding) keeps pad tokens out of statistics shared with real tokens."""
+        old, self.tail = self.tail[:, :, :m], self.tail[:, :, m:]
+        orig = self._rows(old)
+        self._calibrate(orig, pad)
+        rows = self._forward(orig)
+        flat = classes.reshape(-1).to(torch.uint8)
+        if self.plan.axis == "channel":
+            self._flush_channel(orig, rows, flat, m, None if pad is None else pad.reshape(-1))
+        else:
+            self._flush_token(orig, rows, flat)
+        self.n_q += m
+        if self.keep_dequantized:
+            self._deq = _cat(self._deq, self.decode(m, torch.float32), dim=-2)
+
+    def _quantize(self, rows: torch.Tensor, bits: int) -> QTensor:
+        p = self.plan
+        return quantize(rows, bits, self.group, p.clip_for(bits), p.clip_search, p.float_zero, p.clip_mode)
+
+    def _flush_token(self, orig: torch.Tensor, rows: torch.Tensor, flat: torch.Tensor) -> None:
+        for c in (LOW, TEXT, HIGH):
+            sel = (flat == c).nonzero().squeeze(1)
+            if sel.numel() == 0:
+                continue
+            if c == HIGH:
+                self.hp_rows = _append(self.hp_rows, orig[sel].to(self.hp_dtype))
+            else:
+                self.tables[c] = _append_q(self.tables.get(c), self._quantize(rows[sel], self.bits_of(c)))
+        self.cls = _append(self.cls, flat)
+
+    def _flush_channel(
+        self, orig: torch.Tensor, rows: torch.Tensor, flat: torch.Tensor, m: int, pad: torch.Tensor | None
+    ) -> None:
+        high = flat == HIGH
+        if bool(high.any()):
+            pos = high.nonzero().squeeze(1)
+            self.hp_rows = _append(self.hp_rows, orig[pos].to(self.hp_dtype))
+            self.hp_pos = _append(self.hp_pos, (pos + self.n_q * self.batch).to(torch.int32))
+        skip = high if pad is None else high | pad
+        if bool(skip.any()):
+            # A 16-bit token or a pad must not stretch its channel group: it stands in as the mean of the other
+            # tokens of its own group of `group` tokens (a flush spans m / group groups).
+            g = self.group
+            r = rows.view(m // g, g, self.batch, self.width)
+            keep = (~skip).view(m // g, g, self.batch, 1).float()
+            mean = (r * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp_min(1)
+            rows = torch.where(keep.bool(), r, mean.expand_as(r)).view(-1, self.width)
+        x = rows.view(m, self.batch, self.width).permute(1, 2, 0)  # [B, W, m], groups of `group` tokens
+        self.chan = _append_q(self.chan, self._quantize(x, self.plan.bits), -1)
+
+    @property
+    def half_meta(self) -> bool:
+        """Whether every packed table keeps fp16 scale/zero (a piece whose groups overflow fp16 keeps fp32)."""
+        tables = [*self.tables.values(), *([self.chan] if self.chan is not None else [])]
+        return all(qt.scale.dtype == torch.float16 and qt.zero.dtype == torch.float16 for qt in tables)
+
+    @property
+    def packable(self) -> bool:
+        """Whether a layer hands attention packed stand-ins (`AKVQLayer.packed_views`) on decode steps; the
+        attention then picks a path that folds this layout or dequantizes (`akvq.attention.register`). Not for
+        SKVQ's channel permutation, which no fast path folds: those layers materialize K/V directly."""
+        return self.perm is None
+
+    # --- read ---
+    def materialize(self, dtype: torch.dtype) -> torch.Tensor:
+        """All tokens as [B, H, T, D]: the packed ones dequantized, then the tail, in token order."""
+        tail = self.tail.to(dtype)
+        if self.n_q == 0:
+            return tail
+        return torch.cat([self.history(dtype), tail], dim=-2)
+
+    def history(self, dtype: torch.dtype) -> torch.Tensor:
+        """The packed tokens dequantized, [B, H, n_q, D] (the kept copy on the cached read path)."""
+        return self._deq.to(dtype) if self.keep_dequantized else self.decode(self.n_q, dtype)
+
+    def decode(self, m: int, dtype: torch.dtype) -> torch.Tensor:
+        """The last m packed tokens as [B, H, m, D] (tables are append-only, so a suffix is a suffix per class)."""
+        b, start = self.batch, (self.n_q - m) * self.batch
+        if self.plan.axis == "channel":
+            q, per = self.chan, self.plan.bits * self.group // 8
+            g0 = (self.n_q - m) // self.group
+            part = QTensor(q.codes[..., g0 * per :], q.scale[..., g0:], q.zero[..., g0:], q.bits, q.group_size, m,
+                           q.float_zero)
+            out = dequantize(part).permute(2, 0, 1).reshape(m * b, self.width)
+        else:
+            cls = self.cls[start:]
+            out = torch.empty(m * b, self.width, dtype=torch.float32, device=self.tail.device)
+            for c, q in self.tables.items():
+                sel = (cls == c).nonzero().squeeze(1)
+                if sel.numel():
+                    k = sel.numel()
+                    part = QTensor(q.codes[-k:], q.scale[-k:], q.zero[-k:], q.bits, q.group_size, q.n, q.float_zero)
+                    out[sel] = dequantize(part)
+        out = self._inverse(out)
+        if self.hp_rows is not None:
+            if self.plan.axis == "channel":
+                keep = self.hp_pos >= start
+                pos, rows = self.hp_pos[keep].long() - start, self.hp_rows[keep]
+            else:
+                pos = (self.cls[start:] == HIGH).nonzero().squeeze(1)
+                rows = self.hp_rows[self.hp_rows.shape[0] - pos.numel() :]
+            out[pos] = rows.float()
+        return out.view(m, b, self.num_heads, self.head_dim).permute(1, 2, 0, 3).to(dtype)
+
+    def nbytes(self) -> StoreBytes:
+        r = StoreBytes()
+        if self.tail is not None:
+            r.hp += self.tail.nbytes
+        if self.hp_rows is not None:
+            r.hp += self.hp_rows.nbytes
+        for qt in [*self.tables.values(), *([self.chan] if self.chan is not None else [])]:
+            r.codes += qt.codes.nbytes
+            r.meta += qt.scale.nbytes + qt.zero.nbytes
+        if self.smooth is not None:
+            r.meta += self.smooth.nbytes
+        if self.perm is not None:
+            r.index += self.perm.nbytes
+        for t in (self.cls, self.hp_pos, self._row_index):
+            if t is not None:
+                r.index += t.nbytes
+        return r
+
+    def row_index(self) -> torch.Tensor:
+        """Token axis: row r -> its index inside its class table, int64 [n_q * B] (the Triton kernels' lookup).
+        Extended by the rows flushed since the last call, and counted in `nbytes` as index bytes."""
+        idx, done = self._row_index, 0 if self._row_index is None else self._row_index.shape[0]
+        if self.cls is None:
+            return torch.zeros(0, dtype=torch.long)
+        if done < self.cls.shape[0]:
+            cls = self.cls[done:].long()
+            before = torch.bincount(self.cls[:done].long(), minlength=3) if done else torch.zeros(3, dtype=torch.long,
+                                                                                                   device=cls.device)
+            oh = torch.nn.functional.one_hot(cls, 3)
+            new = (oh.cumsum(0) - 1 + before).gather(1, cls.unsqueeze(1)).squeeze(1)
+            self._row_index = idx = _append(idx, new)
+        return idx
+
+    def select_batch(self, idx: torch.Tensor) -> None:
+        """Keep batch rows `idx` (with repeats, any order): beam search's reorder, and generate's expansion of
+        each prompt into several sequences. Lossless: packed rows are gathered, never re-quantized."""
+        idx = idx.long().to(self.tail.device if self.tail is not None else idx.device)
+        b, n = self.batch, self.n_q
+        if self.tail is not None:
+            self.tail = self.tail.index_select(0, idx)
+        if self.cls is not None:  # token axis: each class table holds its rows in token-major order
+            old = self.cls.view(n, b)
+            new = old[:, idx]
+            for c in (LOW, TEXT, HIGH):
+                here = old == c
+                pos = (here.reshape(-1).long().cumsum(0) - 1).view(n, b)[:, idx][new == c]
+                if c == HIGH:
+                    if self.hp_rows is not None:
+                        self.hp_rows = self.hp_rows.index_select(0, pos)
+                elif c in self.tables:
+                    qt = self.tables[c]
+                    self.tables[c] = QTensor(qt.codes[pos], qt.scale[pos], qt.zero[pos], qt.bits, qt.group_size, qt.n,
+                                             qt.float_zero)
+            self.cls = new.reshape(-1).contiguous()
+        if self.chan is not None:  # channel axis: batch-major codes; 16-bit rows at positions t * B + b
+            q = self.chan
+            self.chan = QTensor(q.codes.index_select(0, idx), q.scale.index_select(0, idx),
+                                q.zero.index_select(0, idx), q.bits, q.group_size, q.n, q.float_zero)
+            if self.hp_pos is not None:
+                where = torch.full((n * b,), -1, dtype=torch.long, device=idx.device)
+                where[self.hp_pos.long()] = torch.arange(self.hp_pos.numel(), device=idx.device)
+                where = where.view(n, b)[:, idx].reshape(-1)
+                keep = where >= 0
+                self.hp_rows = self.hp_rows.index_select(0, where[keep])
+                self.hp_pos = keep.nonzero().squeeze(1).to(torch.int32)
+        if self.smooth is not None:
+            self.smooth = self.smooth.index_select(0, idx)
+        if self._deq is not None:
+            self._deq = self._deq.index_select(0, idx)
+        self._row_index = None
+        self.batch = idx.numel()

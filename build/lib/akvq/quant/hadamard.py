@@ -1,0 +1,36 @@
+"""Normalized fast Walsh-Hadamard transform: spreads channel outliers before quantization, (xH)(yH)^T = xy^T."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def check_dim(d: int) -> None:
+    """The Sylvester construction needs a power of two; anything else would be silently wrong."""
+    if d <= 0 or d & (d - 1):
+        raise ValueError(
+            f"the Walsh-Hadamard transform needs a power-of-two head_dim, got {d}; "
+            "disable it (quant.hadamard=false) for this model"
+        )
+
+
+def fwht(x: torch.Tensor) -> torch.Tensor:
+    """x @ H / sqrt(d) along the last dim in O(d log d). H is symmetric, so the transform is its own inverse."""
+    d = x.shape[-1]
+    check_dim(d)
+    shape = x.shape
+    y = x.reshape(-1, d)
+    h = 1
+    while h < d:
+        y = y.view(-1, d // (2 * h), 2, h)
+        a, b = y[:, :, 0, :], y[:, :, 1, :]
+        y = torch.stack((a + b, a - b), dim=2)
+        h *= 2
+    return (y.reshape(shape) / math.sqrt(d)).to(x.dtype)
+
+
+def hadamard_matrix(d: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """Dense normalized H (for kernels that fold H into a matmul and for tests)."""
+    return fwht(torch.eye(d, dtype=dtype, device=device))

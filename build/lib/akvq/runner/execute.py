@@ -1,0 +1,77 @@
+"""Run one plan on a loaded model and measure it: wall time, peak memory, device. Returns what the task returned
+plus the measurements; `report.record` turns that into a record."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from akvq.runner.plan import RunPlan
+
+
+@dataclass
+class Measured:
+    result: Any  # the task's TaskResult (or anything with its attributes)
+    wall_seconds: float
+    peak_memory_bytes: int
+    device: str
+
+
+def model_device(loaded: Any) -> str:
+    """`cuda` when any weight is on a GPU, else `cpu` (device_map may spread a model over several GPUs)."""
+    model = getattr(loaded, "model", None)
+    try:
+        devs = {p.device.type for p in model.parameters()} if model is not None else set()
+    except Exception:  # noqa: BLE001 - fakes and odd wrappers
+        devs = set()
+    return "cuda" if "cuda" in devs else "cpu"
+
+
+def describe_device(kind: str) -> str:
+    import torch
+
+    if kind == "cuda" and torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        return f"cuda {torch.cuda.get_device_name(0)}" + (f" x{n}" if n > 1 else "")
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def reset_peak(kind: str) -> None:
+    if kind == "cuda":
+        import torch
+
+        for i in range(torch.cuda.device_count()):
+            torch.cuda.reset_peak_memory_stats(i)
+
+
+def peak_memory(kind: str) -> int:
+    """GPU: max allocated bytes since the run started, summed over GPUs. CPU: the process's peak RSS so far
+    (includes the loaded model; RSS cannot be reset between runs of one process)."""
+    if kind == "cuda":
+        import torch
+
+        return int(sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def execute(p: RunPlan, loaded: Any, seed: int, partial: Path | None = None) -> Measured:
+    """Run one plan on the loaded model (seeded), timing it and reading peak memory. `partial`: where a task that
+    resumes (MileBench) appends finished samples, handed to it as the task config's `partial_path`."""
+    import torch
+    from omegaconf import OmegaConf
+
+    kind = model_device(loaded)
+    torch.manual_seed(seed)
+    reset_peak(kind)
+    t0 = time.perf_counter()
+    task_cfg = OmegaConf.merge(p.task_cfg, {"partial_path": str(partial)}) if partial is not None else p.task_cfg
+    result = p.task_obj.run(loaded, p.policy, task_cfg)
+    if kind == "cuda":
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    return Measured(result, wall, peak_memory(kind), describe_device(kind))

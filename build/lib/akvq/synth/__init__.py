@@ -1,0 +1,1 @@
+"""Procedurally generated images and multi-image questions: SynthBench and the synth-vlm training data."""

@@ -1,0 +1,206 @@
+"""Batched greedy generation of image+text prompts through the quantized cache, with our own measurements.
+
+Shared by MileBench and the lmms-eval model class so both batch the same way (left padding, one fresh
+cache per batch) and report the same numbers: generated tokens, seconds, and the cache's real bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from akvq.errors import ConfigError
+
+
+@dataclass
+class GenStats:
+    """Running totals over every batch one task or one lmms-eval model instance generated.
+
+    `kv_bytes` is the largest cache of one sample (a batch's cache bytes over its batch size, measured after
+    the last decode step); `effective_bits` weights every batch by its cached elements.
+    """
+
+    samples: int = 0
+    batches: int = 0
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    seconds: float = 0.0
+    kv_bytes: int = 0
+    kv_total_bytes: int = 0
+    kv_elements: int = 0
+
+    @property
+    def effective_bits(self) -> float | None:
+        return 8.0 * self.kv_total_bytes / self.kv_elements if self.kv_elements else None
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        return self.new_tokens / self.seconds if self.seconds > 0 else None
+
+    def add(self, other: GenStats) -> None:
+        """Fold in another run's totals (a batch, or the batches a resumed run read back)."""
+        for f in (
+            "samples",
+            "batches",
+            "prompt_tokens",
+            "new_tokens",
+            "seconds",
+            "kv_total_bytes",
+            "kv_elements",
+        ):
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+        self.kv_bytes = max(self.kv_bytes, other.kv_bytes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "effective_bits": self.effective_bits,
+            "tokens_per_second": self.tokens_per_second,
+        }
+
+
+def open_image(image: Any) -> Any:
+    """A PIL RGB image from a path or an image (datasets hand over PIL images, MileBench paths)."""
+    from PIL import Image
+
+    if isinstance(image, str | Path):
+        with Image.open(image) as im:
+            return im.convert("RGB")
+    return image.convert("RGB") if getattr(image, "mode", "RGB") != "RGB" else image
+
+
+def chat_text(loaded: Any, text: str, use_template: bool = True) -> str:
+    """The prompt wrapped in the model's chat template when it has one, placeholders left in the text.
+
+    Templates disagree on the content's form: LLaVA's HF templates read a list of typed parts (and silently
+    drop a plain string), ChatML ones (SmolLM2) concatenate a string. Both forms are tried and the first
+    rendering that holds the prompt verbatim is used.
+    """
+    if not use_template:
+        return text
+    for obj in (loaded.processor, loaded.tokenizer):
+        if obj is None or not getattr(obj, "chat_template", None):
+            continue
+        for content in ([{"type": "text", "text": text}], text):
+            try:
+                rendered = obj.apply_chat_template(
+                    [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+                )
+            except Exception:
+                continue
+            if isinstance(rendered, str) and text in rendered:
+                return rendered
+    return text
+
+
+def _tokenizer(loaded: Any) -> Any:
+    return loaded.tokenizer if loaded.tokenizer is not None else loaded.processor.tokenizer
+
+
+def _eos_ids(loaded: Any) -> set[int]:
+    ids: set[int] = set()
+    for cfg in (getattr(loaded.model, "generation_config", None), _tokenizer(loaded)):
+        eos = getattr(cfg, "eos_token_id", None)
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif eos is not None:
+            ids.update(int(e) for e in eos)
+    return ids
+
+
+def cut_at_stops(text: str, stops: Sequence[str] | None) -> str:
+    """Text before the first stop string (lmms-eval's `until`)."""
+    for s in stops or ():
+        if s:
+            text = text.split(s, 1)[0]
+    return text
+
+
+def generate_texts(
+    loaded: Any,
+    policy: Any,
+    prompts: Sequence[str],
+    images: Sequence[Sequence[Any]],
+    *,
+    max_new_tokens: int,
+    stats: GenStats | None = None,
+    stops: Sequence[str] | None = None,
+    do_sample: bool = False,
+    **gen_kwargs: Any,
+) -> list[str]:
+    """Generate for one batch of ready prompts (chat template applied, one `<image>` per image).
+
+    Greedy by default; one fresh quantized cache per batch via `akvq.api.generate`.
+    """
+    import torch
+
+    from akvq.api import generate
+    from akvq.models.prompting import build_inputs
+
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    pil = [[open_image(im) for im in ims] for ims in images]
+    inputs = build_inputs(loaded, list(prompts), pil if any(pil) else None)
+    dtype = getattr(loaded.model, "dtype", None)
+    if dtype is not None and dtype.is_floating_point and "pixel_values" in inputs:
+        inputs = inputs.to(dtype)  # BatchFeature.to(dtype) casts only the floating tensors (pixel values)
+    if not do_sample:
+        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+    pad = _tokenizer(loaded).pad_token_id
+    t0 = time.perf_counter()
+    sequences, cache = generate(
+        loaded.model,
+        inputs,
+        policy,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        num_beams=1,
+        pad_token_id=pad,
+        **gen_kwargs,
+    )
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    prompt_len = inputs["input_ids"].shape[1]
+    new = sequences[:, prompt_len:]
+    eos = _eos_ids(loaded)
+    texts: list[str] = []
+    generated = 0
+    for row in new.tolist():
+        n = len(row)
+        for i, t in enumerate(row):
+            if t in eos:
+                n = i + 1
+                break
+        generated += n
+        texts.append(
+            cut_at_stops(_tokenizer(loaded).decode(row[:n], skip_special_tokens=True), stops).strip()
+        )
+    if stats is not None:
+        report = cache.memory_report()
+        b = len(prompts)
+        stats.samples += b
+        stats.batches += 1
+        mask = inputs.get("attention_mask")
+        stats.prompt_tokens += int(mask.sum()) if mask is not None else prompt_len * b
+        stats.new_tokens += generated
+        stats.seconds += seconds
+        stats.kv_bytes = max(stats.kv_bytes, report.total_bytes // b)
+        stats.kv_total_bytes += report.total_bytes
+        stats.kv_elements += report.elements
+    return texts
+
+
+def image_token_count(loaded: Any, size: tuple[int, int] = (336, 336)) -> int:
+    """Tokens one image of `size` becomes in this model's prompt (what MileBench's truncation counts per image)."""
+    from PIL import Image
+
+    from akvq.models.prompting import build_inputs
+
+    blank = Image.new("RGB", size, (127, 127, 127))
+    with_image = build_inputs(loaded, ["x<image>"], [[blank]])["input_ids"].shape[1]
+    without = build_inputs(loaded, ["x"], None)["input_ids"].shape[1]
+    return int(with_image - without)

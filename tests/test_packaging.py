@@ -6,6 +6,7 @@ packed C kernel (its shipped source) must be what runs."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -54,7 +55,8 @@ SMOKE = textwrap.dedent("""
 def _run(python: str, code: str, cwd: Path) -> dict:
     import json
 
-    p = subprocess.run([python, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=900)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the checkout must not shadow the wheel
+    p = subprocess.run([python, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     return json.loads(p.stdout.strip().splitlines()[-1])
 

@@ -83,6 +83,7 @@ def save_cache(cache: AKVQCache, path: str | Path, extra: dict[str, Any]) -> Non
     """The stores of every layer plus the prompt masks and `extra` (next token, sequence length)."""
     if hasattr(cache, "state"):  # a peer's cache
         torch.save({"peer_state": cache.state(), "extra": extra}, str(path))
+        Path(path).with_suffix(".peer").touch()
         return
     state = {
         "stores": [(_store_state(lay.k), _store_state(lay.v)) for lay in cache.layers],
@@ -95,9 +96,12 @@ def save_cache(cache: AKVQCache, path: str | Path, extra: dict[str, Any]) -> Non
 
 def load_cache(policy: Any, path: str | Path, device: str = "cpu") -> tuple[AKVQCache, dict[str, Any]]:
     """Rebuild an AKVQCache saved by `save_cache` (same policy) on `device`; plans come from the policy."""
-    state = torch.load(str(path), weights_only=True, map_location=device)
-    if "peer_state" in state:
+    if Path(path).with_suffix(".peer").exists():
+        # A peer's cache holds its backend's own tensor classes (quanto's QTensor), which weights-only loading
+        # refuses; the file is one this benchmark wrote itself a moment ago (`save_cache`), never a download.
+        state = torch.load(str(path), weights_only=False, map_location=device)
         return _load_peer(policy, state, device), state["extra"]
+    state = torch.load(str(path), weights_only=True, map_location=device)
     cache = AKVQCache(policy, len(state["stores"]))
     for layer, (k, v) in zip(cache.layers, state["stores"]):
         kplan, vplan = layer.store_plans()

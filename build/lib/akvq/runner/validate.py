@@ -322,6 +322,7 @@ TASK_SCHEMAS: dict[str, dict[str, Checker]] = {
         "bootstrap": Int(0),
         "seed": SEED,
         "chunk": Int(1),
+        "replay": BOOL,
     },
     "passkey": {
         **COMMON_TASK,

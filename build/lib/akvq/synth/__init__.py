@@ -1,1 +1,0 @@
-"""Procedurally generated images and multi-image questions: SynthBench and the synth-vlm training data."""

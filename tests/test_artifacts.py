@@ -260,9 +260,12 @@ def test_sweep_launches_its_grid(tmp_path: Path) -> None:
         "def main(cfg):\n    c = HydraConfig.get().runtime.choices\n"
         "    print('JOB', c['model'], c['task'], c['quant'], flush=True)\nmain()\n"
     )
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # akvq's launchers (hydra_plugins/), as run.py beside them sees
     out = subprocess.run(
         [sys.executable, str(app), "-m", "+sweep=cpu_fidelity", f"hydra.sweep.dir={tmp_path / 'multirun'}"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
     )  # fmt: skip
     jobs = {tuple(line.split()[1:]) for line in out.stdout.splitlines() if line.startswith("JOB")}
     assert jobs == set(sweeps.load_grid("cpu_fidelity").points), out.stderr[-2000:]

@@ -152,6 +152,6 @@ def test_broken_config_is_refused_before_submitting(cluster: str, tmp_path: Path
     )
     assert res.returncode == 2, res.stdout + res.stderr
     assert "pre-flight: 1/2 jobs OK" in res.stdout
-    assert re.search(r"model=gone .*model 'gone': local path .* does not exist", res.stdout)
+    assert re.search(r"model=gone .*model.path=.*no config.json", res.stdout)
     assert "nothing was started" in res.stderr + res.stdout
     assert not (tmp_path / "multirun" / ".submitit").exists() and not records(tmp_path)

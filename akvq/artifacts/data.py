@@ -37,7 +37,6 @@ PRIMARY_METRICS: tuple[str, ...] = (
     "accuracy", "acc", "score", "exact_match", "rouge_l_f", "rouge_l", "agreement", "ppl", "perplexity",
 )  # fmt: skip
 LOWER_IS_BETTER: tuple[str, ...] = ("ppl", "perplexity", "nll", "loss", "bpb", "error", "wer")
-AGGREGATE_KEYS: frozenset[str] = frozenset({"average", "avg", "mean", "overall"})
 EFFICIENCY_TASKS: tuple[str, ...] = ("efficiency", "bench", "bench_efficiency")
 
 LONG_COLUMNS = [
@@ -174,17 +173,3 @@ def primary_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 def efficiency_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if is_efficiency(r)]
 
-
-def subset(records: list[dict[str, Any]], **want: Any) -> list[dict[str, Any]]:
-    """Records whose fields equal (or are in, for a list/tuple/set) the given values."""
-
-    def ok(r: dict[str, Any]) -> bool:
-        for k, v in want.items():
-            if isinstance(v, list | tuple | set | frozenset):
-                if r.get(k) not in v:
-                    return False
-            elif r.get(k) != v:
-                return False
-        return True
-
-    return [r for r in records if ok(r)]

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from akvq.errors import ConfigError
-from akvq.quant.uniform import CLIP_MODES, SUPPORTED_BITS
+from akvq.quant.hadamard import is_power_of_two
+from akvq.quant.uniform import check_bits, check_clip_mode
 
 if TYPE_CHECKING:
     from transformers.cache_utils import Cache
@@ -74,16 +75,6 @@ class LayerPlan:
         return self.k is None
 
 
-def check_bits(bits: int, what: str = "bits") -> None:
-    if bits not in SUPPORTED_BITS:
-        raise ConfigError(f"{what}={bits} is not supported; choose one of {list(SUPPORTED_BITS)}")
-
-
-def check_clip_mode(mode: str) -> None:
-    if mode not in CLIP_MODES:
-        raise ConfigError(f"clip_mode={mode!r} is not supported; choose one of {list(CLIP_MODES)}")
-
-
 @dataclass
 class Policy:
     """Base of every method. Subclasses are dataclasses whose fields are the method's knobs; they are values:
@@ -119,7 +110,7 @@ class Policy:
                 if t is None:
                     continue
                 if t.hadamard:
-                    if head_dim & (head_dim - 1):
+                    if not is_power_of_two(head_dim):
                         raise ConfigError(
                             f"{self.name}: the Walsh-Hadamard transform needs a power-of-two head_dim, "
                             f"this model has {head_dim}; set hadamard=false"

@@ -7,9 +7,14 @@ import math
 import torch
 
 
+def is_power_of_two(n: int) -> bool:
+    """The one power-of-two test (the Sylvester construction, hence every Hadamard head_dim, needs one)."""
+    return n > 0 and not n & (n - 1)
+
+
 def check_dim(d: int) -> None:
     """The Sylvester construction needs a power of two; anything else would be silently wrong."""
-    if d <= 0 or d & (d - 1):
+    if not is_power_of_two(d):
         raise ValueError(
             f"the Walsh-Hadamard transform needs a power-of-two head_dim, got {d}; "
             "disable it (quant.hadamard=false) for this model"

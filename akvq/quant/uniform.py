@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from akvq.quant.packing import pack, packed_len, unpack
+from akvq.errors import ConfigError
+from akvq.quant.packing import pack, unpack
 
 SUPPORTED_BITS = (1, 2, 3, 4, 8)
 CLIP_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)
@@ -38,9 +39,10 @@ class QTensor:
         return self.codes.nbytes + self.scale.nbytes + self.zero.nbytes
 
 
-def check_bits(bits: int) -> None:
+def check_bits(bits: int, what: str = "bits") -> None:
+    """The one bit-width check (quantization and every policy): a ConfigError, raised before any model loads."""
     if bits not in SUPPORTED_BITS:
-        raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
+        raise ConfigError(f"{what}={bits} is not supported; choose one of {list(SUPPORTED_BITS)}")
 
 
 def check_group(n: int, group_size: int) -> None:
@@ -50,7 +52,7 @@ def check_group(n: int, group_size: int) -> None:
 
 def check_clip_mode(mode: str) -> None:
     if mode not in CLIP_MODES:
-        raise ValueError(f"clip_mode must be one of {CLIP_MODES}, got {mode!r}")
+        raise ConfigError(f"clip_mode={mode!r} is not supported; choose one of {list(CLIP_MODES)}")
 
 
 def _finite_range(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,7 +165,3 @@ def fake_quantize(
     """Quantize then dequantize (for calibration and analysis only; the cache stores real packed codes)."""
     return dequantize(quantize(x, bits, group_size, clip_ratio, clip_mode=clip_mode), x.dtype)
 
-
-def packed_nbytes(n: int, bits: int, group_size: int) -> int:
-    """Bytes one row of n elements takes: codes plus fp16 scale and zero per group."""
-    return packed_len(n, bits) + 4 * (n // group_size)

@@ -30,6 +30,7 @@ from urllib.parse import urlparse
 from omegaconf import OmegaConf
 
 from akvq.errors import ConfigError, MissingDataError
+from akvq.quant.hadamard import is_power_of_two
 from akvq.tasks.milebench import DATASETS as MILEBENCH_DATASETS
 
 # ------------------------------------------------------------------------------------------------ value checks
@@ -790,7 +791,7 @@ def validate(cfg: Any, check_data: bool = True, task_data: bool = True) -> Valid
     source = model.get("source", "hub") if isinstance(model, Mapping) else None
     check_mapping("model", model, model_schema(source), f"model configs of source {source!r}")
     hd = plain["model"].get("tiny_head_dim")
-    if hd is not None and hd & (hd - 1):
+    if hd is not None and not is_power_of_two(hd):
         raise fail("model.tiny_head_dim", hd, "must be a power of two (the WHT needs one)")
     if "name" not in plain["model"]:
         raise fail("model.name", None, "every model config needs a name")

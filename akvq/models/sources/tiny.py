@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from akvq.errors import ConfigError
+from akvq.quant.hadamard import is_power_of_two
 from akvq.models.families import REGISTRY
 from akvq.models.sources import Source
 from akvq.models.spec import Loaded, ModelSpec
@@ -24,7 +25,7 @@ def check(spec: ModelSpec) -> None:
     if spec.family is not None and spec.family != kind:
         raise ConfigError(f"model {spec.name!r}: tiny_kind {kind!r} builds family {kind!r}, not {spec.family!r}")
     hd = spec.tiny_head_dim
-    if hd is not None and (hd <= 0 or hd & (hd - 1) or not REGISTRY[kind].tiny_head_dim):
+    if hd is not None and (not is_power_of_two(hd) or not REGISTRY[kind].tiny_head_dim):
         raise ConfigError(
             f"model {spec.name!r}: tiny_head_dim must be a power of two (the WHT needs one) and is not "
             f"supported for {kind} (its rotary sections fix head_dim), got {hd}"

@@ -12,7 +12,7 @@ from akvq.attention import packed_cpu
 from akvq.attention.packed_torch import packed_decode, unpack_float
 from akvq.attention.paths import PATHS as DECODE_PATHS
 from akvq.attention.reference import reference_decode
-from akvq.cache.store import HIGH, LOW, TEXT, TensorStore
+from akvq.cache.store import FULL, LOW, TEXT, TensorStore
 from akvq.policies.base import TensorPlan
 from akvq.quant.packing import pack
 
@@ -169,7 +169,7 @@ def test_unpack_float(bits: int) -> None:
 
 
 def test_classes_constant() -> None:
-    assert (LOW, TEXT, HIGH) == (0, 1, 2)
+    assert (LOW, TEXT, FULL) == (0, 1, 2)
 
 
 TRITON = importlib.util.find_spec("triton") is not None

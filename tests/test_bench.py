@@ -7,7 +7,7 @@ import torch
 
 from akvq.bench.batch_search import Point, largest_batch
 from akvq.bench.memory import load_cache, repeat_store, save_cache
-from akvq.cache.store import HIGH, LOW, TEXT, TensorStore
+from akvq.cache.store import FULL, LOW, TEXT, TensorStore
 from akvq.policies.base import TensorPlan
 
 
@@ -17,7 +17,7 @@ def _store(plan: TensorPlan, n: int = 40) -> TensorStore:
     st.append(torch.randn(1, 2, n, 16, generator=g))
     m = st.flushable(0)
     cls = torch.full((m, 1), LOW, dtype=torch.uint8)
-    cls[3], cls[7], cls[11] = HIGH, TEXT, HIGH
+    cls[3], cls[7], cls[11] = FULL, TEXT, FULL
     st.flush(m, cls)
     return st
 

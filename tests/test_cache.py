@@ -9,7 +9,7 @@ from transformers import DynamicCache
 
 from akvq import api
 from akvq.cache import AKVQCache
-from akvq.cache.store import HIGH, LOW, TEXT
+from akvq.cache.store import FULL, LOW, TEXT
 from akvq.errors import ConfigError
 from akvq.policies import POLICIES, make_policy
 
@@ -120,7 +120,7 @@ def test_window_and_pivots_stay_exact_rest_is_quantized():
     assert old.abs().max() > 1e-3  # quantized
     assert (old.abs() < 2.0).all()  # but close
     layer = cache.layers[0]
-    assert layer.k.n_q == 32 and int((layer.k.cls == HIGH).sum()) == 2
+    assert layer.k.n_q == 32 and int((layer.k.cls == FULL).sum()) == 2
 
 
 def test_tokens_are_quantized_once():
@@ -355,7 +355,7 @@ def test_akvq_reads_roles_pivots_and_pattern_with_no_manual_steps():
     assert tsa.tables[LOW].codes.shape[0] == quantized_vision
     assert tsa.tables[TEXT].codes.shape[0] == n * 2 - quantized_vision
     assert cache.pivot_mask.sum(-1).tolist() == [3, 3]
-    assert int((psa.cls == HIGH).sum()) == int(cache.pivot_mask[:, :n].sum())
+    assert int((psa.cls == FULL).sum()) == int(cache.pivot_mask[:, :n].sum())
     # and the bytes say so: the TSA layer's text rows cost 4-bit codes
     r = cache.layers[0].nbytes()
     assert r.codes == sum(t.codes.nbytes for s in (cache.layers[0].k, cache.layers[0].v) for t in s.tables.values())

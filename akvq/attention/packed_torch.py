@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from akvq.cache.store import HIGH, LOW, TensorStore
+from akvq.cache.store import FULL, LOW, TensorStore
 from akvq.quant.hadamard import fwht
 from akvq.quant.packing import unpack
 
@@ -240,7 +240,7 @@ def _high_positions(store: TensorStore) -> tuple[torch.Tensor, torch.Tensor] | N
     """(batch index, token index) of each 16-bit row, in the order of `hp_rows`."""
     if store.hp_rows is None:
         return None
-    pos = store.hp_pos.long() if store.plan.axis == "channel" else (store.cls == HIGH).nonzero().squeeze(1)
+    pos = store.hp_pos.long() if store.plan.axis == "channel" else (store.cls == FULL).nonzero().squeeze(1)
     return pos % store.batch, pos // store.batch
 
 

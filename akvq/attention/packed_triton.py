@@ -29,7 +29,7 @@ from akvq.attention.packed_torch import (
 from akvq.attention.packed_torch import (
     store_output as torch_store_output,
 )
-from akvq.cache.store import HIGH, LOW, TEXT, TensorStore
+from akvq.cache.store import FULL, LOW, TEXT, TensorStore
 
 try:  # triton is optional: the torch path covers every device
     import triton
@@ -250,4 +250,4 @@ def packed_decode(
     return torch_packed_decode(query, kstore, vstore, attention_mask, scaling, store_scores, store_output)
 
 
-__all__ = ["HIGH", "available", "packed_decode", "store_output", "store_scores"]
+__all__ = ["FULL", "available", "packed_decode", "store_output", "store_scores"]

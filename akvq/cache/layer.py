@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers.cache_utils import CacheLayerMixin
 
-from akvq.cache.store import HIGH, LOW, TEXT, StoreBytes, TensorStore
+from akvq.cache.store import FULL, LOW, TEXT, StoreBytes, TensorStore
 from akvq.policies.base import LayerPlan, TensorPlan
 
 if TYPE_CHECKING:
@@ -128,9 +128,9 @@ class AKVQLayer(CacheLayerMixin):
             vision = owner.window_of(owner.vision_mask, start, m, b, self.device)
             cls[~vision] = TEXT
         if plan.protect_pivots and owner.pivot_mask is not None:
-            cls[owner.window_of(owner.pivot_mask, start, m, b, self.device)] = HIGH
+            cls[owner.window_of(owner.pivot_mask, start, m, b, self.device)] = FULL
         if plan.sink:
-            cls[owner.window_of(owner.sink_mask(plan.sink, b), start, m, b, self.device)] = HIGH
+            cls[owner.window_of(owner.sink_mask(plan.sink, b), start, m, b, self.device)] = FULL
         return cls
 
     def pads(self, start: int, m: int) -> torch.Tensor | None:

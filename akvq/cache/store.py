@@ -15,7 +15,9 @@ from akvq.policies.base import TensorPlan
 from akvq.quant.hadamard import fwht
 from akvq.quant.uniform import QTensor, dequantize, quantize
 
-LOW, TEXT, HIGH = 0, 1, 2  # semantic precision classes
+# Precision class of a packed row (values, not bit widths): LOW = the policy's low bits, TEXT = its text bits (TSA),
+# FULL = kept in 16 bits (pivots, sink).
+LOW, TEXT, FULL = 0, 1, 2
 
 
 @dataclass
@@ -229,18 +231,18 @@ class TensorStore:
             self._flush_token(orig, rows, flat)
         self.n_q += m
         if self.keep_dequantized:
-            self._deq = _cat(self._deq, self.decode(m, torch.float32), dim=-2)
+            self._deq = _cat(self._deq, self.dequantize(m, torch.float32), dim=-2)
 
     def _quantize(self, rows: torch.Tensor, bits: int) -> QTensor:
         p = self.plan
         return quantize(rows, bits, self.group, p.clip_for(bits), p.clip_search, p.float_zero, p.clip_mode)
 
     def _flush_token(self, orig: torch.Tensor, rows: torch.Tensor, flat: torch.Tensor) -> None:
-        for c in (LOW, TEXT, HIGH):
+        for c in (LOW, TEXT, FULL):
             sel = (flat == c).nonzero().squeeze(1)
             if sel.numel() == 0:
                 continue
-            if c == HIGH:
+            if c == FULL:
                 self.hp_rows = _append(self.hp_rows, orig[sel].to(self.hp_dtype))
             else:
                 self.tables[c] = _append_q(self.tables.get(c), self._quantize(rows[sel], self.bits_of(c)))
@@ -249,7 +251,7 @@ class TensorStore:
     def _flush_channel(
         self, orig: torch.Tensor, rows: torch.Tensor, flat: torch.Tensor, m: int, pad: torch.Tensor | None
     ) -> None:
-        high = flat == HIGH
+        high = flat == FULL
         if bool(high.any()):
             pos = high.nonzero().squeeze(1)
             self.hp_rows = _append(self.hp_rows, orig[pos].to(self.hp_dtype))
@@ -289,9 +291,9 @@ class TensorStore:
 
     def history(self, dtype: torch.dtype) -> torch.Tensor:
         """The packed tokens dequantized, [B, H, n_q, D] (the kept copy on the cached read path)."""
-        return self._deq.to(dtype) if self.keep_dequantized else self.decode(self.n_q, dtype)
+        return self._deq.to(dtype) if self.keep_dequantized else self.dequantize(self.n_q, dtype)
 
-    def decode(self, m: int, dtype: torch.dtype) -> torch.Tensor:
+    def dequantize(self, m: int, dtype: torch.dtype) -> torch.Tensor:
         """The last m packed tokens as [B, H, m, D] (tables are append-only, so a suffix is a suffix per class)."""
         b, start = self.batch, (self.n_q - m) * self.batch
         if self.plan.axis == "channel":
@@ -315,7 +317,7 @@ class TensorStore:
                 keep = self.hp_pos >= start
                 pos, rows = self.hp_pos[keep].long() - start, self.hp_rows[keep]
             else:
-                pos = (self.cls[start:] == HIGH).nonzero().squeeze(1)
+                pos = (self.cls[start:] == FULL).nonzero().squeeze(1)
                 rows = self.hp_rows[self.hp_rows.shape[0] - pos.numel() :]
             out[pos] = rows.float()
         return out.view(m, b, self.num_heads, self.head_dim).permute(1, 2, 0, 3).to(dtype)
@@ -363,10 +365,10 @@ class TensorStore:
         if self.cls is not None:  # token axis: each class table holds its rows in token-major order
             old = self.cls.view(n, b)
             new = old[:, idx]
-            for c in (LOW, TEXT, HIGH):
+            for c in (LOW, TEXT, FULL):
                 here = old == c
                 pos = (here.reshape(-1).long().cumsum(0) - 1).view(n, b)[:, idx][new == c]
-                if c == HIGH:
+                if c == FULL:
                     if self.hp_rows is not None:
                         self.hp_rows = self.hp_rows.index_select(0, pos)
                 elif c in self.tables:

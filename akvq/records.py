@@ -362,6 +362,40 @@ def git_rev(repo: Path = REPO) -> str:
         return "unknown"
 
 
+
+def is_stale(rec: dict[str, Any], current: str | None = None) -> bool:
+    """A record made by other code than this checkout's commit, or by uncommitted code (`+dirty`). The one
+    staleness rule: the runner's printed tables and the artifacts (Table II) both flag with it."""
+    rev = str(rec.get("git_rev") or "unknown")
+    now = (current or git_rev()).removesuffix("+dirty")
+    return rev.endswith("+dirty") or rev.removesuffix("+dirty") != now
+
+
+STALE_NOTE = "recorded by another commit or by uncommitted code"
+
+# Metric names tried in order when neither the task nor the record says which number is the headline.
+PRIMARY_METRICS: tuple[str, ...] = (
+    "accuracy", "acc", "score", "exact_match", "rouge_l_f", "rouge_l", "agreement", "ppl", "perplexity",
+)  # fmt: skip
+
+
+def primary_metric(metrics: dict[str, Any], declared: str | None = None) -> str | None:
+    """The one resolver of a headline metric. `declared` is the task's `primary_metric` (the runner asks the
+    task, whose config may override it, and stores the answer in the record; readers of records pass the
+    record's field). Without one present in `metrics`: the first of PRIMARY_METRICS, else the first number
+    that is not a bound (`*_lo`, `*_hi`) or a count."""
+    if declared and declared in metrics:
+        return str(declared)
+    for m in PRIMARY_METRICS:
+        if m in metrics:
+            return m
+    for m, v in metrics.items():
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            continue
+        if not m.endswith(("_lo", "_hi", "_low", "_high", "_std", "_n")) and m not in ("n", "samples", "count"):
+            return str(m)
+    return None
+
 def _json_default(x: Any) -> Any:
     """Tensors, numpy scalars and paths in metrics/details become plain JSON values."""
     if hasattr(x, "tolist"):
@@ -401,7 +435,10 @@ __all__ = [
     "append_record",
     "completed",
     "config_hash",
+    "git_rev",
+    "is_stale",
     "latest_by_hash",
+    "primary_metric",
     "read_records",
     "redact",
     "repair",

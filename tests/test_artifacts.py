@@ -98,10 +98,114 @@ def test_table2_numbers_from_every_metrics_layout() -> None:
     assert t.loc[("llava-1.5-7b", "RTN-2"), "WebQA"] == 12.5  # `Dataset/metric` keys
     assert t.loc[("llava-1.5-7b", "KIVI-2"), "TQA"] == 41.0  # nested dicts
     assert t.loc[("llava-1.5-13b", "FP16"), "TQA"] == 55.0  # the newer record wins over the older one
-    assert t.loc[("llava-1.5-7b", "AKVQ-VL"), "ΔAvg"] == pytest.approx(0.5)
+    assert t.loc[("llava-1.5-7b", "AKVQ-VL"), "ΔMileBench score avg"] == pytest.approx(0.5)
     assert "milebench" not in t.columns and "RTN (+window)" not in t.index.get_level_values(1)
     cpu = tables.table2(data.load(FIXTURE), paper_tasks=False)
     assert cpu.loc[("smollm2-135m", "RTN-2"), "Δppl"] == pytest.approx(412.0 - 10.82)
+
+
+def _rec(model: str, task: str, quant: str, metrics: dict, rev: str, **kw: object) -> dict:
+    return {"model": model, "task": task, "quant": quant, "metrics": metrics, "git_rev": rev,
+            "kv_effective_bits": {"fp16": 16.0, "kivi2": 3.0, "akvq": 2.5}[quant], "config": {}, **kw}  # fmt: skip
+
+
+@pytest.fixture
+def now(monkeypatch: pytest.MonkeyPatch) -> str:
+    """This checkout's commit, fixed (a clean `abc1234`), so staleness does not depend on the working tree."""
+    from akvq import records
+
+    monkeypatch.setattr(records, "git_rev", lambda *a: "abc1234")
+    return "abc1234"
+
+
+def _write(path: Path, recs: list[dict]) -> Path:
+    from akvq import records
+
+    for r in recs:
+        records.append_record(path, r)
+    return path
+
+
+def test_table2_one_column_per_dataset_averages_one_metric_kind_flags_stale(tmp_path: Path, now: str) -> None:
+    recs = [
+        # one MileBench record with two datasets, as `task=milebench` writes it
+        _rec("llava-1.5-7b", "milebench", q, {"SceneTransition": a, "WebQA": b, "average": (a + b) / 2}, now,
+             primary_metric="average")
+        for q, a, b in (("fp16", 70.0, 50.0), ("akvq", 66.0, 48.0))
+    ] + [  # CPU-scale tasks: perplexity and passkey accuracy
+        _rec("smollm2-135m", "ppl", q, {"ppl": p, "ppl_lo": p - 1}, now, primary_metric="ppl")
+        for q, p in (("fp16", 10.0), ("akvq", 12.0))
+    ] + [
+        _rec("smollm2-135m", "passkey", "fp16", {"acc": 1.0}, now, primary_metric="acc"),
+        _rec("smollm2-135m", "passkey", "akvq", {"acc": 0.8}, "0000000"),  # another commit: stale
+    ]  # fmt: skip
+    path = _write(tmp_path / "runs.jsonl", recs)
+    t = tables.table2(data.load(path))
+    assert list(t.columns) == ["SceneTransition", "WebQA", "MileBench score avg", "ΔMileBench score avg", "eff. bits"]
+    assert t.loc[("llava-1.5-7b", "AKVQ-VL"), "MileBench score avg"] == 57.0
+    assert t.loc[("llava-1.5-7b", "AKVQ-VL"), "ΔMileBench score avg"] == -3.0
+    cpu = tables.table2(data.load(path), paper_tasks=False)
+    assert not any("avg" in str(c).lower() for c in cpu.columns)  # ppl and passkey accuracy: never averaged
+    assert list(cpu.columns) == ["passkey", "ppl", "Δpasskey", "Δppl", "eff. bits", "stale"]
+    assert cpu.loc[("smollm2-135m", "AKVQ-VL"), "Δppl"] == 2.0
+    assert cpu.loc[("smollm2-135m", "AKVQ-VL"), "stale"] == "passkey"
+    assert cpu.loc[("smollm2-135m", "FP16"), "stale"] == ""
+    md = tables.write(cpu, tmp_path / "out", "cpu", "CPU")[1].read_text()
+    assert "| AKVQ-VL |" in md and "| passkey |" in md and "stale: the cells listed were recorded by another commit" in md
+    assert "Metrics: passkey: acc, ppl: ppl (lower is better)." in md
+    assert "stale" not in tables.table2(data.load(path)).columns  # no stale cell, no column, no footnote
+
+
+def test_adhoc_and_scratch_records_never_enter(tmp_path: Path, now: str) -> None:
+    good = _rec("smollm2-135m", "ppl", "fp16", {"ppl": 10.0}, now)
+    adhoc = _rec("smollm2-135m", "ppl", "akvq", {"ppl": 11.0}, now, config={"task": {"name": "ppl", "adhoc": True}})
+    path = _write(tmp_path / "runs.jsonl", [good, adhoc])
+    scratch = _write(tmp_path / "_scratch" / "runs.jsonl", [_rec("smollm2-135m", "ppl", "kivi2", {"ppl": 9.0}, now)])
+    t = tables.table2(data.load([path, scratch]), paper_tasks=False)
+    assert list(t.index.get_level_values("method")) == ["FP16"]
+
+
+def _make_tables():  # scripts/ is not a package
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_tables", REPO / "scripts" / "make_tables.py")
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_make_tables_is_the_same_table2(tmp_path: Path, now: str) -> None:
+    """scripts/make_tables.py is a CLI over tables.table2: MileBench per dataset, no mixed averages, its flags."""
+    recs = [
+        _rec("llava-1.5-7b", "milebench", q, {"SceneTransition": a, "WebQA": b}, now)
+        for q, a, b in (("fp16", 70.0, 50.0), ("kivi2", 60.0, 40.0), ("akvq", 66.0, 48.0))
+    ] + [
+        _rec("smollm2-135m", "ppl", "fp16", {"ppl": 10.0}, now),
+        _rec("smollm2-135m", "passkey", "fp16", {"accuracy": 1.0, "acc": 0.5}, now),
+        # an older duplicate loses to the newer one
+        _rec("llava-1.5-7b", "milebench", "akvq", {"SceneTransition": 1.0, "WebQA": 1.0}, now),
+    ]  # fmt: skip
+    recs[2], recs[-1] = recs[-1], recs[2]
+    path = _write(tmp_path / "runs.jsonl", recs)
+    with open(path, "a") as fh:
+        fh.write('{"model": "x"')  # a torn line is ignored
+    mt, out = _make_tables(), tmp_path / "tables"
+    assert mt.main(["--records", str(path), "--out", str(out)]) == 0
+    df = pd.read_csv(out / "table2.csv")
+    assert list(df.columns) == ["model", "method", "SceneTransition", "WebQA", "passkey", "ppl",
+                                "MileBench score avg", "ΔMileBench score avg", "Δpasskey", "Δppl", "eff. bits"]  # fmt: skip
+    assert list(df["method"][:3]) == ["FP16", "KIVI-2", "AKVQ-VL"]  # reference, baselines, the method
+    row = df.set_index("method").loc["AKVQ-VL"]
+    assert (row["SceneTransition"], row["MileBench score avg"], row["ΔMileBench score avg"]) == (66.0, 57.0, -3.0)
+    assert df.loc[df["model"] == "smollm2-135m", "passkey"].tolist() == [1.0]  # accuracy before acc by default
+    assert mt.main(["--records", str(path), "--out", str(out), "--tasks", "ppl,passkey", "--metric",
+                    "passkey=acc", "--models", "smollm2-135m", "--name", "fidelity"]) == 0  # fmt: skip
+    fid = pd.read_csv(out / "fidelity.csv")
+    assert list(fid.columns) == ["model", "method", "ppl", "passkey", "Δppl", "Δpasskey", "eff. bits"]
+    assert fid["passkey"].tolist() == [0.5]
+    assert "Metrics: ppl: ppl (lower is better), passkey: acc." in (out / "fidelity.md").read_text()
+    assert mt.main(["--records", str(tmp_path / "none.jsonl"), "--out", str(out)]) == 1
 
 
 def test_ablation_order_and_table4_ratios() -> None:
@@ -241,7 +345,7 @@ def test_notebook_executes_on_fixture_records(tmp_path: Path, monkeypatch: pytes
         out / "figures" / "fig5_kv_distribution.png"
     ).is_file()
     t2 = pd.read_csv(out / "tables" / "table2_accuracy.csv").set_index(["model", "method"])
-    assert t2.loc[("llava-1.5-7b", "AKVQ-VL"), "Avg"] == pytest.approx(60.5)
+    assert t2.loc[("llava-1.5-7b", "AKVQ-VL"), "MileBench score avg"] == pytest.approx(60.5)
     assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
                for c in nb.cells for o in c.get("outputs", []))  # fmt: skip
     assert os.environ["AKVQ_RECORDS"] == str(FIXTURE)

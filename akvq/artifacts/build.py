@@ -101,7 +101,7 @@ def _table2(ctx: Context) -> list[Path]:
         lambda c: tables.table2(c.records, True),
         "table2_accuracy",
         "Table II: accuracy (%) per task",
-        NOTE_RECORDS + " Δ is the average's difference to FP16 of the same model.",
+        NOTE_RECORDS + " " + tables.NOTE,
     )(ctx)
     if paths:
         long = tables.table2_long(ctx.records)

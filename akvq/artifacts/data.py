@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from akvq import records as records_mod
 from akvq.records import read_records
 
 # The MileBench folder names (the runner's `task=milebench` may key its metrics by them); copied rather than
@@ -32,16 +33,13 @@ MILEBENCH_ORDER: tuple[str, ...] = (
     "SceneTransition", "WebQA", "TQA", "DocVQA", "ActionLocalization", "ActionPrediction", "ActionSequence",
     "ObjectExistence", "CounterfactualInference", "SlideVQA", "OCR-VQA", "MultiModalQA",
 )  # fmt: skip
-# Metric names tried in order when a record does not say which number is its headline.
-PRIMARY_METRICS: tuple[str, ...] = (
-    "accuracy", "acc", "score", "exact_match", "rouge_l_f", "rouge_l", "agreement", "ppl", "perplexity",
-)  # fmt: skip
 LOWER_IS_BETTER: tuple[str, ...] = ("ppl", "perplexity", "nll", "loss", "bpb", "error", "wer")
 EFFICIENCY_TASKS: tuple[str, ...] = ("efficiency", "bench", "bench_efficiency")
 
 LONG_COLUMNS = [
     "model", "task", "quant", "metric", "value", "primary", "lower_is_better", "kv_effective_bits", "kv_bytes",
-    "peak_memory_bytes", "tokens_per_second", "wall_seconds", "device", "time", "config_hash", "order",
+    "peak_memory_bytes", "tokens_per_second", "wall_seconds", "device", "time", "config_hash", "git_rev", "stale",
+    "order",
 ]  # fmt: skip
 
 
@@ -58,13 +56,21 @@ def default_records_paths() -> list[Path]:
 
 def load(paths: str | os.PathLike[str] | list[str | os.PathLike[str]] | None = None) -> list[dict[str, Any]]:
     """All readable records of one or several files, in order; a torn line (a run killed mid-write by a naive
-    writer) is skipped, a missing file is empty, and ad-hoc runs (a task config with `adhoc: true`, such as the
-    quick start's ppl_quick) are left out: they are try-outs, not results."""
+    writer) is skipped, a missing file is empty, and ad-hoc runs are left out: a task config with `adhoc: true`
+    (the quick start's ppl_quick) and any file under a `_scratch` folder (`results/_scratch/`, where ad-hoc runs
+    write) are try-outs, not results."""
     if paths is None:
         paths = list(default_records_paths())
     elif not isinstance(paths, list):
         paths = [paths]
-    return [r for p in paths for r in read_records(p) if not is_adhoc(r)]
+    return [r for p in paths if not is_scratch(p) for r in read_records(p) if not is_adhoc(r)]
+
+
+SCRATCH_DIR = "_scratch"  # runner.SCRATCH_RECORDS lives under it
+
+
+def is_scratch(path: str | os.PathLike[str]) -> bool:
+    return SCRATCH_DIR in Path(path).parts
 
 
 def is_adhoc(rec: dict[str, Any]) -> bool:
@@ -116,26 +122,11 @@ def split_metrics(task: str, metrics: dict[str, Any]) -> dict[str, dict[str, flo
     return out
 
 
-def primary_of(metrics: dict[str, float], declared: str | None = None) -> str | None:
-    """The headline metric: the record's `primary_metric` when present, else the first of PRIMARY_METRICS,
-    else the first number that is not a bound (`*_lo`, `*_hi`) or a count."""
-    if declared and declared in metrics:
-        return declared
-    for m in PRIMARY_METRICS:
-        if m in metrics:
-            return m
-    for m in metrics:
-        if not m.endswith(("_lo", "_hi", "_low", "_high", "_std", "_n")) and m not in (
-            "n",
-            "samples",
-            "count",
-        ):
-            return m
-    return None
-
-
-def long_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per (record, task label, metric) for accuracy-style records (efficiency records excluded)."""
+def long_frame(records: list[dict[str, Any]], metrics: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per (record, task label, metric) for accuracy-style records (efficiency records excluded).
+    `metrics` ({task label: metric}) overrides which metric is a task's headline; `stale` is
+    `akvq.records.is_stale` of the row's record."""
+    overrides = metrics or {}
     rows: list[dict[str, Any]] = []
     for i, r in enumerate(records):
         if is_efficiency(r) or not {"model", "task", "quant"} <= r.keys():
@@ -143,11 +134,12 @@ def long_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
         common = {
             k: r.get(k)
             for k in ("kv_effective_bits", "kv_bytes", "peak_memory_bytes", "tokens_per_second", "wall_seconds",
-                      "device", "time", "config_hash")
+                      "device", "time", "config_hash", "git_rev")
         }  # fmt: skip
+        common["stale"] = records_mod.is_stale(r)
         for task, metrics in split_metrics(str(r["task"]), r.get("metrics") or {}).items():
             declared = r.get("primary_metric") if task == r["task"] else None
-            prim = primary_of(metrics, declared)
+            prim = records_mod.primary_metric(metrics, overrides.get(task) or declared)
             for m, v in metrics.items():
                 rows.append({"model": str(r["model"]), "task": task, "quant": str(r["quant"]), "metric": m,
                              "value": v, "primary": m == prim, "lower_is_better": lower_is_better(m),
@@ -162,9 +154,9 @@ def latest(df: pd.DataFrame, keys: tuple[str, ...] = ("model", "task", "quant", 
     return df.sort_values("order").drop_duplicates(list(keys), keep="last").reset_index(drop=True)
 
 
-def primary_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+def primary_frame(records: list[dict[str, Any]], metrics: dict[str, str] | None = None) -> pd.DataFrame:
     """Headline number per (model, task, quant), newest record winning: what tables and Fig. 8 show."""
-    df = long_frame(records)
+    df = long_frame(records, metrics)
     if df.empty:
         return df
     return latest(df[df["primary"]], ("model", "task", "quant"))
@@ -172,4 +164,3 @@ def primary_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 def efficiency_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if is_efficiency(r)]
-

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from akvq import records
 from akvq.artifacts import data, paper
 from akvq.artifacts.style import label, method_sort_key, model_sort_key
 
@@ -55,7 +56,12 @@ def to_markdown(df: pd.DataFrame, digits: int = 1, index: bool = True) -> str:
 def write(
     df: pd.DataFrame, out_dir: str | Path, stem: str, title: str, note: str = "", digits: int = 1
 ) -> list[Path]:
-    """`<stem>.csv` (full precision) and `<stem>.md` (title, table, provenance note)."""
+    """`<stem>.csv` (full precision) and `<stem>.md` (title, table, provenance note, the stale footnote)."""
+    shown = df.attrs.get("metrics") or {}
+    metrics = ", ".join(
+        f"{c}: {m}" + (" (lower is better)" if data.lower_is_better(m) else "") for c, m in shown.items()
+    )
+    note = "\n\n".join(x for x in (note, f"Metrics: {metrics}." if metrics else "", stale_footnote(df)) if x)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv, md = out / f"{stem}.csv", out / f"{stem}.md"
@@ -85,37 +91,121 @@ def is_paper_task(task: str) -> bool:
     return task.startswith(("milebench", "lmms/", "mmmu"))
 
 
-def table2(records: list[dict[str, Any]], paper_tasks: bool = True) -> pd.DataFrame:
-    """Rows (model, method); one column per task (headline metric); then for benchmark tasks the average and
-    its delta to FP16, for the CPU-scale tasks (mixed metrics: perplexity, passkey, ...) a delta per task;
-    then effective bits. Ablation steps are left to Table III.
+BENCHMARK_LABELS: dict[str, str] = {"milebench": "MileBench", "synthbench": "SynthBench", "lmms": "lmms-eval"}
+# Benchmarks whose per-dataset number is the benchmark's own score (in %: accuracy or ROUGE-L F by question type,
+# as the benchmark defines it), which the benchmark itself averages over datasets: one metric kind.
+SCORE_BENCHMARKS: tuple[str, ...] = ("milebench", "synthbench")
+METRIC_ALIASES: dict[str, str] = {"acc": "accuracy"}
 
-    `paper_tasks=False` gives the CPU-scale variant (perplexity, passkey, agreement on SmolLM2 and tiny models)."""
-    prim = data.primary_frame(records)
+
+def metric_kind(task: str, metric: str) -> str:
+    """What a Table II cell measures; only columns of one kind (and one benchmark) are ever averaged."""
+    if task.split("/")[0] in SCORE_BENCHMARKS:
+        return "score"
+    return METRIC_ALIASES.get(metric, metric)
+
+
+def _wanted(task: str, tasks: list[str]) -> int | None:
+    """Index of the first entry of `tasks` naming this task (full label, dataset name or benchmark), else None."""
+    for i, t in enumerate(tasks):
+        if task == t or short_task(task) == t or task.split("/")[0] == t:
+            return i
+    return None
+
+
+def table2(
+    records: list[dict[str, Any]],
+    paper_tasks: bool | None = True,
+    *,
+    tasks: list[str] | None = None,
+    models: list[str] | None = None,
+    metrics: dict[str, str] | None = None,
+    ablation: bool = False,
+) -> pd.DataFrame:
+    """The one Table II builder (`scripts/make_artifacts.py` and `scripts/make_tables.py` both call it).
+
+    Rows (model, method); one column per task or dataset (its headline metric; `metrics` {task: metric}
+    overrides it), so MileBench gives one column per dataset. Averages only over columns of one benchmark and
+    one metric kind, labelled with both (`MileBench score avg`); different metrics (perplexity, passkey
+    accuracy) are never averaged. Then a Δ to FP16 of the same model per average and per column outside any
+    average, the effective bits, and `stale`: the columns whose record came from another commit or uncommitted
+    code (`akvq.records.is_stale`; `write` adds the footnote). Ablation steps are left to Table III unless
+    `ablation`. `paper_tasks`: True = the multimodal benchmarks, False = the CPU-scale tasks (perplexity,
+    passkey, agreement), None = both. `tasks` picks and orders columns (a task, a dataset or a benchmark)."""
+    prim = data.primary_frame(records, metrics)
     if prim.empty:
         return pd.DataFrame()
-    prim = prim[(prim["task"].map(is_paper_task) == paper_tasks) & ~prim["quant"].isin(ABLATION_STEPS)]
+    keep = pd.Series(True, index=prim.index)
+    if paper_tasks is not None:
+        keep &= prim["task"].map(is_paper_task) == paper_tasks
+    if not ablation:
+        keep &= ~prim["quant"].isin(ABLATION_STEPS)
+    if models:
+        keep &= prim["model"].isin(models)
+    if tasks:
+        keep &= prim["task"].map(lambda t: _wanted(t, tasks) is not None)
+    prim = prim[keep]
     if prim.empty:
         return pd.DataFrame()
     wide = prim.pivot_table(index=["model", "quant"], columns="task", values="value", aggfunc="last")
-    tasks = sorted(wide.columns, key=task_sort_key)
-    wide = wide[tasks]
-    wide.columns = [short_task(t) for t in tasks]
-    value_cols = list(wide.columns)
-    if paper_tasks and len(value_cols) > 1:
-        wide["Avg"] = wide[value_cols].mean(axis=1, skipna=False)
-        delta_cols = ["Avg"]
-    else:
-        delta_cols = value_cols
+    order = sorted(wide.columns, key=lambda t: ((_wanted(t, tasks) if tasks else 0), task_sort_key(t)))
+    wide = wide[order]
+    names = [short_task(t) for t in order]
+    if len(set(names)) < len(names):  # the same dataset name under two benchmarks: keep the full labels
+        names = list(order)
+    wide.columns = names
+    name_of = dict(zip(order, names))
+
+    groups: dict[tuple[str, str], list[str]] = {}
+    for t in order:
+        kinds = {metric_kind(t, m) for m in prim.loc[prim["task"] == t, "metric"]}
+        if len(kinds) == 1:
+            groups.setdefault((t.split("/")[0], kinds.pop()), []).append(name_of[t])
+    averaged: set[str] = set()
+    delta_cols: list[str] = []
+    for (bench, kind), cols in groups.items():
+        if len(cols) < 2:
+            continue
+        avg = f"{BENCHMARK_LABELS.get(bench, bench)} {kind} avg"
+        wide[avg] = wide[cols].mean(axis=1, skipna=False)
+        averaged.update(cols)
+        delta_cols.append(avg)
+    delta_cols += [c for c in names if c not in averaged]
     for col in delta_cols:
         ref = {m: wide.loc[(m, "fp16"), col] for m, q in wide.index if q == "fp16"}
         wide[f"Δ{col}"] = [v - ref.get(m, math.nan) for (m, _q), v in zip(wide.index, wide[col])]
     bits = prim.groupby(["model", "quant"])["kv_effective_bits"].mean()
     wide["eff. bits"] = bits.reindex(wide.index)
-    order = sorted(wide.index, key=lambda mq: (model_sort_key(mq[0]), method_sort_key(mq[1])))
-    wide = wide.loc[order]
+    stale = prim[prim["stale"].astype(bool)]
+    if not stale.empty:
+        flagged: dict[tuple[str, str], list[str]] = {}
+        for m, q, t in zip(stale["model"], stale["quant"], stale["task"]):
+            flagged.setdefault((m, q), []).append(name_of[t])
+        wide["stale"] = [", ".join(c for c in names if c in flagged.get(mq, ())) for mq in wide.index]
+    rows = sorted(wide.index, key=lambda mq: (model_sort_key(mq[0]), method_sort_key(mq[1])))
+    wide = wide.loc[rows]
     wide.index = pd.MultiIndex.from_tuples([(m, label(q)) for m, q in wide.index], names=["model", "method"])
+    wide.attrs["metrics"] = {
+        name_of[t]: "/".join(sorted(set(prim.loc[prim["task"] == t, "metric"]))) for t in order
+    }  # which metric each column shows (`write` prints it under the table)
     return wide
+
+
+NOTE = (
+    "One column per task or dataset (its headline metric); averages only over columns of one benchmark and one "
+    "metric kind; Δ = difference to FP16 of the same model; eff. bits = effective bits per KV element."
+)
+
+STALE_FOOTNOTE = (
+    f"stale: the cells listed were {records.STALE_NOTE} (now {{rev}}); rerun them with redo=true."
+)
+
+
+def stale_footnote(df: pd.DataFrame) -> str:
+    """The footnote a table with stale cells carries ('' when none)."""
+    if "stale" not in df.columns or not df["stale"].astype(bool).any():
+        return ""
+    return STALE_FOOTNOTE.format(rev=records.git_rev())
 
 
 def table2_long(records: list[dict[str, Any]]) -> pd.DataFrame:

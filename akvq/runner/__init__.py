@@ -20,9 +20,10 @@ from omegaconf import DictConfig
 from akvq import records, tracking
 from akvq.errors import ConfigError
 from akvq.paths import CONFIG_DIR
+from akvq.records import is_stale
 from akvq.runner.execute import execute
 from akvq.runner.plan import RunPlan, available, plan, plan_sweep, quant_names, text_only_error
-from akvq.runner.report import format_table, is_stale, record, tracked
+from akvq.runner.report import format_table, record, tracked
 from akvq.runner.session import Session
 
 log = logging.getLogger(__name__)

@@ -29,18 +29,6 @@ def _num(x: Any) -> float | int | None:
     return x if isinstance(x, int) else float(x)
 
 
-def primary_metric(task_cfg: Any, task_obj: Any, metrics: dict[str, Any]) -> str | None:
-    """The one number a table shows for a task: the config's `primary_metric`, the task's, else the first number.
-    Records carry it, so readers of records (artifacts) take it from there."""
-    name = task_cfg.get("primary_metric") or getattr(task_obj, "primary_metric", None)
-    if name and name in metrics:
-        return str(name)
-    for k, v in metrics.items():
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            return str(k)
-    return None
-
-
 def details_entry(details: Any, chash: str, records_path: Path) -> dict[str, Any]:
     """Small details go in the record; large ones to `<records dir>/details/<hash>.json`, linked by path."""
     data = records.to_json(details)
@@ -76,7 +64,7 @@ def record(p: RunPlan, m: Measured, records_path: Path) -> dict[str, Any]:
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": m.device,
         "num_tokens": num_tokens,
-        "primary_metric": primary_metric(p.task_cfg, p.task_obj, metrics),
+        "primary_metric": records.primary_metric(metrics, getattr(p.task_obj, "primary_metric", None)),
     }
     details = _get(result, "details")
     if details:
@@ -117,27 +105,21 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         groups.setdefault((str(r["model"]), str(r["task"])), []).append(r)
     out = "\n\n".join(_one_table(f"{m} | {t}", g) for (m, t), g in groups.items())
-    if any(is_stale(r) for r in rows):
-        out += f"\n* recorded by another commit or by uncommitted code (now {records.git_rev()}); redo=true reruns it"
+    if any(records.is_stale(r) for r in rows):
+        out += f"\n* {records.STALE_NOTE} (now {records.git_rev()}); redo=true reruns it"
     return out
 
 
-def is_stale(rec: dict[str, Any], current: str | None = None) -> bool:
-    """A record made by other code than this checkout's commit, or by uncommitted code (`+dirty`)."""
-    rev = str(rec.get("git_rev") or "unknown")
-    now = (current or records.git_rev()).removesuffix("+dirty")
-    return rev.endswith("+dirty") or rev.removesuffix("+dirty") != now
-
-
 def _one_table(title: str, rows: list[dict[str, Any]]) -> str:
-    metric = rows[-1].get("primary_metric") or next(iter(rows[-1].get("metrics") or {"metric": None}))
+    last = rows[-1].get("metrics") or {}
+    metric = rows[-1].get("primary_metric") or records.primary_metric(last) or next(iter(last), None)
     head = ["quant", str(metric), "eff. bits", "KV bytes", "peak mem", "tok/s", "wall s"]
     body = []
     for r in rows:
         m = (r.get("metrics") or {}).get(metric)
         body.append(
             [
-                r["quant"] + (" *" if is_stale(r) else ""),
+                r["quant"] + (" *" if records.is_stale(r) else ""),
                 _fmt(m, ".4g") if isinstance(m, int | float) else str(m if m is not None else "-"),
                 _fmt(r.get("kv_effective_bits"), ".2f"),
                 _human_bytes(r.get("kv_bytes")),

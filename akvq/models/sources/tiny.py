@@ -7,10 +7,10 @@ from __future__ import annotations
 import torch
 
 from akvq.errors import ConfigError
-from akvq.quant.hadamard import is_power_of_two
 from akvq.models.families import REGISTRY
 from akvq.models.sources import Source
 from akvq.models.spec import Loaded, ModelSpec
+from akvq.quant.hadamard import is_power_of_two
 
 
 def kinds() -> tuple[str, ...]:

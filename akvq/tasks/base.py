@@ -8,8 +8,15 @@ from typing import Any
 
 @dataclass
 class TaskResult:
+    """What a task measured; the runner turns it into a record.
+
+    `kv_bytes`, the one meaning in every task's record: the bytes the KV cache of one sequence holds at the end
+    of the longest measured sequence (prompt plus everything decoded into the cache), as
+    `cache.memory_report().total_bytes` counts them; a batch of b sequences counts its total over b (left
+    padding included). Benchmark points (`akvq.bench`) are not task records: theirs is the whole batch's cache."""
+
     metrics: dict[str, float]
-    kv_bytes: int | None = None  # cache bytes at the end of the longest sample
+    kv_bytes: int | None = None  # see the class docstring
     kv_effective_bits: float | None = None
     num_tokens: int = 0  # tokens generated or scored, for tokens/s
     details: list[dict[str, Any]] = field(default_factory=list)
@@ -25,6 +32,8 @@ class Task:
     def __init__(self, name: str, cfg: Any = None):
         self.name = name
         self.cfg = cfg if cfg is not None else {}
+        # the task is the one answer to "which metric is the headline" (the runner records it, tables read it)
+        self.primary_metric = cfg_get(self.cfg, "primary_metric") or type(self).primary_metric
 
     def validate(self) -> None:
         """Check data paths and options before any model loads."""

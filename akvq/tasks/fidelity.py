@@ -131,6 +131,8 @@ def bootstrap_ppl(window_nll: list[float], n: int, seed: int) -> tuple[float, fl
 class PerplexityTask(Task):
     """Teacher-forced perplexity of continuations read through the quantized cache, token by token."""
 
+    primary_metric = "ppl"
+
     def validate(self) -> None:
         chunk, replay = int(cfg_get(self.cfg, "chunk", 1)), bool(cfg_get(self.cfg, "replay", True))
         if chunk < 1 or (replay and chunk != 1):
@@ -193,6 +195,8 @@ def passkey_prompt(tok: Any, length: int, key: int, depth: float, offset: int) -
 class PasskeyTask(Task):
     """Retrieval of a 5-digit key hidden at a random depth of real text, by prompt length."""
 
+    primary_metric = "acc"
+
     def run(self, loaded: Any, policy: Any, cfg: Any = None) -> TaskResult:
         cfg = cfg if cfg is not None else self.cfg
         model, tok = loaded.model, loaded.tokenizer
@@ -234,6 +238,8 @@ class PasskeyTask(Task):
 
 class AgreementTask(Task):
     """Share of greedy tokens equal to the fp16 continuation (the fp16 run of the same prompts is the reference)."""
+
+    primary_metric = "agreement"
 
     def run(self, loaded: Any, policy: Any, cfg: Any = None) -> TaskResult:
         from akvq.policies import make_policy

@@ -19,8 +19,9 @@ from akvq.errors import ConfigError
 class GenStats:
     """Running totals over every batch one task or one lmms-eval model instance generated.
 
-    `kv_bytes` is the largest cache of one sample (a batch's cache bytes over its batch size, measured after
-    the last decode step); `effective_bits` weights every batch by its cached elements.
+    `kv_bytes` is `TaskResult.kv_bytes` (one sequence's cache at the end of the longest one: a batch's cache
+    bytes over its batch size, measured after the last decode step); `effective_bits` weights every batch by
+    its cached elements.
     """
 
     samples: int = 0

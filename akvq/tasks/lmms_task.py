@@ -61,7 +61,6 @@ class LmmsTask(Task):
         if not name.startswith("lmms/") or len(name) <= len("lmms/"):
             raise ConfigError(f"lmms task names look like lmms/<task>, got {name!r}")
         self.lmms_task = name.split("/", 1)[1]
-        self.primary_metric: str | None = cfg_get(self.cfg, "primary_metric")
 
     def include_paths(self, cfg: Any = None) -> list[str]:
         raw = _plain(cfg_get(cfg if cfg is not None else self.cfg, "include_path"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -65,6 +65,31 @@ def build_cache(
 
         cache.set_token_roles(vision_mask(model, inputs))
     return cache
+
+
+def prefill_into(cache: Cache, kv: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Cache:
+    """Hand a 16-bit prefill's K/V (one (keys, values) per layer) to a cache, layer by layer, as the prefill
+    forward would have (the cache quantizes what leaves its window, as on any update)."""
+    for layer, (k, v) in zip(cache.layers, kv):
+        layer.update(k, v)
+    return cache
+
+
+def cache_from_prefill(
+    model: Any,
+    policy: Policy,
+    inputs: Mapping[str, Any],
+    kv: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    pivots: torch.Tensor | None = None,
+    read_path: str = "dequantize",
+) -> Cache:
+    """The one way to build a policy's cache from a prefill computed elsewhere (once, full precision, shared by
+    every policy): `build_cache` for the prompt, the prefill's pivot mask when the method uses pivots, then its
+    K/V, exactly as if this policy had run the prefill."""
+    cache = build_cache(model, policy, inputs, read_path=read_path)
+    if pivots is not None:
+        cache.set_pivots(pivots)
+    return prefill_into(cache, kv)
 
 
 @contextlib.contextmanager

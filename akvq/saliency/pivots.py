@@ -255,13 +255,6 @@ class PivotDetector:
         self._publish(acc, self._valid_for(*acc.shape, acc.device))
 
 
-class _Recorder:
-    mask: torch.Tensor | None = None
-
-    def set_pivots(self, mask: torch.Tensor) -> None:
-        self.mask = mask
-
-
 @torch.no_grad()
 def detect_pivots(model: nn.Module, inputs: dict[str, Any], **kwargs: Any) -> torch.Tensor:
     """Run one prefill forward (no cache) and return the pivot mask [B, T]; kwargs go to PivotDetector."""

@@ -81,16 +81,11 @@ def shared_prefill(model: Any, ids: torch.Tensor, policy: Any) -> Prefill:
 
 
 def cache_from_prefill(model: Any, policy: Any, ids: torch.Tensor, pre: Prefill, read_path: str = "cached"):
-    """A policy's cache holding the shared prefill, exactly as if this policy had run it."""
-    cache = api.build_cache(
-        model, policy, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, read_path=read_path
-    )
+    """A policy's cache holding the shared prefill, exactly as if this policy had run it (`api.cache_from_prefill`)."""
     pkey = _pivot_key(policy)
-    if pkey is not None:
-        cache.set_pivots(pre.pivots[pkey])
-    for layer, (k, v) in zip(cache.layers, pre.kv):
-        layer.update(k, v)
-    return cache
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    pivots = pre.pivots[pkey] if pkey is not None else None
+    return api.cache_from_prefill(model, policy, inputs, pre.kv, pivots, read_path=read_path)
 
 
 def _decode(model: Any, cache: Any, tokens: torch.Tensor, chunk: int = 1, replay: bool = True) -> torch.Tensor:

@@ -19,13 +19,6 @@ from akvq.quant.uniform import QTensor
 GiB = 1 << 30
 
 
-def peak_memory_bytes(device: str = "cpu") -> int:
-    """CUDA: max_memory_allocated; CPU: this process's peak resident set (a fresh process per point)."""
-    if device.startswith("cuda"):
-        return int(torch.cuda.max_memory_allocated())
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
 def limit_data(nbytes: int | None) -> None:
     """Cap this process's data segment (heap and anonymous mappings) so an over-budget point fails with an
     allocation error instead of pushing a shared machine into swap."""
@@ -133,7 +126,6 @@ __all__ = [
     "kv_bytes_per_token",
     "limit_data",
     "load_cache",
-    "peak_memory_bytes",
     "repeat_cache",
     "repeat_store",
     "save_cache",

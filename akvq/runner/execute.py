@@ -41,7 +41,7 @@ def describe_device(kind: str) -> str:
 
 
 def reset_peak(kind: str) -> None:
-    if kind == "cuda":
+    if kind.startswith("cuda"):
         import torch
 
         for i in range(torch.cuda.device_count()):
@@ -49,9 +49,10 @@ def reset_peak(kind: str) -> None:
 
 
 def peak_memory(kind: str) -> int:
-    """GPU: max allocated bytes since the run started, summed over GPUs. CPU: the process's peak RSS so far
-    (includes the loaded model; RSS cannot be reset between runs of one process)."""
-    if kind == "cuda":
+    """The one peak-memory measurement (runner and benchmark). `kind`: "cuda", "cuda:<i>" or "cpu".
+    GPU: max allocated bytes since the last `reset_peak`, summed over GPUs. CPU: the process's peak RSS so far
+    (includes the loaded model; RSS cannot be reset within a process, so the benchmark runs a process per point)."""
+    if kind.startswith("cuda"):
         import torch
 
         return int(sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())))

@@ -24,13 +24,14 @@ import math
 import os
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from akvq.paths import atomic_open
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
@@ -207,12 +208,8 @@ def repair(path: str | os.PathLike[str]) -> int:
         good = _valid_lines(text)
         dropped = sum(1 for x in text.splitlines() if x.strip()) - len(good)
         if dropped:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            with os.fdopen(fd, "w") as fh:
+            with atomic_open(path, "w", fsync=True) as fh:
                 fh.write("".join(x + "\n" for x in good))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
     return dropped
 
 
@@ -253,15 +250,8 @@ def _read_claim(file: Path) -> dict[str, Any] | None:
 
 def _write_claim(file: Path, info: dict[str, Any]) -> None:
     """Atomic (temp file + rename), so a reader never sees half a claim."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=file.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(info, fh)
-        os.replace(tmp, file)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_open(file, "w") as fh:
+        json.dump(info, fh)
 
 
 class Claim:

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from akvq.bench.batch_search import Point, available_memory, check_budget, largest_batch  # noqa: E402
 from akvq.bench.memory import GiB  # noqa: E402
 from akvq.bench.throughput import RESULT  # noqa: E402
+from akvq.paths import atomic_open  # noqa: E402
 from akvq.policies import POLICIES, Policy  # noqa: E402
 
 
@@ -202,12 +203,10 @@ def _append_csv(path: Path, row: dict[str, Any]) -> None:
     for k in row:
         if k not in keys:
             keys.append(k)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows([*old, row])
-    os.replace(tmp, path)
 
 
 def _ratios(rows: list[dict[str, Any]]) -> None:

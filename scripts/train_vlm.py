@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import shlex
 import sys
@@ -43,6 +42,7 @@ from akvq.models.sources.synth_vlm import (  # noqa: E402
     save_trained,
     trained_state,
 )
+from akvq.paths import atomic_open  # noqa: E402
 from akvq.records import git_rev  # noqa: E402
 from akvq.synth.bench import (  # noqa: E402
     EVAL_SEED,
@@ -192,9 +192,8 @@ def load_trained(model: Any, path: Path) -> int:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def plot_losses(history: list[dict[str, Any]], path: Path) -> None:

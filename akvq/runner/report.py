@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from akvq import records
+from akvq.paths import atomic_open
 from akvq.runner.execute import Measured
 from akvq.runner.plan import RunPlan
 
@@ -37,9 +38,8 @@ def details_entry(details: Any, chash: str, records_path: Path) -> dict[str, Any
         return {"details": data}
     out = records_path.parent / "details" / f"{chash}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(blob)
-    os.replace(tmp, out)
+    with atomic_open(out) as fh:
+        fh.write(blob)
     return {"details_path": os.path.relpath(out, records_path.parent)}
 
 

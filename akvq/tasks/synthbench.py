@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from akvq.errors import ConfigError, MissingDataError
+from akvq.paths import publish_dir
 from akvq.synth.bench import EVAL_SEED, LEVELS, TASKS, write_root
 from akvq.tasks.base import TaskResult, cfg_get
 from akvq.tasks.milebench import MileBenchTask
@@ -36,16 +35,8 @@ def cached_root(seed: int = EVAL_SEED) -> Path:
     target = cache_root() / "synthbench" / f"seed{seed}-v{GENERATOR_VERSION}"
     if (target / "SYNTHBENCH.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
+    with publish_dir(target) as tmp:
         write_root(tmp, seed)
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process finished first
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -98,31 +98,17 @@ def fakes() -> SimpleNamespace:
     return state
 
 
-def run_py(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fakes: SimpleNamespace, *overrides: str) -> int:
-    """`python run.py -m <overrides>` in this process (so the fakes apply); returns the exit status."""
+def run_main(argv: list[str], monkeypatch: pytest.MonkeyPatch, session: Any = None) -> int:
+    """The one in-process `python run.py ARGV` driver (so monkeypatched fakes apply); `session` replaces run.py's
+    Session (the fake loader). Returns the exit status (0 when run.main returns)."""
     from hydra.core.global_hydra import GlobalHydra
 
-    extra = tmp_path / "extra_configs" / "model"
-    extra.mkdir(parents=True, exist_ok=True)
-    (extra / "fake-lm.yaml").write_text("name: fake-lm\nsource: tiny\nfamily: llama\ntiny_kind: llama\n")
-    (extra / "gone.yaml").write_text(
-        f"name: gone\nsource: hub\npath: {tmp_path / 'nothing'}\nfamily: llama\n"
-    )
-    argv = [
-        "run.py",
-        "-m",
-        "task=ppl_quick",
-        f"records={tmp_path / 'runs.jsonl'}",
-        "wandb.mode=disabled",
-        f"hydra.searchpath=[file://{extra.parent}]",
-        f"hydra.sweep.dir={tmp_path / 'multirun'}",
-        *overrides,
-    ]
-    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(sys, "argv", ["run.py", *argv])
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
     import run
 
-    monkeypatch.setattr(run, "SESSION", fakes.session)
+    if session is not None:
+        monkeypatch.setattr(run, "SESSION", session)
     GlobalHydra.instance().clear()
     try:
         run.main()
@@ -131,3 +117,23 @@ def run_py(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fakes: SimpleNamespa
     finally:
         GlobalHydra.instance().clear()
     return 0
+
+
+def run_py(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fakes: SimpleNamespace, *overrides: str) -> int:
+    """`python run.py -m <overrides>` in this process with the fakes' Session; returns the exit status."""
+    extra = tmp_path / "extra_configs" / "model"
+    extra.mkdir(parents=True, exist_ok=True)
+    (extra / "fake-lm.yaml").write_text("name: fake-lm\nsource: tiny\nfamily: llama\ntiny_kind: llama\n")
+    (extra / "gone.yaml").write_text(
+        f"name: gone\nsource: hub\npath: {tmp_path / 'nothing'}\nfamily: llama\n"
+    )
+    argv = [
+        "-m",
+        "task=ppl_quick",
+        f"records={tmp_path / 'runs.jsonl'}",
+        "wandb.mode=disabled",
+        f"hydra.searchpath=[file://{extra.parent}]",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+        *overrides,
+    ]
+    return run_main(argv, monkeypatch, fakes.session)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_main
 
 from akvq import records, runner
 
@@ -428,24 +429,6 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Spy]:
     yield s
 
 
-def run_py(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    """`python run.py ARGV` in this process; returns the exit code (0 when it returns)."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    monkeypatch.setattr(sys, "argv", ["run.py", *argv])
-    monkeypatch.syspath_prepend(str(REPO))
-    import run
-
-    GlobalHydra.instance().clear()
-    try:
-        run.main()
-    except SystemExit as e:
-        return int(e.code or 0)
-    finally:
-        GlobalHydra.instance().clear()
-    return 0
-
-
 def common(tmp: Path, model: str = "model=tiny-llava") -> list[str]:
     return [
         model,
@@ -487,7 +470,7 @@ def test_bad_input_fails_in_one_line_before_loading(
     monkeypatch.setattr(
         huggingface_hub, "hf_hub_download", lambda *a, **k: spy.calls.append("hf_hub_download")
     )
-    code = run_py(argv_of(case, case.bad, data, tmp_path), monkeypatch)
+    code = run_main(argv_of(case, case.bad, data, tmp_path), monkeypatch)
     out = capsys.readouterr()
     lines = [x for x in (out.out + out.err).splitlines() if x.strip()]
     assert code == 2, lines
@@ -517,7 +500,7 @@ def test_good_neighbours_really_run(
     good: list[str], data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     argv = [*common(tmp_path, good[0]), *BASES["ppl"], *good[1:]]
-    assert run_py(argv, monkeypatch) == 0
+    assert run_main(argv, monkeypatch) == 0
     (rec,) = records.read_records(tmp_path / "runs.jsonl")
     assert rec["metrics"]["ppl"] > 0 and rec["num_tokens"] == 4
 

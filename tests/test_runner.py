@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import FakeTask, run_py
+from conftest import FakeTask, run_main, run_py
 from omegaconf import OmegaConf
 
 from akvq import records, runner
@@ -233,28 +232,9 @@ def test_run_py_bad_config_exits_2_before_loading(
     tmp_path: Path, fakes: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     """`python run.py quant.bits=5`: one clear error line and exit status 2, no model load, no record."""
-    from hydra.core.global_hydra import GlobalHydra
-
     recs = tmp_path / "runs.jsonl"
-    argv = [
-        "run.py",
-        "quant.bits=5",
-        f"records={recs}",
-        "wandb.mode=disabled",
-        f"hydra.run.dir={tmp_path / 'out'}",
-    ]
-    monkeypatch.setattr(sys, "argv", argv)
-    monkeypatch.syspath_prepend(str(REPO))
-    import run
-
-    monkeypatch.setattr(run, "SESSION", fakes.session)
-    GlobalHydra.instance().clear()
-    try:
-        with pytest.raises(SystemExit) as e:
-            run.main()
-    finally:
-        GlobalHydra.instance().clear()
-    assert e.value.code == 2
+    argv = ["quant.bits=5", f"records={recs}", "wandb.mode=disabled", f"hydra.run.dir={tmp_path / 'out'}"]
+    assert run_main(argv, monkeypatch, fakes.session) == 2
     out = capsys.readouterr()
     assert "ConfigError: quant.bits=5: must be one of [1, 2, 3, 4, 8]" in out.out + out.err
     assert fakes.loads == 0 and not recs.exists()

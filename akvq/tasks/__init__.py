@@ -32,16 +32,21 @@ def resolve_name(name: str) -> str:
     return _ALIASES.get(name, name)
 
 
-def get_task(name: str, cfg: Any = None) -> Task:
+def task_class(name: str) -> type[Task]:
+    """The Task class a task name resolves to (the registry above is the one place tasks are listed)."""
     name = resolve_name(name)
     if name in _FIXED:
-        return _load(_FIXED[name])(name, cfg)
+        return _load(_FIXED[name])
     for prefix, path in _PREFIXES.items():
         if name.startswith(prefix) and len(name) > len(prefix):
-            return _load(path)(name, cfg)
+            return _load(path)
     raise ConfigError(
         f"unknown task {name!r}; known: {sorted(_FIXED)} + {sorted(_ALIASES)} + 'milebench/<Dataset>' + 'lmms/<task>'"
     )
+
+
+def get_task(name: str, cfg: Any = None) -> Task:
+    return task_class(name)(resolve_name(name), cfg)
 
 
 def needs_images(task: Any) -> bool:
@@ -49,4 +54,4 @@ def needs_images(task: Any) -> bool:
     return bool(getattr(task, "needs_images", False))
 
 
-__all__ = ["Task", "TaskResult", "get_task", "needs_images", "resolve_name"]
+__all__ = ["Task", "TaskResult", "get_task", "needs_images", "resolve_name", "task_class"]

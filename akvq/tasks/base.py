@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 
 @dataclass
@@ -28,6 +28,9 @@ class Task:
     name: str = "task"
     needs_images: bool = False  # True: the runner refuses text-only models before loading
     primary_metric: str | None = None  # the one number tables show; a config's `primary_metric` overrides it
+    # The task config's keys -> `akvq.runner.validate` checkers (beside the common name/label/primary_metric/...),
+    # for a task the validator has no schema of its own for (a new task declares its keys here).
+    config_schema: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, name: str, cfg: Any = None):
         self.name = name

@@ -38,7 +38,9 @@ def _lut(bits: int, device: torch.device) -> torch.Tensor:
 
 
 def unpack_float(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
-    """Packed uint8 codes -> float32 codes, last dim n; one table lookup per byte."""
+    """Packed uint8 codes -> float32 codes, last dim n; one table lookup per byte. Kept beside
+    `akvq.quant.packing.unpack` (the reference, uint8 out, which it falls back to for 3 bits): a float-valued LUT
+    path for the decode reads, where unpack-then-convert costs two passes; tests check both agree."""
     if bits not in (1, 2, 4, 8):
         return unpack(packed, bits, n).float()
     lut = _lut(bits, packed.device)

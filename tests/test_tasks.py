@@ -28,7 +28,9 @@ class ToyTask(Task):
         new = out[0, inputs["input_ids"].shape[1] :]
         report = cache.memory_report()
         share = float((new == inputs["input_ids"][0, 0]).float().mean())
-        return TaskResult({"share": share, "n": float(new.numel())}, report.total_bytes, report.effective_bits, n)
+        return TaskResult(
+            {"share": share, "n": float(new.numel())}, report.total_bytes, report.effective_bits, n
+        )
 
 
 def test_toy_task_runs_through_the_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

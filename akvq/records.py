@@ -336,17 +336,25 @@ def claimed(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
         if info is not None and float(info.get("expires", 0)) > now:
             out[f.stem] = info
     return out
+
+
+# What "the code" is for staleness: everything that can change a number (not results/, docs or the README).
+CODE_PATHS: tuple[str, ...] = ("akvq", "configs", "hydra_plugins", "run.py", "scripts", "setup.py", "pyproject.toml")
+
+
 @functools.cache
 def git_rev(repo: Path = REPO) -> str:
-    """Short commit of the checkout, `+dirty` when tracked files changed; `unknown` outside git. The one
-    format of the records' `git_rev` (runner and benchmark alike)."""
+    """Short commit of the checkout, `+dirty` when tracked code changed (not results or prose: appending a
+    record must not make the next record "uncommitted code"); `unknown` outside git. The one format of the
+    records' `git_rev` (runner and benchmark alike)."""
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5)
         if rev.returncode != 0:
             return "unknown"
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, timeout=5
-        )
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
+            cwd=repo, capture_output=True, text=True, timeout=5,
+        )  # fmt: skip
         return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -358,7 +366,20 @@ def is_stale(rec: dict[str, Any], current: str | None = None) -> bool:
     staleness rule: the runner's printed tables and the artifacts (Table II) both flag with it."""
     rev = str(rec.get("git_rev") or "unknown")
     now = (current or git_rev()).removesuffix("+dirty")
-    return rev.endswith("+dirty") or rev.removesuffix("+dirty") != now
+    if rev.endswith("+dirty"):
+        return True
+    return rev != now and not _same_code(rev, now)
+
+
+@functools.lru_cache(maxsize=256)
+def _same_code(rev: str, now: str, repo: Path = REPO) -> bool:
+    """Whether two commits hold the same code (a commit that only adds results or prose leaves records fresh)."""
+    try:
+        out = subprocess.run(["git", "diff", "--quiet", rev, now, "--", *CODE_PATHS], cwd=repo,
+                             capture_output=True, timeout=10)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0
 
 
 STALE_NOTE = "recorded by another commit or by uncommitted code"

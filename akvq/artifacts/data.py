@@ -38,7 +38,7 @@ EFFICIENCY_TASKS: tuple[str, ...] = ("efficiency", "bench", "bench_efficiency")
 
 LONG_COLUMNS = [
     "model", "task", "quant", "metric", "value", "primary", "lower_is_better", "kv_effective_bits", "kv_bytes",
-    "peak_memory_bytes", "tokens_per_second", "wall_seconds", "device", "time", "config_hash", "git_rev", "stale",
+    "peak_memory_bytes", "tokens_per_second", "wall_seconds", "device", "time", "config_hash", "git_rev", "stale", "setting",
     "order",
 ]  # fmt: skip
 
@@ -137,6 +137,7 @@ def long_frame(records: list[dict[str, Any]], metrics: dict[str, str] | None = N
                       "device", "time", "config_hash", "git_rev")
         }  # fmt: skip
         common["stale"] = records_mod.is_stale(r)
+        common["setting"] = setting_of(r)
         for task, metrics in split_metrics(str(r["task"]), r.get("metrics") or {}).items():
             declared = r.get("primary_metric") if task == r["task"] else None
             prim = records_mod.primary_metric(metrics, overrides.get(task) or declared)
@@ -154,12 +155,34 @@ def latest(df: pd.DataFrame, keys: tuple[str, ...] = ("model", "task", "quant", 
     return df.sort_values("order").drop_duplicates(list(keys), keep="last").reset_index(drop=True)
 
 
+# Task config keys that do not change a number: names, how the work is scheduled, where data lives.
+SETTING_IGNORE: frozenset[str] = frozenset({"name", "primary_metric", "replay", "adhoc", "bootstrap"})
+
+
+def setting_of(record: dict[str, Any]) -> str:
+    """The record's task setting (e.g. ppl's prompt/scored lengths, windows and decode chunk; passkey's lengths
+    and trials) as one comparable string. Numbers compare only within one setting: a 512-token and a
+    4096-token perplexity are different measurements, not a newer and an older one."""
+    task = (record.get("config") or {}).get("task")
+    if not isinstance(task, dict):
+        return ""
+    keep = {k: v for k, v in task.items()
+            if k not in SETTING_IGNORE and not k.endswith(("_root", "_dir", "_path"))}  # fmt: skip
+    return ", ".join(f"{k}={keep[k]}" for k in sorted(keep))
+
+
 def primary_frame(records: list[dict[str, Any]], metrics: dict[str, str] | None = None) -> pd.DataFrame:
-    """Headline number per (model, task, quant), newest record winning: what tables and Fig. 8 show."""
+    """Headline number per (model, task, quant), newest record winning, from one setting per (model, task):
+    the one the most methods were measured in (ties: the newest). What tables and Fig. 8 show; a method
+    measured only in another setting is left out rather than set beside numbers it cannot be compared with."""
     df = long_frame(records, metrics)
     if df.empty:
         return df
-    return latest(df[df["primary"]], ("model", "task", "quant"))
+    df = latest(df[df["primary"]], ("model", "task", "setting", "quant"))
+    rank = df.groupby(["model", "task", "setting"], as_index=False).agg(n=("quant", "nunique"), newest=("order", "max"))
+    best = rank.sort_values(["n", "newest"]).drop_duplicates(["model", "task"], keep="last")
+    keep = df.merge(best[["model", "task", "setting"]], on=["model", "task", "setting"])
+    return keep.sort_values("order").reset_index(drop=True)
 
 
 def efficiency_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

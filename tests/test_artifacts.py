@@ -106,7 +106,7 @@ def test_table2_numbers_from_every_metrics_layout() -> None:
 
 def _rec(model: str, task: str, quant: str, metrics: dict, rev: str, **kw: object) -> dict:
     return {"model": model, "task": task, "quant": quant, "metrics": metrics, "git_rev": rev,
-            "kv_effective_bits": {"fp16": 16.0, "kivi2": 3.0, "akvq": 2.5}[quant], "config": {}, **kw}  # fmt: skip
+            "kv_effective_bits": {"fp16": 16.0, "kivi2": 3.0, "akvq": 2.5, "kivi4": 4.5}[quant], "config": {}, **kw}  # fmt: skip
 
 
 @pytest.fixture
@@ -397,3 +397,53 @@ def test_fig8_uses_a_log_axis_and_one_name_per_method() -> None:
     labels = {t.get_text() for t in fig.legends[0].get_texts()}
     assert labels == {style.label(q) for q in ("fp16", "rtn2", "akvq_plus")} and "akvq_plus" not in labels
     assert style.label("akvq[bits=4]") == "AKVQ-VL [bits=4]"
+
+
+def test_tables_and_fig8_take_one_setting_per_task(tmp_path: Path, now: str) -> None:
+    """A 512-token and a 4096-token perplexity are two measurements, not an old and a new one: the setting most
+    methods were measured in is shown, and a method measured only elsewhere is left out, not mixed in."""
+
+    def ppl(q: str, p: float, prompt: int) -> dict:
+        cfg = {"task": {"name": "ppl", "prompt_len": prompt, "cont_len": 64, "chunk": 1, "replay": True}}
+        return _rec("smollm2-135m", "ppl", q, {"ppl": p}, now, primary_metric="ppl", config=cfg)
+
+    # 4096: fp16, akvq, kivi4; 512 (newer): fp16, kivi2 -- the 4096 setting has more methods
+    recs = [ppl("fp16", 10.0, 4096), ppl("akvq", 11.0, 4096), ppl("kivi4", 10.5, 4096)]
+    recs += [ppl("fp16", 9.0, 512), ppl("kivi2", 99.0, 512)]
+    path = _write(tmp_path / "runs.jsonl", recs)
+    prim = data.primary_frame(data.load(path))
+    assert sorted(prim["quant"]) == ["akvq", "fp16", "kivi4"] and sorted(prim["value"]) == [10.0, 10.5, 11.0]
+    assert data.setting_of(recs[0]) == "chunk=1, cont_len=64, prompt_len=4096"  # replay/name change no number
+    t = tables.table2(data.load(path), paper_tasks=False)
+    assert t.loc[("smollm2-135m", "FP16"), "ppl"] == 10.0
+
+
+def test_records_are_stale_only_when_code_changed(tmp_path: Path) -> None:
+    """Committing results or prose keeps records fresh; a change under a code path makes them stale."""
+    import subprocess
+
+    from akvq import records
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    git("config", "user.email", "t@t")
+    git("config", "user.name", "t")
+    (tmp_path / "akvq").mkdir()
+    (tmp_path / "akvq" / "m.py").write_text("x = 1\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "runs.jsonl").write_text("")
+    git("add", ".")
+    git("commit", "-qm", "a")
+    a = git("rev-parse", "--short", "HEAD")
+    (tmp_path / "results" / "runs.jsonl").write_text("{}\n")
+    assert records.git_rev.__wrapped__(tmp_path) == a  # appending a record is not uncommitted code
+    git("commit", "-qam", "results")
+    b = git("rev-parse", "--short", "HEAD")
+    assert records._same_code(a, b, tmp_path)
+    (tmp_path / "akvq" / "m.py").write_text("x = 2\n")
+    assert records.git_rev.__wrapped__(tmp_path) == b + "+dirty"
+    git("commit", "-qam", "code")
+    c = git("rev-parse", "--short", "HEAD")
+    assert not records._same_code(a, c, tmp_path)

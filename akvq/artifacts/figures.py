@@ -30,7 +30,8 @@ def one_kind_of_model(models: Any, random_weights: bool | None = None) -> set[st
 
 
 def legend_on_top(fig: Any, axes: Any, rows: int, order: Any = None) -> None:
-    """One legend for all panels, above them, so it never covers data."""
+    """One legend for all panels, off the data: above them while it fits in two rows, else in columns to the
+    right (the figure widens for it), so a long method list never squeezes the panels."""
     handles: dict[str, Any] = {}
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -39,12 +40,24 @@ def legend_on_top(fig: Any, axes: Any, rows: int, order: Any = None) -> None:
         fig.tight_layout()
         return
     names = sorted(handles, key=order) if order else list(handles)
-    ncol = min(6, len(names))
-    height = fig.get_size_inches()[1]
-    top = 1 - 0.28 * math.ceil(len(names) / ncol) / height
-    fig.tight_layout(rect=(0, 0, 1, top))
-    fig.legend([handles[n] for n in names], names, loc="upper center", ncol=ncol, frameon=False,
-               bbox_to_anchor=(0.5, 1.0))  # fmt: skip
+    width, height = fig.get_size_inches()
+    longest = max(len(n) for n in names)
+    entry_w = 0.45 + 0.075 * longest  # inches: marker + text at the house font size
+    ncol = max(1, min(len(names), int(width / entry_w)))
+    if math.ceil(len(names) / ncol) <= 2:
+        top = 1 - 0.28 * math.ceil(len(names) / ncol) / height
+        fig.tight_layout(rect=(0, 0, 1, top))
+        fig.legend([handles[n] for n in names], names, loc="upper center", ncol=ncol, frameon=False,
+                   bbox_to_anchor=(0.5, 1.0))  # fmt: skip
+        return
+    per_col = max(1, int((height - 0.2) / 0.21))
+    cols = math.ceil(len(names) / per_col)
+    extra = cols * entry_w
+    fig.set_size_inches(width + extra, height)
+    right = width / (width + extra)
+    fig.tight_layout(rect=(0, 0, right, 1))
+    fig.legend([handles[n] for n in names], names, loc="center left", ncol=cols, frameon=False,
+               bbox_to_anchor=(right, 0.5))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- Fig. 8
@@ -83,7 +96,7 @@ def fig8(records: list[dict[str, Any]]) -> tuple[Any, pd.DataFrame] | None:
     panels = sorted(df.groupby(["model", "panel"]).groups, key=lambda k: (not is_paper_task(k[1]), k))
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = style.figure(nrows, ncols, width=3.2, height=2.6)
+    fig, axes = style.figure(nrows, ncols, width=4.2, height=3.6)
     for ax, (model, panel) in zip(axes.flat, panels):
         sub = df[(df["model"] == model) & (df["panel"] == panel)]
         for _, r in sub.iterrows():

@@ -52,6 +52,17 @@ METHOD_COLORS: dict[str, str] = {
     "akvq_tsa": "#74c476",
     "akvq_psa": "#238b45",
     "akvq_plus": "#ff7f0e",
+    "akvq_plus_w32": "#fdae6b",
+    "akvq_plus_w16": "#fdd0a2",
+    "akvq_plus_w0_p4": "#e6550d",
+    # outside peers: transformers' QuantizedCache (quanto, HQQ) and llama.cpp's KV types
+    "hf_quanto2": "#17becf",
+    "hf_quanto4": "#9edae5",
+    "hf_hqq2": "#bcbd22",
+    "hf_hqq4": "#dbdb8d",
+    "llamacpp_f16": "#636363",
+    "llamacpp_q8_0": "#e377c2",
+    "llamacpp_q4_0": "#f7b6d2",
     "fp16@akvq_packed": "#7f7f7f",
 }
 METHOD_MARKERS: dict[str, str] = {
@@ -69,6 +80,16 @@ METHOD_MARKERS: dict[str, str] = {
     "akvq_tsa": "h",
     "akvq_psa": "o",
     "akvq_plus": "D",
+    "akvq_plus_w32": "d",
+    "akvq_plus_w16": "d",
+    "akvq_plus_w0_p4": "d",
+    "hf_quanto2": "v",
+    "hf_quanto4": "v",
+    "hf_hqq2": ">",
+    "hf_hqq4": ">",
+    "llamacpp_f16": "p",
+    "llamacpp_q8_0": "p",
+    "llamacpp_q4_0": "p",
     "fp16@akvq_packed": "*",
 }
 METHOD_LABELS: dict[str, str] = {
@@ -86,6 +107,16 @@ METHOD_LABELS: dict[str, str] = {
     "akvq_tsa": "+WHT+TSA",
     "akvq_psa": "+WHT+TSA+PSA",
     "akvq_plus": "AKVQ-VL+ (ours)",
+    "akvq_plus_w32": "AKVQ-VL+, V window 32",
+    "akvq_plus_w16": "AKVQ-VL+, V window 16",
+    "akvq_plus_w0_p4": "AKVQ-VL+, no V window, 4 pivots",
+    "hf_quanto2": "HF QuantizedCache quanto-2",
+    "hf_quanto4": "HF QuantizedCache quanto-4",
+    "hf_hqq2": "HF QuantizedCache HQQ-2",
+    "hf_hqq4": "HF QuantizedCache HQQ-4",
+    "llamacpp_f16": "llama.cpp f16",
+    "llamacpp_q8_0": "llama.cpp q8_0",
+    "llamacpp_q4_0": "llama.cpp q4_0",
     "fp16@akvq_packed": "FP16, fused kernel",
 }
 # Axis labels of the metrics records carry, with units ("acc" alone is not a label a reader can use).

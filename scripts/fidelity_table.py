@@ -7,6 +7,7 @@ import math
 import random
 from pathlib import Path
 
+from akvq.artifacts.data import setting_of
 from akvq.records import read_records
 
 
@@ -36,9 +37,10 @@ def decode_mode(r: dict) -> str:
 
 
 def setting(r: dict) -> tuple:
-    """Records compare (and pair with fp16) only within one model, text layout and decode mode."""
+    """Records compare (and pair with fp16) only within one model and task setting (`akvq.artifacts.data.
+    setting_of`, the one definition the tables and Fig. 8 use); the rest is what the ppl rows display."""
     t = (r.get("config") or {}).get("task") or {}
-    return (r["model"], t.get("prompt_len"), t.get("cont_len"), t.get("windows"), decode_mode(r))
+    return (r["model"], t.get("prompt_len"), t.get("cont_len"), t.get("windows"), decode_mode(r), setting_of(r))
 
 
 def table(rows: list[dict], task: str, order: list[str] | None = None) -> str:
@@ -70,11 +72,11 @@ def table(rows: list[dict], task: str, order: list[str] | None = None) -> str:
                 f"{_fmt(r.get('kv_effective_bits'), 3)} | {_fmt((r.get('kv_bytes') or 0) / 2**20)} |"
             )
         return "\n".join(lines)
-    head = "| model | quant | " + " | ".join(metric_keys) + " | effective bits |"
-    lines = [head, "|" + "---|" * (len(metric_keys) + 3)]
+    head = "| model | setting | quant | " + " | ".join(metric_keys) + " | effective bits |"
+    lines = [head, "|" + "---|" * (len(metric_keys) + 4)]
     for (st, q), r in latest.items():
         vals = " | ".join(_fmt(r["metrics"].get(k)) for k in metric_keys)
-        lines.append(f"| {st[0]} | {q} | {vals} | {_fmt(r.get('kv_effective_bits'), 3)} |")
+        lines.append(f"| {st[0]} | {st[5]} | {q} | {vals} | {_fmt(r.get('kv_effective_bits'), 3)} |")
     return "\n".join(lines)
 
 

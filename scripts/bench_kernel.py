@@ -74,9 +74,9 @@ def breakdown(batch: int, ctx: int, reps: int = 5) -> None:
         lib.akvq_token_scores(k.n_q * batch, batch, H, G, D, k.group, k.cls.data_ptr(), *packed_cpu._table_args(k),
                               int(k.plan.float_zero), qt.data_ptr(), sc.data_ptr(), H * G * t_all, 1, t_all, 1, 1)
 
-    def value_kernel() -> None:
+    def value_kernel(int8v: int = 1) -> None:
         lib.akvq_token_output(v.n_q * batch, batch, H, G, D, v.group, v.cls.data_ptr(), *packed_cpu._table_args(v),
-                              int(v.plan.float_zero), pc.data_ptr(), H * G * t_all, 1, t_all, oc.data_ptr(), 1)
+                              int(v.plan.float_zero), pc.data_ptr(), H * G * t_all, 1, t_all, oc.data_ptr(), int8v, 1)
 
     def window() -> None:
         x = k.tail
@@ -90,7 +90,8 @@ def breakdown(batch: int, ctx: int, reps: int = 5) -> None:
         "akvq: packed_decode (int8 q), whole call": lambda: packed_cpu.packed_decode(q, k, v, None, 0.125, threads=1),
         "fp16 control: packed_decode, whole call": lambda: packed_cpu.packed_decode(q, fk, fv, None, 0.125, threads=1),
         "akvq: key kernel alone (C, 2-bit rows, int8 q)": key_kernel,
-        "akvq: value kernel alone (C, 2-bit rows)": value_kernel,
+        "akvq: value kernel alone (C, 2-bit rows, u8 weights)": value_kernel,
+        "akvq: value kernel alone (C, 2-bit rows, fp32 weights)": lambda: value_kernel(0),
         "akvq: 16-bit window, scores + outputs (C)": window,
         "akvq: scores, all of store_scores (+ WHT of q, pivots, window)": lambda: packed_cpu.store_scores(k, qq, threads=1),
         "akvq: outputs, all of store_output (+ WHT of out, pivots, window)": lambda: packed_cpu.store_output(v, p, threads=1),

@@ -98,7 +98,7 @@ def _lib(variant: str = "auto") -> ctypes.CDLL | None:
         return None
     tok = [_i64] * 6 + [_ptr] + [_ptr, _ptr, _ptr, _i64] * 2 + [_i64]
     lib.akvq_token_scores.argtypes = [*tok, _ptr, _ptr, _i64, _i64, _i64, _i64, _i64]
-    lib.akvq_token_output.argtypes = [*tok, _ptr, _i64, _i64, _i64, _ptr, _i64]
+    lib.akvq_token_output.argtypes = [*tok, _ptr, _i64, _i64, _i64, _ptr, _i64, _i64]
     lib.akvq_channel_scores.argtypes = [_i64] * 6 + [_ptr, _ptr, _ptr] + [_i64] * 4 + [_ptr, _ptr, _i64, _i64]
     half = [_i64] * 5 + [_ptr] + [_i64] * 3
     lib.akvq_half_scores.argtypes = [*half, _ptr, _ptr, _i64, _i64, _i64]
@@ -187,8 +187,10 @@ def store_scores(store: TensorStore, q: torch.Tensor, threads: int | None = None
     return exact_scores(store, q, out, tail=not tail)
 
 
-def store_output(store: TensorStore, p: torch.Tensor, threads: int | None = None, variant: str = "auto") -> torch.Tensor:
-    """As `packed_torch.store_output` for per-token values: [B, H, G, D]."""
+def store_output(store: TensorStore, p: torch.Tensor, threads: int | None = None, int8: bool = True,
+                 variant: str = "auto") -> torch.Tensor:
+    """As `packed_torch.store_output` for per-token values: [B, H, G, D]. `int8`: 2-bit values take the integer
+    path (weights p_t s_t quantized to u8 per block of 32 tokens, vpmaddubsw; AVX2 builds)."""
     b, h, g, t_all = p.shape
     out = torch.zeros(b, h, g, store.head_dim, dtype=torch.float32)
     p = p.float().contiguous()
@@ -196,7 +198,7 @@ def store_output(store: TensorStore, p: torch.Tensor, threads: int | None = None
     if store.n_q:
         _check(lib.akvq_token_output(
             store.n_q * b, b, h, g, store.head_dim, store.group, store.cls.data_ptr(), *_table_args(store),
-            int(store.plan.float_zero), p.data_ptr(), h * g * t_all, 1, t_all, out.data_ptr(), nt,
+            int(store.plan.float_zero), p.data_ptr(), h * g * t_all, 1, t_all, out.data_ptr(), int(int8), nt,
         ))
         out = _finish_out(store, out)
     tail = _kernel_tail(store)
@@ -213,13 +215,13 @@ def packed_decode(query: torch.Tensor, kstore: TensorStore, vstore: TensorStore,
                   scaling: float, threads: int | None = None, int8: bool = True, variant: str = "auto") -> torch.Tensor:
     """softmax(q K^T * scaling + mask) V for one query token, as `packed_torch.packed_decode`, through the C kernel.
 
-    `int8=False` keeps q in fp32 (the float path); `variant` forces a build ("avx2", "portable"; tests)."""
+    `int8=False` keeps q and the value weights in fp32 (the float path); `variant` forces a build ("avx2", "portable"; tests)."""
     if _lib(variant) is None:
         raise RuntimeError(f"packed_cpu kernel unavailable: {status()}")
     return torch_packed_decode(
         query, kstore, vstore, attention_mask, scaling,
         scores=functools.partial(store_scores, threads=threads, int8=int8, variant=variant),
-        output=functools.partial(store_output, threads=threads, variant=variant),
+        output=functools.partial(store_output, threads=threads, int8=int8, variant=variant),
     )
 
 

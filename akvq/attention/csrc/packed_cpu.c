@@ -496,9 +496,11 @@ ALWAYS_INLINE void i8_block_body(const tok_t *k, int G, int64_t b, int64_t t0, i
                 for (int i = 0; i < 8; i++) {
                     const int c = r.cl[i];
                     if (c < 2) {
-                        const int bits = r.bits[i];
-                        i8_tok(r.row[i] + (h * D + s * seg) * bits / 8, bits, seg * bits / 128,
-                               q8 + c * nq + ((b * k->H + h) * G) * D + s * seg, D, G, buf + i);
+                        const int8_t *qq = q8 + c * nq + ((b * k->H + h) * G) * D + s * seg;
+                        if (r.bits[i] == 2) /* constant widths: no division by a runtime width per token */
+                            i8_tok(r.row[i] + (h * D + s * seg) / 4, 2, seg / 64, qq, D, G, buf + i);
+                        else
+                            i8_tok(r.row[i] + (h * D + s * seg) / 2, 4, seg / 32, qq, D, G, buf + i);
                         scv[i] = half_to_float(r.sr[i][gi]);
                         zzv[i] = half_to_float(r.zr[i][gi]);
                     } else {

@@ -1232,3 +1232,44 @@ int akvq_half_output(int64_t B, int64_t H, int64_t G, int64_t D, int64_t T, cons
         }
     return 0;
 }
+
+/* ---- the 16-bit rows of the token axis (class 2, `hp` [N, H * D] IEEE half, in row order), exactly, in the
+ * original space: scores out[b * osb + t * ost + (h * G + g) * osg] = q[b, h, g] . x (q NULL: none), and outputs
+ * acc[b, h, g, :] += p[b * psb + t * pst + (h * G + g) * psg] x (p NULL: none). The rows are found by scanning cls
+ * 32 bytes at a time; one pass, no index tensors. */
+int akvq_token_hp(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D, const uint8_t *cls, const uint16_t *hp,
+                  const float *q, float *out, int64_t osb, int64_t ost, int64_t osg, const float *p, int64_t psb,
+                  int64_t pst, int64_t psg, float *acc) {
+    if (D > MAXSEG) return 1;
+    int64_t n = 0, r = 0;
+    float x[MAXSEG];
+    for (;;) {
+#ifdef __AVX2__
+        const __m256i two = _mm256_set1_epi8(2);
+        while (r + 32 <= n_rows && !_mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_loadu_si256((const __m256i *)(cls + r)), two)))
+            r += 32;
+#endif
+        while (r < n_rows && cls[r] != 2) r++;
+        if (r >= n_rows) break;
+        const int64_t t = r / B, b = r % B;
+        const uint16_t *row = hp + n * H * D;
+        for (int64_t h = 0; h < H; h++) {
+            half_run(row + h * D, D, x);
+            for (int64_t g = 0; g < G; g++) {
+                const int64_t i = (b * H + h) * G + g, e = (h * G + g);
+                if (q) {
+                    float s = 0;
+                    for (int64_t d = 0; d < D; d++) s += q[i * D + d] * x[d];
+                    out[b * osb + t * ost + e * osg] = s;
+                }
+                if (p) {
+                    const float w = p[b * psb + t * pst + e * psg];
+                    for (int64_t d = 0; d < D; d++) acc[i * D + d] += w * x[d];
+                }
+            }
+        }
+        n++;
+        r++;
+    }
+    return 0;
+}

@@ -1,11 +1,13 @@
-"""The int8 query of the C kernel against its fp32 query on a real model (issue #14): teacher-forced perplexity of
-the same windows through both paths (paired), and greedy continuations of three corpus prompts of prompt_len tokens.
+"""The integer path of the C kernel (int8 query in q . k, u8 weights p s in the values) against its float path
+(fp32 query and weights) on a real model (issue #14): teacher-forced perplexity of the same windows through both
+paths (paired; decoded step by step, so every continuation token goes through the path), and greedy continuations
+of three corpus prompts of prompt_len tokens.
 
     python scripts/check_int8_numerics.py model=smollm2-135m quant=akvq prompt_len=512 cont_len=32 windows=4
 
 Both paths decode through "akvq_packed" on CPU (the C kernel), one token at a time, over the same prefill; only
-the query's precision in q . k differs. Prints per-window NLLs, the paired difference with a bootstrap interval,
-and whether the greedy tokens agree; appends one record to `records`."""
+the precision of the query in q . k and of the value weights differs. Prints per-window NLLs, the paired difference
+with a bootstrap interval, and whether the greedy tokens agree; appends one record to `records`."""
 
 from __future__ import annotations
 
@@ -50,7 +52,8 @@ def main(args: dict[str, str]) -> None:
             for int8 in (True, False):
                 cache = cache_from_prefill(model, policy, prompt, pre, read_path="dequantize")
                 register.use_packed(model, cache, "packed_c" if int8 else "packed_c_fp32")
-                logits = torch.cat([pre.last_logits, _decode(model, cache, cont[:, :-1])])
+                # the step loop (replay=False): replay computes the steps in one forward, outside the decode paths
+                logits = torch.cat([pre.last_logits, _decode(model, cache, cont[:, :-1], replay=False)])
                 register.use_packed(model, None, "sdpa")
                 nll[int8].append(torch.nn.functional.cross_entropy(logits, cont[0]).item())
             print(f"window: nll int8 {nll[True][-1]:.5f} float {nll[False][-1]:.5f}", flush=True)

@@ -111,8 +111,9 @@ PLANS_I8 = {
     "akvq_d128": (TensorPlan(bits=2, group_size=128, window=5, hadamard=True), 4, "all", 128),
     "bits3_falls_back_d64": (TensorPlan(bits=3, group_size=64, window=2), 8, "all", 64),
 }
-# The int8 query is an approximation (q rounded to 1/254 of its segment's max): attention outputs are compared by
-# relative norm. Largest measured over this matrix: 8.6e-3 (float_zero_across_d64, G=1: peaked random scores).
+# The int8 query is an approximation (q rounded to 1/254 of its segment's max), and so are the u8 value weights of
+# 2-bit values (test_packed_cpu_values.py): attention outputs are compared by relative norm. Largest measured over
+# this matrix and three seeds: 1.37e-2 (akvq_d128, G=1: peaked random scores); int8 q alone: 8.6e-3.
 I8_REL_TOL = 2e-2
 
 

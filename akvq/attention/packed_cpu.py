@@ -98,12 +98,13 @@ def _lib(variant: str = "auto") -> ctypes.CDLL | None:
         return None
     tok = [_i64] * 6 + [_ptr] + [_ptr, _ptr, _ptr, _i64] * 2 + [_i64]
     lib.akvq_token_scores.argtypes = [*tok, _ptr, _ptr, _i64, _i64, _i64, _i64, _i64]
-    lib.akvq_token_output.argtypes = [*tok, _ptr, _i64, _i64, _i64, _ptr, _i64]
+    lib.akvq_token_output.argtypes = [*tok, _ptr, _i64, _i64, _i64, _ptr, _i64, _i64]
     lib.akvq_channel_scores.argtypes = [_i64] * 6 + [_ptr, _ptr, _ptr] + [_i64] * 4 + [_ptr, _ptr, _i64, _i64]
     half = [_i64] * 5 + [_ptr] + [_i64] * 3
     lib.akvq_half_scores.argtypes = [*half, _ptr, _ptr, _i64, _i64, _i64]
     lib.akvq_half_output.argtypes = [*half, _ptr, _i64, _i64, _ptr, _i64]
-    fns = (lib.akvq_token_scores, lib.akvq_token_output, lib.akvq_channel_scores, lib.akvq_half_scores,
+    lib.akvq_token_hp.argtypes = [_i64] * 5 + [_ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _ptr, _i64, _i64, _i64, _ptr]
+    fns = (lib.akvq_token_hp, lib.akvq_token_scores, lib.akvq_token_output, lib.akvq_channel_scores, lib.akvq_half_scores,
            lib.akvq_half_output)
     for f in fns:
         f.restype = ctypes.c_int
@@ -147,6 +148,13 @@ def _kernel_tail(store: TensorStore) -> bool:
     return t is not None and store.tail_len > 0 and t.dtype == torch.float16 and t.stride(-1) == 1
 
 
+def _kernel_hp(store: TensorStore) -> bool:
+    """The 16-bit rows of a per-token store go through the kernel when they are fp16 and contiguous."""
+    r = store.hp_rows
+    return store.n_q > 0 and store.plan.axis == "token" and r is not None and r.dtype == torch.float16 \
+        and r.is_contiguous()
+
+
 def _nt(threads: int | None) -> int:
     return torch.get_num_threads() if threads is None else max(1, int(threads))
 
@@ -177,18 +185,29 @@ def store_scores(store: TensorStore, q: torch.Tensor, threads: int | None = None
                 store.n_q * b, b, h, g, d, store.group, store.cls.data_ptr(), *_table_args(store),
                 int(store.plan.float_zero), qt.data_ptr(), out.data_ptr(), h * g * t_all, 1, t_all, int(int8), nt,
             ))
-    tail = _kernel_tail(store)
+    tail, hp = _kernel_tail(store), _kernel_hp(store)
+    q32 = q.float().contiguous()
     if tail:
-        x, q32 = store.tail, q.float().contiguous()
+        x = store.tail
         _check(lib.akvq_half_scores(
             b, h, g, d, store.tail_len, x.data_ptr(), x.stride(0), x.stride(1), x.stride(2), q32.data_ptr(),
             out.data_ptr(), t_all, store.n_q, nt,
         ))
+    if hp:
+        _check(lib.akvq_token_hp(
+            store.n_q * b, b, h, g, d, store.cls.data_ptr(), store.hp_rows.data_ptr(), q32.data_ptr(),
+            out.data_ptr(), h * g * t_all, 1, t_all, None, 0, 0, 0, None,
+        ))
+        if not tail and store.tail_len:
+            out[..., store.n_q :] = torch.einsum("bhgd,bhtd->bhgt", q, store.tail.float())
+        return out
     return exact_scores(store, q, out, tail=not tail)
 
 
-def store_output(store: TensorStore, p: torch.Tensor, threads: int | None = None, variant: str = "auto") -> torch.Tensor:
-    """As `packed_torch.store_output` for per-token values: [B, H, G, D]."""
+def store_output(store: TensorStore, p: torch.Tensor, threads: int | None = None, int8: bool = True,
+                 variant: str = "auto") -> torch.Tensor:
+    """As `packed_torch.store_output` for per-token values: [B, H, G, D]. `int8`: 2-bit values take the integer
+    path (weights p_t s_t quantized to u8 per block of 32 tokens, vpmaddubsw; AVX2 builds)."""
     b, h, g, t_all = p.shape
     out = torch.zeros(b, h, g, store.head_dim, dtype=torch.float32)
     p = p.float().contiguous()
@@ -196,9 +215,14 @@ def store_output(store: TensorStore, p: torch.Tensor, threads: int | None = None
     if store.n_q:
         _check(lib.akvq_token_output(
             store.n_q * b, b, h, g, store.head_dim, store.group, store.cls.data_ptr(), *_table_args(store),
-            int(store.plan.float_zero), p.data_ptr(), h * g * t_all, 1, t_all, out.data_ptr(), nt,
+            int(store.plan.float_zero), p.data_ptr(), h * g * t_all, 1, t_all, out.data_ptr(), int(int8), nt,
         ))
         out = _finish_out(store, out)
+        if _kernel_hp(store):  # the 16-bit rows, in the original space
+            _check(lib.akvq_token_hp(
+                store.n_q * b, b, h, g, store.head_dim, store.cls.data_ptr(), store.hp_rows.data_ptr(), None, None,
+                0, 0, 0, p.data_ptr(), h * g * t_all, 1, t_all, out.data_ptr(),
+            ))
     tail = _kernel_tail(store)
     if tail:
         x = store.tail
@@ -206,6 +230,10 @@ def store_output(store: TensorStore, p: torch.Tensor, threads: int | None = None
             b, h, g, store.head_dim, store.tail_len, x.data_ptr(), x.stride(0), x.stride(1), x.stride(2),
             p.data_ptr(), t_all, store.n_q, out.data_ptr(), nt,
         ))
+    if _kernel_hp(store):
+        if not tail and store.tail_len:
+            out += torch.einsum("bhgt,bhtd->bhgd", p[..., store.n_q :], store.tail.float())
+        return out
     return exact_output(store, p, out, tail=not tail)
 
 
@@ -213,13 +241,13 @@ def packed_decode(query: torch.Tensor, kstore: TensorStore, vstore: TensorStore,
                   scaling: float, threads: int | None = None, int8: bool = True, variant: str = "auto") -> torch.Tensor:
     """softmax(q K^T * scaling + mask) V for one query token, as `packed_torch.packed_decode`, through the C kernel.
 
-    `int8=False` keeps q in fp32 (the float path); `variant` forces a build ("avx2", "portable"; tests)."""
+    `int8=False` keeps q and the value weights in fp32 (the float path); `variant` forces a build ("avx2", "portable"; tests)."""
     if _lib(variant) is None:
         raise RuntimeError(f"packed_cpu kernel unavailable: {status()}")
     return torch_packed_decode(
         query, kstore, vstore, attention_mask, scaling,
         scores=functools.partial(store_scores, threads=threads, int8=int8, variant=variant),
-        output=functools.partial(store_output, threads=threads, variant=variant),
+        output=functools.partial(store_output, threads=threads, int8=int8, variant=variant),
     )
 
 

@@ -496,9 +496,11 @@ ALWAYS_INLINE void i8_block_body(const tok_t *k, int G, int64_t b, int64_t t0, i
                 for (int i = 0; i < 8; i++) {
                     const int c = r.cl[i];
                     if (c < 2) {
-                        const int bits = r.bits[i];
-                        i8_tok(r.row[i] + (h * D + s * seg) * bits / 8, bits, seg * bits / 128,
-                               q8 + c * nq + ((b * k->H + h) * G) * D + s * seg, D, G, buf + i);
+                        const int8_t *qq = q8 + c * nq + ((b * k->H + h) * G) * D + s * seg;
+                        if (r.bits[i] == 2) /* constant widths: no division by a runtime width per token */
+                            i8_tok(r.row[i] + (h * D + s * seg) / 4, 2, seg / 64, qq, D, G, buf + i);
+                        else
+                            i8_tok(r.row[i] + (h * D + s * seg) / 2, 4, seg / 32, qq, D, G, buf + i);
                         scv[i] = half_to_float(r.sr[i][gi]);
                         zzv[i] = half_to_float(r.zr[i][gi]);
                     } else {
@@ -631,6 +633,186 @@ OUT_BLOCK_G(1) OUT_BLOCK_G(2) OUT_BLOCK_G(3)
 static const out_block_fn OUT_BLOCKS[4][3] = {{NULL, NULL, NULL}, {out_block_1_2, out_block_1_4, out_block_1_8},
                                               {out_block_2_2, out_block_2_4, out_block_2_8},
                                               {out_block_3_2, out_block_3_4, out_block_3_8}};
+
+/* ---- integer value path (AVX2, table 0 of 2 bits): sum_t w_t c_t with u8 weights and vpmaddubsw -----------------
+ * Per (sequence, head, segment, query head) and block of VB tokens, the weights w_t = p_t s_t (>= 0) are quantized
+ * to u8 with one scale per block, wb = max_t w_t / 255, and the zero-point term uses the same quantized weights
+ * (-wb sum_t w8_t z_t, or wb sum_t w8_t z_t / s_t for float zero points), so the block's result is exactly attention
+ * with each p_t perturbed by at most wb / (2 s_t): the error is sum_t dp_t v_t, over centred values. Codes of two tokens are interleaved byte by byte, (c_t, c_t+1) per
+ * channel, so that vpmaddubsw(weights u8, codes s8) gives w_t c_t + w_t+1 c_t+1 in 16 bits; VB / 2 pairs add up to
+ * at most 16 * 2 * 255 * 3 < 2^15 (no overflow), then widen to fp32 once per block, times wb. Per 16-byte chunk (64
+ * channels): plane pair 0|1 (shifts 0 and 2 in the two 128-bit lanes) and 2|3 (4, 6); unpacklo/hi of the two tokens'
+ * bytes give 16-bit lanes hh * 8 + j = channel 4 (j + 8 u) + 2 ph + hh, widened to fp32 at
+ * (2 ph + u) * 16 + hh * 8 + j (v8_pos). Class-1 rows take the float path (exact weights), 16-bit rows the caller. */
+#define VB 32
+
+ALWAYS_INLINE void v8_chunk(int G, int NU, const uint8_t *const *rows, int npair, const uint16_t (*wq)[VB / 2],
+                            const float *wb, float *a, int64_t D) {
+    const __m256i m = _mm256_set1_epi8(3);
+    for (int ph = 0; ph < 2; ph++) {
+        const __m256i sh = ph ? _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6) : _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
+        for (int u0 = 0; u0 < 2; u0 += NU) {
+            __m256i acc[8][2];
+            for (int g = 0; g < G; g++)
+                for (int u = 0; u < NU; u++) acc[g][u] = _mm256_setzero_si256();
+            for (int i = 0; i < npair; i++) {
+                const __m256i x0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)rows[2 * i]));
+                const __m256i x1 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)rows[2 * i + 1]));
+                const __m256i c0 = _mm256_and_si256(_mm256_srlv_epi32(x0, sh), m);
+                const __m256i c1 = _mm256_and_si256(_mm256_srlv_epi32(x1, sh), m);
+                __m256i uu[2];
+                if (NU == 2 || u0 == 0) uu[0] = _mm256_unpacklo_epi8(c0, c1);
+                if (NU == 2 || u0 == 1) uu[NU == 2 ? 1 : 0] = _mm256_unpackhi_epi8(c0, c1);
+                for (int g = 0; g < G; g++) {
+                    const __m256i wv = _mm256_set1_epi16((short)wq[g][i]);
+                    for (int u = 0; u < NU; u++) acc[g][u] = _mm256_add_epi16(acc[g][u], _mm256_maddubs_epi16(wv, uu[u]));
+                }
+            }
+            for (int g = 0; g < G; g++) {
+                const __m256 s = _mm256_set1_ps(wb[g]);
+                for (int u = 0; u < NU; u++) {
+                    float *f = a + g * D + (2 * ph + u0 + u) * 16;
+                    const __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[g][u])));
+                    const __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[g][u], 1)));
+                    _mm256_storeu_ps(f, _mm256_fmadd_ps(lo, s, _mm256_loadu_ps(f)));
+                    _mm256_storeu_ps(f + 8, _mm256_fmadd_ps(hi, s, _mm256_loadu_ps(f + 8)));
+                }
+            }
+        }
+    }
+}
+
+ALWAYS_INLINE float hmax8(__m256 v) {
+    __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+    x = _mm_max_ss(x, _mm_shuffle_ps(x, x, 1));
+    return _mm_cvtss_f32(x);
+}
+
+#define V8_MAXGR 64 /* scale/zero groups per row the integer value path takes */
+
+/* outputs of tokens [t0, t1) of sequence b, VB tokens at a time: table 0 (2 bits) through v8_chunk into acc (v8
+ * order), table 1 through the float path into acc + nacc; zero-point terms into kz. `zrow`: W / 4 zero bytes. The
+ * block's scales and zero points are gathered once per block (all heads), the weights prepared 8 tokens a vector. */
+ALWAYS_INLINE void out_v8_body(const tok_t *k, int G, int64_t b, int64_t t0, int64_t t1, const float *p, int64_t psb,
+                               int64_t psg, float *acc, int64_t nacc, float *kz, const uint8_t *zrow) {
+    const int H = (int)k->H, D = (int)k->D, seg = k->seg, ns = k->ns, nc = seg / 64, ngr = k->ngr;
+    const int NU = G <= 4 ? 2 : 1, bits1 = (int)k->tab[1].bits;
+    int cl[VB];
+    const uint8_t *row[VB];
+    uint16_t sh[V8_MAXGR][VB], zh[V8_MAXGR][VB];
+    float m0[VB], m1[VB];
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t t = t0; t < t1; t += VB) {
+        const int n = t1 - t < VB ? (int)(t1 - t) : VB, npair = (n + 1) / 2;
+        int any1 = 0;
+        for (int i = 0; i < VB; i++) {
+            const int64_t rr = (t + i) * k->B + b;
+            const int c = i < n ? k->cls[rr] : 2;
+            cl[i] = c < 2 ? c : 2;
+            row[i] = zrow;
+            m0[i] = c == 0 ? 1.0f : 0.0f;
+            m1[i] = c == 1 ? 1.0f : 0.0f;
+            if (c < 2) {
+                const table_t *T = &k->tab[c];
+                const int64_t ii = k->idx[rr];
+                const uint16_t *sr = T->scale + ii * ngr, *zr = T->zero + ii * ngr;
+                for (int j = 0; j < ngr; j++) { sh[j][i] = sr[j]; zh[j][i] = zr[j]; }
+                row[i] = T->codes + ii * (k->W * T->bits / 8);
+                any1 |= c;
+            } else {
+                for (int j = 0; j < ngr; j++) sh[j][i] = zh[j][i] = 0;
+            }
+        }
+        for (int h = 0; h < H; h++) {
+            for (int s = 0; s < ns; s++) {
+                const int gi = k->gidx[h * ns + s], ch = h * D + s * seg;
+                __m256 sc[VB / 8], zq[VB / 8], zz[VB / 8];
+                for (int v = 0; v < VB / 8; v++) {
+                    sc[v] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sh[gi] + 8 * v)));
+                    zz[v] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(zh[gi] + 8 * v)));
+                    const __m256 z0 = _mm256_mul_ps(zz[v], _mm256_loadu_ps(m0 + 8 * v));
+                    zq[v] = k->float_zero ? _mm256_and_ps(_mm256_div_ps(z0, sc[v]),
+                                                          _mm256_cmp_ps(sc[v], _mm256_setzero_ps(), _CMP_GT_OQ))
+                                          : z0;
+                }
+                float w[8][VB], wb[8];
+                uint8_t wq[8][VB] __attribute__((aligned(32)));
+                int live = 0;
+                for (int g = 0; g < G; g++) {
+                    const int64_t j = ((b * k->H + h) * G + g) * ns + s;
+                    const float *pp = p + b * psb + (int64_t)(h * G + g) * psg + t;
+                    float ptmp[VB];
+                    if (n < VB) {
+                        for (int i = 0; i < VB; i++) ptmp[i] = i < n ? pp[i] : 0.0f;
+                        pp = ptmp;
+                    }
+                    __m256 wv[VB / 8], mx = _mm256_setzero_ps(), k1 = _mm256_setzero_ps();
+                    for (int v = 0; v < VB / 8; v++) {
+                        const __m256 pv = _mm256_loadu_ps(pp + 8 * v);
+                        const __m256 wu = _mm256_mul_ps(pv, sc[v]);
+                        _mm256_storeu_ps(w[g] + 8 * v, wu);
+                        wv[v] = _mm256_mul_ps(wu, _mm256_loadu_ps(m0 + 8 * v));
+                        mx = _mm256_max_ps(mx, wv[v]);
+                        if (any1) /* class-1 rows: exact weights, + p z (float zero) or - w z */
+                            k1 = _mm256_fmadd_ps(_mm256_mul_ps(k->float_zero ? pv : wu, zz[v]),
+                                                 _mm256_loadu_ps(m1 + 8 * v), k1);
+                    }
+                    const float wmax = hmax8(mx);
+                    const __m256 inv = _mm256_set1_ps(wmax > 0 ? 255.0f / wmax : 0.0f);
+                    wb[g] = wmax / 255.0f;
+                    __m256i qi[VB / 8];
+                    __m256 zs = _mm256_setzero_ps();
+                    for (int v = 0; v < VB / 8; v++) {
+                        qi[v] = _mm256_cvtps_epi32(_mm256_mul_ps(wv[v], inv));
+                        zs = _mm256_fmadd_ps(_mm256_cvtepi32_ps(qi[v]), zq[v], zs);
+                    }
+                    for (int v = 0; v < VB / 8; v += 4) {
+                        const __m256i a = _mm256_packs_epi32(qi[v], qi[v + 1]), c = _mm256_packs_epi32(qi[v + 2], qi[v + 3]);
+                        _mm256_store_si256((__m256i *)(wq[g] + 8 * v), _mm256_permutevar8x32_epi32(_mm256_packus_epi16(a, c), perm));
+                    }
+                    const float zsum = hsum8(zs);
+                    const float z1 = any1 ? hsum8(k1) : 0.0f;
+                    kz[j] += k->float_zero ? z1 + wb[g] * zsum : -(z1 + wb[g] * zsum);
+                    live |= wmax > 0;
+                }
+                float *a0 = acc + ((b * k->H + h) * G) * D + s * seg;
+                if (live)
+                    for (int c = 0; c < nc; c++) {
+                        const uint8_t *rp[VB];
+                        for (int i = 0; i < 2 * npair; i++) rp[i] = cl[i] == 0 ? row[i] + ch / 4 + 16 * c : zrow;
+                        v8_chunk(G, NU, rp, npair, (const uint16_t(*)[VB / 2])wq, wb, a0 + 64 * c, D);
+                    }
+                if (!any1) continue;
+                float *a1 = acc + nacc + ((b * k->H + h) * G) * D + s * seg;
+                for (int i = 0; i < n; i++) {
+                    if (cl[i] != 1) continue;
+                    float wi[8];
+                    for (int g = 0; g < G; g++) wi[g] = w[g][i];
+                    if (k->pm[1]) {
+                        seg_axpy_pm(row[i] + ch * bits1 / 8, bits1, seg, wi, a1, D, G);
+                    } else {
+                        float f[MAXSEG];
+                        unpack_run(row[i], bits1, ch, seg, f);
+                        for (int g = 0; g < G; g++)
+                            for (int d = 0; d < seg; d++) a1[g * D + d] += wi[g] * f[d];
+                    }
+                }
+            }
+        }
+    }
+}
+
+typedef void (*out_v8_fn)(const tok_t *, int64_t, int64_t, int64_t, const float *, int64_t, int64_t, float *, int64_t,
+                          float *, const uint8_t *);
+#define OUT_V8(G)                                                                                                    \
+    static void out_v8_##G(const tok_t *k, int64_t b, int64_t t0, int64_t t1, const float *p, int64_t psb,           \
+                           int64_t psg, float *acc, int64_t nacc, float *kz, const uint8_t *zrow) {                  \
+        out_v8_body(k, G, b, t0, t1, p, psb, psg, acc, nacc, kz, zrow);                                              \
+    }
+OUT_V8(1) OUT_V8(2) OUT_V8(3) OUT_V8(4) OUT_V8(5) OUT_V8(6) OUT_V8(7) OUT_V8(8)
+static const out_v8_fn OUT_V8S[9] = {NULL, out_v8_1, out_v8_2, out_v8_3, out_v8_4, out_v8_5, out_v8_6, out_v8_7,
+                                     out_v8_8};
 #endif
 
 /* whether the batch-major output kernel reads these tables: table 0 in {2, 4, 8} bits, table 1 in {2, 4, 8} bits
@@ -644,6 +826,24 @@ static inline int out_block_ok(const tok_t *k) {
     (void)k;
     return 0;
 #endif
+}
+
+/* whether the integer value path reads these tables: table 0 of 2 bits in segments of 64k channels, G <= 8,
+ * table 1 as out_block_ok allows */
+static inline int out_v8_ok(const tok_t *k) {
+#ifdef __AVX2__
+    const int b1 = (int)k->tab[1].bits;
+    return k->G <= 8 && k->seg % 64 == 0 && k->tab[0].bits == 2 && k->ngr <= 64 && (b1 == 2 || b1 == 4 || b1 == 8 || !k->pm[1]);
+#else
+    (void)k;
+    return 0;
+#endif
+}
+
+/* the v8 position of channel m (of a segment) */
+static inline int v8_pos(int m) {
+    const int c = m / 64, r = m % 64, j = r % 4, kk = r / 4;
+    return c * 64 + ((j >> 1) * 2 + (kk >= 8)) * 16 + (j & 1) * 8 + kk % 8;
 }
 
 static score_row_fn pick_score(int bits, int seg, int64_t G) {
@@ -808,18 +1008,21 @@ int akvq_token_scores(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
 int akvq_token_output(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D, int64_t group,
                       const uint8_t *cls, const uint8_t *c0, const uint16_t *s0, const uint16_t *z0, int64_t bits0,
                       const uint8_t *c1, const uint16_t *s1, const uint16_t *z1, int64_t bits1, int64_t float_zero,
-                      const float *p, int64_t psb, int64_t pst, int64_t psg, float *acc, int64_t nthreads) {
+                      const float *p, int64_t psb, int64_t pst, int64_t psg, float *acc, int64_t int8v,
+                      int64_t nthreads) {
     tok_t k;
     if (tok_init(&k, n_rows, B, H, G, D, group, cls, c0, s0, z0, bits0, c1, s1, z1, bits1, float_zero)) return 1;
     const int seg = k.seg, ns = k.ns, nt = n_threads(nthreads);
     const int64_t nacc = B * H * G * D, nk = B * H * G * ns, W = H * D;
     float *part = (float *)calloc((size_t)nt * (2 * nacc + nk), sizeof(float));
     const output_row_fn fn[2] = {pick_output((int)bits0, seg, G), pick_output((int)bits1, seg, G)};
-    const int blocked = out_block_ok(&k) && pst == 1;
+    const int v8 = int8v && out_v8_ok(&k) && pst == 1, blocked = v8 || (out_block_ok(&k) && pst == 1);
 #ifdef __AVX2__
     if (blocked) { /* batch-major: items (b, chunk of TCH tokens), per-thread partials */
         const int64_t n_t = n_rows / B, nch = (n_t + TCH - 1) / TCH;
-        const out_block_fn blk = OUT_BLOCKS[G][bits0 == 2 ? 0 : bits0 == 4 ? 1 : 2];
+        const out_block_fn blk = v8 ? NULL : OUT_BLOCKS[G][bits0 == 2 ? 0 : bits0 == 4 ? 1 : 2];
+        const out_v8_fn vblk = v8 ? OUT_V8S[G] : NULL;
+        uint8_t *zrow = (uint8_t *)calloc((size_t)W + 64, 1);
 #pragma omp parallel num_threads(nt)
         {
             float *acc2 = part + (int64_t)thread_id() * (2 * nacc + nk);
@@ -827,9 +1030,11 @@ int akvq_token_output(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
             for (int64_t ci = 0; ci < nch; ci++)
                 for (int64_t b = 0; b < B; b++) {
                     const int64_t t0 = ci * TCH, t1 = t0 + TCH < n_t ? t0 + TCH : n_t;
-                    blk(&k, b, t0, t1, p, psb, psg, acc2, nacc, acc2 + 2 * nacc);
+                    if (v8) vblk(&k, b, t0, t1, p, psb, psg, acc2, nacc, acc2 + 2 * nacc, zrow);
+                    else blk(&k, b, t0, t1, p, psb, psg, acc2, nacc, acc2 + 2 * nacc);
                 }
         }
+        free(zrow);
     }
 #endif
     if (!blocked) {
@@ -857,7 +1062,7 @@ int akvq_token_output(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
         for (int c = 0; c < 2; c++)
             for (int64_t e = 0; e < nacc; e += seg)
                 for (int m = 0; m < seg; m++)
-                    acc[e + m] += acc2[c * nacc + e + (k.pm[c] ? pm_pos(m, (int)k.tab[c].bits) : m)];
+                    acc[e + m] += acc2[c * nacc + e + (c == 0 && v8 ? v8_pos(m) : k.pm[c] ? pm_pos(m, (int)k.tab[c].bits) : m)];
         for (int64_t e = 0; e < nk; e++)
             for (int m = 0; m < seg; m++) acc[e * seg + m] += kz[e];
     }
@@ -1025,5 +1230,46 @@ int akvq_half_output(int64_t B, int64_t H, int64_t G, int64_t D, int64_t T, cons
                 }
             }
         }
+    return 0;
+}
+
+/* ---- the 16-bit rows of the token axis (class 2, `hp` [N, H * D] IEEE half, in row order), exactly, in the
+ * original space: scores out[b * osb + t * ost + (h * G + g) * osg] = q[b, h, g] . x (q NULL: none), and outputs
+ * acc[b, h, g, :] += p[b * psb + t * pst + (h * G + g) * psg] x (p NULL: none). The rows are found by scanning cls
+ * 32 bytes at a time; one pass, no index tensors. */
+int akvq_token_hp(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D, const uint8_t *cls, const uint16_t *hp,
+                  const float *q, float *out, int64_t osb, int64_t ost, int64_t osg, const float *p, int64_t psb,
+                  int64_t pst, int64_t psg, float *acc) {
+    if (D > MAXSEG) return 1;
+    int64_t n = 0, r = 0;
+    float x[MAXSEG];
+    for (;;) {
+#ifdef __AVX2__
+        const __m256i two = _mm256_set1_epi8(2);
+        while (r + 32 <= n_rows && !_mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_loadu_si256((const __m256i *)(cls + r)), two)))
+            r += 32;
+#endif
+        while (r < n_rows && cls[r] != 2) r++;
+        if (r >= n_rows) break;
+        const int64_t t = r / B, b = r % B;
+        const uint16_t *row = hp + n * H * D;
+        for (int64_t h = 0; h < H; h++) {
+            half_run(row + h * D, D, x);
+            for (int64_t g = 0; g < G; g++) {
+                const int64_t i = (b * H + h) * G + g, e = (h * G + g);
+                if (q) {
+                    float s = 0;
+                    for (int64_t d = 0; d < D; d++) s += q[i * D + d] * x[d];
+                    out[b * osb + t * ost + e * osg] = s;
+                }
+                if (p) {
+                    const float w = p[b * psb + t * pst + e * psg];
+                    for (int64_t d = 0; d < D; d++) acc[i * D + d] += w * x[d];
+                }
+            }
+        }
+        n++;
+        r++;
+    }
     return 0;
 }

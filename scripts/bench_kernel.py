@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from akvq.attention import packed_cpu  # noqa: E402
 from akvq.bench.memory import copy_bandwidth  # noqa: E402
-from akvq.cache.store import HIGH, LOW, TensorStore  # noqa: E402
+from akvq.cache.store import FULL, LOW, TensorStore  # noqa: E402
 from akvq.policies.base import TensorPlan  # noqa: E402
 
 H, G, D = 3, 3, 64
@@ -40,7 +40,7 @@ def store(plan: TensorPlan | None, batch: int, ctx: int, seed: int) -> TensorSto
         m = st.flushable(0)  # the tail keeps the window's tokens
         if m:
             cls = torch.full((m, batch), LOW, dtype=torch.uint8)
-            cls[torch.rand(m, batch, generator=g) < 15 / ctx] = HIGH
+            cls[torch.rand(m, batch, generator=g) < 15 / ctx] = FULL
             st.flush(m, cls)
     return st
 

@@ -194,7 +194,12 @@ def point(spec: dict[str, Any]) -> dict[str, Any]:
     toks = (lc.llama_token * n_prompt)()
     got = ctypes.c_size_t(0)
     if lc.llama_state_seq_load_file(eng.ctx, spec["state"].encode(), 0, toks, n_prompt, got) == 0:
-        raise RuntimeError(f"could not load the prompt state {spec['state']}")
+        if batch == 1:
+            raise RuntimeError(f"could not load the prompt state {spec['state']}")
+        # llama.cpp refuses a one-stream sequence state in a context with one stream per sequence ("n_stream
+        # mismatch"): prefill sequence 0 here instead (untimed; only the decode steps below are timed)
+        ids = prompt_ids(n_prompt)
+        eng.decode(ids, list(range(n_prompt)), [0] * n_prompt, [False] * n_prompt)
     mem = lc.llama_get_memory(eng.ctx)
     for s in range(1, batch):
         lc.llama_memory_seq_cp(mem, 0, s, -1, -1)
@@ -213,10 +218,8 @@ def point(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def prepare_state(kv: str, n_prompt: int, threads: int, path: Path) -> int:
-    """Prefill the benchmark prompt once (batch 1) with this KV type and save it; returns the next token."""
-    import numpy as np
-
+def prompt_ids(n_prompt: int) -> list[int]:
+    """The benchmark prompt of our decode benchmark (`akvq.bench.throughput.build_prompt`), as token ids."""
     from akvq.bench.throughput import build_prompt
     from akvq.models.smollm2 import smollm2_tokenizer
 
@@ -224,7 +227,14 @@ def prepare_state(kv: str, n_prompt: int, threads: int, path: Path) -> int:
         processor = None
         tokenizer = smollm2_tokenizer()
 
-    ids = [int(x) for x in build_prompt(_Loaded(), n_prompt)["input_ids"][0]]
+    return [int(x) for x in build_prompt(_Loaded(), n_prompt)["input_ids"][0]]
+
+
+def prepare_state(kv: str, n_prompt: int, threads: int, path: Path) -> int:
+    """Prefill the benchmark prompt once (batch 1) with this KV type and save it; returns the next token."""
+    import numpy as np
+
+    ids = prompt_ids(n_prompt)
     eng = Engine(kv, n_ctx=n_prompt + 16, threads=threads)
     eng.decode(ids, list(range(len(ids))), [0] * len(ids), [i == len(ids) - 1 for i in range(len(ids))])
     nxt = int(np.argmax(eng.logits(-1)))
@@ -290,7 +300,10 @@ def run_point(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     for line in p.stdout.splitlines():
         if line.startswith(RESULT):
             return json.loads(line[len(RESULT):])
-    if p.returncode in (-9, -6, 134, 137) or "alloc" in p.stderr.lower():
+    # out of memory: killed, or an allocation failure (not any log line with "alloc" in it: llama.cpp's
+    # verbose log says "allocating" on every start, which once turned a failed state load into "OOM")
+    failed_alloc = any(m in p.stderr for m in ("failed to allocate", "MemoryError", "std::bad_alloc", "Cannot allocate"))
+    if p.returncode in (-9, -6, 134, 137) or failed_alloc:
         return {"oom": True, "batch": spec["batch"], "peak_bytes": None, "error": p.stderr[-300:]}
     raise RuntimeError(f"llama.cpp point failed (rc {p.returncode}):\n{p.stderr[-1500:]}")
 

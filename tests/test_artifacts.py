@@ -417,6 +417,15 @@ def test_tables_and_fig8_take_one_setting_per_task(tmp_path: Path, now: str) -> 
     t = tables.table2(data.load(path), paper_tasks=False)
     assert t.loc[("smollm2-135m", "FP16"), "ppl"] == 10.0
 
+    def passkey(q: str, acc: float, trials: int) -> dict:
+        cfg = {"task": {"name": "passkey", "lengths": [1024], "trials": trials}}
+        return _rec("smollm2-135m", "passkey", q, {"acc": acc}, now, primary_metric="acc", config=cfg)
+
+    # more methods at 2 trials (3 x 2 measurements) lose to fewer at 10 (2 x 10)
+    recs = [passkey(q, 0.5, 2) for q in ("fp16", "kivi2", "akvq")] + [passkey("fp16", 0.7, 10), passkey("akvq", 0.4, 10)]
+    prim = data.primary_frame(data.load(_write(tmp_path / "pk.jsonl", recs)))
+    assert sorted(zip(prim["quant"], prim["value"])) == [("akvq", 0.4), ("fp16", 0.7)]
+
 
 def test_records_are_stale_only_when_code_changed(tmp_path: Path) -> None:
     """Committing results or prose keeps records fresh; a change under a code path makes them stale."""

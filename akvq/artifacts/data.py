@@ -38,7 +38,7 @@ EFFICIENCY_TASKS: tuple[str, ...] = ("efficiency", "bench", "bench_efficiency")
 
 LONG_COLUMNS = [
     "model", "task", "quant", "metric", "value", "primary", "lower_is_better", "kv_effective_bits", "kv_bytes",
-    "peak_memory_bytes", "tokens_per_second", "wall_seconds", "device", "time", "config_hash", "git_rev", "stale", "setting",
+    "peak_memory_bytes", "tokens_per_second", "wall_seconds", "device", "time", "config_hash", "git_rev", "stale", "setting", "samples",
     "order",
 ]  # fmt: skip
 
@@ -138,6 +138,7 @@ def long_frame(records: list[dict[str, Any]], metrics: dict[str, str] | None = N
         }  # fmt: skip
         common["stale"] = records_mod.is_stale(r)
         common["setting"] = setting_of(r)
+        common["samples"] = samples_of(r)
         for task, metrics in split_metrics(str(r["task"]), r.get("metrics") or {}).items():
             declared = r.get("primary_metric") if task == r["task"] else None
             prim = records_mod.primary_metric(metrics, overrides.get(task) or declared)
@@ -171,16 +172,35 @@ def setting_of(record: dict[str, Any]) -> str:
     return ", ".join(f"{k}={keep[k]}" for k in sorted(keep))
 
 
+# Task config keys that count samples: a setting measured with more of them is the better measurement.
+SAMPLE_KEYS: tuple[str, ...] = ("trials", "windows", "limit")
+
+
+def samples_of(record: dict[str, Any]) -> int:
+    """How many samples a record's setting draws (product of its SAMPLE_KEYS; 1 when it names none)."""
+    task = (record.get("config") or {}).get("task")
+    n = 1
+    for k in SAMPLE_KEYS:
+        v = task.get(k) if isinstance(task, dict) else None
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            n *= v
+    return n
+
+
 def primary_frame(records: list[dict[str, Any]], metrics: dict[str, str] | None = None) -> pd.DataFrame:
     """Headline number per (model, task, quant), newest record winning, from one setting per (model, task):
-    the one the most methods were measured in (ties: the newest). What tables and Fig. 8 show; a method
-    measured only in another setting is left out rather than set beside numbers it cannot be compared with."""
+    the one with the most measurements, methods x samples (e.g. 4 methods at 10 passkey trials over 5 at 2;
+    ties: the newest). What tables and Fig. 8 show; a method measured only in another setting is left out
+    rather than set beside numbers it cannot be compared with."""
     df = long_frame(records, metrics)
     if df.empty:
         return df
     df = latest(df[df["primary"]], ("model", "task", "setting", "quant"))
-    rank = df.groupby(["model", "task", "setting"], as_index=False).agg(n=("quant", "nunique"), newest=("order", "max"))
-    best = rank.sort_values(["n", "newest"]).drop_duplicates(["model", "task"], keep="last")
+    rank = df.groupby(["model", "task", "setting"], as_index=False).agg(
+        n=("quant", "nunique"), samples=("samples", "max"), newest=("order", "max")
+    )
+    rank["weight"] = rank["n"] * rank["samples"]
+    best = rank.sort_values(["weight", "newest"]).drop_duplicates(["model", "task"], keep="last")
     keep = df.merge(best[["model", "task", "setting"]], on=["model", "task", "setting"])
     return keep.sort_values("order").reset_index(drop=True)
 

@@ -122,6 +122,8 @@ def fig8(records: list[dict[str, Any]]) -> tuple[Any, pd.DataFrame] | None:
         text = style.metric_label(metric, "" if n > 1 else panel.split("/")[0])
         ylab = f"mean {text} over {n} tasks" if n > 1 else text
         lower = bool(sub["lower_is_better"].iloc[0])
+        if not log_y and not lower:
+            ax.set_ylim(bottom=0)  # accuracy from 0, so the distance to fp16 reads true
         ax.set_ylabel(ylab + (", log" if log_y else "") + (" (lower is better)" if lower else ""))
         ax.set_title(f"{model} | {panel}")
     for ax in list(axes.flat)[len(panels) :]:

@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print(text)
     ctx.out.mkdir(parents=True, exist_ok=True)
-    (ctx.out / "artifacts_status.md").write_text(f"# Artifact status\n\n{header}\n\n```\n{text}\n```\n")
+    if not only:  # a partial build (--only) says nothing of the others: leave the full status as it was
+        (ctx.out / "artifacts_status.md").write_text(f"# Artifact status\n\n{header}\n\n```\n{text}\n```\n")
     print(f"done in {time.perf_counter() - t0:.1f}s")
     return 1 if any(o.error for o in outcomes) else 0
 

@@ -277,7 +277,9 @@ def test_make_artifacts_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     )
     out = capsys.readouterr().out
     assert "0 records read" in out and "+sweep=paper_table2" in out
-    assert (tmp_path / "artifacts_status.md").is_file()
+    assert not (tmp_path / "artifacts_status.md").exists()  # a partial build leaves the full status alone
+    assert mod.main(["--records", str(tmp_path / "none.jsonl"), "--out", str(tmp_path)]) == 0
+    assert "artifacts built" in (tmp_path / "artifacts_status.md").read_text()
 
 
 @pytest.mark.parametrize("name", sweeps.sweep_names(kind="bench"))

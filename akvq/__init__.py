@@ -1,8 +1,8 @@
 """akvq: attention-aware 2-bit KV-cache quantization (AKVQ-VL) and its baselines as a transformers Cache.
 
-    from akvq import make_policy, generate
-    out, cache = generate(model, inputs, make_policy("akvq"), max_new_tokens=64)
-    print(cache.memory_report().effective_bits)
+from akvq import make_policy, generate
+out, cache = generate(model, inputs, make_policy("akvq"), max_new_tokens=64)
+print(cache.memory_report().effective_bits)
 """
 
 from akvq.api import build_cache, generate

@@ -27,7 +27,9 @@ CONFIG_DIR = _config_dir()
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "w", fsync: bool = False, **kw: Any) -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str | os.PathLike[str], mode: str = "w", fsync: bool = False, **kw: Any
+) -> Iterator[IO[Any]]:
     """A file handle on a temp file `.<name>.*.tmp` beside `path`, renamed over `path` when the block ends
     without error (removed otherwise): a reader sees the old file or the new one, never half of one."""
     path = Path(path)

@@ -54,7 +54,9 @@ RECORD_KEYS = (
 )
 
 # Config keys that say where or how a run is reported, not what it computes: left out of the hash.
-HASH_IGNORE = frozenset({"records", "redo", "compare", "wandb", "slurm", "threads", "hydra", "claim_lease_s", "preflight"})
+HASH_IGNORE = frozenset(
+    {"records", "redo", "compare", "wandb", "slurm", "threads", "hydra", "claim_lease_s", "preflight"}
+)
 LEASE_S = 600.0  # default claim lease; a live job renews it every third of this
 # Where data lives (top level or inside the task config): moving the data does not make a new run.
 DATA_KEYS = ("milebench_root", "synthbench_root")
@@ -339,7 +341,15 @@ def claimed(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
 
 
 # What "the code" is for staleness: everything that can change a number (not results/, docs or the README).
-CODE_PATHS: tuple[str, ...] = ("akvq", "configs", "hydra_plugins", "run.py", "scripts", "setup.py", "pyproject.toml")
+CODE_PATHS: tuple[str, ...] = (
+    "akvq",
+    "configs",
+    "hydra_plugins",
+    "run.py",
+    "scripts",
+    "setup.py",
+    "pyproject.toml",
+)
 
 
 @functools.cache
@@ -348,7 +358,9 @@ def git_rev(repo: Path = REPO) -> str:
     record must not make the next record "uncommitted code"); `unknown` outside git. The one format of the
     records' `git_rev` (runner and benchmark alike)."""
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5)
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5
+        )
         if rev.returncode != 0:
             return "unknown"
         dirty = subprocess.run(
@@ -358,7 +370,6 @@ def git_rev(repo: Path = REPO) -> str:
         return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
 
 
 def is_stale(rec: dict[str, Any], current: str | None = None) -> bool:
@@ -403,9 +414,14 @@ def primary_metric(metrics: dict[str, Any], declared: str | None = None) -> str 
     for m, v in metrics.items():
         if not isinstance(v, int | float) or isinstance(v, bool):
             continue
-        if not m.endswith(("_lo", "_hi", "_low", "_high", "_std", "_n")) and m not in ("n", "samples", "count"):
+        if not m.endswith(("_lo", "_hi", "_low", "_high", "_std", "_n")) and m not in (
+            "n",
+            "samples",
+            "count",
+        ):
             return str(m)
     return None
+
 
 def _json_default(x: Any) -> Any:
     """Tensors, numpy scalars and paths in metrics/details become plain JSON values."""

@@ -28,8 +28,15 @@ sys.path.insert(0, str(ROOT))
 
 from akvq.bench.throughput import prepare  # noqa: E402
 
-DEFAULTS = {"model": "smollm2-135m", "prompt_len": "8192", "runs": "akvq:79,fp16:14", "threads": "1,2",
-            "rounds": "3", "work_dir": "results/_scratch/decode", "records": "results/efficiency/decode_runs.jsonl"}
+DEFAULTS = {
+    "model": "smollm2-135m",
+    "prompt_len": "8192",
+    "runs": "akvq:79,fp16:14",
+    "threads": "1,2",
+    "rounds": "3",
+    "work_dir": "results/_scratch/decode",
+    "records": "results/efficiency/decode_runs.jsonl",
+}
 
 
 class Profile:
@@ -79,11 +86,22 @@ def main(args: dict[str, str]) -> None:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     paths = {q: work / f"{q}.pt" for q in quants}
-    if cfg.get("reuse") == "true" and all(p.exists() for p in paths.values()):  # caches saved by an earlier run
+    if cfg.get("reuse") == "true" and all(
+        p.exists() for p in paths.values()
+    ):  # caches saved by an earlier run
         prep = {"quants": {q: {"cache_path": str(p)} for q, p in paths.items()}}
     else:
-        prep = prepare({"device": "cpu", "model": model_cfg, "prompt_len": int(cfg["prompt_len"]), "quants": quants,
-                        "work_dir": str(work), "hp_dtype": "float16", "threads": 1})
+        prep = prepare(
+            {
+                "device": "cpu",
+                "model": model_cfg,
+                "prompt_len": int(cfg["prompt_len"]),
+                "quants": quants,
+                "work_dir": str(work),
+                "hp_dtype": "float16",
+                "threads": 1,
+            }
+        )
         print(f"prefill {prep['prefill_seconds']:.1f} s, seq {prep['seq_len']}", flush=True)
     model = load(model_cfg, "cpu").model
     register.register_attention()
@@ -104,8 +122,16 @@ def main(args: dict[str, str]) -> None:
         cache, extra = load_cache(policy, prep["quants"][q]["cache_path"])
         prep["seq_len"] = extra["seq_len"]
         repeat_cache(cache, b)
-        caches.append({"quant": q, "batch": b, "float": flt, "cache": cache,
-                       "ids": torch.full((b, 1), extra["next_id"]), "kv_bytes": cache.memory_report().total_bytes})
+        caches.append(
+            {
+                "quant": q,
+                "batch": b,
+                "float": flt,
+                "cache": cache,
+                "ids": torch.full((b, 1), extra["next_id"]),
+                "kv_bytes": cache.memory_report().total_bytes,
+            }
+        )
     samples: dict[tuple[int, int], list[dict[str, float]]] = {}
     bw: list[float] = []
     try:
@@ -119,13 +145,18 @@ def main(args: dict[str, str]) -> None:
                     prof.attention = prof.update = 0.0
                     t, c = time.perf_counter(), time.process_time()
                     with torch.inference_mode():
-                        out = model(input_ids=e["ids"], **{api.cache_kwarg(): e["cache"]}, use_cache=True,
-                                    logits_to_keep=1)
+                        out = model(
+                            input_ids=e["ids"],
+                            **{api.cache_kwarg(): e["cache"]},
+                            use_cache=True,
+                            logits_to_keep=1,
+                        )
                     wall, cpu = time.perf_counter() - t, time.process_time() - c
                     e["ids"] = out.logits[:, -1:].argmax(-1)
                     if r:
                         samples.setdefault((nt, i), []).append(
-                            {"wall": wall, "cpu": cpu, "attention": prof.attention, "update": prof.update})
+                            {"wall": wall, "cpu": cpu, "attention": prof.attention, "update": prof.update}
+                        )
     finally:
         AKVQLayer.update = orig_update
         AttentionInterface.register(register.PACKED, register.packed_attention)
@@ -135,24 +166,45 @@ def main(args: dict[str, str]) -> None:
         for i, e in enumerate(caches):
             s = samples[(nt, i)]
             med = {k: statistics.median(x[k] for x in s) for k in s[0]}
-            rows.append({"threads": nt, "quant": e["quant"] + (" (float q)" if e["float"] else ""), "batch": e["batch"],
-                         "kv_bytes": e["kv_bytes"], **med, "tokens_per_second": e["batch"] / med["wall"],
-                         "attention_bytes_per_second": e["kv_bytes"] / med["attention"]})
-    for r in rows:  # ratios to the fp16 control with the same threads (its largest batch: the first fp16 entry)
+            rows.append(
+                {
+                    "threads": nt,
+                    "quant": e["quant"] + (" (float q)" if e["float"] else ""),
+                    "batch": e["batch"],
+                    "kv_bytes": e["kv_bytes"],
+                    **med,
+                    "tokens_per_second": e["batch"] / med["wall"],
+                    "attention_bytes_per_second": e["kv_bytes"] / med["attention"],
+                }
+            )
+    for (
+        r
+    ) in rows:  # ratios to the fp16 control with the same threads (its largest batch: the first fp16 entry)
         ctl = next((x for x in rows if x["threads"] == r["threads"] and x["quant"] == "fp16"), None)
         r["x_control"] = r["tokens_per_second"] / ctl["tokens_per_second"] if ctl else None
-    head = (f"copy probe (STREAM-like, 1 thread): {copy / 1e9:.2f} GB/s\n\n"
-            "| threads | cache | batch | KV GB | s/step | tok/s | x fp16 control | attention s | cache update s "
-            "| rest s | KV read by attention GB/s (x copy) |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
-    lines = [f"| {r['threads']} | {r['quant']} | {r['batch']} | {r['kv_bytes'] / 1e9:.2f} | {r['wall']:.2f} | "
-             f"{r['tokens_per_second']:.1f} | {r['x_control']:.2f} | {r['attention']:.2f} | {r['update']:.2f} | "
-             f"{r['wall'] - r['attention'] - r['update']:.2f} | {r['attention_bytes_per_second'] / 1e9:.2f} "
-             f"({r['attention_bytes_per_second'] / copy:.2f}) |" for r in rows]
+    head = (
+        f"copy probe (STREAM-like, 1 thread): {copy / 1e9:.2f} GB/s\n\n"
+        "| threads | cache | batch | KV GB | s/step | tok/s | x fp16 control | attention s | cache update s "
+        "| rest s | KV read by attention GB/s (x copy) |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = [
+        f"| {r['threads']} | {r['quant']} | {r['batch']} | {r['kv_bytes'] / 1e9:.2f} | {r['wall']:.2f} | "
+        f"{r['tokens_per_second']:.1f} | {r['x_control']:.2f} | {r['attention']:.2f} | {r['update']:.2f} | "
+        f"{r['wall'] - r['attention'] - r['update']:.2f} | {r['attention_bytes_per_second'] / 1e9:.2f} "
+        f"({r['attention_bytes_per_second'] / copy:.2f}) |"
+        for r in rows
+    ]
     table = head + "\n".join(lines) + "\n"
     print(table)
-    rec = {"bench": "decode_interleaved", "config": cfg, "copy_bytes_per_second": copy, "rows": rows,
-           "seq_len": prep["seq_len"], "wall_seconds": time.time() - t0,
-           "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    rec = {
+        "bench": "decode_interleaved",
+        "config": cfg,
+        "copy_bytes_per_second": copy,
+        "rows": rows,
+        "seq_len": prep["seq_len"],
+        "wall_seconds": time.time() - t0,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     with (ROOT / cfg["records"]).open("a") as f:
         f.write(json.dumps(rec) + "\n")
 

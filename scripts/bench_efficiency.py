@@ -45,7 +45,7 @@ def worker(kind: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     for line in p.stdout.splitlines():
         if line.startswith(RESULT):
-            return json.loads(line[len(RESULT):])
+            return json.loads(line[len(RESULT) :])
     tail = (p.stderr or "")[-1500:]
     if p.returncode in (-9, 137) or "MemoryError" in tail or "alloc" in tail.lower():
         return {"oom": True, "batch": spec.get("batch"), "error": tail[-300:], "peak_bytes": None}
@@ -105,13 +105,21 @@ def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     budget = int(cfg["budget_gib"] * GiB)
     _check_budget(budget, None, cfg["device"])
     base = {
-        "model": model_cfg, "device": cfg["device"], "threads": cfg["threads"], "hp_dtype": cfg["hp_dtype"],
+        "model": model_cfg,
+        "device": cfg["device"],
+        "threads": cfg["threads"],
+        "hp_dtype": cfg["hp_dtype"],
         "gen_len": cfg["gen_len"],
     }
     log(f"prepare {tag}: prefill {cfg['prompt_len']} tokens once, quantize for {list(quants)}")
-    prep = worker("prepare", {**base, "prompt_len": cfg["prompt_len"], "quants": quants, "work_dir": str(work)},
-                  cfg["timeout_s"])
-    log(f"prefill {prep['prefill_seconds']:.1f}s, seq {prep['seq_len']}, vision tokens {prep['vision_tokens']}")
+    prep = worker(
+        "prepare",
+        {**base, "prompt_len": cfg["prompt_len"], "quants": quants, "work_dir": str(work)},
+        cfg["timeout_s"],
+    )
+    log(
+        f"prefill {prep['prefill_seconds']:.1f}s, seq {prep['seq_len']}, vision tokens {prep['vision_tokens']}"
+    )
     _check_budget(budget, prep.get("base_peak_bytes"), cfg["device"])
     # never let a point allocate past what the machine has (the data limit is the OOM guard on CPU)
     data_limit = min(int(budget * cfg["data_limit_factor"]), available_memory(cfg["device"]))
@@ -122,18 +130,38 @@ def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         # fp16 and the peers' own caches (transformers' QuantizedCache) are read by transformers' attention
         plain = qcfg["policy"] == "fp16" or POLICIES[qcfg["policy"]].new_cache is not Policy.new_cache
         attention = forced or (cfg["fp16_attention"] if plain else cfg["attention"])
-        spec = {**base, "quant_cfg": qcfg, "cache_path": q["cache_path"], "attention": attention,
-                "data_limit": data_limit}
+        spec = {
+            **base,
+            "quant_cfg": qcfg,
+            "cache_path": q["cache_path"],
+            "attention": attention,
+            "data_limit": data_limit,
+        }
         measured: dict[int, dict[str, Any]] = {}
 
         def measure(b: int, spec=spec, name=name, measured=measured, attention=attention) -> Point:
             r = worker("point", {**spec, "batch": b}, cfg["timeout_s"])
             measured[b] = r
-            _append_csv(points_csv, {"model": cfg["model"], "prompt_len": cfg["prompt_len"], "device": cfg["device"],
-                                     "quant": name, "attention": attention, **_flat(r)})
-            log(f"  {name} batch {b}: " + ("OOM" if r.get("oom") else
-                f"peak {r['peak_bytes'] / GiB:.2f} GiB, {r['tokens_per_second']:.2f} tok/s "
-                f"({r['seconds_per_step']:.2f} s/step, cpu {r['cpu_seconds_per_step']:.2f})"))
+            _append_csv(
+                points_csv,
+                {
+                    "model": cfg["model"],
+                    "prompt_len": cfg["prompt_len"],
+                    "device": cfg["device"],
+                    "quant": name,
+                    "attention": attention,
+                    **_flat(r),
+                },
+            )
+            log(
+                f"  {name} batch {b}: "
+                + (
+                    "OOM"
+                    if r.get("oom")
+                    else f"peak {r['peak_bytes'] / GiB:.2f} GiB, {r['tokens_per_second']:.2f} tok/s "
+                    f"({r['seconds_per_step']:.2f} s/step, cpu {r['cpu_seconds_per_step']:.2f})"
+                )
+            )
             return Point(b, None if r.get("oom") else r["peak_bytes"], r)
 
         first = measure(cfg["batch"])
@@ -141,40 +169,64 @@ def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         found = largest_batch(measure, budget, first, per_seq, cfg["max_batch"], cfg["max_points"])
         at_batch = measured[cfg["batch"]]
         best = measured.get(found.batch) if found.batch else None
-        rows.append({
-            "model": cfg["model"], "prompt_len": cfg["prompt_len"], "quant": name, "attention": attention,
-            "kernel": at_batch.get("kernel"), "kv_bytes_per_token": at_batch.get("kv_bytes_per_token", q["kv_bytes_per_token_b1"]),
-            "effective_bits": at_batch.get("effective_bits", q["effective_bits_b1"]),
-            "peak_gib_at_batch": None if at_batch.get("oom") else at_batch["peak_bytes"] / GiB,
-            "tokens_per_second_at_batch": at_batch.get("tokens_per_second"),
-            "tokens_per_cpu_second_at_batch": at_batch.get("tokens_per_cpu_second"),
-            "largest_batch": found.batch, "largest_batch_capped": found.capped,
-            "largest_batch_fails_at": found.above, "search_note": found.reason,
-            "peak_gib_at_largest": best["peak_bytes"] / GiB if best else None,
-            "tokens_per_second_at_largest": best["tokens_per_second"] if best else None,
-            "tokens_per_cpu_second_at_largest": best["tokens_per_cpu_second"] if best else None,
-            # peers that re-quantize the whole cache every residual_length steps: that cost spread over the steps
-            "tokens_per_second_amortized_at_batch": at_batch.get("tokens_per_second_amortized"),
-            "tokens_per_second_amortized_at_largest": best.get("tokens_per_second_amortized") if best else None,
-            "prefill_seconds": prep["prefill_seconds"], "quant_seconds": q["quant_seconds"],
-            "quant_share_of_prefill": q["quant_seconds"] / prep["prefill_seconds"],
-            "quant_share_of_prefill_cpu": (q["quant_cpu_seconds"] / prep["prefill_cpu_seconds"]
-                                           if "quant_cpu_seconds" in q else None),
-            "points": len(found.points),
-        })
+        rows.append(
+            {
+                "model": cfg["model"],
+                "prompt_len": cfg["prompt_len"],
+                "quant": name,
+                "attention": attention,
+                "kernel": at_batch.get("kernel"),
+                "kv_bytes_per_token": at_batch.get("kv_bytes_per_token", q["kv_bytes_per_token_b1"]),
+                "effective_bits": at_batch.get("effective_bits", q["effective_bits_b1"]),
+                "peak_gib_at_batch": None if at_batch.get("oom") else at_batch["peak_bytes"] / GiB,
+                "tokens_per_second_at_batch": at_batch.get("tokens_per_second"),
+                "tokens_per_cpu_second_at_batch": at_batch.get("tokens_per_cpu_second"),
+                "largest_batch": found.batch,
+                "largest_batch_capped": found.capped,
+                "largest_batch_fails_at": found.above,
+                "search_note": found.reason,
+                "peak_gib_at_largest": best["peak_bytes"] / GiB if best else None,
+                "tokens_per_second_at_largest": best["tokens_per_second"] if best else None,
+                "tokens_per_cpu_second_at_largest": best["tokens_per_cpu_second"] if best else None,
+                # peers that re-quantize the whole cache every residual_length steps: that cost spread over the steps
+                "tokens_per_second_amortized_at_batch": at_batch.get("tokens_per_second_amortized"),
+                "tokens_per_second_amortized_at_largest": best.get("tokens_per_second_amortized")
+                if best
+                else None,
+                "prefill_seconds": prep["prefill_seconds"],
+                "quant_seconds": q["quant_seconds"],
+                "quant_share_of_prefill": q["quant_seconds"] / prep["prefill_seconds"],
+                "quant_share_of_prefill_cpu": (
+                    q["quant_cpu_seconds"] / prep["prefill_cpu_seconds"] if "quant_cpu_seconds" in q else None
+                ),
+                "points": len(found.points),
+            }
+        )
     _ratios(rows)
     wall = time.time() - t_start
     records = []
     for r in rows:
-        config = {"bench": {k: v for k, v in cfg.items() if k not in ("records", "out_dir", "work_dir")},
-                  "quant_cfg": quants[r["quant"].split("@")[0]], "attention": r["attention"], "model_cfg": model_cfg}
+        config = {
+            "bench": {k: v for k, v in cfg.items() if k not in ("records", "out_dir", "work_dir")},
+            "quant_cfg": quants[r["quant"].split("@")[0]],
+            "attention": r["attention"],
+            "model_cfg": model_cfg,
+        }
         rec = {
-            "model": cfg["model"], "task": f"efficiency/{cfg['prompt_len']}", "quant": r["quant"],
+            "model": cfg["model"],
+            "task": f"efficiency/{cfg['prompt_len']}",
+            "quant": r["quant"],
             "metrics": {k: v for k, v in r.items() if k not in ("model", "quant")},
-            "kv_effective_bits": r["effective_bits"], "kv_bytes": r["kv_bytes_per_token"] * cfg["prompt_len"],
-            "peak_memory_bytes": (r["peak_gib_at_batch"] or 0) * GiB, "tokens_per_second": r["tokens_per_second_at_largest"],
-            "wall_seconds": wall, "config": config, "config_hash": config_hash(config), "git_rev": git_rev(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "device": device_name(cfg["device"]),
+            "kv_effective_bits": r["effective_bits"],
+            "kv_bytes": r["kv_bytes_per_token"] * cfg["prompt_len"],
+            "peak_memory_bytes": (r["peak_gib_at_batch"] or 0) * GiB,
+            "tokens_per_second": r["tokens_per_second_at_largest"],
+            "wall_seconds": wall,
+            "config": config,
+            "config_hash": config_hash(config),
+            "git_rev": git_rev(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "device": device_name(cfg["device"]),
         }
         append_record(ROOT / cfg["records"], rec)
         records.append(rec)
@@ -213,6 +265,7 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
     """Each row's numbers divided by the fp16 row's of the same run (KV bytes: fp16 / quant, a compression)."""
     ref = next((r for r in rows if r["quant"] == "fp16"), None)
     for r in rows:
+
         def div(a, b):
             return a / b if (a is not None and b) else None
 
@@ -220,9 +273,15 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
             continue
         r["kv_compression_vs_fp16"] = div(ref["kv_bytes_per_token"], r["kv_bytes_per_token"])
         r["largest_batch_vs_fp16"] = div(r["largest_batch"], ref["largest_batch"])
-        r["tokens_per_second_at_largest_vs_fp16"] = div(r["tokens_per_second_at_largest"], ref["tokens_per_second_at_largest"])
-        r["tokens_per_second_at_batch_vs_fp16"] = div(r["tokens_per_second_at_batch"], ref["tokens_per_second_at_batch"])
-        r["cpu_tokens_per_second_at_batch_vs_fp16"] = div(r["tokens_per_cpu_second_at_batch"], ref["tokens_per_cpu_second_at_batch"])
+        r["tokens_per_second_at_largest_vs_fp16"] = div(
+            r["tokens_per_second_at_largest"], ref["tokens_per_second_at_largest"]
+        )
+        r["tokens_per_second_at_batch_vs_fp16"] = div(
+            r["tokens_per_second_at_batch"], ref["tokens_per_second_at_batch"]
+        )
+        r["cpu_tokens_per_second_at_batch_vs_fp16"] = div(
+            r["tokens_per_cpu_second_at_batch"], ref["tokens_per_cpu_second_at_batch"]
+        )
         r["peak_at_batch_vs_fp16"] = div(r["peak_gib_at_batch"], ref["peak_gib_at_batch"])
 
 
@@ -233,9 +292,11 @@ def _f(x: Any, fmt: str = "{:.2f}") -> str:
 def render_table(rows: list[dict[str, Any]], cfg: dict[str, Any]) -> str:
     """Paper Table IV style, plus KV bytes and peak memory at the fixed batch."""
     b = cfg["batch"]
-    head = (f"### {cfg['model']}, prompt {cfg['prompt_len']}, {cfg['device']}, budget {cfg['budget_gib']} GiB\n\n"
-            f"| quant | KV B/token (x fp16) | eff. bits | peak GiB @b{b} | tok/s @b{b} (x fp16) | largest batch (x fp16) "
-            f"| tok/s @largest (x fp16) | quant share of prefill |\n|---|---|---|---|---|---|---|---|\n")
+    head = (
+        f"### {cfg['model']}, prompt {cfg['prompt_len']}, {cfg['device']}, budget {cfg['budget_gib']} GiB\n\n"
+        f"| quant | KV B/token (x fp16) | eff. bits | peak GiB @b{b} | tok/s @b{b} (x fp16) | largest batch (x fp16) "
+        f"| tok/s @largest (x fp16) | quant share of prefill |\n|---|---|---|---|---|---|---|---|\n"
+    )
     lines = []
     for r in rows:
         cap = "+" if r["largest_batch_capped"] else ""
@@ -258,8 +319,14 @@ def plot_memory(points_csv: Path, cfg: dict[str, Any], out: Path, budget: int) -
     import matplotlib.pyplot as plt
 
     with points_csv.open() as f:
-        pts = [r for r in csv.DictReader(f) if r["model"] == cfg["model"] and r["prompt_len"] == str(cfg["prompt_len"])
-               and r["device"] == cfg["device"] and r.get("oom") in ("False", "false", "0")]
+        pts = [
+            r
+            for r in csv.DictReader(f)
+            if r["model"] == cfg["model"]
+            and r["prompt_len"] == str(cfg["prompt_len"])
+            and r["device"] == cfg["device"]
+            and r.get("oom") in ("False", "false", "0")
+        ]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for q in cfg["quants"]:
         xs = sorted((int(r["batch"]), float(r["peak_bytes"]) / GiB) for r in pts if r["quant"] == q)
@@ -280,7 +347,9 @@ def report(cfg: dict[str, Any]) -> str:
     wall and CPU-time throughput ratios to the fp16 row of the same run, into `out_dir/summary.md`."""
     out_dir = ROOT / cfg["out_dir"]
     with (out_dir / "summary.csv").open() as f:
-        latest = {(r["model"], r["prompt_len"], r.get("device", "cpu"), r["quant"]): r for r in csv.DictReader(f)}
+        latest = {
+            (r["model"], r["prompt_len"], r.get("device", "cpu"), r["quant"]): r for r in csv.DictReader(f)
+        }
 
     def num(r: dict[str, Any], k: str) -> float | None:
         v = r.get(k)
@@ -291,7 +360,9 @@ def report(cfg: dict[str, Any]) -> str:
         "| largest batch (x) | tok/s @largest wall (x) | tok/CPU-s @largest (x) | quant/prefill CPU |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (model, plen, dev, quant), r in sorted(latest.items(), key=lambda kv: (kv[0][0], int(kv[0][1]), kv[0][2])):
+    for (model, plen, dev, quant), r in sorted(
+        latest.items(), key=lambda kv: (kv[0][0], int(kv[0][1]), kv[0][2])
+    ):
         ref = latest.get((model, plen, dev, "fp16"))
         if ref is None:
             continue

@@ -71,30 +71,94 @@ def breakdown(batch: int, ctx: int, reps: int = 5) -> None:
     pc = p.contiguous()
 
     def key_kernel() -> None:
-        lib.akvq_token_scores(k.n_q * batch, batch, H, G, D, k.group, k.cls.data_ptr(), *packed_cpu._table_args(k),
-                              int(k.plan.float_zero), qt.data_ptr(), sc.data_ptr(), H * G * t_all, 1, t_all, 1, 1)
+        lib.akvq_token_scores(
+            k.n_q * batch,
+            batch,
+            H,
+            G,
+            D,
+            k.group,
+            k.cls.data_ptr(),
+            *packed_cpu._table_args(k),
+            int(k.plan.float_zero),
+            qt.data_ptr(),
+            sc.data_ptr(),
+            H * G * t_all,
+            1,
+            t_all,
+            1,
+            1,
+        )
 
     def value_kernel(int8v: int = 1) -> None:
-        lib.akvq_token_output(v.n_q * batch, batch, H, G, D, v.group, v.cls.data_ptr(), *packed_cpu._table_args(v),
-                              int(v.plan.float_zero), pc.data_ptr(), H * G * t_all, 1, t_all, oc.data_ptr(), int8v, 1)
+        lib.akvq_token_output(
+            v.n_q * batch,
+            batch,
+            H,
+            G,
+            D,
+            v.group,
+            v.cls.data_ptr(),
+            *packed_cpu._table_args(v),
+            int(v.plan.float_zero),
+            pc.data_ptr(),
+            H * G * t_all,
+            1,
+            t_all,
+            oc.data_ptr(),
+            int8v,
+            1,
+        )
 
     def window() -> None:
         x = k.tail
-        lib.akvq_half_scores(batch, H, G, D, k.tail_len, x.data_ptr(), *x.stride()[:3], qt.data_ptr(), sc.data_ptr(),
-                             t_all, k.n_q, 1)
+        lib.akvq_half_scores(
+            batch,
+            H,
+            G,
+            D,
+            k.tail_len,
+            x.data_ptr(),
+            *x.stride()[:3],
+            qt.data_ptr(),
+            sc.data_ptr(),
+            t_all,
+            k.n_q,
+            1,
+        )
         x = v.tail
-        lib.akvq_half_output(batch, H, G, D, v.tail_len, x.data_ptr(), *x.stride()[:3], pc.data_ptr(), t_all, v.n_q,
-                             oc.data_ptr(), 1)
+        lib.akvq_half_output(
+            batch,
+            H,
+            G,
+            D,
+            v.tail_len,
+            x.data_ptr(),
+            *x.stride()[:3],
+            pc.data_ptr(),
+            t_all,
+            v.n_q,
+            oc.data_ptr(),
+            1,
+        )
 
     pieces = {
-        "akvq: packed_decode (int8 q), whole call": lambda: packed_cpu.packed_decode(q, k, v, None, 0.125, threads=1),
-        "fp16 control: packed_decode, whole call": lambda: packed_cpu.packed_decode(q, fk, fv, None, 0.125, threads=1),
+        "akvq: packed_decode (int8 q), whole call": lambda: packed_cpu.packed_decode(
+            q, k, v, None, 0.125, threads=1
+        ),
+        "fp16 control: packed_decode, whole call": lambda: packed_cpu.packed_decode(
+            q, fk, fv, None, 0.125, threads=1
+        ),
         "akvq: key kernel alone (C, 2-bit rows, int8 q)": key_kernel,
         "akvq: value kernel alone (C, 2-bit rows, u8 weights)": value_kernel,
         "akvq: value kernel alone (C, 2-bit rows, fp32 weights)": lambda: value_kernel(0),
         "akvq: 16-bit window, scores + outputs (C)": window,
-        "akvq: scores, all of store_scores (+ WHT of q, pivots, window)": lambda: packed_cpu.store_scores(k, qq, threads=1),
-        "akvq: outputs, all of store_output (+ WHT of out, pivots, window)": lambda: packed_cpu.store_output(v, p, threads=1),
+        "akvq: scores, all of store_scores (+ WHT of q, pivots, window)": lambda: packed_cpu.store_scores(
+            k, qq, threads=1
+        ),
+        "akvq: outputs, all of store_output (+ WHT of out, pivots, window)": lambda: packed_cpu.store_output(
+            v, p, threads=1
+        ),
         "akvq: 16-bit pivot rows, scores (torch)": lambda: pt.exact_scores(k, qq, s.clone(), tail=False),
         "akvq: 16-bit pivot rows, outputs (torch)": lambda: pt.exact_output(v, p, oc.clone(), tail=False),
         "scale + softmax over [B, 9, T] (torch)": lambda: torch.softmax(s * 0.125, -1),
@@ -105,7 +169,9 @@ def breakdown(batch: int, ctx: int, reps: int = 5) -> None:
             c = time.perf_counter()
             f()
             xs[name].append(time.perf_counter() - c)
-    print(f"| piece (batch {batch}, {ctx} tokens, one layer, 1 thread) | ms (median of {reps}, interleaved) |\n|---|---|")
+    print(
+        f"| piece (batch {batch}, {ctx} tokens, one layer, 1 thread) | ms (median of {reps}, interleaved) |\n|---|---|"
+    )
     for name in pieces:
         print(f"| {name} | {1e3 * statistics.median(xs[name]):.2f} |")
 
@@ -148,8 +214,10 @@ def main(args: dict[str, str]) -> None:
             for path in paths if name == "akvq" else paths[:1]:
                 s = statistics.median(times[(name, b, nt, path)])
                 label = path if name == "akvq" else "f16c"
-                print(f"| {name} | {b} | {nt} | {label} | {1e3 * s:.1f} | {b / s:.0f} | {nb / s / 1e9:.2f} | "
-                      f"{nb / s / copy:.2f} |")
+                print(
+                    f"| {name} | {b} | {nt} | {label} | {1e3 * s:.1f} | {b / s:.0f} | {nb / s / 1e9:.2f} | "
+                    f"{nb / s / copy:.2f} |"
+                )
 
 
 if __name__ == "__main__":

@@ -24,8 +24,15 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DEFAULTS = {"model": "smollm2-135m", "quant": "akvq", "prompt_len": "512", "cont_len": "32", "windows": "4",
-            "gen_tokens": "24", "records": "results/efficiency/int8_numerics.jsonl"}
+DEFAULTS = {
+    "model": "smollm2-135m",
+    "quant": "akvq",
+    "prompt_len": "512",
+    "cont_len": "32",
+    "windows": "4",
+    "gen_tokens": "24",
+    "records": "results/efficiency/int8_numerics.jsonl",
+}
 
 
 def main(args: dict[str, str]) -> None:
@@ -59,15 +66,22 @@ def main(args: dict[str, str]) -> None:
             print(f"window: nll int8 {nll[True][-1]:.5f} float {nll[False][-1]:.5f}", flush=True)
         gens: dict[bool, list[list[int]]] = {True: [], False: []}
         for ids in windows(corpus_ids(tok), p_len, 3):  # prompts longer than the window: the int8 path runs
-            enc = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+            enc = {
+                "input_ids": torch.tensor([ids]),
+                "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+            }
             for int8 in (True, False):
                 cache = api.build_cache(model, policy, enc)
                 register.use_packed(model, cache, "packed_c" if int8 else "packed_c_fp32")
                 with api.pivot_detection(model, cache), torch.inference_mode():
-                    out = model.generate(**enc, **{api.cache_kwarg(): cache}, max_new_tokens=int(cfg["gen_tokens"]),
-                                         do_sample=False)
+                    out = model.generate(
+                        **enc,
+                        **{api.cache_kwarg(): cache},
+                        max_new_tokens=int(cfg["gen_tokens"]),
+                        do_sample=False,
+                    )
                 register.use_packed(model, None, "sdpa")
-                gens[int8].append(out[0, enc["input_ids"].shape[1]:].tolist())
+                gens[int8].append(out[0, enc["input_ids"].shape[1] :].tolist())
     finally:
         register.use_packed(model, None, "sdpa")
     diff = [a - b for a, b in zip(nll[True], nll[False])]
@@ -75,12 +89,24 @@ def main(args: dict[str, str]) -> None:
     boot = sorted(sum(rng.choices(diff, k=len(diff))) / len(diff) for _ in range(1000))
     ppl8, ppl32 = (math.exp(sum(nll[x]) / len(nll[x])) for x in (True, False))
     same = [a == b for a, b in zip(gens[True], gens[False])]
-    print(f"ppl int8 {ppl8:.4f}, float {ppl32:.4f}; paired mean NLL difference {sum(diff) / len(diff):+.2e} "
-          f"(95% bootstrap {boot[24]:+.2e} .. {boot[974]:+.2e}); greedy tokens equal on {sum(same)}/{len(same)} prompts")
-    rec = {"bench": "int8_numerics", "config": cfg, "nll_int8": nll[True], "nll_float": nll[False], "ppl_int8": ppl8,
-           "ppl_float": ppl32, "nll_diff_ci95": [boot[24], boot[974]], "greedy_equal": same,
-           "greedy_int8": gens[True], "greedy_float": gens[False], "wall_seconds": time.time() - t0,
-           "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    print(
+        f"ppl int8 {ppl8:.4f}, float {ppl32:.4f}; paired mean NLL difference {sum(diff) / len(diff):+.2e} "
+        f"(95% bootstrap {boot[24]:+.2e} .. {boot[974]:+.2e}); greedy tokens equal on {sum(same)}/{len(same)} prompts"
+    )
+    rec = {
+        "bench": "int8_numerics",
+        "config": cfg,
+        "nll_int8": nll[True],
+        "nll_float": nll[False],
+        "ppl_int8": ppl8,
+        "ppl_float": ppl32,
+        "nll_diff_ci95": [boot[24], boot[974]],
+        "greedy_equal": same,
+        "greedy_int8": gens[True],
+        "greedy_float": gens[False],
+        "wall_seconds": time.time() - t0,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     with (ROOT / cfg["records"]).open("a") as f:
         f.write(json.dumps(rec) + "\n")
 

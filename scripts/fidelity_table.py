@@ -40,7 +40,14 @@ def setting(r: dict) -> tuple:
     """Records compare (and pair with fp16) only within one model and task setting (`akvq.artifacts.data.
     setting_of`, the one definition the tables and Fig. 8 use); the rest is what the ppl rows display."""
     t = (r.get("config") or {}).get("task") or {}
-    return (r["model"], t.get("prompt_len"), t.get("cont_len"), t.get("windows"), decode_mode(r), setting_of(r))
+    return (
+        r["model"],
+        t.get("prompt_len"),
+        t.get("cont_len"),
+        t.get("windows"),
+        decode_mode(r),
+        setting_of(r),
+    )
 
 
 def table(rows: list[dict], task: str, order: list[str] | None = None) -> str:
@@ -83,7 +90,9 @@ def table(rows: list[dict], task: str, order: list[str] | None = None) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--records", default="results/runs.jsonl")
-    ap.add_argument("--task", action="append", default=None, help="task label(s); default: ppl passkey agreement")
+    ap.add_argument(
+        "--task", action="append", default=None, help="task label(s); default: ppl passkey agreement"
+    )
     ap.add_argument("--order", default="", help="comma-separated quants listed first, in this order")
     args = ap.parse_args()
     rows = list(read_records(Path(args.records)))

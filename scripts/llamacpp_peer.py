@@ -45,7 +45,9 @@ def need_llama_cpp() -> Any:
     try:
         import llama_cpp
     except ImportError:
-        sys.exit("llama.cpp peer needs llama-cpp-python: pip install 'akvq[llamacpp]' (builds llama.cpp from source)")
+        sys.exit(
+            "llama.cpp peer needs llama-cpp-python: pip install 'akvq[llamacpp]' (builds llama.cpp from source)"
+        )
     return llama_cpp
 
 
@@ -149,8 +151,14 @@ def ppl(args: argparse.Namespace) -> None:
                 eng.decode([tok], [p_len + i], [0], [True])
                 nll.append(nll_at(eng.logits(-1), cont[i + 1]))
             window_nll.append(sum(nll) / len(nll))
-            details.append({"window": w, "nll": window_nll[-1], "ppl": math.exp(window_nll[-1]),
-                            "effective_bits": BITS[kv]})
+            details.append(
+                {
+                    "window": w,
+                    "nll": window_nll[-1],
+                    "ppl": math.exp(window_nll[-1]),
+                    "effective_bits": BITS[kv],
+                }
+            )
             print(f"{kv} window {w}: ppl {math.exp(window_nll[-1]):.3f}", flush=True)
         eng.close()
         wall = time.perf_counter() - t0
@@ -158,23 +166,38 @@ def ppl(args: argparse.Namespace) -> None:
         mean = sum(window_nll) / len(window_nll)
         qcfg = {"policy": "llamacpp", "type_k": kv, "type_v": kv, "flash_attn": True, "threads": args.threads}
         label = f"llamacpp_{kv}"
-        config = {"model": model_cfg, "task": tcfg, "quant": qcfg,
-                  "names": {"model": "smollm2-135m", "task": "ppl", "quant": label}}
+        config = {
+            "model": model_cfg,
+            "task": tcfg,
+            "quant": qcfg,
+            "names": {"model": "smollm2-135m", "task": "ppl", "quant": label},
+        }
         layers, kv_dim = 30, 3 * 64  # SmolLM2-135M: 30 layers, 3 KV heads of 64
         tokens = p_len + c_len - 1  # what the cache holds after the last step
         rec = {
-            "model": "smollm2-135m", "task": "ppl", "quant": label,
+            "model": "smollm2-135m",
+            "task": "ppl",
+            "quant": label,
             "metrics": {"ppl": math.exp(mean), "ppl_lo": lo, "ppl_hi": hi, "nll": mean},
-            "kv_effective_bits": BITS[kv], "kv_bytes": int(tokens * layers * 2 * kv_dim * BITS[kv] / 8),
+            "kv_effective_bits": BITS[kv],
+            "kv_bytes": int(tokens * layers * 2 * kv_dim * BITS[kv] / 8),
             "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "tokens_per_second": args.windows * c_len / wall, "wall_seconds": wall,
-            "config": config, "config_hash": records.config_hash(config), "git_rev": git_rev(),
+            "tokens_per_second": args.windows * c_len / wall,
+            "wall_seconds": wall,
+            "config": config,
+            "config_hash": records.config_hash(config),
+            "git_rev": git_rev(),
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "device": f"cpu (llama.cpp {eng.lc.__version__}, {args.threads} threads)",
-            "num_tokens": args.windows * c_len, "primary_metric": "ppl", "details": details,
+            "num_tokens": args.windows * c_len,
+            "primary_metric": "ppl",
+            "details": details,
         }
         records.append_record(ROOT / args.records, rec)
-        print(f"{label}: ppl {math.exp(mean):.3f} [{lo:.3f}, {hi:.3f}] at {BITS[kv]} bits ({wall:.0f} s)", flush=True)
+        print(
+            f"{label}: ppl {math.exp(mean):.3f} [{lo:.3f}, {hi:.3f}] at {BITS[kv]} bits ({wall:.0f} s)",
+            flush=True,
+        )
 
 
 def point(spec: dict[str, Any]) -> dict[str, Any]:
@@ -212,8 +235,14 @@ def point(spec: dict[str, Any]) -> dict[str, Any]:
         walls.append(time.perf_counter() - t)
     walls = walls[1:]  # the first step warms up
     wall = sum(walls) / len(walls)
-    out = {"oom": False, "batch": batch, "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-           "seconds_per_step": wall, "tokens_per_second": batch / wall, "steps": len(walls)}
+    out = {
+        "oom": False,
+        "batch": batch,
+        "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "seconds_per_step": wall,
+        "tokens_per_second": batch / wall,
+        "steps": len(walls),
+    }
     eng.close()
     return out
 
@@ -259,35 +288,67 @@ def bench(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         next_id = prepare_state(kv, args.prompt_len, args.prefill_threads, state)
         print(f"{kv}: prefill {args.prompt_len} tokens in {time.perf_counter() - t0:.1f} s", flush=True)
-        spec = {"kv": kv, "prompt_len": args.prompt_len, "steps": args.steps, "threads": args.threads,
-                "state": str(state), "next_id": next_id, "data_limit": int(budget * 1.5)}
+        spec = {
+            "kv": kv,
+            "prompt_len": args.prompt_len,
+            "steps": args.steps,
+            "threads": args.threads,
+            "state": str(state),
+            "next_id": next_id,
+            "data_limit": int(budget * 1.5),
+        }
         measured: dict[int, dict[str, Any]] = {}
 
         def measure(b: int, spec=spec, measured=measured, kv=kv) -> Point:
             r = run_point({**spec, "batch": b}, args.timeout)
             measured[b] = r
-            print(f"  {kv} batch {b}: " + ("OOM" if r.get("oom") else
-                  f"peak {r['peak_bytes'] / GiB:.2f} GiB, {r['tokens_per_second']:.2f} tok/s"), flush=True)
+            print(
+                f"  {kv} batch {b}: "
+                + (
+                    "OOM"
+                    if r.get("oom")
+                    else f"peak {r['peak_bytes'] / GiB:.2f} GiB, {r['tokens_per_second']:.2f} tok/s"
+                ),
+                flush=True,
+            )
             return Point(b, None if r.get("oom") else r["peak_bytes"], r)
 
         first = measure(1)
         per_seq = args.prompt_len * 30 * 2 * 192 * BITS[kv] / 8
         found = largest_batch(measure, budget, first, per_seq, args.max_batch, args.max_points)
         best = measured.get(found.batch) if found.batch else None
-        rows.append({"engine": "llama.cpp", "kv": kv, "prompt_len": args.prompt_len, "threads": args.threads,
-                     "kv_bytes_per_token": 30 * 2 * 192 * BITS[kv] / 8, "effective_bits": BITS[kv],
-                     "tokens_per_second_b1": first.info.get("tokens_per_second"),
-                     "peak_gib_b1": first.info["peak_bytes"] / GiB if first.peak_bytes else None,
-                     "largest_batch": found.batch, "largest_batch_capped": found.capped,
-                     "peak_gib_at_largest": best["peak_bytes"] / GiB if best else None,
-                     "tokens_per_second_at_largest": best["tokens_per_second"] if best else None,
-                     "points": [p.info for p in found.points]})
+        rows.append(
+            {
+                "engine": "llama.cpp",
+                "kv": kv,
+                "prompt_len": args.prompt_len,
+                "threads": args.threads,
+                "kv_bytes_per_token": 30 * 2 * 192 * BITS[kv] / 8,
+                "effective_bits": BITS[kv],
+                "tokens_per_second_b1": first.info.get("tokens_per_second"),
+                "peak_gib_b1": first.info["peak_bytes"] / GiB if first.peak_bytes else None,
+                "largest_batch": found.batch,
+                "largest_batch_capped": found.capped,
+                "peak_gib_at_largest": best["peak_bytes"] / GiB if best else None,
+                "tokens_per_second_at_largest": best["tokens_per_second"] if best else None,
+                "points": [p.info for p in found.points],
+            }
+        )
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a") as f:
         for r in rows:
-            f.write(json.dumps({**r, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                "budget_gib": args.budget_gib, "command": " ".join(sys.argv)}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        **r,
+                        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        "budget_gib": args.budget_gib,
+                        "command": " ".join(sys.argv),
+                    }
+                )
+                + "\n"
+            )
     for r in rows:
         print(json.dumps({k: v for k, v in r.items() if k != "points"}), flush=True)
 
@@ -295,14 +356,22 @@ def bench(args: argparse.Namespace) -> None:
 def run_point(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     """A fresh process per point, so its peak RSS is that point's."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "point", json.dumps(spec)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    p = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     for line in p.stdout.splitlines():
         if line.startswith(RESULT):
-            return json.loads(line[len(RESULT):])
+            return json.loads(line[len(RESULT) :])
     # out of memory: killed, or an allocation failure (not any log line with "alloc" in it: llama.cpp's
     # verbose log says "allocating" on every start, which once turned a failed state load into "OOM")
-    failed_alloc = any(m in p.stderr for m in ("failed to allocate", "MemoryError", "std::bad_alloc", "Cannot allocate"))
+    failed_alloc = any(
+        m in p.stderr for m in ("failed to allocate", "MemoryError", "std::bad_alloc", "Cannot allocate")
+    )
     if p.returncode in (-9, -6, 134, 137) or failed_alloc:
         return {"oom": True, "batch": spec["batch"], "peak_bytes": None, "error": p.stderr[-300:]}
     raise RuntimeError(f"llama.cpp point failed (rc {p.returncode}):\n{p.stderr[-1500:]}")
@@ -325,7 +394,9 @@ def main(argv: list[str]) -> None:
     b.add_argument("--kv", nargs="+", default=["f16", "q4_0"], choices=sorted(BITS))
     b.add_argument("--prompt-len", type=int, default=8192)
     b.add_argument("--budget-gib", type=float, default=4.0)
-    b.add_argument("--steps", type=int, default=2, help="timed decode steps per point, after one warm-up step")
+    b.add_argument(
+        "--steps", type=int, default=2, help="timed decode steps per point, after one warm-up step"
+    )
     b.add_argument("--threads", type=int, default=1, help="decode threads (our benchmark's default: 1)")
     b.add_argument("--prefill-threads", type=int, default=2)
     b.add_argument("--max-batch", type=int, default=4096)

@@ -207,7 +207,9 @@ def colour_items(offset: int) -> list[dict[str, Any]]:
     for k, n_images in enumerate((2, 3)):
         colours = [names[(offset + k + j) % len(names)] for j in range(n_images)]
         answer = colours[-1].capitalize()
-        choices = [c.capitalize() for c in names[:4]] if answer.lower() in names[:4] else [answer, "Red", "Green"]
+        choices = (
+            [c.capitalize() for c in names[:4]] if answer.lower() in names[:4] else [answer, "Red", "Green"]
+        )
         slots = " ".join(f"{{image#{j + 1}}}" for j in range(n_images))
         items.append(
             {

@@ -141,7 +141,13 @@ def test_table2_one_column_per_dataset_averages_one_metric_kind_flags_stale(tmp_
     ]  # fmt: skip
     path = _write(tmp_path / "runs.jsonl", recs)
     t = tables.table2(data.load(path))
-    assert list(t.columns) == ["SceneTransition", "WebQA", "MileBench score avg", "ΔMileBench score avg", "eff. bits"]
+    assert list(t.columns) == [
+        "SceneTransition",
+        "WebQA",
+        "MileBench score avg",
+        "ΔMileBench score avg",
+        "eff. bits",
+    ]
     assert t.loc[("llava-1.5-7b", "AKVQ-VL"), "MileBench score avg"] == 57.0
     assert t.loc[("llava-1.5-7b", "AKVQ-VL"), "ΔMileBench score avg"] == -3.0
     cpu = tables.table2(data.load(path), paper_tasks=False)
@@ -151,16 +157,24 @@ def test_table2_one_column_per_dataset_averages_one_metric_kind_flags_stale(tmp_
     assert cpu.loc[("smollm2-135m", "AKVQ-VL"), "stale"] == "passkey"
     assert cpu.loc[("smollm2-135m", "FP16"), "stale"] == ""
     md = tables.write(cpu, tmp_path / "out", "cpu", "CPU")[1].read_text()
-    assert "| AKVQ-VL |" in md and "| passkey |" in md and "stale: the cells listed were recorded by another commit" in md
+    assert (
+        "| AKVQ-VL |" in md
+        and "| passkey |" in md
+        and "stale: the cells listed were recorded by another commit" in md
+    )
     assert "Metrics: passkey: acc, ppl: ppl (lower is better)." in md
     assert "stale" not in tables.table2(data.load(path)).columns  # no stale cell, no column, no footnote
 
 
 def test_adhoc_and_scratch_records_never_enter(tmp_path: Path, now: str) -> None:
     good = _rec("smollm2-135m", "ppl", "fp16", {"ppl": 10.0}, now)
-    adhoc = _rec("smollm2-135m", "ppl", "akvq", {"ppl": 11.0}, now, config={"task": {"name": "ppl", "adhoc": True}})
+    adhoc = _rec(
+        "smollm2-135m", "ppl", "akvq", {"ppl": 11.0}, now, config={"task": {"name": "ppl", "adhoc": True}}
+    )
     path = _write(tmp_path / "runs.jsonl", [good, adhoc])
-    scratch = _write(tmp_path / "_scratch" / "runs.jsonl", [_rec("smollm2-135m", "ppl", "kivi2", {"ppl": 9.0}, now)])
+    scratch = _write(
+        tmp_path / "_scratch" / "runs.jsonl", [_rec("smollm2-135m", "ppl", "kivi2", {"ppl": 9.0}, now)]
+    )
     t = tables.table2(data.load([path, scratch]), paper_tasks=False)
     assert list(t.index.get_level_values("method")) == ["FP16"]
 
@@ -197,8 +211,14 @@ def test_make_tables_is_the_same_table2(tmp_path: Path, now: str) -> None:
                                 "MileBench score avg", "ΔMileBench score avg", "Δpasskey", "Δppl", "eff. bits"]  # fmt: skip
     assert list(df["method"][:3]) == ["FP16", "KIVI-2", "AKVQ-VL"]  # reference, baselines, the method
     row = df.set_index("method").loc["AKVQ-VL"]
-    assert (row["SceneTransition"], row["MileBench score avg"], row["ΔMileBench score avg"]) == (66.0, 57.0, -3.0)
-    assert df.loc[df["model"] == "smollm2-135m", "passkey"].tolist() == [1.0]  # accuracy before acc by default
+    assert (row["SceneTransition"], row["MileBench score avg"], row["ΔMileBench score avg"]) == (
+        66.0,
+        57.0,
+        -3.0,
+    )
+    assert df.loc[df["model"] == "smollm2-135m", "passkey"].tolist() == [
+        1.0
+    ]  # accuracy before acc by default
     assert mt.main(["--records", str(path), "--out", str(out), "--tasks", "ppl,passkey", "--metric",
                     "passkey=acc", "--models", "smollm2-135m", "--name", "fidelity"]) == 0  # fmt: skip
     fid = pd.read_csv(out / "fidelity.csv")
@@ -368,7 +388,10 @@ def test_sweep_launches_its_grid(tmp_path: Path) -> None:
     )
     import os
 
-    env = {**os.environ, "PYTHONPATH": str(REPO)}  # akvq's launchers (hydra_plugins/), as run.py beside them sees
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+    }  # akvq's launchers (hydra_plugins/), as run.py beside them sees
     out = subprocess.run(
         [sys.executable, str(app), "-m", "+sweep=cpu_fidelity", f"hydra.sweep.dir={tmp_path / 'multirun'}"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
@@ -424,7 +447,10 @@ def test_tables_and_fig8_take_one_setting_per_task(tmp_path: Path, now: str) -> 
         return _rec("smollm2-135m", "passkey", q, {"acc": acc}, now, primary_metric="acc", config=cfg)
 
     # more methods at 2 trials (3 x 2 measurements) lose to fewer at 10 (2 x 10)
-    recs = [passkey(q, 0.5, 2) for q in ("fp16", "kivi2", "akvq")] + [passkey("fp16", 0.7, 10), passkey("akvq", 0.4, 10)]
+    recs = [passkey(q, 0.5, 2) for q in ("fp16", "kivi2", "akvq")] + [
+        passkey("fp16", 0.7, 10),
+        passkey("akvq", 0.4, 10),
+    ]
     prim = data.primary_frame(data.load(_write(tmp_path / "pk.jsonl", recs)))
     assert sorted(zip(prim["quant"], prim["value"])) == [("akvq", 0.4), ("fp16", 0.7)]
 
@@ -436,7 +462,9 @@ def test_records_are_stale_only_when_code_changed(tmp_path: Path) -> None:
     from akvq import records
 
     def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(
+            ["git", *a], cwd=tmp_path, check=True, capture_output=True, text=True
+        ).stdout.strip()
 
     git("init", "-q")
     git("config", "user.email", "t@t")

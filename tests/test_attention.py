@@ -19,8 +19,9 @@ from akvq.quant.packing import pack
 B, H, D = 3, 2, 16
 
 
-def _store(plan: TensorPlan, text_bits: int | None, n: int, seed: int, classes: str, flushes: int = 2,
-           d: int = D) -> TensorStore:
+def _store(
+    plan: TensorPlan, text_bits: int | None, n: int, seed: int, classes: str, flushes: int = 2, d: int = D
+) -> TensorStore:
     """A store with n tokens written in `flushes` appends, older ones flushed with random classes."""
     g = torch.Generator().manual_seed(seed)
     st = TensorStore(plan, text_bits, torch.float16, H, d, B)
@@ -59,14 +60,26 @@ PLANS = {
     "kivi_keys": (TensorPlan(bits=2, group_size=8, clip_ratio=1.0, axis="channel", window=0), None, "low"),
     "kivi_keys_hp": (TensorPlan(bits=2, group_size=8, axis="channel", window=0, hadamard=True), None, "all"),
     # akvq_plus-like layouts: the group minimum as zero point, value groups across heads, channel keys
-    "float_zero_across": (TensorPlan(bits=2, group_size=32, window=3, float_zero=True, hadamard=True,
-                                     group_across_heads=True), 4, "all"),
+    "float_zero_across": (
+        TensorPlan(bits=2, group_size=32, window=3, float_zero=True, hadamard=True, group_across_heads=True),
+        4,
+        "all",
+    ),
     "float_zero_bits3": (TensorPlan(bits=3, group_size=8, window=2, float_zero=True), 4, "all"),
-    "channel_float_zero": (TensorPlan(bits=2, group_size=8, axis="channel", window=0, float_zero=True), None, "all"),
+    "channel_float_zero": (
+        TensorPlan(bits=2, group_size=8, axis="channel", window=0, float_zero=True),
+        None,
+        "all",
+    ),
 }
 # The C kernel's float path in each build (avx2 where the CPU has it, portable plain C everywhere)
-PATHS = {"torch": packed_decode, **{f"cpu-{v}": functools.partial(packed_cpu.packed_decode, variant=v, int8=False)
-                                    for v in packed_cpu.VARIANTS}}
+PATHS = {
+    "torch": packed_decode,
+    **{
+        f"cpu-{v}": functools.partial(packed_cpu.packed_decode, variant=v, int8=False)
+        for v in packed_cpu.VARIANTS
+    },
+}
 
 
 def _skip_variant(path: str) -> None:
@@ -77,7 +90,9 @@ def _skip_variant(path: str) -> None:
 
 @pytest.mark.parametrize("path", sorted(PATHS))
 @pytest.mark.parametrize("name", sorted(PLANS))
-@pytest.mark.parametrize("groups", [1, 3, 12], ids=["mha", "gqa", "gqa12"])  # 12: past the kernel's 8 registers
+@pytest.mark.parametrize(
+    "groups", [1, 3, 12], ids=["mha", "gqa", "gqa12"]
+)  # 12: past the kernel's 8 registers
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "padmask"])
 def test_packed_matches_reference(name: str, groups: int, masked: bool, path: str) -> None:
     plan, text_bits, classes = PLANS[name]
@@ -106,8 +121,12 @@ PLANS_I8 = {
     "akvq_psa_d64": (TensorPlan(bits=2, group_size=128, window=7, hadamard=True), None, "all", 64),
     "akvq_tsa_d64": (TensorPlan(bits=2, group_size=64, window=7, hadamard=True), 4, "text", 64),
     "rtn4_g32_d64": (TensorPlan(bits=4, group_size=32, window=3), None, "low", 64),
-    "float_zero_across_d64": (TensorPlan(bits=2, group_size=128, window=3, float_zero=True,
-                                         group_across_heads=True), 4, "all", 64),
+    "float_zero_across_d64": (
+        TensorPlan(bits=2, group_size=128, window=3, float_zero=True, group_across_heads=True),
+        4,
+        "all",
+        64,
+    ),
     "akvq_d128": (TensorPlan(bits=2, group_size=128, window=5, hadamard=True), 4, "all", 128),
     "bits3_falls_back_d64": (TensorPlan(bits=3, group_size=64, window=2), 8, "all", 64),
 }
@@ -187,7 +206,9 @@ def tiny_llama():
         for p in loaded.model.parameters():
             if p.dim() > 1:
                 p.normal_(0, 0.3, generator=g)
-    enc = loaded.tokenizer(["The capital of France is a city that", "Hello there"], return_tensors="pt", padding=True)
+    enc = loaded.tokenizer(
+        ["The capital of France is a city that", "Hello there"], return_tensors="pt", padding=True
+    )
     return loaded.model, enc
 
 
@@ -196,8 +217,16 @@ GEN_POLICIES = {
     "rtn": {"bits": 2, "group_size": 16},
     "akvq": {"window": 2, "group_size": 16, "layer_pattern": ["tsa", "psa", "psa", "psa"]},
     "kivi": {"residual": 4, "group_size": 16},
-    "akvq_plus": {"policy": "akvq", "window": 2, "group_size": 32, "float_zero": True, "k_axis": "channel", "k_window": 0,
-                  "group_across_heads": True, "layer_pattern": ["tsa", "psa", "psa", "psa"]},
+    "akvq_plus": {
+        "policy": "akvq",
+        "window": 2,
+        "group_size": 32,
+        "float_zero": True,
+        "k_axis": "channel",
+        "k_window": 0,
+        "group_across_heads": True,
+        "layer_pattern": ["tsa", "psa", "psa", "psa"],
+    },
 }
 
 
@@ -220,8 +249,12 @@ def _generate(model, enc, impl: str, name: str, **kw):
     try:
         with torch.inference_mode():
             out = model.generate(
-                **enc, **{cache_kwarg(): cache}, max_new_tokens=6, do_sample=False,
-                output_logits=True, return_dict_in_generate=True,
+                **enc,
+                **{cache_kwarg(): cache},
+                max_new_tokens=6,
+                do_sample=False,
+                output_logits=True,
+                return_dict_in_generate=True,
             )
     finally:
         use_packed(model, None, "sdpa")
@@ -294,8 +327,11 @@ def _run_triton(cases: list[tuple[str, int]]) -> None:
     tests = str(Path(__file__).resolve().parent)
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path(tests).parent)}
     p = subprocess.run(
-        [sys.executable, "-c", _TRITON_SCRIPT.format(tests=tests, cases=cases)], capture_output=True, text=True,
-        env=env, timeout=900,
+        [sys.executable, "-c", _TRITON_SCRIPT.format(tests=tests, cases=cases)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     assert "TRITON_OK" in p.stdout, p.stderr[-3000:]
 
@@ -331,12 +367,17 @@ def test_selector_fails_closed_to_the_reference(caplog: pytest.LogCaptureFixture
     _fallback.cache_clear()  # the line is logged once per (setting, reason) per process
     plan = TensorPlan(bits=2, group_size=8, window=2, float_zero=True)
     st = _store(plan, None, 20, 0, "low")
-    assert select("packed_c", st, st, cuda=False).name == ("packed_c" if packed_cpu.available() else "reference")
+    assert select("packed_c", st, st, cuda=False).name == (
+        "packed_c" if packed_cpu.available() else "reference"
+    )
     with caplog.at_level("INFO", logger="akvq.attention.paths"):
         assert select("packed_torch", st, st, cuda=False).name == "reference"  # float zero points: not read
     assert "k.float_zero=True" in caplog.text
     # a path that does not declare a field (as if TensorPlan had grown one) is never chosen
-    partial = dataclasses.replace(DECODE_PATHS["packed_torch"], reads={
-        k: v for k, v in DECODE_PATHS["packed_torch"].reads.items() if k != "hadamard"})
-    assert "not declared" in partial.why_not(_store(TensorPlan(bits=2, group_size=8, window=2), None, 20, 0, "low"),
-                                             st, cuda=False)
+    partial = dataclasses.replace(
+        DECODE_PATHS["packed_torch"],
+        reads={k: v for k, v in DECODE_PATHS["packed_torch"].reads.items() if k != "hadamard"},
+    )
+    assert "not declared" in partial.why_not(
+        _store(TensorPlan(bits=2, group_size=8, window=2), None, 20, 0, "low"), st, cuda=False
+    )

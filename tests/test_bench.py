@@ -44,7 +44,9 @@ def test_save_load_roundtrip(tmp_path, name) -> None:
     from akvq.cache import AKVQCache
     from akvq.policies import make_policy
 
-    policy = make_policy(name, **{"rtn": {"bits": 2, "group_size": 16, "window": 4}, "kivi": {"residual": 8}}[name])
+    policy = make_policy(
+        name, **{"rtn": {"bits": 2, "group_size": 16, "window": 4}, "kivi": {"residual": 8}}[name]
+    )
     cache = AKVQCache(policy, 2)
     g = torch.Generator().manual_seed(0)
     for i in range(2):
@@ -100,15 +102,26 @@ def _bench_script():
 def test_render_table_ratios() -> None:
     mod = _bench_script()
     rows = [
-        {"quant": q, "kv_bytes_per_token": kv, "effective_bits": 16.0 * kv / 100, "peak_gib_at_batch": 1.0,
-         "tokens_per_second_at_batch": 10.0, "tokens_per_cpu_second_at_batch": 10.0, "largest_batch": lb,
-         "largest_batch_capped": False, "tokens_per_second_at_largest": tps, "quant_share_of_prefill": 0.01}
+        {
+            "quant": q,
+            "kv_bytes_per_token": kv,
+            "effective_bits": 16.0 * kv / 100,
+            "peak_gib_at_batch": 1.0,
+            "tokens_per_second_at_batch": 10.0,
+            "tokens_per_cpu_second_at_batch": 10.0,
+            "largest_batch": lb,
+            "largest_batch_capped": False,
+            "tokens_per_second_at_largest": tps,
+            "quant_share_of_prefill": 0.01,
+        }
         for q, kv, lb, tps in (("fp16", 100, 10, 20.0), ("akvq", 20, 50, 60.0))
     ]
     mod._ratios(rows)
     assert rows[1]["kv_compression_vs_fp16"] == 5 and rows[1]["largest_batch_vs_fp16"] == 5
     assert rows[1]["tokens_per_second_at_largest_vs_fp16"] == 3
-    text = mod.render_table(rows, {"model": "m", "prompt_len": 8, "device": "cpu", "budget_gib": 4, "batch": 8})
+    text = mod.render_table(
+        rows, {"model": "m", "prompt_len": 8, "device": "cpu", "budget_gib": 4, "batch": 8}
+    )
     assert "| akvq | 20 (1/5.00)" in text
 
 
@@ -117,7 +130,9 @@ def test_quant_entries_with_forced_attention() -> None:
 
     parse_entries = _bench_script().parse_entries
     assert parse_entries(["fp16", "fp16@akvq_packed", "akvq"]) == [
-        ("fp16", "fp16", None), ("fp16@akvq_packed", "fp16", "akvq_packed"), ("akvq", "akvq", None),
+        ("fp16", "fp16", None),
+        ("fp16@akvq_packed", "fp16", "akvq_packed"),
+        ("akvq", "akvq", None),
     ]
     for bad in (["fp16@"], ["@x"], ["akvq", "akvq"]):
         with pytest.raises(ValueError):
@@ -130,7 +145,9 @@ def test_largest_batch_is_within_five_percent_of_the_truth(per: int) -> None:
     measure, calls = _fake(1000, per)
     budget = 1_000_000
     truth = max(b for b in range(1, 20_000) if 1000 + per * b + b * b // 10 <= budget)
-    res = largest_batch(measure, budget, measure(8), per * 0.5, cap=100_000, max_points=2)  # a bad first slope
+    res = largest_batch(
+        measure, budget, measure(8), per * 0.5, cap=100_000, max_points=2
+    )  # a bad first slope
     assert res.batch is not None and res.batch <= truth and truth - res.batch <= 0.05 * truth
     assert res.above is not None and res.above > truth and len(calls) <= 24
 

@@ -89,7 +89,9 @@ def test_every_policy_generates(family, name):
 def test_sampling_runs():
     loaded, inputs = tiny_inputs("llama")
     torch.manual_seed(0)
-    out, _ = api.generate(loaded.model, inputs, make_policy("akvq", window=8), max_new_tokens=6, do_sample=True, top_k=20)
+    out, _ = api.generate(
+        loaded.model, inputs, make_policy("akvq", window=8), max_new_tokens=6, do_sample=True, top_k=20
+    )
     assert out.shape[1] == inputs["input_ids"].shape[1] + 6
 
 
@@ -146,8 +148,13 @@ def test_quantized_read_matches_reference_math(name):
     torch.manual_seed(1)
     b, h, t, d = 2, 2, 70, 16
     k, v = torch.randn(b, h, t, d), torch.randn(b, h, t, d) * 3
-    overrides = {"rtn": {}, "kivi": {"residual": 16}, "skvq": {"sink": 0, "window": 8},
-                 "smoothquant": {}, "akvq": {"tsa": False, "psa": False, "window": 8}}[name]
+    overrides = {
+        "rtn": {},
+        "kivi": {"residual": 16},
+        "skvq": {"sink": 0, "window": 8},
+        "smoothquant": {},
+        "akvq": {"tsa": False, "psa": False, "window": 8},
+    }[name]
     policy = make_policy({"policy": name}, hp_dtype="model", **overrides)
     cache, rk, _ = _layer_roundtrip(policy, k, v, steps=2)
     store = cache.layers[0].k
@@ -163,8 +170,17 @@ def test_quantized_read_matches_reference_math(name):
         ref = dequantize(quantize(xt, plan.bits, plan.group_size, 1.0, float_zero=plan.float_zero))
         ref = ref.permute(2, 0, 1).reshape(n * b, -1)
     else:
-        ref = dequantize(quantize(x, plan.bits, store.group, plan.clip_for(plan.bits), plan.clip_search,
-                                  plan.float_zero, plan.clip_mode))
+        ref = dequantize(
+            quantize(
+                x,
+                plan.bits,
+                store.group,
+                plan.clip_for(plan.bits),
+                plan.clip_search,
+                plan.float_zero,
+                plan.clip_mode,
+            )
+        )
     if store.smooth is not None:
         ref = (ref.view(n, b, -1) * store.smooth.float()).view(-1, h * d)
     if plan.hadamard:
@@ -230,11 +246,20 @@ def test_beams_and_several_sequences_per_prompt(family, name):
     policy = make_policy(name, **SMALL[name])
     n = inputs["input_ids"].shape[1]
     torch.manual_seed(0)
-    out, cache = api.generate(loaded.model, inputs, policy, max_new_tokens=4, do_sample=True, num_return_sequences=3)
+    out, cache = api.generate(
+        loaded.model, inputs, policy, max_new_tokens=4, do_sample=True, num_return_sequences=3
+    )
     assert out.shape == (6, n + 4) and cache.layers[0].k.batch == 6
     assert torch.equal(out[:3, :n], inputs["input_ids"][:1].expand(3, -1))
-    out, cache = api.generate(loaded.model, inputs, make_policy(name, **SMALL[name]), max_new_tokens=4,
-                              do_sample=False, num_beams=3, num_return_sequences=2)
+    out, cache = api.generate(
+        loaded.model,
+        inputs,
+        make_policy(name, **SMALL[name]),
+        max_new_tokens=4,
+        do_sample=False,
+        num_beams=3,
+        num_return_sequences=2,
+    )
     assert out.shape[0] == 4 and cache.memory_report().total_bytes == storage_bytes(cache)
 
 
@@ -249,8 +274,10 @@ def test_fp16_beam_search_identical_to_dynamic_cache():
 
 SELECT = {
     "akvq_tsa": ("akvq", {"window": 4, "layer_pattern": ["tsa"]}),
-    "akvq_psa_channel": ("akvq", {"window": 4, "tsa": False, "k_axis": "channel", "k_window": 0,
-                                  "k_group_tokens": 8}),
+    "akvq_psa_channel": (
+        "akvq",
+        {"window": 4, "tsa": False, "k_axis": "channel", "k_window": 0, "k_group_tokens": 8},
+    ),
     "skvq": ("skvq", {"window": 4, "sink": 2}),
     "smoothquant": ("smoothquant", {}),
     "kivi": ("kivi", {"residual": 8}),
@@ -270,8 +297,14 @@ def test_select_batch_gathers_every_row_exactly(key):
     pivots[0, 5] = pivots[1, 11] = pivots[2, 2] = True
     attention = torch.ones(b, t - 3, dtype=torch.bool)
     attention[1, :4] = False
-    cache, _, _ = _layer_roundtrip(make_policy(name, hp_dtype="model", **kw), k, v, token_roles=vision,
-                                   pivots=pivots, attention_mask=attention)
+    cache, _, _ = _layer_roundtrip(
+        make_policy(name, hp_dtype="model", **kw),
+        k,
+        v,
+        token_roles=vision,
+        pivots=pivots,
+        attention_mask=attention,
+    )
     layer = cache.layers[0]
     before = layer.k.materialize(torch.float32), layer.v.materialize(torch.float32)
     idx = torch.tensor([2, 0, 0, 1])
@@ -279,14 +312,18 @@ def test_select_batch_gathers_every_row_exactly(key):
     after = layer.k.materialize(torch.float32), layer.v.materialize(torch.float32)
     for x, y in zip(before, after):
         torch.testing.assert_close(y, x[idx], rtol=0, atol=0)
-    assert torch.equal(cache.pivot_mask, pivots[idx]) and cache.memory_report().total_bytes == storage_bytes(cache)
+    assert torch.equal(cache.pivot_mask, pivots[idx]) and cache.memory_report().total_bytes == storage_bytes(
+        cache
+    )
     rk, _ = cache.update(torch.randn(4, h, 1, d), torch.randn(4, h, 1, d), 0)  # flushes gathered rows further
     assert rk.shape == (4, h, t + 1, d) and torch.isfinite(rk).all()
 
 
 def test_llava_next_generates_with_akvq():
     loaded, inputs = tiny_inputs("llava_next")
-    out, cache = api.generate(loaded.model, inputs, make_policy("akvq", window=8), max_new_tokens=5, do_sample=False)
+    out, cache = api.generate(
+        loaded.model, inputs, make_policy("akvq", window=8), max_new_tokens=5, do_sample=False
+    )
     assert cache.get_seq_length() == out.shape[1] - 1
     assert tiny("llava_next").family == "llava_next"
 
@@ -297,7 +334,11 @@ def test_cached_read_path_is_numerically_identical(name):
     k, v = torch.randn(2, 2, 90, 16), torch.randn(2, 2, 90, 16)
     pivots = torch.rand(2, 80) > 0.9
     vision = torch.rand(2, 80) > 0.5
-    overrides = {"kivi": {"residual": 16}, "skvq": {"window": 8}, "akvq": {"window": 8, "layer_pattern": ["tsa"]}}
+    overrides = {
+        "kivi": {"residual": 16},
+        "skvq": {"window": 8},
+        "akvq": {"window": 8, "layer_pattern": ["tsa"]},
+    }
     outs = []
     for path in ("dequantize", "cached"):
         cache = AKVQCache(make_policy({"policy": name}, **overrides.get(name, {})), 1, read_path=path)
@@ -358,7 +399,9 @@ def test_akvq_reads_roles_pivots_and_pattern_with_no_manual_steps():
     assert int((psa.cls == FULL).sum()) == int(cache.pivot_mask[:, :n].sum())
     # and the bytes say so: the TSA layer's text rows cost 4-bit codes
     r = cache.layers[0].nbytes()
-    assert r.codes == sum(t.codes.nbytes for s in (cache.layers[0].k, cache.layers[0].v) for t in s.tables.values())
+    assert r.codes == sum(
+        t.codes.nbytes for s in (cache.layers[0].k, cache.layers[0].v) for t in s.tables.values()
+    )
 
 
 @pytest.mark.parametrize("dim", [0, 1, -1])
@@ -386,8 +429,14 @@ def test_large_fp32_values_never_become_inf(name):
     torch.manual_seed(0)
     k = torch.randn(1, 2, 40, 16) * 1e5
     v = 1000 + 1e-3 * torch.randn(1, 2, 40, 16)
-    policy = make_policy(name, **{"rtn": {"window": 4}, "kivi": {"residual": 8}, "akvq": {"window": 4, "tsa": False,
-                                                                                          "num_pivots": 0}}[name])
+    policy = make_policy(
+        name,
+        **{
+            "rtn": {"window": 4},
+            "kivi": {"residual": 8},
+            "akvq": {"window": 4, "tsa": False, "num_pivots": 0},
+        }[name],
+    )
     cache, rk, rv = _layer_roundtrip(policy, k, v)
     assert torch.isfinite(rk).all() and torch.isfinite(rv).all()
     torch.testing.assert_close(rk[:, :, -4:], k[:, :, -4:], rtol=0, atol=0)  # the window: exact, not inf
@@ -405,8 +454,17 @@ def test_pivot_stands_in_with_its_own_channel_group():
     k = (t + 0.1 * torch.randn(1, 2, 35, 16)).contiguous()  # channels drift: groups of 8 tokens differ
     pivots = torch.zeros(1, 32, dtype=torch.bool)
     pivots[0, 2] = True
-    policy = make_policy("akvq", tsa=False, hadamard=False, k_axis="channel", k_window=0, k_group_tokens=8,
-                         window=4, clip_ratio=1.0, hp_dtype="model")
+    policy = make_policy(
+        "akvq",
+        tsa=False,
+        hadamard=False,
+        k_axis="channel",
+        k_window=0,
+        k_group_tokens=8,
+        window=4,
+        clip_ratio=1.0,
+        hp_dtype="model",
+    )
     cache, rk, _ = _layer_roundtrip(policy, k, k.clone(), pivots=pivots)
     assert cache.layers[0].k.n_q == 32
     torch.testing.assert_close(rk[0, :, 2], k[0, :, 2], rtol=0, atol=0)  # the pivot itself is exact
@@ -427,7 +485,9 @@ def test_left_padding_stays_out_of_shared_statistics(name):
     attention = torch.ones(b, t - 3, dtype=torch.bool)
     attention[0, :pads] = False
     kw = {"kivi": {"residual": 8}, "smoothquant": {"window": 4}}[name]
-    padded, rk, _ = _layer_roundtrip(make_policy(name, hp_dtype="model", **kw), k, k.clone(), attention_mask=attention)
+    padded, rk, _ = _layer_roundtrip(
+        make_policy(name, hp_dtype="model", **kw), k, k.clone(), attention_mask=attention
+    )
     n = padded.layers[0].k.n_q
     if name == "kivi":  # every real token within half a step of its group's range over real tokens only
         real = k[0, :, :n].clone()
@@ -438,7 +498,9 @@ def test_left_padding_stays_out_of_shared_statistics(name):
         err[:, 0, :pads] = 0
         assert (err.abs() <= step.unsqueeze(2) / 2 + 1e-4).all()
     else:  # the padded row's smoothing scales equal those of the row alone
-        alone, _, _ = _layer_roundtrip(make_policy(name, hp_dtype="model", **kw), k[:1, :, pads:], k[:1, :, pads:])
+        alone, _, _ = _layer_roundtrip(
+            make_policy(name, hp_dtype="model", **kw), k[:1, :, pads:], k[:1, :, pads:]
+        )
         torch.testing.assert_close(padded.layers[0].k.smooth[0], alone.layers[0].k.smooth[0], rtol=0, atol=0)
 
 

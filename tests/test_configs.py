@@ -83,7 +83,9 @@ def test_embedded_default(cfg_of: Compose, session: runner.Session) -> None:
     assert cfg.task.name == "ppl" and cfg.hydra.runtime.choices.task == "ppl_quick"
     assert cfg.task.prompt_len == 1024 and cfg.task.cont_len == 64 and cfg.task.windows == 2
     assert cfg.quant.policy == "akvq" and list(cfg.compare) == ["fp16", "kivi2"]
-    assert runner.default_records(cfg) == "results/_scratch/runs.jsonl"  # ppl_quick is ad hoc: scratch records
+    assert (
+        runner.default_records(cfg) == "results/_scratch/runs.jsonl"
+    )  # ppl_quick is ad hoc: scratch records
     assert cfg.records is None and cfg.redo is False and cfg.wandb.mode == "offline"
     plans = runner.plan(cfg, session, check_data=False)
     assert [p.quant for p in plans] == ["fp16", "kivi2", "akvq"]
@@ -146,7 +148,9 @@ def test_every_combination(cfg_of: Compose, session: runner.Session) -> None:
             choices = {"model": m, "task": t, "quant": "akvq"}
             hyd = {"runtime": {"choices": choices}}
             cfg = OmegaConf.create({**top, "model": mcfg, "task": tcfg, "compare": quants, "hydra": hyd})
-            if needs_images(session.get_task(str(tcfg["name"]), OmegaConf.create(tcfg))) and not model_is_vlm(mcfg):
+            if needs_images(session.get_task(str(tcfg["name"]), OmegaConf.create(tcfg))) and not model_is_vlm(
+                mcfg
+            ):
                 with pytest.raises(ConfigError, match="text-only"):
                     runner.plan(cfg, session, check_data=False)
                 refused += 1
@@ -161,7 +165,9 @@ def test_every_combination(cfg_of: Compose, session: runner.Session) -> None:
             assert {p.model for p in plans} == {mcfg["name"]}
             assert len({p.config_hash for p in plans}) == len(quants)
             ok += len(plans)
-    assert ok >= len(MODELS) * 2 * len([q for q in QUANTS if not q.startswith("hf_")])  # two text tasks a model
+    assert ok >= len(MODELS) * 2 * len(
+        [q for q in QUANTS if not q.startswith("hf_")]
+    )  # two text tasks a model
     assert refused > 0
 
 
@@ -195,7 +201,9 @@ def test_bad_configs_fail_clearly(
 
 def test_local_launcher(cfg_of: Compose) -> None:
     cfg = cfg_of()
-    assert cfg.hydra.launcher._target_ == "hydra_plugins.akvq_launchers.LocalLauncher"  # pre-flight, then jobs
+    assert (
+        cfg.hydra.launcher._target_ == "hydra_plugins.akvq_launchers.LocalLauncher"
+    )  # pre-flight, then jobs
 
 
 def test_slurm_launcher_composes_and_builds_sbatch(

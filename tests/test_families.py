@@ -35,7 +35,9 @@ def test_each_tiny_family_roles_and_generate(name: str) -> None:
     inputs = build_inputs(loaded, prompts, [[image(56, 56)]] if fam.is_vlm else None)
     mask = vision_mask(loaded.model, inputs)
     assert bool(mask.any()) == fam.is_vlm
-    out, cache = api.generate(loaded.model, inputs, make_policy("akvq", window=4), max_new_tokens=3, do_sample=False)
+    out, cache = api.generate(
+        loaded.model, inputs, make_policy("akvq", window=4), max_new_tokens=3, do_sample=False
+    )
     assert out.shape[1] == inputs["input_ids"].shape[1] + 3 and cache.get_seq_length() > 0
 
 
@@ -54,7 +56,9 @@ def toy_family():
     """A test-only family: LLaVA's parts under a new name, registered with one call and removed afterwards."""
     from akvq.models.families import REGISTRY
 
-    toy = register(dataclasses.replace(LLAVA, name="toy", model_types=("toy",), placeholders={IMAGE: " <image>"}))
+    toy = register(
+        dataclasses.replace(LLAVA, name="toy", model_types=("toy",), placeholders={IMAGE: " <image>"})
+    )
     yield toy
     REGISTRY.pop("toy")
 

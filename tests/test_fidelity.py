@@ -98,7 +98,9 @@ def test_a_cache_that_cannot_replay_is_decoded_step_by_step():
         full = loaded.model(input_ids=ids).logits[0, 32:].float()
         cache = DynamicCache(config=loaded.model.config)
         loaded.model(input_ids=ids[:, :32], **{api.cache_kwarg(): cache}, use_cache=True)
-    torch.testing.assert_close(_decode(loaded.model, cache, ids[:, 32:], replay=True), full, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        _decode(loaded.model, cache, ids[:, 32:], replay=True), full, rtol=1e-4, atol=1e-4
+    )
     with pytest.raises(NotImplementedError, match="cannot replay"), replayed(loaded.model, cache):
         pass
 

@@ -40,7 +40,8 @@ def test_entry_point_gives_lmms_eval_a_manifest() -> None:
 
     payload = ep.load()()
     assert (
-        isinstance(payload, ModelManifest) and payload.simple_class_path == "akvq.integrations.lmms_eval.AKVQLmms"
+        isinstance(payload, ModelManifest)
+        and payload.simple_class_path == "akvq.integrations.lmms_eval.AKVQLmms"
     )
     assert get_model("akvq") is AKVQLmms
 
@@ -129,7 +130,9 @@ def lmms_cli(tmp_path: Path, quant: str, task: str, include: Path, *extra: str) 
            "--tasks", task, "--include_path", str(include), "--output_path", str(tmp_path / "out"), *extra]  # fmt: skip
     env: dict[str, Any] = {**os.environ, **OFFLINE}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
-    assert proc.returncode == 0, proc.stderr[-3000:]  # lmms-eval 0.7.3 exits 0 even after an error: see the rows
+    assert proc.returncode == 0, proc.stderr[
+        -3000:
+    ]  # lmms-eval 0.7.3 exits 0 even after an error: see the rows
     return [line for line in proc.stdout.splitlines() if line.startswith(f"|{task}")], proc.stdout
 
 

@@ -56,7 +56,9 @@ def test_tiny_head_dim_from_the_model_config() -> None:
     """configs/model/tiny-llava-hd128.yaml: the benchmark's tiny LLaVA with LLaVA-7B's head size."""
     import yaml
 
-    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/model/tiny-llava-hd128.yaml").read_text())
+    cfg = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "configs/model/tiny-llava-hd128.yaml").read_text()
+    )
     loaded = load_model(cfg)
     text = loaded.model.config.text_config
     assert text.head_dim == 128 and text.num_key_value_heads == 2
@@ -88,7 +90,10 @@ def test_smollm2_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyP
 def test_family_of_unsupported_names_the_families() -> None:
     from transformers import BertConfig
 
-    with pytest.raises(UnsupportedModelError, match="supported families: idefics3, llama, llava, llava_next, qwen2_5_vl, qwen2_vl"):
+    with pytest.raises(
+        UnsupportedModelError,
+        match="supported families: idefics3, llama, llava, llava_next, qwen2_5_vl, qwen2_vl",
+    ):
         family_of(BertConfig())
     with pytest.raises(UnsupportedModelError):
         family_of(object())

@@ -72,23 +72,49 @@ def test_wheel_installs_and_runs_from_outside_the_checkout(tmp_path: Path) -> No
     """CI step: build the wheel, install it non-editable into a fresh venv (torch etc. borrowed from this
     environment's site-packages through a .pth file, so no network), run the smoke test outside the repo."""
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-                    str(REPO)], check=True, timeout=900, cwd=tmp_path)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(REPO),
+        ],
+        check=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
     (wheel,) = wheels.glob("akvq-*.whl")
     import zipfile
 
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "akvq/attention/csrc/packed_cpu.c" in names
-    assert "akvq/_configs/quant/akvq.yaml" in names and "akvq/_configs/layer_patterns/llava-1.5-7b.yaml" in names
+    assert (
+        "akvq/_configs/quant/akvq.yaml" in names and "akvq/_configs/layer_patterns/llava-1.5-7b.yaml" in names
+    )
     env = tmp_path / "venv"
     venv.create(env, with_pip=False, symlinks=True)
     py = str(env / "bin" / "python")
-    site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    site = subprocess.run(
+        [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     Path(site, "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", py, "install", "--no-deps", "--no-index", "-q",
-                    str(wheel)], check=True, timeout=900)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", py, "install", "--no-deps", "--no-index", "-q", str(wheel)],
+        check=True,
+        timeout=900,
+    )
     got = _run(py, SMOKE, tmp_path)
-    assert got["file"].startswith(site) and got["source"].startswith(site)  # the installed copy, not the checkout
+    assert got["file"].startswith(site) and got["source"].startswith(
+        site
+    )  # the installed copy, not the checkout
     assert got["kernel"] and got["pattern"] == ["tsa", "tsa", "psa", "psa"] and got["tokens"] == 4
     shutil.rmtree(env, ignore_errors=True)

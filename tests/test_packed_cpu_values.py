@@ -15,8 +15,12 @@ from akvq.policies.base import TensorPlan
 PLANS_V8 = {
     "akvq_psa_d64": (TensorPlan(bits=2, group_size=64, window=7, hadamard=True), None, "all", 64),
     "akvq_tsa_d64": (TensorPlan(bits=2, group_size=128, window=7, hadamard=True), 4, "all", 64),
-    "float_zero_across_d64": (TensorPlan(bits=2, group_size=128, window=3, float_zero=True,
-                                         group_across_heads=True), 4, "all", 64),
+    "float_zero_across_d64": (
+        TensorPlan(bits=2, group_size=128, window=3, float_zero=True, group_across_heads=True),
+        4,
+        "all",
+        64,
+    ),
     "akvq_d128": (TensorPlan(bits=2, group_size=128, window=5, hadamard=True), 4, "all", 128),
 }
 # Each block's weights move by at most max_t(p_t s_t) / 510, the zero-point term uses the same weights, so the

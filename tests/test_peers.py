@@ -34,11 +34,15 @@ def policy_of(name: str, **over: Any):
 def test_yamls_spell_out_transformers_defaults() -> None:
     from transformers.cache_utils import QuantizedLayer
 
-    defaults = {k: p.default for k, p in inspect.signature(QuantizedLayer.__init__).parameters.items() if k != "self"}
+    defaults = {
+        k: p.default for k, p in inspect.signature(QuantizedLayer.__init__).parameters.items() if k != "self"
+    }
     for name, backend in PEERS.items():
         q = quant_config(name)
         assert q["backend"] == backend and q["nbits"] == int(name[-1])
-        assert {k: q[k] for k in defaults if k != "nbits"} == {k: v for k, v in defaults.items() if k != "nbits"}
+        assert {k: q[k] for k in defaults if k != "nbits"} == {
+            k: v for k, v in defaults.items() if k != "nbits"
+        }
 
 
 @pytest.mark.parametrize(
@@ -87,7 +91,9 @@ def test_cached_read_path_is_bit_identical_to_transformers(name: str) -> None:
     k, v = torch.randn(2, 2, 70, 32), torch.randn(2, 2, 70, 32)
     pol = policy_of(name, residual_length=8)
     ours = hf_quantized.HFQuantizedCache(pol, 1, "cached")
-    fields = {f: getattr(pol, f) for f in ("nbits", "axis_key", "axis_value", "q_group_size", "residual_length")}
+    fields = {
+        f: getattr(pol, f) for f in ("nbits", "axis_key", "axis_value", "q_group_size", "residual_length")
+    }
     ref = QuantizedCache(pol.backend, _Cfg(), **fields)
     got = _drive(ours, k, v, 30)
     want = _drive(ref, k.half(), v.half(), 30)
@@ -159,12 +165,21 @@ def test_runner_on_tiny_llama(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     rows = []
     for quant, compare in (("hf_hqq2", "[fp16]"), ("hf_quanto4", "[]")):
         cfg = _runner_cfg(
-            tmp_path, "model=tiny-llama", "task.prompt_len=48", "task.cont_len=6", "task.windows=2",
-            f"quant={quant}", f"compare={compare}", "quant.q_group_size=32", "quant.residual_length=4",
+            tmp_path,
+            "model=tiny-llama",
+            "task.prompt_len=48",
+            "task.cont_len=6",
+            "task.windows=2",
+            f"quant={quant}",
+            f"compare={compare}",
+            "quant.q_group_size=32",
+            "quant.residual_length=4",
         )
         rows += runner.main(cfg, session)
     assert [r["quant"] for r in rows] == [
-        "fp16", "hf_hqq2[q_group_size=32,residual_length=4]", "hf_quanto4[q_group_size=32,residual_length=4]"
+        "fp16",
+        "hf_hqq2[q_group_size=32,residual_length=4]",
+        "hf_quanto4[q_group_size=32,residual_length=4]",
     ]
     assert rows[1]["config"]["quant"]["backend"] == "hqq"
     for r in rows[1:]:
@@ -181,11 +196,20 @@ def test_runner_skips_a_peer_whose_package_is_absent(
     session = runner.Session(load_model=lambda model_cfg: tiny("llama"))
     real = hf_quantized.importlib.util.find_spec
     backends = {b[0] for b in hf_quantized.BACKENDS.values()}
-    monkeypatch.setattr(hf_quantized.importlib.util, "find_spec",
-                        lambda name, *a: None if name in backends else real(name, *a))
+    monkeypatch.setattr(
+        hf_quantized.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in backends else real(name, *a),
+    )
     cfg = _runner_cfg(
-        tmp_path, "model=tiny-llama", "+model.tiny_head_dim=32", "task.prompt_len=48", "task.cont_len=4",
-        "task.windows=2", "quant=hf_quanto2", "compare=[fp16]",
+        tmp_path,
+        "model=tiny-llama",
+        "+model.tiny_head_dim=32",
+        "task.prompt_len=48",
+        "task.cont_len=4",
+        "task.windows=2",
+        "quant=hf_quanto2",
+        "compare=[fp16]",
     )
     with caplog.at_level(logging.WARNING):
         rows = runner.main(cfg, session)
@@ -209,7 +233,9 @@ def test_smollm2_perplexity_through_the_task() -> None:
         pytest.skip(str(e))
     root = REPO / "configs"
     loaded = load_model(yaml.safe_load((root / "model" / "smollm2-135m.yaml").read_text()))
-    task = PerplexityTask("ppl", {"prompt_len": 160, "cont_len": 16, "windows": 1, "chunk": 1, "bootstrap": 0})
+    task = PerplexityTask(
+        "ppl", {"prompt_len": 160, "cont_len": 16, "windows": 1, "chunk": 1, "bootstrap": 0}
+    )
     ppl = {"fp16": task.run(loaded, make_policy("fp16"))}
     ppl.update({n: task.run(loaded, policy_of(n, residual_length=32)) for n in ("hf_quanto4", "hf_quanto2")})
     assert ppl["hf_quanto4"].metrics["ppl"] < ppl["hf_quanto2"].metrics["ppl"]
@@ -305,8 +331,22 @@ def test_llamacpp_ppl_record_lands_in_the_runner_schema(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp", reason="llama.cpp peer needs pip install 'akvq[llamacpp]'")
     mod = _llamacpp_script()
     recs = tmp_path / "runs.jsonl"
-    mod.main(["ppl", "--kv", "q4_0", "f16", "--prompt-len", "64", "--cont-len", "8", "--windows", "2",
-              "--records", str(recs)])
+    mod.main(
+        [
+            "ppl",
+            "--kv",
+            "q4_0",
+            "f16",
+            "--prompt-len",
+            "64",
+            "--cont-len",
+            "8",
+            "--windows",
+            "2",
+            "--records",
+            str(recs),
+        ]
+    )
     rows = records.read_records(recs)
     assert [r["quant"] for r in rows] == ["llamacpp_q4_0", "llamacpp_f16"]
     for r in rows:

@@ -35,9 +35,14 @@ def test_every_quant_config_means_one_policy_at_every_entry_point(name: str) -> 
 
     want = make_policy(name)
     assert dataclasses.asdict(want) == dataclasses.asdict(make_policy(quant_config(name)))
-    cfg = OmegaConf.create({"model": {"name": "tiny-llama", "source": "tiny", "tiny_kind": "llama", "tiny_head_dim": 32},
-                            "task": {"name": "ppl", "prompt_len": 64, "cont_len": 8, "windows": 1},
-                            "quant": quant_config(name), "compare": []})
+    cfg = OmegaConf.create(
+        {
+            "model": {"name": "tiny-llama", "source": "tiny", "tiny_kind": "llama", "tiny_head_dim": 32},
+            "task": {"name": "ppl", "prompt_len": 64, "cont_len": 8, "windows": 1},
+            "quant": quant_config(name),
+            "compare": [],
+        }
+    )
     assert [p.policy for p in runner.plan(cfg, runner.Session(), check_data=False)] == [want]
     assert AKVQLmms(loaded=tiny("llama"), quant=name).policy == want
     assert throughput.make_policy(quant_config(name), want.hp_dtype) == want
@@ -99,7 +104,9 @@ def test_toy_policy_registered_in_one_place() -> None:
     register(ToyPolicy)
     try:
         loaded, inputs = tiny_inputs("llama")
-        out, cache = api.generate(loaded.model, inputs, make_policy({"policy": "toy_test_only"}), max_new_tokens=3)
+        out, cache = api.generate(
+            loaded.model, inputs, make_policy({"policy": "toy_test_only"}), max_new_tokens=3
+        )
         assert cache.layers[0].k.n_q > 0 and cache.memory_report().effective_bits < 16
     finally:
         POLICIES.pop("toy_test_only")

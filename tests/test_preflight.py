@@ -147,10 +147,21 @@ def test_model_larger_than_the_gpus_is_refused(fakes: SimpleNamespace, tmp_path:
     weights.mkdir()
     with open(weights / "model.safetensors", "wb") as f:
         f.truncate(2 * preflight.GiB)  # sparse: 2 GiB on paper
-    (weights / "config.json").write_text(json.dumps({
-        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 64, "intermediate_size": 128,
-        "max_position_embeddings": 4096, "vocab_size": 128}))
+    (weights / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "architectures": ["LlamaForCausalLM"],
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "max_position_embeddings": 4096,
+                "vocab_size": 128,
+            }
+        )
+    )
     cfg = make_cfg(tmp_path, compare=[])
     cfg.model = {"name": "big", "source": "hub", "path": str(weights), "family": "llama"}
     cfg.slurm = {"gpus": 1, "gpu_mem_gb": 1}
@@ -174,7 +185,9 @@ def test_wandb_groups_the_jobs_of_a_sweep(
         return t
 
     monkeypatch.setattr(tracking, "start", spy)
-    assert run_py(tmp_path, monkeypatch, fakes, "model=fake-lm", "quant=fp16,kivi2", "wandb.mode=offline") == 0
+    assert (
+        run_py(tmp_path, monkeypatch, fakes, "model=fake-lm", "quant=fp16,kivi2", "wandb.mode=offline") == 0
+    )
     assert groups == [str(tmp_path / "multirun")] * 2
     assert tracking.sweep_group({"group": "mine"}) == "mine"
 

@@ -70,7 +70,9 @@ def test_resume_skips_completed_runs(tmp_path: Path, fakes: SimpleNamespace) -> 
     assert len(fakes.task.calls) == 4 and fakes.loads == 1  # the session still holds the model
     assert [r["quant"] for r in rows] == ["fp16", "kivi2", "akvq"]
     # everything recorded: nothing runs, no model is asked for
-    runner.main(cfg, runner.Session(load_model=None, validate_model=lambda c: None, get_task=lambda n, c: fakes.task))
+    runner.main(
+        cfg, runner.Session(load_model=None, validate_model=lambda c: None, get_task=lambda n, c: fakes.task)
+    )
     assert len(fakes.task.calls) == 4
     # unless asked
     runner.main(make_cfg(tmp_path, redo=True), fakes.session)
@@ -81,7 +83,8 @@ def test_resume_skips_completed_runs(tmp_path: Path, fakes: SimpleNamespace) -> 
 def test_reporting_keys_do_not_change_the_hash(tmp_path: Path, fakes: SimpleNamespace) -> None:
     a = runner.plan(make_cfg(tmp_path), fakes.session)
     b = runner.plan(
-        make_cfg(tmp_path, records="x.jsonl", **{"wandb.mode": "offline"}, compare=["kivi2", "fp16"]), fakes.session
+        make_cfg(tmp_path, records="x.jsonl", **{"wandb.mode": "offline"}, compare=["kivi2", "fp16"]),
+        fakes.session,
     )
     assert {p.quant: p.config_hash for p in a} == {p.quant: p.config_hash for p in b}
     c = runner.plan(make_cfg(tmp_path, **{"task.windows": 3}), fakes.session)

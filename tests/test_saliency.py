@@ -197,7 +197,9 @@ def test_shipped_patterns_table1() -> None:
     assert layer_pattern("llava-1.6-mistral-7b", 32) == ["psa"] * 32
     p13 = layer_pattern("llava-1.5-13b", 40)
     assert len(p13) == 40 and p13.count("tsa") == 2
-    assert not pat.load_layer_pattern("llava-1.5-13b", 40).profiled  # layers 32-39 are a guess, not the paper's
+    assert not pat.load_layer_pattern(
+        "llava-1.5-13b", 40
+    ).profiled  # layers 32-39 are a guess, not the paper's
     for f in sorted((ROOT / "configs" / "layer_patterns").glob("*.yaml")):
         node = yaml.safe_load(f.read_text())
         assert node["source"] and "profiled" in node, f

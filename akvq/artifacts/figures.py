@@ -261,14 +261,17 @@ def fig9(
         ax.set_xlabel("batch size (sequences)")
         ax.set_ylabel("peak memory (GiB)")
         ax.set_title(
-            f"{model}" + (f" | prompt {int(prompt)} tokens" if prompt is not None and not pd.isna(prompt) else "")
+            f"{model}"
+            + (f" | prompt {int(prompt)} tokens" if prompt is not None and not pd.isna(prompt) else "")
         )
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     by_label = {style.label(q): q for q in df["quant"].unique()}
     legend_on_top(fig, axes, nrows, order=lambda lab: style.method_sort_key(by_label.get(lab, lab)))
     if random_weights:
-        fig.suptitle("tiny random-weight models (memory only; no accuracy meaning)", y=0.0, va="top", fontsize=8)
+        fig.suptitle(
+            "tiny random-weight models (memory only; no accuracy meaning)", y=0.0, va="top", fontsize=8
+        )
     return fig, df
 
 
@@ -383,7 +386,9 @@ def fig_attention(profiles: pd.DataFrame, fig_name: str) -> tuple[Any, pd.DataFr
             ax.set_ylim(0, 1)
         ax.set_xlabel("layer" + (" (grey: TSA layers)" if len(tsa) else ""))
         ax.set_ylabel(
-            "mean attention per token (log)" if fig_name == "fig3_tsa" else "share of attention mass (fraction)"
+            "mean attention per token (log)"
+            if fig_name == "fig3_tsa"
+            else "share of attention mass (fraction)"
         )
         ax.set_title(f"{model}: {FIG_TITLES[fig_name]}" if len(panels) == 1 else str(model), wrap=True)
     for ax in list(axes.flat)[len(panels) :]:

@@ -9,5 +9,14 @@ from akvq.attention.paths import ATTENTION, PATHS, select
 from akvq.attention.reference import reference_decode
 from akvq.attention.register import PACKED, REFERENCE, register_attention, use_packed
 
-__all__ = ["ATTENTION", "PACKED", "PATHS", "REFERENCE", "packed_decode", "reference_decode", "register_attention",
-           "select", "use_packed"]
+__all__ = [
+    "ATTENTION",
+    "PACKED",
+    "PATHS",
+    "REFERENCE",
+    "packed_decode",
+    "reference_decode",
+    "register_attention",
+    "select",
+    "use_packed",
+]

@@ -34,8 +34,16 @@ from akvq.cache.store import LOW, TEXT, TensorStore
 SOURCE = Path(__file__).with_name("csrc") / "packed_cpu.c"
 # Reassociation lets the compiler vectorize the dot products. Not -ffast-math: with GCC < 13 it links
 # crtfastmath.o into the library, whose constructor turns on flush-to-zero for the whole process.
-FLAGS = ("-O3", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math", "-fno-math-errno", "-fPIC",
-         "-shared", "-std=c11")
+FLAGS = (
+    "-O3",
+    "-fassociative-math",
+    "-fno-signed-zeros",
+    "-fno-trapping-math",
+    "-fno-math-errno",
+    "-fPIC",
+    "-shared",
+    "-std=c11",
+)
 # Builds of the one source, best first: the CPU flags each needs (/proc/cpuinfo names) and its compiler flags.
 # "portable" is plain C (whatever the compiler's default target vectorizes). No AVX-512/VNNI build: untested.
 VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -88,7 +96,9 @@ def _lib(variant: str = "auto") -> ctypes.CDLL | None:
     flags = (*FLAGS, *VARIANTS[variant][1])
     root = Path(os.environ.get("AKVQ_KERNEL_DIR") or Path.home() / ".cache" / "akvq" / "kernels")
     try:
-        key = hashlib.sha256(SOURCE.read_bytes() + " ".join((cc, *flags, platform.machine())).encode()).hexdigest()[:16]
+        key = hashlib.sha256(
+            SOURCE.read_bytes() + " ".join((cc, *flags, platform.machine())).encode()
+        ).hexdigest()[:16]
         path = root / f"packed_cpu-{variant}-{key}.so"
         if not path.exists():
             _compile(cc, flags, path)
@@ -103,9 +113,28 @@ def _lib(variant: str = "auto") -> ctypes.CDLL | None:
     half = [_i64] * 5 + [_ptr] + [_i64] * 3
     lib.akvq_half_scores.argtypes = [*half, _ptr, _ptr, _i64, _i64, _i64]
     lib.akvq_half_output.argtypes = [*half, _ptr, _i64, _i64, _ptr, _i64]
-    lib.akvq_token_hp.argtypes = [_i64] * 5 + [_ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _ptr, _i64, _i64, _i64, _ptr]
-    fns = (lib.akvq_token_hp, lib.akvq_token_scores, lib.akvq_token_output, lib.akvq_channel_scores, lib.akvq_half_scores,
-           lib.akvq_half_output)
+    lib.akvq_token_hp.argtypes = [_i64] * 5 + [
+        _ptr,
+        _ptr,
+        _ptr,
+        _ptr,
+        _i64,
+        _i64,
+        _i64,
+        _ptr,
+        _i64,
+        _i64,
+        _i64,
+        _ptr,
+    ]
+    fns = (
+        lib.akvq_token_hp,
+        lib.akvq_token_scores,
+        lib.akvq_token_output,
+        lib.akvq_channel_scores,
+        lib.akvq_half_scores,
+        lib.akvq_half_output,
+    )
     for f in fns:
         f.restype = ctypes.c_int
     _state["reason"] = f"built {path.name}"
@@ -151,16 +180,22 @@ def _kernel_tail(store: TensorStore) -> bool:
 def _kernel_hp(store: TensorStore) -> bool:
     """The 16-bit rows of a per-token store go through the kernel when they are fp16 and contiguous."""
     r = store.hp_rows
-    return store.n_q > 0 and store.plan.axis == "token" and r is not None and r.dtype == torch.float16 \
+    return (
+        store.n_q > 0
+        and store.plan.axis == "token"
+        and r is not None
+        and r.dtype == torch.float16
         and r.is_contiguous()
+    )
 
 
 def _nt(threads: int | None) -> int:
     return torch.get_num_threads() if threads is None else max(1, int(threads))
 
 
-def store_scores(store: TensorStore, q: torch.Tensor, threads: int | None = None, int8: bool = True,
-                 variant: str = "auto") -> torch.Tensor:
+def store_scores(
+    store: TensorStore, q: torch.Tensor, threads: int | None = None, int8: bool = True, variant: str = "auto"
+) -> torch.Tensor:
     """As `packed_torch.store_scores`: [B, H, G, n_q + tail]. `int8`: per-token keys of 2/4 bits take the integer
     path (q quantized per segment to int8); `threads`: OpenMP threads (None: torch's count)."""
     b, h, g, d = q.shape
@@ -172,40 +207,109 @@ def store_scores(store: TensorStore, q: torch.Tensor, threads: int | None = None
         if store.plan.axis == "channel":
             c = store.chan
             w = store.width
-            if (c.codes.stride(-1) != 1 or c.codes.stride(0) != w * c.codes.stride(1) or c.scale.stride(-1) != 1
-                    or c.scale.stride(0) != w * c.scale.stride(1) or c.zero.stride() != c.scale.stride()):
+            if (
+                c.codes.stride(-1) != 1
+                or c.codes.stride(0) != w * c.codes.stride(1)
+                or c.scale.stride(-1) != 1
+                or c.scale.stride(0) != w * c.scale.stride(1)
+                or c.zero.stride() != c.scale.stride()
+            ):
                 raise ValueError("channel codes must be laid out [B, W, bytes] with unit stride along tokens")
-            _check(lib.akvq_channel_scores(
-                store.n_q, b, h, g, d, store.group, c.codes.data_ptr(), c.scale.data_ptr(), c.zero.data_ptr(),
-                c.bits, c.codes.stride(1), c.scale.stride(1), int(c.float_zero), qt.data_ptr(), out.data_ptr(),
-                t_all, nt,
-            ))
+            _check(
+                lib.akvq_channel_scores(
+                    store.n_q,
+                    b,
+                    h,
+                    g,
+                    d,
+                    store.group,
+                    c.codes.data_ptr(),
+                    c.scale.data_ptr(),
+                    c.zero.data_ptr(),
+                    c.bits,
+                    c.codes.stride(1),
+                    c.scale.stride(1),
+                    int(c.float_zero),
+                    qt.data_ptr(),
+                    out.data_ptr(),
+                    t_all,
+                    nt,
+                )
+            )
         else:  # straight into [B, H, G, T] (measured: cheaper than writing token-major and transposing)
-            _check(lib.akvq_token_scores(
-                store.n_q * b, b, h, g, d, store.group, store.cls.data_ptr(), *_table_args(store),
-                int(store.plan.float_zero), qt.data_ptr(), out.data_ptr(), h * g * t_all, 1, t_all, int(int8), nt,
-            ))
+            _check(
+                lib.akvq_token_scores(
+                    store.n_q * b,
+                    b,
+                    h,
+                    g,
+                    d,
+                    store.group,
+                    store.cls.data_ptr(),
+                    *_table_args(store),
+                    int(store.plan.float_zero),
+                    qt.data_ptr(),
+                    out.data_ptr(),
+                    h * g * t_all,
+                    1,
+                    t_all,
+                    int(int8),
+                    nt,
+                )
+            )
     tail, hp = _kernel_tail(store), _kernel_hp(store)
     q32 = q.float().contiguous()
     if tail:
         x = store.tail
-        _check(lib.akvq_half_scores(
-            b, h, g, d, store.tail_len, x.data_ptr(), x.stride(0), x.stride(1), x.stride(2), q32.data_ptr(),
-            out.data_ptr(), t_all, store.n_q, nt,
-        ))
+        _check(
+            lib.akvq_half_scores(
+                b,
+                h,
+                g,
+                d,
+                store.tail_len,
+                x.data_ptr(),
+                x.stride(0),
+                x.stride(1),
+                x.stride(2),
+                q32.data_ptr(),
+                out.data_ptr(),
+                t_all,
+                store.n_q,
+                nt,
+            )
+        )
     if hp:
-        _check(lib.akvq_token_hp(
-            store.n_q * b, b, h, g, d, store.cls.data_ptr(), store.hp_rows.data_ptr(), q32.data_ptr(),
-            out.data_ptr(), h * g * t_all, 1, t_all, None, 0, 0, 0, None,
-        ))
+        _check(
+            lib.akvq_token_hp(
+                store.n_q * b,
+                b,
+                h,
+                g,
+                d,
+                store.cls.data_ptr(),
+                store.hp_rows.data_ptr(),
+                q32.data_ptr(),
+                out.data_ptr(),
+                h * g * t_all,
+                1,
+                t_all,
+                None,
+                0,
+                0,
+                0,
+                None,
+            )
+        )
         if not tail and store.tail_len:
             out[..., store.n_q :] = torch.einsum("bhgd,bhtd->bhgt", q, store.tail.float())
         return out
     return exact_scores(store, q, out, tail=not tail)
 
 
-def store_output(store: TensorStore, p: torch.Tensor, threads: int | None = None, int8: bool = True,
-                 variant: str = "auto") -> torch.Tensor:
+def store_output(
+    store: TensorStore, p: torch.Tensor, threads: int | None = None, int8: bool = True, variant: str = "auto"
+) -> torch.Tensor:
     """As `packed_torch.store_output` for per-token values: [B, H, G, D]. `int8`: 2-bit values take the integer
     path (weights p_t s_t quantized to u8 per block of 32 tokens, vpmaddubsw; AVX2 builds)."""
     b, h, g, t_all = p.shape
@@ -213,23 +317,70 @@ def store_output(store: TensorStore, p: torch.Tensor, threads: int | None = None
     p = p.float().contiguous()
     lib, nt = _lib(variant), _nt(threads)
     if store.n_q:
-        _check(lib.akvq_token_output(
-            store.n_q * b, b, h, g, store.head_dim, store.group, store.cls.data_ptr(), *_table_args(store),
-            int(store.plan.float_zero), p.data_ptr(), h * g * t_all, 1, t_all, out.data_ptr(), int(int8), nt,
-        ))
+        _check(
+            lib.akvq_token_output(
+                store.n_q * b,
+                b,
+                h,
+                g,
+                store.head_dim,
+                store.group,
+                store.cls.data_ptr(),
+                *_table_args(store),
+                int(store.plan.float_zero),
+                p.data_ptr(),
+                h * g * t_all,
+                1,
+                t_all,
+                out.data_ptr(),
+                int(int8),
+                nt,
+            )
+        )
         out = _finish_out(store, out)
         if _kernel_hp(store):  # the 16-bit rows, in the original space
-            _check(lib.akvq_token_hp(
-                store.n_q * b, b, h, g, store.head_dim, store.cls.data_ptr(), store.hp_rows.data_ptr(), None, None,
-                0, 0, 0, p.data_ptr(), h * g * t_all, 1, t_all, out.data_ptr(),
-            ))
+            _check(
+                lib.akvq_token_hp(
+                    store.n_q * b,
+                    b,
+                    h,
+                    g,
+                    store.head_dim,
+                    store.cls.data_ptr(),
+                    store.hp_rows.data_ptr(),
+                    None,
+                    None,
+                    0,
+                    0,
+                    0,
+                    p.data_ptr(),
+                    h * g * t_all,
+                    1,
+                    t_all,
+                    out.data_ptr(),
+                )
+            )
     tail = _kernel_tail(store)
     if tail:
         x = store.tail
-        _check(lib.akvq_half_output(
-            b, h, g, store.head_dim, store.tail_len, x.data_ptr(), x.stride(0), x.stride(1), x.stride(2),
-            p.data_ptr(), t_all, store.n_q, out.data_ptr(), nt,
-        ))
+        _check(
+            lib.akvq_half_output(
+                b,
+                h,
+                g,
+                store.head_dim,
+                store.tail_len,
+                x.data_ptr(),
+                x.stride(0),
+                x.stride(1),
+                x.stride(2),
+                p.data_ptr(),
+                t_all,
+                store.n_q,
+                out.data_ptr(),
+                nt,
+            )
+        )
     if _kernel_hp(store):
         if not tail and store.tail_len:
             out += torch.einsum("bhgt,bhtd->bhgd", p[..., store.n_q :], store.tail.float())
@@ -237,15 +388,27 @@ def store_output(store: TensorStore, p: torch.Tensor, threads: int | None = None
     return exact_output(store, p, out, tail=not tail)
 
 
-def packed_decode(query: torch.Tensor, kstore: TensorStore, vstore: TensorStore, attention_mask: torch.Tensor | None,
-                  scaling: float, threads: int | None = None, int8: bool = True, variant: str = "auto") -> torch.Tensor:
+def packed_decode(
+    query: torch.Tensor,
+    kstore: TensorStore,
+    vstore: TensorStore,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    threads: int | None = None,
+    int8: bool = True,
+    variant: str = "auto",
+) -> torch.Tensor:
     """softmax(q K^T * scaling + mask) V for one query token, as `packed_torch.packed_decode`, through the C kernel.
 
     `int8=False` keeps q and the value weights in fp32 (the float path); `variant` forces a build ("avx2", "portable"; tests)."""
     if _lib(variant) is None:
         raise RuntimeError(f"packed_cpu kernel unavailable: {status()}")
     return torch_packed_decode(
-        query, kstore, vstore, attention_mask, scaling,
+        query,
+        kstore,
+        vstore,
+        attention_mask,
+        scaling,
         scores=functools.partial(store_scores, threads=threads, int8=int8, variant=variant),
         output=functools.partial(store_output, threads=threads, int8=int8, variant=variant),
     )

@@ -75,7 +75,9 @@ def planes_into(packed: torch.Tensor, bits: int) -> torch.Tensor:
     if per == 1:
         return packed.float().unsqueeze(-2)
     # planes stacked as bytes first (1 byte per code), then one contiguous conversion to float
-    u = torch.stack([(packed >> (bits * i) if i else packed) & m for i in range(per - 1)] + [packed >> (8 - bits)], -2)
+    u = torch.stack(
+        [(packed >> (bits * i) if i else packed) & m for i in range(per - 1)] + [packed >> (8 - bits)], -2
+    )
     return u.float()
 
 
@@ -100,7 +102,9 @@ def plane_major(x: torch.Tensor, per: int) -> torch.Tensor:
 
 
 # --- token axis: rows r = t * B + b, one class table per precision -----------------------------------------------
-def _token_chunks(store: TensorStore) -> Iterator[tuple[int, int, int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+def _token_chunks(
+    store: TensorStore,
+) -> Iterator[tuple[int, int, int, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per chunk of tokens and per class present in it: (t0, t1, bits, bytes [B, H, ct, D*bits/8] uint8,
     scale [B, H, ct, D/seg], zero [B, H, ct, D/seg]) in float32. Rows of other classes are zero codes with zero
     scale, so they add nothing; 16-bit rows are handled exactly elsewhere."""
@@ -123,9 +127,15 @@ def _token_chunks(store: TensorStore) -> Iterator[tuple[int, int, int, torch.Ten
             codes, scale, zero = qt.codes[o : o + k], qt.scale[o : o + k], qt.zero[o : o + k]
             if k != rows:
                 idx = (local == c).nonzero().squeeze(1)
-                codes = torch.zeros(rows, codes.shape[1], dtype=codes.dtype, device=dev).index_copy_(0, idx, codes)
-                scale = torch.zeros(rows, scale.shape[1], dtype=scale.dtype, device=dev).index_copy_(0, idx, scale)
-                zero = torch.zeros(rows, zero.shape[1], dtype=zero.dtype, device=dev).index_copy_(0, idx, zero)
+                codes = torch.zeros(rows, codes.shape[1], dtype=codes.dtype, device=dev).index_copy_(
+                    0, idx, codes
+                )
+                scale = torch.zeros(rows, scale.shape[1], dtype=scale.dtype, device=dev).index_copy_(
+                    0, idx, scale
+                )
+                zero = torch.zeros(rows, zero.shape[1], dtype=zero.dtype, device=dev).index_copy_(
+                    0, idx, zero
+                )
             offsets[c] = o + k
             by = codes.view(ct, b, h, -1).permute(1, 2, 0, 3).contiguous()
             scale, zero = scale.float(), zero.float()
@@ -191,7 +201,9 @@ def _token_output(store: TensorStore, p: torch.Tensor) -> torch.Tensor:
 
 
 # --- channel axis (KIVI keys): codes [B, W, n_q] packed along tokens, groups of `group` tokens --------------------
-def _channel_chunks(store: TensorStore) -> Iterator[tuple[int, int, list[torch.Tensor], torch.Tensor, torch.Tensor]]:
+def _channel_chunks(
+    store: TensorStore,
+) -> Iterator[tuple[int, int, list[torch.Tensor], torch.Tensor, torch.Tensor]]:
     """(t0, t1, planes of codes [B, W, ct/per] each, scale [B, W, ct/group], zero) per chunk of whole groups.
 
     Plane i holds tokens per*j + i; bit widths that do not divide a byte use one plane of unpacked codes."""
@@ -204,7 +216,13 @@ def _channel_chunks(store: TensorStore) -> Iterator[tuple[int, int, list[torch.T
             pl = planes(qt.codes[..., t0 // per : t1 // per], qt.bits)
         else:
             pl = [unpack(qt.codes, qt.bits, qt.n)[..., t0:t1].float()]
-        yield t0, t1, pl, qt.scale[..., t0 // gs : t1 // gs].float(), qt.zero[..., t0 // gs : t1 // gs].float()
+        yield (
+            t0,
+            t1,
+            pl,
+            qt.scale[..., t0 // gs : t1 // gs].float(),
+            qt.zero[..., t0 // gs : t1 // gs].float(),
+        )
 
 
 def _channel_scores(store: TensorStore, qt: torch.Tensor, out: torch.Tensor) -> None:
@@ -229,7 +247,8 @@ def _channel_output(store: TensorStore, p: torch.Tensor) -> torch.Tensor:
         n, per = (t1 - t0) // gs, len(pl)
         pc = p[..., t0:t1].reshape(b, h, g, n, gs // per, per)
         r = sum(
-            torch.einsum("bhgnj,bhdnj->bhgdn", pc[..., i], f.view(b, h, d, n, gs // per)) for i, f in enumerate(pl)
+            torch.einsum("bhgnj,bhdnj->bhgdn", pc[..., i], f.view(b, h, d, n, gs // per))
+            for i, f in enumerate(pl)
         )
         s = scale.view(b, h, 1, d, n)
         acc += (r * s).sum(-1)

@@ -70,8 +70,26 @@ if triton is not None:
 
     @triton.jit
     def _token_rows(
-        cls_ptr, r2t_ptr, lc, ls, lz, tc, ts, tz, b, h, t, n_q, B, W, GS,
-        D: tl.constexpr, LBITS: tl.constexpr, TBITS: tl.constexpr, HAS_L: tl.constexpr, HAS_T: tl.constexpr,
+        cls_ptr,
+        r2t_ptr,
+        lc,
+        ls,
+        lz,
+        tc,
+        ts,
+        tz,
+        b,
+        h,
+        t,
+        n_q,
+        B,
+        W,
+        GS,
+        D: tl.constexpr,
+        LBITS: tl.constexpr,
+        TBITS: tl.constexpr,
+        HAS_L: tl.constexpr,
+        HAS_T: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
         valid = t < n_q
@@ -88,9 +106,31 @@ if triton is not None:
 
     @triton.jit
     def _token_scores_kernel(
-        q_ptr, out_ptr, cls_ptr, r2t_ptr, lc, ls, lz, tc, ts, tz, n_q, T, B, H, W, GS, per_split,
-        G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, LBITS: tl.constexpr, TBITS: tl.constexpr,
-        HAS_L: tl.constexpr, HAS_T: tl.constexpr, BLOCK: tl.constexpr,
+        q_ptr,
+        out_ptr,
+        cls_ptr,
+        r2t_ptr,
+        lc,
+        ls,
+        lz,
+        tc,
+        ts,
+        tz,
+        n_q,
+        T,
+        B,
+        H,
+        W,
+        GS,
+        per_split,
+        G: tl.constexpr,
+        GP: tl.constexpr,
+        D: tl.constexpr,
+        LBITS: tl.constexpr,
+        TBITS: tl.constexpr,
+        HAS_L: tl.constexpr,
+        HAS_T: tl.constexpr,
+        BLOCK: tl.constexpr,
     ):
         b = tl.program_id(0)
         h = tl.program_id(1)
@@ -102,17 +142,60 @@ if triton is not None:
         start = sp * per_split
         for t0 in range(start, tl.minimum(start + per_split, n_q), BLOCK):
             t = t0 + tl.arange(0, BLOCK)
-            k = _token_rows(cls_ptr, r2t_ptr, lc, ls, lz, tc, ts, tz, b, h, t, n_q, B, W, GS, D, LBITS, TBITS,
-                            HAS_L, HAS_T, BLOCK)
+            k = _token_rows(
+                cls_ptr,
+                r2t_ptr,
+                lc,
+                ls,
+                lz,
+                tc,
+                ts,
+                tz,
+                b,
+                h,
+                t,
+                n_q,
+                B,
+                W,
+                GS,
+                D,
+                LBITS,
+                TBITS,
+                HAS_L,
+                HAS_T,
+                BLOCK,
+            )
             sc = tl.sum(k[:, None, :] * q[None, :, :], axis=2)  # [BLOCK, GP]
             ptr = out_ptr + (qbase + g[None, :]) * T + t[:, None]
             tl.store(ptr, sc, mask=(t[:, None] < n_q) & (g[None, :] < G))
 
     @triton.jit
     def _token_output_kernel(
-        p_ptr, out_ptr, cls_ptr, r2t_ptr, lc, ls, lz, tc, ts, tz, n_q, T, B, H, W, GS, per_split,
-        G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, LBITS: tl.constexpr, TBITS: tl.constexpr,
-        HAS_L: tl.constexpr, HAS_T: tl.constexpr, BLOCK: tl.constexpr,
+        p_ptr,
+        out_ptr,
+        cls_ptr,
+        r2t_ptr,
+        lc,
+        ls,
+        lz,
+        tc,
+        ts,
+        tz,
+        n_q,
+        T,
+        B,
+        H,
+        W,
+        GS,
+        per_split,
+        G: tl.constexpr,
+        GP: tl.constexpr,
+        D: tl.constexpr,
+        LBITS: tl.constexpr,
+        TBITS: tl.constexpr,
+        HAS_L: tl.constexpr,
+        HAS_T: tl.constexpr,
+        BLOCK: tl.constexpr,
     ):
         b = tl.program_id(0)
         h = tl.program_id(1)
@@ -124,8 +207,29 @@ if triton is not None:
         start = sp * per_split
         for t0 in range(start, tl.minimum(start + per_split, n_q), BLOCK):
             t = t0 + tl.arange(0, BLOCK)
-            v = _token_rows(cls_ptr, r2t_ptr, lc, ls, lz, tc, ts, tz, b, h, t, n_q, B, W, GS, D, LBITS, TBITS,
-                            HAS_L, HAS_T, BLOCK)
+            v = _token_rows(
+                cls_ptr,
+                r2t_ptr,
+                lc,
+                ls,
+                lz,
+                tc,
+                ts,
+                tz,
+                b,
+                h,
+                t,
+                n_q,
+                B,
+                W,
+                GS,
+                D,
+                LBITS,
+                TBITS,
+                HAS_L,
+                HAS_T,
+                BLOCK,
+            )
             pm = (t[:, None] < n_q) & (g[None, :] < G)
             p = tl.load(p_ptr + (qbase + g[None, :]) * T + t[:, None], mask=pm, other=0.0)  # [BLOCK, GP]
             acc += tl.sum(p[:, :, None] * v[:, None, :], axis=0)
@@ -136,8 +240,24 @@ if triton is not None:
 
     @triton.jit
     def _channel_scores_kernel(
-        q_ptr, out_ptr, codes_ptr, scale_ptr, zero_ptr, n_q, T, H, W, GS, NBYTES, NGROUPS, per_split,
-        G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, BLOCK: tl.constexpr,
+        q_ptr,
+        out_ptr,
+        codes_ptr,
+        scale_ptr,
+        zero_ptr,
+        n_q,
+        T,
+        H,
+        W,
+        GS,
+        NBYTES,
+        NGROUPS,
+        per_split,
+        G: tl.constexpr,
+        GP: tl.constexpr,
+        D: tl.constexpr,
+        BITS: tl.constexpr,
+        BLOCK: tl.constexpr,
     ):
         PER: tl.constexpr = 8 // BITS
         MASK: tl.constexpr = (1 << BITS) - 1
@@ -153,14 +273,20 @@ if triton is not None:
         for t0 in range(start, tl.minimum(start + per_split, n_q), BLOCK):
             t = t0 + tl.arange(0, BLOCK)
             ok = (t[:, None] < n_q) & (d[None, :] >= 0)
-            byte = tl.load(codes_ptr + ch[None, :] * NBYTES + t[:, None] // PER, mask=ok, other=0).to(tl.int32)
+            byte = tl.load(codes_ptr + ch[None, :] * NBYTES + t[:, None] // PER, mask=ok, other=0).to(
+                tl.int32
+            )
             code = ((byte >> ((t[:, None] % PER) * BITS)) & MASK).to(tl.float32)
             gi = ch[None, :] * NGROUPS + t[:, None] // GS
             s = tl.load(scale_ptr + gi, mask=ok, other=0.0).to(tl.float32)
             z = tl.load(zero_ptr + gi, mask=ok, other=0.0).to(tl.float32)
             k = s * (code - z)  # [BLOCK, D]
             sc = tl.sum(k[:, None, :] * q[None, :, :], axis=2)
-            tl.store(out_ptr + (qbase + g[None, :]) * T + t[:, None], sc, mask=(t[:, None] < n_q) & (g[None, :] < G))
+            tl.store(
+                out_ptr + (qbase + g[None, :]) * T + t[:, None],
+                sc,
+                mask=(t[:, None] < n_q) & (g[None, :] < G),
+            )
 
 
 def _pow2(n: int) -> int:
@@ -176,7 +302,9 @@ def _tables(store: TensorStore, dev: torch.device) -> tuple[list, dict]:
         qt = store.tables.get(c)
         if qt is None or qt.bits not in (1, 2, 4, 8):
             if qt is not None:
-                raise NotImplementedError(f"{qt.bits}-bit codes straddle bytes; the Triton path takes 1/2/4/8 bits")
+                raise NotImplementedError(
+                    f"{qt.bits}-bit codes straddle bytes; the Triton path takes 1/2/4/8 bits"
+                )
             args += [dummy8, dummy16, dummy16]
             meta[f"{key}BITS"], meta[f"HAS_{key}"] = 2, False
         else:
@@ -206,16 +334,49 @@ def store_scores(store: TensorStore, q: torch.Tensor) -> torch.Tensor:
         if store.plan.axis == "channel":
             c = store.chan
             if c.bits not in (1, 2, 4, 8) or store.group % (8 // c.bits):
-                raise NotImplementedError("the Triton path takes 1/2/4/8-bit channel codes, groups of whole bytes")
+                raise NotImplementedError(
+                    "the Triton path takes 1/2/4/8-bit channel codes, groups of whole bytes"
+                )
             _channel_scores_kernel[(b, h, ns)](
-                qt, out, c.codes, c.scale, c.zero, store.n_q, t_all, h, store.width, store.group,
-                c.codes.stride(1), c.scale.stride(1), per, G=g, GP=gp, D=d, BITS=c.bits, BLOCK=BLOCK_T,
+                qt,
+                out,
+                c.codes,
+                c.scale,
+                c.zero,
+                store.n_q,
+                t_all,
+                h,
+                store.width,
+                store.group,
+                c.codes.stride(1),
+                c.scale.stride(1),
+                per,
+                G=g,
+                GP=gp,
+                D=d,
+                BITS=c.bits,
+                BLOCK=BLOCK_T,
             )
         else:
             args, meta = _tables(store, q.device)
             _token_scores_kernel[(b, h, ns)](
-                qt, out, store.cls, store.row_index(), *args, store.n_q, t_all, b, h, store.width, store.group,
-                per, G=g, GP=gp, D=d, BLOCK=BLOCK_T, **meta,
+                qt,
+                out,
+                store.cls,
+                store.row_index(),
+                *args,
+                store.n_q,
+                t_all,
+                b,
+                h,
+                store.width,
+                store.group,
+                per,
+                G=g,
+                GP=gp,
+                D=d,
+                BLOCK=BLOCK_T,
+                **meta,
             )
     return exact_scores(store, q, out)
 
@@ -231,8 +392,23 @@ def store_output(store: TensorStore, p: torch.Tensor) -> torch.Tensor:
     part = torch.empty(ns, b, h, g, d, device=p.device, dtype=torch.float32)
     args, meta = _tables(store, p.device)
     _token_output_kernel[(b, h, ns)](
-        p, part, store.cls, store.row_index(), *args, store.n_q, t_all, b, h, store.width, store.group, per,
-        G=g, GP=max(2, _pow2(g)), D=d, BLOCK=BLOCK_T, **meta,
+        p,
+        part,
+        store.cls,
+        store.row_index(),
+        *args,
+        store.n_q,
+        t_all,
+        b,
+        h,
+        store.width,
+        store.group,
+        per,
+        G=g,
+        GP=max(2, _pow2(g)),
+        D=d,
+        BLOCK=BLOCK_T,
+        **meta,
     )
     return exact_output(store, p, _finish_out(store, part.sum(0)))
 

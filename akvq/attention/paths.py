@@ -29,7 +29,12 @@ PLAN_FIELDS = tuple(f.name for f in dataclasses.fields(TensorPlan))
 
 # Fields that decide what gets stored (and when) but not the stored layout a reader sees.
 _STORAGE_ONLY = {
-    "clip_ratio": ANY, "clip_search": ANY, "clip_mode": ANY, "window": ANY, "group_size": ANY, "reorder_by": ANY
+    "clip_ratio": ANY,
+    "clip_search": ANY,
+    "clip_mode": ANY,
+    "window": ANY,
+    "group_size": ANY,
+    "reorder_by": ANY,
 }
 
 
@@ -125,15 +130,27 @@ def _triton_decode(*args: Any) -> Any:
 _ALL = {f: ANY for f in PLAN_FIELDS}
 _FOLDED = {"hadamard": ANY, "smooth_alpha": ANY, "group_across_heads": ANY}  # undone on q and the output
 
-_C_CAPS = {**_STORAGE_ONLY, **_FOLDED, "bits": frozenset({1, 2, 3, 4, 8}), "axis": frozenset({"token", "channel"}),
-           "float_zero": frozenset({False, True}), "reorder": frozenset({False})}
+_C_CAPS = {
+    **_STORAGE_ONLY,
+    **_FOLDED,
+    "bits": frozenset({1, 2, 3, 4, 8}),
+    "axis": frozenset({"token", "channel"}),
+    "float_zero": frozenset({False, True}),
+    "reorder": frozenset({False}),
+}
 
 PATHS: dict[str, DecodePath] = {
     "reference": DecodePath("reference", _ALL, lambda k, v, cuda: None, None),
     "packed_torch": DecodePath(
         "packed_torch",
-        {**_STORAGE_ONLY, **_FOLDED, "bits": frozenset({1, 2, 3, 4, 8}), "axis": frozenset({"token", "channel"}),
-         "float_zero": frozenset({False}), "reorder": frozenset({False})},
+        {
+            **_STORAGE_ONLY,
+            **_FOLDED,
+            "bits": frozenset({1, 2, 3, 4, 8}),
+            "axis": frozenset({"token", "channel"}),
+            "float_zero": frozenset({False}),
+            "reorder": frozenset({False}),
+        },
         _torch_fits,
         _torch_decode,
     ),
@@ -151,8 +168,14 @@ PATHS: dict[str, DecodePath] = {
     ),
     "triton": DecodePath(
         "triton",
-        {**_STORAGE_ONLY, **_FOLDED, "bits": frozenset({1, 2, 4, 8}), "axis": frozenset({"token", "channel"}),
-         "float_zero": frozenset({False}), "reorder": frozenset({False})},
+        {
+            **_STORAGE_ONLY,
+            **_FOLDED,
+            "bits": frozenset({1, 2, 4, 8}),
+            "axis": frozenset({"token", "channel"}),
+            "float_zero": frozenset({False}),
+            "reorder": frozenset({False}),
+        },
         _triton_fits,
         _triton_decode,
     ),

@@ -25,7 +25,14 @@ _registered: list[bool] = []  # transformers' registries are process-wide; regis
 
 def _sdpa(module, query, key, value, attention_mask, dropout, scaling, kwargs):
     return sdpa_attention_forward(
-        module, query, full_kv(key), full_kv(value), attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        module,
+        query,
+        full_kv(key),
+        full_kv(value),
+        attention_mask,
+        dropout=dropout,
+        scaling=scaling,
+        **kwargs,
     )
 
 
@@ -61,7 +68,9 @@ def reference_attention(
     scaling: float | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    if store_of(key) is None and query.shape[2] != 1:  # prefill: nothing quantized yet, same as the packed path
+    if (
+        store_of(key) is None and query.shape[2] != 1
+    ):  # prefill: nothing quantized yet, same as the packed path
         return _sdpa(module, query, key, value, attention_mask, dropout, scaling, kwargs)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     out = reference_decode(query, key, value, attention_mask, scaling)
@@ -88,11 +97,20 @@ def use_packed(model: Any, cache: Any = None, attention: str = "auto") -> None:
     packed_c | triton` (also the implementation names `akvq_packed` = auto, `akvq_reference` = reference), or
     `sdpa` to switch back (the cache then hands out materialized K/V)."""
     register_attention()
-    setting = "sdpa" if attention == "sdpa" else check_setting(_IMPLEMENTATION_NAMES.get(attention, attention))
+    setting = (
+        "sdpa" if attention == "sdpa" else check_setting(_IMPLEMENTATION_NAMES.get(attention, attention))
+    )
     model.set_attn_implementation({"sdpa": "sdpa", "reference": REFERENCE}.get(setting, PACKED))
     if cache is not None:
         cache.packed_reads = setting != "sdpa"
         cache.attention = "auto" if setting == "sdpa" else setting
 
 
-__all__ = ["PACKED", "REFERENCE", "packed_attention", "reference_attention", "register_attention", "use_packed"]
+__all__ = [
+    "PACKED",
+    "REFERENCE",
+    "packed_attention",
+    "reference_attention",
+    "register_attention",
+    "use_packed",
+]

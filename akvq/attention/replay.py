@@ -70,12 +70,18 @@ def replay_attention(
 ) -> tuple[torch.Tensor, None]:
     k, v = replay_of(key), replay_of(value)
     if k is None or v is None:  # the prefill, or a cache that is not replaying
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     if query.shape[0] != 1:
         raise ValueError("replayed decoding takes one sequence (no padding); feed batch rows separately")
     kk, vv, mask = _versions(k, v, key.shape[-2], query.shape[-2])
     out = torch.nn.functional.scaled_dot_product_attention(
-        query, kk.to(query.dtype), vv.to(query.dtype), attn_mask=mask[None, None], scale=scaling,
+        query,
+        kk.to(query.dtype),
+        vv.to(query.dtype),
+        attn_mask=mask[None, None],
+        scale=scaling,
         enable_gqa=query.shape[1] != kk.shape[1],
     )
     return out.transpose(1, 2).contiguous(), None
@@ -91,7 +97,9 @@ def can_replay(cache: Any) -> bool:
 def replayed(model: Any, cache: Any) -> Iterator[None]:
     """Within the block, a multi-token forward through `cache` is token-by-token decoding of those tokens."""
     if not can_replay(cache):
-        raise NotImplementedError(f"{type(cache).__name__} cannot replay decoding; feed it one token per forward")
+        raise NotImplementedError(
+            f"{type(cache).__name__} cannot replay decoding; feed it one token per forward"
+        )
     AttentionInterface.register(REPLAY, replay_attention)  # idempotent: a dict entry
     AttentionMaskInterface.register(REPLAY, sdpa_mask)
     before = model.config._attn_implementation

@@ -93,7 +93,9 @@ def largest_batch(
     while hi is None and lo < cap and len(points) < max_total:  # 2. bracket: find a batch that does not fit
         probe(min(cap, lo + step))
         step *= 2
-    while hi is not None and not resolved(lo, hi, tolerance) and len(points) < max_total:  # 3. bisect [lo, hi)
+    while (
+        hi is not None and not resolved(lo, hi, tolerance) and len(points) < max_total
+    ):  # 3. bisect [lo, hi)
         probe((lo + hi) // 2)
     reason = "" if lo else f"batch {hi} does not fit in the budget ({budget / 2**30:.2f} GiB)"
     return SearchResult(lo or None, lo >= cap, points, hi, reason)
@@ -117,11 +119,15 @@ def check_budget(budget: int, base_bytes: int | None, available: int) -> str | N
     """One line saying why no batch can be searched under `budget`, or None when it can."""
     gib = 2**30
     if budget > available:
-        return (f"budget_gib={budget / gib:.2f} is more than this machine's available memory "
-                f"({available / gib:.2f} GiB): lower budget_gib")
+        return (
+            f"budget_gib={budget / gib:.2f} is more than this machine's available memory "
+            f"({available / gib:.2f} GiB): lower budget_gib"
+        )
     if base_bytes is not None and base_bytes >= budget:
-        return (f"budget_gib={budget / gib:.2f} is below the base footprint ({base_bytes / gib:.2f} GiB: model and "
-                "runtime before any cache): raise budget_gib")
+        return (
+            f"budget_gib={budget / gib:.2f} is below the base footprint ({base_bytes / gib:.2f} GiB: model and "
+            "runtime before any cache): raise budget_gib"
+        )
     return None
 
 

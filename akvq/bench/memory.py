@@ -33,7 +33,9 @@ def repeat_store(st: TensorStore, n: int) -> None:
 
 def repeat_cache(cache: AKVQCache, n: int) -> AKVQCache:
     """Every layer and every prompt mask copied n times along the batch (in place; returns the cache)."""
-    if n > 1 and hasattr(cache, "repeat_batch"):  # a peer's cache (transformers' QuantizedCache) copies itself
+    if n > 1 and hasattr(
+        cache, "repeat_batch"
+    ):  # a peer's cache (transformers' QuantizedCache) copies itself
         cache.repeat_batch(n)
     elif n > 1:
         cache.batch_repeat_interleave(n)
@@ -45,8 +47,15 @@ _STORE_INTS = ("num_heads", "head_dim", "batch", "n_q")
 
 
 def _q_state(qt: QTensor) -> dict[str, Any]:
-    return {"codes": qt.codes, "scale": qt.scale, "zero": qt.zero, "bits": qt.bits, "group_size": qt.group_size,
-            "n": qt.n, "float_zero": qt.float_zero}
+    return {
+        "codes": qt.codes,
+        "scale": qt.scale,
+        "zero": qt.zero,
+        "bits": qt.bits,
+        "group_size": qt.group_size,
+        "n": qt.n,
+        "float_zero": qt.float_zero,
+    }
 
 
 def _store_state(st: TensorStore) -> dict[str, Any]:
@@ -63,8 +72,15 @@ def _store_state(st: TensorStore) -> dict[str, Any]:
 
 
 def _store_from(state: dict[str, Any], plan: Any) -> TensorStore:
-    st = TensorStore(plan, state["text_bits"], getattr(torch, state["hp_dtype"]), state["num_heads"],
-                     state["head_dim"], state["batch"], keep_dequantized=state["keep_dequantized"])
+    st = TensorStore(
+        plan,
+        state["text_bits"],
+        getattr(torch, state["hp_dtype"]),
+        state["num_heads"],
+        state["head_dim"],
+        state["batch"],
+        keep_dequantized=state["keep_dequantized"],
+    )
     for k in (*_STORE_TENSORS, "n_q"):
         setattr(st, k, state[k])
     st.tables = {int(c): QTensor(**q) for c, q in state["tables"].items()}
@@ -143,4 +159,3 @@ def copy_bandwidth(mib: int = 256, reps: int = 3) -> float:
         b.copy_(a)
         best = min(best, time.perf_counter() - t)
     return 2 * a.numel() * 4 / best
-

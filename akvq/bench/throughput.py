@@ -63,12 +63,13 @@ def build_prompt(loaded: Any, prompt_len: int, vision_share: float = 0.5, seed: 
     n_img = max(1, int(prompt_len * vision_share) // per_image)
     g = torch.Generator().manual_seed(seed)
     imgs = [
-        Image.fromarray((torch.rand(56, 56, 3, generator=g) * 255).to(torch.uint8).numpy()) for _ in range(n_img)
+        Image.fromarray((torch.rand(56, 56, 3, generator=g) * 255).to(torch.uint8).numpy())
+        for _ in range(n_img)
     ]
     text_tokens = prompt_len - n_img * per_image
     words = filler.split()
     per_gap = max(1, text_tokens // (n_img + 1) // 2)
-    parts = [" ".join(words[: per_gap])] * n_img
+    parts = [" ".join(words[:per_gap])] * n_img
     prompt = "".join(f"{IMAGE} {p} " for p in parts) + filler * (prompt_len // 20 + 2)
     enc = build_inputs(loaded, [prompt], images=[imgs])
     enc = dict(enc)
@@ -104,7 +105,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def decode_steps(model: Any, cache: Any, ids: torch.Tensor, steps: int, device: str) -> tuple[list[float], list[float]]:
+def decode_steps(
+    model: Any, cache: Any, ids: torch.Tensor, steps: int, device: str
+) -> tuple[list[float], list[float]]:
     """Greedy decode `steps` tokens; (wall seconds, process CPU seconds) per step."""
     from akvq.api import cache_kwarg
 
@@ -147,14 +150,21 @@ def prepare(spec: dict[str, Any]) -> dict[str, Any]:
     prefill_s, prefill_cpu = time.perf_counter() - t, time.process_time() - c
     next_id = int(out.logits[0, -1].argmax())
     del out
-    result: dict[str, Any] = {"prefill_seconds": prefill_s, "prefill_cpu_seconds": prefill_cpu, "seq_len": seq,
-                              "base_peak_bytes": base_peak, "quants": {}}
+    result: dict[str, Any] = {
+        "prefill_seconds": prefill_s,
+        "prefill_cpu_seconds": prefill_cpu,
+        "seq_len": seq,
+        "base_peak_bytes": base_peak,
+        "quants": {},
+    }
     n_vision = int(cache0.vision_mask.sum()) if cache0.vision_mask is not None else 0
     result["vision_tokens"] = n_vision
     for name, qcfg in quants.items():
         policy = api.resolve_policy(model, make_policy(qcfg, spec["hp_dtype"]))
         if is_peer(policy):  # a peer's own cache: the prompt is quantized where its update does it
-            result["quants"][name] = prepare_peer(model, policy, cache0, next_id, seq, f"{spec['work_dir']}/{name}.pt", device)
+            result["quants"][name] = prepare_peer(
+                model, policy, cache0, next_id, seq, f"{spec['work_dir']}/{name}.pt", device
+            )
             continue
         # Not api.cache_from_prefill: the prefill is copied in unflushed, so its quantization happens inside the
         # timed first step (`timed_flushes`) and is reported as the method's quantization time.
@@ -188,7 +198,9 @@ def is_peer(policy: Any) -> bool:
     return type(policy).new_cache is not Policy.new_cache
 
 
-def prepare_peer(model: Any, policy: Any, cache0: Any, next_id: int, seq: int, path: str, device: str) -> dict[str, Any]:
+def prepare_peer(
+    model: Any, policy: Any, cache0: Any, next_id: int, seq: int, path: str, device: str
+) -> dict[str, Any]:
     """transformers' QuantizedCache: hand it the 16-bit prefill (its first update quantizes the prompt, timed
     as its quantization), run the first decode step, save its states."""
     from akvq import api
@@ -226,7 +238,9 @@ def point(spec: dict[str, Any]) -> dict[str, Any]:
     policy = api.resolve_policy(model, make_policy(spec["quant_cfg"], spec["hp_dtype"]))
     batch = int(spec["batch"])
     try:
-        cache, extra = load_cache(policy, spec["cache_path"], device="cuda" if device.startswith("cuda") else "cpu")
+        cache, extra = load_cache(
+            policy, spec["cache_path"], device="cuda" if device.startswith("cuda") else "cpu"
+        )
         repeat_cache(cache, batch)
         if not is_peer(policy):  # a peer's cache is read as transformers reads it
             use_packed(model, cache, spec["attention"])
@@ -262,10 +276,14 @@ def point(spec: dict[str, Any]) -> dict[str, Any]:
         "steps": len(walls),
         "context": cache.get_seq_length(),
         "kernel": kernel_name(spec["attention"], device),
-        **({} if flush_s is None else {
-            "flush_seconds": flush_s,
-            "tokens_per_second_amortized": batch / (wall + flush_s / policy.residual_length),
-        }),
+        **(
+            {}
+            if flush_s is None
+            else {
+                "flush_seconds": flush_s,
+                "tokens_per_second_amortized": batch / (wall + flush_s / policy.residual_length),
+            }
+        ),
     }
 
 

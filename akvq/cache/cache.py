@@ -11,7 +11,13 @@ from akvq.cache.layer import AKVQLayer
 from akvq.cache.store import StoreBytes
 from akvq.policies.base import Policy
 
-_DTYPES = {"auto": "auto", "model": None, "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+_DTYPES = {
+    "auto": "auto",
+    "model": None,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+}
 
 
 @dataclass

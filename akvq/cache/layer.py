@@ -46,7 +46,9 @@ class AKVQLayer(CacheLayerMixin):
         kplan, vplan = self.store_plans()
         keep = self.owner.read_path == "cached"
         self.k = TensorStore(kplan, self.plan.text_bits, hp, h, d, b, keep_dequantized=keep)
-        self.v = TensorStore(vplan, self.plan.text_bits, hp, h, value_states.shape[-1], b, keep_dequantized=keep)
+        self.v = TensorStore(
+            vplan, self.plan.text_bits, hp, h, value_states.shape[-1], b, keep_dequantized=keep
+        )
         self.is_initialized = True
 
     def store_plans(self) -> tuple[TensorPlan, TensorPlan]:
@@ -72,7 +74,9 @@ class AKVQLayer(CacheLayerMixin):
             return self.packed_views(key_states.dtype)
         return self.k.materialize(key_states.dtype), self.v.materialize(value_states.dtype)
 
-    def replay_views(self, key_states: torch.Tensor, value_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def replay_views(
+        self, key_states: torch.Tensor, value_states: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """n tokens as if fed one per step, in one call: the stores end exactly as after n single-token updates,
         and the stand-ins returned carry what each step's query saw (`akvq.attention.replay` attends with it).
 
@@ -91,7 +95,9 @@ class AKVQLayer(CacheLayerMixin):
                 bounds.append(nq)
                 tail += 1 - m
             store.append(x)
-            fresh = store.tail  # 16-bit rows of positions [start, start + tail): what a step reads before a flush
+            fresh = (
+                store.tail
+            )  # 16-bit rows of positions [start, start + tail): what a step reads before a flush
             todo = [m for m in sizes if m]
             if store.plan.axis == "token" and len(todo) > 1:
                 todo = todo[:1] + [sum(todo[1:])] if start == 0 else [sum(todo)]
@@ -100,7 +106,9 @@ class AKVQLayer(CacheLayerMixin):
             deq = store.history(x.dtype) if store.n_q else None
             stand_in = torch.full((1, 1, 1, 1), float("nan"), dtype=x.dtype, device=self.device)
             stand_in = stand_in.expand(store.batch, store.num_heads, start + fresh.shape[-2], store.head_dim)
-            stand_in.akvq_replay = Replay(deq, fresh.to(x.dtype), start, torch.tensor(bounds, device=self.device))
+            stand_in.akvq_replay = Replay(
+                deq, fresh.to(x.dtype), start, torch.tensor(bounds, device=self.device)
+            )
             out.append(stand_in)
         return out[0], out[1]
 

@@ -52,7 +52,7 @@ def _append(a: torch.Tensor | None, b: torch.Tensor, dim: int = 0) -> torch.Tens
     (1/GROWTH of the used size, at least RESERVE_MIN units) is not written before it is used; `nbytes` counts
     the used prefix, and the benchmark's peak RSS counts whatever of the spare the allocator made resident."""
     if a is None or a.numel() == 0:
-        a = b.new_empty(b.shape[:dim % b.dim()] + (0,) + b.shape[dim % b.dim() + 1 :]) if a is None else a
+        a = b.new_empty(b.shape[: dim % b.dim()] + (0,) + b.shape[dim % b.dim() + 1 :]) if a is None else a
     d = dim % b.dim()
     n, k = a.shape[d], b.shape[d]
     full = tuple(a.shape[:d]) + (n + k,) + tuple(a.shape[d + 1 :])
@@ -93,12 +93,26 @@ def _capacity(a: torch.Tensor, d: int) -> int:
 def _append_q(a: QTensor | None, b: QTensor, dim: int = 0) -> QTensor:
     if a is None:
         a = QTensor(None, None, None, b.bits, b.group_size, 0 if dim == -1 else b.n, b.float_zero)
-    elif b.scale.dtype.itemsize > a.scale.dtype.itemsize:  # a piece that needed fp32 metadata widens the table
-        a = QTensor(a.codes, a.scale.to(b.scale.dtype), a.zero.to(b.zero.dtype), a.bits, a.group_size, a.n,
-                    a.float_zero)
+    elif (
+        b.scale.dtype.itemsize > a.scale.dtype.itemsize
+    ):  # a piece that needed fp32 metadata widens the table
+        a = QTensor(
+            a.codes,
+            a.scale.to(b.scale.dtype),
+            a.zero.to(b.zero.dtype),
+            a.bits,
+            a.group_size,
+            a.n,
+            a.float_zero,
+        )
     return QTensor(
-        _append(a.codes, b.codes, dim), _append(a.scale, b.scale, dim), _append(a.zero, b.zero, dim),
-        a.bits, a.group_size, a.n + (b.n if dim == -1 else 0), a.float_zero,
+        _append(a.codes, b.codes, dim),
+        _append(a.scale, b.scale, dim),
+        _append(a.zero, b.zero, dim),
+        a.bits,
+        a.group_size,
+        a.n + (b.n if dim == -1 else 0),
+        a.float_zero,
     )
 
 
@@ -299,8 +313,15 @@ class TensorStore:
         if self.plan.axis == "channel":
             q, per = self.chan, self.plan.bits * self.group // 8
             g0 = (self.n_q - m) // self.group
-            part = QTensor(q.codes[..., g0 * per :], q.scale[..., g0:], q.zero[..., g0:], q.bits, q.group_size, m,
-                           q.float_zero)
+            part = QTensor(
+                q.codes[..., g0 * per :],
+                q.scale[..., g0:],
+                q.zero[..., g0:],
+                q.bits,
+                q.group_size,
+                m,
+                q.float_zero,
+            )
             out = dequantize(part).permute(2, 0, 1).reshape(m * b, self.width)
         else:
             cls = self.cls[start:]
@@ -309,7 +330,9 @@ class TensorStore:
                 sel = (cls == c).nonzero().squeeze(1)
                 if sel.numel():
                     k = sel.numel()
-                    part = QTensor(q.codes[-k:], q.scale[-k:], q.zero[-k:], q.bits, q.group_size, q.n, q.float_zero)
+                    part = QTensor(
+                        q.codes[-k:], q.scale[-k:], q.zero[-k:], q.bits, q.group_size, q.n, q.float_zero
+                    )
                     out[sel] = dequantize(part)
         out = self._inverse(out)
         if self.hp_rows is not None:
@@ -348,8 +371,11 @@ class TensorStore:
             return torch.zeros(0, dtype=torch.long)
         if done < self.cls.shape[0]:
             cls = self.cls[done:].long()
-            before = torch.bincount(self.cls[:done].long(), minlength=3) if done else torch.zeros(3, dtype=torch.long,
-                                                                                                   device=cls.device)
+            before = (
+                torch.bincount(self.cls[:done].long(), minlength=3)
+                if done
+                else torch.zeros(3, dtype=torch.long, device=cls.device)
+            )
             oh = torch.nn.functional.one_hot(cls, 3)
             new = (oh.cumsum(0) - 1 + before).gather(1, cls.unsqueeze(1)).squeeze(1)
             self._row_index = idx = _append(idx, new)
@@ -373,13 +399,27 @@ class TensorStore:
                         self.hp_rows = self.hp_rows.index_select(0, pos)
                 elif c in self.tables:
                     qt = self.tables[c]
-                    self.tables[c] = QTensor(qt.codes[pos], qt.scale[pos], qt.zero[pos], qt.bits, qt.group_size, qt.n,
-                                             qt.float_zero)
+                    self.tables[c] = QTensor(
+                        qt.codes[pos],
+                        qt.scale[pos],
+                        qt.zero[pos],
+                        qt.bits,
+                        qt.group_size,
+                        qt.n,
+                        qt.float_zero,
+                    )
             self.cls = new.reshape(-1).contiguous()
         if self.chan is not None:  # channel axis: batch-major codes; 16-bit rows at positions t * B + b
             q = self.chan
-            self.chan = QTensor(q.codes.index_select(0, idx), q.scale.index_select(0, idx),
-                                q.zero.index_select(0, idx), q.bits, q.group_size, q.n, q.float_zero)
+            self.chan = QTensor(
+                q.codes.index_select(0, idx),
+                q.scale.index_select(0, idx),
+                q.zero.index_select(0, idx),
+                q.bits,
+                q.group_size,
+                q.n,
+                q.float_zero,
+            )
             if self.hp_pos is not None:
                 where = torch.full((n * b,), -1, dtype=torch.long, device=idx.device)
                 where[self.hp_pos.long()] = torch.arange(self.hp_pos.numel(), device=idx.device)

@@ -14,12 +14,20 @@ from akvq.models.sources import SOURCES, Source
 from akvq.models.spec import Loaded, ModelSpec
 
 DTYPES: tuple[str, ...] = ("auto", "float16", "bfloat16", "float32")
-ATTN_IMPLEMENTATIONS: tuple[str, ...] = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+ATTN_IMPLEMENTATIONS: tuple[str, ...] = (
+    "sdpa",
+    "eager",
+    "flash_attention_2",
+    "flash_attention_3",
+    "flex_attention",
+)
 
 
 def source_of(spec: ModelSpec) -> Source:
     if spec.source not in SOURCES:
-        raise ConfigError(f"model {spec.name!r}: unknown source {spec.source!r}; choose one of {', '.join(SOURCES)}")
+        raise ConfigError(
+            f"model {spec.name!r}: unknown source {spec.source!r}; choose one of {', '.join(SOURCES)}"
+        )
     return SOURCES[spec.source]
 
 
@@ -28,13 +36,17 @@ def validate_spec(spec: ModelSpec) -> ModelSpec:
     source = source_of(spec)
     unknown = sorted(set(spec.options) - set(source.keys))
     if unknown:
-        raise ConfigError(f"model {spec.name!r}: unknown model config keys {unknown} for source {spec.source!r}")
+        raise ConfigError(
+            f"model {spec.name!r}: unknown model config keys {unknown} for source {spec.source!r}"
+        )
     if spec.family is not None and spec.family not in FAMILIES:
         raise UnsupportedModelError(
             f"model {spec.name!r}: unknown family {spec.family!r}; supported families: {supported()}"
         )
     if spec.dtype not in DTYPES:
-        raise ConfigError(f"model {spec.name!r}: unknown dtype {spec.dtype!r}; choose one of {', '.join(DTYPES)}")
+        raise ConfigError(
+            f"model {spec.name!r}: unknown dtype {spec.dtype!r}; choose one of {', '.join(DTYPES)}"
+        )
     if spec.attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise ConfigError(
             f"model {spec.name!r}: unknown attn_implementation {spec.attn_implementation!r}; "

@@ -28,7 +28,11 @@ def get_family(name: str) -> Family:
 
 def _config_of(model_or_config: Any) -> Any:
     """Accept a model, a config, or an `akvq.models.Loaded`."""
-    if hasattr(model_or_config, "model") and hasattr(model_or_config, "family") and hasattr(model_or_config, "spec"):
+    if (
+        hasattr(model_or_config, "model")
+        and hasattr(model_or_config, "family")
+        and hasattr(model_or_config, "spec")
+    ):
         model_or_config = model_or_config.model
     cfg = getattr(model_or_config, "config", model_or_config)
     if not hasattr(cfg, "model_type"):

@@ -46,7 +46,10 @@ class ModelSpec:
             raise ConfigError("model config needs a `name`")
         known = {f.name for f in dataclasses.fields(cls)} - {"options"}
         # Other keys belong to the source (`Source.keys`); `validate_spec` rejects those it does not declare.
-        return cls(**{k: v for k, v in d.items() if k in known}, options={k: v for k, v in d.items() if k not in known})
+        return cls(
+            **{k: v for k, v in d.items() if k in known},
+            options={k: v for k, v in d.items() if k not in known},
+        )
 
     @property
     def pattern_name(self) -> str:

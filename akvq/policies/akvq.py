@@ -33,7 +33,9 @@ class AKVQPolicy(Policy):
     layer_pattern: list[str] | None = None  # "tsa"/"psa" per layer; None: read from the model's pattern file
     k_axis: str = "token"
     k_bits: int | None = None  # None: same as bits
-    k_window: int | None = None  # per-channel keys only; None: same as window (0 behaves like KIVI's residual)
+    k_window: int | None = (
+        None  # per-channel keys only; None: same as window (0 behaves like KIVI's residual)
+    )
     k_group_tokens: int = 128  # per-channel keys: tokens per group
     clip_search: bool = False
     group_across_heads: bool = False
@@ -50,7 +52,12 @@ class AKVQPolicy(Policy):
             raise ConfigError(f"akvq: k_axis must be 'token' or 'channel', got {self.k_axis!r}")
         if self.pivot_rule not in PIVOT_RULES:
             raise ConfigError(f"akvq: pivot_rule must be one of {PIVOT_RULES}, got {self.pivot_rule!r}")
-        if self.window < 0 or (self.k_window or 0) < 0 or self.num_pivots < 0 or min(self.group_size, self.k_group_tokens) <= 0:
+        if (
+            self.window < 0
+            or (self.k_window or 0) < 0
+            or self.num_pivots < 0
+            or min(self.group_size, self.k_group_tokens) <= 0
+        ):
             raise ConfigError("akvq: window and num_pivots must be >= 0, group_size > 0")
         if self.layer_pattern is not None:
             bad = set(self.layer_pattern) - {"tsa", "psa"}
@@ -83,7 +90,9 @@ class AKVQPolicy(Policy):
         if self.layer_pattern is None:
             return "psa"
         if len(self.layer_pattern) != num_layers:
-            raise ConfigError(f"akvq: layer_pattern has {len(self.layer_pattern)} entries, model has {num_layers} layers")
+            raise ConfigError(
+                f"akvq: layer_pattern has {len(self.layer_pattern)} entries, model has {num_layers} layers"
+            )
         return self.layer_pattern[layer_idx]
 
     def layer_plan(self, layer_idx: int, num_layers: int) -> LayerPlan:

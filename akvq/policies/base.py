@@ -115,10 +115,18 @@ class Policy:
                             f"{self.name}: the Walsh-Hadamard transform needs a power-of-two head_dim, "
                             f"this model has {head_dim}; set hadamard=false"
                         )
-                if t.axis == "token" and head_dim % t.row_group(num_kv_heads, head_dim) and not t.group_across_heads:
-                    raise ConfigError(f"{self.name}: group_size {t.group_size} does not divide head_dim={head_dim}")
+                if (
+                    t.axis == "token"
+                    and head_dim % t.row_group(num_kv_heads, head_dim)
+                    and not t.group_across_heads
+                ):
+                    raise ConfigError(
+                        f"{self.name}: group_size {t.group_size} does not divide head_dim={head_dim}"
+                    )
                 if t.axis == "channel" and (t.group_size * t.bits) % 8:
-                    raise ConfigError(f"{self.name}: a channel group of {t.group_size} {t.bits}-bit codes is not byte-aligned")
+                    raise ConfigError(
+                        f"{self.name}: a channel group of {t.group_size} {t.bits}-bit codes is not byte-aligned"
+                    )
 
     def resolve(self, model_name: str, num_layers: int) -> Policy:
         """This policy with what it leaves to the model filled in (a new object; `self` is unchanged)."""
@@ -145,4 +153,13 @@ def register(cls: type[Policy]) -> type[Policy]:
     return cls
 
 
-__all__ = ["POLICIES", "LayerPlan", "Policy", "TensorPlan", "check_bits", "check_clip_mode", "default_clip", "register"]
+__all__ = [
+    "POLICIES",
+    "LayerPlan",
+    "Policy",
+    "TensorPlan",
+    "check_bits",
+    "check_clip_mode",
+    "default_clip",
+    "register",
+]

@@ -44,7 +44,11 @@ def missing_backend(backend: str) -> str | None:
         found = importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         found = False
-    return None if found else f"transformers' QuantizedCache backend {backend!r} needs {pip_name} ({INSTALL_HINT})"
+    return (
+        None
+        if found
+        else f"transformers' QuantizedCache backend {backend!r} needs {pip_name} ({INSTALL_HINT})"
+    )
 
 
 @register
@@ -65,10 +69,14 @@ class HFQuantizedPolicy(Policy):
             raise ConfigError(f"backend={self.backend!r} is not supported; choose one of {sorted(BACKENDS)}")
         _, _, bits, axes = BACKENDS[self.backend]
         if self.nbits not in bits:
-            raise ConfigError(f"nbits={self.nbits} is not supported by backend {self.backend!r}; choose one of {list(bits)}")
+            raise ConfigError(
+                f"nbits={self.nbits} is not supported by backend {self.backend!r}; choose one of {list(bits)}"
+            )
         for key in ("axis_key", "axis_value"):
             if getattr(self, key) not in axes:
-                raise ConfigError(f"{key}={getattr(self, key)} is not supported by backend {self.backend!r}; choose one of {list(axes)}")
+                raise ConfigError(
+                    f"{key}={getattr(self, key)} is not supported by backend {self.backend!r}; choose one of {list(axes)}"
+                )
         if self.q_group_size <= 0 or self.residual_length <= 0:
             raise ConfigError("q_group_size and residual_length must be positive")
 
@@ -192,7 +200,9 @@ class HFQuantizedCache(QuantizedCache):
         # A many-token forward would reach its update as one chunk: not token-by-token decoding. Fail loudly
         # rather than score a biased proxy; the ppl task's step loop (task.replay=false) is exact.
         if on:
-            raise NotImplementedError("transformers' QuantizedCache cannot replay decoding; use task.replay=false")
+            raise NotImplementedError(
+                "transformers' QuantizedCache cannot replay decoding; use task.replay=false"
+            )
 
     def memory_report(self) -> Any:
         """Codes (integer tensors), scales and zero points (float tensors of the quantized states) and the
@@ -230,8 +240,10 @@ class HFQuantizedCache(QuantizedCache):
         """What each layer's update does when its residual fills: dequantize everything, append the residual,
         quantize it all again (the benchmark times it: it comes every `residual_length` steps)."""
         for layer in self.layers:
-            for qname, rname, axis in (("_quantized_keys", "keys", layer.axis_key),
-                                       ("_quantized_values", "values", layer.axis_value)):
+            for qname, rname, axis in (
+                ("_quantized_keys", "keys", layer.axis_key),
+                ("_quantized_values", "values", layer.axis_value),
+            ):
                 parts = [layer._dequantize(getattr(layer, qname)), getattr(layer, rname)]
                 full = torch.cat([p for p in parts if p.dim() == 4], dim=-2)
                 setattr(layer, qname, layer._quantize(full.contiguous(), axis=axis))

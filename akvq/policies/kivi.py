@@ -17,7 +17,9 @@ class KIVIPolicy(Policy):
     name = "kivi"
     bits: int = 2
     group_size: int = 128  # value groups along channels (min(group_size, head_dim))
-    residual: int = 128  # KIVI's R: keys flush in groups of R tokens, values keep the last R in full precision
+    residual: int = (
+        128  # KIVI's R: keys flush in groups of R tokens, values keep the last R in full precision
+    )
     float_zero: bool = True  # KIVI's min + scale; false: integer zero point z = -round(min / s)
 
     def validate(self) -> None:

@@ -63,7 +63,9 @@ def policy_from_mapping(cfg: Mapping[str, Any], what: str = "quant config") -> P
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(fields) - known
     if unknown:
-        raise ConfigError(f"{what}: policy {method!r} has no field(s) {sorted(unknown)}; its fields: {sorted(known)}")
+        raise ConfigError(
+            f"{what}: policy {method!r} has no field(s) {sorted(unknown)}; its fields: {sorted(known)}"
+        )
     if fields.get("layer_pattern") is not None:
         fields["layer_pattern"] = list(fields["layer_pattern"])
     try:
@@ -92,7 +94,10 @@ def _deprecated(method: str) -> None:
     names = [n for n in quant_names() if _quant_config(n, QUANT_DIR).get("policy") == method]
     log.warning(
         "make_policy(%r): %r is a method class, not a config name; use one of %s, or make_policy({'policy': %r, ...})",
-        method, method, names, method,
+        method,
+        method,
+        names,
+        method,
     )
 
 

@@ -25,6 +25,11 @@ class RTNPolicy(Policy):
             raise ConfigError("group_size must be > 0 and window >= 0")
 
     def layer_plan(self, layer_idx: int, num_layers: int) -> LayerPlan:
-        t = TensorPlan(bits=self.bits, group_size=self.group_size, clip_ratio=self.clip_ratio, window=self.window,
-                       clip_mode=self.clip_mode)
+        t = TensorPlan(
+            bits=self.bits,
+            group_size=self.group_size,
+            clip_ratio=self.clip_ratio,
+            window=self.window,
+            clip_mode=self.clip_mode,
+        )
         return LayerPlan(k=t, v=t)

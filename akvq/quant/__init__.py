@@ -4,4 +4,14 @@ from akvq.quant.hadamard import check_dim, fwht, is_power_of_two
 from akvq.quant.packing import pack, unpack
 from akvq.quant.uniform import SUPPORTED_BITS, QTensor, dequantize, quantize
 
-__all__ = ["SUPPORTED_BITS", "QTensor", "check_dim", "dequantize", "fwht", "is_power_of_two", "pack", "quantize", "unpack"]
+__all__ = [
+    "SUPPORTED_BITS",
+    "QTensor",
+    "check_dim",
+    "dequantize",
+    "fwht",
+    "is_power_of_two",
+    "pack",
+    "quantize",
+    "unpack",
+]

@@ -87,7 +87,9 @@ def _params(
     return s, -torch.round(v / s)
 
 
-def meta_dtype(s: torch.Tensor, z: torch.Tensor, bits: int, float_zero: bool, step: torch.Tensor) -> torch.dtype:
+def meta_dtype(
+    s: torch.Tensor, z: torch.Tensor, bits: int, float_zero: bool, step: torch.Tensor
+) -> torch.dtype:
     """fp16 when rounding every group's scale and zero to fp16 moves its grid by at most a quarter step (a
     constant group: not at all), else fp32 for the whole piece.
 
@@ -164,4 +166,3 @@ def fake_quantize(
 ) -> torch.Tensor:
     """Quantize then dequantize (for calibration and analysis only; the cache stores real packed codes)."""
     return dequantize(quantize(x, bits, group_size, clip_ratio, clip_mode=clip_mode), x.dtype)
-

@@ -126,11 +126,15 @@ def main(cfg: DictConfig, session: Session | None = None) -> list[dict[str, Any]
                 t0 = time.perf_counter()
                 loaded = session.model(dict(p.config["model"]))
                 log.info("model loaded in %.1fs", time.perf_counter() - t0)
-                if p.needs_images and not getattr(loaded, "is_vision", True):  # family known only after loading
+                if p.needs_images and not getattr(
+                    loaded, "is_vision", True
+                ):  # family known only after loading
                     raise ConfigError(text_only_error(p.task, p.model, loaded.family))
             bar.set_postfix_str(p.quant)
             log.info("run %s | %s | %s", p.model, p.task, p.quant)
-            tracker = tracking.start(cfg.get("wandb") or {}, f"{p.model}|{p.task}|{p.quant}", p.config, wandb_dir)
+            tracker = tracking.start(
+                cfg.get("wandb") or {}, f"{p.model}|{p.task}|{p.quant}", p.config, wandb_dir
+            )
             partial = partial_path(records_path, p.config_hash)  # tasks that resume (MileBench) append here
             try:
                 rec = record(p, execute(p, loaded, int(cfg.get("seed") or 0), partial), records_path)
@@ -147,5 +151,14 @@ def main(cfg: DictConfig, session: Session | None = None) -> list[dict[str, Any]
     return rows
 
 
-__all__ = ["CONFIG_DIR", "RunPlan", "Session", "available", "format_table", "main", "plan", "plan_sweep",
-           "quant_names"]
+__all__ = [
+    "CONFIG_DIR",
+    "RunPlan",
+    "Session",
+    "available",
+    "format_table",
+    "main",
+    "plan",
+    "plan_sweep",
+    "quant_names",
+]

@@ -70,7 +70,9 @@ def execute(p: RunPlan, loaded: Any, seed: int, partial: Path | None = None) -> 
     torch.manual_seed(seed)
     reset_peak(kind)
     t0 = time.perf_counter()
-    task_cfg = OmegaConf.merge(p.task_cfg, {"partial_path": str(partial)}) if partial is not None else p.task_cfg
+    task_cfg = (
+        OmegaConf.merge(p.task_cfg, {"partial_path": str(partial)}) if partial is not None else p.task_cfg
+    )
     result = p.task_obj.run(loaded, p.policy, task_cfg)
     if kind == "cuda":
         torch.cuda.synchronize()

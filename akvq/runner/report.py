@@ -16,7 +16,14 @@ from akvq.runner.execute import Measured
 from akvq.runner.plan import RunPlan
 
 DETAILS_MAX_BYTES = 200_000  # larger task details go to a sidecar file next to the records
-TRACKED = ("metrics", "kv_effective_bits", "kv_bytes", "peak_memory_bytes", "tokens_per_second", "wall_seconds")
+TRACKED = (
+    "metrics",
+    "kv_effective_bits",
+    "kv_bytes",
+    "peak_memory_bytes",
+    "tokens_per_second",
+    "wall_seconds",
+)
 
 
 def _get(obj: Any, key: str, default: Any = None) -> Any:

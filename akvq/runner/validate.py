@@ -205,7 +205,9 @@ TOP_LEVEL: dict[str, Checker] = {
     "quant": ANY,
     "hydra": ANY,
     "compare": Check("list", item=Str(), nullable=True, note="names of configs/quant/*.yaml"),
-    "records": Str(nullable=True, note="a .jsonl file; null = results/runs.jsonl"),  # the path itself is checked by check_records
+    "records": Str(
+        nullable=True, note="a .jsonl file; null = results/runs.jsonl"
+    ),  # the path itself is checked by check_records
     "redo": BOOL,
     "seed": SEED,
     "threads": Int(1, nullable=True),
@@ -359,7 +361,11 @@ TASK_SCHEMAS: dict[str, dict[str, Checker]] = {
     },
 }
 TASK_SCHEMAS["synthbench"] = {
-    **{k: v for k, v in TASK_SCHEMAS["milebench"].items() if k not in ("milebench_root", "datasets", "dataset")},
+    **{
+        k: v
+        for k, v in TASK_SCHEMAS["milebench"].items()
+        if k not in ("milebench_root", "datasets", "dataset")
+    },
     "synthbench_root": OPT_STR,
     "datasets": Check("list", item=Str(), nullable=True, min_len=1),
     "dataset": OPT_STR,

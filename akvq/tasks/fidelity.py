@@ -88,7 +88,9 @@ def cache_from_prefill(model: Any, policy: Any, ids: torch.Tensor, pre: Prefill,
     return api.cache_from_prefill(model, policy, inputs, pre.kv, pivots, read_path=read_path)
 
 
-def _decode(model: Any, cache: Any, tokens: torch.Tensor, chunk: int = 1, replay: bool = True) -> torch.Tensor:
+def _decode(
+    model: Any, cache: Any, tokens: torch.Tensor, chunk: int = 1, replay: bool = True
+) -> torch.Tensor:
     """Logits [n, V] fp32 of tokens [1, n] fed through the cache. `replay`: token-by-token decoding, computed in
     one forward (`akvq.attention.replay`; the same logits as the step loop, tested). Else `chunk` tokens per
     forward: 1 is the step loop itself; larger chunks are a biased proxy (tokens inside a chunk attend to each
@@ -104,7 +106,11 @@ def _decode(model: Any, cache: Any, tokens: torch.Tensor, chunk: int = 1, replay
             return o.logits[0].float()
         n = tokens.shape[-1]
         # A cache that knows chunk sizes equal to token-by-token decoding (transformers' QuantizedCache) uses them.
-        sizes = cache.exact_chunks(n) if chunk == 1 and hasattr(cache, "exact_chunks") else [chunk] * -(-n // chunk)
+        sizes = (
+            cache.exact_chunks(n)
+            if chunk == 1 and hasattr(cache, "exact_chunks")
+            else [chunk] * -(-n // chunk)
+        )
         out, i = [], 0
         for size in sizes:
             o = model(input_ids=tokens[:, i : i + size], **{api.cache_kwarg(): cache}, use_cache=True)
@@ -206,7 +212,9 @@ class PasskeyTask(Task):
             for L in lengths
             for _ in range(trials)
         ]
-        max_pos = getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None) or 1 << 30
+        max_pos = (
+            getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None) or 1 << 30
+        )
         for L, key, depth, offset in tqdm(plan, desc=f"passkey {policy.name}", leave=False):
             n = min(L, max_pos - gen)  # "8K" on an 8192-position model leaves room for the answer
             ids = torch.tensor([passkey_prompt(tok, n, key, depth, offset)], device=model.device)

@@ -32,8 +32,12 @@ def _parts() -> tuple[Any, Any]:
     size = _tiny.IMAGE_SIZE
     ip = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     proc = LlavaProcessor(
-        image_processor=ip, tokenizer=tok, patch_size=_tiny.PATCH, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, image_token=IMAGE,
+        image_processor=ip,
+        tokenizer=tok,
+        patch_size=_tiny.PATCH,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        image_token=IMAGE,
     )
     return tok, proc
 
@@ -42,7 +46,9 @@ def tiny(head_dim: int | None) -> TinyBuild:
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     tok, proc = _parts()
-    return TinyBuild(tok, proc, LlavaConfig(**tiny_text_and_vision(tok, head_dim)), LlavaForConditionalGeneration)
+    return TinyBuild(
+        tok, proc, LlavaConfig(**tiny_text_and_vision(tok, head_dim)), LlavaForConditionalGeneration
+    )
 
 
 FAMILY = Family(

@@ -21,11 +21,17 @@ def _parts() -> tuple[Any, Any]:
     tok = _tiny.base_tokenizer((IMAGE,))
     size = _tiny.IMAGE_SIZE
     ip = LlavaNextImageProcessorPil(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size}, image_grid_pinpoints=PINPOINTS
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_grid_pinpoints=PINPOINTS,
     )
     proc = LlavaNextProcessor(
-        image_processor=ip, tokenizer=tok, patch_size=_tiny.PATCH, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, image_token=IMAGE,
+        image_processor=ip,
+        tokenizer=tok,
+        patch_size=_tiny.PATCH,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        image_token=IMAGE,
     )
     return tok, proc
 

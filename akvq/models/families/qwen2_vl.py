@@ -25,7 +25,9 @@ def _parts() -> tuple[Any, Any]:
 
     tok = _tiny.base_tokenizer(TOKENS)
     common: dict[str, Any] = dict(
-        size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}, patch_size=_tiny.PATCH, merge_size=2,
+        size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS},
+        patch_size=_tiny.PATCH,
+        merge_size=2,
         temporal_patch_size=2,
     )
     ip = Qwen2VLImageProcessorPil(**common)
@@ -42,12 +44,22 @@ def tiny(head_dim: int | None) -> TinyBuild:
     # mrope splits head_dim/2 rotary frequencies into (temporal, height, width) sections.
     text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
     vision = dict(
-        depth=2, embed_dim=32, hidden_size=_tiny.HIDDEN, num_heads=2, mlp_ratio=2, patch_size=_tiny.PATCH,
-        spatial_merge_size=2, temporal_patch_size=2,
+        depth=2,
+        embed_dim=32,
+        hidden_size=_tiny.HIDDEN,
+        num_heads=2,
+        mlp_ratio=2,
+        patch_size=_tiny.PATCH,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
     )
     config = Qwen2VLConfig(
-        text_config=text, vision_config=vision, vision_start_token_id=ids[0], image_token_id=ids[1],
-        video_token_id=ids[2], vision_end_token_id=ids[3],
+        text_config=text,
+        vision_config=vision,
+        vision_start_token_id=ids[0],
+        image_token_id=ids[1],
+        video_token_id=ids[2],
+        vision_end_token_id=ids[3],
     )
     return TinyBuild(tok, proc, config, Qwen2VLForConditionalGeneration)
 

@@ -72,7 +72,9 @@ def family(spec: ModelSpec) -> str | None:
         import transformers as tf
 
         path = resolve_path(spec)
-        cfg = tf.AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=spec.trust_remote_code)
+        cfg = tf.AutoConfig.from_pretrained(
+            path, local_files_only=True, trust_remote_code=spec.trust_remote_code
+        )
         return family_of(cfg)
     except Exception:  # noqa: BLE001 - not on disk yet or not a supported model: known after loading
         return None
@@ -87,7 +89,9 @@ def load(spec: ModelSpec) -> Loaded:
     common: dict[str, Any] = {"trust_remote_code": True} if spec.trust_remote_code else {}
     try:
         fam = get_family(spec.family or family_of(tf.AutoConfig.from_pretrained(path, **common)))
-        kwargs: dict[str, Any] = dict(common, dtype=torch_dtype(spec), attn_implementation=spec.attn_implementation)
+        kwargs: dict[str, Any] = dict(
+            common, dtype=torch_dtype(spec), attn_implementation=spec.attn_implementation
+        )
         if spec.device_map is not None:
             kwargs["device_map"] = spec.device_map  # accelerate splits layers over the visible GPUs
         model = getattr(tf, fam.hub_class).from_pretrained(path, **kwargs)
@@ -98,11 +102,15 @@ def load(spec: ModelSpec) -> Loaded:
             processor = None
             tok = prepare_tokenizer(tf.AutoTokenizer.from_pretrained(path, **common))
     except OSError as exc:
-        raise _missing(spec, path, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        raise _missing(
+            spec, path, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
     model.eval()
     actual = family_of(model)
     if spec.family is not None and actual != spec.family:
-        raise ConfigError(f"model {spec.name!r}: config says family {spec.family!r} but the weights are {actual!r}")
+        raise ConfigError(
+            f"model {spec.name!r}: config says family {spec.family!r} but the weights are {actual!r}"
+        )
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     return Loaded(model=model, tokenizer=tok, processor=processor, family=actual, spec=spec)

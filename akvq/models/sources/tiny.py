@@ -21,9 +21,13 @@ def kinds() -> tuple[str, ...]:
 def check(spec: ModelSpec) -> None:
     kind = spec.tiny_kind or spec.family
     if kind not in kinds():
-        raise ConfigError(f"model {spec.name!r}: tiny models need `tiny_kind` in {', '.join(kinds())}, got {kind!r}")
+        raise ConfigError(
+            f"model {spec.name!r}: tiny models need `tiny_kind` in {', '.join(kinds())}, got {kind!r}"
+        )
     if spec.family is not None and spec.family != kind:
-        raise ConfigError(f"model {spec.name!r}: tiny_kind {kind!r} builds family {kind!r}, not {spec.family!r}")
+        raise ConfigError(
+            f"model {spec.name!r}: tiny_kind {kind!r} builds family {kind!r}, not {spec.family!r}"
+        )
     hd = spec.tiny_head_dim
     if hd is not None and (not is_power_of_two(hd) or not REGISTRY[kind].tiny_head_dim):
         raise ConfigError(
@@ -32,7 +36,9 @@ def check(spec: ModelSpec) -> None:
         )
 
 
-def build_tiny(kind: str, seed: int = 0, attn_implementation: str = "sdpa", head_dim: int | None = None) -> Loaded:
+def build_tiny(
+    kind: str, seed: int = 0, attn_implementation: str = "sdpa", head_dim: int | None = None
+) -> Loaded:
     """A fresh tiny random model of family `kind` (same seed, same weights) with its real tokenizer/processor.
 
     `head_dim`: the text model's head size, default 16; the benchmark uses 128, the size of LLaVA-1.5-7B's heads,
@@ -53,8 +59,11 @@ def build_tiny(kind: str, seed: int = 0, attn_implementation: str = "sdpa", head
 
 
 def load(spec: ModelSpec) -> Loaded:
-    loaded = build_tiny(spec.tiny_kind or spec.family or "", attn_implementation=spec.attn_implementation,
-                        head_dim=spec.tiny_head_dim)
+    loaded = build_tiny(
+        spec.tiny_kind or spec.family or "",
+        attn_implementation=spec.attn_implementation,
+        head_dim=spec.tiny_head_dim,
+    )
     loaded.spec = spec
     return loaded
 

@@ -222,7 +222,11 @@ def point(spec: dict[str, Any]) -> dict[str, Any]:
         # llama.cpp refuses a one-stream sequence state in a context with one stream per sequence ("n_stream
         # mismatch"): prefill sequence 0 here instead (untimed; only the decode steps below are timed)
         ids = prompt_ids(n_prompt)
+        pre = int(spec.get("prefill_threads") or spec["threads"])
+        lc.llama_set_n_threads(eng.ctx, pre, pre)
         eng.decode(ids, list(range(n_prompt)), [0] * n_prompt, [False] * n_prompt)
+        # timed steps decode `batch` tokens in one llama_decode, which llama.cpp runs on n_threads_batch
+        lc.llama_set_n_threads(eng.ctx, spec["threads"], spec["threads"])
     mem = lc.llama_get_memory(eng.ctx)
     for s in range(1, batch):
         lc.llama_memory_seq_cp(mem, 0, s, -1, -1)
@@ -293,6 +297,7 @@ def bench(args: argparse.Namespace) -> None:
             "prompt_len": args.prompt_len,
             "steps": args.steps,
             "threads": args.threads,
+            "prefill_threads": args.prefill_threads,
             "state": str(state),
             "next_id": next_id,
             "data_limit": int(budget * 1.5),

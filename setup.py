@@ -9,6 +9,7 @@ setup(
     package_data={
         "akvq._configs": ["quant/*.yaml", "layer_patterns/*.yaml"],
         "akvq.attention": ["csrc/*.c"],
+        "akvq.quant": ["csrc/*.c"],
         "akvq.tasks": ["lmms_tasks/*", "lmms_tasks/_*"],
     },
 )

@@ -8,6 +8,7 @@ import importlib.util
 import pytest
 import torch
 
+from akvq import native
 from akvq.attention import packed_cpu
 from akvq.attention.packed_torch import packed_decode, unpack_float
 from akvq.attention.paths import PATHS as DECODE_PATHS
@@ -84,7 +85,7 @@ PATHS = {
 
 def _skip_variant(path: str) -> None:
     v = path.split("-", 1)[1] if path.startswith("cpu-") else None
-    if v and v != "portable" and not set(packed_cpu.VARIANTS[v][0]) <= packed_cpu._cpu_flags():
+    if v and v != "portable" and not set(packed_cpu.VARIANTS[v][0]) <= native.cpu_flags():
         pytest.skip(f"this CPU lacks {packed_cpu.VARIANTS[v][0]}")
 
 

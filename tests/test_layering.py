@@ -12,7 +12,7 @@ DOC = REPO / "docs" / "architecture.md"
 
 # layer -> the akvq modules in it (as the doc's table names them) and the layers it may import
 LAYERS: dict[int, tuple[tuple[str, ...], set[int]]] = {
-    0: (("errors", "paths", "quant"), {0}),
+    0: (("errors", "paths", "native", "quant"), {0}),
     1: (("policies",), {0, 1}),
     2: (("cache",), {0, 1, 2}),
     3: (("attention",), {0, 1, 2, 3}),

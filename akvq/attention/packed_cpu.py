@@ -17,16 +17,11 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 
+from akvq import native
 from akvq.attention.packed_torch import _finish_out, _prepare_q, exact_output, exact_scores
 from akvq.attention.packed_torch import packed_decode as torch_packed_decode
 from akvq.cache.store import LOW, TEXT, TensorStore
@@ -54,33 +49,12 @@ _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _state: dict[str, str] = {}
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        line = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
-    except (OSError, StopIteration):
-        return set()
-    return set(line.split(":", 1)[1].split())
-
-
 def best_variant() -> str:
     """The first build in VARIANTS whose CPU flags this machine has (x86 flags only; elsewhere "portable")."""
-    flags = _cpu_flags()
-    is_x86 = platform.machine().lower() in ("x86_64", "amd64")
-    return next(v for v, (need, _) in VARIANTS.items() if not need or (is_x86 and set(need) <= flags))
-
-
-def _compile(cc: str, flags: tuple[str, ...], out: Path) -> None:
-    """Build the shared library at `out` atomically (OpenMP when the compiler has it)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        lib = Path(tmp) / out.name
-        for extra in (("-fopenmp",), ()):
-            cmd = [cc, *flags, *extra, str(SOURCE), "-o", str(lib), "-lm"]
-            p = subprocess.run(cmd, capture_output=True, text=True)
-            if p.returncode == 0:
-                os.replace(lib, out)
-                return
-        raise RuntimeError(f"compiling {SOURCE.name} failed: {p.stderr[-500:]}")
+    flags = native.cpu_flags()
+    return next(
+        v for v, (need, _) in VARIANTS.items() if not need or (native.is_x86() and set(need) <= flags)
+    )
 
 
 @functools.cache
@@ -89,22 +63,8 @@ def _lib(variant: str = "auto") -> ctypes.CDLL | None:
     variant = best_variant() if variant == "auto" else variant
     if variant not in VARIANTS:
         raise ValueError(f"kernel variant {variant!r}: expected auto or one of {sorted(VARIANTS)}")
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if not cc:
-        _state["reason"] = "no C compiler on PATH (set CC)"
-        return None
-    flags = (*FLAGS, *VARIANTS[variant][1])
-    root = Path(os.environ.get("AKVQ_KERNEL_DIR") or Path.home() / ".cache" / "akvq" / "kernels")
-    try:
-        key = hashlib.sha256(
-            SOURCE.read_bytes() + " ".join((cc, *flags, platform.machine())).encode()
-        ).hexdigest()[:16]
-        path = root / f"packed_cpu-{variant}-{key}.so"
-        if not path.exists():
-            _compile(cc, flags, path)
-        lib = ctypes.CDLL(str(path))
-    except (OSError, RuntimeError) as e:
-        _state["reason"] = str(e)
+    lib, _state["reason"] = native.load(SOURCE, (*FLAGS, *VARIANTS[variant][1]), variant, openmp=True)
+    if lib is None:
         return None
     tok = [_i64] * 6 + [_ptr] + [_ptr, _ptr, _ptr, _i64] * 2 + [_i64]
     lib.akvq_token_scores.argtypes = [*tok, _ptr, _ptr, _i64, _i64, _i64, _i64, _i64]
@@ -137,7 +97,6 @@ def _lib(variant: str = "auto") -> ctypes.CDLL | None:
     )
     for f in fns:
         f.restype = ctypes.c_int
-    _state["reason"] = f"built {path.name}"
     return lib
 
 

@@ -65,10 +65,14 @@ class AKVQLayer(CacheLayerMixin):
         n_new = key_states.shape[-2]
         if self.owner.replay_steps and n_new > 1:
             return self.replay_views(key_states, value_states)
+        done: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor | None]] = {}
         for store, x in ((self.k, key_states), (self.v, value_states)):
             m = store.flushable(n_new)
             if m > 0:
-                store.flush(m, self.classes(store.n_q, m), self.pads(store.n_q, m))
+                at = (store.n_q, m)  # K and V usually flush the same positions: classes and pads once
+                if at not in done:
+                    done[at] = self.classes(*at), self.pads(*at)
+                store.flush(m, *done[at])
             store.append(x)
         if n_new == 1 and self.owner.packed_reads and self.k.packable and self.v.packable:
             return self.packed_views(key_states.dtype)

@@ -252,10 +252,12 @@ class TensorStore:
         return quantize(rows, bits, self.group, p.clip_for(bits), p.clip_search, p.float_zero, p.clip_mode)
 
     def _flush_token(self, orig: torch.Tensor, rows: torch.Tensor, flat: torch.Tensor) -> None:
+        counts = torch.bincount(flat, minlength=3).tolist()
         for c in (LOW, TEXT, FULL):
-            sel = (flat == c).nonzero().squeeze(1)
-            if sel.numel() == 0:
+            if counts[c] == 0:
                 continue
+            # a decode step's flush is usually one class: no row selection then
+            sel = slice(None) if counts[c] == flat.numel() else (flat == c).nonzero().squeeze(1)
             if c == FULL:
                 self.hp_rows = _append(self.hp_rows, orig[sel].to(self.hp_dtype))
             else:

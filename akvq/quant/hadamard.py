@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from akvq.quant import cpu
+
 
 def is_power_of_two(n: int) -> bool:
     """The one power-of-two test (the Sylvester construction, hence every Hadamard head_dim, needs one)."""
@@ -25,6 +27,9 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
     """x @ H / sqrt(d) along the last dim in O(d log d). H is symmetric, so the transform is its own inverse."""
     d = x.shape[-1]
     check_dim(d)
+    fast = cpu.fwht(x)
+    if fast is not None:
+        return fast
     shape = x.shape
     y = x.reshape(-1, d)
     h = 1

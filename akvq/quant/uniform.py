@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from akvq.errors import ConfigError
+from akvq.quant import cpu
 from akvq.quant.packing import pack, unpack
 
 SUPPORTED_BITS = (1, 2, 3, 4, 8)
@@ -129,6 +130,10 @@ def quantize(
     check_clip_mode(clip_mode)
     n = x.shape[-1]
     check_group(n, group_size)
+    grid = CLIP_GRID if clip_search else ()
+    fast = cpu.quantize(x.float(), bits, group_size, clip_ratio, float_zero, clip_mode, grid)
+    if fast is not None:
+        return QTensor(*fast, bits, group_size, n, float_zero)
     g = x.float().unflatten(-1, (n // group_size, group_size))
     mn, mx = _finite_range(g)
     if clip_search:

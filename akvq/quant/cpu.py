@@ -1,0 +1,101 @@
+"""The C fast path of `quantize` and `fwht` on CPU (`csrc/quant_cpu.c`), bit-identical to their torch code.
+
+Why: a decode step quantizes one token per store, and in torch that is ~80 operator calls (~1 ms) per store. The
+callers (`uniform.quantize`, `hadamard.fwht`) use this path when the library builds and the case is one it covers
+(CPU, fp32, no autograd, all finite, fp16 metadata suffices), else their torch code; `tests/test_quant_cpu.py`
+checks both agree bit for bit. `AKVQ_QUANT_C=0` turns it off."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from akvq import native
+
+SOURCE = Path(__file__).with_name("csrc") / "quant_cpu.c"
+# IEEE fp32 exactly as torch computes it: no contraction into FMAs, no reassociation, no fast-math.
+FLAGS = ("-O2", "-ffp-contract=off", "-fPIC", "-shared", "-std=c11")
+_i64, _ptr = ctypes.c_int64, ctypes.c_void_p
+_state: dict[str, str] = {}
+
+
+@functools.cache
+def _lib() -> ctypes.CDLL | None:
+    if os.environ.get("AKVQ_QUANT_C", "1") == "0":
+        _state["reason"] = "off (AKVQ_QUANT_C=0)"
+        return None
+    lib, _state["reason"] = native.load(SOURCE, FLAGS, "c")
+    if lib is None:
+        return None
+    lib.akvq_fwht.argtypes = [_ptr, _i64, _i64, ctypes.c_float]
+    lib.akvq_quantize.argtypes = [
+        _ptr,
+        _i64,
+        _i64,
+        _i64,
+        _i64,
+        ctypes.c_float,
+        _ptr,
+        _i64,
+        _i64,
+        _i64,
+        _ptr,
+        _ptr,
+        _ptr,
+    ]
+    lib.akvq_fwht.restype = lib.akvq_quantize.restype = ctypes.c_int
+    return lib
+
+
+def status() -> str:
+    _lib()
+    return _state.get("reason", "")
+
+
+def _eligible(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad and x.numel() > 0
+
+
+def fwht(x: torch.Tensor) -> torch.Tensor | None:
+    """`hadamard.fwht` of an fp32 CPU tensor (a new tensor), or None when this path does not apply."""
+    lib = _lib()
+    if lib is None or not _eligible(x):
+        return None
+    d = x.shape[-1]
+    y = x.contiguous().clone()
+    lib.akvq_fwht(y.data_ptr(), y.numel() // d, d, math.sqrt(d))
+    return y
+
+
+def quantize(
+    g: torch.Tensor,
+    bits: int,
+    group_size: int,
+    ratio: float,
+    float_zero: bool,
+    clip_mode: str,
+    grid: tuple[float, ...] = (),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Codes, fp16 scale and fp16 zero of `uniform.quantize` for fp32 `g` [..., n] (`grid`: its clip search over
+    these ratios), or None when this path does not apply: the torch path then decides (fp32 metadata, non-finite
+    elements, a clip-search near-tie whose winner depends on torch's summation order)."""
+    lib = _lib()
+    if lib is None or bits not in (1, 2, 4, 8) or clip_mode not in ("center", "minmax") or not _eligible(g):
+        return None
+    g = g.contiguous()
+    n = g.shape[-1]
+    rows = g.numel() // n
+    codes = torch.empty(*g.shape[:-1], (n * bits + 7) // 8, dtype=torch.uint8)
+    scale = torch.empty(*g.shape[:-1], n // group_size, dtype=torch.float16)
+    zero = torch.empty_like(scale)
+    ratios = torch.tensor(grid, dtype=torch.float32)
+    rc = lib.akvq_quantize(
+        g.data_ptr(), rows, n, group_size, bits, ratio, ratios.data_ptr() if grid else None, len(grid),
+        int(float_zero), int(clip_mode == "center"), codes.data_ptr(), scale.data_ptr(), zero.data_ptr(),
+    )  # fmt: skip
+    return (codes, scale, zero) if rc == 0 else None

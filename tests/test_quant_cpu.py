@@ -1,0 +1,98 @@
+"""The C fast path of quantize/fwht (`akvq/quant/cpu.py`) against the torch code it replaces: bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from akvq.quant import cpu, hadamard, uniform
+
+pytestmark = pytest.mark.skipif(cpu._lib() is None, reason=f"quant C library: {cpu.status()}")
+
+
+def _torch(fn, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+    mp = pytest.MonkeyPatch()
+    mp.setattr(cpu, "_lib", lambda: None)
+    try:
+        return fn(*a, **kw)
+    finally:
+        mp.undo()
+
+
+def _inputs(seed: int, rows: int, n: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(rows, n, generator=g)
+    ties = torch.randint(-8, 9, (rows, n), generator=g).float() / 4  # values on the grid: rounding ties
+    skew = base.abs() * 3 + 2  # one-signed groups
+    tiny = base * 1e-30  # subnormal spreads
+    mixed = base.clone()
+    mixed[0] = 5.0  # a constant row
+    mixed[1, : n // 2] = 0.0
+    heavy = base * torch.exp(2 * torch.randn(rows, n, generator=g))  # outliers
+    return [base, ties, skew, tiny, mixed, heavy, base * 1e4]
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("group", [16, 64, 128])
+@pytest.mark.parametrize("float_zero", [False, True])
+@pytest.mark.parametrize("mode,ratio", [("center", 0.8), ("center", 1.0), ("minmax", 0.8), ("center", None)])
+def test_quantize_bit_identical(
+    bits: int, group: int, float_zero: bool, mode: str, ratio: float | None
+) -> None:
+    """ratio None: the clip search over CLIP_GRID."""
+    ran = 0
+    search = ratio is None
+    grid = uniform.CLIP_GRID if search else ()
+    for seed in range(2):
+        for x in _inputs(seed, 12, 256):
+            fast = cpu.quantize(x, bits, group, ratio or 1.0, float_zero, mode, grid)
+            ref = _torch(uniform.quantize, x, bits, group, ratio or 1.0, search, float_zero, mode)
+            if fast is None:  # the torch path's call: fp32 metadata, or a near-tie of the clip search
+                assert ref.scale.dtype == torch.float32 or search
+                continue
+            ran += 1
+            codes, scale, zero = fast
+            assert torch.equal(codes, ref.codes)
+            assert torch.equal(scale, ref.scale)
+            assert torch.equal(zero, ref.zero)  # -0.0 == 0.0
+            got = uniform.quantize(x, bits, group, ratio or 1.0, search, float_zero, mode)  # the public entry
+            assert torch.equal(got.codes, ref.codes) and got.scale.dtype == torch.float16
+    assert ran >= (4 if search else 8)
+
+
+def test_quantize_falls_back() -> None:
+    """Non-finite elements and groups whose fp16 metadata would move the grid go to the torch path."""
+    x = torch.randn(4, 64)
+    x[0, 3] = float("nan")
+    x[1, 5] = float("inf")
+    assert cpu.quantize(x, 2, 16, 1.0, False, "center") is None
+    got, ref = uniform.quantize(x, 2, 16), _torch(uniform.quantize, x, 2, 16)
+    assert torch.equal(got.codes, ref.codes) and torch.equal(got.scale, ref.scale)
+    far = 1000 + 1e-3 * torch.randn(2, 16)  # integer zero a/s ~ -5e5: not an fp16 number
+    assert cpu.quantize(far, 2, 16, 1.0, False, "center") is None
+    assert uniform.quantize(far, 2, 16).zero.dtype == torch.float32
+    assert cpu.quantize(x.double(), 2, 16, 1.0, False, "center") is None  # fp32 only
+    assert cpu.quantize(x, 3, 16, 1.0, False, "center") is None  # 3-bit packing stays in torch
+
+
+@pytest.mark.parametrize("d", [1, 2, 16, 64, 128])
+def test_fwht_bit_identical(d: int) -> None:
+    x = torch.randn(5, 3, d) * 10
+    fast = cpu.fwht(x)
+    assert fast is not None and fast.shape == x.shape
+    assert torch.equal(fast, _torch(hadamard.fwht, x))
+    assert torch.equal(hadamard.fwht(x), fast)
+    t = x.transpose(0, 1)  # not contiguous
+    assert torch.equal(hadamard.fwht(t), _torch(hadamard.fwht, t))
+    assert cpu.fwht(x.half()) is None and cpu.fwht(x.requires_grad_()) is None
+
+
+def test_switch_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AKVQ_QUANT_C", "0")
+    cpu._lib.cache_clear()
+    try:
+        assert cpu._lib() is None and "AKVQ_QUANT_C=0" in cpu.status()
+    finally:
+        monkeypatch.delenv("AKVQ_QUANT_C")
+        cpu._lib.cache_clear()
+    assert cpu._lib() is not None

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from akvq.bench.throughput import prepare  # noqa: E402
+from akvq.records import git_rev  # noqa: E402
 
 DEFAULTS = {
     "model": "smollm2-135m",
@@ -204,6 +205,7 @@ def main(args: dict[str, str]) -> None:
         "seq_len": prep["seq_len"],
         "wall_seconds": time.time() - t0,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "git_rev": git_rev(),
     }
     with (ROOT / cfg["records"]).open("a") as f:
         f.write(json.dumps(rec) + "\n")

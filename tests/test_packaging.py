@@ -46,7 +46,9 @@ SMOKE = textwrap.dedent("""
     with api.pivot_detection(loaded.model, cache), torch.inference_mode():
         out = loaded.model.generate(**inputs, **{api.cache_kwarg(): cache}, max_new_tokens=4, do_sample=False)
     harness = sorted(m for m in sys.modules if m.split(".")[0] in ("hydra", "omegaconf", "pandas", "matplotlib", "wandb"))
+    from akvq.quant import cpu as quant_cpu
     print(json.dumps({"file": akvq.__file__, "pattern": cache.policy.layer_pattern, "kernel": packed_cpu.available(),
+                      "quant_c": quant_cpu._lib() is not None, "quant_source": str(quant_cpu.SOURCE),
                       "source": str(packed_cpu.SOURCE), "tokens": out.shape[1] - inputs["input_ids"].shape[1],
                       "harness": harness}))
 """)
@@ -93,7 +95,7 @@ def test_wheel_installs_and_runs_from_outside_the_checkout(tmp_path: Path) -> No
     import zipfile
 
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "akvq/attention/csrc/packed_cpu.c" in names
+    assert {"akvq/attention/csrc/packed_cpu.c", "akvq/quant/csrc/quant_cpu.c"} <= names
     assert (
         "akvq/_configs/quant/akvq.yaml" in names and "akvq/_configs/layer_patterns/llava-1.5-7b.yaml" in names
     )
@@ -117,4 +119,5 @@ def test_wheel_installs_and_runs_from_outside_the_checkout(tmp_path: Path) -> No
         site
     )  # the installed copy, not the checkout
     assert got["kernel"] and got["pattern"] == ["tsa", "tsa", "psa", "psa"] and got["tokens"] == 4
+    assert got["quant_c"] and got["quant_source"].startswith(site)  # the shipped C quantizer builds and loads
     shutil.rmtree(env, ignore_errors=True)

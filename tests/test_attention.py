@@ -72,6 +72,17 @@ PLANS = {
         None,
         "all",
     ),
+    # 8-bit windows (`window_bits: 8`): every path reads the window's dequantized values (the kernel skips it)
+    "akvq_psa_pivots_w8": (
+        TensorPlan(bits=2, group_size=128, window=7, hadamard=True, window_bits=8),
+        None,
+        "all",
+    ),
+    "kivi_keys_w8": (
+        TensorPlan(bits=2, group_size=8, clip_ratio=1.0, axis="channel", window=0, window_bits=8),
+        None,
+        "low",
+    ),
 }
 # The C kernel's float path in each build (avx2 where the CPU has it, portable plain C everywhere)
 PATHS = {
@@ -130,6 +141,12 @@ PLANS_I8 = {
     ),
     "akvq_d128": (TensorPlan(bits=2, group_size=128, window=5, hadamard=True), 4, "all", 128),
     "bits3_falls_back_d64": (TensorPlan(bits=3, group_size=64, window=2), 8, "all", 64),
+    "akvq_psa_d64_w8": (
+        TensorPlan(bits=2, group_size=128, window=7, hadamard=True, window_bits=8),
+        None,
+        "all",
+        64,
+    ),
 }
 # The int8 query is an approximation (q rounded to 1/254 of its segment's max), and so are the u8 value weights of
 # 2-bit values (test_packed_cpu_values.py): attention outputs are compared by relative norm. Largest measured over
@@ -229,6 +246,7 @@ GEN_POLICIES = {
         "layer_pattern": ["tsa", "psa", "psa", "psa"],
     },
 }
+GEN_POLICIES["akvq_plus_w8"] = {**GEN_POLICIES["akvq_plus"], "window_bits": 8}
 
 
 def _generate(model, enc, impl: str, name: str, **kw):
@@ -275,7 +293,7 @@ def test_generate_packed_equals_reference(tiny_llama, name: str) -> None:
     assert float((logits - ref_logits).norm() / ref_logits.norm()) < 1e-4
 
 
-@pytest.mark.parametrize("name", ["akvq", "akvq_plus"])
+@pytest.mark.parametrize("name", ["akvq", "akvq_plus", "akvq_plus_w8"])
 def test_generate_torch_path_equals_cpu_kernel(tiny_llama, name: str) -> None:
     """attention=packed_torch runs the vectorized torch path, or (akvq_plus's float zero points, which that path
     does not read) the reference: same tokens as the C kernel either way."""

@@ -281,6 +281,17 @@ SELECT = {
     "skvq": ("skvq", {"window": 4, "sink": 2}),
     "smoothquant": ("smoothquant", {}),
     "kivi": ("kivi", {"residual": 8}),
+    "akvq_psa_channel_w8": (
+        "akvq",
+        {
+            "window": 4,
+            "tsa": False,
+            "k_axis": "channel",
+            "k_window": 0,
+            "k_group_tokens": 8,
+            "window_bits": 8,
+        },
+    ),
 }
 
 

@@ -64,6 +64,8 @@ REPLAYED = [
     ("smoothquant", {}),
     ("akvq", {"window": 16, "num_pivots": 2}),
     ("akvq_plus", {"window": 16, "num_pivots": 2, "k_group_tokens": 16}),
+    ("akvq_plus_w8", {"window": 16, "num_pivots": 2, "k_group_tokens": 16}),
+    ("kivi2", {"group_size": 16, "residual": 16, "window_bits": 8}),
 ]
 
 

@@ -131,7 +131,8 @@ def _check(rc: int) -> None:
 
 
 def _kernel_tail(store: TensorStore) -> bool:
-    """The recent-window tail goes through the kernel when it is fp16 with unit stride along head_dim."""
+    """The recent-window tail goes through the kernel when it is fp16 with unit stride along head_dim (an 8-bit
+    window, int8 codes and scales, takes the torch path over `store.window()`, its dequantized temporary)."""
     t = store.tail
     return t is not None and store.tail_len > 0 and t.dtype == torch.float16 and t.stride(-1) == 1
 
@@ -261,7 +262,7 @@ def store_scores(
             )
         )
         if not tail and store.tail_len:
-            out[..., store.n_q :] = torch.einsum("bhgd,bhtd->bhgt", q, store.tail.float())
+            out[..., store.n_q :] = torch.einsum("bhgd,bhtd->bhgt", q, store.window(torch.float32))
         return out
     return exact_scores(store, q, out, tail=not tail)
 
@@ -342,7 +343,7 @@ def store_output(
         )
     if _kernel_hp(store):
         if not tail and store.tail_len:
-            out += torch.einsum("bhgt,bhtd->bhgd", p[..., store.n_q :], store.tail.float())
+            out += torch.einsum("bhgt,bhtd->bhgd", p[..., store.n_q :], store.window(torch.float32))
         return out
     return exact_output(store, p, out, tail=not tail)
 

@@ -306,7 +306,7 @@ def exact_scores(store: TensorStore, q: torch.Tensor, out: torch.Tensor, tail: b
         rows = store.hp_rows.float().view(-1, h, store.head_dim)
         out.permute(0, 3, 1, 2)[bi, ti] = torch.einsum("nhgd,nhd->nhg", q[bi], rows)
     if tail and store.tail_len:
-        out[..., store.n_q :] = torch.einsum("bhgd,bhtd->bhgt", q, store.tail.float())
+        out[..., store.n_q :] = torch.einsum("bhgd,bhtd->bhgt", q, store.window(torch.float32))
     return out
 
 
@@ -338,7 +338,7 @@ def exact_output(store: TensorStore, p: torch.Tensor, out: torch.Tensor, tail: b
         rows = store.hp_rows.float().view(-1, h, store.head_dim)
         out.index_add_(0, bi, w.unsqueeze(-1) * rows.unsqueeze(2))
     if tail and store.tail_len:
-        out += torch.einsum("bhgt,bhtd->bhgd", p[..., store.n_q :], store.tail.float())
+        out += torch.einsum("bhgt,bhtd->bhgd", p[..., store.n_q :], store.window(torch.float32))
     return out
 
 

@@ -129,10 +129,14 @@ def _triton_decode(*args: Any) -> Any:
 
 _ALL = {f: ANY for f in PLAN_FIELDS}
 _FOLDED = {"hadamard": ANY, "smooth_alpha": ANY, "group_across_heads": ANY}  # undone on q and the output
+# Every packed path reads the recent window through `TensorStore.window()` (`packed_torch.exact_*`; the C kernel
+# takes a 16-bit tail itself, an 8-bit one falls to that torch code), so both storages of it are read.
+_WINDOW = {"window_bits": frozenset({16, 8})}
 
 _C_CAPS = {
     **_STORAGE_ONLY,
     **_FOLDED,
+    **_WINDOW,
     "bits": frozenset({1, 2, 3, 4, 8}),
     "axis": frozenset({"token", "channel"}),
     "float_zero": frozenset({False, True}),
@@ -146,6 +150,7 @@ PATHS: dict[str, DecodePath] = {
         {
             **_STORAGE_ONLY,
             **_FOLDED,
+            **_WINDOW,
             "bits": frozenset({1, 2, 3, 4, 8}),
             "axis": frozenset({"token", "channel"}),
             "float_zero": frozenset({False}),
@@ -171,6 +176,7 @@ PATHS: dict[str, DecodePath] = {
         {
             **_STORAGE_ONLY,
             **_FOLDED,
+            **_WINDOW,
             "bits": frozenset({1, 2, 4, 8}),
             "axis": frozenset({"token", "channel"}),
             "float_zero": frozenset({False}),

@@ -172,9 +172,9 @@ def prepare(spec: dict[str, Any]) -> dict[str, Any]:
         for attr in ("vision_mask", "pivot_mask", "attention_mask"):
             setattr(cache, attr, getattr(cache0, attr))
         for src, dst in zip(cache0.layers, cache.layers):
-            dst.lazy_initialization(src.k.tail.to(src.dtype), src.v.tail.to(src.dtype))
-            dst.k.append(src.k.tail)
-            dst.v.append(src.v.tail)
+            dst.lazy_initialization(src.k.window().to(src.dtype), src.v.window().to(src.dtype))
+            dst.k.append(src.k.window())
+            dst.v.append(src.v.window())
         ids = torch.full((1, 1), next_id, device=model.device)
         with timed_flushes() as spent:
             walls, _ = decode_steps(model, cache, ids, 1, device)
@@ -208,7 +208,9 @@ def prepare_peer(
 
     cache = policy.new_cache(len(cache0.layers))
     t, c = time.perf_counter(), time.process_time()
-    api.prefill_into(cache, [(src.k.tail.to(src.dtype), src.v.tail.to(src.dtype)) for src in cache0.layers])
+    api.prefill_into(
+        cache, [(src.k.window().to(src.dtype), src.v.window().to(src.dtype)) for src in cache0.layers]
+    )
     quant_s, quant_cpu = time.perf_counter() - t, time.process_time() - c
     walls, _ = decode_steps(model, cache, torch.full((1, 1), next_id, device=model.device), 1, device)
     save_cache(cache, path, {"next_id": next_id, "seq_len": seq + 1})

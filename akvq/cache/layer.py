@@ -99,9 +99,9 @@ class AKVQLayer(CacheLayerMixin):
                 bounds.append(nq)
                 tail += 1 - m
             store.append(x)
-            fresh = (
-                store.tail
-            )  # 16-bit rows of positions [start, start + tail): what a step reads before a flush
+            # The window's rows, positions [start, start + tail): what a step reads before a flush (16-bit, or
+            # 8-bit dequantized: a token is quantized to 8 bits once, on entry, so every step reads the same).
+            fresh = store.window()
             todo = [m for m in sizes if m]
             if store.plan.axis == "token" and len(todo) > 1:
                 todo = todo[:1] + [sum(todo[1:])] if start == 0 else [sum(todo)]

@@ -9,7 +9,15 @@ import dataclasses
 from dataclasses import dataclass
 
 from akvq.errors import ConfigError
-from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits, check_clip_mode, register
+from akvq.policies.base import (
+    LayerPlan,
+    Policy,
+    TensorPlan,
+    check_bits,
+    check_clip_mode,
+    check_window_bits,
+    register,
+)
 
 PIVOT_RULES = ("massive", "attention")
 
@@ -41,9 +49,11 @@ class AKVQPolicy(Policy):
     group_across_heads: bool = False
     float_zero: bool = False
     clip_mode: str = "center"  # "minmax": the r*min, r*max rule used before (docs/design.md)
+    window_bits: int = 16  # 8: the window in 8 bits (q8_0-style, TensorPlan.window_bits; docs/design.md)
 
     def validate(self) -> None:
         check_bits(self.bits)
+        check_window_bits(self.window_bits, "akvq")
         check_clip_mode(self.clip_mode)
         check_bits(self.text_bits, "text_bits")
         if self.k_bits is not None:
@@ -105,6 +115,7 @@ class AKVQPolicy(Policy):
             group_across_heads=self.group_across_heads,
             float_zero=self.float_zero,
             clip_mode=self.clip_mode,
+            window_bits=self.window_bits,
         )
         pattern = self.pattern_of(layer_idx, num_layers)
         # TSA layers give text and vision tokens different bits, which per-channel key groups cannot: there

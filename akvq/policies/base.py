@@ -15,6 +15,18 @@ if TYPE_CHECKING:
     from transformers.cache_utils import Cache
 
 HP_DTYPES = ("auto", "model", "float16", "bfloat16", "float32")
+WINDOW_BITS = (
+    16,
+    8,
+)  # storage of the recent window: 16-bit, or 8-bit codes with an fp16 scale per 32 channels
+
+
+def check_window_bits(window_bits: int, what: str) -> None:
+    """The one window_bits check (every policy with a recent window): a ConfigError before any model loads."""
+    if window_bits not in WINDOW_BITS or isinstance(window_bits, bool):
+        raise ConfigError(
+            f"{what}: window_bits={window_bits!r} is not supported; choose one of {list(WINDOW_BITS)}"
+        )
 
 
 def default_clip(bits: int) -> float:
@@ -40,6 +52,12 @@ class TensorPlan:
     reorder: bool = False  # SKVQ: permute channels by calibrated range before grouping (token axis only)
     reorder_by: str = "absmax"  # the statistic channels are sorted by: "absmax" or "center" (of [min, max])
     clip_mode: str = "center"  # how clip_ratio shrinks a group's range (`akvq.quant.uniform.CLIP_MODES`)
+    # The recent window (and a per-channel store's unflushed tail): 16 = kept as is; 8 = int8 codes, symmetric
+    # absmax, one fp16 scale per 32 channels of a token and head (llama.cpp's q8_0), dequantized on read.
+    window_bits: int = 16
+
+    def __post_init__(self) -> None:
+        check_window_bits(self.window_bits, "TensorPlan")
 
     @property
     def chunk(self) -> int:
@@ -158,8 +176,10 @@ __all__ = [
     "LayerPlan",
     "Policy",
     "TensorPlan",
+    "WINDOW_BITS",
     "check_bits",
     "check_clip_mode",
+    "check_window_bits",
     "default_clip",
     "register",
 ]

@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from akvq.errors import ConfigError
-from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits, check_clip_mode, register
+from akvq.policies.base import (
+    LayerPlan,
+    Policy,
+    TensorPlan,
+    check_bits,
+    check_clip_mode,
+    check_window_bits,
+    register,
+)
 
 
 @register
@@ -17,9 +25,11 @@ class RTNPolicy(Policy):
     clip_ratio: float | None = 1.0
     window: int = 0
     clip_mode: str = "center"  # "minmax": the r*min, r*max rule used before (docs/design.md)
+    window_bits: int = 16  # 8: the window in 8 bits (q8_0-style, TensorPlan.window_bits; docs/design.md)
 
     def validate(self) -> None:
         check_bits(self.bits)
+        check_window_bits(self.window_bits, "rtn")
         check_clip_mode(self.clip_mode)
         if self.group_size <= 0 or self.window < 0:
             raise ConfigError("group_size must be > 0 and window >= 0")
@@ -31,5 +41,6 @@ class RTNPolicy(Policy):
             clip_ratio=self.clip_ratio,
             window=self.window,
             clip_mode=self.clip_mode,
+            window_bits=self.window_bits,
         )
         return LayerPlan(k=t, v=t)

@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from akvq.errors import ConfigError
-from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits, check_clip_mode, register
+from akvq.policies.base import (
+    LayerPlan,
+    Policy,
+    TensorPlan,
+    check_bits,
+    check_clip_mode,
+    check_window_bits,
+    register,
+)
 
 REORDER_BY = ("absmax", "center")
 
@@ -24,9 +32,11 @@ class SKVQPolicy(Policy):
     float_zero: bool = True  # SKVQ's quantizer stores the group minimum and the scale (as KIVI)
     reorder_by: str = "center"  # stands in for its KMeans clusters of channel (min, max); docs/skvq.md
     clip_mode: str = "center"  # "minmax": the r*min, r*max rule used before (docs/design.md)
+    window_bits: int = 16  # 8: the window in 8 bits (q8_0-style, TensorPlan.window_bits; docs/design.md)
 
     def validate(self) -> None:
         check_bits(self.bits)
+        check_window_bits(self.window_bits, "skvq")
         check_clip_mode(self.clip_mode)
         if self.window < 0 or self.sink < 0 or self.group_size <= 0:
             raise ConfigError("skvq: window and sink must be >= 0, group_size > 0")
@@ -45,5 +55,6 @@ class SKVQPolicy(Policy):
             reorder_by=self.reorder_by,
             float_zero=self.float_zero,
             clip_mode=self.clip_mode,
+            window_bits=self.window_bits,
         )
         return LayerPlan(k=t, v=t, sink=self.sink)

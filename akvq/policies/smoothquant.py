@@ -8,7 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from akvq.errors import ConfigError
-from akvq.policies.base import LayerPlan, Policy, TensorPlan, check_bits, check_clip_mode, register
+from akvq.policies.base import (
+    LayerPlan,
+    Policy,
+    TensorPlan,
+    check_bits,
+    check_clip_mode,
+    check_window_bits,
+    register,
+)
 
 
 @register
@@ -21,9 +29,11 @@ class SmoothQuantPolicy(Policy):
     clip_ratio: float | None = 1.0
     window: int = 0
     clip_mode: str = "center"  # "minmax": the r*min, r*max rule used before (docs/design.md)
+    window_bits: int = 16  # 8: the window in 8 bits (q8_0-style, TensorPlan.window_bits; docs/design.md)
 
     def validate(self) -> None:
         check_bits(self.bits)
+        check_window_bits(self.window_bits, "smoothquant")
         check_clip_mode(self.clip_mode)
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"smoothquant: alpha must be in [0, 1], got {self.alpha}")
@@ -38,5 +48,6 @@ class SmoothQuantPolicy(Policy):
             window=self.window,
             smooth_alpha=self.alpha,
             clip_mode=self.clip_mode,
+            window_bits=self.window_bits,
         )
         return LayerPlan(k=t, v=t)

@@ -110,3 +110,19 @@ def test_toy_policy_registered_in_one_place() -> None:
         assert cache.layers[0].k.n_q > 0 and cache.memory_report().effective_bits < 16
     finally:
         POLICIES.pop("toy_test_only")
+
+
+def test_roles_in_every_layer() -> None:
+    """akvq_roles_v1_t4 (issue #12's vision x text grid): every layer TSA, vision rows 1-bit, text rows 4-bit."""
+    from akvq.cache.store import LOW, TEXT
+
+    loaded, inputs = tiny_inputs("llava")
+    policy = make_policy("akvq_roles_v1_t4", window=4)
+    assert api.resolve_policy(loaded.model, policy).layer_pattern is None  # no pattern file needed
+    _, cache = api.generate(loaded.model, inputs, policy, max_new_tokens=2)
+    for layer in cache.layers:
+        assert layer.plan.pattern == "tsa" and not layer.plan.protect_pivots
+        for st in (layer.k, layer.v):
+            assert st.tables[LOW].bits == 1 and st.tables[TEXT].bits == 4
+    with pytest.raises(ConfigError, match="roles_all_layers"):
+        make_policy("akvq_roles_v1_t4", tsa=False)

@@ -39,6 +39,9 @@ class AKVQPolicy(Policy):
     pivot_layer: int | None = None  # None: the detector's documented default
     pivot_score: str | None = None
     layer_pattern: list[str] | None = None  # "tsa"/"psa" per layer; None: read from the model's pattern file
+    # TSA's per-role bits (vision `bits`, text `text_bits`) in every layer, no PSA layers: the paper's question of
+    # how many bits vision and text tokens each need, asked of the whole cache (configs/quant/akvq_roles_*.yaml)
+    roles_all_layers: bool = False
     k_axis: str = "token"
     k_bits: int | None = None  # None: same as bits
     k_window: int | None = (
@@ -69,6 +72,10 @@ class AKVQPolicy(Policy):
             or min(self.group_size, self.k_group_tokens) <= 0
         ):
             raise ConfigError("akvq: window and num_pivots must be >= 0, group_size > 0")
+        if self.roles_all_layers and (not self.tsa or self.layer_pattern is not None):
+            raise ConfigError(
+                "akvq: roles_all_layers=true needs tsa=true and no layer_pattern (it sets every layer)"
+            )
         if self.layer_pattern is not None:
             bad = set(self.layer_pattern) - {"tsa", "psa"}
             if bad:
@@ -84,7 +91,7 @@ class AKVQPolicy(Policy):
 
     @property
     def needs_pattern(self) -> bool:
-        return self.tsa and self.layer_pattern is None
+        return self.tsa and self.layer_pattern is None and not self.roles_all_layers
 
     def resolve(self, model_name: str, num_layers: int) -> AKVQPolicy:
         """A copy with the model's TSA/PSA layer pattern (configs/layer_patterns/) when none was given."""
@@ -97,6 +104,8 @@ class AKVQPolicy(Policy):
     def pattern_of(self, layer_idx: int, num_layers: int) -> str:
         if not self.tsa:
             return "psa"
+        if self.roles_all_layers:
+            return "tsa"
         if self.layer_pattern is None:
             return "psa"
         if len(self.layer_pattern) != num_layers:

@@ -57,6 +57,12 @@ def status() -> str:
     return _state.get("reason", "")
 
 
+@functools.cache
+def _grid(grid: tuple[float, ...]) -> torch.Tensor:
+    """The clip-search ratios as fp32 (torch rounds each Python float to fp32 the same way)."""
+    return torch.tensor(grid, dtype=torch.float32)
+
+
 def _eligible(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad and x.numel() > 0
 
@@ -93,9 +99,9 @@ def quantize(
     codes = torch.empty(*g.shape[:-1], (n * bits + 7) // 8, dtype=torch.uint8)
     scale = torch.empty(*g.shape[:-1], n // group_size, dtype=torch.float16)
     zero = torch.empty_like(scale)
-    ratios = torch.tensor(grid, dtype=torch.float32)
+    ratios = _grid(grid) if grid else None
     rc = lib.akvq_quantize(
-        g.data_ptr(), rows, n, group_size, bits, ratio, ratios.data_ptr() if grid else None, len(grid),
+        g.data_ptr(), rows, n, group_size, bits, ratio, ratios.data_ptr() if ratios is not None else None, len(grid),
         int(float_zero), int(clip_mode == "center"), codes.data_ptr(), scale.data_ptr(), zero.data_ptr(),
     )  # fmt: skip
     return (codes, scale, zero) if rc == 0 else None

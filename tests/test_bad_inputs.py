@@ -147,6 +147,12 @@ def cases() -> list[Case]:
         Case("quant.bits", ["quant.bits=two"], ["quant.bits=2"]),
         Case("quant.bits", ["quant.bits=null"], ["quant.bits=2"]),
         Case("quant.text_bits", ["quant.text_bits=16"], ["quant.text_bits=8"]),
+        Case("quant.window_bits", ["quant=akvq_plus", "+quant.window_bits=4"], ["quant=akvq_plus_w8"]),
+        Case(
+            "quant.roles_all_layers",
+            ["quant=akvq_roles_v2_t4", "quant.roles_all_layers=yes"],
+            ["quant=akvq_roles_v2_t4"],
+        ),
         Case("quant.text_bits", ["quant.text_bits=true"], ["quant.text_bits=4"]),
         Case("quant.clip_ratio", ["quant.clip_ratio=2.0"], ["quant.clip_ratio=0.9"]),
         Case("quant.clip_ratio", ["quant.clip_ratio=-0.5"], ["quant.clip_ratio=1.0"]),

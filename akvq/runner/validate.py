@@ -254,7 +254,7 @@ def model_schema(source: str | None = None) -> dict[str, Checker]:
 def quant_ranges() -> dict[str, Checker]:
     """Ranges of policy fields by name (the same name means the same thing in every policy)."""
     from akvq.policies.akvq import PIVOT_RULES
-    from akvq.policies.base import HP_DTYPES
+    from akvq.policies.base import HP_DTYPES, WINDOW_BITS
     from akvq.quant.uniform import SUPPORTED_BITS
 
     bits = Int(choices=SUPPORTED_BITS)
@@ -267,6 +267,7 @@ def quant_ranges() -> dict[str, Checker]:
         "k_group_tokens": Int(1),
         "residual": Int(1),
         "window": Int(0),
+        "window_bits": Int(choices=WINDOW_BITS),
         "k_window": Int(0, nullable=True),
         "sink": Int(0),
         "num_pivots": Int(0),
@@ -732,7 +733,7 @@ def check_against_model(
         if ctx is not None:
             fits("task.max_context_len", ctx, ctx + new, "max_context_len + max_new_tokens")
 
-    from akvq.policies import make_policy
+    from akvq.policies.loader import policy_from_mapping
 
     for name, q in quants.items():
         pre = "quant" if name == main else f"compare[{name}]"
@@ -751,7 +752,7 @@ def check_against_model(
                 pl,
                 f"must be in [{-shape.num_layers}, {shape.num_layers - 1}] for {where}",
             )
-        policy = make_policy(str(q["policy"]), **fields)
+        policy = policy_from_mapping(q, f"{pre}={name}")  # the composed fields, not a config file's defaults
         gs = fields.get("group_size")
         if (
             gs is not None

@@ -585,7 +585,7 @@ def main() -> None:
     ap.add_argument("--align-steps", type=int, default=3000)
     ap.add_argument("--align-batch", type=int, default=64)
     ap.add_argument("--align-lr", type=float, default=1e-3)
-    ap.add_argument("--tau", type=float, default=0.1, help="align: logits are -squared distance / tau")
+    ap.add_argument("--tau", type=float, default=1.0, help="align: logits are -squared distance / tau")
     ap.add_argument("--mse-weight", type=float, default=1.0, help="align: weight of the relative MSE term")
     ap.add_argument("--negatives", type=int, default=2048, help="align: random vocabulary negatives a step")
     ap.add_argument("--eval-images", type=int, default=500, help="align: held-out images for decode accuracy")

@@ -280,11 +280,17 @@ def read_check(
         x = prompt_embeds(model, tok, template, image)
         got = tok.decode(greedy(model, x, 8, stop)).strip()
         ok_g = got == cap
-        ans = tok.encode(" " + cap, add_special_tokens=False)
-        full = torch.cat([x, emb[torch.tensor(ans)][None]], dim=1)
-        logits = model.lm_head(model.model.language_model(inputs_embeds=full).last_hidden_state)
-        pred = logits[0, x.shape[1] - 1 : -1].argmax(-1)
-        ok_f = bool((pred == torch.tensor(ans)).all())
+        ok_f = False
+        space = [filler_id(tok)]
+        # the answer as " a blue scene" or as " " + "a blue scene" (greedy output is compared after strip())
+        for ans in (
+            tok.encode(f" {cap}", add_special_tokens=False),
+            space + tok.encode(cap, add_special_tokens=False),
+        ):
+            full = torch.cat([x, emb[torch.tensor(ans)][None]], dim=1)
+            logits = model.lm_head(model.model.language_model(inputs_embeds=full).last_hidden_state)
+            pred = logits[0, x.shape[1] - 1 : -1].argmax(-1)
+            ok_f = ok_f or bool((pred == torch.tensor(ans)).all())
         greedy_ok += ok_g
         forced_ok += ok_f
         k = kinds.setdefault(scene_kind(s), [0, 0, 0])

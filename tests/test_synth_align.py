@@ -122,3 +122,25 @@ def test_a_few_align_steps_on_a_tiny_tower_learn_deterministically() -> None:
     assert run() == a
     score = align.decode_score(model, proc, tok, scenes, emb)
     assert score.images == 8 and 0 <= score.pos_acc <= 1
+
+
+@pytest.mark.slow
+def test_committed_weights_decode_held_out_images() -> None:
+    """The committed synth-vlm (stage 0 alignment): its image tokens are the LM's embeddings of the description.
+
+    Nearest-embedding decoding of 60 held-out images (the align-eval stream of seed 0, none of the benchmark's),
+    against thresholds a little under what the committed file measured (results/vlm/README.md)."""
+    from omegaconf import OmegaConf
+
+    from akvq.models.sources.synth_vlm import DEFAULT_WEIGHTS, load_synth_vlm
+    from akvq.paths import REPO
+
+    cfg = OmegaConf.load(REPO / "configs" / "model" / "synth-vlm.yaml")
+    loaded = load_synth_vlm(DEFAULT_WEIGHTS, sha256=str(cfg.sha256))
+    model = loaded.model
+    emb = model.get_input_embeddings().weight.detach()[: model.config.image_token_index]
+    score = align.decode_score(model, loaded.processor, loaded.tokenizer, align.held_out_scenes(0, 60), emb)
+    exact = {k: a / n for k, (a, n) in score.by_kind.items()}
+    assert score.pos_acc >= POS_ACC_MIN, score
+    for kind, floor in KIND_MIN.items():
+        assert exact[kind] >= floor, (kind, score)

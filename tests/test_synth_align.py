@@ -12,6 +12,11 @@ from akvq.synth import align
 from akvq.synth.bench import EVAL_SEED, caption, caption_scene
 from akvq.synth.draw import Scene
 
+POS_ACC_MIN = 0.99
+KIND_MIN = {"frame": 0.95, "number": 0.85, "object": 0.9}
+"""Floors for the committed file on the test's 60 held-out images (23 frames, 15 numbers, 22 objects), where it
+measured per-token 1.000 and 60/60 exact (500 images: 0.9994 and 495/500; results/vlm/README.md)."""
+
 
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
@@ -71,11 +76,11 @@ def test_loss_is_zero_at_the_embeddings_and_nearest_decodes_them() -> None:
     first = None
     for _ in range(200):
         loss, stats = align.align_loss(x, targets, emb, torch.arange(50))
-        first = float(loss) if first is None else first
+        first = float(loss.detach()) if first is None else first
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < 0.1 * first and stats["acc"] == 1.0
+    assert float(loss.detach()) < 0.1 * first and stats["acc"] == 1.0
 
 
 @pytest.mark.slow
@@ -114,7 +119,7 @@ def test_a_few_align_steps_on_a_tiny_tower_learn_deterministically() -> None:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         return losses
 
     a = run()

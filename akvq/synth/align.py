@@ -282,10 +282,12 @@ def read_check(
         ok_g = got == cap
         ok_f = False
         space = [filler_id(tok)]
-        # the answer as " a blue scene" or as " " + "a blue scene" (greedy output is compared after strip())
+        # the answer as " a blue scene", " " + "a blue scene" or " " + " a blue scene" (greedy output is
+        # compared after strip(); after the image's run of spaces the LM often writes a bare " " first)
         for ans in (
             tok.encode(f" {cap}", add_special_tokens=False),
             space + tok.encode(cap, add_special_tokens=False),
+            space + tok.encode(f" {cap}", add_special_tokens=False),
         ):
             full = torch.cat([x, emb[torch.tensor(ans)][None]], dim=1)
             logits = model.lm_head(model.model.language_model(inputs_embeds=full).last_hidden_state)

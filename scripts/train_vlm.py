@@ -3,6 +3,13 @@
     nice -n 19 python scripts/train_vlm.py --out runs/synth-vlm [--seed 0] [--threads 2] [--resume]
     python scripts/train_vlm.py --out runs/synth-vlm --export assets/synth-vlm/synth-vlm.safetensors
 
+Stage 0, `--stage align` (akvq/synth/align.py): only the tower and projector, trained so that an image's 16
+tokens equal SmolLM2's input embeddings of its description ("            9451"); no LM forward, so it runs
+at hundreds of images per second. Its checkpoint is OUT/align.pt (`--stage align --export FILE` exports it,
+at curriculum step 0), and `--init FILE` starts the LM stages from it. `--stage caption|drills|...` starts
+the curriculum at that stage (`--steps N` then counts from there). `--read N --init FILE` measures, forward
+only, whether the frozen LM reads the image tokens of N held-out images (OUT/read.json).
+
 SmolLM2-135M-Instruct stays frozen (LoRA on q/v when `--lora-rank` > 0); the loss is on the answer tokens
 only (`B. 12<|im_end|>`). Prompts are built by the MileBench prompt code exactly as evaluation builds them,
 then wrapped in the chat template. Stages (the curriculum, `STAGES`) go from single-image drills on short
@@ -44,6 +51,7 @@ from akvq.models.sources.synth_vlm import (  # noqa: E402
 )
 from akvq.paths import atomic_open  # noqa: E402
 from akvq.records import git_rev  # noqa: E402
+from akvq.synth import align  # noqa: E402
 from akvq.synth.bench import (  # noqa: E402
     EVAL_SEED,
     INSTRUCTIONS,
@@ -93,6 +101,16 @@ class Example:
     scenes: tuple[Scene, ...]
     target: str
     task: str
+
+
+def stage_start(name: str) -> int:
+    """The curriculum step at which stage `name` begins."""
+    done = 0
+    for s in STAGES:
+        if s.name == name:
+            return done
+        done += s.steps
+    raise ValueError(f"no stage {name!r}; stages: {', '.join(s.name for s in STAGES)}")
 
 
 def stage_at(step: int) -> Stage:
@@ -196,7 +214,7 @@ def save_atomic(obj: Any, path: Path) -> None:
         torch.save(obj, fh)
 
 
-def plot_losses(history: list[dict[str, Any]], path: Path) -> None:
+def plot_losses(history: list[dict[str, Any]], path: Path, ylabel: str = "answer cross-entropy") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,12 +230,19 @@ def plot_losses(history: list[dict[str, Any]], path: Path) -> None:
     ax.plot(steps, loss, lw=0.5, alpha=0.4, label="loss")
     ax.plot(steps, smooth, lw=1.5, label=f"mean of {w}")
     edge = 0
-    for s in STAGES:
+    for s in STAGES if ylabel == "answer cross-entropy" else ():
         edge += s.steps
         if edge <= (steps[-1] if steps else 0):
             ax.axvline(edge, color="grey", lw=0.5, ls="--")
+    evals = [(h["step"], h["eval_exact_acc"]) for h in history if "eval_exact_acc" in h]
+    if evals:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*evals, strict=True), "o-", color="tab:green", ms=3, label="held-out exact")
+        ax2.set_ylim(0, 1)
+        ax2.set_ylabel("held-out exact-description accuracy")
+        ax2.legend(loc="center right")
     ax.set_xlabel("step")
-    ax.set_ylabel("answer cross-entropy")
+    ax.set_ylabel(ylabel)
     ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
@@ -226,11 +251,195 @@ def plot_losses(history: list[dict[str, Any]], path: Path) -> None:
 
 
 def export(ckpt_path: Path, out: Path) -> str:
-    """Write the trained tensors of a checkpoint as one safetensors file; returns its SHA-256."""
+    """Write the trained tensors of a checkpoint as one safetensors file; returns its SHA-256.
+
+    An alignment checkpoint (OUT/align.pt) exports at curriculum step 0 (`--init` then starts the caption
+    stage), with its own step count as `align_steps`."""
     ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     tower = TowerConfig.from_metadata(ck["tower"])
     extra = {"step": str(ck["step"]), "git_rev": ck.get("git_rev", "unknown"), "seed": str(ck.get("seed"))}
+    if ck.get("kind") == "align":
+        extra.update(step="0", align_steps=str(ck["step"]))
+    elif "align_steps" in ck:
+        extra["align_steps"] = str(ck["align_steps"])
     return save_trained(out, ck["trained"], tower, extra)
+
+
+def trainable(model: Any) -> list[torch.nn.Parameter]:
+    """Freeze everything, then unfreeze the tower and projector; returns their parameters."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = [p for k, p in model.named_parameters() if k.startswith(TRAINED_PREFIXES)]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def train_align(args: argparse.Namespace) -> None:
+    """Stage 0: tower + projector regress onto the LM's embeddings of each image's description (no LM forward)."""
+    from tqdm import tqdm
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tower = TowerConfig(lora_rank=0)
+    loaded = build_untrained(tower, seed=args.seed)
+    model, tok, proc = loaded.model, loaded.tokenizer, loaded.processor
+    params = trainable(model)
+    image_id = int(model.config.image_token_index)
+    emb = model.get_input_embeddings().weight.detach()[:image_id].clone()  # SmolLM2's own rows
+    classes = align.candidate_ids(tok)
+    rest = torch.ones(image_id, dtype=torch.bool)
+    rest[classes] = False
+    others = rest.nonzero().squeeze(1)
+    opt = torch.optim.AdamW(params, lr=args.align_lr, weight_decay=0.01)
+    rng = random.Random(f"synthbench/{args.seed}/all/align")
+    gen = torch.Generator().manual_seed(args.seed)
+    step, history, wall = 0, [], 0.0
+    ckpt = out / "align.pt"
+    if args.init is not None and not (args.resume and ckpt.exists()):
+        load_trained(model, args.init)
+        rng = random.Random(f"synthbench/{args.seed}/all/align/init")
+        print(f"initialised from {args.init}; fresh optimizer and data stream")
+    if args.resume and ckpt.exists():
+        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+        set_trained(model, ck["trained"])
+        opt.load_state_dict(ck["optimizer"])
+        rng.setstate(ck["rng"])
+        gen.set_state(ck["gen"])
+        step, history, wall = ck["step"], ck["history"], ck["wall"]
+        print(f"resumed at align step {step}")
+    held_out = bench_scenes(EVAL_SEED)
+    eval_scenes = align.held_out_scenes(args.seed, args.eval_images, held_out)
+    total = args.align_steps
+    t_start = time.time() - wall
+    last_save = time.time()
+
+    def evaluate() -> dict[str, Any]:
+        model.eval()
+        score = align.decode_score(model, proc, tok, eval_scenes, emb).as_dict()
+        model.train()
+        return score
+
+    def checkpoint(score: dict[str, Any] | None) -> None:
+        state = {
+            "kind": "align",
+            "trained": trained_state(model),
+            "tower": tower.as_metadata(),
+            "optimizer": opt.state_dict(),
+            "rng": rng.getstate(),
+            "gen": gen.get_state(),
+            "step": step,
+            "history": history,
+            "wall": time.time() - t_start,
+            "git_rev": git_rev(),
+            "seed": args.seed,
+        }
+        save_atomic(state, ckpt)
+        seen = sum(h["images"] for h in history)
+        record = {
+            "command": shlex.join([sys.executable, *sys.argv]),
+            "git_rev": git_rev(),
+            "seed": args.seed,
+            "threads": args.threads,
+            "stage": "align",
+            "batch": args.align_batch,
+            "lr": args.align_lr,
+            "tau": args.tau,
+            "mse_weight": args.mse_weight,
+            "negatives": args.negatives,
+            "filler": align.FILLER,
+            "steps": step,
+            "images_seen": seen,
+            "wall_seconds": round(time.time() - t_start, 1),
+            "images_per_second": round(seen / max(1e-9, sum(h["seconds"] for h in history)), 1),
+            "last_loss_mean50": sum(h["loss"] for h in history[-50:]) / max(1, len(history[-50:])),
+            "held_out": score,
+        }
+        (out / "align.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+        if history:
+            plot_losses(history, out / "align_loss.png", ylabel="alignment loss (CE + MSE)")
+
+    model.train()
+    bar = tqdm(total=total, initial=step, dynamic_ncols=True)
+    score = None
+    while step < total:
+        t0 = time.time()
+        scenes = align.draw_scenes(rng, args.align_batch, held_out)
+        targets = torch.tensor([align.description_ids(tok, s) for s in scenes])
+        neg = others[torch.randperm(len(others), generator=gen)[: args.negatives]]
+        lr = args.align_lr * min(1.0, (step + 1) / args.warmup)
+        lr *= 0.55 + 0.45 * math.cos(math.pi * min(1.0, step / max(1, total)))  # cosine to 10 %
+        for g in opt.param_groups:
+            g["lr"] = lr
+        tokens = align.image_tokens(model, align.pixel_values(proc, scenes))
+        loss, stats = align.align_loss(
+            tokens, targets, emb, torch.cat([classes, neg]), args.tau, args.mse_weight
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        h: dict[str, Any] = {
+            "step": step,
+            "loss": float(loss),
+            **stats,
+            "images": len(scenes),
+            "seconds": time.time() - t0,
+        }
+        if step % args.eval_every == 0 or step == total:
+            score = evaluate()
+            h["eval_exact_acc"] = score["exact_acc"]
+            h["eval_pos_acc"] = score["pos_acc"]
+            tqdm.write(f"step {step}: held-out {json.dumps(score)}")
+        history.append(h)
+        bar.update(1)
+        bar.set_postfix(
+            loss=f"{float(loss):.3f}",
+            mse=f"{stats['mse']:.3f}",
+            acc=f"{stats['acc']:.2f}",
+            img_s=f"{len(scenes) / h['seconds']:.0f}",
+        )
+        if time.time() - last_save > args.ckpt_minutes * 60 or step == total:
+            checkpoint(score)
+            last_save = time.time()
+        if math.isnan(float(loss)):
+            raise RuntimeError(f"loss is NaN at align step {step}")
+    bar.close()
+    checkpoint(score if score is not None else evaluate())
+
+
+def read(args: argparse.Namespace) -> None:
+    """Forward only: does the frozen LM read the image tokens? Few-shot copy, tower vs oracle vs no image."""
+    from tqdm import tqdm
+
+    from akvq.models.sources.synth_vlm import load_synth_vlm
+
+    torch.set_num_threads(args.threads)
+    if args.init is None:
+        raise SystemExit("--read needs --init WEIGHTS")
+    loaded = load_synth_vlm(args.init)
+    model, tok, proc = loaded.model, loaded.tokenizer, loaded.processor
+    scenes = align.held_out_scenes(args.seed, args.read, bench_scenes(EVAL_SEED))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for source in args.read_sources.split(","):
+        with tqdm(total=len(scenes), desc=source, dynamic_ncols=True) as bar:
+            r = align.read_check(model, proc, tok, scenes, source, progress=lambda _, b=bar: b.update(1))
+        tqdm.write(json.dumps(r))
+        results.append(r)
+    record = {
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "git_rev": git_rev(),
+        "weights": str(args.init),
+        "seed": args.seed,
+        "prompt": align.FEW_SHOT,
+        "results": results,
+    }
+    (out / "read.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
 
 
 def train(args: argparse.Namespace) -> None:
@@ -243,11 +452,7 @@ def train(args: argparse.Namespace) -> None:
     tower = TowerConfig(lora_rank=args.lora_rank)
     loaded = build_untrained(tower, seed=args.seed)
     model = loaded.model.to(args.device)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params = [p for k, p in model.named_parameters() if k.startswith(TRAINED_PREFIXES)]
-    for p in params:
-        p.requires_grad_(True)
+    params = trainable(model)
     lora = add_lora(model, tower.lora_rank, tower.lora_alpha) if tower.lora_rank > 0 else []
     groups = [{"params": params, "lr": args.lr}, {"params": lora, "lr": args.lora_lr}]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.01)
@@ -266,9 +471,16 @@ def train(args: argparse.Namespace) -> None:
         torch.set_rng_state(ck["torch_rng"].cpu())
         step, history, wall = ck["step"], ck["history"], ck["wall"]
         print(f"resumed at step {step}")
+    if args.stage != "all" and not (args.resume and ckpt.exists()):
+        step = stage_start(args.stage)
+        print(f"starting the curriculum at stage {args.stage} (step {step})")
     held_out = bench_scenes(EVAL_SEED)
     model.train()
-    total = args.steps or sum(s.steps for s in STAGES)
+    end = sum(s.steps for s in STAGES)
+    if args.stage != "all":
+        total = min(end, stage_start(args.stage) + args.steps) if args.steps else end
+    else:
+        total = args.steps or end
     last_save = time.time()
     t_start = time.time() - wall
     bar = tqdm(total=total, initial=step, dynamic_ncols=True)
@@ -358,7 +570,30 @@ def main() -> None:
     ap.add_argument("--lora-lr", type=float, default=2e-4)
     ap.add_argument("--lora-rank", type=int, default=8, help="0 = language model fully frozen")
     ap.add_argument("--warmup", type=int, default=50)
-    ap.add_argument("--steps", type=int, default=0, help="stop after this many steps (0 = all stages)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="stop at this curriculum step (0 = all stages); with --stage NAME: this many steps from its start",
+    )
+    ap.add_argument(
+        "--stage",
+        default="all",
+        choices=("all", "align", *(s.name for s in STAGES)),
+        help="align = stage 0 (tower+projector onto the LM's embeddings); a curriculum stage = start there",
+    )
+    ap.add_argument("--align-steps", type=int, default=3000)
+    ap.add_argument("--align-batch", type=int, default=64)
+    ap.add_argument("--align-lr", type=float, default=1e-3)
+    ap.add_argument("--tau", type=float, default=1.0, help="align: logits are -squared distance / tau")
+    ap.add_argument("--mse-weight", type=float, default=1.0, help="align: weight of the relative MSE term")
+    ap.add_argument("--negatives", type=int, default=2048, help="align: random vocabulary negatives a step")
+    ap.add_argument("--eval-images", type=int, default=500, help="align: held-out images for decode accuracy")
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument(
+        "--read", type=int, default=0, help="read check on N held-out images of --init, then exit"
+    )
+    ap.add_argument("--read-sources", default="tower,oracle,none")
     ap.add_argument("--ckpt-minutes", type=float, default=5.0)
     ap.add_argument(
         "--resume", action="store_true", help="continue OUT/ckpt.pt (optimizer and data stream too)"
@@ -375,9 +610,15 @@ def main() -> None:
     if args.batch < 1 or args.threads < 1 or args.lora_rank < 0:
         ap.error("--batch and --threads must be >= 1, --lora-rank >= 0")
     if args.export is not None:
-        print(f"{args.export} sha256 {export(Path(args.out) / 'ckpt.pt', args.export)}")
+        ck = Path(args.out) / ("align.pt" if args.stage == "align" else "ckpt.pt")
+        print(f"{args.export} sha256 {export(ck, args.export)}")
         return
-    train(args)
+    if args.read:
+        read(args)
+    elif args.stage == "align":
+        train_align(args)
+    else:
+        train(args)
 
 
 if __name__ == "__main__":

@@ -250,9 +250,11 @@ def caption(scene: Scene) -> str:
     return _object_name(colour, "scene")
 
 
-def caption_scene(rng: random.Random) -> Scene:
-    """A random image of any kind the benchmark uses (number, object, video frame), for captioning."""
-    kind = rng.randrange(3)
+def caption_scene(rng: random.Random, weights: tuple[float, float, float] | None = None) -> Scene:
+    """A random image of any kind the benchmark uses (number, object, video frame), for captioning.
+
+    `weights` (number, object, frame) skews the kinds; None draws them uniformly (the caption stage's stream)."""
+    kind = rng.randrange(3) if weights is None else rng.choices(range(3), weights=weights)[0]
     if kind == 0:
         return _number_scene(rng, rng.choice(_number_family(rng)))
     if kind == 1:

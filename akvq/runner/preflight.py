@@ -100,6 +100,11 @@ def check_weights(model_cfg: dict[str, Any]) -> tuple[int | None, str | None]:
     from akvq.models import ModelSpec
 
     spec = ModelSpec.from_dict(dict(model_cfg))
+    if source not in ("hub", "gguf"):  # a source with its own files (synth-vlm): it checks them itself
+        from akvq.models.sources import SOURCES
+
+        SOURCES[source].check(spec)
+        return None, None
     path = resolve_path(spec)  # MissingDataError for a pkg:// path whose package is absent
     if path is None:
         raise ConfigError(f"model {name!r}: no `path`")

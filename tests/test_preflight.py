@@ -127,6 +127,17 @@ def test_hub_weights_missing_offline_name_the_real_download(
     assert "<hub-id>" not in msg
 
 
+def test_a_source_with_its_own_files_checks_them(tmp_path: Path) -> None:
+    """synth-vlm has no hub `path`: pre-flight asks its source (it used to stop at "no `path`")."""
+    from omegaconf import OmegaConf
+
+    cfg = dict(OmegaConf.load(REPO / "configs/model/synth-vlm.yaml"))
+    assert cfg["path"] is None
+    assert preflight.check_weights(cfg) == (None, None)
+    with pytest.raises(MissingDataError, match="synth-vlm weights .*not found"):
+        preflight.check_weights({**cfg, "weights": str(tmp_path / "absent.safetensors")})
+
+
 def test_mmmu_dataset_missing_offline_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Finding 3: `task=mmmu` on an offline node fails here, not after loading the model."""
     from huggingface_hub import constants

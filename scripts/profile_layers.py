@@ -76,7 +76,9 @@ def milebench_samples(loaded: Any, root: str, dataset: str, n: int, length: int)
     from akvq.tasks import milebench as mb
     from akvq.tasks.generation import image_token_count
 
-    tokens_per_image = image_token_count(loaded)  # the model's own count (576 for LLaVA-1.5, 16 for synth-vlm)
+    tokens_per_image = image_token_count(
+        loaded
+    )  # the model's own count (576 for LLaVA-1.5, 16 for synth-vlm)
     out = []
     for sample in mb.load_dataset(mb.resolve_root(root), dataset, limit=n):
         prompt = mb.build_prompt(sample, loaded.tokenizer, length, tokens_per_image)

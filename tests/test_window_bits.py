@@ -11,10 +11,11 @@ import dataclasses
 import pytest
 import torch
 
-from akvq.cache.store import FULL, LOW, TensorStore, _dq8, _q8
+from akvq.cache.store import FULL, LOW, TensorStore
 from akvq.errors import ConfigError
 from akvq.policies import make_policy
 from akvq.policies.base import TensorPlan
+from akvq.quant.q8 import dequantize_q8, quantize_q8
 
 B, H = 2, 3
 
@@ -43,19 +44,19 @@ def _values(d: int = 64, t: int = 300, seed: int = 0) -> torch.Tensor:
 
 def test_q8_round_trip_is_within_half_a_step_and_keeps_scales_in_the_row():
     x = _values(64, 40)
-    t = _q8(x, 32)
+    t = quantize_q8(x, 32)
     assert t.dtype == torch.int8 and t.shape == (B, H, 40, 64 + 4)
     codes = t[..., :64]
     assert int(codes.abs().max()) <= 127
     step = t[..., 64:].contiguous().view(torch.float16).float()  # [B, H, 40, 2]
-    err = (x - _dq8(t, 64, 32, torch.float32)).unflatten(-1, (2, 32)).abs().amax(-1)
+    err = (x - dequantize_q8(t, 64, 32, torch.float32)).unflatten(-1, (2, 32)).abs().amax(-1)
     assert bool((err <= step / 2 * 1.0001 + 1e-6).all())
     # absmax of each group maps to +-127 (the grid's ends), a zero group to zero codes and a zero scale
     x[0, 0, 0] = 0
-    t = _q8(x, 32)
+    t = quantize_q8(x, 32)
     assert (
         int(t[0, 0, 0, :64].abs().max()) == 0
-        and float(_dq8(t, 64, 32, torch.float32)[0, 0, 0].abs().max()) == 0
+        and float(dequantize_q8(t, 64, 32, torch.float32)[0, 0, 0].abs().max()) == 0
     )
     assert int(t[1, 1, 1, :32].abs().max()) == 127
 
@@ -63,7 +64,7 @@ def test_q8_round_trip_is_within_half_a_step_and_keeps_scales_in_the_row():
 def test_q8_non_finite_inputs_stay_local():
     x = torch.randn(1, 1, 1, 64)
     x[..., 3], x[..., 4], x[..., 40] = float("nan"), float("inf"), float("-inf")
-    y = _dq8(_q8(x, 32), 64, 32, torch.float32)
+    y = dequantize_q8(quantize_q8(x, 32), 64, 32, torch.float32)
     assert float(y[..., 3]) == 0 and float(y[..., 4]) > 0 and float(y[..., 40]) < 0
     keep = torch.ones(64, dtype=torch.bool)
     keep[[3, 4, 40]] = False
@@ -89,7 +90,7 @@ def test_an_8bit_window_leaves_as_the_16bit_store_of_its_8bit_values(name: str, 
         pytest.skip("a layout this head_dim does not take (check_model refuses it)")
     plan8 = dataclasses.replace(plan16, window_bits=8)
     x = _values(d)
-    x8 = _dq8(_q8(x, 32 if d % 32 == 0 else 16), d, 32 if d % 32 == 0 else 16, torch.float32)
+    x8 = dequantize_q8(quantize_q8(x, 32 if d % 32 == 0 else 16), d, 32 if d % 32 == 0 else 16, torch.float32)
     s8, s16 = _fill(plan8, x, 40), _fill(plan16, x8, 40)
     assert s8.n_q == s16.n_q > 0 and s8.tail_len == s16.tail_len > 0
     assert s8.tail.dtype == torch.int8 and s16.tail.dtype == torch.float32

@@ -13,6 +13,7 @@ import torch
 
 from akvq.policies.base import TensorPlan
 from akvq.quant.hadamard import fwht
+from akvq.quant.q8 import dequantize_q8, quantize_q8
 from akvq.quant.uniform import QTensor, dequantize, quantize
 
 # Precision class of a packed row (values, not bit widths): LOW = the policy's low bits, TEXT = its text bits (TSA),
@@ -68,29 +69,6 @@ def _append(a: torch.Tensor | None, b: torch.Tensor, dim: int = 0) -> torch.Tens
         out.narrow(d, 0, n).copy_(a)
     out.narrow(d, n, k).copy_(b)
     return out
-
-
-def _q8(x: torch.Tensor, g: int) -> torch.Tensor:
-    """x [..., D] -> int8 [..., D + 2 D/g]: per group of g channels, codes round(x / d) in [-127, 127] with
-    d = fp16(absmax / 127), followed by the groups' fp16 scales as bytes (a q8_0 block's contents, one tensor).
-
-    Why one tensor: every field-wise operation on the tail (append, slice, gather along the batch, the benchmark's
-    save/load) then carries codes and scales together unchanged. Why the fp16-rounded d for the codes: the
-    reconstruction is code x (stored d), so rounding against it is the nearest point of the stored grid. A NaN
-    codes as 0, +-inf as +-127; d comes from the finite elements and saturates at fp16's max (|x| <= 8.3e6)."""
-    xf = x.float().unflatten(-1, (x.shape[-1] // g, g))
-    amax = torch.where(torch.isfinite(xf), xf.abs(), 0.0).amax(-1, keepdim=True)
-    d = (amax / 127).clamp(max=torch.finfo(torch.float16).max).to(torch.float16)
-    df = d.float()
-    q = torch.where(df > 0, xf / df.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
-    q = torch.nan_to_num(q, nan=0.0).round().clamp(-127, 127).to(torch.int8)
-    return torch.cat([q.flatten(-2), d.squeeze(-1).view(torch.int8)], -1)
-
-
-def _dq8(t: torch.Tensor, d: int, g: int, dtype: torch.dtype) -> torch.Tensor:
-    """The values of `_q8`'s output [..., D + 2 D/g] as [..., D] in dtype (computed in fp32)."""
-    scale = t[..., d:].contiguous().view(torch.float16).float()
-    return (t[..., :d].float().unflatten(-1, (d // g, g)) * scale.unsqueeze(-1)).flatten(-2).to(dtype)
 
 
 def _overflows_half(x: torch.Tensor) -> bool:
@@ -150,8 +128,8 @@ class TensorStore:
     num_heads: int
     head_dim: int
     batch: int
-    # [B, H, n, D] in hp_dtype; 8-bit window: int8 [B, H, n, D + 2 D/g], codes then fp16 scales (`_q8`). Read
-    # values through `window()`.
+    # [B, H, n, D] in hp_dtype; 8-bit window: int8 [B, H, n, D + 2 D/g], codes then fp16 scales
+    # (`akvq.quant.q8`). Read values through `window()`.
     tail: torch.Tensor | None = None
     n_q: int = 0  # tokens that left the window
     cls: torch.Tensor | None = None  # uint8 [n_q * B] (token axis)
@@ -255,7 +233,7 @@ class TensorStore:
         if self.hp_dtype == torch.float16 and x.dtype.itemsize > 2 and _overflows_half(x):
             self._widen_hp(x.dtype)
         if self.plan.window_bits == 8:
-            self.tail = _append(self.tail, _q8(x, self.window_group), dim=-2)
+            self.tail = _append(self.tail, quantize_q8(x, self.window_group), dim=-2)
         else:
             self.tail = _append(self.tail, x.to(self.hp_dtype), dim=-2)
 
@@ -263,9 +241,13 @@ class TensorStore:
         """The window's values [B, H, n, D]. A 16-bit tail is returned as stored (cast when dtype is given); an
         8-bit one is dequantized into a temporary (dtype, default fp32): every reader of the window (attention
         paths, replay, flush) comes through here, so none sees the int8 layout."""
-        if self.tail is None or self.plan.window_bits == 16:
-            return self.tail if dtype is None or self.tail is None else self.tail.to(dtype)
-        return _dq8(self.tail, self.head_dim, self.window_group, dtype or torch.float32)
+        return None if self.tail is None else self._values(self.tail, dtype)
+
+    def _values(self, tail: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """`window()` of a slice of the tail along tokens (a flush reads only the tokens it moves out)."""
+        if self.plan.window_bits == 16:
+            return tail if dtype is None else tail.to(dtype)
+        return dequantize_q8(tail, self.head_dim, self.window_group, dtype or torch.float32)
 
     def _widen_hp(self, dtype: torch.dtype) -> None:
         """Full-precision tokens of an fp32 model kept in fp16 would turn finite values past 65504 into inf:
@@ -279,7 +261,7 @@ class TensorStore:
     def flush(self, m: int, classes: torch.Tensor, pad: torch.Tensor | None = None) -> None:
         """Quantize the m oldest tail tokens once; classes is uint8 [m, B]; pad (bool [m, B], True at left
         padding) keeps pad tokens out of statistics shared with real tokens."""
-        old, self.tail = self.window()[:, :, :m], self.tail[:, :, m:]
+        old, self.tail = self._values(self.tail[:, :, :m]), self.tail[:, :, m:]
         orig = self._rows(old)
         self._calibrate(orig, pad)
         rows = self._forward(orig)

@@ -15,10 +15,8 @@ if TYPE_CHECKING:
     from transformers.cache_utils import Cache
 
 HP_DTYPES = ("auto", "model", "float16", "bfloat16", "float32")
-WINDOW_BITS = (
-    16,
-    8,
-)  # storage of the recent window: 16-bit, or 8-bit codes with an fp16 scale per 32 channels
+# Storage of the recent window: 16-bit, or 8-bit codes with an fp16 scale per 32 channels (`akvq.quant.q8`).
+WINDOW_BITS = (16, 8)
 
 
 def check_window_bits(window_bits: int, what: str) -> None:

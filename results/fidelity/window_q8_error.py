@@ -10,9 +10,9 @@ import yaml
 from transformers import DynamicCache
 
 from akvq import api
-from akvq.cache.store import _dq8, _q8
 from akvq.models.loading import load_model
 from akvq.paths import CONFIG_DIR
+from akvq.quant.q8 import dequantize_q8, quantize_q8
 from akvq.tasks.text import corpus_ids, windows
 
 
@@ -32,7 +32,7 @@ def main() -> None:
             worst = 0.0
             for x in xs:
                 x = x.float().half().float()  # what a 16-bit window would hold
-                err = x - _dq8(_q8(x, g), x.shape[-1], g, torch.float32)
+                err = x - dequantize_q8(quantize_q8(x, g), x.shape[-1], g, torch.float32)
                 num += float(err.pow(2).sum())
                 den += float(x.pow(2).sum())
                 worst = max(worst, float(err.abs().amax() / x.abs().amax()))

@@ -81,6 +81,9 @@ class Stage:
     kind: str
     tasks: tuple[str, ...] = ()
     max_images: int = 1
+    same_count: bool = False
+    """One image count per batch (little padding), drawn uniformly from [1, cap], the cap growing from 4 to
+    `max_images` over the run: short, cheap sequences while the answer format is learnt, longer ones later."""
 
 
 STAGES: tuple[Stage, ...] = (
@@ -89,8 +92,13 @@ STAGES: tuple[Stage, ...] = (
     Stage("few", 1000, "qa", ("ReadNumber", "NameObject", *TASKS), 6),
     Stage("more", 1500, "qa", TASKS, 12),
     Stage("many", 1500, "qa", TASKS, 24),
+    Stage("tasks", 600, "qa", ("ReadNumber", "NameObject", *TASKS), 16, same_count=True),
 )
-"""The curriculum: captions, single-image questions on short sequences, then more images per prompt."""
+"""The curriculum: captions, single-image questions on short sequences, then more images per prompt.
+
+"tasks" is the short route from the aligned tower (`--init` the stage-0 file, `--stage tasks`): the frozen LM
+already reads aligned image tokens, so only the four benchmark tasks and the two drills are trained, on 1-16
+images. The answer is the option's text (`Item.target`)."""
 
 
 @dataclass(frozen=True)
@@ -122,22 +130,28 @@ def stage_at(step: int) -> Stage:
     return STAGES[-1]
 
 
-def draw_item(rng: random.Random, stage: Stage) -> Item:
-    """One question: a task of the stage with a random image count in [task minimum, stage maximum]."""
+def draw_item(rng: random.Random, stage: Stage, count: int | None = None) -> Item:
+    """One question: a task of the stage with `count` images (at least the task's minimum) or a random
+    count in [task minimum, stage maximum]."""
     task = rng.choice(stage.tasks)
-    n = rng.randint(MIN_IMAGES[task], max(MIN_IMAGES[task], stage.max_images))
+    if count is None:
+        n = rng.randint(MIN_IMAGES[task], max(MIN_IMAGES[task], stage.max_images))
+    else:
+        n = max(MIN_IMAGES[task], count)
     size = {"SceneTransition": 3, "Spot-the-Diff": 2}.get(task, max(4, n // 3 + 2))
     return generate(task, rng, make_pool(task, rng, size), n)
 
 
-def draw_example(loaded: Any, rng: random.Random, stage: Stage, held_out: frozenset[Scene]) -> Example:
+def draw_example(
+    loaded: Any, rng: random.Random, stage: Stage, held_out: frozenset[Scene], count: int | None = None
+) -> Example:
     """A caption or question whose images are none of the evaluation root's (`held_out`); redrawn otherwise."""
     while True:
         if stage.kind == "caption":
             scene = caption_scene(rng)
             ex = Example(IMAGE_TOKEN + "\n", (scene,), caption(scene) + END, "caption")
         else:
-            item = draw_item(rng, stage)
+            item = draw_item(rng, stage, count)
             prompt, target = item_text(loaded, item)
             ex = Example(prompt, item.scenes, target, item.task)
         if held_out.isdisjoint(ex.scenes):
@@ -232,7 +246,7 @@ def plot_losses(history: list[dict[str, Any]], path: Path, ylabel: str = "answer
     edge = 0
     for s in STAGES if ylabel == "answer cross-entropy" else ():
         edge += s.steps
-        if edge <= (steps[-1] if steps else 0):
+        if (steps[0] if steps else 0) < edge <= (steps[-1] if steps else 0):
             ax.axvline(edge, color="grey", lw=0.5, ls="--")
     evals = [(h["step"], h["eval_exact_acc"]) for h in history if "eval_exact_acc" in h]
     if evals:
@@ -265,11 +279,11 @@ def export(ckpt_path: Path, out: Path) -> str:
     return save_trained(out, ck["trained"], tower, extra)
 
 
-def trainable(model: Any) -> list[torch.nn.Parameter]:
-    """Freeze everything, then unfreeze the tower and projector; returns their parameters."""
+def trainable(model: Any, tower: bool = True) -> list[torch.nn.Parameter]:
+    """Freeze everything, then unfreeze the tower and projector (unless `tower` is False); returns them."""
     for p in model.parameters():
         p.requires_grad_(False)
-    params = [p for k, p in model.named_parameters() if k.startswith(TRAINED_PREFIXES)]
+    params = [p for k, p in model.named_parameters() if tower and k.startswith(TRAINED_PREFIXES)]
     for p in params:
         p.requires_grad_(True)
     return params
@@ -452,9 +466,15 @@ def train(args: argparse.Namespace) -> None:
     tower = TowerConfig(lora_rank=args.lora_rank)
     loaded = build_untrained(tower, seed=args.seed)
     model = loaded.model.to(args.device)
-    params = trainable(model)
-    lora = add_lora(model, tower.lora_rank, tower.lora_alpha) if tower.lora_rank > 0 else []
-    groups = [{"params": params, "lr": args.lr}, {"params": lora, "lr": args.lora_lr}]
+    params = trainable(model, tower=not args.freeze_tower)
+    targets = tuple(args.lora_targets.split(","))
+    lora = (
+        add_lora(model, tower.lora_rank, tower.lora_alpha, targets, args.lora_from) if tower.lora_rank else []
+    )
+    groups = [
+        {"params": params, "lr": args.lr, "base_lr": args.lr},
+        {"params": lora, "lr": args.lora_lr, "base_lr": args.lora_lr},
+    ]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.01)
     rng = random.Random(f"synthbench/{args.seed}/all/train")
     step, history, wall = 0, [], 0.0
@@ -481,6 +501,7 @@ def train(args: argparse.Namespace) -> None:
         total = min(end, stage_start(args.stage) + args.steps) if args.steps else end
     else:
         total = args.steps or end
+    first = stage_start(args.stage) if args.stage != "all" else 0
     last_save = time.time()
     t_start = time.time() - wall
     bar = tqdm(total=total, initial=step, dynamic_ncols=True)
@@ -508,6 +529,10 @@ def train(args: argparse.Namespace) -> None:
             "device": args.device,
             "lr": args.lr,
             "lora_rank": tower.lora_rank,
+            "lora_targets": list(targets),
+            "lora_from_layer": args.lora_from,
+            "freeze_tower": args.freeze_tower,
+            "schedule": args.schedule,
             "steps": step,
             "stage": stage_at(max(0, step - 1)).name,
             "stages": [s.__dict__ for s in STAGES],
@@ -521,12 +546,19 @@ def train(args: argparse.Namespace) -> None:
 
     while step < total:
         stage = stage_at(step)
-        examples = [draw_example(loaded, rng, stage, held_out) for _ in range(args.batch)]
+        done = (step - first) / max(1, total - first)
+        cap = 4 + round((stage.max_images - 4) * done)
+        count = rng.randint(1, cap) if stage.same_count else None
+        examples = [draw_example(loaded, rng, stage, held_out, count) for _ in range(args.batch)]
         enc, lens = make_batch(loaded, examples)
         enc = {k: v.to(args.device) for k, v in enc.items()}
         lr_scale = min(1.0, (step + 1) / args.warmup)
-        for g, base in zip(opt.param_groups, (args.lr, args.lora_lr), strict=False):
-            g["lr"] = base * lr_scale
+        if args.schedule == "cosine":  # over this run's steps, down to 10 %
+            lr_scale *= 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, done)))
+        for (
+            g
+        ) in opt.param_groups:  # a frozen tower leaves only the LoRA group: set each group from its own base
+            g["lr"] = g["base_lr"] * lr_scale
         with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.device != "cpu"):
             loss, right = batch_loss(model, enc, lens)
         opt.zero_grad(set_to_none=True)
@@ -548,7 +580,11 @@ def train(args: argparse.Namespace) -> None:
         )
         bar.update(1)
         bar.set_postfix(
-            stage=stage.name, loss=f"{float(loss):.3f}", acc=f"{acc:.2f}", tok=enc["input_ids"].shape[1]
+            stage=stage.name,
+            loss=f"{float(loss):.3f}",
+            acc=f"{acc:.2f}",
+            acc50=f"{sum(h['acc'] for h in history[-50:]) / len(history[-50:]):.2f}",
+            tok=enc["input_ids"].shape[1],
         )
         if time.time() - last_save > args.ckpt_minutes * 60 or step == total:
             checkpoint()
@@ -569,6 +605,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-4, help="tower and projector")
     ap.add_argument("--lora-lr", type=float, default=2e-4)
     ap.add_argument("--lora-rank", type=int, default=8, help="0 = language model fully frozen")
+    ap.add_argument("--lora-targets", default="q_proj,v_proj", help="comma-separated projections")
+    ap.add_argument("--lora-from", type=int, default=0, help="adapters only in decoder layers >= this")
+    ap.add_argument("--freeze-tower", action="store_true", help="train only the LoRA adapters")
+    ap.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument(
         "--steps",

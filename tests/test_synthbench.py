@@ -73,6 +73,20 @@ def test_scorer_accepts_the_trained_answer_form_only_for_the_right_option(root: 
             wrong = (right + 1) % 4
             assert score_sample(s, f"{chr(65 + right)}. {s.answer}") == 1.0
             assert score_sample(s, f"{chr(65 + wrong)}. {s.choices[wrong]}") == 0.0
+            # the form synth-vlm is trained to give (`Item.target`): the option's text alone
+            assert score_sample(s, s.answer) == 1.0
+            assert score_sample(s, s.choices[wrong]) == 0.0
+
+
+def test_image_number_options_are_prefix_free_so_a_bare_number_scores_right() -> None:
+    rng = random.Random(1)
+    for task in ("Spot-the-Diff", "ImageNeedleInAHaystack"):
+        pool = bench.make_pool(task, rng, 40)
+        for n in (12, 40, 333):
+            for _ in range(20):
+                item = bench.generate(task, rng, pool, n)
+                assert bench.prefix_free([int(c) for c in item.choices]), item.choices
+    assert not bench.prefix_free([3, 31]) and bench.prefix_free([3, 13, 23])
 
 
 def test_cells_have_their_token_lengths(tmp_path: Path) -> None:

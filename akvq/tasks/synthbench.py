@@ -20,7 +20,7 @@ from akvq.synth.bench import EVAL_SEED, LEVELS, TASKS, write_root
 from akvq.tasks.base import TaskResult, cfg_get
 from akvq.tasks.milebench import MileBenchTask
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: image-number options prefix-free, each image labelled before and after
 """Bump when `akvq.synth.bench` changes what a seed produces, so cached roots are regenerated."""
 
 

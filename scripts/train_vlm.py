@@ -11,7 +11,7 @@ the curriculum at that stage (`--steps N` then counts from there). `--read N --i
 only, whether the frozen LM reads the image tokens of N held-out images (OUT/read.json).
 
 SmolLM2-135M-Instruct stays frozen (LoRA on q/v when `--lora-rank` > 0); the loss is on the answer tokens
-only (`B. 12<|im_end|>`). Prompts are built by the MileBench prompt code exactly as evaluation builds them,
+only (the option text, `12<|im_end|>`). Prompts are built by the MileBench prompt code exactly as evaluation builds them,
 then wrapped in the chat template. Stages (the curriculum, `STAGES`) go from single-image drills on short
 sequences to multi-image tasks with more images. Every `--ckpt-minutes` the trained tensors, optimizer, data
 RNG and loss history go to OUT/ckpt.pt (atomically), so a killed run resumes with `--resume` and continues
@@ -496,9 +496,10 @@ def train(args: argparse.Namespace) -> None:
         print(f"starting the curriculum at stage {args.stage} (step {step})")
     held_out = bench_scenes(EVAL_SEED)
     model.train()
-    end = sum(s.steps for s in STAGES)
+    end = stage_start("tasks")  # "all" is the long curriculum; "tasks" is only its own short route
     if args.stage != "all":
-        total = min(end, stage_start(args.stage) + args.steps) if args.steps else end
+        last = sum(s.steps for s in STAGES) if args.stage == "tasks" else end
+        total = min(last, stage_start(args.stage) + args.steps) if args.steps else last
     else:
         total = args.steps or end
     first = stage_start(args.stage) if args.stage != "all" else 0

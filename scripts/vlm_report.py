@@ -102,10 +102,6 @@ def roles_grid(recs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(["| | text 2-bit | text 4-bit |", "|---|---|---|", *rows])
 
 
-def _answer_letter(pred: str) -> str:
-    return pred.strip()[:1] if pred.strip() else "∅"
-
-
 def _shown(task: str, inst: dict[str, Any], n: int) -> list[int]:
     """Which images to draw (0-based): the option images for "which image" questions, the asked image and its
     neighbours for ObjectExistence, the first and last frames for SceneTransition."""

@@ -120,6 +120,14 @@ def generate(
     return out, cache
 
 
+def final_report(cache: Any) -> Any:
+    """A cache's memory report once every token that has left its window is quantized: AKVQ defers that to the
+    next update, which a generation ending on its prefill token (EOS first) never runs. Changes no output."""
+    if isinstance(cache, AKVQCache):
+        cache.settle()
+    return cache.memory_report()
+
+
 def forward(model: Any, cache: Cache, inputs: Mapping[str, Any], prefill: bool = False) -> Any:
     """One forward through the cache (teacher forcing); `prefill=True` runs pivot detection on it."""
     ctx = pivot_detection(model, cache) if prefill else contextlib.nullcontext()

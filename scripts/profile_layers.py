@@ -34,8 +34,10 @@ from akvq.models import ModelSpec, build_inputs, load_model  # noqa: E402
 from akvq.models.registry import num_layers  # noqa: E402
 from akvq.saliency import patterns  # noqa: E402
 from akvq.saliency.profiler import (  # noqa: E402
+    PivotSite,
     ProfileSettings,
     classify,
+    pivot_location_markdown,
     pivot_table_markdown,
     plot_profile,
     profile_attention,
@@ -209,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     n = num_layers(loaded.model)
     cands = sweep_candidates(n) if args.sweep else None
-    rows = profile_attention(loaded.model, samples, settings, cands)
+    sites: list[PivotSite] = []
+    rows = profile_attention(loaded.model, samples, settings, cands, sites)
     pattern = classify(rows, settings.tsa_ratio, settings.psa_share)
     command = "python scripts/profile_layers.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
 
@@ -227,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Mass = share of the attention of the last {settings.window} prompt queries (heads averaged); "
         f"'all queries' = every query row. Random = mean of {settings.random_draws} draws of k prompt tokens.\n\n"
         + pivot_table_markdown(rows, settings.k)
+        + "\n\n## Where the pivots fall\n\n"
+        + pivot_location_markdown(sites, lambda i: loaded.tokenizer.decode([i]))
         + f"\n\nCommand: `{command}`\n"
     )
     if cands:

@@ -5,7 +5,8 @@
 Writes OUT/table.md: accuracy (%) per method, task and context cell with a 95 % bootstrap interval over the
 samples (each record's per-sample `details`), the mean over tasks, effective KV bits, and the vision x text
 bits grid when its records are there; and OUT/examples.png: example images of one sample per task, the
-question, and each method's answer (right or wrong). The last record of each (model, quant, cells) wins.
+question, and each method's answer (right or wrong). Records of one method on several roots (cells) or tasks add
+up; the last record of each (quant, task, cell) wins.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import random
 import textwrap
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +38,13 @@ def bootstrap(scores: list[float], n: int = 2000, seed: int = 0) -> tuple[float,
     return means[int(0.025 * (n - 1))], means[int(0.975 * (n - 1))]
 
 
-def latest(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """quant -> its last synthbench record with per-sample details."""
-    out: dict[str, dict[str, Any]] = {}
-    for r in records:
-        if str(r.get("task", "")).startswith("synthbench") and r.get("details"):
-            out[r["quant"]] = r
-    return out
+@dataclass
+class Entry:
+    """One method's per-sample scores (0/1) in one (task, cell), and the record they came from."""
+
+    scores: list[float]
+    bits: float
+    record: dict[str, Any]
 
 
 def cells(rec: dict[str, Any]) -> dict[tuple[str, str], list[float]]:
@@ -53,53 +55,91 @@ def cells(rec: dict[str, Any]) -> dict[tuple[str, str], list[float]]:
     return by
 
 
-def method_table(recs: dict[str, dict[str, Any]], order: list[str]) -> str:
-    keys = sorted(
-        {k for r in recs.values() for k in cells(r)},
-        key=lambda k: (TASK_ORDER.index(k[0]) if k[0] in TASK_ORDER else 9, CELL_ORDER.index(k[1])
-                       if k[1] in CELL_ORDER else 9),
-    )  # fmt: skip
-    head = ["method", "KV bits", *[f"{SHORT.get(t, t)} {c}" for t, c in keys], "mean", "n/cell"]
+def collect(records: list[dict[str, Any]]) -> dict[str, dict[tuple[str, str], Entry]]:
+    """quant -> (task, cell) -> the last synthbench record's scores there. Records of one method on other roots
+    (context cells) or tasks add up; a later run of the same (task, cell) replaces the earlier one."""
+    out: dict[str, dict[tuple[str, str], Entry]] = defaultdict(dict)
+    for r in records:
+        if str(r.get("task", "")).startswith("synthbench") and r.get("details"):
+            for key, scores in cells(r).items():
+                out[r["quant"]][key] = Entry(scores, float(r.get("kv_effective_bits", float("nan"))), r)
+    return out
+
+
+def _task_key(t: str) -> int:
+    return TASK_ORDER.index(t) if t in TASK_ORDER else 9
+
+
+def _cell(scores: list[float]) -> str:
+    lo, hi = bootstrap(scores)
+    return f"{100 * sum(scores) / len(scores):.0f} [{lo:.0f}, {hi:.0f}]"
+
+
+def _bits(entries: list[Entry]) -> float:
+    """Mean effective bits over the distinct runs behind a row (each run counts every token it stored)."""
+    runs = {id(e.record): e.bits for e in entries}
+    return sum(runs.values()) / len(runs)
+
+
+def levels(data: dict[str, dict[tuple[str, str], Entry]]) -> list[str]:
+    found = {c for by in data.values() for _, c in by}
+    return sorted(found, key=lambda c: CELL_ORDER.index(c) if c in CELL_ORDER else 9)
+
+
+def method_table(data: dict[str, dict[tuple[str, str], Entry]], order: list[str], level: str) -> str:
+    """One context cell: a row per method, a column per task, the mean over tasks and the effective bits."""
+    tasks = sorted({t for q in order for t, c in data.get(q, {}) if c == level}, key=_task_key)
+    head = ["method", "KV bits", *[SHORT.get(t, t) for t in tasks], "mean", "n/task"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for q in order:
-        if q not in recs:
+        got = [data.get(q, {}).get((t, level)) for t in tasks]
+        entries = [e for e in got if e is not None]
+        if not entries:
             continue
-        rec = recs[q]
-        by = cells(rec)
-        row = [q, f"{rec.get('kv_effective_bits', float('nan')):.2f}"]
-        for k in keys:
-            s = by.get(k)
-            if not s:
-                row.append("–")
-                continue
-            lo, hi = bootstrap(s)
-            row.append(f"{100 * sum(s) / len(s):.0f} [{lo:.0f}, {hi:.0f}]")
-        every = [x for k in keys for x in by.get(k, [])]
-        row.append(f"{100 * sum(every) / max(1, len(every)):.1f}")
-        row.append(str(min(len(by.get(k, [])) for k in keys)))
+        row = [q, f"{_bits(entries):.2f}"]
+        row += ["–" if e is None else _cell(e.scores) for e in got]
+        every = [x for e in entries for x in e.scores]
+        mean = f"{100 * sum(every) / len(every):.1f}"
+        row.append(mean if len(entries) == len(tasks) else f"({mean}, {len(entries)} tasks)")
+        row.append(str(min(len(e.scores) for e in entries)))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
-def roles_grid(recs: dict[str, dict[str, Any]]) -> str:
-    """Vision x text bits (every layer, `roles_all_layers`): mean accuracy and effective bits."""
-    rows = []
-    for v in (1, 2, 4):
-        cols = []
-        for t in (2, 4):
-            rec = recs.get(f"akvq_roles_v{v}_t{t}")
-            if rec is None:
-                cols.append("–")
-                continue
-            every = [x for s in cells(rec).values() for x in s]
-            lo, hi = bootstrap(every)
-            cols.append(
-                f"{100 * sum(every) / len(every):.1f} [{lo:.0f}, {hi:.0f}] ({rec['kv_effective_bits']:.2f} b)"
-            )
-        rows.append(f"| vision {v}-bit | " + " | ".join(cols) + " |")
-    if all(c.count("–") == 2 for c in rows):
+def roles_grid(data: dict[str, dict[tuple[str, str], Entry]], level: str = "1K") -> str:
+    """Vision x text bits (every layer, `roles_all_layers`): accuracy per task and mean effective bits."""
+    names = {(v, t): f"akvq_roles_v{v}_t{t}" for v in (1, 2, 4) for t in (2, 4)}
+    tasks = sorted({t for q in names.values() for t, c in data.get(q, {}) if c == level}, key=_task_key)
+    if not tasks:
         return ""
-    return "\n".join(["| | text 2-bit | text 4-bit |", "|---|---|---|", *rows])
+    head = ["vision", "text", "KV bits", *[SHORT.get(t, t) for t in tasks]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (v, t), q in names.items():
+        got = [data.get(q, {}).get((task, level)) for task in tasks]
+        entries = [e for e in got if e is not None]
+        if not entries:
+            continue
+        row = [f"{v}-bit", f"{t}-bit", f"{_bits(entries):.2f}"]
+        row += ["–" if e is None else _cell(e.scores) for e in got]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def as_records(data: dict[str, dict[tuple[str, str], Entry]], level: str) -> dict[str, dict[str, Any]]:
+    """quant -> a record-like dict of one cell's per-sample details (for the figure), with its run's config."""
+    out: dict[str, dict[str, Any]] = {}
+    for q, by in data.items():
+        details = [
+            d
+            for (task, c), e in by.items()
+            if c == level
+            for d in e.record["details"]
+            if d["dataset"] == task and (d.get("level") or "all") == level
+        ]
+        if details:
+            config = next(e.record.get("config") for (_, c), e in by.items() if c == level)
+            out[q] = {"details": details, "config": config}
+    return out
 
 
 def _shown(task: str, inst: dict[str, Any], n: int) -> list[int]:
@@ -212,23 +252,25 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results/vlm"))
     args = ap.parse_args()
     records = [r for p in args.records for r in read_records(p)]
-    recs = latest(records)
+    data = collect(records)
     order = DEFAULT_ORDER + sorted(
-        q for q in recs if q not in DEFAULT_ORDER and not q.startswith("akvq_roles")
+        q for q in data if q not in DEFAULT_ORDER and not q.startswith("akvq_roles")
     )
-    parts = [
-        "## Method table (accuracy %, 95 % bootstrap interval over samples)",
-        "",
-        method_table(recs, order),
-    ]
-    grid = roles_grid(recs)
+    parts = ["## Method table (accuracy %, 95 % bootstrap interval over samples)"]
+    for level in levels(data):
+        parts += ["", f"### {level} cell", "", method_table(data, order, level)]
+    grid = roles_grid(data)
     if grid:
-        parts += ["", "## Vision x text bits in every layer (accuracy over the cells each record ran, effective bits)", "",
-                  grid]  # fmt: skip
+        parts += [
+            "",
+            "## Vision x text bits in every layer (1K cell; accuracy %, mean effective bits)",
+            "",
+            grid,
+        ]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text("\n".join(parts) + "\n", encoding="utf-8")
     print("\n".join(parts))
-    fig = examples_figure(recs, order, args.out / "examples.png")
+    fig = examples_figure(as_records(data, "1K"), order, args.out / "examples.png")
     print(f"figure: {fig}" if fig else "figure: no fp16 record with a readable root")
 
 

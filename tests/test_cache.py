@@ -141,6 +141,24 @@ def test_tokens_are_quantized_once():
 
 
 @pytest.mark.parametrize("name", ["rtn", "kivi", "skvq", "smoothquant", "akvq"])
+def test_final_report_counts_a_prefill_only_cache_in_the_methods_format(name):
+    """A generation that ends on its prefill token (EOS first) runs no decode update, so the deferred flush never
+    ran: `final_report` quantizes what left the window, as the next step would have, and counts that."""
+    torch.manual_seed(0)
+    k, v = torch.randn(1, 2, 40, 16), torch.randn(1, 2, 40, 16)
+    policy = make_policy(name, **SMALL[name])
+    stepped, _, _ = _layer_roundtrip(policy, k, v, steps=1)  # prefill 39 + one decode token
+    prefill_only = AKVQCache(policy, 1)
+    prefill_only.update(k, v, 0)  # the same 40 tokens in one prefill
+    assert prefill_only.memory_report().effective_bits == pytest.approx(16.0, abs=0.01)
+    report = api.final_report(prefill_only)
+    assert report.effective_bits < 8
+    # the same bytes as the cache that took a decode step (settled too: with no window, rtn's last token waits)
+    assert report.total_bytes == api.final_report(stepped).total_bytes == storage_bytes(prefill_only)
+    assert api.final_report(prefill_only).total_bytes == report.total_bytes  # settling twice moves nothing
+
+
+@pytest.mark.parametrize("name", ["rtn", "kivi", "skvq", "smoothquant", "akvq"])
 def test_quantized_read_matches_reference_math(name):
     """What the cache returns equals quantize->dequantize of the same rows, token order kept."""
     from akvq.quant import dequantize, fwht, quantize

@@ -18,7 +18,13 @@ from akvq.models import build_inputs, build_tiny, decoder_layers
 from akvq.saliency import PivotDetector, detect_pivots, layer_pattern, vision_mask
 from akvq.saliency import patterns as pat
 from akvq.saliency.pivots import default_layer, topk_mask
-from akvq.saliency.profiler import ProfileSettings, classify, profile_attention
+from akvq.saliency.profiler import (
+    PivotSite,
+    ProfileSettings,
+    classify,
+    pivot_location_markdown,
+    profile_attention,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -248,12 +254,37 @@ def test_profiler_on_tiny_llava_writes_valid_pattern(tmp_path: Path, monkeypatch
     assert list(df["layer"]) == [0, 1, 2, 3]
     assert (df["vision_tokens"] > 0).all() and df["vision_mean_attn"].notna().all()
     assert ((df["recent_share"] >= 0) & (df["recent_share"] <= 1 + 1e-6)).all()
+    assert ((df["pivot_vision_mass"] >= 0) & (df["pivot_vision_mass"] <= df["pivot_mass"] + 1e-6)).all()
+    assert "## Where the pivots fall" in (out / "pivots.md").read_text()
+
+
+def test_pivot_location_counts_where_pivots_fall() -> None:
+    # 8 tokens: text 0-1, an image at 2-5, text 6-7; pivots on the first token, the image's first and third
+    # token and the last text token.
+    vis = torch.tensor([0, 0, 1, 1, 1, 1, 0, 0], dtype=torch.bool)
+    piv = torch.tensor([1, 0, 1, 0, 1, 0, 0, 1], dtype=torch.bool)
+    site = PivotSite(torch.arange(8), piv, vis)
+    md = pivot_location_markdown([site, site], lambda i: f"t{i}")
+    assert "2 prompts, 8 pivots (4.0 per prompt)" in md
+    assert "| vision tokens | 50.0% | 50.0% |" in md
+    assert "| the first token | 25.0% | 12.5% |" in md  # 1 of 8 tokens per prompt
+    assert "| the text token right before an image | 0.0% | 12.5% |" in md  # token 1 is no pivot
+    assert "| the text token right after an image | 0.0% | 12.5% |" in md  # nor token 6
+    assert "| quarter 1 of the prompt | 25.0% | 25% |" in md  # positions 0, 2, 4, 7 of 8: one per quarter
+    assert "| 0 | 2 |" in md and "| 2 | 2 |" in md  # image offsets 0 and 2, once per prompt each
+    assert "| `'t0'` | 2 |" in md and "| `'t7'` | 2 |" in md
+    around = PivotSite(torch.arange(8), torch.tensor([0, 1, 0, 0, 0, 0, 1, 0], dtype=torch.bool), vis)
+    md = pivot_location_markdown([around], lambda i: f"t{i}")
+    assert "| the text token right before an image | 50.0% | 12.5% |" in md
+    assert "| the text token right after an image | 50.0% | 12.5% |" in md
 
 
 def test_profile_attention_restores_attn_implementation() -> None:
     loaded = build_tiny("llama")
     enc = build_inputs(loaded, PROMPTS[:1])
-    rows = profile_attention(loaded.model, [enc], ProfileSettings(k=3, window=4, recent=4))
+    sites: list[PivotSite] = []
+    rows = profile_attention(loaded.model, [enc], ProfileSettings(k=3, window=4, recent=4), sites=sites)
     assert len(rows) == len(decoder_layers(loaded.model))
+    assert len(sites) == 1 and int(sites[0].pivots.sum()) == 3 and not sites[0].vision.any()
     assert rows[0]["heldout"] == 1.0
     assert loaded.model.config._attn_implementation == "sdpa"

@@ -175,3 +175,34 @@ def test_task_runs_per_cell_on_a_tiny_llava(root: Path) -> None:
     assert [d["level"] for d in res.details] == list(SMALL)
     assert set(res.metrics) >= {"ObjectExistence", "average", "ObjectExistence/1K", "ObjectExistence/2K"}
     assert all(0.0 <= res.metrics[f"ObjectExistence/{c}"] <= 100.0 for c in SMALL)
+
+
+def test_the_roots_contents_not_its_path_make_a_run(root: Path, tmp_path: Path) -> None:
+    """Two roots of one seed with other cells are two runs (a 2K root is not "recorded already" by the 1K run);
+    a copy of one root elsewhere is the same run."""
+    import shutil
+    import warnings
+
+    from hydra import compose, initialize_config_dir
+
+    from akvq import runner
+
+    other = tmp_path / "other"
+    write_root(other, seed=7, samples=3, levels={"2K": LEVELS["2K"]})
+    moved = tmp_path / "moved"
+    shutil.copytree(root, moved)
+    hashes = {}
+    warnings.filterwarnings("ignore", message="(?s).*validated against ConfigStore schema.*")
+    with initialize_config_dir(
+        config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"
+    ):
+        for name, r in (("root", root), ("other", other), ("moved", moved)):
+            cfg = compose(
+                "config",
+                overrides=["model=synth-vlm", "task=synthbench", f"synthbench_root={r}", "compare=[]"],
+                return_hydra_config=True,
+            )
+            (plan,) = runner.plan(cfg, runner.Session(), check_data=False)
+            assert plan.config["data"]["seed"] == 7
+            hashes[name] = plan.config_hash
+    assert hashes["root"] == hashes["moved"] != hashes["other"]

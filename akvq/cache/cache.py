@@ -130,6 +130,14 @@ class AKVQCache(Cache):
             out[: stop - start] = mask[:, start:stop].T.to(device)
         return out
 
+    def settle(self) -> None:
+        """Quantize what has left the window but waits for the next update (quantization is deferred to it):
+        a generation that ends on its prefill token (EOS first) never runs one, and its memory report would
+        count a method's cache as 16-bit (`akvq.api.final_report`). Changes no output."""
+        for layer in self.layers:
+            if layer.is_initialized:
+                layer.settle()
+
     def memory_report(self) -> MemoryReport:
         total = StoreBytes()
         elements = 0

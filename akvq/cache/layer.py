@@ -65,18 +65,27 @@ class AKVQLayer(CacheLayerMixin):
         n_new = key_states.shape[-2]
         if self.owner.replay_steps and n_new > 1:
             return self.replay_views(key_states, value_states)
+        self._flush(n_new)
+        self.k.append(key_states)
+        self.v.append(value_states)
+        if n_new == 1 and self.owner.packed_reads and self.k.packable and self.v.packable:
+            return self.packed_views(key_states.dtype)
+        return self.k.materialize(key_states.dtype), self.v.materialize(value_states.dtype)
+
+    def _flush(self, n_new: int) -> None:
+        """Move out of the 16-bit tail what must leave it before n_new tokens arrive (quantized once, here)."""
         done: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor | None]] = {}
-        for store, x in ((self.k, key_states), (self.v, value_states)):
+        for store in (self.k, self.v):
             m = store.flushable(n_new)
             if m > 0:
                 at = (store.n_q, m)  # K and V usually flush the same positions: classes and pads once
                 if at not in done:
                     done[at] = self.classes(*at), self.pads(*at)
                 store.flush(m, *done[at])
-            store.append(x)
-        if n_new == 1 and self.owner.packed_reads and self.k.packable and self.v.packable:
-            return self.packed_views(key_states.dtype)
-        return self.k.materialize(key_states.dtype), self.v.materialize(value_states.dtype)
+
+    def settle(self) -> None:
+        """Quantize the tokens that have already left the window (`AKVQCache.settle`)."""
+        self._flush(0)
 
     def replay_views(
         self, key_states: torch.Tensor, value_states: torch.Tensor

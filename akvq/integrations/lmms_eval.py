@@ -271,7 +271,9 @@ class AKVQLmms(lmms):
         return results
 
     def _count_cache(self, cache: Any, scored: int) -> None:
-        report = cache.memory_report()
+        from akvq.api import final_report
+
+        report = final_report(cache)
         self.stats.samples += 1
         self.stats.batches += 1
         self.stats.new_tokens += scored

@@ -177,9 +177,12 @@ def plan(cfg: DictConfig, session: Session, check_data: bool = True) -> list[Run
     if check_data and hasattr(task_obj, "validate"):
         task_obj.validate()  # data paths and options (MissingDataError says what to download)
 
+    data = task_obj.data_identity() if hasattr(task_obj, "data_identity") else None
     plans = []
     for label, qcfg, policy in quants:
         run_cfg = {k: v for k, v in base.items() if k != "compare"}
+        if data is not None:
+            run_cfg["data"] = data  # in the hash: which data, where the config says only where it lives
         run_cfg["quant"] = qcfg
         run_cfg["names"] = {"model": model_name, "task": task, "quant": label}
         run_cfg = records.redact(run_cfg)

@@ -10,6 +10,8 @@ closest to decoding; each row sums to 1, so every number below is a share of att
 - `topk_share`: mass on the layer's own top-k tokens (how concentrated the layer is, an oracle);
   `pivot_mass`: mass on the detected pivots; `random_mass`: on k random prompt tokens (mean of draws);
   `first_token_share`: on the first token (Fig. 4). `*_all` variants average over every query row.
+  `pivot_vision_mass`: the part of `pivot_mass` on vision-token pivots; `topk_vision_frac`: the share of the
+  prefix oracle's top-k that are vision tokens (whether a layer's attention sinks sit on images or text).
   Pivots are detected on the prompt *without* the observation window (held out, like decode queries), so
   `pivot_mass` measures prediction, not fit; `topk_prefix_share` is the oracle over the same positions and
   the random tokens are drawn from them too. (When vision tokens fall inside the window, detection sees the
@@ -39,6 +41,15 @@ from akvq.saliency.pivots import DEFAULT_K, PivotDetector
 from akvq.saliency.roles import vision_mask
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PivotSite:
+    """Where one prompt's pivots fell: the prompt's ids and the pivot / vision masks, all [T]."""
+
+    input_ids: torch.Tensor
+    pivots: torch.Tensor
+    vision: torch.Tensor
 
 
 @dataclass
@@ -87,6 +98,8 @@ def _layer_stats(
         "topk_share": float(r.topk(min(s.k, t)).values.sum()),
         "topk_prefix_share": float(r[:cand].topk(k).values.sum()),
         "pivot_mass": float(r[pivots].sum()),
+        "pivot_vision_mass": float(r[pivots & vis].sum()),
+        "topk_vision_frac": float(vis[:cand][r[:cand].topk(k).indices].float().mean()),
         "random_mass": float(r[rand].sum(-1).mean()),
         "pivot_mass_all": float(r_all[pivots].sum()),
         "random_mass_all": float(r_all[rand].sum(-1).mean()),
@@ -130,11 +143,13 @@ def profile_attention(
     samples: Iterable[Mapping[str, Any]],
     settings: ProfileSettings | None = None,
     candidates: Mapping[str, Mapping[str, Any]] | None = None,
+    sites: list[PivotSite] | None = None,
 ) -> list[dict[str, Any]]:
     """Per-layer rows averaged over `samples` (each a batch-1 input dict); eager attention only for this call.
 
     `candidates` ({name: PivotDetector kwargs}) are extra pivot rules run in the same forward; each adds a
-    column `mass:<name>` (window-query mass on its pivots), used to choose the detector's defaults."""
+    column `mass:<name>` (window-query mass on its pivots), used to choose the detector's defaults. With
+    `sites`, each prompt's pivots are appended to it (for `pivot_location_markdown`)."""
     s = settings or ProfileSettings()
     layers = decoder_layers(model)
     n = len(layers)
@@ -176,6 +191,8 @@ def profile_attention(
                 m[:cand] = d.mask[0].cpu()
                 masks[name] = m
             pivots = masks.pop("")
+            if sites is not None:
+                sites.append(PivotSite(ids[0].cpu(), pivots.clone(), vis.clone()))
             try:
                 out = model(**inputs, output_attentions=True, use_cache=False)
             finally:
@@ -299,14 +316,15 @@ def pivot_table_markdown(rows: list[dict[str, Any]], k: int) -> str:
     """Per-layer pivots-vs-random attention mass as a markdown table."""
     lines = [
         f"| layer | pivots (k={k}) | random k | ratio | oracle top-k (same positions) | first token "
-        "| pivots, all queries | random, all queries |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| pivots, all queries | random, all queries | on vision pivots | oracle top-k: vision share |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         ratio = r["pivot_mass"] / max(r["random_mass"], 1e-12)
         lines.append(
             f"| {r['layer']} | {r['pivot_mass']:.3f} | {r['random_mass']:.3f} | {ratio:.1f}x | {r['topk_prefix_share']:.3f} "
-            f"| {r['first_token_share']:.3f} | {r['pivot_mass_all']:.3f} | {r['random_mass_all']:.3f} |"
+            f"| {r['first_token_share']:.3f} | {r['pivot_mass_all']:.3f} | {r['random_mass_all']:.3f} "
+            f"| {r.get('pivot_vision_mass', math.nan):.3f} | {r.get('topk_vision_frac', math.nan):.2f} |"
         )
     mean = {
         key: sum(r[key] for r in rows) / len(rows)
@@ -314,8 +332,79 @@ def pivot_table_markdown(rows: list[dict[str, Any]], k: int) -> str:
     }
     lines.append(
         f"| mean | {mean['pivot_mass']:.3f} | {mean['random_mass']:.3f} | "
-        f"{mean['pivot_mass'] / max(mean['random_mass'], 1e-12):.1f}x | {mean['topk_prefix_share']:.3f} | | | |"
+        f"{mean['pivot_mass'] / max(mean['random_mass'], 1e-12):.1f}x | {mean['topk_prefix_share']:.3f} | | | | | |"
     )
+    return "\n".join(lines)
+
+
+def _runs(mask: torch.Tensor) -> torch.Tensor:
+    """Offset of each position inside its run of consecutive True values (0 at a run's start); -1 outside."""
+    off = torch.full(mask.shape, -1, dtype=torch.long)
+    run = -1
+    for i, m in enumerate(mask.tolist()):
+        run = run + 1 if m else -1
+        off[i] = run
+    return off
+
+
+def pivot_location_markdown(sites: list[PivotSite], decode: Any, top: int = 10) -> str:
+    """Where pivots fall: vision vs text (against the prompt's own vision share), position in the prompt, the
+    offset inside an image's tokens, and the text tokens most often chosen. `decode(id) -> str`."""
+    if not sites:
+        raise ValueError("no pivot sites")
+    n_piv = n_vis_piv = n_tok = n_vis_tok = first = before = after = n_before = n_after = 0
+    quarters = [0, 0, 0, 0]
+    offsets: dict[int, int] = {}
+    words: dict[str, int] = {}
+    for s in sites:
+        t = s.input_ids.shape[0]
+        idx = s.pivots.nonzero().flatten().tolist()
+        n_piv += len(idx)
+        n_tok += t
+        n_vis_tok += int(s.vision.sum())
+        n_vis_piv += int((s.pivots & s.vision).sum())
+        first += int(s.pivots[0])
+        # text tokens right before / after an image's tokens (labels, separators)
+        pre = torch.zeros_like(s.vision)
+        pre[:-1] = ~s.vision[:-1] & s.vision[1:]
+        post = torch.zeros_like(s.vision)
+        post[1:] = ~s.vision[1:] & s.vision[:-1]
+        before, after = before + int((s.pivots & pre).sum()), after + int((s.pivots & post).sum())
+        n_before, n_after = n_before + int(pre.sum()), n_after + int(post.sum())
+        off = _runs(s.vision)
+        for i in idx:
+            quarters[min(3, 4 * i // t)] += 1
+            if s.vision[i]:
+                offsets[int(off[i])] = offsets.get(int(off[i]), 0) + 1
+            else:
+                w = repr(decode(int(s.input_ids[i]))).replace("|", "\\|")
+                words[w] = words.get(w, 0) + 1
+    pct = lambda a, b: f"{100 * a / max(b, 1):.1f}%"  # noqa: E731
+    lines = [
+        f"{len(sites)} prompts, {n_piv} pivots ({n_piv / len(sites):.1f} per prompt).",
+        "",
+        "| where | pivots | prompt tokens |",
+        "|---|---:|---:|",
+        f"| vision tokens | {pct(n_vis_piv, n_piv)} | {pct(n_vis_tok, n_tok)} |",
+        f"| text tokens | {pct(n_piv - n_vis_piv, n_piv)} | {pct(n_tok - n_vis_tok, n_tok)} |",
+        f"| the first token | {pct(first, n_piv)} | {pct(len(sites), n_tok)} |",
+        f"| the text token right before an image | {pct(before, n_piv)} | {pct(n_before, n_tok)} |",
+        f"| the text token right after an image | {pct(after, n_piv)} | {pct(n_after, n_tok)} |",
+    ]
+    for q, c in enumerate(quarters):
+        lines.append(f"| quarter {q + 1} of the prompt | {pct(c, n_piv)} | 25% |")
+    if offsets:
+        lines += [
+            "",
+            "Vision pivots by offset inside their image's tokens (0 = the image's first token):",
+            "",
+        ]
+        lines += ["| offset | pivots |", "|---:|---:|"]
+        lines += [f"| {o} | {c} |" for o, c in sorted(offsets.items())]
+    if words:
+        lines += ["", f"Text pivots, the {top} most frequent tokens:", "", "| token | pivots |", "|---|---:|"]
+        ranked = sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+        lines += [f"| `{w}` | {c} |" for w, c in ranked]
     return "\n".join(lines)
 
 

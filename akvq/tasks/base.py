@@ -41,6 +41,12 @@ class Task:
     def validate(self) -> None:
         """Check data paths and options before any model loads."""
 
+    def data_identity(self) -> dict[str, Any] | None:
+        """What data a run computes on, where the config names only where the data lives (a root path): the
+        runner hashes it into the run's identity, so two generated roots of different contents are two runs while
+        a moved copy of one root is the same run. None: the config alone identifies the data."""
+        return None
+
     def run(self, loaded: Any, policy: Any, cfg: Any = None) -> TaskResult:
         raise NotImplementedError
 

@@ -138,7 +138,7 @@ def generate_texts(
     """
     import torch
 
-    from akvq.api import generate
+    from akvq.api import final_report, generate
     from akvq.models.prompting import build_inputs
 
     if max_new_tokens < 1:
@@ -181,7 +181,7 @@ def generate_texts(
             cut_at_stops(_tokenizer(loaded).decode(row[:n], skip_special_tokens=True), stops).strip()
         )
     if stats is not None:
-        report = cache.memory_report()
+        report = final_report(cache)
         b = len(prompts)
         stats.samples += b
         stats.batches += 1

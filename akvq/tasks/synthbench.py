@@ -92,6 +92,15 @@ class SynthBenchTask(MileBenchTask):
                 f"synthbench_root {root} lacks {', '.join(f'{t}/{t}.json' for t in missing)}. {make_hint(root)}"
             )
 
+    def data_identity(self) -> dict[str, Any] | None:
+        """The root's stamp (seed, samples per cell, cells, tasks): a 1K root and an 8K root of one seed are
+        different runs. The unset root is the cached standard one of this generator version."""
+        root = resolve_synth_root(cfg_get(self.cfg, "synthbench_root"))
+        if root is None:
+            return {"standard_root": f"seed{EVAL_SEED}-v{GENERATOR_VERSION}"}
+        stamp = root / "SYNTHBENCH.json"
+        return json.loads(stamp.read_text()) if stamp.is_file() else None
+
     def run(self, loaded: Any, policy: Any, cfg: Any = None) -> TaskResult:
         cfg = _plain(cfg if cfg is not None else self.cfg)
         root = resolve_synth_root(cfg_get(cfg, "synthbench_root")) or cached_root()

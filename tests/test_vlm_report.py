@@ -1,0 +1,57 @@
+"""scripts/vlm_report.py: records of one method on several roots (context cells) and tasks add up per cell."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import vlm_report  # noqa: E402
+
+
+def _rec(quant: str, bits: float, level: str, scores: dict[str, list[int]]) -> dict[str, Any]:
+    details = [
+        {"dataset": task, "level": level, "sample_id": i, "score": s}
+        for task, ss in scores.items()
+        for i, s in enumerate(ss)
+    ]
+    return {"task": "synthbench", "quant": quant, "kv_effective_bits": bits, "details": details, "config": {}}
+
+
+def test_cells_add_up_and_later_runs_replace() -> None:
+    records = [
+        _rec("fp16", 16.0, "1K", {"SceneTransition": [1, 1], "Spot-the-Diff": [1, 0]}),
+        _rec("akvq", 4.5, "1K", {"SceneTransition": [0, 0], "Spot-the-Diff": [1, 1]}),
+        _rec("akvq", 3.0, "2K", {"SceneTransition": [1, 1]}),  # another root: adds the 2K cell
+        _rec(
+            "akvq", 4.4, "1K", {"SceneTransition": [1, 0]}
+        ),  # a rerun of one 1K task replaces that task only
+    ]
+    data = vlm_report.collect(records)
+    assert vlm_report.levels(data) == ["1K", "2K"]
+    assert data["akvq"][("SceneTransition", "1K")].scores == [1.0, 0.0]
+    assert data["akvq"][("Spot-the-Diff", "1K")].scores == [1.0, 1.0]
+    t1 = vlm_report.method_table(data, ["fp16", "akvq"], "1K").splitlines()
+    assert t1[0].startswith("| method | KV bits | Transition | Spot-diff | mean")
+    assert t1[2].startswith("| fp16 | 16.00 | 100 [100, 100] | 50 [0, 100] | 75.0 |")
+    # akvq's 1K row mixes two runs (4.5 and 4.4 bits): their mean, and the mean over 4 samples (3 of 4 right)
+    assert t1[3].startswith("| akvq | 4.45 | 50 [0, 100] | 100 [100, 100] | 75.0 |")
+    t2 = vlm_report.method_table(data, ["fp16", "akvq"], "2K").splitlines()
+    assert len(t2) == 3 and t2[2].startswith("| akvq | 3.00 | 100 [100, 100] | 100.0 | 2 |")
+    one_cell = vlm_report.as_records(data, "2K")
+    assert set(one_cell) == {"akvq"} and len(one_cell["akvq"]["details"]) == 2
+
+
+def test_roles_grid_has_a_column_per_task() -> None:
+    records = [
+        _rec("akvq_roles_v1_t2", 3.5, "1K", {"SceneTransition": [0, 0]}),
+        _rec("akvq_roles_v1_t2", 3.7, "1K", {"ObjectExistence": [1, 0]}),
+        _rec("akvq_roles_v2_t2", 4.3, "1K", {"SceneTransition": [1, 1]}),
+    ]
+    grid = vlm_report.roles_grid(vlm_report.collect(records)).splitlines()
+    assert grid[0] == "| vision | text | KV bits | Transition | Object |"
+    assert grid[2] == "| 1-bit | 2-bit | 3.60 | 0 [0, 0] | 50 [0, 100] |"
+    assert grid[3] == "| 2-bit | 2-bit | 4.30 | 100 [100, 100] | – |"

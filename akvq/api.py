@@ -124,7 +124,8 @@ def final_report(cache: Any) -> Any:
     """A cache's memory report once every token that has left its window is quantized: AKVQ defers that to the
     next update, which a generation ending on its prefill token (EOS first) never runs. Changes no output."""
     if isinstance(cache, AKVQCache):
-        cache.settle()
+        with torch.inference_mode():  # as `generate` filled it: its stores may be inference tensors
+            cache.settle()
     return cache.memory_report()
 
 

@@ -149,13 +149,32 @@ def test_final_report_counts_a_prefill_only_cache_in_the_methods_format(name):
     policy = make_policy(name, **SMALL[name])
     stepped, _, _ = _layer_roundtrip(policy, k, v, steps=1)  # prefill 39 + one decode token
     prefill_only = AKVQCache(policy, 1)
-    prefill_only.update(k, v, 0)  # the same 40 tokens in one prefill
+    with (
+        torch.inference_mode()
+    ):  # as `api.generate` fills it; the report below runs outside, as tasks call it
+        prefill_only.update(k, v, 0)  # the same 40 tokens in one prefill
     assert prefill_only.memory_report().effective_bits == pytest.approx(16.0, abs=0.01)
     report = api.final_report(prefill_only)
     assert report.effective_bits < 8
     # the same bytes as the cache that took a decode step (settled too: with no window, rtn's last token waits)
     assert report.total_bytes == api.final_report(stepped).total_bytes == storage_bytes(prefill_only)
     assert api.final_report(prefill_only).total_bytes == report.total_bytes  # settling twice moves nothing
+
+
+def test_final_report_settles_a_cache_filled_in_inference_mode():
+    """`generate` fills the cache under inference mode; tasks report outside it, and the settling flush appends to
+    tables allocated in there (an in-place write into inference tensors, refused outside inference mode)."""
+    torch.manual_seed(0)
+    k, v = torch.randn(1, 2, 41, 16), torch.randn(1, 2, 41, 16)
+    cache = AKVQCache(make_policy("akvq", window=8, num_pivots=0), 1)
+    with torch.inference_mode():
+        cache.update(k[:, :, :20], v[:, :, :20], 0)
+        cache.update(k[:, :, 20:21], v[:, :, 20:21], 0)  # a decode step: the tables exist from here
+        cache.update(k[:, :, 21:], v[:, :, 21:], 0)  # 20 more at once: 12 of them past the window, unflushed
+    assert cache.layers[0].k.tail_len == 20
+    report = api.final_report(cache)
+    assert cache.layers[0].k.tail_len == 8 and cache.layers[0].k.n_q == 33
+    assert report.effective_bits < 8
 
 
 @pytest.mark.parametrize("name", ["rtn", "kivi", "skvq", "smoothquant", "akvq"])

@@ -90,16 +90,17 @@ def _layer_stats(
     text_b, vis_b = body & ~vis, body & vis
     k = min(s.k, cand)
     rand = torch.stack([torch.randperm(cand, generator=gen)[:k] for _ in range(s.random_draws)])  # [D, k]
+    top_prefix = r[:cand].topk(k)  # the oracle over the positions pivots are chosen from
     out = {
         "tokens": float(t),
         "vision_tokens": float(vis.sum()),
         "recent_share": float(r[max(0, t - s.recent) :].sum()),
         "first_token_share": float(r[0]),
         "topk_share": float(r.topk(min(s.k, t)).values.sum()),
-        "topk_prefix_share": float(r[:cand].topk(k).values.sum()),
+        "topk_prefix_share": float(top_prefix.values.sum()),
         "pivot_mass": float(r[pivots].sum()),
         "pivot_vision_mass": float(r[pivots & vis].sum()),
-        "topk_vision_frac": float(vis[:cand][r[:cand].topk(k).indices].float().mean()),
+        "topk_vision_frac": float(vis[top_prefix.indices].float().mean()),
         "random_mass": float(r[rand].sum(-1).mean()),
         "pivot_mass_all": float(r_all[pivots].sum()),
         "random_mass_all": float(r_all[rand].sum(-1).mean()),

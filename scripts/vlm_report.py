@@ -48,11 +48,20 @@ class Entry:
 
 
 def cells(rec: dict[str, Any]) -> dict[tuple[str, str], list[float]]:
-    """(task, cell) -> per-sample scores (0/1)."""
+    """(task, cell) -> per-sample scores (0/1). A cell is a context length and a sample count ("1K/100"), so a
+    100-sample run is a row of its own table, not a row beside 20-sample runs of the same length."""
     by: dict[tuple[str, str], list[float]] = defaultdict(list)
     for d in rec["details"]:
         by[(d["dataset"], d.get("level") or "all")].append(float(d["score"]))
-    return by
+    per_level: dict[str, int] = defaultdict(int)
+    for (_, level), scores in by.items():
+        per_level[level] = max(per_level[level], len(scores))
+    return {(task, f"{level}/{per_level[level]}"): scores for (task, level), scores in by.items()}
+
+
+def cell_title(cell: str) -> str:
+    level, n = cell.split("/")
+    return f"{level} cell, {n} samples per task"
 
 
 def collect(records: list[dict[str, Any]]) -> dict[str, dict[tuple[str, str], Entry]]:
@@ -82,8 +91,14 @@ def _bits(entries: list[Entry]) -> float:
 
 
 def levels(data: dict[str, dict[tuple[str, str], Entry]]) -> list[str]:
+    """The cells present, by context length, then sample count."""
     found = {c for by in data.values() for _, c in by}
-    return sorted(found, key=lambda c: CELL_ORDER.index(c) if c in CELL_ORDER else 9)
+
+    def key(c: str) -> tuple[int, int]:
+        level, n = c.split("/")
+        return (CELL_ORDER.index(level) if level in CELL_ORDER else 9, int(n))
+
+    return sorted(found, key=key)
 
 
 def method_table(data: dict[str, dict[tuple[str, str], Entry]], order: list[str], level: str) -> str:
@@ -106,7 +121,7 @@ def method_table(data: dict[str, dict[tuple[str, str], Entry]], order: list[str]
     return "\n".join(lines)
 
 
-def roles_grid(data: dict[str, dict[tuple[str, str], Entry]], level: str = "1K") -> str:
+def roles_grid(data: dict[str, dict[tuple[str, str], Entry]], level: str = "1K/20") -> str:
     """Vision x text bits (every layer, `roles_all_layers`): accuracy per task and mean effective bits."""
     names = {(v, t): f"akvq_roles_v{v}_t{t}" for v in (1, 2, 4) for t in (2, 4)}
     tasks = sorted({t for q in names.values() for t, c in data.get(q, {}) if c == level}, key=_task_key)
@@ -134,7 +149,7 @@ def as_records(data: dict[str, dict[tuple[str, str], Entry]], level: str) -> dic
             for (task, c), e in by.items()
             if c == level
             for d in e.record["details"]
-            if d["dataset"] == task and (d.get("level") or "all") == level
+            if d["dataset"] == task and (d.get("level") or "all") == level.split("/")[0]
         ]
         if details:
             config = next(e.record.get("config") for (_, c), e in by.items() if c == level)
@@ -258,19 +273,19 @@ def main() -> None:
     )
     parts = ["## Method table (accuracy %, 95 % bootstrap interval over samples)"]
     for level in levels(data):
-        parts += ["", f"### {level} cell", "", method_table(data, order, level)]
+        parts += ["", f"### {cell_title(level)}", "", method_table(data, order, level)]
     grid = roles_grid(data)
     if grid:
         parts += [
             "",
-            "## Vision x text bits in every layer (1K cell; accuracy %, mean effective bits)",
+            "## Vision x text bits in every layer (1K cell, 20 samples per task; accuracy %, mean effective bits)",
             "",
             grid,
         ]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text("\n".join(parts) + "\n", encoding="utf-8")
     print("\n".join(parts))
-    fig = examples_figure(as_records(data, "1K"), order, args.out / "examples.png")
+    fig = examples_figure(as_records(data, "1K/20"), order, args.out / "examples.png")
     print(f"figure: {fig}" if fig else "figure: no fp16 record with a readable root")
 
 

@@ -31,17 +31,17 @@ def test_cells_add_up_and_later_runs_replace() -> None:
         ),  # a rerun of one 1K task replaces that task only
     ]
     data = vlm_report.collect(records)
-    assert vlm_report.levels(data) == ["1K", "2K"]
-    assert data["akvq"][("SceneTransition", "1K")].scores == [1.0, 0.0]
-    assert data["akvq"][("Spot-the-Diff", "1K")].scores == [1.0, 1.0]
-    t1 = vlm_report.method_table(data, ["fp16", "akvq"], "1K").splitlines()
+    assert vlm_report.levels(data) == ["1K/2", "2K/2"]
+    assert data["akvq"][("SceneTransition", "1K/2")].scores == [1.0, 0.0]
+    assert data["akvq"][("Spot-the-Diff", "1K/2")].scores == [1.0, 1.0]
+    t1 = vlm_report.method_table(data, ["fp16", "akvq"], "1K/2").splitlines()
     assert t1[0].startswith("| method | KV bits | Transition | Spot-diff | mean")
     assert t1[2].startswith("| fp16 | 16.00 | 100 [100, 100] | 50 [0, 100] | 75.0 |")
     # akvq's 1K row mixes two runs (4.5 and 4.4 bits): their mean, and the mean over 4 samples (3 of 4 right)
     assert t1[3].startswith("| akvq | 4.45 | 50 [0, 100] | 100 [100, 100] | 75.0 |")
-    t2 = vlm_report.method_table(data, ["fp16", "akvq"], "2K").splitlines()
+    t2 = vlm_report.method_table(data, ["fp16", "akvq"], "2K/2").splitlines()
     assert len(t2) == 3 and t2[2].startswith("| akvq | 3.00 | 100 [100, 100] | 100.0 | 2 |")
-    one_cell = vlm_report.as_records(data, "2K")
+    one_cell = vlm_report.as_records(data, "2K/2")
     assert set(one_cell) == {"akvq"} and len(one_cell["akvq"]["details"]) == 2
 
 
@@ -51,7 +51,20 @@ def test_roles_grid_has_a_column_per_task() -> None:
         _rec("akvq_roles_v1_t2", 3.7, "1K", {"ObjectExistence": [1, 0]}),
         _rec("akvq_roles_v2_t2", 4.3, "1K", {"SceneTransition": [1, 1]}),
     ]
-    grid = vlm_report.roles_grid(vlm_report.collect(records)).splitlines()
+    grid = vlm_report.roles_grid(vlm_report.collect(records), "1K/2").splitlines()
     assert grid[0] == "| vision | text | KV bits | Transition | Object |"
     assert grid[2] == "| 1-bit | 2-bit | 3.60 | 0 [0, 0] | 50 [0, 100] |"
     assert grid[3] == "| 2-bit | 2-bit | 4.30 | 100 [100, 100] | – |"
+
+
+def test_a_larger_sample_is_a_cell_of_its_own() -> None:
+    records = [
+        _rec("fp16", 16.0, "1K", {"SceneTransition": [1, 0], "Spot-the-Diff": [1, 1]}),
+        _rec("fp16", 16.0, "1K", {"SceneTransition": [1, 1, 1, 0], "Spot-the-Diff": [1, 0, 0, 0]}),
+    ]
+    data = vlm_report.collect(records)
+    assert vlm_report.levels(data) == ["1K/2", "1K/4"]
+    assert data["fp16"][("SceneTransition", "1K/2")].scores == [1.0, 0.0]
+    assert data["fp16"][("Spot-the-Diff", "1K/4")].scores == [1.0, 0.0, 0.0, 0.0]
+    assert vlm_report.cell_title("1K/4") == "1K cell, 4 samples per task"
+    assert len(vlm_report.as_records(data, "1K/4")["fp16"]["details"]) == 8

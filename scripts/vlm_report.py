@@ -26,6 +26,8 @@ TASK_ORDER = ("SceneTransition", "Spot-the-Diff", "ImageNeedleInAHaystack", "Obj
 SHORT = {"SceneTransition": "Transition", "Spot-the-Diff": "Spot-diff", "ImageNeedleInAHaystack": "Needle",
          "ObjectExistence": "Object"}  # fmt: skip
 CELL_ORDER = ("1K", "2K", "4K", "8K")
+MAIN_CELL = "1K/20"
+"""The cell every method and the vision x text grid ran on: the grid's default and the figure's samples."""
 
 
 def bootstrap(scores: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -121,7 +123,7 @@ def method_table(data: dict[str, dict[tuple[str, str], Entry]], order: list[str]
     return "\n".join(lines)
 
 
-def roles_grid(data: dict[str, dict[tuple[str, str], Entry]], level: str = "1K/20") -> str:
+def roles_grid(data: dict[str, dict[tuple[str, str], Entry]], level: str = MAIN_CELL) -> str:
     """Vision x text bits (every layer, `roles_all_layers`): accuracy per task and mean effective bits."""
     names = {(v, t): f"akvq_roles_v{v}_t{t}" for v in (1, 2, 4) for t in (2, 4)}
     tasks = sorted({t for q in names.values() for t, c in data.get(q, {}) if c == level}, key=_task_key)
@@ -278,14 +280,14 @@ def main() -> None:
     if grid:
         parts += [
             "",
-            "## Vision x text bits in every layer (1K cell, 20 samples per task; accuracy %, mean effective bits)",
+            f"## Vision x text bits in every layer ({cell_title(MAIN_CELL)}; accuracy %, mean effective bits)",
             "",
             grid,
         ]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text("\n".join(parts) + "\n", encoding="utf-8")
     print("\n".join(parts))
-    fig = examples_figure(as_records(data, "1K/20"), order, args.out / "examples.png")
+    fig = examples_figure(as_records(data, MAIN_CELL), order, args.out / "examples.png")
     print(f"figure: {fig}" if fig else "figure: no fp16 record with a readable root")
 
 

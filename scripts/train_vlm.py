@@ -1,7 +1,12 @@
 """Train synth-vlm's vision tower, projector and LoRA adapters on procedurally generated SynthBench items.
 
+    python scripts/train_vlm.py --recipe --out runs/synth-vlm [--threads 2] [--device cuda]   # one command
     nice -n 19 python scripts/train_vlm.py --out runs/synth-vlm [--seed 0] [--threads 2] [--resume]
     python scripts/train_vlm.py --out runs/synth-vlm --export assets/synth-vlm/synth-vlm.safetensors
+
+`--recipe` runs the phases of `RECIPE` in order (align, tasks, needle), each in OUT/<phase> from the previous
+phase's export, and writes OUT/synth-vlm.safetensors with its SHA-256; run again after a kill, it skips the
+exported phases and resumes the one in progress.
 
 Stage 0, `--stage align` (akvq/synth/align.py): only the tower and projector, trained so that an image's 16
 tokens equal SmolLM2's input embeddings of its description ("            9451"); no LM forward, so it runs
@@ -28,6 +33,7 @@ import json
 import math
 import random
 import shlex
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -84,6 +90,10 @@ class Stage:
     same_count: bool = False
     """One image count per batch (little padding), drawn uniformly from [1, cap], the cap growing from 4 to
     `max_images` over the run: short, cheap sequences while the answer format is learnt, longer ones later."""
+    text: float = 0.0
+    """Fraction of questions given with each image's caption in its place ("Image 3: 9451 (3)"): ~5 tokens an
+    image instead of 21, so the LM practises matching and copying a label over many images at a quarter of the
+    cost; the aligned tower makes image tokens read like those captions."""
 
 
 STAGES: tuple[Stage, ...] = (
@@ -93,12 +103,19 @@ STAGES: tuple[Stage, ...] = (
     Stage("more", 1500, "qa", TASKS, 12),
     Stage("many", 1500, "qa", TASKS, 24),
     Stage("tasks", 600, "qa", ("ReadNumber", "NameObject", *TASKS), 16, same_count=True),
+    Stage("needle", 600, "qa", ("ImageNeedleInAHaystack", "ImageNeedleInAHaystack", *TASKS), 33, True, 0.5),
 )
 """The curriculum: captions, single-image questions on short sequences, then more images per prompt.
 
 "tasks" is the short route from the aligned tower (`--init` the stage-0 file, `--stage tasks`): the frozen LM
 already reads aligned image tokens, so only the four benchmark tasks and the two drills are trained, on 1-16
-images. The answer is the option's text (`Item.target`)."""
+images. The answer is the option's text (`Item.target`).
+
+"needle" continues from "tasks" (`--stage needle --init` its file): half of the questions are the needle, up to
+33 images (the 1K cell's count), half of all questions in text form (`Stage.text`)."""
+
+ROUTES = ("tasks", "needle")
+"""Stages that run alone (from an `--init` file) and end with themselves; the others run into the next."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +126,8 @@ class Example:
     scenes: tuple[Scene, ...]
     target: str
     task: str
+    text: bool = False
+    """The images are given as their captions (`as_text`); `scenes` stays for the held-out check."""
 
 
 def stage_start(name: str) -> int:
@@ -154,8 +173,19 @@ def draw_example(
             item = draw_item(rng, stage, count)
             prompt, target = item_text(loaded, item)
             ex = Example(prompt, item.scenes, target, item.task)
+            if stage.text and rng.random() < stage.text:
+                ex = as_text(ex)
         if held_out.isdisjoint(ex.scenes):
             return ex
+
+
+def as_text(ex: Example) -> Example:
+    """The example with each `<image>` replaced by its image's caption (`Stage.text`)."""
+    parts = ex.prompt.split(IMAGE_TOKEN)
+    if len(parts) != len(ex.scenes) + 1:
+        raise ValueError(f"{len(parts) - 1} image placeholders for {len(ex.scenes)} images")
+    text = parts[0] + "".join(caption(s) + p for s, p in zip(ex.scenes, parts[1:], strict=True))
+    return Example(text, ex.scenes, ex.target, ex.task, text=True)
 
 
 def item_text(loaded: Any, item: Item) -> tuple[str, str]:
@@ -179,9 +209,9 @@ def make_batch(loaded: Any, examples: list[Example]) -> tuple[dict[str, torch.Te
     tok = loaded.tokenizer
     texts = [ex.prompt + ex.target for ex in examples]
     lens = [len(tok.encode(ex.target, add_special_tokens=False)) for ex in examples]
-    images = [render(s) for ex in examples for s in ex.scenes]
+    images = [render(s) for ex in examples if not ex.text for s in ex.scenes]
     tok.padding_side = "left"
-    enc = loaded.processor(text=texts, images=images, padding=True, return_tensors="pt")
+    enc = loaded.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
     for i, (ex, k) in enumerate(zip(examples, lens, strict=True)):
         tail = tok.decode(enc["input_ids"][i, -k:])
         if tail != ex.target:  # the answer must tokenize the same inside the prompt as alone
@@ -264,7 +294,7 @@ def plot_losses(history: list[dict[str, Any]], path: Path, ylabel: str = "answer
     plt.close(fig)
 
 
-def export(ckpt_path: Path, out: Path) -> str:
+def export(ckpt_path: Path, out: Path, dtype: torch.dtype | None = None) -> str:
     """Write the trained tensors of a checkpoint as one safetensors file; returns its SHA-256.
 
     An alignment checkpoint (OUT/align.pt) exports at curriculum step 0 (`--init` then starts the caption
@@ -276,7 +306,7 @@ def export(ckpt_path: Path, out: Path) -> str:
         extra.update(step="0", align_steps=str(ck["step"]))
     elif "align_steps" in ck:
         extra["align_steps"] = str(ck["align_steps"])
-    return save_trained(out, ck["trained"], tower, extra)
+    return save_trained(out, ck["trained"], tower, extra, dtype)
 
 
 def trainable(model: Any, tower: bool = True) -> list[torch.nn.Parameter]:
@@ -496,9 +526,10 @@ def train(args: argparse.Namespace) -> None:
         print(f"starting the curriculum at stage {args.stage} (step {step})")
     held_out = bench_scenes(EVAL_SEED)
     model.train()
-    end = stage_start("tasks")  # "all" is the long curriculum; "tasks" is only its own short route
+    end = stage_start(ROUTES[0])  # "all" is the long curriculum; a route stage is only its own run
     if args.stage != "all":
-        last = sum(s.steps for s in STAGES) if args.stage == "tasks" else end
+        route = next((s for s in STAGES if s.name == args.stage), None)
+        last = stage_start(args.stage) + route.steps if args.stage in ROUTES and route else end
         total = min(last, stage_start(args.stage) + args.steps) if args.steps else last
     else:
         total = args.steps or end
@@ -576,6 +607,8 @@ def train(args: argparse.Namespace) -> None:
                 "stage": stage.name,
                 "tokens": int(enc["input_ids"].numel()),
                 "tasks": [ex.task for ex in examples],
+                "images": [len(ex.scenes) for ex in examples],
+                "text": [ex.text for ex in examples],
                 "right": right,
             }
         )
@@ -594,6 +627,96 @@ def train(args: argparse.Namespace) -> None:
             raise RuntimeError(f"loss is NaN at step {step}")
     bar.close()
     checkpoint()
+
+
+ALL_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One run of this script in the recipe: its arguments, and the phase whose export it starts from."""
+
+    name: str
+    args: tuple[str, ...]
+    init: str | None = None
+
+
+LORA = (
+    "--freeze-tower",
+    "--lora-rank",
+    "16",
+    "--lora-targets",
+    ALL_TARGETS,
+    "--schedule",
+    "cosine",
+    "--batch",
+    "8",
+)
+RECIPE: tuple[Phase, ...] = (
+    Phase(
+        "align", ("--stage", "align", "--align-steps", "4300", "--align-lr", "6e-4", "--eval-every", "250")
+    ),
+    Phase(
+        "tasks",
+        ("--stage", "tasks", *LORA, "--lora-from", "4", "--lora-lr", "1e-3", "--warmup", "20"),
+        "align",
+    ),
+    Phase(
+        "needle",
+        (
+            "--stage",
+            "needle",
+            "--steps",
+            "240",
+            *LORA,
+            "--lora-from",
+            "0",
+            "--lora-lr",
+            "5e-4",
+            "--warmup",
+            "10",
+        ),
+        "tasks",
+    ),
+)
+"""The committed file's route as one command. The hand-run route it replaces (results/vlm/README.md) steered the
+alignment's learning rate by hand and trained the task stage in two runs under an older prompt layout."""
+SMOKE = {
+    "align": ("--align-steps", "2", "--align-batch", "4", "--eval-images", "4", "--eval-every", "1"),
+    "lm": ("--steps", "1", "--batch", "1"),
+}
+"""`--recipe-smoke`: every phase one or two tiny steps (tests the chain, not the weights)."""
+
+
+def run_recipe(args: argparse.Namespace) -> Path:
+    """Run or finish every phase of `RECIPE`; returns OUT/synth-vlm.safetensors."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    me = [sys.executable, str(Path(__file__).resolve())]
+    common = ["--seed", str(args.seed), "--threads", str(args.threads), "--device", args.device]
+    common += ["--ckpt-minutes", str(args.ckpt_minutes)]
+    for ph in RECIPE:
+        done = out / f"{ph.name}.safetensors"
+        if done.exists():
+            print(f"recipe: {ph.name} already exported ({done})", flush=True)
+            continue
+        run_dir = out / ph.name
+        argv = [*me, "--out", str(run_dir), *common, *ph.args]
+        if ph.init is not None:
+            argv += ["--init", str(out / f"{ph.init}.safetensors")]
+        if (run_dir / ("align.pt" if ph.name == "align" else "ckpt.pt")).exists():
+            argv.append("--resume")
+        if args.recipe_smoke:
+            argv += SMOKE["align" if ph.name == "align" else "lm"]
+        print(f"recipe: {shlex.join(argv)}", flush=True)
+        subprocess.run(argv, check=True)
+        stage = ["--stage", "align"] if ph.name == "align" else []
+        subprocess.run([*me, "--out", str(run_dir), *stage, "--export", str(done)], check=True)
+    final = out / "synth-vlm.safetensors"  # the shipped file: the last phase in float16 (~half the bytes)
+    sha = export(out / RECIPE[-1].name / "ckpt.pt", final, torch.float16)
+    print(f"recipe: {final} sha256 {sha}")
+    print("recipe: copy it to assets/synth-vlm/ and its sha256 to configs/model/synth-vlm.yaml")
+    return final
 
 
 def main() -> None:
@@ -645,14 +768,20 @@ def main() -> None:
     ap.add_argument(
         "--export", type=Path, default=None, help="write OUT/ckpt.pt's trained tensors here and exit"
     )
+    ap.add_argument("--export-dtype", choices=("float32", "float16"), default="float32")
+    ap.add_argument("--recipe", action="store_true", help="run every phase of RECIPE into OUT (one command)")
+    ap.add_argument("--recipe-smoke", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.seed == EVAL_SEED:
         ap.error(f"--seed {EVAL_SEED} is the evaluation seed; pick another")
     if args.batch < 1 or args.threads < 1 or args.lora_rank < 0:
         ap.error("--batch and --threads must be >= 1, --lora-rank >= 0")
+    if args.recipe:
+        run_recipe(args)
+        return
     if args.export is not None:
         ck = Path(args.out) / ("align.pt" if args.stage == "align" else "ckpt.pt")
-        print(f"{args.export} sha256 {export(ck, args.export)}")
+        print(f"{args.export} sha256 {export(ck, args.export, getattr(torch, args.export_dtype))}")
         return
     if args.read:
         read(args)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from akvq.errors import ConfigError, MissingDataError
 from akvq.models.sources.synth_vlm import (
@@ -31,6 +32,16 @@ def test_missing_or_altered_weights_fail_before_building(tmp_path: Path) -> None
     save_trained(f, {"x": torch.zeros(1)}, SMALL)
     with pytest.raises(ConfigError, match="does not match model.sha256"):
         load_synth_vlm(f, sha256="0" * 64)
+
+
+def test_the_same_tensors_give_the_same_file(tmp_path: Path) -> None:
+    """safetensors writes its metadata in hash-map order; an export must not change SHA-256 from run to run."""
+    state = {"b": torch.ones(2, 3), "a": torch.arange(5.0)}
+    extra = {f"k{i}": str(i) for i in range(12)}
+    shas = {save_trained(tmp_path / f"{i}.safetensors", state, SMALL, extra) for i in range(4)}
+    assert len(shas) == 1
+    loaded = load_file(str(tmp_path / "0.safetensors"))
+    assert torch.equal(loaded["a"], state["a"]) and torch.equal(loaded["b"], state["b"])
 
 
 @pytest.mark.slow
@@ -58,6 +69,13 @@ def test_saved_then_loaded_model_matches_the_trained_one(tmp_path: Path) -> None
         want = trained.model(**enc).logits
         got = loaded.model(**enc).logits
     assert torch.allclose(got, want, atol=2e-3, rtol=0), (got - want).abs().max()
+    half = tmp_path / "half.safetensors"  # the shipped precision: float16 on disk, float32 once loaded
+    save_trained(half, trained_state(trained.model), SMALL, {"step": "0"}, torch.float16)
+    assert half.stat().st_size < 0.55 * path.stat().st_size
+    with torch.no_grad():
+        got16 = load_synth_vlm(half).model(**enc).logits
+    assert torch.allclose(got16, want, atol=5e-2, rtol=0), (got16 - want).abs().max()
+    assert torch.equal(got16[0, -1].topk(5).indices, want[0, -1].topk(5).indices)
     with torch.no_grad():  # the adapters did matter: without them the logits move
         for name, p in trained.model.named_parameters():
             if name.endswith(".b"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import math
 import re
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from torch import nn
 from akvq.errors import ConfigError, MissingDataError
 from akvq.models.sources import Source
 from akvq.models.spec import Loaded, ModelSpec
-from akvq.paths import REPO
+from akvq.paths import REPO, atomic_open
 
 IMAGE_TOKEN = "<image>"
 IMAGE_SIZE = 64
@@ -129,15 +130,32 @@ def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def canonical_safetensors(raw: bytes) -> bytes:
+    """The same file with its JSON header's keys sorted: safetensors writes the metadata in hash-map order, which
+    changes from run to run, so the same tensors would get a different SHA-256 (and fail `model.sha256`)."""
+    n = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # data stays 8-byte aligned
+    return len(header).to_bytes(8, "little") + header + raw[8 + n :]
+
+
 def save_trained(
-    path: Path, state: dict[str, torch.Tensor], tower: TowerConfig, extra: dict[str, str] | None = None
+    path: Path,
+    state: dict[str, torch.Tensor],
+    tower: TowerConfig,
+    extra: dict[str, str] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> str:
-    """Write `trained_state` tensors with the tower shape as metadata; returns the file's SHA-256."""
-    from safetensors.torch import save_file
+    """Write `trained_state` tensors with the tower shape as metadata; returns the file's SHA-256.
+
+    `dtype` (float16 for the shipped file) halves the file; loading casts back to the model's float32."""
+    from safetensors.torch import save
 
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {**tower.as_metadata(), **(extra or {})}
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path), metadata=meta)
+    tensors = {k: v.detach().cpu().to(dtype or v.dtype).contiguous() for k, v in state.items()}
+    with atomic_open(path, "wb") as fh:
+        fh.write(canonical_safetensors(save(tensors, metadata=meta)))
     return sha256_of(path)
 
 

@@ -1,0 +1,90 @@
+"""train_vlm's data path: text-form questions (captions for images) and the stand-alone route stages."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+import train_vlm  # noqa: E402
+
+from akvq.models.sources.synth_vlm import IMAGE_TOKEN, TOKENS_PER_IMAGE, TowerConfig, build_untrained  # noqa: E402
+from akvq.synth.bench import caption  # noqa: E402
+
+SMALL = TowerConfig(hidden=64, layers=1, heads=2, mlp=128, lora_rank=0)
+
+
+def test_routes_end_with_their_own_stage() -> None:
+    needle = next(s for s in train_vlm.STAGES if s.name == "needle")
+    assert train_vlm.stage_start("needle") == train_vlm.stage_start("tasks") + 600
+    assert train_vlm.stage_at(train_vlm.stage_start("needle")) is needle
+    assert needle.text == 0.5 and needle.max_images == 33
+    assert all(s.text == 0.0 for s in train_vlm.STAGES if s.name != "needle")  # older streams unchanged
+
+
+def test_as_text_puts_each_caption_where_its_image_was() -> None:
+    rng = random.Random(0)
+    stage = next(s for s in train_vlm.STAGES if s.name == "tasks")
+    item = train_vlm.draw_item(rng, stage, 6)
+    prompt = "".join(f"Image {i}: {IMAGE_TOKEN} ({i})\n" for i in range(1, len(item.scenes) + 1))
+    ex = train_vlm.Example(prompt, item.scenes, "x", item.task)
+    got = train_vlm.as_text(ex)
+    assert got.text and got.scenes == ex.scenes and IMAGE_TOKEN not in got.prompt
+    for i, s in enumerate(item.scenes, 1):
+        assert f"Image {i}: {caption(s)} ({i})" in got.prompt
+    with pytest.raises(ValueError, match="placeholders"):
+        train_vlm.as_text(train_vlm.Example(IMAGE_TOKEN, (), "x", "t"))
+
+
+@pytest.mark.slow
+def test_a_batch_mixes_text_form_and_image_questions() -> None:
+    """Half the needle stage's questions come as text; a mixed batch has image tokens only for the others."""
+    loaded = build_untrained(SMALL, seed=0)
+    stage = next(s for s in train_vlm.STAGES if s.name == "needle")
+    rng = random.Random(1)
+    examples = [train_vlm.draw_example(loaded, rng, stage, frozenset(), 5) for _ in range(24)]
+    text = [ex for ex in examples if ex.text]
+    assert 6 <= len(text) <= 18  # 0.5 of 24
+    assert all(IMAGE_TOKEN not in ex.prompt for ex in text)
+    batch = [text[0], next(ex for ex in examples if not ex.text)]
+    enc, lens = train_vlm.make_batch(loaded, batch)
+    image_id = loaded.model.config.image_token_index
+    per_row = (enc["input_ids"] == image_id).sum(1).tolist()
+    assert per_row == [0, TOKENS_PER_IMAGE * len(batch[1].scenes)]
+    assert enc["pixel_values"].shape[0] == len(batch[1].scenes)
+    assert lens[0] >= 2
+
+
+@pytest.mark.slow
+def test_the_recipe_runs_every_phase_and_a_rerun_skips_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--recipe` chains align -> tasks -> needle through exports (tiny steps here) into a loadable file."""
+    from safetensors import safe_open
+
+    from akvq.models.sources.synth_vlm import load_synth_vlm
+
+    args = argparse.Namespace(
+        out=tmp_path, seed=0, threads=1, device="cpu", ckpt_minutes=5.0, recipe_smoke=True
+    )
+    final = train_vlm.run_recipe(args)
+    for ph in train_vlm.RECIPE:
+        assert (tmp_path / f"{ph.name}.safetensors").exists()
+    with safe_open(str(final), framework="pt") as f:
+        keys = set(f.keys())
+        dtypes = {f.get_tensor(k).dtype for k in keys}
+    assert any(".layers.0." in k for k in keys) and any(".layers.29." in k for k in keys)  # needle adds 0-3
+    assert dtypes == {torch.float16}  # the shipped file is half precision
+    sha = hashlib.sha256(final.read_bytes()).hexdigest()
+    assert load_synth_vlm(final, sha256=sha).family == "llava"
+    capsys.readouterr()
+    train_vlm.run_recipe(args)
+    assert capsys.readouterr().out.count("already exported") == len(train_vlm.RECIPE)
+    assert hashlib.sha256(final.read_bytes()).hexdigest() == sha

@@ -1,6 +1,6 @@
-"""Why synth-vlm fails SynthBench's needle: forward-only probes of the committed weights (fp16, no cache quant).
+"""Why synth-vlm fails SynthBench's needle: forward-only probes of a weights file (fp16, no cache quant).
 
-    python scripts/needle_probe.py [--threads 2] [--items 20] [--images 8 33]
+    python scripts/needle_probe.py [--threads 2] [--items 20] [--images 8 33] [--text] [--weights FILE]
 
 Three question forms over the same kind of haystack (numbered 4-digit-number images, `Image 3: <image> (3)`):
 - `current`: the benchmark's needle, "which image shows N?", the three wrong options showing numbers one digit
@@ -9,6 +9,8 @@ Three question forms over the same kind of haystack (numbered 4-digit-number ima
   in one digit is chance);
 - `reversed`: "which number is shown in Image k?", options N and its three near misses (the single-image
   ReadNumber drill, placed in a haystack).
+`--text` gives each image as its caption instead ("Image 3: 9451 (3)", `train_vlm.as_text`): the same questions
+with nothing to see, so a miss there is the language model's, not the tower's.
 Items come from their own random streams (`diag/<form>/<images>`), not the evaluation seed. Greedy answers,
 exact match with the option text. Prints one line per (images, form).
 """
@@ -69,9 +71,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--items", type=int, default=20)
     ap.add_argument("--images", type=int, nargs="+", default=[8, 33])
+    ap.add_argument("--text", action="store_true", help="captions in place of the images")
+    ap.add_argument(
+        "--weights", type=Path, default=DEFAULT_WEIGHTS, help="a weights file (default: committed)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    loaded = load_synth_vlm(DEFAULT_WEIGHTS)
+    loaded = load_synth_vlm(args.weights)
     model, tok = loaded.model, loaded.tokenizer
     for n in args.images:
         for name, form in FORMS.items():
@@ -81,9 +87,13 @@ def main() -> None:
             for _ in range(args.items):
                 item = form(rng, pool, n)
                 prompt, _ = train_vlm.item_text(loaded, item)
-                enc = loaded.processor(
-                    text=[prompt], images=[render(s) for s in item.scenes], return_tensors="pt"
-                )
+                if args.text:
+                    text = train_vlm.as_text(train_vlm.Example(prompt, item.scenes, "", TASK)).prompt
+                    enc = loaded.processor(text=[text], images=None, return_tensors="pt")
+                else:
+                    enc = loaded.processor(
+                        text=[prompt], images=[render(s) for s in item.scenes], return_tensors="pt"
+                    )
                 with torch.inference_mode():
                     out = model.generate(**enc, max_new_tokens=8, do_sample=False)
                 said = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()

@@ -88,3 +88,32 @@ def test_the_recipe_runs_every_phase_and_a_rerun_skips_them(
     train_vlm.run_recipe(args)
     assert capsys.readouterr().out.count("already exported") == len(train_vlm.RECIPE)
     assert hashlib.sha256(final.read_bytes()).hexdigest() == sha
+
+
+@pytest.mark.slow
+def test_micro_batches_give_the_whole_batchs_gradient() -> None:
+    """`--micro-batch` only saves memory: the summed gradient and the loss are the whole batch's."""
+    from akvq.models.sources.synth_vlm import add_lora
+
+    loaded = build_untrained(SMALL, seed=0)
+    params = add_lora(loaded.model, 2, 4.0, ("q_proj",), 28)
+    with torch.no_grad():
+        for p in params[1::2]:
+            p.normal_(0, 0.05)  # B != 0, so A gets a gradient too
+    stage = next(s for s in train_vlm.STAGES if s.name == "needle")
+    rng = random.Random(3)
+    examples = [train_vlm.draw_example(loaded, rng, stage, frozenset(), 4) for _ in range(3)]
+    grads, losses = [], []
+    for micro in (3, 1):
+        for p in params:
+            p.grad = None
+        loss, right, _ = train_vlm.accumulate(loaded.model, loaded, examples, micro, "cpu")
+        grads.append([p.grad.clone() for p in params])
+        losses.append(float(loss))
+        assert len(right) == 3
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    for whole, parts in zip(*grads, strict=True):
+        scale = float(
+            whole.abs().max()
+        )  # padding changes float sums a little: compare at the gradient's scale
+        assert scale > 0 and float((whole - parts).abs().max()) < 2e-3 * scale

@@ -103,7 +103,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("more", 1500, "qa", TASKS, 12),
     Stage("many", 1500, "qa", TASKS, 24),
     Stage("tasks", 600, "qa", ("ReadNumber", "NameObject", *TASKS), 16, same_count=True),
-    Stage("needle", 600, "qa", ("ImageNeedleInAHaystack", "ImageNeedleInAHaystack", *TASKS), 33, True, 0.5),
+    Stage("needle", 240, "qa", ("ImageNeedleInAHaystack", "ImageNeedleInAHaystack", *TASKS), 33, True, 0.5),
 )
 """The curriculum: captions, single-image questions on short sequences, then more images per prompt.
 
@@ -239,10 +239,10 @@ def accumulate(
     """Forward and backward the batch `micro` examples at a time, gradients summed as for the whole batch
     (each chunk's loss weighted by its share of answer tokens). The whole batch of 33-image items with adapters
     from layer 0 held ~20 GB of activations and was killed for memory on this 24 GB machine."""
-    total = sum(len(loaded.tokenizer.encode(ex.target, add_special_tokens=False)) for ex in examples)
+    chunks = [make_batch(loaded, examples[i : i + micro]) for i in range(0, len(examples), micro)]
+    total = sum(sum(lens) for _, lens in chunks)
     loss_sum, right, tokens = torch.zeros(()), [], 0
-    for i in range(0, len(examples), micro):
-        enc, lens = make_batch(loaded, examples[i : i + micro])
+    for enc, lens in chunks:
         enc = {k: v.to(device) for k, v in enc.items()}
         with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=device != "cpu"):
             loss, ok = batch_loss(model, enc, lens)
@@ -675,8 +675,8 @@ LORA = (
 RECIPE: tuple[Phase, ...] = (
     Phase("align", ("--stage", "align", "--align-steps", "4300", "--align-lr", "6e-4", "--eval-every", "250")),
     Phase("tasks", ("--stage", "tasks", *LORA, "--lora-from", "4", "--lora-lr", "1e-3", "--warmup", "20"), "align"),
-    Phase("needle", ("--stage", "needle", "--steps", "240", *LORA, "--micro-batch", "2", "--lora-from", "0",
-                     "--lora-lr", "5e-4", "--warmup", "10"), "tasks"),
+    Phase("needle", ("--stage", "needle", *LORA, "--micro-batch", "2", "--lora-from", "0", "--lora-lr", "5e-4",
+                     "--warmup", "10"), "tasks"),
 )
 # fmt: on
 """The committed file's route as one command. The hand-run route it replaces (results/vlm/README.md) steered the

@@ -4,6 +4,7 @@ interleaved in one process, plus a STREAM-like copy probe for the machine's memo
     python scripts/bench_kernel.py                       # SmolLM2 shapes (3 KV heads of 64, 9 query heads), 8K
     python scripts/bench_kernel.py cases=akvq:79,fp16:14,akvq:8,fp16:8 threads=1,2 ctx=8192 rounds=5
     python scripts/bench_kernel.py breakdown=8      # CPU time of each piece of one layer's attention, batch 8
+    python scripts/bench_kernel.py builds=avx512,avx2    # the kernel's builds side by side (default: the best one)
 
 Random K/V (what the kernel reads does not depend on the values), the akvq layout of SmolLM2 (2-bit, groups of
 64, WHT, ~15 16-bit pivots per sequence, a 128-token 16-bit window); the control is the same shapes as a 16-bit
@@ -184,6 +185,10 @@ def main(args: dict[str, str]) -> None:
     threads = [int(x) for x in args.get("threads", "1").split(",")]
     ctx, rounds = int(args.get("ctx", 8192)), int(args.get("rounds", 5))
     paths = args.get("paths", "int8,float").split(",")
+    builds = args.get("builds", packed_cpu.best_variant()).split(",")
+    for b in builds:
+        if b not in packed_cpu.VARIANTS:
+            raise ValueError(f"builds entry {b!r}: expected one of {sorted(packed_cpu.VARIANTS)}")
     plan = TensorPlan(bits=2, group_size=64, window=128, hadamard=True)
     cases = []
     for i, (name, b) in enumerate(entries):
@@ -200,24 +205,30 @@ def main(args: dict[str, str]) -> None:
         bw.append(copy_bandwidth(512, 5))
         for nt in threads:
             torch.set_num_threads(nt)
-            for name, b, k, v, _ in cases:
-                for path in paths if name == "akvq" else paths[:1]:
-                    t = time.perf_counter()
-                    packed_cpu.packed_decode(q[b], k, v, None, 0.125, threads=nt, int8=path == "int8")
-                    times.setdefault((name, b, nt, path), []).append(time.perf_counter() - t)
+            for build in builds:
+                for name, b, k, v, _ in cases:
+                    for path in paths if name == "akvq" else paths[:1]:
+                        t = time.perf_counter()
+                        packed_cpu.packed_decode(
+                            q[b], k, v, None, 0.125, threads=nt, int8=path == "int8", variant=build
+                        )
+                        times.setdefault((build, name, b, nt, path), []).append(time.perf_counter() - t)
     copy = statistics.median(bw)
     print(f"copy probe: {copy / 1e9:.2f} GB/s (median of {rounds}, read + write)")
-    print("| cache | batch | threads | q in K | ms/call | tokens/s (one layer) | GB/s read | x copy |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, b, _, _, nb in cases:
-        for nt in threads:
-            for path in paths if name == "akvq" else paths[:1]:
-                s = statistics.median(times[(name, b, nt, path)])
-                label = path if name == "akvq" else "f16c"
-                print(
-                    f"| {name} | {b} | {nt} | {label} | {1e3 * s:.1f} | {b / s:.0f} | {nb / s / 1e9:.2f} | "
-                    f"{nb / s / copy:.2f} |"
-                )
+    print(
+        "| build | cache | batch | threads | q in K | ms/call | tokens/s (one layer) | GB/s read | x copy |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for build in builds:
+        for name, b, _, _, nb in cases:
+            for nt in threads:
+                for path in paths if name == "akvq" else paths[:1]:
+                    s = statistics.median(times[(build, name, b, nt, path)])
+                    label = path if name == "akvq" else "fp16"
+                    print(
+                        f"| {build} | {name} | {b} | {nt} | {label} | {1e3 * s:.1f} | {b / s:.0f} | "
+                        f"{nb / s / 1e9:.2f} | {nb / s / copy:.2f} |"
+                    )
 
 
 if __name__ == "__main__":

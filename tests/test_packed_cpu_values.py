@@ -28,22 +28,58 @@ PLANS_V8 = {
 V8_REL_TOL = 1e-2
 
 
+@pytest.mark.parametrize("variant", ["avx2", "avx512"])
 @pytest.mark.parametrize("name", sorted(PLANS_V8))
 @pytest.mark.parametrize("groups", [1, 3, 8])
 @pytest.mark.parametrize("n", [45, 200])
-def test_integer_values_match_float_path(name: str, groups: int, n: int) -> None:
-    _skip_variant("cpu-avx2")
+def test_integer_values_match_float_path(name: str, groups: int, n: int, variant: str) -> None:
+    _skip_variant(f"cpu-{variant}")
     plan, text_bits, classes, d = PLANS_V8[name]
     vst = _store(plan, text_bits, n, 2, classes, flushes=3, d=d)
     g = torch.Generator().manual_seed(5)
     p = torch.softmax(torch.randn(B, H, groups, n, generator=g) * 3, -1)
-    v8 = packed_cpu.store_output(vst, p, int8=True, variant="avx2")
-    v32 = packed_cpu.store_output(vst, p, int8=False, variant="avx2")
+    v8 = packed_cpu.store_output(vst, p, int8=True, variant=variant)
+    v32 = packed_cpu.store_output(vst, p, int8=False, variant=variant)
     assert not torch.equal(v8, v32)  # the integer path ran
     assert float((v8 - v32).norm() / v32.norm()) < V8_REL_TOL
     # the whole integer decode (int8 q and u8 weights) against dequantize-then-attend
     kst = _store(plan, text_bits, n, 1, classes, d=d)
     q = torch.randn(B, H * groups, 1, d, generator=g)
     ref = reference_decode(q, _views(kst), _views(vst), None, d**-0.5)
-    out = packed_cpu.packed_decode(q, kst, vst, None, d**-0.5, variant="avx2")
+    out = packed_cpu.packed_decode(q, kst, vst, None, d**-0.5, variant=variant)
     assert float((out - ref).norm() / ref.norm()) < 2e-2
+
+
+# 2- and 4-bit keys in every segment width the integer key path takes (4-bit in 32: an odd number of 16-byte chunks)
+PLANS_KEYS = {
+    "k2_g64": (TensorPlan(bits=2, group_size=64, window=7, hadamard=True), 4, "all", 64),
+    "k2_g128_d128": (TensorPlan(bits=2, group_size=128, window=5, hadamard=True), 4, "all", 128),
+    "k4_g32": (TensorPlan(bits=4, group_size=32, window=3), None, "low", 64),
+    "k4_g128_d128": (TensorPlan(bits=4, group_size=128, window=3), None, "low", 128),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PLANS_KEYS))
+@pytest.mark.parametrize("groups", [1, 3, 8])
+def test_vnni_build_equals_avx2_build(name: str, groups: int) -> None:
+    """The int8 key dots are exact in integers, so vpdpbusd (avx512) and vpmaddubsw (avx2) give the same scores bit for
+    bit; the 16-wide fp16 kernels agree with the 8-wide ones to rounding."""
+    _skip_variant("cpu-avx512")
+    plan, text_bits, classes, d = PLANS_KEYS[name]
+    kst = _store(plan, text_bits, 200, 1, classes, d=d)
+    q = torch.randn(B, H, groups, d, generator=torch.Generator().manual_seed(7))
+    s512 = packed_cpu.store_scores(kst, q, int8=True, variant="avx512")
+    s2 = packed_cpu.store_scores(kst, q, int8=True, variant="avx2")
+    # the quantized rows bit for bit; the 16-bit rows (window, pivots) are summed in another order
+    low = (kst.cls.view(kst.n_q, B).T < 2)[:, None, None, :].expand(-1, H, groups, -1)
+    assert low.any()
+    assert torch.equal(s512[..., : kst.n_q][low], s2[..., : kst.n_q][low])
+    torch.testing.assert_close(s512, s2, atol=1e-4, rtol=1e-5)
+    assert not torch.equal(
+        s512, packed_cpu.store_scores(kst, q, int8=False, variant="avx512")
+    )  # integer path ran
+    full = _store(TensorPlan(bits=16, window=1 << 30), None, 200, 2, classes, d=d)
+    p = torch.softmax(torch.randn(B, H, groups, 200, generator=torch.Generator().manual_seed(8)), -1)
+    for fn, arg in ((packed_cpu.store_scores, q), (packed_cpu.store_output, p)):
+        a, b = fn(full, arg, variant="avx512"), fn(full, arg, variant="avx2")
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

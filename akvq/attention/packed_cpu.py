@@ -7,7 +7,7 @@ buffer and reduces it against the G query heads of its KV head at once: one read
 
 The source (`csrc/packed_cpu.c`, plain C, no torch headers) is compiled on first use with the system C compiler
 (`$CC`, else cc) into `~/.cache/akvq/kernels/` (or `$AKVQ_KERNEL_DIR`), keyed by the source, compiler, flags and
-variant (`VARIANTS`: avx2, portable; the best the CPU's flags allow is loaded), and loaded with ctypes; a build
+variant (`VARIANTS`: avx512, avx2, portable; the best the CPU's flags allow is loaded), and loaded with ctypes; a build
 takes a few seconds. Keys of 2/4 bits go through the integer path by default (q quantized to int8 per segment; see
 docs/efficiency.md). Without a compiler (or without the source, in a broken install) `available()`
 is False and attention=auto uses the torch path. The WHT/SmoothQuant on q and on the output, the 16-bit rows and the
@@ -40,8 +40,14 @@ FLAGS = (
     "-std=c11",
 )
 # Builds of the one source, best first: the CPU flags each needs (/proc/cpuinfo names) and its compiler flags.
-# "portable" is plain C (whatever the compiler's default target vectorizes). No AVX-512/VNNI build: untested.
+# "avx512": AVX-512 F/BW/VL + VNNI (vpdpbusd for the int8 key dots; the fp16 control 16 channels wide, so the control
+# gains from the wider unit too). "portable" is plain C (whatever the compiler's default target vectorizes).
+# No AMX build: a tile holds 16 rows of 64 bytes, and a decode step has one query row per head.
 VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "avx512": (
+        ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"),
+        ("-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"),
+    ),
     "avx2": (("avx2", "fma", "f16c"), ("-mavx2", "-mfma", "-mf16c")),
     "portable": ((), ()),
 }
@@ -64,8 +70,11 @@ def _lib(variant: str = "auto") -> ctypes.CDLL | None:
     if variant not in VARIANTS:
         raise ValueError(f"kernel variant {variant!r}: expected auto or one of {sorted(VARIANTS)}")
     lib, _state["reason"] = native.load(SOURCE, (*FLAGS, *VARIANTS[variant][1]), variant, openmp=True)
-    if lib is None:
-        return None
+    return None if lib is None else bind(lib)
+
+
+def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Declare the kernel library's C signatures (ctypes would otherwise pass 64-bit ints as 32-bit)."""
     tok = [_i64] * 6 + [_ptr] + [_ptr, _ptr, _ptr, _i64] * 2 + [_i64]
     lib.akvq_token_scores.argtypes = [*tok, _ptr, _ptr, _i64, _i64, _i64, _i64, _i64]
     lib.akvq_token_output.argtypes = [*tok, _ptr, _i64, _i64, _i64, _ptr, _i64, _i64]

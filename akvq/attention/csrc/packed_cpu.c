@@ -9,7 +9,8 @@
  *     float_zero (z then holds the group minimum). 16-bit rows are skipped here; the caller writes them.
  *   channel axis: codes [B, W, T * bits / 8] packed along tokens, scale/zero [B, W, T / group].
  * q is [B, H, G, D] (already in the stored space); scores and p are float32 [B, H, G, T] with given strides.
- * Build: see FLAGS in packed_cpu.py (reassociation, no -ffast-math; OpenMP optional). */
+ * Build: see FLAGS in packed_cpu.py (reassociation, no -ffast-math; OpenMP optional). Builds (VARIANTS there):
+ * avx512 (AVX-512 F/BW/VL + VNNI: vpdpbusd for the int8 key dots, 16-wide fp16 control), avx2, portable. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -341,7 +342,48 @@ static inline int i8_pos(int k, int bits) {
     return (k / cw) * cw + (k % per) * 16 + (k % cw) / per;
 }
 
-#ifdef __AVX2__
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define AKVQ_VNNI 1
+/* AVX-512 VNNI: one vpdpbusd does 64 u8 x s8 products and their sums by four into int32, so a 2-bit segment of
+ * 64 channels is one broadcast, one shift, one mask and one vpdpbusd per query head (AVX2: ten instructions).
+ * The 64 bytes hold the four planes of a 16-byte chunk (2 bits) or the two planes of two chunks (4 bits), in the
+ * order q8 is stored in, so q8 is read as it lies. */
+ALWAYS_INLINE void i8_tok(const uint8_t *p, int bits, int nc, const int8_t *q, int64_t ldq, int G, __m256i *out) {
+    const __m512i m = _mm512_set1_epi8((char)((1 << bits) - 1));
+    __m512i acc[8];
+    for (int g = 0; g < G; g++) acc[g] = _mm512_setzero_si512();
+    if (bits == 2) {
+        const __m512i sh = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
+        for (int c = 0; c < nc; c++) {
+            const __m512i x = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(p + 16 * c)));
+            const __m512i v = _mm512_and_si512(_mm512_srlv_epi32(x, sh), m);
+            for (int g = 0; g < G; g++) acc[g] = _mm512_dpbusd_epi32(acc[g], v, _mm512_loadu_si512(q + g * ldq + 64 * c));
+        }
+    } else {
+        const __m512i sh = _mm512_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4, 0, 0, 0, 0, 4, 4, 4, 4);
+        int c = 0;
+        for (; c + 2 <= nc; c += 2) {
+            const __m512i x = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(p + 16 * c)))),
+                _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(p + 16 * c + 16))), 1);
+            const __m512i v = _mm512_and_si512(_mm512_srlv_epi32(x, sh), m);
+            for (int g = 0; g < G; g++) acc[g] = _mm512_dpbusd_epi32(acc[g], v, _mm512_loadu_si512(q + g * ldq + 32 * c));
+        }
+        if (c < nc) { /* an odd last chunk: 256 bits */
+            const __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(p + 16 * c)));
+            const __m256i v = _mm256_and_si256(_mm256_srlv_epi32(x, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
+                                               _mm512_castsi512_si256(m));
+            for (int g = 0; g < G; g++)
+                acc[g] = _mm512_inserti64x4(acc[g],
+                                            _mm256_dpbusd_epi32(_mm512_extracti64x4_epi64(acc[g], 0), v,
+                                                                _mm256_loadu_si256((const __m256i *)(q + g * ldq + 32 * c))),
+                                            0);
+        }
+    }
+    for (int g = 0; g < G; g++)
+        out[g * 8] = _mm256_add_epi32(_mm512_castsi512_si256(acc[g]), _mm512_extracti64x4_epi64(acc[g], 1));
+}
+#elif defined(__AVX2__)
 /* out[g * 8] = the int32 lanes of sum_k c_k q8_k (madd-ed, not yet summed) for one token's segment */
 ALWAYS_INLINE void i8_tok(const uint8_t *p, int bits, int nc, const int8_t *q, int64_t ldq, int G, __m256i *out) {
     const __m256i m = _mm256_set1_epi8((char)((1 << bits) - 1)), ones = _mm256_set1_epi16(1);
@@ -470,6 +512,28 @@ static inline void blk_rows(const tok_t *k, int64_t b, int64_t t, int64_t t1, bl
     }
 }
 
+/* Prefetch the code rows and scale/zero rows of tokens [t, t1) of sequence b (at most n). A sequence's consecutive
+ * tokens lie B rows apart, a stride the hardware prefetchers do not follow at large B: without this the batch-major
+ * kernels wait on a cache miss per token, and on one per score line they write (SmolLM2 shapes, 8K, batch 79, one
+ * thread: key kernel 47 -> 29 ms, value kernel 44 -> 31 ms; at batch 8 2.6 -> 2.2 ms). -DAKVQ_PF=0 turns it off. */
+#ifndef AKVQ_PF
+#define AKVQ_PF 16 /* tokens ahead */
+#endif
+static inline void blk_prefetch(const tok_t *k, int64_t b, int64_t t, int64_t t1, int n) {
+    for (int i = 0; i < n && t + i < t1; i++) {
+        const int64_t rr = (t + i) * k->B + b;
+        const int c = k->cls[rr];
+        if (c >= 2) continue;
+        const table_t *T = &k->tab[c];
+        const int64_t ii = k->idx[rr], nb = k->W * T->bits / 8;
+        const uint8_t *row = T->codes + ii * nb;
+        for (int64_t o = 0; o < nb; o += 64) __builtin_prefetch(row + o, 0, 3);
+        __builtin_prefetch(row + nb - 1, 0, 3);
+        __builtin_prefetch(T->scale + ii * k->ngr, 0, 3);
+        __builtin_prefetch(T->zero + ii * k->ngr, 0, 3);
+    }
+}
+
 #ifdef __AVX2__
 /* lane i = sum of the 8 lanes of v[i] */
 ALWAYS_INLINE __m256i reduce8_epi32(const __m256i *v) {
@@ -485,7 +549,13 @@ ALWAYS_INLINE void i8_block_body(const tok_t *k, int G, int64_t b, int64_t t0, i
     const int H = (int)k->H, D = (int)k->D, seg = k->seg, ns = k->ns;
     __m256i buf[64];
     blk_t r;
+    if (AKVQ_PF) blk_prefetch(k, b, t0, t1, AKVQ_PF);
     for (int64_t t = t0; t < t1; t += 8) {
+        if (AKVQ_PF) {
+            blk_prefetch(k, b, t + AKVQ_PF, t1, 8);
+            if (t + AKVQ_PF < t1) /* the score lines AKVQ_PF tokens on: one store stream per query head and sequence */
+                for (int e = 0; e < H * G; e++) __builtin_prefetch(out + b * osb + e * osg + t + AKVQ_PF, 1, 3);
+        }
         blk_rows(k, b, t, t1, &r);
         for (int h = 0; h < H; h++) {
             __m256 res[8];
@@ -703,8 +773,14 @@ ALWAYS_INLINE void out_v8_body(const tok_t *k, int G, int64_t b, int64_t t0, int
     uint16_t sh[V8_MAXGR][VB], zh[V8_MAXGR][VB];
     float m0[VB], m1[VB];
     const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    if (AKVQ_PF) blk_prefetch(k, b, t0, t1, VB);
     for (int64_t t = t0; t < t1; t += VB) {
         const int n = t1 - t < VB ? (int)(t1 - t) : VB, npair = (n + 1) / 2;
+        if (AKVQ_PF && t + VB < t1) {
+            blk_prefetch(k, b, t + VB, t1, VB);
+            for (int e = 0; e < H * G; e++) /* the next block's weights: one stream per query head and sequence */
+                for (int o = 0; o < VB; o += 16) __builtin_prefetch(p + b * psb + e * psg + t + VB + o, 0, 3);
+        }
         int any1 = 0;
         for (int i = 0; i < VB; i++) {
             const int64_t rr = (t + i) * k->B + b;
@@ -1155,13 +1231,75 @@ ALWAYS_INLINE void half_output_bh(int G, int CW, int64_t D, int64_t T, const uin
     }
 }
 
+#ifdef __AVX512F__
+/* AVX-512: 16 channels per conversion and FMA, so the fp16 control gets the same width as akvq's VNNI path
+ * (D a multiple of 16; the AVX2 forms above take the rest). */
+ALWAYS_INLINE void half_scores_bh512(int G, int64_t D, int64_t T, const uint16_t *x, int64_t st, const float *qb,
+                                     float *ob, int64_t ldo) {
+    for (int64_t t = 0; t < T; t++) {
+        const uint16_t *row = x + t * st;
+        __m512 acc[8];
+        for (int g = 0; g < G; g++) acc[g] = _mm512_setzero_ps();
+        for (int64_t d = 0; d < D; d += 16) {
+            const __m512 f = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(row + d)));
+            for (int g = 0; g < G; g++) acc[g] = _mm512_fmadd_ps(_mm512_loadu_ps(qb + g * D + d), f, acc[g]);
+        }
+        for (int g0 = 0; g0 < G; g0 += 4) {
+            __m256 a[4];
+            for (int i = 0; i < 4; i++)
+                a[i] = g0 + i < G ? _mm256_add_ps(_mm512_castps512_ps256(acc[g0 + i]),
+                                                  _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[g0 + i]), 1)))
+                                  : _mm256_setzero_ps();
+            const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+            float r[4];
+            _mm_storeu_ps(r, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+            for (int i = 0; i < 4 && g0 + i < G; i++) ob[(g0 + i) * ldo + t] = r[i];
+        }
+    }
+}
+
+ALWAYS_INLINE void half_output_bh512(int G, int CW, int64_t D, int64_t T, const uint16_t *x, int64_t st,
+                                     const float *pb, int64_t ldp, float *ab) {
+    for (int64_t t0 = 0; t0 < T; t0 += HALF_TILE) {
+        const int64_t t1 = t0 + HALF_TILE < T ? t0 + HALF_TILE : T;
+        for (int64_t c0 = 0; c0 < D; c0 += CW) {
+            __m512 acc[8][4];
+            for (int g = 0; g < G; g++)
+                for (int v = 0; v < CW / 16; v++) acc[g][v] = _mm512_loadu_ps(ab + g * D + c0 + 16 * v);
+            for (int64_t t = t0; t < t1; t++) {
+                const uint16_t *row = x + t * st + c0;
+                __m512 w[8];
+                for (int g = 0; g < G; g++) w[g] = _mm512_set1_ps(pb[g * ldp + t]);
+                for (int v = 0; v < CW / 16; v++) {
+                    const __m512 f = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(row + 16 * v)));
+                    for (int g = 0; g < G; g++) acc[g][v] = _mm512_fmadd_ps(w[g], f, acc[g][v]);
+                }
+            }
+            for (int g = 0; g < G; g++)
+                for (int v = 0; v < CW / 16; v++) _mm512_storeu_ps(ab + g * D + c0 + 16 * v, acc[g][v]);
+        }
+    }
+}
+#define HALF_BODY_S(G, D, T, x, st, qb, ob, ldo)                                                                     \
+    if ((D) % 16 == 0) half_scores_bh512(G, D, T, x, st, qb, ob, ldo);                                               \
+    else half_scores_bh(G, D, T, x, st, qb, ob, ldo);
+#define HALF_BODY_O(G, CW, D, T, x, st, pb, ldp, ab)                                                                 \
+    if ((D) % (2 * (CW)) == 0) half_output_bh512(G, 2 * (CW), D, T, x, st, pb, ldp, ab);                             \
+    else if ((D) % 16 == 0) half_output_bh512(G, 16, D, T, x, st, pb, ldp, ab);                                      \
+    else half_output_bh(G, 8, D, T, x, st, pb, ldp, ab);
+#else
+#define HALF_BODY_S(G, D, T, x, st, qb, ob, ldo) half_scores_bh(G, D, T, x, st, qb, ob, ldo);
+#define HALF_BODY_O(G, CW, D, T, x, st, pb, ldp, ab)                                                                 \
+    if ((D) % (CW) == 0) half_output_bh(G, CW, D, T, x, st, pb, ldp, ab);                                            \
+    else half_output_bh(G, 8, D, T, x, st, pb, ldp, ab);
+#endif
+
 #define HALF_FNS(G, CW)                                                                                              \
     static void half_scores_##G(int64_t D, int64_t T, const uint16_t *x, int64_t st, const float *qb, float *ob,     \
-                                int64_t ldo) { half_scores_bh(G, D, T, x, st, qb, ob, ldo); }                        \
+                                int64_t ldo) { HALF_BODY_S(G, D, T, x, st, qb, ob, ldo) }                            \
     static void half_output_##G(int64_t D, int64_t T, const uint16_t *x, int64_t st, const float *pb, int64_t ldp,   \
                                 float *ab) {                                                                         \
-        if (D % CW == 0) half_output_bh(G, CW, D, T, x, st, pb, ldp, ab);                                            \
-        else half_output_bh(G, 8, D, T, x, st, pb, ldp, ab);                                                         \
+        HALF_BODY_O(G, CW, D, T, x, st, pb, ldp, ab)                                                                 \
     }
 HALF_FNS(1, 32) HALF_FNS(2, 32) HALF_FNS(3, 32) HALF_FNS(4, 16) HALF_FNS(5, 16) HALF_FNS(6, 16) HALF_FNS(7, 8)
 HALF_FNS(8, 8)

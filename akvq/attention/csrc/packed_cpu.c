@@ -612,6 +612,127 @@ I8_BLOCK(1) I8_BLOCK(2) I8_BLOCK(3) I8_BLOCK(4) I8_BLOCK(5) I8_BLOCK(6) I8_BLOCK
 static const i8_block_fn I8_BLOCKS[9] = {NULL, i8_block_1, i8_block_2, i8_block_3, i8_block_4, i8_block_5,
                                          i8_block_6, i8_block_7, i8_block_8};
 
+#ifdef AKVQ_VNNI
+/* lane i = sum of the 16 int32 lanes of v[i] (v is overwritten): a transpose-add tree, 45 instructions for 16
+ * tokens (unpack 32/64 within 128-bit lanes, then 128-bit lane shuffles). */
+ALWAYS_INLINE __m512i reduce16_epi32(__m512i *v) {
+    __m512i a[8], c[4], d[2];
+    for (int i = 0; i < 8; i++) /* per 128-bit lane: [x, y, x, y] partials of tokens 2i, 2i + 1 */
+        a[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; i++) /* per 128-bit lane: tokens 4i .. 4i + 3 */
+        c[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_epi64(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 2; i++)
+        d[i] = _mm512_add_epi32(_mm512_shuffle_i32x4(c[2 * i], c[2 * i + 1], 0x88), _mm512_shuffle_i32x4(c[2 * i], c[2 * i + 1], 0xdd));
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(d[0], d[1], 0x88), _mm512_shuffle_i32x4(d[0], d[1], 0xdd));
+}
+
+/* The key side's common case with VNNI (table 0 of 2 bits, segments of 64k channels): 16 tokens at a time, one
+ * vpdpbusd per 64 codes and query head, the 16 tokens' dot vectors reduced together (reduce16_epi32), scales and
+ * zero points applied to 16 tokens in one vector. A block holding a text row (table 1) takes i8_block_body.
+ * A block's row pointers and scale/zero halves are gathered one block ahead (gather16): read as vectors right after
+ * they were written as 16 scalars, they would wait for the stores to retire (a failed store forward per head). */
+#define I16_MAXGR 64
+typedef struct {
+    int n, any1;
+    const uint8_t *row[16];
+    uint16_t sh[I16_MAXGR][16], zh[I16_MAXGR][16];
+} g16_t;
+
+static inline void gather16(const tok_t *k, int64_t b, int64_t t, int64_t t1, const uint8_t *zrow, g16_t *r) {
+    const int ngr = k->ngr;
+    const int64_t nb = k->W / 4;
+    r->n = t1 - t < 16 ? (int)(t1 - t) : 16;
+    r->any1 = 0;
+    for (int i = 0; i < 16; i++) {
+        const int64_t rr = (t + i) * k->B + b;
+        const int c = i < r->n ? k->cls[rr] : 2;
+        r->any1 |= c == 1;
+        if (c == 0) {
+            const int64_t ii = k->idx[rr];
+            const uint16_t *sr = k->tab[0].scale + ii * ngr, *zr = k->tab[0].zero + ii * ngr;
+            r->row[i] = k->tab[0].codes + ii * nb;
+            for (int j = 0; j < ngr; j++) { r->sh[j][i] = sr[j]; r->zh[j][i] = zr[j]; }
+        } else { /* a 16-bit row or past the end: zero codes, zero scale (the caller writes 16-bit rows) */
+            r->row[i] = zrow;
+            for (int j = 0; j < ngr; j++) r->sh[j][i] = r->zh[j][i] = 0;
+        }
+    }
+}
+
+ALWAYS_INLINE void i16_block_body(const tok_t *k, int G, int64_t b, int64_t t0, int64_t t1, const int8_t *q8,
+                                  int64_t nq, const float *qsc, const float *qz, float *out, int64_t osb, int64_t osg,
+                                  const uint8_t *zrow) {
+    const int H = (int)k->H, D = (int)k->D, seg = k->seg, ns = k->ns, nc = seg / 64;
+    const __m512i m = _mm512_set1_epi8(3), sh = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
+    g16_t buf[2];
+    if (AKVQ_PF) blk_prefetch(k, b, t0, t1, 32);
+    gather16(k, b, t0, t1, zrow, &buf[0]);
+    int cur = 0;
+    for (int64_t t = t0; t < t1; t += 16, cur ^= 1) {
+        const g16_t *r = &buf[cur];
+        const int n = r->n;
+        if (AKVQ_PF) {
+            blk_prefetch(k, b, t + 32, t1, 16);
+            if (t + 16 < t1)
+                for (int e = 0; e < H * G; e++) __builtin_prefetch(out + b * osb + e * osg + t + 16, 1, 3);
+        }
+        if (t + 16 < t1) gather16(k, b, t + 16, t1, zrow, &buf[cur ^ 1]);
+        if (r->any1) {
+            i8_block_body(k, G, b, t, t + n, q8, nq, qsc, qz, out, osb, osg);
+            continue;
+        }
+        for (int h = 0; h < H; h++) {
+            __m512 res[8];
+            for (int g = 0; g < G; g++) res[g] = _mm512_setzero_ps();
+            for (int s = 0; s < ns; s++) {
+                const int gi = k->gidx[h * ns + s];
+                const __m512 sc = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)r->sh[gi]));
+                const __m512 zz = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)r->zh[gi]));
+                const int64_t off = (h * D + s * seg) / 4;
+                __m512i v[16][2];
+                for (int i = 0; i < 16; i++)
+                    for (int c = 0; c < nc && c < 2; c++)
+                        v[i][c] = _mm512_and_si512(
+                            _mm512_srlv_epi32(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(r->row[i] + off + 16 * c))), sh), m);
+                for (int g = 0; g < G; g++) {
+                    const int8_t *qg = q8 + ((b * k->H + h) * G + g) * D + s * seg;
+                    __m512i acc[16];
+                    const __m512i q0 = _mm512_loadu_si512(qg), q1 = nc > 1 ? _mm512_loadu_si512(qg + 64) : q0;
+                    for (int i = 0; i < 16; i++) {
+                        acc[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[i][0], q0);
+                        if (nc > 1) acc[i] = _mm512_dpbusd_epi32(acc[i], v[i][1], q1);
+                        for (int c = 2; c < nc; c++) /* segments past 128 channels: unpack again */
+                            acc[i] = _mm512_dpbusd_epi32(
+                                acc[i],
+                                _mm512_and_si512(_mm512_srlv_epi32(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(r->row[i] + off + 16 * c))), sh), m),
+                                _mm512_loadu_si512(qg + 64 * c));
+                    }
+                    const __m512 d = _mm512_cvtepi32_ps(reduce16_epi32(acc));
+                    const int64_t j = ((b * k->H + h) * G + g) * ns + s;
+                    const __m512 qs = _mm512_set1_ps(qsc[j]), qzz = _mm512_set1_ps(qz[j]);
+                    res[g] = k->float_zero ? _mm512_fmadd_ps(zz, qzz, _mm512_fmadd_ps(_mm512_mul_ps(sc, qs), d, res[g]))
+                                           : _mm512_fmadd_ps(sc, _mm512_fmsub_ps(qs, d, _mm512_mul_ps(zz, qzz)), res[g]);
+                }
+            }
+            for (int g = 0; g < G; g++)
+                _mm512_mask_storeu_ps(out + b * osb + (int64_t)(h * G + g) * osg + t, (__mmask16)((1u << n) - 1), res[g]);
+        }
+    }
+}
+
+typedef void (*i16_block_fn)(const tok_t *, int64_t, int64_t, int64_t, const int8_t *, int64_t, const float *,
+                             const float *, float *, int64_t, int64_t, const uint8_t *);
+#define I16_BLOCK(G)                                                                                                 \
+    static void i16_block_##G(const tok_t *k, int64_t b, int64_t t0, int64_t t1, const int8_t *q8, int64_t nq,      \
+                              const float *qsc, const float *qz, float *out, int64_t osb, int64_t osg,             \
+                              const uint8_t *zrow) {                                                               \
+        i16_block_body(k, G, b, t0, t1, q8, nq, qsc, qz, out, osb, osg, zrow);                                       \
+    }
+I16_BLOCK(1) I16_BLOCK(2) I16_BLOCK(3) I16_BLOCK(4) I16_BLOCK(5) I16_BLOCK(6) I16_BLOCK(7) I16_BLOCK(8)
+static const i16_block_fn I16_BLOCKS[9] = {NULL, i16_block_1, i16_block_2, i16_block_3, i16_block_4, i16_block_5,
+                                           i16_block_6, i16_block_7, i16_block_8};
+#endif
+
 /* a[g * D + 0..32) += sum over the block's table-0 tokens of w[g][i] * codes (one 32-channel chunk at byte `off`
  * of each row; bits in {2, 4, 8}, plane-major positions). GN <= 2 query heads per pass: 8 accumulators, the
  * weights, the codes and the mask stay within the 16 AVX2 registers (G = 3 spilled). */
@@ -1034,12 +1155,26 @@ int akvq_token_scores(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
     if (f8[0] && f8[1] && ost == 1) { /* batch-major: items (b, chunk of TCH tokens) */
         const int64_t n_t = n_rows / B, nch = (n_t + TCH - 1) / TCH;
         const i8_block_fn blk = I8_BLOCKS[G];
+#ifdef AKVQ_VNNI
+        const i16_block_fn blk16 =
+            bits0 == 2 && seg % 64 == 0 && k.ngr <= I16_MAXGR ? I16_BLOCKS[G] : NULL;
+        uint8_t *zrow = (uint8_t *)calloc((size_t)W + 64, 1);
+#endif
 #pragma omp parallel for collapse(2) schedule(static) num_threads(nt)
         for (int64_t ci = 0; ci < nch; ci++)
             for (int64_t b = 0; b < B; b++) {
                 const int64_t t0 = ci * TCH, t1 = t0 + TCH < n_t ? t0 + TCH : n_t;
+#ifdef AKVQ_VNNI
+                if (blk16) {
+                    blk16(&k, b, t0, t1, q8, nq, qsc, qz, out, osb, osg, zrow);
+                    continue;
+                }
+#endif
                 blk(&k, b, t0, t1, q8, nq, qsc, qz, out, osb, osg);
             }
+#ifdef AKVQ_VNNI
+        free(zrow);
+#endif
         free(qp);
         free(qsum);
         free(q8);

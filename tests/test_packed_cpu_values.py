@@ -63,7 +63,7 @@ PLANS_KEYS = {
 @pytest.mark.parametrize("groups", [1, 3, 8])
 def test_vnni_build_equals_avx2_build(name: str, groups: int) -> None:
     """The int8 key dots are exact in integers, so vpdpbusd (avx512) and vpmaddubsw (avx2) give the same scores bit for
-    bit; the 16-wide fp16 kernels agree with the 8-wide ones to rounding."""
+    bit; the value side and the 16-wide fp16 kernels agree with the avx2 build to rounding."""
     _skip_variant("cpu-avx512")
     plan, text_bits, classes, d = PLANS_KEYS[name]
     kst = _store(plan, text_bits, 200, 1, classes, d=d)
@@ -78,8 +78,14 @@ def test_vnni_build_equals_avx2_build(name: str, groups: int) -> None:
     assert not torch.equal(
         s512, packed_cpu.store_scores(kst, q, int8=False, variant="avx512")
     )  # integer path ran
-    full = _store(TensorPlan(bits=16, window=1 << 30), None, 200, 2, classes, d=d)
     p = torch.softmax(torch.randn(B, H, groups, 200, generator=torch.Generator().manual_seed(8)), -1)
+    # the integer value side: the same u8 weights and 16-bit sums (512-bit vpmaddubsw on avx512), the 16-bit rows
+    # summed in another order
+    o512 = packed_cpu.store_output(kst, p, int8=True, variant="avx512")
+    torch.testing.assert_close(
+        o512, packed_cpu.store_output(kst, p, int8=True, variant="avx2"), atol=1e-5, rtol=1e-5
+    )
+    full = _store(TensorPlan(bits=16, window=1 << 30), None, 200, 2, classes, d=d)
     for fn, arg in ((packed_cpu.store_scores, q), (packed_cpu.store_output, p)):
         a, b = fn(full, arg, variant="avx512"), fn(full, arg, variant="avx2")
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -873,6 +873,39 @@ ALWAYS_INLINE void v8_chunk(int G, int NU, const uint8_t *const *rows, int npair
     }
 }
 
+#ifdef AKVQ_VNNI
+/* v8_chunk with 512-bit vpmaddubsw: the four planes of a 16-byte chunk in one register (shifts 0, 2, 4, 6 per
+ * 128-bit lane), so both plane pairs and both unpack halves are done in one pass, half the instructions. Lane L of
+ * acc[g][u] is plane pair L / 2, half L % 2: the low 256 bits go to (u) * 16, the high ones to (2 + u) * 16, the
+ * positions v8_chunk writes. */
+ALWAYS_INLINE void v8_chunk512(int G, const uint8_t *const *rows, int npair, const uint16_t (*wq)[VB / 2],
+                               const float *wb, float *a, int64_t D) {
+    const __m512i m = _mm512_set1_epi8(3), sh = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
+    __m512i acc[8][2];
+    for (int g = 0; g < G; g++) acc[g][0] = acc[g][1] = _mm512_setzero_si512();
+    for (int i = 0; i < npair; i++) {
+        const __m512i c0 = _mm512_and_si512(_mm512_srlv_epi32(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)rows[2 * i])), sh), m);
+        const __m512i c1 = _mm512_and_si512(_mm512_srlv_epi32(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)rows[2 * i + 1])), sh), m);
+        const __m512i u0 = _mm512_unpacklo_epi8(c0, c1), u1 = _mm512_unpackhi_epi8(c0, c1);
+        for (int g = 0; g < G; g++) {
+            const __m512i wv = _mm512_set1_epi16((short)wq[g][i]);
+            acc[g][0] = _mm512_add_epi16(acc[g][0], _mm512_maddubs_epi16(wv, u0));
+            acc[g][1] = _mm512_add_epi16(acc[g][1], _mm512_maddubs_epi16(wv, u1));
+        }
+    }
+    for (int g = 0; g < G; g++) {
+        const __m512 s = _mm512_set1_ps(wb[g]);
+        for (int u = 0; u < 2; u++) {
+            float *f0 = a + g * D + u * 16, *f1 = a + g * D + (2 + u) * 16;
+            const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(acc[g][u])));
+            const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(acc[g][u], 1)));
+            _mm512_storeu_ps(f0, _mm512_fmadd_ps(lo, s, _mm512_loadu_ps(f0)));
+            _mm512_storeu_ps(f1, _mm512_fmadd_ps(hi, s, _mm512_loadu_ps(f1)));
+        }
+    }
+}
+#endif
+
 ALWAYS_INLINE float hmax8(__m256 v) {
     __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     x = _mm_max_ps(x, _mm_movehl_ps(x, x));
@@ -978,7 +1011,12 @@ ALWAYS_INLINE void out_v8_body(const tok_t *k, int G, int64_t b, int64_t t0, int
                     for (int c = 0; c < nc; c++) {
                         const uint8_t *rp[VB];
                         for (int i = 0; i < 2 * npair; i++) rp[i] = cl[i] == 0 ? row[i] + ch / 4 + 16 * c : zrow;
+#ifdef AKVQ_VNNI
+                        v8_chunk512(G, rp, npair, (const uint16_t(*)[VB / 2])wq, wb, a0 + 64 * c, D);
+                        (void)NU;
+#else
                         v8_chunk(G, NU, rp, npair, (const uint16_t(*)[VB / 2])wq, wb, a0 + 64 * c, D);
+#endif
                     }
                 if (!any1) continue;
                 float *a1 = acc + nacc + ((b * k->H + h) * G) * D + s * seg;

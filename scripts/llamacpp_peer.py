@@ -286,7 +286,8 @@ def bench(args: argparse.Namespace) -> None:
     work = ROOT / "results" / "_scratch" / "llamacpp"
     work.mkdir(parents=True, exist_ok=True)
     budget = int(args.budget_gib * GiB)
-    rows = []
+    out = ROOT / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     for kv in args.kv:
         state = work / f"prompt-{args.prompt_len}-{kv}.bin"
         t0 = time.perf_counter()
@@ -322,31 +323,27 @@ def bench(args: argparse.Namespace) -> None:
         per_seq = args.prompt_len * 30 * 2 * 192 * BITS[kv] / 8
         found = largest_batch(measure, budget, first, per_seq, args.max_batch, args.max_points)
         best = measured.get(found.batch) if found.batch else None
-        rows.append(
-            {
-                "engine": "llama.cpp",
-                "kv": kv,
-                "prompt_len": args.prompt_len,
-                "threads": args.threads,
-                "kv_bytes_per_token": 30 * 2 * 192 * BITS[kv] / 8,
-                "effective_bits": BITS[kv],
-                "tokens_per_second_b1": first.info.get("tokens_per_second"),
-                "peak_gib_b1": first.info["peak_bytes"] / GiB if first.peak_bytes else None,
-                "largest_batch": found.batch,
-                "largest_batch_capped": found.capped,
-                "peak_gib_at_largest": best["peak_bytes"] / GiB if best else None,
-                "tokens_per_second_at_largest": best["tokens_per_second"] if best else None,
-                "points": [p.info for p in found.points],
-            }
-        )
-    out = ROOT / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a") as f:
-        for r in rows:
+        row = {
+            "engine": "llama.cpp",
+            "kv": kv,
+            "prompt_len": args.prompt_len,
+            "threads": args.threads,
+            "kv_bytes_per_token": 30 * 2 * 192 * BITS[kv] / 8,
+            "effective_bits": BITS[kv],
+            "tokens_per_second_b1": first.info.get("tokens_per_second"),
+            "peak_gib_b1": first.info["peak_bytes"] / GiB if first.peak_bytes else None,
+            "largest_batch": found.batch,
+            "largest_batch_capped": found.capped,
+            "peak_gib_at_largest": best["peak_bytes"] / GiB if best else None,
+            "tokens_per_second_at_largest": best["tokens_per_second"] if best else None,
+            "points": [p.info for p in found.points],
+        }
+        # each KV type's record as soon as its search ends (one line, one write): a stopped run keeps the types done
+        with out.open("a") as f:
             f.write(
                 json.dumps(
                     {
-                        **r,
+                        **row,
                         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                         "budget_gib": args.budget_gib,
                         "command": " ".join(sys.argv),
@@ -354,8 +351,7 @@ def bench(args: argparse.Namespace) -> None:
                 )
                 + "\n"
             )
-    for r in rows:
-        print(json.dumps({k: v for k, v in r.items() if k != "points"}), flush=True)
+        print(json.dumps({k: v for k, v in row.items() if k != "points"}), flush=True)
 
 
 def run_point(spec: dict[str, Any], timeout: float) -> dict[str, Any]:

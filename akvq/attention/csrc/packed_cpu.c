@@ -1359,100 +1359,78 @@ int akvq_channel_scores(int64_t n_q, int64_t B, int64_t H, int64_t G, int64_t D,
 #define HALF_TILE 64
 
 #if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
-ALWAYS_INLINE void half_scores_bh(int G, int64_t D, int64_t T, const uint16_t *x, int64_t st, const float *qb,
-                                  float *ob, int64_t ldo) {
-    for (int64_t t = 0; t < T; t++) {
-        const uint16_t *row = x + t * st;
-        __m256 acc[8];
-        for (int g = 0; g < G; g++) acc[g] = _mm256_setzero_ps();
-        for (int64_t d = 0; d < D; d += 8) {
-            const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + d)));
-            for (int g = 0; g < G; g++) acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(qb + g * D + d), f, acc[g]);
-        }
-        for (int g0 = 0; g0 < G; g0 += 4) {
-            __m256 a[4];
-            for (int i = 0; i < 4; i++) a[i] = g0 + i < G ? acc[g0 + i] : _mm256_setzero_ps();
-            const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-            float r[4];
-            _mm_storeu_ps(r, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
-            for (int i = 0; i < 4 && g0 + i < G; i++) ob[(g0 + i) * ldo + t] = r[i];
-        }
+/* o[g * ldo] = the sum of the 8 lanes of acc[g], four query heads reduced together */
+ALWAYS_INLINE void store_sums8(const __m256 *acc, int G, float *o, int64_t ldo) {
+    for (int g0 = 0; g0 < G; g0 += 4) {
+        __m256 a[4];
+        for (int i = 0; i < 4; i++) a[i] = g0 + i < G ? acc[g0 + i] : _mm256_setzero_ps();
+        const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+        float r[4];
+        _mm_storeu_ps(r, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+        for (int i = 0; i < 4 && g0 + i < G; i++) o[(g0 + i) * ldo] = r[i];
     }
 }
 
-/* CW channels (a multiple of 8) at a time: G * CW / 8 accumulators in registers over HALF_TILE tokens */
-ALWAYS_INLINE void half_output_bh(int G, int CW, int64_t D, int64_t T, const uint16_t *x, int64_t st,
-                                  const float *pb, int64_t ldp, float *ab) {
-    for (int64_t t0 = 0; t0 < T; t0 += HALF_TILE) {
-        const int64_t t1 = t0 + HALF_TILE < T ? t0 + HALF_TILE : T;
-        for (int64_t c0 = 0; c0 < D; c0 += CW) {
-            __m256 acc[8][4];
-            for (int g = 0; g < G; g++)
-                for (int v = 0; v < CW / 8; v++) acc[g][v] = _mm256_loadu_ps(ab + g * D + c0 + 8 * v);
-            for (int64_t t = t0; t < t1; t++) {
-                const uint16_t *row = x + t * st + c0;
-                __m256 w[8];
-                for (int g = 0; g < G; g++) w[g] = _mm256_broadcast_ss(pb + g * ldp + t);
-                for (int v = 0; v < CW / 8; v++) {
-                    const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + 8 * v)));
-                    for (int g = 0; g < G; g++) acc[g][v] = _mm256_fmadd_ps(w[g], f, acc[g][v]);
-                }
-            }
-            for (int g = 0; g < G; g++)
-                for (int v = 0; v < CW / 8; v++) _mm256_storeu_ps(ab + g * D + c0 + 8 * v, acc[g][v]);
-        }
+/* scores of T 16-bit rows against G query heads, W channels per conversion and FMA (8: AVX2, 16: AVX-512); SUMS
+ * reduces the G accumulators and stores them */
+#define HALF_SCORES_BH(NAME, VT, W, HT, HLOAD, CVTPH, LOADPS, ZERO, FMADD, SUMS)                                      \
+    ALWAYS_INLINE void NAME(int G, int64_t D, int64_t T, const uint16_t *x, int64_t st, const float *qb, float *ob,  \
+                            int64_t ldo) {                                                                           \
+        for (int64_t t = 0; t < T; t++) {                                                                            \
+            const uint16_t *row = x + t * st;                                                                        \
+            VT acc[8];                                                                                               \
+            for (int g = 0; g < G; g++) acc[g] = ZERO();                                                             \
+            for (int64_t d = 0; d < D; d += W) {                                                                     \
+                const VT f = CVTPH(HLOAD((const HT *)(row + d)));                                                    \
+                for (int g = 0; g < G; g++) acc[g] = FMADD(LOADPS(qb + g * D + d), f, acc[g]);                       \
+            }                                                                                                        \
+            SUMS(acc, G, ob + t, ldo);                                                                               \
+        }                                                                                                            \
     }
-}
+HALF_SCORES_BH(half_scores_bh, __m256, 8, __m128i, _mm_loadu_si128, _mm256_cvtph_ps, _mm256_loadu_ps, _mm256_setzero_ps,
+               _mm256_fmadd_ps, store_sums8)
+
+/* CW channels (a multiple of the vector width W) at a time: G * CW / W accumulators in registers over HALF_TILE
+ * tokens; one body for the 8-wide (AVX2) and 16-wide (AVX-512) forms */
+#define HALF_OUTPUT_BH(NAME, VT, W, HT, HLOAD, CVTPH, LOADPS, SET1, FMADD, STOREPS)                                   \
+    ALWAYS_INLINE void NAME(int G, int CW, int64_t D, int64_t T, const uint16_t *x, int64_t st, const float *pb,     \
+                            int64_t ldp, float *ab) {                                                                \
+        for (int64_t t0 = 0; t0 < T; t0 += HALF_TILE) {                                                              \
+            const int64_t t1 = t0 + HALF_TILE < T ? t0 + HALF_TILE : T;                                              \
+            for (int64_t c0 = 0; c0 < D; c0 += CW) {                                                                 \
+                VT acc[8][4];                                                                                        \
+                for (int g = 0; g < G; g++)                                                                          \
+                    for (int v = 0; v < CW / W; v++) acc[g][v] = LOADPS(ab + g * D + c0 + W * v);                    \
+                for (int64_t t = t0; t < t1; t++) {                                                                  \
+                    const uint16_t *row = x + t * st + c0;                                                           \
+                    VT w[8];                                                                                         \
+                    for (int g = 0; g < G; g++) w[g] = SET1(pb[g * ldp + t]);                                        \
+                    for (int v = 0; v < CW / W; v++) {                                                               \
+                        const VT f = CVTPH(HLOAD((const HT *)(row + W * v)));                                        \
+                        for (int g = 0; g < G; g++) acc[g][v] = FMADD(w[g], f, acc[g][v]);                           \
+                    }                                                                                                \
+                }                                                                                                    \
+                for (int g = 0; g < G; g++)                                                                          \
+                    for (int v = 0; v < CW / W; v++) STOREPS(ab + g * D + c0 + W * v, acc[g][v]);                    \
+            }                                                                                                        \
+        }                                                                                                            \
+    }
+HALF_OUTPUT_BH(half_output_bh, __m256, 8, __m128i, _mm_loadu_si128, _mm256_cvtph_ps, _mm256_loadu_ps, _mm256_set1_ps,
+               _mm256_fmadd_ps, _mm256_storeu_ps)
 
 #ifdef __AVX512F__
 /* AVX-512: 16 channels per conversion and FMA, so the fp16 control gets the same width as akvq's VNNI path
  * (D a multiple of 16; the AVX2 forms above take the rest). */
-ALWAYS_INLINE void half_scores_bh512(int G, int64_t D, int64_t T, const uint16_t *x, int64_t st, const float *qb,
-                                     float *ob, int64_t ldo) {
-    for (int64_t t = 0; t < T; t++) {
-        const uint16_t *row = x + t * st;
-        __m512 acc[8];
-        for (int g = 0; g < G; g++) acc[g] = _mm512_setzero_ps();
-        for (int64_t d = 0; d < D; d += 16) {
-            const __m512 f = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(row + d)));
-            for (int g = 0; g < G; g++) acc[g] = _mm512_fmadd_ps(_mm512_loadu_ps(qb + g * D + d), f, acc[g]);
-        }
-        for (int g0 = 0; g0 < G; g0 += 4) {
-            __m256 a[4];
-            for (int i = 0; i < 4; i++)
-                a[i] = g0 + i < G ? _mm256_add_ps(_mm512_castps512_ps256(acc[g0 + i]),
-                                                  _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[g0 + i]), 1)))
-                                  : _mm256_setzero_ps();
-            const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-            float r[4];
-            _mm_storeu_ps(r, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
-            for (int i = 0; i < 4 && g0 + i < G; i++) ob[(g0 + i) * ldo + t] = r[i];
-        }
-    }
+ALWAYS_INLINE void store_sums16(const __m512 *acc, int G, float *o, int64_t ldo) {
+    __m256 half[8];
+    for (int g = 0; g < G; g++)
+        half[g] = _mm256_add_ps(_mm512_castps512_ps256(acc[g]), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[g]), 1)));
+    store_sums8(half, G, o, ldo);
 }
-
-ALWAYS_INLINE void half_output_bh512(int G, int CW, int64_t D, int64_t T, const uint16_t *x, int64_t st,
-                                     const float *pb, int64_t ldp, float *ab) {
-    for (int64_t t0 = 0; t0 < T; t0 += HALF_TILE) {
-        const int64_t t1 = t0 + HALF_TILE < T ? t0 + HALF_TILE : T;
-        for (int64_t c0 = 0; c0 < D; c0 += CW) {
-            __m512 acc[8][4];
-            for (int g = 0; g < G; g++)
-                for (int v = 0; v < CW / 16; v++) acc[g][v] = _mm512_loadu_ps(ab + g * D + c0 + 16 * v);
-            for (int64_t t = t0; t < t1; t++) {
-                const uint16_t *row = x + t * st + c0;
-                __m512 w[8];
-                for (int g = 0; g < G; g++) w[g] = _mm512_set1_ps(pb[g * ldp + t]);
-                for (int v = 0; v < CW / 16; v++) {
-                    const __m512 f = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(row + 16 * v)));
-                    for (int g = 0; g < G; g++) acc[g][v] = _mm512_fmadd_ps(w[g], f, acc[g][v]);
-                }
-            }
-            for (int g = 0; g < G; g++)
-                for (int v = 0; v < CW / 16; v++) _mm512_storeu_ps(ab + g * D + c0 + 16 * v, acc[g][v]);
-        }
-    }
-}
+HALF_SCORES_BH(half_scores_bh512, __m512, 16, __m256i, _mm256_loadu_si256, _mm512_cvtph_ps, _mm512_loadu_ps,
+               _mm512_setzero_ps, _mm512_fmadd_ps, store_sums16)
+HALF_OUTPUT_BH(half_output_bh512, __m512, 16, __m256i, _mm256_loadu_si256, _mm512_cvtph_ps, _mm512_loadu_ps,
+               _mm512_set1_ps, _mm512_fmadd_ps, _mm512_storeu_ps)
 #define HALF_BODY_S(G, D, T, x, st, qb, ob, ldo)                                                                     \
     if ((D) % 16 == 0) half_scores_bh512(G, D, T, x, st, qb, ob, ldo);                                               \
     else half_scores_bh(G, D, T, x, st, qb, ob, ldo);

@@ -54,7 +54,9 @@ def nbytes(st: TensorStore) -> int:
 def breakdown(batch: int, ctx: int, reps: int = 5) -> None:
     """Time (one thread, median of `reps`, the pieces interleaved) of each piece of one layer's decode attention:
     the whole call, the C key and value kernels alone (2-bit rows), the 16-bit window in the kernel, the 16-bit
-    pivot rows and WHT in torch, softmax; where akvq's time goes."""
+    pivot rows and WHT in torch, softmax; where akvq's time goes. The key and value kernels also run from a build
+    without prefetching (-DAKVQ_PF=0), interleaved: what the prefetch buys."""
+    from akvq import native
     from akvq.attention import packed_torch as pt
 
     torch.set_num_threads(1)
@@ -65,13 +67,19 @@ def breakdown(batch: int, ctx: int, reps: int = 5) -> None:
     s = packed_cpu.store_scores(k, qq, threads=1)
     p = torch.softmax(s * 0.125, -1)
     lib = packed_cpu._lib()
+    best = packed_cpu.best_variant()
+    flags = (*packed_cpu.FLAGS, *packed_cpu.VARIANTS[best][1], "-DAKVQ_PF=0")
+    nopf, why = native.load(packed_cpu.SOURCE, flags, f"{best}-nopf", openmp=True)
+    if nopf is None:
+        raise RuntimeError(f"the no-prefetch build failed: {why}")
+    nopf = packed_cpu.bind(nopf)
     t_all = k.n_q + k.tail_len
     qt = pt._prepare_q(k, qq).float().contiguous()
     sc = torch.empty(batch, H, G, t_all)
     oc = torch.zeros(batch, H, G, D)
     pc = p.contiguous()
 
-    def key_kernel() -> None:
+    def key_kernel(lib=lib) -> None:
         lib.akvq_token_scores(
             k.n_q * batch,
             batch,
@@ -91,7 +99,7 @@ def breakdown(batch: int, ctx: int, reps: int = 5) -> None:
             1,
         )
 
-    def value_kernel(int8v: int = 1) -> None:
+    def value_kernel(int8v: int = 1, lib=lib) -> None:
         lib.akvq_token_output(
             v.n_q * batch,
             batch,
@@ -153,6 +161,8 @@ def breakdown(batch: int, ctx: int, reps: int = 5) -> None:
         "akvq: key kernel alone (C, 2-bit rows, int8 q)": key_kernel,
         "akvq: value kernel alone (C, 2-bit rows, u8 weights)": value_kernel,
         "akvq: value kernel alone (C, 2-bit rows, fp32 weights)": lambda: value_kernel(0),
+        "akvq: key kernel alone, no prefetch (-DAKVQ_PF=0)": lambda: key_kernel(nopf),
+        "akvq: value kernel alone, no prefetch (-DAKVQ_PF=0)": lambda: value_kernel(1, nopf),
         "akvq: 16-bit window, scores + outputs (C)": window,
         "akvq: scores, all of store_scores (+ WHT of q, pivots, window)": lambda: packed_cpu.store_scores(
             k, qq, threads=1

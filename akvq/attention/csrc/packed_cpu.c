@@ -515,7 +515,8 @@ static inline void blk_rows(const tok_t *k, int64_t b, int64_t t, int64_t t1, bl
 /* Prefetch the code rows and scale/zero rows of tokens [t, t1) of sequence b (at most n). A sequence's consecutive
  * tokens lie B rows apart, a stride the hardware prefetchers do not follow at large B: without this the batch-major
  * kernels wait on a cache miss per token, and on one per score line they write (SmolLM2 shapes, 8K, batch 79, one
- * thread: key kernel 47 -> 29 ms, value kernel 44 -> 31 ms; at batch 8 2.6 -> 2.2 ms). -DAKVQ_PF=0 turns it off. */
+ * thread, avx512: key kernel 48.5 -> 42.3 ms, value kernel 64.6 -> 40.2 ms; nothing at batch 8). -DAKVQ_PF=0 turns it
+ * off; `scripts/bench_kernel.py breakdown=B` times both builds. */
 #ifndef AKVQ_PF
 #define AKVQ_PF 16 /* tokens ahead */
 #endif
@@ -1196,7 +1197,7 @@ int akvq_token_scores(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
 #ifdef AKVQ_VNNI
         const i16_block_fn blk16 =
             bits0 == 2 && seg % 64 == 0 && k.ngr <= I16_MAXGR ? I16_BLOCKS[G] : NULL;
-        uint8_t *zrow = (uint8_t *)calloc((size_t)W + 64, 1);
+        uint8_t *zrow = blk16 ? (uint8_t *)calloc((size_t)W + 64, 1) : NULL;
 #endif
 #pragma omp parallel for collapse(2) schedule(static) num_threads(nt)
         for (int64_t ci = 0; ci < nch; ci++)

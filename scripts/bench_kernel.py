@@ -55,7 +55,8 @@ def breakdown(batch: int, ctx: int, reps: int = 5) -> None:
     """Time (one thread, median of `reps`, the pieces interleaved) of each piece of one layer's decode attention:
     the whole call, the C key and value kernels alone (2-bit rows), the 16-bit window in the kernel, the 16-bit
     pivot rows and WHT in torch, softmax; where akvq's time goes. The key and value kernels also run from a build
-    without prefetching (-DAKVQ_PF=0), interleaved: what the prefetch buys."""
+    without prefetching (-DAKVQ_PF=0) and from one with the scalar row gather (-DAKVQ_VGATHER=0), interleaved: what
+    each buys."""
     from akvq import native
     from akvq.attention import packed_torch as pt
 
@@ -68,11 +69,15 @@ def breakdown(batch: int, ctx: int, reps: int = 5) -> None:
     p = torch.softmax(s * 0.125, -1)
     lib = packed_cpu._lib()
     best = packed_cpu.best_variant()
-    flags = (*packed_cpu.FLAGS, *packed_cpu.VARIANTS[best][1], "-DAKVQ_PF=0")
-    nopf, why = native.load(packed_cpu.SOURCE, flags, f"{best}-nopf", openmp=True)
-    if nopf is None:
-        raise RuntimeError(f"the no-prefetch build failed: {why}")
-    nopf = packed_cpu.bind(nopf)
+    ablations = {}  # builds without one optimization each, timed beside the default: what each buys
+    for flag, what in (("-DAKVQ_PF=0", "no prefetch"), ("-DAKVQ_VGATHER=0", "scalar row gather")):
+        flags = (*packed_cpu.FLAGS, *packed_cpu.VARIANTS[best][1], flag)
+        built, why = native.load(
+            packed_cpu.SOURCE, flags, f"{best}-{flag[7:].split('=')[0].lower()}0", openmp=True
+        )
+        if built is None:
+            raise RuntimeError(f"the {what} build failed: {why}")
+        ablations[f"{what} ({flag})"] = packed_cpu.bind(built)
     t_all = k.n_q + k.tail_len
     qt = pt._prepare_q(k, qq).float().contiguous()
     sc = torch.empty(batch, H, G, t_all)
@@ -151,6 +156,7 @@ def breakdown(batch: int, ctx: int, reps: int = 5) -> None:
             1,
         )
 
+    sm = s.clone()  # softmax_ overwrites it; the time does not depend on the values
     pieces = {
         "akvq: packed_decode (int8 q), whole call": lambda: packed_cpu.packed_decode(
             q, k, v, None, 0.125, threads=1
@@ -161,8 +167,8 @@ def breakdown(batch: int, ctx: int, reps: int = 5) -> None:
         "akvq: key kernel alone (C, 2-bit rows, int8 q)": key_kernel,
         "akvq: value kernel alone (C, 2-bit rows, u8 weights)": value_kernel,
         "akvq: value kernel alone (C, 2-bit rows, fp32 weights)": lambda: value_kernel(0),
-        "akvq: key kernel alone, no prefetch (-DAKVQ_PF=0)": lambda: key_kernel(nopf),
-        "akvq: value kernel alone, no prefetch (-DAKVQ_PF=0)": lambda: value_kernel(1, nopf),
+        **{f"akvq: key kernel alone, {w}": (lambda b=b: key_kernel(b)) for w, b in ablations.items()},
+        **{f"akvq: value kernel alone, {w}": (lambda b=b: value_kernel(1, b)) for w, b in ablations.items()},
         "akvq: 16-bit window, scores + outputs (C)": window,
         "akvq: scores, all of store_scores (+ WHT of q, pivots, window)": lambda: packed_cpu.store_scores(
             k, qq, threads=1
@@ -172,7 +178,7 @@ def breakdown(batch: int, ctx: int, reps: int = 5) -> None:
         ),
         "akvq: 16-bit pivot rows, scores (torch)": lambda: pt.exact_scores(k, qq, s.clone(), tail=False),
         "akvq: 16-bit pivot rows, outputs (torch)": lambda: pt.exact_output(v, p, oc.clone(), tail=False),
-        "scale + softmax over [B, 9, T] (torch)": lambda: torch.softmax(s * 0.125, -1),
+        "softmax over [B, 9, T] in place (torch, as packed_decode)": lambda: pt.softmax_(sm),
     }
     xs: dict[str, list[float]] = {n: [] for n in pieces}
     for _ in range(reps):

@@ -53,6 +53,8 @@ def test_integer_values_match_float_path(name: str, groups: int, n: int, variant
 # 2- and 4-bit keys in every segment width the integer key path takes (4-bit in 32: an odd number of 16-byte chunks)
 PLANS_KEYS = {
     "k2_g64": (TensorPlan(bits=2, group_size=64, window=7, hadamard=True), 4, "all", 64),
+    # no text table: the 16-token blocks run whole (vector row gather, masked lanes for the 16-bit pivots)
+    "k2_g64_pivots": (TensorPlan(bits=2, group_size=64, window=7, hadamard=True), None, "all", 64),
     "k2_g128_d128": (TensorPlan(bits=2, group_size=128, window=5, hadamard=True), 4, "all", 128),
     "k4_g32": (TensorPlan(bits=4, group_size=32, window=3), None, "low", 64),
     "k4_g128_d128": (TensorPlan(bits=4, group_size=128, window=3), None, "low", 128),

@@ -115,17 +115,22 @@ static inline void unpack_pm(const uint8_t *restrict p, int bits, int seg, float
             for (int j = 0; j < 8; j++) f[u * 8 * per + i * 8 + j] = (float)((p[8 * u + j] >> (i * bits)) & m);
 }
 
-/* Index of each row inside its class table (the running count of its class); -1 for 16-bit rows. */
+/* Index of each row inside its class table (the running count of its class): i for a class-0 row, -2 - i for a
+ * class-1 row, -1 for a 16-bit row. The sign carries the class, so the vector paths read one int32 per row, not
+ * the class byte too (row_index decodes it). */
 static int32_t *table_index(const uint8_t *cls, int64_t n_rows) {
     int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * (n_rows > 0 ? n_rows : 1));
     int32_t cnt[3] = {0, 0, 0};
     for (int64_t r = 0; r < n_rows; r++) {
         int c = cls[r];
-        idx[r] = c < 2 ? cnt[c] : -1;
+        idx[r] = c == 0 ? cnt[0] : c == 1 ? -2 - cnt[1] : -1;
         cnt[c < 3 ? c : 2]++;
     }
     return idx;
 }
+
+/* the index inside its class table of a class-0 or class-1 row (see table_index) */
+static inline int64_t row_index(int32_t v) { return v >= 0 ? v : -2 - (int64_t)v; }
 
 typedef struct {
     const uint8_t *codes;
@@ -503,7 +508,7 @@ static inline void blk_rows(const tok_t *k, int64_t b, int64_t t, int64_t t1, bl
         r->cl[i] = c < 2 ? c : 2;
         if (c < 2) {
             const table_t *T = &k->tab[c];
-            const int64_t ii = k->idx[rr];
+            const int64_t ii = row_index(k->idx[rr]);
             r->bits[i] = (int)T->bits;
             r->row[i] = T->codes + ii * (k->W * T->bits / 8);
             r->sr[i] = T->scale + ii * k->ngr;
@@ -526,7 +531,7 @@ static inline void blk_prefetch(const tok_t *k, int64_t b, int64_t t, int64_t t1
         const int c = k->cls[rr];
         if (c >= 2) continue;
         const table_t *T = &k->tab[c];
-        const int64_t ii = k->idx[rr], nb = k->W * T->bits / 8;
+        const int64_t ii = row_index(k->idx[rr]), nb = k->W * T->bits / 8;
         const uint8_t *row = T->codes + ii * nb;
         for (int64_t o = 0; o < nb; o += 64) __builtin_prefetch(row + o, 0, 3);
         __builtin_prefetch(row + nb - 1, 0, 3);
@@ -614,24 +619,13 @@ static const i8_block_fn I8_BLOCKS[9] = {NULL, i8_block_1, i8_block_2, i8_block_
                                          i8_block_6, i8_block_7, i8_block_8};
 
 #ifdef AKVQ_VNNI
-/* lane i = sum of the 16 int32 lanes of v[i] (v is overwritten): a transpose-add tree, 45 instructions for 16
- * tokens (unpack 32/64 within 128-bit lanes, then 128-bit lane shuffles). */
-ALWAYS_INLINE __m512i reduce16_epi32(__m512i *v) {
-    __m512i a[8], c[4], d[2];
-    for (int i = 0; i < 8; i++) /* per 128-bit lane: [x, y, x, y] partials of tokens 2i, 2i + 1 */
-        a[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
-    for (int i = 0; i < 4; i++) /* per 128-bit lane: tokens 4i .. 4i + 3 */
-        c[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_epi64(a[2 * i], a[2 * i + 1]));
-    for (int i = 0; i < 2; i++)
-        d[i] = _mm512_add_epi32(_mm512_shuffle_i32x4(c[2 * i], c[2 * i + 1], 0x88), _mm512_shuffle_i32x4(c[2 * i], c[2 * i + 1], 0xdd));
-    return _mm512_add_epi32(_mm512_shuffle_i32x4(d[0], d[1], 0x88), _mm512_shuffle_i32x4(d[0], d[1], 0xdd));
-}
-
-/* The key side's common case with VNNI (table 0 of 2 bits, segments of 64k channels): 16 tokens at a time, one
- * vpdpbusd per 64 codes and query head, the 16 tokens' dot vectors reduced together (reduce16_epi32), scales and
- * zero points applied to 16 tokens in one vector. A block holding a text row (table 1) takes i8_block_body.
- * A block's row pointers and scale/zero halves are gathered one block ahead (gather16): read as vectors right after
- * they were written as 16 scalars, they would wait for the stores to retire (a failed store forward per head). */
+/* The key side's common case with VNNI (table 0 of 2 bits, segments of 64k channels): 16 tokens at a time with the
+ * tokens in the lanes. Their 16-byte code chunks are transposed (4 loads + 12 inserts + 8 unpacks) so that lane i
+ * of y[j] holds token i's dword j; each plane of each dword then meets one broadcast int8 query dword in a vpdpbusd,
+ * and the 16 tokens' dots come out in one vector, ready for their scales and zero points: no horizontal reduction
+ * (a transpose-add tree of 45 instructions per query head before, most of the kernel's vector work). A block holding
+ * a text row (table 1) takes i8_block_body. A block's row pointers and scale/zero halves are gathered one block
+ * ahead (gather16v: vector gathers, the class in the index's sign; gather16, scalar, where they do not fit). */
 #define I16_MAXGR 64
 typedef struct {
     int n, any1;
@@ -649,7 +643,7 @@ static inline void gather16(const tok_t *k, int64_t b, int64_t t, int64_t t1, co
         const int c = i < r->n ? k->cls[rr] : 2;
         r->any1 |= c == 1;
         if (c == 0) {
-            const int64_t ii = k->idx[rr];
+            const int64_t ii = row_index(k->idx[rr]);
             const uint16_t *sr = k->tab[0].scale + ii * ngr, *zr = k->tab[0].zero + ii * ngr;
             r->row[i] = k->tab[0].codes + ii * nb;
             for (int j = 0; j < ngr; j++) { r->sh[j][i] = sr[j]; r->zh[j][i] = zr[j]; }
@@ -660,24 +654,107 @@ static inline void gather16(const tok_t *k, int64_t b, int64_t t, int64_t t1, co
     }
 }
 
+/* gather16 in vector instructions: the 16 table indices in one vpgatherdd (their sign carries the class, see
+ * table_index), the row pointers in 64-bit lanes, each scale/zero column in one gather. The per-token scalar
+ * bookkeeping of gather16 (class byte, index, pointer, ngr halves stored one by one) was most of the key kernel's
+ * time once the dots ran on VNNI. Needs n_rows * ngr * 2 < 2^31 (byte offsets in int32 lanes; the caller checks). */
+#ifndef AKVQ_VGATHER
+#define AKVQ_VGATHER 1 /* -DAKVQ_VGATHER=0: the scalar gather16 (scripts/bench_kernel.py breakdown=B times both) */
+#endif
+static inline __m512i idx16(const tok_t *k, int64_t b, int64_t t, int n) {
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i rows = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)k->B));
+    return _mm512_mask_i32gather_epi32(_mm512_set1_epi32(-1), n > 0 ? (__mmask16)((1u << n) - 1) : 0, rows,
+                                       k->idx + t * k->B + b, 4);
+}
+
+/* halves tab[e] for the 16 byte offsets e (= 2 * element) of `e2`, 0 where m is off: each read as the aligned
+ * dword holding it, so no read crosses the array's last aligned dword */
+ALWAYS_INLINE __m256i half16(const uint16_t *tab, __m512i e2, __mmask16 m) {
+    const uintptr_t a = (uintptr_t)tab;
+    const int d = (int)(a & 3);
+    const __m512i o = _mm512_add_epi32(e2, _mm512_set1_epi32(d));
+    const __m512i w = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m,
+                                                  _mm512_and_si512(o, _mm512_set1_epi32(~3)), (const void *)(a - d), 1);
+    return _mm512_cvtepi32_epi16(_mm512_srlv_epi32(w, _mm512_slli_epi32(_mm512_and_si512(o, _mm512_set1_epi32(2)), 3)));
+}
+
+/* rows of tokens [t, t + 16) of sequence b: row pointers into row[0..16) (zrow where not class 0), scale and zero
+ * halves into sh/zh[j * ld + i] (0 where not class 0); returns the class-0 lanes, sets *any1 if a class-1 row is
+ * among them */
+static inline __mmask16 gather16v_into(const tok_t *k, int64_t b, int64_t t, int64_t t1, const uint8_t *zrow,
+                                       const uint8_t **row, uint16_t *sh, uint16_t *zh, int ld, int *any1) {
+    const int ngr = k->ngr, n = t1 - t < 16 ? (int)(t1 - t) : 16; /* n <= 0: an empty block */
+    const int64_t nb = k->W / 4;
+    const __m512i idx = idx16(k, b, t, n);
+    const __mmask16 m0 = _mm512_cmpge_epi32_mask(idx, _mm512_setzero_si512());
+    *any1 = _mm512_cmplt_epi32_mask(idx, _mm512_set1_epi32(-1)) != 0;
+    const __m512i base = _mm512_set1_epi64((long long)(uintptr_t)k->tab[0].codes);
+    const __m512i zr = _mm512_set1_epi64((long long)(uintptr_t)zrow), nbv = _mm512_set1_epi64(nb);
+    const __m512i lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(idx));
+    const __m512i hi = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(idx, 1));
+    _mm512_storeu_si512((void *)row,
+                        _mm512_mask_blend_epi64((__mmask8)m0, zr, _mm512_add_epi64(base, _mm512_mullo_epi64(lo, nbv))));
+    _mm512_storeu_si512((void *)(row + 8), _mm512_mask_blend_epi64((__mmask8)(m0 >> 8), zr,
+                                                                    _mm512_add_epi64(base, _mm512_mullo_epi64(hi, nbv))));
+    const __m512i e0 = _mm512_mullo_epi32(idx, _mm512_set1_epi32(2 * ngr));
+    for (int j = 0; j < ngr; j++) {
+        const __m512i e = _mm512_add_epi32(e0, _mm512_set1_epi32(2 * j));
+        _mm256_storeu_si256((__m256i *)(sh + j * ld), half16(k->tab[0].scale, e, m0));
+        _mm256_storeu_si256((__m256i *)(zh + j * ld), half16(k->tab[0].zero, e, m0));
+    }
+    return m0;
+}
+
+static inline void gather16v(const tok_t *k, int64_t b, int64_t t, int64_t t1, const uint8_t *zrow, g16_t *r) {
+    r->n = t1 - t < 16 ? (int)(t1 - t) : 16;
+    gather16v_into(k, b, t, t1, zrow, r->row, &r->sh[0][0], &r->zh[0][0], 16, &r->any1);
+}
+
+/* blk_prefetch for the class-0 rows of a 16-token block, the indices read in one gather */
+static inline void prefetch16v(const tok_t *k, int64_t b, int64_t t, int64_t t1) {
+    if (t >= t1) return;
+    int32_t ii[16];
+    _mm512_storeu_si512((void *)ii, idx16(k, b, t, t1 - t < 16 ? (int)(t1 - t) : 16));
+    const int64_t nb = k->W / 4;
+    for (int i = 0; i < 16; i++) {
+        if (ii[i] < 0) continue;
+        const uint8_t *row = k->tab[0].codes + ii[i] * nb;
+        __builtin_prefetch(row, 0, 3);
+        __builtin_prefetch(row + nb - 1, 0, 3);
+        __builtin_prefetch(k->tab[0].scale + (int64_t)ii[i] * k->ngr, 0, 3);
+        __builtin_prefetch(k->tab[0].zero + (int64_t)ii[i] * k->ngr, 0, 3);
+    }
+}
+
 ALWAYS_INLINE void i16_block_body(const tok_t *k, int G, int64_t b, int64_t t0, int64_t t1, const int8_t *q8,
                                   int64_t nq, const float *qsc, const float *qz, float *out, int64_t osb, int64_t osg,
-                                  const uint8_t *zrow) {
+                                  const uint8_t *zrow, int vec) {
     const int H = (int)k->H, D = (int)k->D, seg = k->seg, ns = k->ns, nc = seg / 64;
-    const __m512i m = _mm512_set1_epi8(3), sh = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
+    const __m512i m = _mm512_set1_epi8(3);
     g16_t buf[2];
-    if (AKVQ_PF) blk_prefetch(k, b, t0, t1, 32);
-    gather16(k, b, t0, t1, zrow, &buf[0]);
+    if (AKVQ_PF && vec) { prefetch16v(k, b, t0, t1); prefetch16v(k, b, t0 + 16, t1); }
+    else if (AKVQ_PF) blk_prefetch(k, b, t0, t1, 32);
+    if (vec) gather16v(k, b, t0, t1, zrow, &buf[0]);
+    else gather16(k, b, t0, t1, zrow, &buf[0]);
     int cur = 0;
     for (int64_t t = t0; t < t1; t += 16, cur ^= 1) {
         const g16_t *r = &buf[cur];
         const int n = r->n;
         if (AKVQ_PF) {
-            blk_prefetch(k, b, t + 32, t1, 16);
+            if (vec) prefetch16v(k, b, t + 32, t1);
+            else blk_prefetch(k, b, t + 32, t1, 16);
             if (t + 16 < t1)
                 for (int e = 0; e < H * G; e++) __builtin_prefetch(out + b * osb + e * osg + t + 16, 1, 3);
+            else if (vec && b + 1 < k->B) { /* the next item (sequence b + 1, same tokens): its first rows */
+                prefetch16v(k, b + 1, t0, t1);
+                for (int e = 0; e < H * G; e++) __builtin_prefetch(out + (b + 1) * osb + e * osg + t0, 1, 3);
+            }
         }
-        if (t + 16 < t1) gather16(k, b, t + 16, t1, zrow, &buf[cur ^ 1]);
+        if (t + 16 < t1) {
+            if (vec) gather16v(k, b, t + 16, t1, zrow, &buf[cur ^ 1]);
+            else gather16(k, b, t + 16, t1, zrow, &buf[cur ^ 1]);
+        }
         if (r->any1) {
             i8_block_body(k, G, b, t, t + n, q8, nq, qsc, qz, out, osb, osg);
             continue;
@@ -690,25 +767,33 @@ ALWAYS_INLINE void i16_block_body(const tok_t *k, int G, int64_t b, int64_t t0, 
                 const __m512 sc = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)r->sh[gi]));
                 const __m512 zz = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)r->zh[gi]));
                 const int64_t off = (h * D + s * seg) / 4;
-                __m512i v[16][2];
-                for (int i = 0; i < 16; i++)
-                    for (int c = 0; c < nc && c < 2; c++)
-                        v[i][c] = _mm512_and_si512(
-                            _mm512_srlv_epi32(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(r->row[i] + off + 16 * c))), sh), m);
-                for (int g = 0; g < G; g++) {
-                    const int8_t *qg = q8 + ((b * k->H + h) * G + g) * D + s * seg;
-                    __m512i acc[16];
-                    const __m512i q0 = _mm512_loadu_si512(qg), q1 = nc > 1 ? _mm512_loadu_si512(qg + 64) : q0;
-                    for (int i = 0; i < 16; i++) {
-                        acc[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[i][0], q0);
-                        if (nc > 1) acc[i] = _mm512_dpbusd_epi32(acc[i], v[i][1], q1);
-                        for (int c = 2; c < nc; c++) /* segments past 128 channels: unpack again */
-                            acc[i] = _mm512_dpbusd_epi32(
-                                acc[i],
-                                _mm512_and_si512(_mm512_srlv_epi32(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(r->row[i] + off + 16 * c))), sh), m),
-                                _mm512_loadu_si512(qg + 64 * c));
+                __m512i acc[8];
+                for (int g = 0; g < G; g++) acc[g] = _mm512_setzero_si512();
+                for (int c = 0; c < nc; c++) { /* 16 bytes (64 codes) of each token's row */
+                    /* z[u] holds the rows of tokens u, 4 + u, 8 + u, 12 + u in its four 128-bit lanes; the 4x4
+                     * dword transpose inside each lane then puts token i's dword j in lane i of y[j] */
+                    __m512i z[4];
+                    for (int u = 0; u < 4; u++) {
+                        __m512i x = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(r->row[u] + off + 16 * c)));
+                        x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(r->row[4 + u] + off + 16 * c)), 1);
+                        x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(r->row[8 + u] + off + 16 * c)), 2);
+                        z[u] = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(r->row[12 + u] + off + 16 * c)), 3);
                     }
-                    const __m512 d = _mm512_cvtepi32_ps(reduce16_epi32(acc));
+                    const __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]), t1 = _mm512_unpackhi_epi32(z[0], z[1]);
+                    const __m512i t2 = _mm512_unpacklo_epi32(z[2], z[3]), t3 = _mm512_unpackhi_epi32(z[2], z[3]);
+                    const __m512i y[4] = {_mm512_unpacklo_epi64(t0, t2), _mm512_unpackhi_epi64(t0, t2),
+                                          _mm512_unpacklo_epi64(t1, t3), _mm512_unpackhi_epi64(t1, t3)};
+                    for (int jj = 0; jj < 4; jj++)
+                        for (int pp = 0; pp < 4; pp++) { /* plane pp of dword jj: q8's dword 4 * pp + jj (i8_pos) */
+                            const __m512i cv = _mm512_and_si512(pp ? _mm512_srli_epi32(y[jj], 2 * pp) : y[jj], m);
+                            for (int g = 0; g < G; g++) {
+                                const int32_t *qd = (const int32_t *)(q8 + ((b * k->H + h) * G + g) * D + s * seg + 64 * c);
+                                acc[g] = _mm512_dpbusd_epi32(acc[g], cv, _mm512_set1_epi32(qd[4 * pp + jj]));
+                            }
+                        }
+                }
+                for (int g = 0; g < G; g++) {
+                    const __m512 d = _mm512_cvtepi32_ps(acc[g]);
                     const int64_t j = ((b * k->H + h) * G + g) * ns + s;
                     const __m512 qs = _mm512_set1_ps(qsc[j]), qzz = _mm512_set1_ps(qz[j]);
                     res[g] = k->float_zero ? _mm512_fmadd_ps(zz, qzz, _mm512_fmadd_ps(_mm512_mul_ps(sc, qs), d, res[g]))
@@ -722,12 +807,12 @@ ALWAYS_INLINE void i16_block_body(const tok_t *k, int G, int64_t b, int64_t t0, 
 }
 
 typedef void (*i16_block_fn)(const tok_t *, int64_t, int64_t, int64_t, const int8_t *, int64_t, const float *,
-                             const float *, float *, int64_t, int64_t, const uint8_t *);
+                             const float *, float *, int64_t, int64_t, const uint8_t *, int);
 #define I16_BLOCK(G)                                                                                                 \
     static void i16_block_##G(const tok_t *k, int64_t b, int64_t t0, int64_t t1, const int8_t *q8, int64_t nq,      \
                               const float *qsc, const float *qz, float *out, int64_t osb, int64_t osg,             \
-                              const uint8_t *zrow) {                                                               \
-        i16_block_body(k, G, b, t0, t1, q8, nq, qsc, qz, out, osb, osg, zrow);                                       \
+                              const uint8_t *zrow, int vec) {                                                      \
+        i16_block_body(k, G, b, t0, t1, q8, nq, qsc, qz, out, osb, osg, zrow, vec);                                  \
     }
 I16_BLOCK(1) I16_BLOCK(2) I16_BLOCK(3) I16_BLOCK(4) I16_BLOCK(5) I16_BLOCK(6) I16_BLOCK(7) I16_BLOCK(8)
 static const i16_block_fn I16_BLOCKS[9] = {NULL, i16_block_1, i16_block_2, i16_block_3, i16_block_4, i16_block_5,
@@ -875,33 +960,42 @@ ALWAYS_INLINE void v8_chunk(int G, int NU, const uint8_t *const *rows, int npair
 }
 
 #ifdef AKVQ_VNNI
-/* v8_chunk with 512-bit vpmaddubsw: the four planes of a 16-byte chunk in one register (shifts 0, 2, 4, 6 per
- * 128-bit lane), so both plane pairs and both unpack halves are done in one pass, half the instructions. Lane L of
- * acc[g][u] is plane pair L / 2, half L % 2: the low 256 bits go to (u) * 16, the high ones to (2 + u) * 16, the
- * positions v8_chunk writes. */
-ALWAYS_INLINE void v8_chunk512(int G, const uint8_t *const *rows, int npair, const uint16_t (*wq)[VB / 2],
-                               const float *wb, float *a, int64_t D) {
+/* v8_chunk with VNNI: the four planes of a 16-byte chunk in one register (shifts 0, 2, 4, 6 per 128-bit lane), and
+ * four tokens' codes interleaved per channel (two byte and two word unpacks), so one vpdpbusd adds four tokens' u8
+ * weight x code products into int32 lanes (v8_chunk: one vpmaddubsw + add per pair of tokens and 16 channels). The
+ * sums are the same integers, stored in the same (v8) order. acc[g][v] lane (128-bit lane L, dword m) holds chunk
+ * byte 4v + m of plane L. */
+ALWAYS_INLINE void v8_quad512(int G, const uint8_t *const *rows, int nquad, const uint8_t (*wq)[VB], const float *wb,
+                              float *a, int64_t D) {
     const __m512i m = _mm512_set1_epi8(3), sh = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
-    __m512i acc[8][2];
-    for (int g = 0; g < G; g++) acc[g][0] = acc[g][1] = _mm512_setzero_si512();
-    for (int i = 0; i < npair; i++) {
-        const __m512i c0 = _mm512_and_si512(_mm512_srlv_epi32(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)rows[2 * i])), sh), m);
-        const __m512i c1 = _mm512_and_si512(_mm512_srlv_epi32(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)rows[2 * i + 1])), sh), m);
-        const __m512i u0 = _mm512_unpacklo_epi8(c0, c1), u1 = _mm512_unpackhi_epi8(c0, c1);
+    __m512i acc[8][4];
+    for (int g = 0; g < G; g++)
+        for (int v = 0; v < 4; v++) acc[g][v] = _mm512_setzero_si512();
+    for (int i = 0; i < nquad; i++) {
+        __m512i c[4];
+        for (int u = 0; u < 4; u++)
+            c[u] = _mm512_and_si512(_mm512_srlv_epi32(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)rows[4 * i + u])), sh), m);
+        const __m512i lo01 = _mm512_unpacklo_epi8(c[0], c[1]), hi01 = _mm512_unpackhi_epi8(c[0], c[1]);
+        const __m512i lo23 = _mm512_unpacklo_epi8(c[2], c[3]), hi23 = _mm512_unpackhi_epi8(c[2], c[3]);
+        const __m512i x[4] = {_mm512_unpacklo_epi16(lo01, lo23), _mm512_unpackhi_epi16(lo01, lo23),
+                              _mm512_unpacklo_epi16(hi01, hi23), _mm512_unpackhi_epi16(hi01, hi23)};
         for (int g = 0; g < G; g++) {
-            const __m512i wv = _mm512_set1_epi16((short)wq[g][i]);
-            acc[g][0] = _mm512_add_epi16(acc[g][0], _mm512_maddubs_epi16(wv, u0));
-            acc[g][1] = _mm512_add_epi16(acc[g][1], _mm512_maddubs_epi16(wv, u1));
+            int32_t w4;
+            memcpy(&w4, wq[g] + 4 * i, 4);
+            const __m512i w = _mm512_set1_epi32(w4);
+            for (int v = 0; v < 4; v++) acc[g][v] = _mm512_dpbusd_epi32(acc[g][v], w, x[v]);
         }
     }
+    /* v8 order: float F = 32 (L / 2) + 16 (v / 2) + 8 (L % 2) + 4 (v % 2) + m */
+    const __m512i i0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    const __m512i i1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
     for (int g = 0; g < G; g++) {
         const __m512 s = _mm512_set1_ps(wb[g]);
-        for (int u = 0; u < 2; u++) {
-            float *f0 = a + g * D + u * 16, *f1 = a + g * D + (2 + u) * 16;
-            const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(acc[g][u])));
-            const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(acc[g][u], 1)));
-            _mm512_storeu_ps(f0, _mm512_fmadd_ps(lo, s, _mm512_loadu_ps(f0)));
-            _mm512_storeu_ps(f1, _mm512_fmadd_ps(hi, s, _mm512_loadu_ps(f1)));
+        for (int hv = 0; hv < 2; hv++) {
+            const __m512 A = _mm512_cvtepi32_ps(acc[g][2 * hv]), B = _mm512_cvtepi32_ps(acc[g][2 * hv + 1]);
+            float *p0 = a + g * D + 16 * hv, *p1 = a + g * D + 32 + 16 * hv;
+            _mm512_storeu_ps(p0, _mm512_fmadd_ps(_mm512_permutex2var_ps(A, i0, B), s, _mm512_loadu_ps(p0)));
+            _mm512_storeu_ps(p1, _mm512_fmadd_ps(_mm512_permutex2var_ps(A, i1, B), s, _mm512_loadu_ps(p1)));
         }
     }
 }
@@ -920,7 +1014,7 @@ ALWAYS_INLINE float hmax8(__m256 v) {
  * order), table 1 through the float path into acc + nacc; zero-point terms into kz. `zrow`: W / 4 zero bytes. The
  * block's scales and zero points are gathered once per block (all heads), the weights prepared 8 tokens a vector. */
 ALWAYS_INLINE void out_v8_body(const tok_t *k, int G, int64_t b, int64_t t0, int64_t t1, const float *p, int64_t psb,
-                               int64_t psg, float *acc, int64_t nacc, float *kz, const uint8_t *zrow) {
+                               int64_t psg, float *acc, int64_t nacc, float *kz, const uint8_t *zrow, int vec) {
     const int H = (int)k->H, D = (int)k->D, seg = k->seg, ns = k->ns, nc = seg / 64, ngr = k->ngr;
     const int NU = G <= 4 ? 2 : 1, bits1 = (int)k->tab[1].bits;
     int cl[VB];
@@ -928,16 +1022,49 @@ ALWAYS_INLINE void out_v8_body(const tok_t *k, int G, int64_t b, int64_t t0, int
     uint16_t sh[V8_MAXGR][VB], zh[V8_MAXGR][VB];
     float m0[VB], m1[VB];
     const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    (void)vec;
+#ifdef AKVQ_VNNI
+    if (AKVQ_PF && vec) { prefetch16v(k, b, t0, t1); prefetch16v(k, b, t0 + 16, t1); }
+    else
+#endif
     if (AKVQ_PF) blk_prefetch(k, b, t0, t1, VB);
     for (int64_t t = t0; t < t1; t += VB) {
         const int n = t1 - t < VB ? (int)(t1 - t) : VB, npair = (n + 1) / 2;
         if (AKVQ_PF && t + VB < t1) {
+#ifdef AKVQ_VNNI
+            if (vec) { prefetch16v(k, b, t + VB, t1); prefetch16v(k, b, t + VB + 16, t1); }
+            else
+#endif
             blk_prefetch(k, b, t + VB, t1, VB);
             for (int e = 0; e < H * G; e++) /* the next block's weights: one stream per query head and sequence */
                 for (int o = 0; o < VB; o += 16) __builtin_prefetch(p + b * psb + e * psg + t + VB + o, 0, 3);
+        } else if (AKVQ_PF && vec && b + 1 < k->B) { /* the next item (sequence b + 1, same tokens): its first block */
+#ifdef AKVQ_VNNI
+            prefetch16v(k, b + 1, t0, t1);
+            prefetch16v(k, b + 1, t0 + 16, t1);
+#endif
+            for (int e = 0; e < H * G; e++)
+                for (int o = 0; o < VB; o += 16) __builtin_prefetch(p + (b + 1) * psb + e * psg + t0 + o, 0, 3);
         }
-        int any1 = 0;
-        for (int i = 0; i < VB; i++) {
+        int any1 = 0, scalar = 1;
+#ifdef AKVQ_VNNI
+        if (vec) { /* the rows in vector instructions (gather16v_into); a block with a class-1 row goes the scalar way */
+            int a0, a1;
+            const __mmask16 k0 = gather16v_into(k, b, t, t1, zrow, row, &sh[0][0], &zh[0][0], VB, &a0);
+            const __mmask16 k1 = gather16v_into(k, b, t + 16, t1, zrow, row + 16, &sh[0][16], &zh[0][16], VB, &a1);
+            if (!a0 && !a1) {
+                scalar = 0;
+                const __m512i two = _mm512_set1_epi32(2);
+                _mm512_storeu_si512((void *)cl, _mm512_maskz_mov_epi32((__mmask16)~k0, two));
+                _mm512_storeu_si512((void *)(cl + 16), _mm512_maskz_mov_epi32((__mmask16)~k1, two));
+                _mm512_storeu_ps(m0, _mm512_maskz_mov_ps(k0, _mm512_set1_ps(1.0f)));
+                _mm512_storeu_ps(m0 + 16, _mm512_maskz_mov_ps(k1, _mm512_set1_ps(1.0f)));
+                _mm512_storeu_ps(m1, _mm512_setzero_ps());
+                _mm512_storeu_ps(m1 + 16, _mm512_setzero_ps());
+            }
+        }
+#endif
+        for (int i = 0; scalar && i < VB; i++) {
             const int64_t rr = (t + i) * k->B + b;
             const int c = i < n ? k->cls[rr] : 2;
             cl[i] = c < 2 ? c : 2;
@@ -946,7 +1073,7 @@ ALWAYS_INLINE void out_v8_body(const tok_t *k, int G, int64_t b, int64_t t0, int
             m1[i] = c == 1 ? 1.0f : 0.0f;
             if (c < 2) {
                 const table_t *T = &k->tab[c];
-                const int64_t ii = k->idx[rr];
+                const int64_t ii = row_index(k->idx[rr]);
                 const uint16_t *sr = T->scale + ii * ngr, *zr = T->zero + ii * ngr;
                 for (int j = 0; j < ngr; j++) { sh[j][i] = sr[j]; zh[j][i] = zr[j]; }
                 row[i] = T->codes + ii * (k->W * T->bits / 8);
@@ -1011,11 +1138,14 @@ ALWAYS_INLINE void out_v8_body(const tok_t *k, int G, int64_t b, int64_t t0, int
                 if (live)
                     for (int c = 0; c < nc; c++) {
                         const uint8_t *rp[VB];
-                        for (int i = 0; i < 2 * npair; i++) rp[i] = cl[i] == 0 ? row[i] + ch / 4 + 16 * c : zrow;
 #ifdef AKVQ_VNNI
-                        v8_chunk512(G, rp, npair, (const uint16_t(*)[VB / 2])wq, wb, a0 + 64 * c, D);
+                        const int nquad = (n + 3) / 4;
+                        for (int i = 0; i < 4 * nquad; i++) rp[i] = cl[i] == 0 ? row[i] + ch / 4 + 16 * c : zrow;
+                        v8_quad512(G, rp, nquad, (const uint8_t(*)[VB])wq, wb, a0 + 64 * c, D);
                         (void)NU;
+                        (void)npair;
 #else
+                        for (int i = 0; i < 2 * npair; i++) rp[i] = cl[i] == 0 ? row[i] + ch / 4 + 16 * c : zrow;
                         v8_chunk(G, NU, rp, npair, (const uint16_t(*)[VB / 2])wq, wb, a0 + 64 * c, D);
 #endif
                     }
@@ -1040,11 +1170,11 @@ ALWAYS_INLINE void out_v8_body(const tok_t *k, int G, int64_t b, int64_t t0, int
 }
 
 typedef void (*out_v8_fn)(const tok_t *, int64_t, int64_t, int64_t, const float *, int64_t, int64_t, float *, int64_t,
-                          float *, const uint8_t *);
+                          float *, const uint8_t *, int);
 #define OUT_V8(G)                                                                                                    \
     static void out_v8_##G(const tok_t *k, int64_t b, int64_t t0, int64_t t1, const float *p, int64_t psb,           \
-                           int64_t psg, float *acc, int64_t nacc, float *kz, const uint8_t *zrow) {                  \
-        out_v8_body(k, G, b, t0, t1, p, psb, psg, acc, nacc, kz, zrow);                                              \
+                           int64_t psg, float *acc, int64_t nacc, float *kz, const uint8_t *zrow, int vec) {         \
+        out_v8_body(k, G, b, t0, t1, p, psb, psg, acc, nacc, kz, zrow, vec);                                         \
     }
 OUT_V8(1) OUT_V8(2) OUT_V8(3) OUT_V8(4) OUT_V8(5) OUT_V8(6) OUT_V8(7) OUT_V8(8)
 static const out_v8_fn OUT_V8S[9] = {NULL, out_v8_1, out_v8_2, out_v8_3, out_v8_4, out_v8_5, out_v8_6, out_v8_7,
@@ -1198,6 +1328,8 @@ int akvq_token_scores(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
         const i16_block_fn blk16 =
             bits0 == 2 && seg % 64 == 0 && k.ngr <= I16_MAXGR ? I16_BLOCKS[G] : NULL;
         uint8_t *zrow = blk16 ? (uint8_t *)calloc((size_t)W + 64, 1) : NULL;
+        /* gather16v's byte offsets of scale/zero halves fit int32 lanes */
+        const int vec = AKVQ_VGATHER && n_rows * (k.ngr > 1 ? k.ngr : 1) * 2 + 64 < INT32_MAX;
 #endif
 #pragma omp parallel for collapse(2) schedule(static) num_threads(nt)
         for (int64_t ci = 0; ci < nch; ci++)
@@ -1205,7 +1337,7 @@ int akvq_token_scores(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                 const int64_t t0 = ci * TCH, t1 = t0 + TCH < n_t ? t0 + TCH : n_t;
 #ifdef AKVQ_VNNI
                 if (blk16) {
-                    blk16(&k, b, t0, t1, q8, nq, qsc, qz, out, osb, osg, zrow);
+                    blk16(&k, b, t0, t1, q8, nq, qsc, qz, out, osb, osg, zrow, vec);
                     continue;
                 }
 #endif
@@ -1231,7 +1363,7 @@ int akvq_token_scores(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
             const int c = cls[r];
             if (c < 2) {
                 const table_t *T = &k.tab[c];
-                const int64_t i = k.idx[r];
+                const int64_t i = row_index(k.idx[r]);
                 if (f8[c])
                     f8[c](&k, T->codes + i * (W * T->bits / 8), T->scale + i * k.ngr, T->zero + i * k.ngr,
                           q8 + c * nq + b * H * G * D, qsc + b * H * G * ns, qz + b * H * G * ns, out + b * osb + t * ost,
@@ -1273,6 +1405,11 @@ int akvq_token_output(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
         const out_block_fn blk = v8 ? NULL : OUT_BLOCKS[G][bits0 == 2 ? 0 : bits0 == 4 ? 1 : 2];
         const out_v8_fn vblk = v8 ? OUT_V8S[G] : NULL;
         uint8_t *zrow = (uint8_t *)calloc((size_t)W + 64, 1);
+#ifdef AKVQ_VNNI
+        const int vec = AKVQ_VGATHER && n_rows * (k.ngr > 1 ? k.ngr : 1) * 2 + 64 < INT32_MAX; /* see akvq_token_scores */
+#else
+        const int vec = 0;
+#endif
 #pragma omp parallel num_threads(nt)
         {
             float *acc2 = part + (int64_t)thread_id() * (2 * nacc + nk);
@@ -1280,7 +1417,7 @@ int akvq_token_output(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
             for (int64_t ci = 0; ci < nch; ci++)
                 for (int64_t b = 0; b < B; b++) {
                     const int64_t t0 = ci * TCH, t1 = t0 + TCH < n_t ? t0 + TCH : n_t;
-                    if (v8) vblk(&k, b, t0, t1, p, psb, psg, acc2, nacc, acc2 + 2 * nacc, zrow);
+                    if (v8) vblk(&k, b, t0, t1, p, psb, psg, acc2, nacc, acc2 + 2 * nacc, zrow, vec);
                     else blk(&k, b, t0, t1, p, psb, psg, acc2, nacc, acc2 + 2 * nacc);
                 }
         }
@@ -1299,7 +1436,7 @@ int akvq_token_output(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
             const int c = cls[r];
             if (c < 2) {
                 const table_t *T = &k.tab[c];
-                const int64_t i = k.idx[r];
+                const int64_t i = row_index(k.idx[r]);
                 fn[c](&k, (int)T->bits, T->codes + i * (W * T->bits / 8), T->scale + i * k.ngr, T->zero + i * k.ngr,
                       p + b * psb + t * pst, psg, acc2 + c * nacc + b * H * G * D, kz + b * H * G * ns);
             }

@@ -157,6 +157,17 @@ def breakdown(batch: int, ctx: int, reps: int = 5) -> None:
         )
 
     sm = s.clone()  # softmax_ overwrites it; the time does not depend on the values
+    u = store(
+        plan, batch, ctx, 9
+    )  # a third store, which a decode step's cache update grows by a token per call
+    x1, cls1 = torch.randn(batch, H, 1, D), torch.zeros(1, batch, dtype=torch.uint8)
+
+    def update() -> (
+        None
+    ):  # what AKVQLayer.update does to one store: the oldest window token out, the new one in
+        u.flush(u.flushable(1), cls1)
+        u.append(x1)
+
     pieces = {
         "akvq: packed_decode (int8 q), whole call": lambda: packed_cpu.packed_decode(
             q, k, v, None, 0.125, threads=1
@@ -179,6 +190,7 @@ def breakdown(batch: int, ctx: int, reps: int = 5) -> None:
         "akvq: 16-bit pivot rows, scores (torch)": lambda: pt.exact_scores(k, qq, s.clone(), tail=False),
         "akvq: 16-bit pivot rows, outputs (torch)": lambda: pt.exact_output(v, p, oc.clone(), tail=False),
         "softmax over [B, 9, T] in place (torch, as packed_decode)": lambda: pt.softmax_(sm),
+        "cache update of one store (quantize the token leaving the window, append one)": update,
     }
     xs: dict[str, list[float]] = {n: [] for n in pieces}
     for _ in range(reps):

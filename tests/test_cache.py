@@ -470,6 +470,24 @@ def test_append_grows_in_place_like_cat(dim: int) -> None:
     assert moves <= 3  # a reserve of >= 64 units: a handful of reallocations over 40 appends
 
 
+def test_sliding_tail_moves_into_its_reserve() -> None:
+    """A window that loses its oldest token and gains a new one per step (a quantized cache's tail) slides through
+    its buffer: the same values as cutting and concatenating, one reallocation every SLIDE_RESERVE steps."""
+    from akvq.cache.store import SLIDE_RESERVE, _append
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(2, 3, 16, 4, generator=g)
+    tail, moves, steps = _append(None, ref, dim=-2), 0, 5 * SLIDE_RESERVE
+    for _ in range(steps):
+        x = torch.randn(2, 3, 1, 4, generator=g)
+        ref = torch.cat([ref[:, :, 1:], x], -2)
+        buf = tail.untyped_storage().data_ptr()
+        tail = _append(tail[:, :, 1:], x, dim=-2)
+        moves += tail.untyped_storage().data_ptr() != buf
+        assert torch.equal(tail, ref)
+    assert moves <= steps // SLIDE_RESERVE + 1
+
+
 @pytest.mark.parametrize("name", ["rtn", "kivi", "akvq"])
 def test_large_fp32_values_never_become_inf(name):
     """An fp32 model's 16-bit window (hp_dtype auto = fp16) and fp16 scales turned 1e5 into inf; the store

@@ -1356,20 +1356,6 @@ int akvq_token_scores(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                 qz[i * ns + s] = sq * (float)sum;
             }
     }
-    /* q per table in the order its codes unpack to, and q summed per segment for the zero-point term */
-    float *qp = (float *)malloc(sizeof(float) * 2 * nq), *qsum = (float *)malloc(sizeof(float) * B * H * G * ns);
-    for (int c = 0; c < 2; c++)
-        for (int64_t i = 0; i < B * H * G; i++)
-            for (int s = 0; s < ns; s++)
-                for (int j = 0; j < seg; j++)
-                    qp[c * nq + i * D + s * seg + (k.pm[c] ? pm_pos(j, (int)k.tab[c].bits) : j)] = q[i * D + s * seg + j];
-    for (int64_t i = 0; i < B * H * G; i++)
-        for (int s = 0; s < ns; s++) {
-            float a = 0;
-            for (int d = 0; d < seg; d++) a += q[i * D + s * seg + d];
-            qsum[i * ns + s] = a;
-        }
-    const score_row_fn fn[2] = {pick_score((int)bits0, seg, G), pick_score((int)bits1, seg, G)};
 #ifdef __AVX2__
     if (f8[0] && f8[1] && ost == 1) { /* batch-major: items (b, chunk of TCH tokens) */
         const int64_t n_t = n_rows / B, nch = (n_t + TCH - 1) / TCH;
@@ -1396,14 +1382,27 @@ int akvq_token_scores(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
 #ifdef AKVQ_VNNI
         free(zrow);
 #endif
-        free(qp);
-        free(qsum);
         free(q8);
         free(qsc);
         tok_free(&k);
         return 0;
     }
 #endif
+    /* the per-row path: q per table in the order its codes unpack to, and q summed per segment for the zero-point
+     * term (the batch-major blocks above need neither) */
+    float *qp = (float *)malloc(sizeof(float) * 2 * nq), *qsum = (float *)malloc(sizeof(float) * B * H * G * ns);
+    for (int c = 0; c < 2; c++)
+        for (int64_t i = 0; i < B * H * G; i++)
+            for (int s = 0; s < ns; s++)
+                for (int j = 0; j < seg; j++)
+                    qp[c * nq + i * D + s * seg + (k.pm[c] ? pm_pos(j, (int)k.tab[c].bits) : j)] = q[i * D + s * seg + j];
+    for (int64_t i = 0; i < B * H * G; i++)
+        for (int s = 0; s < ns; s++) {
+            float a = 0;
+            for (int d = 0; d < seg; d++) a += q[i * D + s * seg + d];
+            qsum[i * ns + s] = a;
+        }
+    const score_row_fn fn[2] = {pick_score((int)bits0, seg, G), pick_score((int)bits1, seg, G)};
 #pragma omp parallel num_threads(nt)
     {
         int64_t r0, r1;

@@ -713,19 +713,35 @@ static inline void gather16v(const tok_t *k, int64_t b, int64_t t, int64_t t1, c
     gather16v_into(k, b, t, t1, zrow, r->row, &r->sh[0][0], &r->zh[0][0], 16, &r->any1);
 }
 
-/* blk_prefetch for the class-0 rows of a 16-token block, the indices read in one gather */
+/* blk_prefetch for the class-0 rows of a 16-token block, the indices read in gathers. Items run chunk-major, so
+ * sequences b and b + 1 read neighbouring rows (48-byte code rows, 6-byte scale rows at SmolLM2's shapes) and mostly
+ * the same cache lines: only every AKVQ_PFSPAN-th sequence prefetches, the lines of its own rows and of the next
+ * AKVQ_PFSPAN - 1 sequences' (a prefetch per row was ~1/4 of the kernels' samples at batch 79). Interleaved A/B of
+ * the kernels alone at batch 79, 8K (scratch script): span 1 (per row) / 2 / 4 / 8 / 16 / 32: key 16.2 / 15.0 / 14.5
+ * / 12.5-12.9 / 13.5 / 14.4 ms, values 18.9-19.5 / 17.9 / 17.0 / 14.7-15.1 / 16.1 / 17.0 ms. */
+#ifndef AKVQ_PFSPAN
+#define AKVQ_PFSPAN 8
+#endif
 static inline void prefetch16v(const tok_t *k, int64_t b, int64_t t, int64_t t1) {
-    if (t >= t1) return;
-    int32_t ii[16];
-    _mm512_storeu_si512((void *)ii, idx16(k, b, t, t1 - t < 16 ? (int)(t1 - t) : 16));
-    const int64_t nb = k->W / 4;
-    for (int i = 0; i < 16; i++) {
-        if (ii[i] < 0) continue;
-        const uint8_t *row = k->tab[0].codes + ii[i] * nb;
-        __builtin_prefetch(row, 0, 3);
-        __builtin_prefetch(row + nb - 1, 0, 3);
-        __builtin_prefetch(k->tab[0].scale + (int64_t)ii[i] * k->ngr, 0, 3);
-        __builtin_prefetch(k->tab[0].zero + (int64_t)ii[i] * k->ngr, 0, 3);
+    if (t >= t1 || b % AKVQ_PFSPAN) return;
+    const int n = t1 - t < 16 ? (int)(t1 - t) : 16;
+    const int64_t bl = b + AKVQ_PFSPAN - 1 < k->B ? b + AKVQ_PFSPAN - 1 : k->B - 1, nb = k->W / 4, ngr = k->ngr;
+    int32_t lo[16], hi[16];
+    _mm512_storeu_si512((void *)lo, idx16(k, b, t, n));
+    _mm512_storeu_si512((void *)hi, idx16(k, bl, t, n));
+    for (int i = 0; i < n; i++) {
+        int64_t a = lo[i], z = hi[i];
+        if (a < 0) a = z;
+        if (z < 0) z = a;
+        if (a < 0) continue; /* neither end is a 2-bit row */
+        if (z < a || z - a > 2 * AKVQ_PFSPAN) z = a;
+        const uint8_t *c0 = k->tab[0].codes + a * nb, *c1 = k->tab[0].codes + z * nb + nb - 1;
+        for (const uint8_t *pp = c0; pp < c1; pp += 64) __builtin_prefetch(pp, 0, 3);
+        __builtin_prefetch(c1, 0, 3);
+        __builtin_prefetch(k->tab[0].scale + a * ngr, 0, 3);
+        __builtin_prefetch(k->tab[0].scale + z * ngr + ngr - 1, 0, 3);
+        __builtin_prefetch(k->tab[0].zero + a * ngr, 0, 3);
+        __builtin_prefetch(k->tab[0].zero + z * ngr + ngr - 1, 0, 3);
     }
 }
 

@@ -32,6 +32,9 @@ def _store(
         if m:
             if classes == "low":
                 cls = torch.full((m, B), LOW, dtype=torch.uint8)
+            elif classes == "pivots":  # a PSA layer: 2-bit rows and rare 16-bit pivots, no text rows
+                cls = torch.full((m, B), LOW, dtype=torch.uint8)
+                cls[torch.rand(m, B, generator=g) < 0.05] = FULL
             else:
                 cls = torch.randint(0, 3 if classes == "all" else 2, (m, B), generator=g).to(torch.uint8)
                 if classes == "all":  # pivots are rare

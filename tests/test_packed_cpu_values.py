@@ -14,6 +14,8 @@ from akvq.policies.base import TensorPlan
 # 2-bit values in segments of 64k channels (the integer path), with text rows of 4 bits, pivots, float zero points
 PLANS_V8 = {
     "akvq_psa_d64": (TensorPlan(bits=2, group_size=64, window=7, hadamard=True), None, "all", 64),
+    # no text rows: the 32-token value blocks take the vector row gather, pivots as masked lanes
+    "akvq_psa_pivots_d64": (TensorPlan(bits=2, group_size=64, window=7, hadamard=True), None, "pivots", 64),
     "akvq_tsa_d64": (TensorPlan(bits=2, group_size=128, window=7, hadamard=True), 4, "all", 64),
     "float_zero_across_d64": (
         TensorPlan(bits=2, group_size=128, window=3, float_zero=True, group_across_heads=True),
@@ -53,8 +55,8 @@ def test_integer_values_match_float_path(name: str, groups: int, n: int, variant
 # 2- and 4-bit keys in every segment width the integer key path takes (4-bit in 32: an odd number of 16-byte chunks)
 PLANS_KEYS = {
     "k2_g64": (TensorPlan(bits=2, group_size=64, window=7, hadamard=True), 4, "all", 64),
-    # no text table: the 16-token blocks run whole (vector row gather, masked lanes for the 16-bit pivots)
-    "k2_g64_pivots": (TensorPlan(bits=2, group_size=64, window=7, hadamard=True), None, "all", 64),
+    # no text rows: the 16-token blocks run whole (vector row gather, masked lanes for the 16-bit pivots)
+    "k2_g64_pivots": (TensorPlan(bits=2, group_size=64, window=7, hadamard=True), None, "pivots", 64),
     "k2_g128_d128": (TensorPlan(bits=2, group_size=128, window=5, hadamard=True), 4, "all", 128),
     "k4_g32": (TensorPlan(bits=4, group_size=32, window=3), None, "low", 64),
     "k4_g128_d128": (TensorPlan(bits=4, group_size=128, window=3), None, "low", 128),
@@ -81,8 +83,8 @@ def test_vnni_build_equals_avx2_build(name: str, groups: int) -> None:
         s512, packed_cpu.store_scores(kst, q, int8=False, variant="avx512")
     )  # integer path ran
     p = torch.softmax(torch.randn(B, H, groups, 200, generator=torch.Generator().manual_seed(8)), -1)
-    # the integer value side: the same u8 weights and 16-bit sums (512-bit vpmaddubsw on avx512), the 16-bit rows
-    # summed in another order
+    # the integer value side: the same u8 weights and integer sums (vpdpbusd over four tokens on avx512, vpmaddubsw
+    # pairs on avx2), the zero-point terms and 16-bit rows summed in another order
     o512 = packed_cpu.store_output(kst, p, int8=True, variant="avx512")
     torch.testing.assert_close(
         o512, packed_cpu.store_output(kst, p, int8=True, variant="avx2"), atol=1e-5, rtol=1e-5

@@ -82,9 +82,8 @@ def _overflows_half(x: torch.Tensor) -> bool:
     """Whether x has a finite value past fp16's range. One reduction when the largest |x| is in range (every
     append of an fp32 model asks; four passes were ~0.1 ms per store and step at batch 79)."""
     top = torch.finfo(torch.float16).max
-    if (
-        not x.numel() or float(x.abs().amax()) <= top
-    ):  # NaN or inf make this False: the exact test below decides
+    # a NaN or inf maximum fails the comparison, and the exact test below decides
+    if not x.numel() or float(x.abs().amax()) <= top:
         return False
     return bool(((x.abs() > top) & torch.isfinite(x)).any())
 

@@ -4,7 +4,8 @@ memory-bandwidth probe measured in the same run (issue #14).
     python scripts/bench_decode.py model=smollm2-135m prompt_len=8192 runs=akvq:79,fp16:14 threads=1,2 rounds=3
 
 `reuse=true` takes the prefilled caches an earlier run saved under work_dir (same model, prompt_len, quants).
-`runs`: QUANT:BATCH[:float] entries (":float" keeps the query in fp32 in the C kernel; default: the int8 path).
+`runs`: QUANT:BATCH[:float|:twopass] entries (":float" keeps the query in fp32 in the C kernel, two kernels;
+":twopass" the int8 path's two-kernel form, scores through memory and torch's softmax; default: the fused kernel).
 Every entry decodes through "akvq_packed" (the C kernel on CPU; fp16 is the 16-bit control, fp16@akvq_packed of
 the efficiency benchmark). One prefill (batch 1) is shared; each entry's cache is that prefill copied along the
 batch. Each round runs one decode step of every (threads, entry) in turn and a STREAM-like copy, so the machine's
@@ -57,13 +58,27 @@ class Profile:
         return timed
 
 
-def parse_runs(text: str) -> list[tuple[str, int, bool]]:
+FORMS = {
+    "": "auto",
+    "float": "packed_c_fp32",
+    "twopass": "packed_c_twopass",
+}  # entry suffix -> attention path
+LABELS = {"": "", "float": " (float q)", "twopass": " (two-pass)"}
+
+
+def parse_runs(text: str) -> list[tuple[str, int, str]]:
     out = []
     for item in text.split(","):
         parts = item.split(":")
-        if len(parts) not in (2, 3) or not parts[1].isdigit() or parts[2:] not in ([], ["float"]):
-            raise ValueError(f"runs entry {item!r}: expected QUANT:BATCH or QUANT:BATCH:float")
-        out.append((parts[0], int(parts[1]), parts[2:] == ["float"]))
+        if (
+            len(parts) not in (2, 3)
+            or not parts[1].isdigit()
+            or parts[2:] not in ([], ["float"], ["twopass"])
+        ):
+            raise ValueError(
+                f"runs entry {item!r}: expected QUANT:BATCH, QUANT:BATCH:float or QUANT:BATCH:twopass"
+            )
+        out.append((parts[0], int(parts[1]), parts[2] if len(parts) == 3 else ""))
     return out
 
 
@@ -118,7 +133,7 @@ def main(args: dict[str, str]) -> None:
 
     AKVQLayer.update = update
     caches = []
-    for q, b, flt in runs:
+    for q, b, form in runs:
         policy = api.resolve_policy(model, make_policy(quants[q], "float16"))
         cache, extra = load_cache(policy, prep["quants"][q]["cache_path"])
         prep["seq_len"] = extra["seq_len"]
@@ -127,7 +142,7 @@ def main(args: dict[str, str]) -> None:
             {
                 "quant": q,
                 "batch": b,
-                "float": flt,
+                "form": form,
                 "cache": cache,
                 "ids": torch.full((b, 1), extra["next_id"]),
                 "kv_bytes": cache.memory_report().total_bytes,
@@ -142,7 +157,7 @@ def main(args: dict[str, str]) -> None:
             for nt in threads:
                 torch.set_num_threads(nt)
                 for i, e in enumerate(caches):
-                    register.use_packed(model, e["cache"], "packed_c_fp32" if e["float"] else "auto")
+                    register.use_packed(model, e["cache"], FORMS[e["form"]])
                     prof.attention = prof.update = 0.0
                     t, c = time.perf_counter(), time.process_time()
                     with torch.inference_mode():
@@ -170,7 +185,8 @@ def main(args: dict[str, str]) -> None:
             rows.append(
                 {
                     "threads": nt,
-                    "quant": e["quant"] + (" (float q)" if e["float"] else ""),
+                    "quant": e["quant"] + LABELS[e["form"]],
+                    "form": e["form"],
                     "batch": e["batch"],
                     "kv_bytes": e["kv_bytes"],
                     **med,
@@ -180,8 +196,10 @@ def main(args: dict[str, str]) -> None:
             )
     for (
         r
-    ) in rows:  # ratios to the fp16 control with the same threads (its largest batch: the first fp16 entry)
-        ctl = next((x for x in rows if x["threads"] == r["threads"] and x["quant"] == "fp16"), None)
+    ) in rows:  # ratios to the fp16 control of the same form and threads (its largest batch: the first entry)
+        same = [x for x in rows if x["threads"] == r["threads"]]
+        ctl = next((x for x in same if x["quant"] == "fp16" + LABELS[r["form"]]), None)
+        ctl = ctl or next((x for x in same if x["quant"] == "fp16"), None)
         r["x_control"] = r["tokens_per_second"] / ctl["tokens_per_second"] if ctl else None
     head = (
         f"copy probe (STREAM-like, 1 thread): {copy / 1e9:.2f} GB/s\n\n"

@@ -175,6 +175,12 @@ def breakdown(batch: int, ctx: int, reps: int = 5) -> None:
         "fp16 control: packed_decode, whole call": lambda: packed_cpu.packed_decode(
             q, fk, fv, None, 0.125, threads=1
         ),
+        "akvq: two-pass form (scores, torch softmax, outputs), whole call": lambda: packed_cpu.packed_decode(
+            q, k, v, None, 0.125, threads=1, fused=False
+        ),
+        "fp16 control: two-pass form, whole call": lambda: packed_cpu.packed_decode(
+            q, fk, fv, None, 0.125, threads=1, fused=False
+        ),
         "akvq: key kernel alone (C, 2-bit rows, int8 q)": key_kernel,
         "akvq: value kernel alone (C, 2-bit rows, u8 weights)": value_kernel,
         "akvq: value kernel alone (C, 2-bit rows, fp32 weights)": lambda: value_kernel(0),

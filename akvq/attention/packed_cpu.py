@@ -104,7 +104,15 @@ def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         lib.akvq_half_scores,
         lib.akvq_half_output,
     )
-    for f in fns:
+    store = [_i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _i64, _ptr]
+    lib.akvq_token_decode.argtypes = (
+        [_i64] * 5
+        + store * 2
+        + [_ptr, _ptr, _i64]
+        + [_ptr, _i64, _i64, _i64] * 2
+        + [_ptr, _ptr, _i64, _ptr, _ptr, _i64]
+    )
+    for f in (*fns, lib.akvq_token_decode):
         f.restype = ctypes.c_int
     return lib
 
@@ -357,6 +365,97 @@ def store_output(
     return exact_output(store, p, out, tail=not tail)
 
 
+def _fusable(store: TensorStore) -> bool:
+    """Whether one store can go through the fused kernel: per-token codes (or none), fp16 contiguous 16-bit rows,
+    and a tail the kernel reads (fp16, unit stride) or none."""
+    if store.n_q and store.plan.axis != "token":
+        return False
+    if store.n_q and store.hp_rows is not None and not _kernel_hp(store):
+        return False
+    return store.tail_len == 0 or _kernel_tail(store)
+
+
+def _tail_args(store: TensorStore) -> list:
+    if not store.tail_len:
+        return [None, 0, 0, 0]
+    x = store.tail
+    return [x.data_ptr(), x.stride(0), x.stride(1), x.stride(2)]
+
+
+def fused_decode(
+    query: torch.Tensor,
+    kstore: TensorStore,
+    vstore: TensorStore,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    threads: int | None = None,
+    variant: str = "auto",
+) -> torch.Tensor | None:
+    """softmax(q K^T * scaling + mask) V in one kernel call (`akvq_token_decode`: online softmax per chunk, no
+    [B, H, G, T] scores in memory), or None where it does not apply (the caller takes the two-kernel form)."""
+    b, hq, _, d = query.shape
+    h, g = kstore.num_heads, hq // kstore.num_heads
+    n_q, t_all = kstore.n_q, kstore.n_q + kstore.tail_len
+    if (
+        vstore.n_q != n_q
+        or vstore.tail_len != kstore.tail_len
+        or vstore.head_dim != d
+        or not (_fusable(kstore) and _fusable(vstore))
+    ):
+        return None
+    mb = mf = None
+    msb = 0
+    if attention_mask is not None:
+        m = attention_mask[..., -t_all:].reshape(attention_mask.shape[0], t_all)
+        if m.shape[1] != t_all or m.shape[0] not in (1, b):
+            return None
+        m = m.contiguous() if m.dtype == torch.bool else m.float().contiguous()
+        msb = t_all if m.shape[0] == b else 0
+        if m.dtype == torch.bool:
+            mb = m.view(torch.uint8)
+        else:
+            mf = m
+    q = query.float().reshape(b, h, g, d) * scaling
+    qt = _prepare_q(kstore, q).float().contiguous() if n_q else q
+    q = q.contiguous()
+    oq = torch.empty(b, h, g, d, dtype=torch.float32)
+    ox = torch.empty(b, h, g, d, dtype=torch.float32)
+    side = []
+    for st in (kstore, vstore):
+        hp = st.hp_rows if n_q and st.hp_rows is not None else None
+        side += [
+            st.group,
+            st.cls.data_ptr() if n_q else None,
+            *_table_args(st),
+            int(st.plan.float_zero),
+            None if hp is None else hp.data_ptr(),
+        ]
+    rc = _lib(variant).akvq_token_decode(
+        n_q * b,
+        b,
+        h,
+        g,
+        d,
+        *side,
+        qt.data_ptr(),
+        q.data_ptr(),
+        kstore.tail_len,
+        *_tail_args(kstore),
+        *_tail_args(vstore),
+        None if mb is None else mb.data_ptr(),
+        None if mf is None else mf.data_ptr(),
+        msb,
+        oq.data_ptr(),
+        ox.data_ptr(),
+        _nt(threads),
+    )
+    if rc == 2:
+        return None
+    _check(rc)
+    o = (_finish_out(vstore, oq) if n_q else oq) + ox
+    return o.reshape(b, hq, 1, d).to(query.dtype)
+
+
 def packed_decode(
     query: torch.Tensor,
     kstore: TensorStore,
@@ -366,12 +465,21 @@ def packed_decode(
     threads: int | None = None,
     int8: bool = True,
     variant: str = "auto",
+    fused: bool = True,
 ) -> torch.Tensor:
     """softmax(q K^T * scaling + mask) V for one query token, as `packed_torch.packed_decode`, through the C kernel.
 
-    `int8=False` keeps q and the value weights in fp32 (the float path); `variant` forces a build ("avx2", "portable"; tests)."""
+    `int8=False` keeps q and the value weights in fp32 (the float path, two kernels); `fused=False` takes the
+    two-kernel form (scores, torch softmax, outputs) where the fused kernel would apply; `variant` forces a build
+    ("avx2", "portable"; tests)."""
     if _lib(variant) is None:
         raise RuntimeError(f"packed_cpu kernel unavailable: {status()}")
+    if query.shape[2] != 1:
+        raise ValueError(f"the packed path is for decode steps (one query token), got {query.shape[2]}")
+    if int8 and fused:
+        out = fused_decode(query, kstore, vstore, attention_mask, scaling, threads, variant)
+        if out is not None:
+            return out
     return torch_packed_decode(
         query,
         kstore,
@@ -383,4 +491,13 @@ def packed_decode(
     )
 
 
-__all__ = ["VARIANTS", "available", "best_variant", "packed_decode", "status", "store_output", "store_scores"]
+__all__ = [
+    "VARIANTS",
+    "available",
+    "best_variant",
+    "fused_decode",
+    "packed_decode",
+    "status",
+    "store_output",
+    "store_scores",
+]

@@ -6,7 +6,8 @@ each store's plan against the declaration; a field a path does not declare (a ne
 reference path, with one log line, instead of computing wrong attention. `tests/test_attention.py` enumerates the
 plan fields so a new field without a declaration in every path fails the suite.
 
-One setting picks the path: `attention = auto | reference | packed_torch | packed_c | triton` (the cache's
+One setting picks the path: `attention = auto | reference | packed_torch | packed_c | packed_c_twopass |
+packed_c_fp32 | triton` (the cache's
 `attention`, set by `akvq.attention.use_packed`). `auto`: Triton on CUDA, else the C kernel on CPU, else torch."""
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from akvq.policies.base import TensorPlan
 
 log = logging.getLogger(__name__)
 
-ATTENTION = ("auto", "reference", "packed_torch", "packed_c", "packed_c_fp32", "triton")
+ATTENTION = ("auto", "reference", "packed_torch", "packed_c", "packed_c_twopass", "packed_c_fp32", "triton")
 ANY: frozenset[Any] = frozenset({"<any>"})  # the field does not change how stored rows are read
 PLAN_FIELDS = tuple(f.name for f in dataclasses.fields(TensorPlan))
 
@@ -114,6 +115,13 @@ def _c_decode(*args: Any) -> Any:
     return packed_cpu.packed_decode(*args)
 
 
+def _c_twopass_decode(*args: Any) -> Any:
+    """The C kernel's two-kernel form (scores to memory, torch softmax, outputs): the fused kernel's control."""
+    from akvq.attention import packed_cpu
+
+    return packed_cpu.packed_decode(*args, fused=False)
+
+
 def _c_fp32_decode(*args: Any) -> Any:
     """The C kernel with q kept in fp32 (the integer path's control: same layouts, no int8 query)."""
     from akvq.attention import packed_cpu
@@ -164,6 +172,12 @@ PATHS: dict[str, DecodePath] = {
         _C_CAPS,
         _c_fits,
         _c_decode,
+    ),
+    "packed_c_twopass": DecodePath(
+        "packed_c_twopass",
+        _C_CAPS,
+        _c_fits,
+        _c_twopass_decode,
     ),
     "packed_c_fp32": DecodePath(
         "packed_c_fp32",

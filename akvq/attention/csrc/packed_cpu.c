@@ -23,6 +23,7 @@
 #endif
 
 #define MAXSEG 512
+#define TCH 64 /* tokens per work item of the batch-major kernels (see there) */
 
 static inline float half_to_float(uint16_t h) {
 #ifdef __F16C__
@@ -118,16 +119,40 @@ static inline void unpack_pm(const uint8_t *restrict p, int bits, int seg, float
 /* Index of each row inside its class table (the running count of its class): i for a class-0 row, -2 - i for a
  * class-1 row, -1 for a 16-bit row. The sign carries the class, so the vector paths read one int32 per row, not
  * the class byte too (row_index decodes it). */
-static int32_t *table_index(const uint8_t *cls, int64_t n_rows) {
+static int32_t *table_index(const uint8_t *cls, int64_t n_rows, int64_t B, int32_t **hidx, int32_t **hcnt) {
     int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * (n_rows > 0 ? n_rows : 1));
-    int32_t n0 = 0, n1 = 0; /* counts in registers, branch-free: a count array indexed by the class made every row
-                               wait for the previous row's store (~3 ns a row, 20% of the key kernel at batch 8) */
-    for (int64_t r = 0; r < n_rows; r++) {
-        const int c = cls[r], is0 = c == 0, is1 = c == 1;
-        idx[r] = is0 ? n0 : is1 ? -2 - n1 : -1;
-        n0 += is0;
-        n1 += is1;
+    int32_t n0 = 0, n1 = 0, n2 = 0; /* counts in registers, branch-free: a count array indexed by the class made
+                                       every row wait for the previous row's store (~3 ns a row, 20% of the key
+                                       kernel at batch 8) */
+    if (!hidx) {
+        for (int64_t r = 0; r < n_rows; r++) {
+            const int c = cls[r], is0 = c == 0, is1 = c == 1;
+            idx[r] = is0 ? n0 : is1 ? -2 - n1 : -1;
+            n0 += is0;
+            n1 += is1;
+        }
+        return idx;
     }
+    /* the fused kernel also wants each 16-bit row's index among the 16-bit rows (its row in hp) and how many an
+     * item (chunk of TCH tokens, sequence) has: the same pass, token-major, no divisions */
+    const int64_t n_t = n_rows / B, nch = (n_t + TCH - 1) / TCH;
+    int32_t *h = (int32_t *)malloc(sizeof(int32_t) * (n_rows > 0 ? n_rows : 1));
+    int32_t *cnt = (int32_t *)calloc((size_t)(nch * B > 0 ? nch * B : 1), sizeof(int32_t));
+    for (int64_t t = 0; t < n_t; t++) {
+        const uint8_t *cr = cls + t * B;
+        int32_t *ir = idx + t * B, *hr = h + t * B, *cc = cnt + (t / TCH) * B;
+        for (int64_t b = 0; b < B; b++) {
+            const int c = cr[b], is0 = c == 0, is1 = c == 1, is2 = c == 2;
+            ir[b] = is0 ? n0 : is1 ? -2 - n1 : -1;
+            hr[b] = n2;
+            n0 += is0;
+            n1 += is1;
+            n2 += is2;
+            cc[b] += is2;
+        }
+    }
+    *hidx = h;
+    *hcnt = cnt;
     return idx;
 }
 
@@ -220,6 +245,7 @@ typedef struct {
     table_t tab[2];
     int pm[2];
     int *gidx; /* [H * ns]: scale/zero index inside a row of segment s of head h */
+    int32_t *hidx, *hcnt; /* the fused kernel's: 16-bit row -> its row in hp; 16-bit rows per item (else NULL) */
 } tok_t;
 
 typedef void (*score_row_fn)(const tok_t *k, int bits, const uint8_t *row, const uint16_t *sr, const uint16_t *zr,
@@ -492,8 +518,7 @@ static score_i8_fn pick_i8(int bits, int seg, int64_t G) {
  * one row of its table, so they are read from memory once and from L1 after. Items run chunk-major (all sequences
  * of a chunk, then the next chunk): the chunk's rows are one contiguous stretch of the table (TCH * B rows, inside
  * L2), read in order, where batch-major order strides B rows per token (a TLB miss per token at large B).
- * Parallel over token chunks x batch. */
-#define TCH 64
+ * Parallel over token chunks x batch. TCH (tokens per item) is defined at the top. */
 
 typedef struct {
     int n, cl[8], bits[8];
@@ -1290,7 +1315,8 @@ static output_row_fn pick_output(int bits, int seg, int64_t G) {
 
 static int tok_init(tok_t *k, int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D, int64_t group,
                     const uint8_t *cls, const uint8_t *c0, const uint16_t *s0, const uint16_t *z0, int64_t bits0,
-                    const uint8_t *c1, const uint16_t *s1, const uint16_t *z1, int64_t bits1, int64_t float_zero) {
+                    const uint8_t *c1, const uint16_t *s1, const uint16_t *z1, int64_t bits1, int64_t float_zero,
+                    int want_hp) {
     k->B = B; k->H = H; k->G = G; k->D = D; k->group = group; k->float_zero = float_zero;
     k->seg = gcd((int)group, (int)D); k->ns = (int)(D / k->seg); k->W = (int)(H * D); k->ngr = (int)(H * D / group);
     k->cls = cls;
@@ -1302,12 +1328,15 @@ static int tok_init(tok_t *k, int64_t n_rows, int64_t B, int64_t H, int64_t G, i
     k->gidx = (int *)malloc(sizeof(int) * H * k->ns);
     for (int h = 0; h < H; h++)
         for (int s = 0; s < k->ns; s++) k->gidx[h * k->ns + s] = (int)((h * D + s * k->seg) / group);
-    k->idx = table_index(cls, n_rows);
+    k->hidx = k->hcnt = NULL;
+    k->idx = table_index(cls, n_rows, B, want_hp ? &k->hidx : NULL, want_hp ? &k->hcnt : NULL);
     return 0;
 }
 
 static void tok_free(tok_t *k) {
     free(k->idx);
+    free(k->hidx);
+    free(k->hcnt);
     free(k->gidx);
 }
 
@@ -1334,6 +1363,35 @@ static int thread_id(void) {
 #endif
 }
 
+/* int8 q per (b, h, g, segment), in each table's unpack order (q8 [2, B*H*G*D]), its scales qsc and the scaled
+ * sums qz (the zero-point term), for the tables with an integer path (f8[c] non-NULL) */
+static void quant_q8(const tok_t *k, const float *q, score_i8_fn const *f8, int8_t **q8o, float **qsco, float **qzo) {
+    const int64_t B = k->B, H = k->H, G = k->G, D = k->D, nq = B * H * G * D;
+    const int seg = k->seg, ns = k->ns;
+    int8_t *q8 = (int8_t *)malloc(2 * nq);
+    float *qsc = (float *)malloc(sizeof(float) * 2 * B * H * G * ns), *qz = qsc + B * H * G * ns;
+    for (int64_t i = 0; i < B * H * G; i++)
+        for (int s = 0; s < ns; s++) {
+            const float *x = q + i * D + s * seg;
+            float amax = 0;
+            for (int j = 0; j < seg; j++) amax = fmaxf(amax, fabsf(x[j]));
+            const float sq = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+            int32_t sum = 0;
+            for (int j = 0; j < seg; j++) {
+                const int v = (int)lrintf(x[j] * inv);
+                const int8_t v8 = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+                sum += v8;
+                for (int c = 0; c < 2; c++)
+                    if (f8[c]) q8[c * nq + i * D + s * seg + i8_pos(j, (int)k->tab[c].bits)] = v8;
+            }
+            qsc[i * ns + s] = sq;
+            qz[i * ns + s] = sq * (float)sum;
+        }
+    *q8o = q8;
+    *qsco = qsc;
+    *qzo = qz;
+}
+
 /* scores: out[b * osb + t * ost + (h * G + g) * osg] for the packed rows (t < n_q); 16-bit rows are left as they
  * are. The caller picks the layout: token-major (osg = 1) keeps every write sequential. */
 int akvq_token_scores(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D, int64_t group,
@@ -1342,7 +1400,7 @@ int akvq_token_scores(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                       const float *q, float *out, int64_t osb, int64_t ost, int64_t osg, int64_t int8,
                       int64_t nthreads) {
     tok_t k;
-    if (tok_init(&k, n_rows, B, H, G, D, group, cls, c0, s0, z0, bits0, c1, s1, z1, bits1, float_zero)) return 1;
+    if (tok_init(&k, n_rows, B, H, G, D, group, cls, c0, s0, z0, bits0, c1, s1, z1, bits1, float_zero, 0)) return 1;
     const int seg = k.seg, ns = k.ns, nt = n_threads(nthreads);
     const int64_t nq = B * H * G * D, W = H * D;
     score_i8_fn f8[2] = {NULL, NULL};
@@ -1350,28 +1408,7 @@ int akvq_token_scores(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
         if (int8 && i8_ok((int)k.tab[c].bits, seg, G, ns)) f8[c] = pick_i8((int)k.tab[c].bits, seg, G);
     int8_t *q8 = NULL;
     float *qsc = NULL, *qz = NULL;
-    if (f8[0] || f8[1]) { /* int8 q per (b, h, g, segment), in each table's unpack order */
-        q8 = (int8_t *)malloc(2 * nq);
-        qsc = (float *)malloc(sizeof(float) * 2 * B * H * G * ns);
-        qz = qsc + B * H * G * ns;
-        for (int64_t i = 0; i < B * H * G; i++)
-            for (int s = 0; s < ns; s++) {
-                const float *x = q + i * D + s * seg;
-                float amax = 0;
-                for (int j = 0; j < seg; j++) amax = fmaxf(amax, fabsf(x[j]));
-                const float sq = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
-                int32_t sum = 0;
-                for (int j = 0; j < seg; j++) {
-                    const int v = (int)lrintf(x[j] * inv);
-                    const int8_t v8 = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
-                    sum += v8;
-                    for (int c = 0; c < 2; c++)
-                        if (f8[c]) q8[c * nq + i * D + s * seg + i8_pos(j, (int)k.tab[c].bits)] = v8;
-                }
-                qsc[i * ns + s] = sq;
-                qz[i * ns + s] = sq * (float)sum;
-            }
-    }
+    if (f8[0] || f8[1]) quant_q8(&k, q, f8, &q8, &qsc, &qz);
 #ifdef __AVX2__
     if (f8[0] && f8[1] && ost == 1) { /* batch-major: items (b, chunk of TCH tokens) */
         const int64_t n_t = n_rows / B, nch = (n_t + TCH - 1) / TCH;
@@ -1458,7 +1495,7 @@ int akvq_token_output(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                       const float *p, int64_t psb, int64_t pst, int64_t psg, float *acc, int64_t int8v,
                       int64_t nthreads) {
     tok_t k;
-    if (tok_init(&k, n_rows, B, H, G, D, group, cls, c0, s0, z0, bits0, c1, s1, z1, bits1, float_zero)) return 1;
+    if (tok_init(&k, n_rows, B, H, G, D, group, cls, c0, s0, z0, bits0, c1, s1, z1, bits1, float_zero, 0)) return 1;
     const int seg = k.seg, ns = k.ns, nt = n_threads(nthreads);
     const int64_t nacc = B * H * G * D, nk = B * H * G * ns, W = H * D;
     float *part = (float *)calloc((size_t)nt * (2 * nacc + nk), sizeof(float));
@@ -1764,4 +1801,338 @@ int akvq_token_hp(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D, co
         r++;
     }
     return 0;
+}
+
+/* ---- fused decode: scores, softmax and outputs in one pass over the chunks (online softmax) ---------------------
+ * Why: the two-kernel form writes the scores [B, H, G, T] to memory, softmaxes them in torch, and reads them back:
+ * at batch 79 and 8K that is a 23 MB tensor and three more passes per layer and step, about a quarter of the
+ * attention time once the kernels read 2-bit codes. Here each item (chunk of TCH tokens, sequence b) scores its
+ * tokens into a buffer that stays in L1, adds the mask, and updates a running max and sum per query head
+ * (rescaling that head's accumulators when the max grows), then accumulates its values with the unnormalized
+ * weights. Each thread keeps the state of its contiguous range of items; a final pass per (b, h) merges the
+ * threads' states, adds the 16-bit tail, and normalizes. Outputs: oq [B, H, G, D], the packed rows' share in the
+ * V store's stored space (the caller applies the inverse transform), and ox, the 16-bit rows' and the tail's share
+ * in the original space; oq + ox (after the transform) is the attention output. q8 scores as the integer key path,
+ * so the scores equal akvq_token_scores'; the 16-bit rows (class 2; hpk/hpv [N, H * D] half, in row order) and the
+ * tail are exact. Returns 2 where the batch-major paths do not apply (the caller then takes the two-kernel form). */
+#if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
+/* e^x, 8 lanes: Cephes' range reduction and degree-5 polynomial (~1 ulp); lanes below -87 give 0 (masked scores) */
+ALWAYS_INLINE __m256 exp256(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.0f);
+    const __m256 dead = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(x, lo);
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(dead, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+}
+
+#ifdef __AVX512F__
+/* e^x, 16 lanes: the same reduction and polynomial, 2^n by vscalefps (lanes far below -87 underflow to 0) */
+ALWAYS_INLINE __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(y, n);
+}
+#endif
+
+static inline float fmax2(float a, float b) { return a > b ? a : b; }
+
+/* x[i] = e^(x[i] - m) for i < n; returns the sum */
+static inline float exp_sub_sum(float *x, int n, float m) {
+    int i = 0;
+    float s = 0;
+#ifdef __AVX512F__
+    const __m512 mv = _mm512_set1_ps(m);
+    __m512 acc = _mm512_setzero_ps();
+    for (; i + 16 <= n; i += 16) {
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + i), mv));
+        _mm512_storeu_ps(x + i, e);
+        acc = _mm512_add_ps(acc, e);
+    }
+    s = _mm512_reduce_add_ps(acc);
+#endif
+    const __m256 mv8 = _mm256_set1_ps(m);
+    __m256 acc8 = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) {
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv8));
+        _mm256_storeu_ps(x + i, e);
+        acc8 = _mm256_add_ps(acc8, e);
+    }
+    s += hsum8(acc8);
+    for (; i < n; i++) {
+        x[i] = x[i] - m < -87.0f ? 0.0f : expf(x[i] - m);
+        s += x[i];
+    }
+    return s;
+}
+
+static inline float max_run(const float *x, int n) {
+    int i = 0;
+    float m = -INFINITY;
+#ifdef __AVX512F__
+    if (n >= 16) {
+        __m512 mv = _mm512_loadu_ps(x);
+        for (i = 16; i + 16 <= n; i += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(x + i));
+        m = _mm512_reduce_max_ps(mv);
+    }
+#endif
+    if (i + 8 <= n) {
+        __m256 mv = _mm256_loadu_ps(x + i);
+        for (i += 8; i + 8 <= n; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(x + i));
+        float tmp[8];
+        _mm256_storeu_ps(tmp, mv);
+        for (int j = 0; j < 8; j++) m = fmax2(m, tmp[j]);
+    }
+    for (; i < n; i++) m = fmax2(m, x[i]);
+    return m;
+}
+
+static inline float dot_half(const float *q, const uint16_t *x, int64_t D) {
+    float f[MAXSEG], s = 0;
+    half_run(x, D, f);
+    for (int64_t d = 0; d < D; d++) s += q[d] * f[d];
+    return s;
+}
+
+#endif
+
+int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D,
+                      int64_t group_k, const uint8_t *cls_k, const uint8_t *kc0, const uint16_t *ks0,
+                      const uint16_t *kz0, int64_t kbits0, const uint8_t *kc1, const uint16_t *ks1, const uint16_t *kz1,
+                      int64_t kbits1, int64_t fz_k, const uint16_t *hpk,
+                      int64_t group_v, const uint8_t *cls_v, const uint8_t *vc0, const uint16_t *vs0,
+                      const uint16_t *vz0, int64_t vbits0, const uint8_t *vc1, const uint16_t *vs1, const uint16_t *vz1,
+                      int64_t vbits1, int64_t fz_v, const uint16_t *hpv,
+                      const float *qt, const float *q, int64_t T, const uint16_t *tk, int64_t tkb, int64_t tkh,
+                      int64_t tkt, const uint16_t *tv, int64_t tvb, int64_t tvh, int64_t tvt, const uint8_t *mask_b,
+                      const float *mask_f, int64_t msb, float *oq, float *ox, int64_t nthreads) {
+#if !(defined(__AVX2__) && defined(__F16C__) && defined(__FMA__))
+    (void)n_rows; (void)B; (void)H; (void)G; (void)D; (void)group_k; (void)cls_k; (void)kc0; (void)ks0; (void)kz0;
+    (void)kbits0; (void)kc1; (void)ks1; (void)kz1; (void)kbits1; (void)fz_k; (void)hpk; (void)group_v; (void)cls_v;
+    (void)vc0; (void)vs0; (void)vz0; (void)vbits0; (void)vc1; (void)vs1; (void)vz1; (void)vbits1; (void)fz_v;
+    (void)hpv; (void)qt; (void)q; (void)T; (void)tk; (void)tkb; (void)tkh; (void)tkt; (void)tv; (void)tvb; (void)tvh;
+    (void)tvt; (void)mask_b; (void)mask_f; (void)msb; (void)oq; (void)ox; (void)nthreads;
+    return 2;
+#else
+    if (D > MAXSEG || G > 8 || B <= 0 || n_rows % B) return 2;
+    const int packed = n_rows > 0; /* none: the 16-bit tail alone (the fp16 control) */
+    tok_t kk, kv;
+    memset(&kk, 0, sizeof kk);
+    memset(&kv, 0, sizeof kv);
+    kv.ns = 1;
+    kv.seg = (int)D;
+    score_i8_fn f8[2] = {NULL, NULL};
+    int v8 = 0;
+    if (packed) {
+        if (tok_init(&kk, n_rows, B, H, G, D, group_k, cls_k, kc0, ks0, kz0, kbits0, kc1, ks1, kz1, kbits1, fz_k, hpk != NULL))
+            return 2;
+        if (tok_init(&kv, n_rows, B, H, G, D, group_v, cls_v, vc0, vs0, vz0, vbits0, vc1, vs1, vz1, vbits1, fz_v, hpv != NULL)) {
+            tok_free(&kk);
+            return 2;
+        }
+        for (int c = 0; c < 2; c++)
+            if (i8_ok((int)kk.tab[c].bits, kk.seg, G, kk.ns)) f8[c] = pick_i8((int)kk.tab[c].bits, kk.seg, G);
+        v8 = out_v8_ok(&kv);
+        if (!f8[0] || !f8[1] || !(v8 || out_block_ok(&kv))) {
+            tok_free(&kk);
+            tok_free(&kv);
+            return 2;
+        }
+    }
+    const int nt = n_threads(nthreads) < 64 ? n_threads(nthreads) : 64, ns = kv.ns, seg = kv.seg;
+    const int64_t nq = B * H * G * D, nacc = nq, nk = B * H * G * ns, ne = B * H * G, W = H * D;
+    const int64_t n_t = n_rows / B, nch = (n_t + TCH - 1) / TCH, nitems = nch * B;
+    int8_t *q8 = NULL;
+    float *qsc = NULL, *qz = NULL;
+    if (packed) quant_q8(&kk, qt, f8, &q8, &qsc, &qz);
+    const i8_block_fn kblk = I8_BLOCKS[G];
+#ifdef AKVQ_VNNI
+    const i16_block_fn kblk16 = packed && kbits0 == 2 && kk.seg % 64 == 0 && kk.ngr <= I16_MAXGR ? I16_BLOCKS[G] : NULL;
+    const int kvec = AKVQ_VGATHER && n_rows * (kk.ngr > 1 ? kk.ngr : 1) * 2 + 64 < INT32_MAX;
+    const int vvec = AKVQ_VGATHER && n_rows * (kv.ngr > 1 ? kv.ngr : 1) * 2 + 64 < INT32_MAX;
+#else
+    const int vvec = 0;
+#endif
+    const out_block_fn vblk = v8 || !packed || G > 3 ? NULL : OUT_BLOCKS[G][vbits0 == 2 ? 0 : vbits0 == 4 ? 1 : 2];
+    const out_v8_fn vblk8 = v8 ? OUT_V8S[G] : NULL;
+    uint8_t *zrow = (uint8_t *)calloc((size_t)W + 64, 1);
+    const int32_t *hik = kk.hidx, *nhk = kk.hcnt, *hiv = kv.hidx, *nhv = kv.hcnt;
+    /* per thread: value accumulators (2 tables + zero-point terms, as akvq_token_output), the 16-bit rows' share,
+     * running max and sum per (b, h, g), and the chunk's scores */
+    const int64_t per = 2 * nacc + nk + nacc + 2 * ne + H * G * TCH;
+    float *state = (float *)malloc(sizeof(float) * per * nt);
+#pragma omp parallel num_threads(nt)
+    {
+        const int tid = thread_id();
+        float *acc2 = state + per * tid, *kzs = acc2 + 2 * nacc, *ahp = kzs + nk, *mx = ahp + nacc, *sm = mx + ne;
+        float *sc = sm + ne;
+        memset(acc2, 0, sizeof(float) * (2 * nacc + nk + nacc));
+        for (int64_t e = 0; e < ne; e++) { mx[e] = -INFINITY; sm[e] = 0; }
+        int64_t i0, i1;
+        row_range(nitems, nt, tid, &i0, &i1);
+        for (int64_t it = i0; it < i1; it++) {
+            const int64_t ci = it / B, b = it % B, t0 = ci * TCH, t1 = t0 + TCH < n_t ? t0 + TCH : n_t;
+            const int n = (int)(t1 - t0);
+            float *p = sc - t0; /* p[e * TCH + t] for t in [t0, t1) */
+#ifdef AKVQ_VNNI
+            if (kblk16) kblk16(&kk, b, t0, t1, q8, nq, qsc, qz, p, 0, TCH, zrow, kvec);
+            else
+#endif
+                kblk(&kk, b, t0, t1, q8, nq, qsc, qz, p, 0, TCH);
+            if (hik && nhk[it])
+                for (int64_t t = t0; t < t1; t++) {
+                    const int64_t r = t * B + b;
+                    if (cls_k[r] != 2) continue;
+                    const uint16_t *row = hpk + (int64_t)hik[r] * W;
+                    for (int64_t h = 0; h < H; h++)
+                        for (int64_t g = 0; g < G; g++)
+                            p[(h * G + g) * TCH + t] = dot_half(q + ((b * H + h) * G + g) * D, row + h * D, D);
+                }
+            if (mask_b || mask_f)
+                for (int64_t t = t0; t < t1; t++) {
+                    const float a = mask_b ? (mask_b[b * msb + t] ? 0.0f : -INFINITY) : mask_f[b * msb + t];
+                    if (a != 0.0f)
+                        for (int64_t e = 0; e < H * G; e++) p[e * TCH + t] += a;
+                }
+            for (int64_t e = 0; e < H * G; e++) {
+                float *x = sc + e * TCH;
+                const int64_t j = b * H * G + e;
+                const float mo = mx[j], mn = fmax2(mo, max_run(x, n));
+                if (mn == -INFINITY) {
+                    memset(x, 0, sizeof(float) * n);
+                    continue;
+                }
+                if (mn > mo) { /* the max grew: rescale what this (b, h, g) has accumulated */
+                    const float f = mo == -INFINITY ? 0.0f : expf(mo - mn);
+                    sm[j] *= f;
+                    for (int64_t d = 0; d < D; d++) {
+                        acc2[j * D + d] *= f;
+                        acc2[nacc + j * D + d] *= f;
+                        ahp[j * D + d] *= f;
+                    }
+                    for (int s = 0; s < ns; s++) kzs[j * ns + s] *= f;
+                    mx[j] = mn;
+                }
+                sm[j] += exp_sub_sum(x, n, mn);
+            }
+            if (v8) vblk8(&kv, b, t0, t1, p, 0, TCH, acc2, nacc, kzs, zrow, vvec);
+            else vblk(&kv, b, t0, t1, p, 0, TCH, acc2, nacc, kzs);
+            if (hiv && nhv[it])
+                for (int64_t t = t0; t < t1; t++) {
+                    const int64_t r = t * B + b;
+                    if (cls_v[r] != 2) continue;
+                    float xv[MAXSEG];
+                    const uint16_t *row = hpv + (int64_t)hiv[r] * W;
+                    for (int64_t h = 0; h < H; h++) {
+                        half_run(row + h * D, D, xv);
+                        for (int64_t g = 0; g < G; g++) {
+                            const float w = p[(h * G + g) * TCH + t];
+                            float *a = ahp + ((b * H + h) * G + g) * D;
+                            for (int64_t d = 0; d < D; d++) a[d] += w * xv[d];
+                        }
+                    }
+                }
+        }
+#pragma omp barrier
+        /* merge per (b, h): the threads' states and the tail, normalized */
+        float *ts = (float *)malloc(sizeof(float) * (G * (T > 0 ? T : 1) + G * D));
+        float *ta = ts + G * (T > 0 ? T : 1);
+#pragma omp for schedule(static)
+        for (int64_t bh = 0; bh < B * H; bh++) {
+            const int64_t b = bh / H, h = bh % H;
+            float m[8], f[64][8], l[8];
+            for (int g = 0; g < G; g++) {
+                m[g] = -INFINITY;
+                for (int th = 0; th < nt; th++) m[g] = fmax2(m[g], state[per * th + 2 * nacc + nk + nacc + bh * G + g]);
+            }
+            if (T > 0) { /* the tail's scores */
+                const float *qb = q + bh * G * D;
+                const uint16_t *xb = tk + b * tkb + h * tkh;
+                if (HALF_FAST(D, G)) HALF_SCORES[G](D, T, xb, tkt, qb, ts, T);
+                else
+                    for (int64_t t = 0; t < T; t++)
+                        for (int g = 0; g < G; g++) ts[g * T + t] = dot_half(qb + g * D, xb + t * tkt, D);
+                if (mask_b || mask_f)
+                    for (int64_t t = 0; t < T; t++) {
+                        const int64_t pos = n_t + t;
+                        const float a = mask_b ? (mask_b[b * msb + pos] ? 0.0f : -INFINITY) : mask_f[b * msb + pos];
+                        for (int g = 0; g < G; g++) ts[g * T + t] += a;
+                    }
+                for (int g = 0; g < G; g++) m[g] = fmax2(m[g], max_run(ts + g * T, (int)T));
+            }
+            for (int g = 0; g < G; g++) {
+                l[g] = 0;
+                for (int th = 0; th < nt; th++) {
+                    const float *s = state + per * th + 2 * nacc + nk + nacc;
+                    f[th][g] = s[bh * G + g] == -INFINITY ? 0.0f : expf(s[bh * G + g] - m[g]);
+                    l[g] += f[th][g] * s[ne + bh * G + g];
+                }
+                if (T > 0 && m[g] != -INFINITY) l[g] += exp_sub_sum(ts + g * T, (int)T, m[g]);
+                else if (T > 0) memset(ts + g * T, 0, sizeof(float) * T);
+            }
+            memset(ta, 0, sizeof(float) * G * D);
+            if (T > 0) {
+                const uint16_t *xb = tv + b * tvb + h * tvh;
+                if (HALF_FAST(D, G)) HALF_OUTPUT[G](D, T, xb, tvt, ts, T, ta);
+                else
+                    for (int64_t t = 0; t < T; t++) {
+                        float xv[MAXSEG];
+                        half_run(xb + t * tvt, D, xv);
+                        for (int g = 0; g < G; g++)
+                            for (int64_t d = 0; d < D; d++) ta[g * D + d] += ts[g * T + t] * xv[d];
+                    }
+            }
+            for (int g = 0; g < G; g++) {
+                const int64_t e = bh * G + g;
+                const float inv = l[g] > 0 ? 1.0f / l[g] : 0.0f;
+                float *o = oq + e * D, *x = ox + e * D;
+                for (int64_t d = 0; d < D; d++) { o[d] = 0; x[d] = ta[g * D + d]; }
+                for (int th = 0; th < nt; th++) {
+                    const float *a2 = state + per * th, *kz = a2 + 2 * nacc, *hp = kz + nk;
+                    const float w = f[th][g];
+                    if (w == 0.0f) continue;
+                    for (int64_t s0 = 0; s0 < D; s0 += seg)
+                        for (int mm = 0; mm < seg; mm++) {
+                            float v = kz[e * ns + s0 / seg];
+                            for (int c = 0; c < 2; c++)
+                                v += a2[c * nacc + e * D + s0 + (c == 0 && v8 ? v8_pos(mm) : kv.pm[c] ? pm_pos(mm, (int)kv.tab[c].bits) : mm)];
+                            o[s0 + mm] += w * v;
+                        }
+                    for (int64_t d = 0; d < D; d++) x[d] += w * hp[e * D + d];
+                }
+                for (int64_t d = 0; d < D; d++) { o[d] *= inv; x[d] *= inv; }
+            }
+        }
+        free(ts);
+    }
+    free(state);
+    free(zrow);
+    free(q8);
+    free(qsc);
+    if (packed) {
+        tok_free(&kk);
+        tok_free(&kv);
+    }
+    return 0;
+#endif
 }

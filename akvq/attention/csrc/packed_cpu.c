@@ -24,6 +24,9 @@
 
 #define MAXSEG 512
 #define TCH 64 /* tokens per work item of the batch-major kernels (see there) */
+#ifndef AKVQ_FCH
+#define AKVQ_FCH 64 /* tokens per item of the fused kernel (akvq_token_decode); 128 and 256 were 2% and 4% slower at batch 79 */
+#endif
 
 static inline float half_to_float(uint16_t h) {
 #ifdef __F16C__
@@ -134,13 +137,13 @@ static int32_t *table_index(const uint8_t *cls, int64_t n_rows, int64_t B, int32
         return idx;
     }
     /* the fused kernel also wants each 16-bit row's index among the 16-bit rows (its row in hp) and how many an
-     * item (chunk of TCH tokens, sequence) has: the same pass, token-major, no divisions */
-    const int64_t n_t = n_rows / B, nch = (n_t + TCH - 1) / TCH;
+     * item (chunk of AKVQ_FCH tokens, sequence) has: the same pass, token-major, no divisions */
+    const int64_t n_t = n_rows / B, nch = (n_t + AKVQ_FCH - 1) / AKVQ_FCH;
     int32_t *h = (int32_t *)malloc(sizeof(int32_t) * (n_rows > 0 ? n_rows : 1));
     int32_t *cnt = (int32_t *)calloc((size_t)(nch * B > 0 ? nch * B : 1), sizeof(int32_t));
     for (int64_t t = 0; t < n_t; t++) {
         const uint8_t *cr = cls + t * B;
-        int32_t *ir = idx + t * B, *hr = h + t * B, *cc = cnt + (t / TCH) * B;
+        int32_t *ir = idx + t * B, *hr = h + t * B, *cc = cnt + (t / AKVQ_FCH) * B;
         for (int64_t b = 0; b < B; b++) {
             const int c = cr[b], is0 = c == 0, is1 = c == 1, is2 = c == 2;
             ir[b] = is0 ? n0 : is1 ? -2 - n1 : -1;
@@ -1961,7 +1964,7 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
     }
     const int nt = n_threads(nthreads) < 64 ? n_threads(nthreads) : 64, ns = kv.ns, seg = kv.seg;
     const int64_t nq = B * H * G * D, nacc = nq, nk = B * H * G * ns, ne = B * H * G, W = H * D;
-    const int64_t n_t = n_rows / B, nch = (n_t + TCH - 1) / TCH, nitems = nch * B;
+    const int64_t n_t = n_rows / B, nch = (n_t + AKVQ_FCH - 1) / AKVQ_FCH, nitems = nch * B;
     int8_t *q8 = NULL;
     float *qsc = NULL, *qz = NULL;
     if (packed) quant_q8(&kk, qt, f8, &q8, &qsc, &qz);
@@ -1979,7 +1982,7 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
     const int32_t *hik = kk.hidx, *nhk = kk.hcnt, *hiv = kv.hidx, *nhv = kv.hcnt;
     /* per thread: value accumulators (2 tables + zero-point terms, as akvq_token_output), the 16-bit rows' share,
      * running max and sum per (b, h, g), and the chunk's scores */
-    const int64_t per = 2 * nacc + nk + nacc + 2 * ne + H * G * TCH;
+    const int64_t per = 2 * nacc + nk + nacc + 2 * ne + H * G * AKVQ_FCH;
     float *state = (float *)malloc(sizeof(float) * per * nt);
 #pragma omp parallel num_threads(nt)
     {
@@ -1991,14 +1994,14 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
         int64_t i0, i1;
         row_range(nitems, nt, tid, &i0, &i1);
         for (int64_t it = i0; it < i1; it++) {
-            const int64_t ci = it / B, b = it % B, t0 = ci * TCH, t1 = t0 + TCH < n_t ? t0 + TCH : n_t;
+            const int64_t ci = it / B, b = it % B, t0 = ci * AKVQ_FCH, t1 = t0 + AKVQ_FCH < n_t ? t0 + AKVQ_FCH : n_t;
             const int n = (int)(t1 - t0);
-            float *p = sc - t0; /* p[e * TCH + t] for t in [t0, t1) */
+            float *p = sc - t0; /* p[e * AKVQ_FCH + t] for t in [t0, t1) */
 #ifdef AKVQ_VNNI
-            if (kblk16) kblk16(&kk, b, t0, t1, q8, nq, qsc, qz, p, 0, TCH, zrow, kvec);
+            if (kblk16) kblk16(&kk, b, t0, t1, q8, nq, qsc, qz, p, 0, AKVQ_FCH, zrow, kvec);
             else
 #endif
-                kblk(&kk, b, t0, t1, q8, nq, qsc, qz, p, 0, TCH);
+                kblk(&kk, b, t0, t1, q8, nq, qsc, qz, p, 0, AKVQ_FCH);
             if (hik && nhk[it])
                 for (int64_t t = t0; t < t1; t++) {
                     const int64_t r = t * B + b;
@@ -2006,16 +2009,16 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                     const uint16_t *row = hpk + (int64_t)hik[r] * W;
                     for (int64_t h = 0; h < H; h++)
                         for (int64_t g = 0; g < G; g++)
-                            p[(h * G + g) * TCH + t] = dot_half(q + ((b * H + h) * G + g) * D, row + h * D, D);
+                            p[(h * G + g) * AKVQ_FCH + t] = dot_half(q + ((b * H + h) * G + g) * D, row + h * D, D);
                 }
             if (mask_b || mask_f)
                 for (int64_t t = t0; t < t1; t++) {
                     const float a = mask_b ? (mask_b[b * msb + t] ? 0.0f : -INFINITY) : mask_f[b * msb + t];
                     if (a != 0.0f)
-                        for (int64_t e = 0; e < H * G; e++) p[e * TCH + t] += a;
+                        for (int64_t e = 0; e < H * G; e++) p[e * AKVQ_FCH + t] += a;
                 }
             for (int64_t e = 0; e < H * G; e++) {
-                float *x = sc + e * TCH;
+                float *x = sc + e * AKVQ_FCH;
                 const int64_t j = b * H * G + e;
                 const float mo = mx[j], mn = fmax2(mo, max_run(x, n));
                 if (mn == -INFINITY) {
@@ -2035,8 +2038,8 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                 }
                 sm[j] += exp_sub_sum(x, n, mn);
             }
-            if (v8) vblk8(&kv, b, t0, t1, p, 0, TCH, acc2, nacc, kzs, zrow, vvec);
-            else vblk(&kv, b, t0, t1, p, 0, TCH, acc2, nacc, kzs);
+            if (v8) vblk8(&kv, b, t0, t1, p, 0, AKVQ_FCH, acc2, nacc, kzs, zrow, vvec);
+            else vblk(&kv, b, t0, t1, p, 0, AKVQ_FCH, acc2, nacc, kzs);
             if (hiv && nhv[it])
                 for (int64_t t = t0; t < t1; t++) {
                     const int64_t r = t * B + b;
@@ -2046,7 +2049,7 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                     for (int64_t h = 0; h < H; h++) {
                         half_run(row + h * D, D, xv);
                         for (int64_t g = 0; g < G; g++) {
-                            const float w = p[(h * G + g) * TCH + t];
+                            const float w = p[(h * G + g) * AKVQ_FCH + t];
                             float *a = ahp + ((b * H + h) * G + g) * D;
                             for (int64_t d = 0; d < D; d++) a[d] += w * xv[d];
                         }

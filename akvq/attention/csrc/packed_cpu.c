@@ -1819,6 +1819,19 @@ int akvq_token_hp(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D, co
  * so the scores equal akvq_token_scores'; the 16-bit rows (class 2; hpk/hpv [N, H * D] half, in row order) and the
  * tail are exact. Returns 2 where the batch-major paths do not apply (the caller then takes the two-kernel form). */
 #if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
+/* e^(n ln2 + r) = 2^n e^r: x - n ln2 in two parts (Cephes' expf), then e^r by a degree-5 polynomial; VT is the
+ * vector type, P the intrinsics' prefix. Leaves e^r in y. */
+#define EXP_REDUCED(VT, P, x, n, y)                                                                                  \
+    VT r = P##_fnmadd_ps(n, P##_set1_ps(0.693359375f), x);                                                          \
+    r = P##_fnmadd_ps(n, P##_set1_ps(-2.12194440e-4f), r);                                                          \
+    VT y = P##_set1_ps(1.9875691500e-4f);                                                                           \
+    y = P##_fmadd_ps(y, r, P##_set1_ps(1.3981999507e-3f));                                                          \
+    y = P##_fmadd_ps(y, r, P##_set1_ps(8.3334519073e-3f));                                                          \
+    y = P##_fmadd_ps(y, r, P##_set1_ps(4.1665795894e-2f));                                                          \
+    y = P##_fmadd_ps(y, r, P##_set1_ps(1.6666665459e-1f));                                                          \
+    y = P##_fmadd_ps(y, r, P##_set1_ps(5.0000001201e-1f));                                                          \
+    y = P##_fmadd_ps(y, P##_mul_ps(r, r), P##_add_ps(r, P##_set1_ps(1.0f)));
+
 /* e^x, 8 lanes: Cephes' range reduction and degree-5 polynomial (~1 ulp); lanes below -87 give 0 (masked scores) */
 ALWAYS_INLINE __m256 exp256(__m256 x) {
     const __m256 lo = _mm256_set1_ps(-87.0f);
@@ -1826,15 +1839,7 @@ ALWAYS_INLINE __m256 exp256(__m256 x) {
     x = _mm256_max_ps(x, lo);
     const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    EXP_REDUCED(__m256, _mm256, x, n, y)
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_andnot_ps(dead, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
 }
@@ -1845,15 +1850,7 @@ ALWAYS_INLINE __m512 exp512(__m512 x) {
     x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
     const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
-    y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    EXP_REDUCED(__m512, _mm512, x, n, y)
     return _mm512_scalef_ps(y, n);
 }
 #endif

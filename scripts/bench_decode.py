@@ -58,27 +58,24 @@ class Profile:
         return timed
 
 
+# entry suffix -> (attention path, label in the table)
 FORMS = {
-    "": "auto",
-    "float": "packed_c_fp32",
-    "twopass": "packed_c_twopass",
-}  # entry suffix -> attention path
-LABELS = {"": "", "float": " (float q)", "twopass": " (two-pass)"}
+    "": ("auto", ""),
+    "float": ("packed_c_fp32", " (float q)"),
+    "twopass": ("packed_c_twopass", " (two-pass)"),
+}
 
 
 def parse_runs(text: str) -> list[tuple[str, int, str]]:
     out = []
     for item in text.split(","):
         parts = item.split(":")
-        if (
-            len(parts) not in (2, 3)
-            or not parts[1].isdigit()
-            or parts[2:] not in ([], ["float"], ["twopass"])
-        ):
+        form = parts[2] if len(parts) == 3 else ""
+        if len(parts) not in (2, 3) or not parts[1].isdigit() or form not in FORMS:
             raise ValueError(
                 f"runs entry {item!r}: expected QUANT:BATCH, QUANT:BATCH:float or QUANT:BATCH:twopass"
             )
-        out.append((parts[0], int(parts[1]), parts[2] if len(parts) == 3 else ""))
+        out.append((parts[0], int(parts[1]), form))
     return out
 
 
@@ -157,7 +154,7 @@ def main(args: dict[str, str]) -> None:
             for nt in threads:
                 torch.set_num_threads(nt)
                 for i, e in enumerate(caches):
-                    register.use_packed(model, e["cache"], FORMS[e["form"]])
+                    register.use_packed(model, e["cache"], FORMS[e["form"]][0])
                     prof.attention = prof.update = 0.0
                     t, c = time.perf_counter(), time.process_time()
                     with torch.inference_mode():
@@ -185,7 +182,7 @@ def main(args: dict[str, str]) -> None:
             rows.append(
                 {
                     "threads": nt,
-                    "quant": e["quant"] + LABELS[e["form"]],
+                    "quant": e["quant"] + FORMS[e["form"]][1],
                     "form": e["form"],
                     "batch": e["batch"],
                     "kv_bytes": e["kv_bytes"],
@@ -195,11 +192,10 @@ def main(args: dict[str, str]) -> None:
                     "tokens_per_second_rounds": [e["batch"] / x["wall"] for x in s],
                 }
             )
-    for (
-        r
-    ) in rows:  # ratios to the fp16 control of the same form and threads (its largest batch: the first entry)
+    # ratios to the fp16 control of the same form and threads (its largest batch: the first such entry)
+    for r in rows:
         same = [x for x in rows if x["threads"] == r["threads"]]
-        ctl = next((x for x in same if x["quant"] == "fp16" + LABELS[r["form"]]), None)
+        ctl = next((x for x in same if x["quant"] == "fp16" + FORMS[r["form"]][1]), None)
         ctl = ctl or next((x for x in same if x["quant"] == "fp16"), None)
         r["x_control"] = r["tokens_per_second"] / ctl["tokens_per_second"] if ctl else None
         # per round: both ran within seconds of each other, so this pairing cancels the VM's slow drifts

@@ -405,19 +405,17 @@ def fused_decode(
         return None
     mb = mf = None
     msb = 0
-    if attention_mask is not None:
+    if attention_mask is not None:  # [B or 1, T_all]: bool (True = attend) as bytes, or additive float
         m = attention_mask[..., -t_all:].reshape(attention_mask.shape[0], t_all)
-        if m.shape[1] != t_all or m.shape[0] not in (1, b):
+        if m.shape[0] not in (1, b):
             return None
-        m = m.contiguous() if m.dtype == torch.bool else m.float().contiguous()
         msb = t_all if m.shape[0] == b else 0
         if m.dtype == torch.bool:
-            mb = m.view(torch.uint8)
+            mb = m.contiguous().view(torch.uint8)
         else:
-            mf = m
-    q = query.float().reshape(b, h, g, d) * scaling
+            mf = m.float().contiguous()
+    q = query.float().reshape(b, h, g, d) * scaling  # a fresh contiguous tensor
     qt = _prepare_q(kstore, q).float().contiguous() if n_q else q
-    q = q.contiguous()
     oq = torch.empty(b, h, g, d, dtype=torch.float32)
     ox = torch.empty(b, h, g, d, dtype=torch.float32)
     side = []

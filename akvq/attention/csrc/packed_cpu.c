@@ -1306,6 +1306,12 @@ static inline int v8_pos(int m) {
     return c * 64 + ((j >> 1) * 2 + (kk >= 8)) * 16 + (j & 1) * 8 + kk % 8;
 }
 
+/* where channel m of a segment sits in table c's value accumulator: the integer path's order (table 0 with v8), the
+ * plane-major unpack order, or channel order */
+static inline int acc_pos(const tok_t *k, int c, int v8, int m) {
+    return c == 0 && v8 ? v8_pos(m) : k->pm[c] ? pm_pos(m, (int)k->tab[c].bits) : m;
+}
+
 static score_row_fn pick_score(int bits, int seg, int64_t G) {
     PICK(score, bits, seg, G)
     return score_row_generic;
@@ -1554,7 +1560,7 @@ int akvq_token_output(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
         for (int c = 0; c < 2; c++)
             for (int64_t e = 0; e < nacc; e += seg)
                 for (int m = 0; m < seg; m++)
-                    acc[e + m] += acc2[c * nacc + e + (c == 0 && v8 ? v8_pos(m) : k.pm[c] ? pm_pos(m, (int)k.tab[c].bits) : m)];
+                    acc[e + m] += acc2[c * nacc + e + acc_pos(&k, c, v8, m)];
         for (int64_t e = 0; e < nk; e++)
             for (int m = 0; m < seg; m++) acc[e * seg + m] += kz[e];
     }
@@ -1907,6 +1913,11 @@ static inline float max_run(const float *x, int n) {
     return m;
 }
 
+/* the additive mask at (sequence b, position t): a bool mask (0 = masked) or a float one; 0 without a mask */
+static inline float mask_at(const uint8_t *mask_b, const float *mask_f, int64_t msb, int64_t b, int64_t t) {
+    return mask_b ? (mask_b[b * msb + t] ? 0.0f : -INFINITY) : mask_f ? mask_f[b * msb + t] : 0.0f;
+}
+
 static inline float dot_half(const float *q, const uint16_t *x, int64_t D) {
     float f[MAXSEG], s = 0;
     half_run(x, D, f);
@@ -1979,14 +1990,15 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
     const int32_t *hik = kk.hidx, *nhk = kk.hcnt, *hiv = kv.hidx, *nhv = kv.hcnt;
     /* per thread: value accumulators (2 tables + zero-point terms, as akvq_token_output), the 16-bit rows' share,
      * running max and sum per (b, h, g), and the chunk's scores */
-    const int64_t per = 2 * nacc + nk + nacc + 2 * ne + H * G * AKVQ_FCH;
+    const int64_t o_kz = 2 * nacc, o_hp = o_kz + nk, o_mx = o_hp + nacc, o_sm = o_mx + ne, o_sc = o_sm + ne;
+    const int64_t per = o_sc + H * G * AKVQ_FCH;
     float *state = (float *)malloc(sizeof(float) * per * nt);
 #pragma omp parallel num_threads(nt)
     {
         const int tid = thread_id();
-        float *acc2 = state + per * tid, *kzs = acc2 + 2 * nacc, *ahp = kzs + nk, *mx = ahp + nacc, *sm = mx + ne;
-        float *sc = sm + ne;
-        memset(acc2, 0, sizeof(float) * (2 * nacc + nk + nacc));
+        float *acc2 = state + per * tid, *kzs = acc2 + o_kz, *ahp = acc2 + o_hp, *mx = acc2 + o_mx, *sm = acc2 + o_sm;
+        float *sc = acc2 + o_sc;
+        memset(acc2, 0, sizeof(float) * o_mx);
         for (int64_t e = 0; e < ne; e++) { mx[e] = -INFINITY; sm[e] = 0; }
         int64_t i0, i1;
         row_range(nitems, nt, tid, &i0, &i1);
@@ -2004,13 +2016,20 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                     const int64_t r = t * B + b;
                     if (cls_k[r] != 2) continue;
                     const uint16_t *row = hpk + (int64_t)hik[r] * W;
-                    for (int64_t h = 0; h < H; h++)
-                        for (int64_t g = 0; g < G; g++)
-                            p[(h * G + g) * AKVQ_FCH + t] = dot_half(q + ((b * H + h) * G + g) * D, row + h * D, D);
+                    float xk[MAXSEG];
+                    for (int64_t h = 0; h < H; h++) {
+                        half_run(row + h * D, D, xk);
+                        for (int64_t g = 0; g < G; g++) {
+                            const float *qg = q + ((b * H + h) * G + g) * D;
+                            float dot = 0;
+                            for (int64_t d = 0; d < D; d++) dot += qg[d] * xk[d];
+                            p[(h * G + g) * AKVQ_FCH + t] = dot;
+                        }
+                    }
                 }
             if (mask_b || mask_f)
                 for (int64_t t = t0; t < t1; t++) {
-                    const float a = mask_b ? (mask_b[b * msb + t] ? 0.0f : -INFINITY) : mask_f[b * msb + t];
+                    const float a = mask_at(mask_b, mask_f, msb, b, t);
                     if (a != 0.0f)
                         for (int64_t e = 0; e < H * G; e++) p[e * AKVQ_FCH + t] += a;
                 }
@@ -2063,7 +2082,7 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
             float m[8], f[64][8], l[8];
             for (int g = 0; g < G; g++) {
                 m[g] = -INFINITY;
-                for (int th = 0; th < nt; th++) m[g] = fmax2(m[g], state[per * th + 2 * nacc + nk + nacc + bh * G + g]);
+                for (int th = 0; th < nt; th++) m[g] = fmax2(m[g], state[per * th + o_mx + bh * G + g]);
             }
             if (T > 0) { /* the tail's scores */
                 const float *qb = q + bh * G * D;
@@ -2074,8 +2093,7 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                         for (int g = 0; g < G; g++) ts[g * T + t] = dot_half(qb + g * D, xb + t * tkt, D);
                 if (mask_b || mask_f)
                     for (int64_t t = 0; t < T; t++) {
-                        const int64_t pos = n_t + t;
-                        const float a = mask_b ? (mask_b[b * msb + pos] ? 0.0f : -INFINITY) : mask_f[b * msb + pos];
+                        const float a = mask_at(mask_b, mask_f, msb, b, n_t + t);
                         for (int g = 0; g < G; g++) ts[g * T + t] += a;
                     }
                 for (int g = 0; g < G; g++) m[g] = fmax2(m[g], max_run(ts + g * T, (int)T));
@@ -2083,9 +2101,9 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
             for (int g = 0; g < G; g++) {
                 l[g] = 0;
                 for (int th = 0; th < nt; th++) {
-                    const float *s = state + per * th + 2 * nacc + nk + nacc;
-                    f[th][g] = s[bh * G + g] == -INFINITY ? 0.0f : expf(s[bh * G + g] - m[g]);
-                    l[g] += f[th][g] * s[ne + bh * G + g];
+                    const float *mt = state + per * th + o_mx, *st = state + per * th + o_sm;
+                    f[th][g] = mt[bh * G + g] == -INFINITY ? 0.0f : expf(mt[bh * G + g] - m[g]);
+                    l[g] += f[th][g] * st[bh * G + g];
                 }
                 if (T > 0 && m[g] != -INFINITY) l[g] += exp_sub_sum(ts + g * T, (int)T, m[g]);
                 else if (T > 0) memset(ts + g * T, 0, sizeof(float) * T);
@@ -2108,14 +2126,14 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                 float *o = oq + e * D, *x = ox + e * D;
                 for (int64_t d = 0; d < D; d++) { o[d] = 0; x[d] = ta[g * D + d]; }
                 for (int th = 0; th < nt; th++) {
-                    const float *a2 = state + per * th, *kz = a2 + 2 * nacc, *hp = kz + nk;
+                    const float *a2 = state + per * th, *kz = a2 + o_kz, *hp = a2 + o_hp;
                     const float w = f[th][g];
                     if (w == 0.0f) continue;
                     for (int64_t s0 = 0; s0 < D; s0 += seg)
                         for (int mm = 0; mm < seg; mm++) {
                             float v = kz[e * ns + s0 / seg];
                             for (int c = 0; c < 2; c++)
-                                v += a2[c * nacc + e * D + s0 + (c == 0 && v8 ? v8_pos(mm) : kv.pm[c] ? pm_pos(mm, (int)kv.tab[c].bits) : mm)];
+                                v += a2[c * nacc + e * D + s0 + acc_pos(&kv, c, v8, mm)];
                             o[s0 + mm] += w * v;
                         }
                     for (int64_t d = 0; d < D; d++) x[d] += w * hp[e * D + d];

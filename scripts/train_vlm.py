@@ -12,7 +12,7 @@ Stage 0, `--stage align` (akvq/synth/align.py): only the tower and projector, tr
 tokens equal SmolLM2's input embeddings of its description ("            9451"); no LM forward, so it runs
 at hundreds of images per second. Its checkpoint is OUT/align.pt (`--stage align --export FILE` exports it,
 at curriculum step 0), and `--init FILE` starts the LM stages from it. `--stage caption|drills|...` starts
-the curriculum at that stage (`--steps N` then counts from there). `--read N --init FILE` measures, forward
+the curriculum at that stage (`--steps N` then counts from there; a route stage, `tasks` or `needle`, may run longer than its default). `--read N --init FILE` measures, forward
 only, whether the frozen LM reads the image tokens of N held-out images (OUT/read.json).
 
 SmolLM2-135M-Instruct stays frozen (LoRA on q/v when `--lora-rank` > 0); the loss is on the answer tokens
@@ -147,6 +147,17 @@ def stage_at(step: int) -> Stage:
         if step < done:
             return s
     return STAGES[-1]
+
+
+def last_step(stage: str, steps: int | None) -> int:
+    """The curriculum step a run started at `stage` ends at. A route stage is its own run, so `--steps` may be
+    longer than its default (the stage then continues); the long curriculum ends where the routes begin."""
+    end = stage_start(ROUTES[0])
+    if stage in ROUTES:
+        return stage_start(stage) + (steps or next(s for s in STAGES if s.name == stage).steps)
+    if stage != "all":
+        return min(end, stage_start(stage) + steps) if steps else end
+    return steps or end
 
 
 def draw_item(rng: random.Random, stage: Stage, count: int | None = None) -> Item:
@@ -547,13 +558,8 @@ def train(args: argparse.Namespace) -> None:
         print(f"starting the curriculum at stage {args.stage} (step {step})")
     held_out = bench_scenes(EVAL_SEED)
     model.train()
-    end = stage_start(ROUTES[0])  # "all" is the long curriculum; a route stage is only its own run
-    if args.stage != "all":
-        route = next((s for s in STAGES if s.name == args.stage), None)
-        last = stage_start(args.stage) + route.steps if args.stage in ROUTES and route else end
-        total = min(last, stage_start(args.stage) + args.steps) if args.steps else last
-    else:
-        total = args.steps or end
+    route = next((s for s in STAGES if s.name == args.stage and s.name in ROUTES), None)
+    total = last_step(args.stage, args.steps)
     first = stage_start(args.stage) if args.stage != "all" else 0
     last_save = time.time()
     t_start = time.time() - wall
@@ -587,7 +593,7 @@ def train(args: argparse.Namespace) -> None:
             "freeze_tower": args.freeze_tower,
             "schedule": args.schedule,
             "steps": step,
-            "stage": stage_at(max(0, step - 1)).name,
+            "stage": (route or stage_at(max(0, step - 1))).name,
             "stages": [s.__dict__ for s in STAGES],
             "wall_seconds": round(time.time() - t_start, 1),
             "last_loss_mean50": sum(h["loss"] for h in history[-50:]) / max(1, len(history[-50:])),
@@ -598,7 +604,7 @@ def train(args: argparse.Namespace) -> None:
             plot_losses(history, out / "loss.png")
 
     while step < total:
-        stage = stage_at(step)
+        stage = route or stage_at(step)
         done = (step - first) / max(1, total - first)
         cap = 4 + round((stage.max_images - 4) * done)
         count = rng.randint(1, cap) if stage.same_count else None

@@ -29,6 +29,16 @@ def test_routes_end_with_their_own_stage() -> None:
     assert all(s.text == 0.0 for s in train_vlm.STAGES if s.name != "needle")  # older streams unchanged
 
 
+def test_steps_may_lengthen_a_route_but_not_the_curriculum() -> None:
+    tasks, needle = train_vlm.stage_start("tasks"), train_vlm.stage_start("needle")
+    assert train_vlm.last_step("needle", None) == needle + 240
+    assert train_vlm.last_step("needle", 480) == needle + 480  # a longer run of the same stage
+    assert train_vlm.last_step("tasks", 700) == tasks + 700  # not cut at the needle stage's start
+    assert train_vlm.last_step("tasks", 1) == tasks + 1
+    assert train_vlm.last_step("drills", 10**6) == tasks  # the curriculum stops where the routes begin
+    assert train_vlm.last_step("all", None) == tasks
+
+
 def test_as_text_puts_each_caption_where_its_image_was() -> None:
     rng = random.Random(0)
     stage = next(s for s in train_vlm.STAGES if s.name == "tasks")

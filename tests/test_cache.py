@@ -488,6 +488,27 @@ def test_sliding_tail_moves_into_its_reserve() -> None:
     assert moves <= steps // SLIDE_RESERVE + 1
 
 
+@pytest.mark.parametrize("dim", [0, -2])
+def test_noted_room_is_the_buffers_room(dim: int) -> None:
+    """`_append` and `_drop_front` note a view's room past its start instead of working it out from strides and
+    storage on every call; the note must be what that working-out gives for the same view."""
+    from akvq.cache.store import _append, _capacity, _drop_front
+
+    g = torch.Generator().manual_seed(0)
+    d = dim % 4
+    out, checked = None, 0
+    for i in range(120):
+        x = torch.randn(2, 3, 1, 4, generator=g).transpose(0, d).contiguous()
+        out = _append(out, x, dim)
+        if d and i % 2:  # a sliding tail: the oldest token leaves
+            out = _drop_front(out, d, 1)
+        bare = out.as_strided(out.shape, out.stride(), out.storage_offset())  # the same view, no note
+        assert not hasattr(bare, "_akvq_room")
+        assert _capacity(out, d) == _capacity(bare, d)
+        checked += _capacity(out, d) > out.shape[d]
+    assert checked  # some views had room to spare: the note was used, not just equal to the length
+
+
 @pytest.mark.parametrize("name", ["rtn", "kivi", "akvq"])
 def test_large_fp32_values_never_become_inf(name):
     """An fp32 model's 16-bit window (hp_dtype auto = fp16) and fp16 scales turned 1e5 into inf; the store

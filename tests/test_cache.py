@@ -125,6 +125,49 @@ def test_window_and_pivots_stay_exact_rest_is_quantized():
     assert layer.k.n_q == 32 and int((layer.k.cls == FULL).sum()) == 2
 
 
+@pytest.mark.parametrize("every", [3, 8])
+def test_flush_every_keeps_the_window_and_each_tokens_codes(every: int) -> None:
+    """`flush_every: N`: the newest `window` tokens stay 16-bit, at most N - 1 older ones wait with them, and
+    every token that leaves gets the codes it gets with N = 1 (per-token groups: quantized alone, once)."""
+    g = torch.Generator().manual_seed(0)
+    b, h, t, d, p, window = 2, 2, 70, 16, 33, 8
+    k, v = torch.randn(b, h, t, d, generator=g), torch.randn(b, h, t, d, generator=g)
+    vision = torch.rand(b, p, generator=g) < 0.5
+    pivots = torch.rand(b, p, generator=g) < 0.1
+    caches, longest = {}, {}
+    for n in (1, every):
+        policy = make_policy("akvq", window=window, num_pivots=3, layer_pattern=["tsa", "psa"], flush_every=n)
+        cache = AKVQCache(policy, 2)
+        cache.set_token_roles(vision)
+        cache.set_pivots(pivots)
+        for i, j in [(0, p), *((i, i + 1) for i in range(p, t))]:
+            for layer in (0, 1):
+                cache.update(k[:, :, i:j], v[:, :, i:j], layer)
+            for layer in cache.layers:
+                for store in (layer.k, layer.v):
+                    assert store.n_q + store.tail_len == j
+                    if j > p:  # quantizing is deferred: the prefill's tokens leave on the first step
+                        assert window <= store.tail_len < window + n, (n, j, store.tail_len)
+                        longest[n] = max(longest.get(n, 0), store.tail_len)
+        caches[n] = cache
+    assert longest == {1: window, every: window + every - 1}  # the chunked window does wait
+    moved = 0
+    for exact, chunked in zip(caches[1].layers, caches[every].layers, strict=True):
+        for a, c in ((exact.k, chunked.k), (exact.v, chunked.v)):
+            rows = c.n_q * b
+            moved += c.n_q
+            assert torch.equal(a.cls[:rows], c.cls)
+            for cls, q in c.tables.items():
+                n = q.codes.shape[0]
+                for name in ("codes", "scale", "zero"):
+                    assert torch.equal(getattr(a.tables[cls], name)[:n], getattr(q, name)), (cls, name)
+            if c.hp_rows is not None:
+                assert torch.equal(a.hp_rows[: c.hp_rows.shape[0]], c.hp_rows)
+    assert moved > 4 * (t - window - every)  # most tokens did leave the window in both caches
+    with pytest.raises(ConfigError, match="flush_every"):
+        make_policy("akvq", flush_every=0)
+
+
 def test_tokens_are_quantized_once():
     torch.manual_seed(0)
     k, v = torch.randn(1, 2, 30, 16), torch.randn(1, 2, 30, 16)

@@ -53,6 +53,10 @@ class AKVQPolicy(Policy):
     float_zero: bool = False
     clip_mode: str = "center"  # "minmax": the r*min, r*max rule used before (docs/design.md)
     window_bits: int = 16  # 8: the window in 8 bits (q8_0-style, TensorPlan.window_bits; docs/design.md)
+    # Tokens leave the 16-bit window this many at a time (1 = the paper: each step quantizes the token that left).
+    # The newest `window` tokens stay 16-bit either way; up to flush_every - 1 older ones wait in it for the next
+    # flush (docs/design.md, "Flushing the window in chunks").
+    flush_every: int = 1
 
     def validate(self) -> None:
         check_bits(self.bits)
@@ -65,6 +69,8 @@ class AKVQPolicy(Policy):
             raise ConfigError(f"akvq: k_axis must be 'token' or 'channel', got {self.k_axis!r}")
         if self.pivot_rule not in PIVOT_RULES:
             raise ConfigError(f"akvq: pivot_rule must be one of {PIVOT_RULES}, got {self.pivot_rule!r}")
+        if isinstance(self.flush_every, bool) or not isinstance(self.flush_every, int) or self.flush_every < 1:
+            raise ConfigError(f"akvq: flush_every must be an integer >= 1, got {self.flush_every!r}")
         if (
             self.window < 0
             or (self.k_window or 0) < 0
@@ -125,6 +131,7 @@ class AKVQPolicy(Policy):
             float_zero=self.float_zero,
             clip_mode=self.clip_mode,
             window_bits=self.window_bits,
+            flush_every=self.flush_every,
         )
         pattern = self.pattern_of(layer_idx, num_layers)
         # TSA layers give text and vision tokens different bits, which per-channel key groups cannot: there

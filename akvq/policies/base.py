@@ -53,6 +53,9 @@ class TensorPlan:
     # The recent window (and a per-channel store's unflushed tail): 16 = kept as is; 8 = int8 codes, symmetric
     # absmax, one fp16 scale per 32 channels of a token and head (llama.cpp's q8_0), dequantized on read.
     window_bits: int = 16
+    # Token axis: tokens leave the window `flush_every` at a time (the window holds window .. window+flush_every-1
+    # tokens), so the per-store work of quantizing and appending runs once per flush_every decode steps.
+    flush_every: int = 1
 
     def __post_init__(self) -> None:
         check_window_bits(self.window_bits, "TensorPlan")
@@ -60,7 +63,7 @@ class TensorPlan:
     @property
     def chunk(self) -> int:
         """Tokens leave the window in multiples of this: a channel group needs all its tokens at once."""
-        return self.group_size if self.axis == "channel" else 1
+        return self.group_size if self.axis == "channel" else self.flush_every
 
     def row_group(self, num_heads: int, head_dim: int) -> int:
         """Channels per group. Within a head: min(group_size, head_dim). Across heads (SKVQ): the largest

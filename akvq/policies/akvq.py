@@ -69,7 +69,11 @@ class AKVQPolicy(Policy):
             raise ConfigError(f"akvq: k_axis must be 'token' or 'channel', got {self.k_axis!r}")
         if self.pivot_rule not in PIVOT_RULES:
             raise ConfigError(f"akvq: pivot_rule must be one of {PIVOT_RULES}, got {self.pivot_rule!r}")
-        if isinstance(self.flush_every, bool) or not isinstance(self.flush_every, int) or self.flush_every < 1:
+        if (
+            isinstance(self.flush_every, bool)
+            or not isinstance(self.flush_every, int)
+            or self.flush_every < 1
+        ):
             raise ConfigError(f"akvq: flush_every must be an integer >= 1, got {self.flush_every!r}")
         if (
             self.window < 0

@@ -34,6 +34,7 @@ _STORAGE_ONLY = {
     "clip_search": ANY,
     "clip_mode": ANY,
     "window": ANY,
+    "flush_every": ANY,  # when tokens leave the window: readers see a longer or shorter 16-bit tail, nothing else
     "group_size": ANY,
     "reorder_by": ANY,
 }

@@ -681,8 +681,8 @@ LORA = (
 RECIPE: tuple[Phase, ...] = (
     Phase("align", ("--stage", "align", "--align-steps", "4300", "--align-lr", "6e-4", "--eval-every", "250")),
     Phase("tasks", ("--stage", "tasks", *LORA, "--lora-from", "4", "--lora-lr", "1e-3", "--warmup", "20"), "align"),
-    Phase("needle", ("--stage", "needle", *LORA, "--micro-batch", "2", "--lora-from", "0", "--lora-lr", "5e-4",
-                     "--warmup", "10"), "tasks"),
+    Phase("needle", ("--stage", "needle", *LORA, "--steps", "480", "--micro-batch", "2", "--lora-from", "0",
+                     "--lora-lr", "5e-4", "--warmup", "10"), "tasks"),
 )
 # fmt: on
 """The committed file's route as one command. The hand-run route it replaces (results/vlm/README.md) steered the

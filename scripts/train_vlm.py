@@ -12,8 +12,8 @@ Stage 0, `--stage align` (akvq/synth/align.py): only the tower and projector, tr
 tokens equal SmolLM2's input embeddings of its description ("            9451"); no LM forward, so it runs
 at hundreds of images per second. Its checkpoint is OUT/align.pt (`--stage align --export FILE` exports it,
 at curriculum step 0), and `--init FILE` starts the LM stages from it. `--stage caption|drills|...` starts
-the curriculum at that stage (`--steps N` then counts from there; a route stage, `tasks` or `needle`, may run longer than its default). `--read N --init FILE` measures, forward
-only, whether the frozen LM reads the image tokens of N held-out images (OUT/read.json).
+the curriculum at that stage (`--steps N` then counts from there; a route stage, `tasks` or `needle`, may run
+longer than its default). `--read N --init FILE` measures, forward only, whether the frozen LM reads the image tokens of N held-out images (OUT/read.json).
 
 SmolLM2-135M-Instruct stays frozen (LoRA on q/v when `--lora-rank` > 0); the loss is on the answer tokens
 only (the option text, `12<|im_end|>`). Prompts are built by the MileBench prompt code exactly as evaluation builds them,
@@ -149,12 +149,18 @@ def stage_at(step: int) -> Stage:
     return STAGES[-1]
 
 
+def route_stage(name: str) -> Stage | None:
+    """The route stage called `name` (it runs alone, every step of the run in it), or None."""
+    return next((s for s in STAGES if s.name == name and s.name in ROUTES), None)
+
+
 def last_step(stage: str, steps: int | None) -> int:
     """The curriculum step a run started at `stage` ends at. A route stage is its own run, so `--steps` may be
     longer than its default (the stage then continues); the long curriculum ends where the routes begin."""
     end = stage_start(ROUTES[0])
-    if stage in ROUTES:
-        return stage_start(stage) + (steps or next(s for s in STAGES if s.name == stage).steps)
+    route = route_stage(stage)
+    if route is not None:
+        return stage_start(stage) + (steps or route.steps)
     if stage != "all":
         return min(end, stage_start(stage) + steps) if steps else end
     return steps or end
@@ -558,7 +564,7 @@ def train(args: argparse.Namespace) -> None:
         print(f"starting the curriculum at stage {args.stage} (step {step})")
     held_out = bench_scenes(EVAL_SEED)
     model.train()
-    route = next((s for s in STAGES if s.name == args.stage and s.name in ROUTES), None)
+    route = route_stage(args.stage)
     total = last_step(args.stage, args.steps)
     first = stage_start(args.stage) if args.stage != "all" else 0
     last_save = time.time()

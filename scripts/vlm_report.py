@@ -4,7 +4,8 @@
 
 Writes OUT/table.md: accuracy (%) per method, task and context cell with a 95 % bootstrap interval over the
 samples (each record's per-sample `details`), the mean over tasks, effective KV bits, and the vision x text
-bits grid when its records are there; and OUT/examples.png: example images of one sample per task, the
+bits grid when its records are there, the paired comparison (ladder steps, fp16 against each method: items won
+and lost on the same samples, sign test); and OUT/examples.png: example images of one sample per task, the
 question, and each method's answer (right or wrong). Records of one method on several roots (cells) or tasks add
 up; the last record of each (quant, task, cell) wins.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import textwrap
 from collections import defaultdict
@@ -142,6 +144,53 @@ def roles_grid(data: dict[str, dict[tuple[str, str], Entry]], level: str = MAIN_
     return "\n".join(lines)
 
 
+LADDER = ("akvq_rtn", "akvq_wht", "akvq_tsa", "akvq")
+"""The ablation ladder's rungs in order (rtn with the window, +WHT, +TSA, +PSA = the paper's recipe)."""
+
+
+def sign_test(a: int, b: int) -> float:
+    """Two-sided exact sign test of a wins against b losses (ties dropped)."""
+    n, k = a + b, min(a, b)
+    if not n:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+
+def _per_sample(e: Entry, task: str, level: str) -> dict[Any, float]:
+    length = level.split("/")[0]
+    return {
+        d["sample_id"]: float(d["score"])
+        for d in e.record["details"]
+        if d["dataset"] == task and (d.get("level") or "all") == length
+    }
+
+
+def paired_table(data: dict[str, dict[tuple[str, str], Entry]], order: list[str], level: str) -> str:
+    """Items the first method gets right and the second wrong, against the reverse, on the same samples, with the
+    sign test's p: the comparison a bootstrap interval per method is too wide for. Rows: each ladder step, then
+    fp16 against every other method."""
+    tasks = sorted({t for by in data.values() for t, c in by if c == level}, key=_task_key)
+    pairs = [(a, b) for a, b in zip(LADDER, LADDER[1:]) if a in data and b in data]
+    pairs += [("fp16", q) for q in order if q != "fp16" and q in data and "fp16" in data]
+    head = ["pair", *[SHORT.get(t, t) for t in tasks]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for a, b in pairs:
+        row = [f"{a} vs {b}"]
+        for t in tasks:
+            ea, eb = data[a].get((t, level)), data[b].get((t, level))
+            if ea is None or eb is None:
+                row.append("–")
+                continue
+            sa, sb = _per_sample(ea, t, level), _per_sample(eb, t, level)
+            common = sa.keys() & sb.keys()
+            win = sum(sa[i] > sb[i] for i in common)
+            loss = sum(sa[i] < sb[i] for i in common)
+            row.append(f"{win}-{loss}" + (f" (p = {sign_test(win, loss):.2g})" if win + loss else ""))
+        if any(c != "–" for c in row[1:]):
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def as_records(data: dict[str, dict[tuple[str, str], Entry]], level: str) -> dict[str, dict[str, Any]]:
     """quant -> a record-like dict of one cell's per-sample details (for the figure), with its run's config."""
     out: dict[str, dict[str, Any]] = {}
@@ -263,12 +312,11 @@ DEFAULT_ORDER = [
 ]  # fmt: skip
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("records", type=Path, nargs="+")
-    ap.add_argument("--out", type=Path, default=Path("results/vlm"))
-    args = ap.parse_args()
-    records = [r for p in args.records for r in read_records(p)]
+def report(records: list[dict[str, Any]], out: Path, cell: str = MAIN_CELL) -> str:
+    """Writes OUT/table.md (every cell) and OUT/examples.png (`cell`'s samples); returns the table text.
+
+    `cell` also picks the vision x text grid's cell: each set of weights has its own records, and the cell that
+    every method ran on differs between them (20 per task on the first weights, 100 on the needle run's)."""
     data = collect(records)
     order = DEFAULT_ORDER + sorted(
         q for q in data if q not in DEFAULT_ORDER and not q.startswith("akvq_roles")
@@ -276,19 +324,44 @@ def main() -> None:
     parts = ["## Method table (accuracy %, 95 % bootstrap interval over samples)"]
     for level in levels(data):
         parts += ["", f"### {cell_title(level)}", "", method_table(data, order, level)]
-    grid = roles_grid(data)
+    pairs = paired_table(data, order, cell)
+    if pairs:
+        parts += [
+            "",
+            f"## Paired on the same samples ({cell_title(cell)}; first right and second wrong - the reverse,"
+            " two-sided sign test)",
+            "",
+            pairs,
+        ]
+    grid = roles_grid(data, cell)
     if grid:
         parts += [
             "",
-            f"## Vision x text bits in every layer ({cell_title(MAIN_CELL)}; accuracy %, mean effective bits)",
+            f"## Vision x text bits in every layer ({cell_title(cell)}; accuracy %, mean effective bits)",
             "",
             grid,
         ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "table.md").write_text("\n".join(parts) + "\n", encoding="utf-8")
-    print("\n".join(parts))
-    fig = examples_figure(as_records(data, MAIN_CELL), order, args.out / "examples.png")
-    print(f"figure: {fig}" if fig else "figure: no fp16 record with a readable root")
+    out.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(parts) + "\n"
+    (out / "table.md").write_text(text, encoding="utf-8")
+    fig = examples_figure(as_records(data, cell), order, out / "examples.png")
+    print(text + (f"figure: {fig}" if fig else f"figure: no fp16 record in cell {cell} with a readable root"))
+    return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("records", type=Path, nargs="+")
+    ap.add_argument("--out", type=Path, default=Path("results/vlm"))
+    ap.add_argument(
+        "--cell",
+        default=MAIN_CELL,
+        help=f"the figure's and the grid's cell, LENGTH/SAMPLES (default {MAIN_CELL})",
+    )
+    args = ap.parse_args()
+    if args.cell.count("/") != 1 or not args.cell.split("/")[1].isdigit():
+        ap.error(f"--cell: {args.cell!r} is not LENGTH/SAMPLES per task, e.g. 1K/100")
+    report([r for p in args.records for r in read_records(p)], args.out, args.cell)
 
 
 if __name__ == "__main__":

@@ -68,3 +68,33 @@ def test_a_larger_sample_is_a_cell_of_its_own() -> None:
     assert data["fp16"][("Spot-the-Diff", "1K/4")].scores == [1.0, 0.0, 0.0, 0.0]
     assert vlm_report.cell_title("1K/4") == "1K cell, 4 samples per task"
     assert len(vlm_report.as_records(data, "1K/4")["fp16"]["details"]) == 8
+
+
+def test_report_takes_the_grid_from_the_chosen_cell(tmp_path: Path) -> None:
+    records = [
+        _rec("fp16", 16.0, "1K", {"SceneTransition": [1] * 4}),
+        _rec("akvq_roles_v2_t2", 4.3, "1K", {"SceneTransition": [1, 0, 1, 1]}),
+        _rec("akvq_roles_v2_t2", 4.3, "1K", {"SceneTransition": [0, 0]}),  # 2 samples: the 1K/2 cell
+    ]
+    text = vlm_report.report(records, tmp_path, cell="1K/4")
+    assert "## Vision x text bits in every layer (1K cell, 4 samples per task" in text
+    assert text.rstrip().endswith("| 2-bit | 2-bit | 4.30 | 75 [25, 100] |")
+    assert (tmp_path / "table.md").read_text(encoding="utf-8") == text
+    assert "Vision x text" not in vlm_report.report(records, tmp_path, cell="2K/4")
+
+
+def test_paired_table_counts_items_won_and_lost_on_the_same_samples() -> None:
+    assert abs(vlm_report.sign_test(15, 1) - 2 * (1 + 16) / 2**16) < 1e-12
+    assert vlm_report.sign_test(0, 0) == 1.0 and vlm_report.sign_test(3, 3) == 1.0
+    records = [
+        _rec("fp16", 16.0, "1K", {"SceneTransition": [1, 1, 1, 0], "ObjectExistence": [1, 1, 0, 0]}),
+        _rec("akvq_rtn", 4.3, "1K", {"SceneTransition": [0, 0, 1, 0], "ObjectExistence": [1, 1, 0, 0]}),
+        _rec("akvq_wht", 4.3, "1K", {"SceneTransition": [1, 1, 1, 1], "ObjectExistence": [1, 0, 0, 1]}),
+    ]
+    data = vlm_report.collect(records)
+    rows = vlm_report.paired_table(data, ["fp16", "akvq_rtn", "akvq_wht"], "1K/4").splitlines()
+    assert rows[0] == "| pair | Transition | Object |"
+    assert rows[2] == "| akvq_rtn vs akvq_wht | 0-3 (p = 0.25) | 1-1 (p = 1) |"
+    assert rows[3] == "| fp16 vs akvq_rtn | 2-0 (p = 0.5) | 0-0 |"
+    assert rows[4] == "| fp16 vs akvq_wht | 0-1 (p = 1) | 1-1 (p = 1) |"
+    assert len(rows) == 5

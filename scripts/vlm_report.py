@@ -315,8 +315,9 @@ DEFAULT_ORDER = [
 def report(records: list[dict[str, Any]], out: Path, cell: str = MAIN_CELL) -> str:
     """Writes OUT/table.md (every cell) and OUT/examples.png (`cell`'s samples); returns the table text.
 
-    `cell` also picks the vision x text grid's cell: each set of weights has its own records, and the cell that
-    every method ran on differs between them (20 per task on the first weights, 100 on the needle run's)."""
+    `cell` is the paired table's too: each set of weights has its own records, and the cell every method ran on
+    differs between them (20 per task on the first weights, 100 on the needle run's). The vision x text grid is
+    written for every cell that has its records."""
     data = collect(records)
     order = DEFAULT_ORDER + sorted(
         q for q in data if q not in DEFAULT_ORDER and not q.startswith("akvq_roles")
@@ -333,14 +334,15 @@ def report(records: list[dict[str, Any]], out: Path, cell: str = MAIN_CELL) -> s
             "",
             pairs,
         ]
-    grid = roles_grid(data, cell)
-    if grid:
-        parts += [
-            "",
-            f"## Vision x text bits in every layer ({cell_title(cell)}; accuracy %, mean effective bits)",
-            "",
-            grid,
-        ]
+    for level in levels(data):
+        grid = roles_grid(data, level)
+        if grid:
+            parts += [
+                "",
+                f"## Vision x text bits in every layer ({cell_title(level)}; accuracy %, mean effective bits)",
+                "",
+                grid,
+            ]
     out.mkdir(parents=True, exist_ok=True)
     text = "\n".join(parts) + "\n"
     (out / "table.md").write_text(text, encoding="utf-8")
@@ -356,7 +358,7 @@ def main() -> None:
     ap.add_argument(
         "--cell",
         default=MAIN_CELL,
-        help=f"the figure's and the grid's cell, LENGTH/SAMPLES (default {MAIN_CELL})",
+        help=f"the figure's and the paired table's cell, LENGTH/SAMPLES (default {MAIN_CELL})",
     )
     args = ap.parse_args()
     if args.cell.count("/") != 1 or not args.cell.split("/")[1].isdigit():

@@ -70,7 +70,7 @@ def test_a_larger_sample_is_a_cell_of_its_own() -> None:
     assert len(vlm_report.as_records(data, "1K/4")["fp16"]["details"]) == 8
 
 
-def test_report_takes_the_grid_from_the_chosen_cell(tmp_path: Path) -> None:
+def test_report_writes_a_grid_per_cell_and_pairs_in_the_chosen_cell(tmp_path: Path) -> None:
     records = [
         _rec("fp16", 16.0, "1K", {"SceneTransition": [1] * 4}),
         _rec("akvq_roles_v2_t2", 4.3, "1K", {"SceneTransition": [1, 0, 1, 1]}),
@@ -80,7 +80,10 @@ def test_report_takes_the_grid_from_the_chosen_cell(tmp_path: Path) -> None:
     assert "## Vision x text bits in every layer (1K cell, 4 samples per task" in text
     assert text.rstrip().endswith("| 2-bit | 2-bit | 4.30 | 75 [25, 100] |")
     assert (tmp_path / "table.md").read_text(encoding="utf-8") == text
-    assert "Vision x text" not in vlm_report.report(records, tmp_path, cell="2K/4")
+    assert "(1K cell, 2 samples per task; accuracy" in text  # the grid of the other cell too
+    records.append(_rec("akvq", 4.5, "1K", {"SceneTransition": [1, 1, 0, 1]}))
+    assert "| fp16 vs akvq | 1-0 (p = 1) |" in vlm_report.report(records, tmp_path, cell="1K/4")
+    assert "Paired" not in vlm_report.report(records, tmp_path, cell="2K/4")
 
 
 def test_paired_table_counts_items_won_and_lost_on_the_same_samples() -> None:

@@ -167,11 +167,12 @@ def _per_sample(e: Entry, task: str, level: str) -> dict[Any, float]:
 
 def paired_table(data: dict[str, dict[tuple[str, str], Entry]], order: list[str], level: str) -> str:
     """Items the first method gets right and the second wrong, against the reverse, on the same samples, with the
-    sign test's p: the comparison a bootstrap interval per method is too wide for. Rows: each ladder step, then
-    fp16 against every other method."""
+    sign test's p: the comparison a bootstrap interval per method is too wide for. Rows: each ladder step, fp16
+    against every other method, and akvq against every method off the ladder (the baselines)."""
     tasks = sorted({t for by in data.values() for t, c in by if c == level}, key=_task_key)
     pairs = [(a, b) for a, b in zip(LADDER, LADDER[1:]) if a in data and b in data]
     pairs += [("fp16", q) for q in order if q != "fp16" and q in data and "fp16" in data]
+    pairs += [("akvq", q) for q in order if q not in ("fp16", *LADDER) and q in data and "akvq" in data]
     head = ["pair", *[SHORT.get(t, t) for t in tasks]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a, b in pairs:

@@ -82,7 +82,9 @@ def test_report_writes_a_grid_per_cell_and_pairs_in_the_chosen_cell(tmp_path: Pa
     assert (tmp_path / "table.md").read_text(encoding="utf-8") == text
     assert "(1K cell, 2 samples per task; accuracy" in text  # the grid of the other cell too
     records.append(_rec("akvq", 4.5, "1K", {"SceneTransition": [1, 1, 0, 1]}))
-    assert "| fp16 vs akvq | 1-0 (p = 1) |" in vlm_report.report(records, tmp_path, cell="1K/4")
+    records.append(_rec("kivi2", 3.8, "1K", {"SceneTransition": [0, 1, 0, 1]}))
+    text = vlm_report.report(records, tmp_path, cell="1K/4")
+    assert "| fp16 vs akvq | 1-0 (p = 1) |" in text and "| akvq vs kivi2 | 1-0 (p = 1) |" in text
     assert "Paired" not in vlm_report.report(records, tmp_path, cell="2K/4")
 
 

@@ -81,6 +81,7 @@ def test_report_writes_a_grid_per_cell_and_pairs_in_the_chosen_cell(tmp_path: Pa
     assert text.rstrip().endswith("| 2-bit | 2-bit | 4.30 | 75 [25, 100] |")
     assert (tmp_path / "table.md").read_text(encoding="utf-8") == text
     assert "(1K cell, 2 samples per task; accuracy" in text  # the grid of the other cell too
+    assert "### 1K cell, 2 samples per task" not in text  # no method ran there: no empty method table
     records.append(_rec("akvq", 4.5, "1K", {"SceneTransition": [1, 1, 0, 1]}))
     records.append(_rec("kivi2", 3.8, "1K", {"SceneTransition": [0, 1, 0, 1]}))
     text = vlm_report.report(records, tmp_path, cell="1K/4")

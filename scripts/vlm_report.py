@@ -1,6 +1,6 @@
 """SynthBench tables and the example-answer figure for results/vlm/, from run records only.
 
-    python scripts/vlm_report.py results/vlm/synthbench.jsonl --out results/vlm
+    python scripts/vlm_report.py results/vlm/synthbench_needle2.jsonl --out results/vlm --cell 1K/100
 
 Writes OUT/table.md: accuracy (%) per method, task and context cell with a 95 % bootstrap interval over the
 samples (each record's per-sample `details`), the mean over tasks, effective KV bits, and the vision x text
@@ -29,7 +29,7 @@ SHORT = {"SceneTransition": "Transition", "Spot-the-Diff": "Spot-diff", "ImageNe
          "ObjectExistence": "Object"}  # fmt: skip
 CELL_ORDER = ("1K", "2K", "4K", "8K")
 MAIN_CELL = "1K/20"
-"""The cell every method and the vision x text grid ran on: the grid's default and the figure's samples."""
+"""`--cell`'s default: the cell every method ran on with the first weights (`synthbench.jsonl`)."""
 
 
 def bootstrap(scores: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -156,13 +156,14 @@ def sign_test(a: int, b: int) -> float:
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
 
 
-def _per_sample(e: Entry, task: str, level: str) -> dict[Any, float]:
+def _details(e: Entry, task: str, level: str) -> list[dict[str, Any]]:
+    """The per-sample details of `task` in cell `level` of the record behind `e`."""
     length = level.split("/")[0]
-    return {
-        d["sample_id"]: float(d["score"])
-        for d in e.record["details"]
-        if d["dataset"] == task and (d.get("level") or "all") == length
-    }
+    return [d for d in e.record["details"] if d["dataset"] == task and (d.get("level") or "all") == length]
+
+
+def _per_sample(e: Entry, task: str, level: str) -> dict[Any, float]:
+    return {d["sample_id"]: float(d["score"]) for d in _details(e, task, level)}
 
 
 def paired_table(data: dict[str, dict[tuple[str, str], Entry]], order: list[str], level: str) -> str:
@@ -196,13 +197,7 @@ def as_records(data: dict[str, dict[tuple[str, str], Entry]], level: str) -> dic
     """quant -> a record-like dict of one cell's per-sample details (for the figure), with its run's config."""
     out: dict[str, dict[str, Any]] = {}
     for q, by in data.items():
-        details = [
-            d
-            for (task, c), e in by.items()
-            if c == level
-            for d in e.record["details"]
-            if d["dataset"] == task and (d.get("level") or "all") == level.split("/")[0]
-        ]
+        details = [d for (task, c), e in by.items() if c == level for d in _details(e, task, level)]
         if details:
             config = next(e.record.get("config") for (_, c), e in by.items() if c == level)
             out[q] = {"details": details, "config": config}

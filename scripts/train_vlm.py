@@ -90,6 +90,9 @@ class Stage:
     same_count: bool = False
     """One image count per batch (little padding), drawn uniformly from [1, cap], the cap growing from 4 to
     `max_images` over the run: short, cheap sequences while the answer format is learnt, longer ones later."""
+    min_images: int = 1
+    """With `same_count`, the fewest images a batch draws; the cap grows from max(4, this) to `max_images`.
+    Above 1 the stage trains at the evaluation's counts instead of mostly short prompts."""
     text: float = 0.0
     """Fraction of questions given with each image's caption in its place ("Image 3: 9451 (3)"): ~5 tokens an
     image instead of 21, so the LM practises matching and copying a label over many images at a quarter of the
@@ -103,7 +106,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("more", 1500, "qa", TASKS, 12),
     Stage("many", 1500, "qa", TASKS, 24),
     Stage("tasks", 600, "qa", ("ReadNumber", "NameObject", *TASKS), 16, same_count=True),
-    Stage("needle", 240, "qa", ("ImageNeedleInAHaystack", "ImageNeedleInAHaystack", *TASKS), 33, True, 0.5),
+    Stage(
+        "needle", 240, "qa", ("ImageNeedleInAHaystack", "ImageNeedleInAHaystack", *TASKS), 33, True, text=0.5
+    ),
+    Stage("long", 240, "qa", ("ImageNeedleInAHaystack", "ImageNeedleInAHaystack", *TASKS), 33, True, 17, 0.5),
 )
 """The curriculum: captions, single-image questions on short sequences, then more images per prompt.
 
@@ -112,9 +118,11 @@ already reads aligned image tokens, so only the four benchmark tasks and the two
 images. The answer is the option's text (`Item.target`).
 
 "needle" continues from "tasks" (`--stage needle --init` its file): half of the questions are the needle, up to
-33 images (the 1K cell's count), half of all questions in text form (`Stage.text`)."""
+33 images (the 1K cell's count), half of all questions in text form (`Stage.text`). Its counts are drawn from
+[1, cap], so most of its prompts are short, while the 1K cell asks with 33 images; "long" continues from
+"needle" with 17-33 images a prompt (`Stage.min_images`)."""
 
-ROUTES = ("tasks", "needle")
+ROUTES = ("tasks", "needle", "long")
 """Stages that run alone (from an `--init` file) and end with themselves; the others run into the next."""
 
 
@@ -164,6 +172,14 @@ def last_step(stage: str, steps: int | None) -> int:
     if stage != "all":
         return min(end, stage_start(stage) + steps) if steps else end
     return steps or end
+
+
+def batch_count(rng: random.Random, stage: Stage, done: float) -> int | None:
+    """The image count of a `same_count` batch `done` (0..1) of the way through the run; None draws per item."""
+    if not stage.same_count:
+        return None
+    low = max(4, stage.min_images)
+    return rng.randint(stage.min_images, low + round((stage.max_images - low) * done))
 
 
 def draw_item(rng: random.Random, stage: Stage, count: int | None = None) -> Item:
@@ -612,8 +628,7 @@ def train(args: argparse.Namespace) -> None:
     while step < total:
         stage = route or stage_at(step)
         done = (step - first) / max(1, total - first)
-        cap = 4 + round((stage.max_images - 4) * done)
-        count = rng.randint(1, cap) if stage.same_count else None
+        count = batch_count(rng, stage, done)
         examples = [draw_example(loaded, rng, stage, held_out, count) for _ in range(args.batch)]
         lr_scale = min(1.0, (step + 1) / args.warmup)
         if args.schedule == "cosine":  # over this run's steps, down to 10 %

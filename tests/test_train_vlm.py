@@ -26,7 +26,31 @@ def test_routes_end_with_their_own_stage() -> None:
     assert train_vlm.stage_start("needle") == train_vlm.stage_start("tasks") + 600
     assert train_vlm.stage_at(train_vlm.stage_start("needle")) is needle
     assert needle.text == 0.5 and needle.max_images == 33
-    assert all(s.text == 0.0 for s in train_vlm.STAGES if s.name != "needle")  # older streams unchanged
+    assert all(
+        s.text == 0.0 for s in train_vlm.STAGES if s.name not in ("needle", "long")
+    )  # older streams unchanged
+    long = next(s for s in train_vlm.STAGES if s.name == "long")
+    assert (
+        train_vlm.route_stage("long") is long
+        and train_vlm.last_step("long", None) == train_vlm.stage_start("long") + 240
+    )
+
+
+def test_batch_counts_grow_from_the_stage_minimum() -> None:
+    """`needle` draws mostly short prompts early; `long` trains at 17-33 images from its first step (the 1K
+    cell asks with 33)."""
+    rng = random.Random(0)
+    needle = train_vlm.route_stage("needle")
+    long = train_vlm.route_stage("long")
+    assert needle is not None and long is not None
+    early = [train_vlm.batch_count(rng, needle, 0.0) for _ in range(200)]
+    assert set(early) == {1, 2, 3, 4}
+    first = [train_vlm.batch_count(rng, long, 0.0) for _ in range(200)]
+    last = [train_vlm.batch_count(rng, long, 1.0) for _ in range(400)]
+    assert min(first) == 17 and max(first) == 17  # the cap starts at the minimum
+    assert min(last) == 17 and max(last) == 33
+    tasks = next(s for s in train_vlm.STAGES if s.name == "drills")
+    assert train_vlm.batch_count(rng, tasks, 0.5) is None
 
 
 def test_steps_may_lengthen_a_route_but_not_the_curriculum() -> None:

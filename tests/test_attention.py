@@ -35,6 +35,10 @@ def _store(
             elif classes == "pivots":  # a PSA layer: 2-bit rows and rare 16-bit pivots, no text rows
                 cls = torch.full((m, B), LOW, dtype=torch.uint8)
                 cls[torch.rand(m, B, generator=g) < 0.05] = FULL
+            elif classes == "runs":  # stretches of 48 tokens of one class (all sequences), rare pivots
+                j = torch.arange(st.n_q, st.n_q + m).unsqueeze(1).expand(m, B)
+                cls = torch.where((j // 48) % 2 == 1, TEXT, LOW).to(torch.uint8)
+                cls[torch.rand(m, B, generator=g) < 0.005] = FULL
             else:
                 cls = torch.randint(0, 3 if classes == "all" else 2, (m, B), generator=g).to(torch.uint8)
                 if classes == "all":  # pivots are rare
@@ -135,6 +139,8 @@ def test_packed_matches_reference(name: str, groups: int, masked: bool, path: st
 PLANS_I8 = {
     "akvq_psa_d64": (TensorPlan(bits=2, group_size=128, window=7, hadamard=True), None, "all", 64),
     "akvq_tsa_d64": (TensorPlan(bits=2, group_size=64, window=7, hadamard=True), 4, "text", 64),
+    # whole rows of 64 of one class, which the kernel's table index fills as a ramp (`table_index`)
+    "akvq_tsa_runs_d64": (TensorPlan(bits=2, group_size=64, window=7, hadamard=True), 4, "runs", 64),
     "rtn4_g32_d64": (TensorPlan(bits=4, group_size=32, window=3), None, "low", 64),
     "float_zero_across_d64": (
         TensorPlan(bits=2, group_size=128, window=3, float_zero=True, group_across_heads=True),
@@ -216,6 +222,8 @@ FUSED_CASES = [  # (layout, G, mask, threads, build): each layout, mask kind, th
     ("akvq_psa_d64", 1, "float", 1, "avx2"),
     ("akvq_tsa_d64", 3, "none", 1, "avx512"),
     ("akvq_tsa_d64", 3, "bool", 2, "avx2"),
+    ("akvq_tsa_runs_d64", 3, "bool", 1, "avx512"),
+    ("akvq_tsa_runs_d64", 1, "none", 2, "avx2"),
     ("akvq_d128", 1, "bool", 1, "avx512"),
     ("akvq_d128", 3, "float", 2, "avx512"),
     ("float_zero_across_d64", 3, "none", 2, "avx512"),
@@ -233,6 +241,11 @@ def test_fused_kernel_matches_two_pass_form(
     kst = _store(plan, text_bits, n, 1, classes, flushes=6, d=d)
     vst = _store(plan, text_bits, n, 2, classes, flushes=6, d=d)  # as K: the fused kernel needs equal n_q
     assert kst.n_q == vst.n_q > 5 * 64 and kst.n_q % 64 and kst.tail_len > 0
+    if classes == "runs":  # aligned blocks of 64 rows of each packed class, and blocks with pivots
+        blocks = kst.cls[: kst.cls.numel() // 64 * 64].view(-1, 64)
+        for c in (LOW, TEXT):
+            assert bool((blocks == c).all(1).any())
+        assert bool((blocks == FULL).any(1).any())
     q = 3 * torch.randn(B, H * groups, 1, d, generator=torch.Generator().manual_seed(3))
     mask, scale = _mask(mask_kind, n), d**-0.5
     fused = packed_cpu.fused_decode(q, kst, vst, mask, scale, threads=threads, variant=variant)

@@ -124,8 +124,8 @@ static inline void unpack_pm(const uint8_t *restrict p, int bits, int seg, float
  * the class byte too (row_index decodes it). Built on every call, serially, over every row: runs of TI_RUN rows of
  * one packed class (most of them: pivots are ~1 row in 500) are filled as a ramp, which the compiler vectorizes;
  * the rest row by row. Why: the row-by-row loop over all rows (its counts a dependency chain, and a 16-bit index
- * per row for the fused kernel) took 2.4 ms per store and call at batch 79, 8K (646K rows; 1.1 ms now, 0.2 of it
- * without the fresh pages' faults); the fused call got 5-8% faster on one thread, 10-16% on two. */
+ * per row for the fused kernel) took 1.7 ms per store and call at batch 79, 8K (646K rows; 0.5 ms now); the fused
+ * call got 3-5% faster on one thread, 8% on two (results/efficiency/README.md, eighth pass). */
 #define TI_RUN 64
 static int32_t *table_index(const uint8_t *cls, int64_t n_rows, int64_t B, int32_t **hrow, int32_t **hcnt) {
     int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * (n_rows > 0 ? n_rows : 1));

@@ -12,8 +12,8 @@ Stage 0, `--stage align` (akvq/synth/align.py): only the tower and projector, tr
 tokens equal SmolLM2's input embeddings of its description ("            9451"); no LM forward, so it runs
 at hundreds of images per second. Its checkpoint is OUT/align.pt (`--stage align --export FILE` exports it,
 at curriculum step 0), and `--init FILE` starts the LM stages from it. `--stage caption|drills|...` starts
-the curriculum at that stage (`--steps N` then counts from there; a route stage, `tasks` or `needle`, may run
-longer than its default). `--read N --init FILE` measures, forward only, whether the frozen LM reads the image tokens of N held-out images (OUT/read.json).
+the curriculum at that stage (`--steps N` then counts from there; a route stage, `tasks`, `needle` or `long`, may
+run longer than its default). `--read N --init FILE` measures, forward only, whether the frozen LM reads the image tokens of N held-out images (OUT/read.json).
 
 SmolLM2-135M-Instruct stays frozen (LoRA on q/v when `--lora-rank` > 0); the loss is on the answer tokens
 only (the option text, `12<|im_end|>`). Prompts are built by the MileBench prompt code exactly as evaluation builds them,

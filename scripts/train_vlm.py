@@ -99,6 +99,9 @@ class Stage:
     cost; the aligned tower makes image tokens read like those captions."""
 
 
+NEEDLE_MIX = ("ImageNeedleInAHaystack", "ImageNeedleInAHaystack", *TASKS)
+"""The route stages' questions: half the needle, half the four benchmark tasks (the needle among them)."""
+
 STAGES: tuple[Stage, ...] = (
     Stage("caption", 1500, "caption"),
     Stage("drills", 500, "qa", ("ReadNumber", "NameObject", "ObjectExistence"), 2),
@@ -106,10 +109,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("more", 1500, "qa", TASKS, 12),
     Stage("many", 1500, "qa", TASKS, 24),
     Stage("tasks", 600, "qa", ("ReadNumber", "NameObject", *TASKS), 16, same_count=True),
-    Stage(
-        "needle", 240, "qa", ("ImageNeedleInAHaystack", "ImageNeedleInAHaystack", *TASKS), 33, True, text=0.5
-    ),
-    Stage("long", 240, "qa", ("ImageNeedleInAHaystack", "ImageNeedleInAHaystack", *TASKS), 33, True, 17, 0.5),
+    Stage("needle", 240, "qa", NEEDLE_MIX, 33, same_count=True, text=0.5),
+    Stage("long", 240, "qa", NEEDLE_MIX, 33, same_count=True, min_images=17, text=0.5),
 )
 """The curriculum: captions, single-image questions on short sequences, then more images per prompt.
 

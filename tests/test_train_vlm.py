@@ -49,8 +49,8 @@ def test_batch_counts_grow_from_the_stage_minimum() -> None:
     last = [train_vlm.batch_count(rng, long, 1.0) for _ in range(400)]
     assert min(first) == 17 and max(first) == 17  # the cap starts at the minimum
     assert min(last) == 17 and max(last) == 33
-    tasks = next(s for s in train_vlm.STAGES if s.name == "drills")
-    assert train_vlm.batch_count(rng, tasks, 0.5) is None
+    drills = next(s for s in train_vlm.STAGES if s.name == "drills")
+    assert train_vlm.batch_count(rng, drills, 0.5) is None  # not `same_count`: each item draws its own
 
 
 def test_steps_may_lengthen_a_route_but_not_the_curriculum() -> None:

@@ -21,10 +21,19 @@ B, H, D = 3, 2, 16
 
 
 def _store(
-    plan: TensorPlan, text_bits: int | None, n: int, seed: int, classes: str, flushes: int = 2, d: int = D
+    plan: TensorPlan,
+    text_bits: int | None,
+    n: int,
+    seed: int,
+    classes: str,
+    flushes: int = 2,
+    d: int = D,
+    cls_seed: int | None = None,
 ) -> TensorStore:
-    """A store with n tokens written in `flushes` appends, older ones flushed with random classes."""
+    """A store with n tokens written in `flushes` appends, older ones flushed with random classes (drawn from
+    cls_seed's generator when given: two stores with the same cls_seed and shapes get the same classes)."""
     g = torch.Generator().manual_seed(seed)
+    gc = g if cls_seed is None else torch.Generator().manual_seed(cls_seed)
     st = TensorStore(plan, text_bits, torch.float16, H, d, B)
     x = torch.randn(B, H, n, d, generator=g) * (1 + 3 * torch.rand(1, 1, 1, d, generator=g))
     for part in x.chunk(flushes, dim=2):
@@ -34,15 +43,15 @@ def _store(
                 cls = torch.full((m, B), LOW, dtype=torch.uint8)
             elif classes == "pivots":  # a PSA layer: 2-bit rows and rare 16-bit pivots, no text rows
                 cls = torch.full((m, B), LOW, dtype=torch.uint8)
-                cls[torch.rand(m, B, generator=g) < 0.05] = FULL
+                cls[torch.rand(m, B, generator=gc) < 0.05] = FULL
             elif classes == "runs":  # stretches of 48 tokens of one class (all sequences), rare pivots
                 j = torch.arange(st.n_q, st.n_q + m).unsqueeze(1).expand(m, B)
                 cls = torch.where((j // 48) % 2 == 1, TEXT, LOW).to(torch.uint8)
-                cls[torch.rand(m, B, generator=g) < 0.005] = FULL
+                cls[torch.rand(m, B, generator=gc) < 0.005] = FULL
             else:
-                cls = torch.randint(0, 3 if classes == "all" else 2, (m, B), generator=g).to(torch.uint8)
+                cls = torch.randint(0, 3 if classes == "all" else 2, (m, B), generator=gc).to(torch.uint8)
                 if classes == "all":  # pivots are rare
-                    cls[torch.rand(m, B, generator=g) < 0.7] = LOW
+                    cls[torch.rand(m, B, generator=gc) < 0.7] = LOW
             st.flush(m, cls)
         st.append(part)
     return st
@@ -258,6 +267,80 @@ def test_fused_kernel_matches_two_pass_form(
     assert torch.equal(
         packed_cpu.packed_decode(q, kst, vst, mask, scale, threads=threads, variant=variant), fused
     )
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    "name", ["akvq_psa_d64", "akvq_tsa_d64", "akvq_tsa_runs_d64", "float_zero_across_d64"]
+)
+def test_fused_kernel_with_the_same_classes_for_k_and_v(name: str, threads: int) -> None:
+    """K and V flushed with the same classes, as the cache does (cache/layer.py): the fused kernel builds one row
+    index for both (AKVQ_SHAREIDX). Against the two-kernel form (an index per store) and the reference."""
+    plan, text_bits, classes, d = PLANS_I8[name]
+    _skip_variant("cpu-avx512")
+    n = 402
+    kst = _store(plan, text_bits, n, 1, classes, flushes=6, d=d, cls_seed=7)
+    vst = _store(plan, text_bits, n, 2, classes, flushes=6, d=d, cls_seed=7)
+    assert torch.equal(kst.cls, vst.cls) and kst.cls.data_ptr() != vst.cls.data_ptr()
+    assert not torch.equal(kst.tables[LOW].codes, vst.tables[LOW].codes)
+    q = 3 * torch.randn(B, H * 3, 1, d, generator=torch.Generator().manual_seed(3))
+    mask, scale = _mask("bool", n), d**-0.5
+    fused = packed_cpu.fused_decode(q, kst, vst, mask, scale, threads=threads)
+    assert fused is not None
+    two = packed_cpu.packed_decode(q, kst, vst, mask, scale, threads=threads, fused=False)
+    assert float((fused - two).norm() / two.norm()) < FUSED_REL_TOL
+    ref = reference_decode(q, _views(kst), _views(vst), mask, scale)
+    assert float((fused - ref).norm() / ref.norm()) < I8_REL_TOL
+
+
+def _shifted(qt, what: str):
+    """qt with its scale or zero in a buffer one half past an aligned address (not 8-byte aligned), same values."""
+    import dataclasses
+
+    x = getattr(qt, what)
+    buf = torch.zeros(x.numel() + 8, dtype=x.dtype)
+    y = buf[1 : 1 + x.numel()].view(x.shape)
+    y.copy_(x)
+    assert y.is_contiguous() and y.data_ptr() % 8 == 2
+    return dataclasses.replace(qt, **{what: y})
+
+
+@pytest.mark.parametrize("name", ["akvq_psa_d64", "akvq_tsa_d64", "float_zero_across_d64"])
+def test_kernel_reads_scales_at_any_alignment_and_tiny_tables(name: str) -> None:
+    """The vector row gather reads up to 4 scale/zero halves a row as the 8 bytes that end with the row
+    (halves16q), and one half at a time where a table's scale or zero is not 8-byte aligned (half16): both give the
+    same outputs, bit for bit, in the fused and the two-kernel forms. And a 2-bit table of one row (2-4 bytes of
+    scales), all other rows 16-bit: read inside its allocation."""
+    plan, text_bits, classes, d = PLANS_I8[name]
+    _skip_variant("cpu-avx512")
+    n = 402
+    kst = _store(plan, text_bits, n, 1, classes, flushes=6, d=d, cls_seed=7)
+    vst = _store(plan, text_bits, n, 2, classes, flushes=6, d=d, cls_seed=7)
+    q = 3 * torch.randn(B, H * 3, 1, d, generator=torch.Generator().manual_seed(3))
+    mask, scale = _mask("bool", n), d**-0.5
+    for fused in (True, False):
+        a = packed_cpu.packed_decode(q, kst, vst, mask, scale, threads=1, fused=fused)
+        for st in (kst, vst):
+            st.tables[LOW] = _shifted(_shifted(st.tables[LOW], "scale"), "zero")
+        b = packed_cpu.packed_decode(q, kst, vst, mask, scale, threads=1, fused=fused)
+        assert torch.equal(a, b)
+    # one 2-bit row in each store, the rest 16-bit pivots
+    one = []
+    for seed in (1, 2):
+        g = torch.Generator().manual_seed(seed)
+        st = TensorStore(plan, text_bits, torch.float16, H, d, B)
+        st.append(torch.randn(B, H, 40, d, generator=g))
+        m = st.flushable(1)
+        cls = torch.full((m, B), FULL, dtype=torch.uint8)
+        cls[m // 2, 1] = LOW
+        st.flush(m, cls)
+        st.append(torch.randn(B, H, 1, d, generator=g))
+        assert st.tables[LOW].scale.numel() * 2 < 8
+        one.append(st)
+    ref = reference_decode(q, _views(one[0]), _views(one[1]), None, scale)
+    for fused in (True, False):
+        out = packed_cpu.packed_decode(q, one[0], one[1], None, scale, threads=1, fused=fused)
+        assert float((out - ref).norm() / ref.norm()) < I8_REL_TOL
 
 
 @pytest.mark.parametrize("mask_kind", ["none", "bool"])

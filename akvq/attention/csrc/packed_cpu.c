@@ -24,6 +24,12 @@
 
 #define MAXSEG 512
 #define TCH 64 /* tokens per work item of the batch-major kernels (see there) */
+#ifndef AKVQ_QGATHER
+#define AKVQ_QGATHER 1 /* scale/zero halves of up to 4 groups a row by qword gathers (halves16q) */
+#endif
+#ifndef AKVQ_SHAREIDX
+#define AKVQ_SHAREIDX 1 /* the fused kernel builds one row index when K and V have the same classes */
+#endif
 #ifndef AKVQ_FCH
 #define AKVQ_FCH 64 /* tokens per item of the fused kernel (akvq_token_decode); 128 and 256 were 2% and 4% slower at batch 79 */
 #endif
@@ -121,18 +127,19 @@ static inline void unpack_pm(const uint8_t *restrict p, int bits, int seg, float
 
 /* Index of each row inside its class table (the running count of its class): i for a class-0 row, -2 - i for a
  * class-1 row, -1 for a 16-bit row. The sign carries the class, so the vector paths read one int32 per row, not
- * the class byte too (row_index decodes it). Built on every call, serially, over every row: runs of TI_RUN rows of
- * one packed class (most of them: pivots are ~1 row in 500) are filled as a ramp, which the compiler vectorizes;
- * the rest row by row. Why: the row-by-row loop over all rows (its counts a dependency chain, and a 16-bit index
- * per row for the fused kernel) took 1.7 ms per store and call at batch 79, 8K (646K rows; 0.5 ms now); the fused
- * call got 3-5% faster on one thread, 8% on two (results/efficiency/README.md, eighth pass). */
+ * the class byte too (row_index decodes it). Built on every call over every row (in ranges, one per thread, see
+ * table_index): runs of TI_RUN rows of one packed class (most of them: pivots are ~1 row in 500) are filled as a
+ * ramp, which the compiler vectorizes; the rest row by row. Why: the row-by-row loop over all rows (its counts a
+ * dependency chain, and a 16-bit index per row for the fused kernel) took 1.7 ms per store and call at batch 79, 8K
+ * (646K rows; 0.5 ms now); the fused call got 3-5% faster on one thread, 8% on two (results/efficiency/README.md,
+ * eighth pass). */
 #define TI_RUN 64
-static int32_t *table_index(const uint8_t *cls, int64_t n_rows, int64_t B, int32_t **hrow, int32_t **hcnt) {
-    int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * (n_rows > 0 ? n_rows : 1));
-    int32_t n[2] = {0, 0}; /* counts in registers, branch-free: a count array indexed by the class made every row
-                              wait for the previous row's store (~3 ns a row, 20% of the key kernel at batch 8) */
-    int64_t r = 0;
-    for (; r + TI_RUN <= n_rows; r += TI_RUN) {
+/* idx[r] for rows [r0, r1), n0 / n1 class-0 / class-1 rows before r0 */
+static void ti_fill(const uint8_t *cls, int64_t r0, int64_t r1, int32_t n0, int32_t n1, int32_t *idx) {
+    int32_t n[2] = {n0, n1}; /* counts in registers, branch-free: a count array indexed by the class made every row
+                                wait for the previous row's store (~3 ns a row, 20% of the key kernel at batch 8) */
+    int64_t r = r0;
+    for (; r + TI_RUN <= r1; r += TI_RUN) {
         const uint8_t *c = cls + r, c0 = c[0];
         int diff = 0;
         for (int i = 0; i < TI_RUN; i++) diff |= c[i] ^ c0;
@@ -149,11 +156,44 @@ static int32_t *table_index(const uint8_t *cls, int64_t n_rows, int64_t B, int32
             n[1] += is1;
         }
     }
-    for (; r < n_rows; r++) {
+    for (; r < r1; r++) {
         const int ci = cls[r], is0 = ci == 0, is1 = ci == 1;
         idx[r] = is0 ? n[0] : is1 ? -2 - n[1] : -1;
         n[0] += is0;
         n[1] += is1;
+    }
+}
+
+/* On nt > 1 threads (and enough rows) the rows are split in nt ranges: each thread counts its range's class-0/1
+ * rows, then fills its range from the counts of the ranges before it. The index is built before the fused kernel's
+ * parallel part, so on one thread of two it was the serial start of every call (0.4-0.5 ms per store at batch 79). */
+#ifndef AKVQ_TI_PAR
+#define AKVQ_TI_PAR 1
+#endif
+static int32_t *table_index(const uint8_t *cls, int64_t n_rows, int64_t B, int32_t **hrow, int32_t **hcnt, int nt) {
+    int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * (n_rows > 0 ? n_rows : 1));
+    if (!AKVQ_TI_PAR || nt < 2 || n_rows < 65536) {
+        ti_fill(cls, 0, n_rows, 0, 0, idx);
+    } else {
+        int32_t cnt[64][2];
+        if (nt > 64) nt = 64;
+#pragma omp parallel num_threads(nt)
+        {
+#ifdef _OPENMP
+            const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+#else
+            const int tid = 0, nth = 1;
+#endif
+            const int64_t r0 = n_rows * tid / nth, r1 = n_rows * (tid + 1) / nth;
+            int32_t c0 = 0, c1 = 0;
+            for (int64_t r = r0; r < r1; r++) { c0 += cls[r] == 0; c1 += cls[r] == 1; }
+            cnt[tid][0] = c0;
+            cnt[tid][1] = c1;
+#pragma omp barrier
+            int32_t n0 = 0, n1 = 0;
+            for (int i = 0; i < tid; i++) { n0 += cnt[i][0]; n1 += cnt[i][1]; }
+            ti_fill(cls, r0, r1, n0, n1, idx);
+        }
     }
     if (!hrow) return idx;
     /* the fused kernel also wants the 16-bit rows' places in hp: hrow[t] = how many lie before token t's rows
@@ -273,6 +313,8 @@ typedef struct {
     int pm[2];
     int *gidx; /* [H * ns]: scale/zero index inside a row of segment s of head h */
     int32_t *hrow, *hcnt; /* the fused kernel's: 16-bit rows before each token's (hp_row); per item (else NULL) */
+    int qgather; /* gather16v_into reads table 0's scale/zero halves with halves16q */
+    int shared;  /* idx, hrow, hcnt are another tok_t's (tok_init's share): not freed here */
 } tok_t;
 
 typedef void (*score_row_fn)(const tok_t *k, int bits, const uint8_t *row, const uint16_t *sr, const uint16_t *zr,
@@ -579,6 +621,12 @@ static inline void blk_rows(const tok_t *k, int64_t b, int64_t t, int64_t t1, bl
 #ifndef AKVQ_PF
 #define AKVQ_PF 16 /* tokens ahead */
 #endif
+/* The score lines (key side) and weight lines (value side) are prefetched where they are the batch's matrices
+ * (strides osb / psb > 0: akvq_token_scores / _output); the fused kernel's are its per-thread chunk buffer (stride
+ * 0), which stays in L1. -DAKVQ_PFCHUNK=1: prefetch those too (the eighth pass's build). */
+#ifndef AKVQ_PFCHUNK
+#define AKVQ_PFCHUNK 0
+#endif
 static inline void blk_prefetch(const tok_t *k, int64_t b, int64_t t, int64_t t1, int n) {
     for (int i = 0; i < n && t + i < t1; i++) {
         const int64_t rr = (t + i) * k->B + b;
@@ -614,7 +662,8 @@ ALWAYS_INLINE void i8_block_body(const tok_t *k, int G, int64_t b, int64_t t0, i
         if (AKVQ_PF) {
             blk_prefetch(k, b, t + AKVQ_PF, t1, 8);
             if (t + AKVQ_PF < t1) /* the score lines AKVQ_PF tokens on: one store stream per query head and sequence */
-                for (int e = 0; e < H * G; e++) __builtin_prefetch(out + b * osb + e * osg + t + AKVQ_PF, 1, 3);
+                for (int e = 0; e < H * G && (osb || AKVQ_PFCHUNK); e++)
+                    __builtin_prefetch(out + b * osb + e * osg + t + AKVQ_PF, 1, 3);
         }
         blk_rows(k, b, t, t1, &r);
         for (int h = 0; h < H; h++) {
@@ -733,6 +782,32 @@ ALWAYS_INLINE __m256i half16(const uint16_t *tab, __m512i e2, __mmask16 m) {
     return _mm512_cvtepi32_epi16(_mm512_srlv_epi32(w, _mm512_slli_epi32(_mm512_and_si512(o, _mm512_set1_epi32(2)), 3)));
 }
 
+/* The 16 rows' scale (or zero) halves 0..ngr-1 (ngr <= 4, e0: each row's byte offset 2 ngr i) into out[j * ld + i],
+ * 0 where m is off, with 2 qword gathers (8 rows each) and one word permute per two groups: half16 takes one dword
+ * gather of 16 rows per group (ngr x 16 loads; 6 gathers per 16 tokens and store at SmolLM2's 3 groups, ~1/4 of the
+ * key kernel's samples at batch 79). Each row is read as the 8 bytes that end where it ends (from byte 0 for the
+ * first rows), shifted down to its first half: no read leaves [tab, tab + max(size, 8)), and with tab 8-byte aligned
+ * (the caller checks) the first 8 bytes are one aligned qword, so a table shorter than 8 bytes is read inside its
+ * page. The same halves as half16 (bit-identical outputs). -DAKVQ_QGATHER=0: half16 always. */
+ALWAYS_INLINE void halves16q(const uint16_t *tab, int ngr, __m512i e0, __mmask16 m, uint16_t *out, int ld) {
+    const __m512i end = _mm512_add_epi32(e0, _mm512_set1_epi32(2 * ngr));
+    const __m512i off = _mm512_max_epi32(_mm512_sub_epi32(end, _mm512_set1_epi32(8)), _mm512_setzero_si512());
+    const __m512i sw = _mm512_slli_epi32(_mm512_sub_epi32(e0, off), 3); /* bits to shift down */
+    const __m256i olo = _mm512_castsi512_si256(off), ohi = _mm512_extracti64x4_epi64(off, 1);
+    __m512i a = _mm512_mask_i32gather_epi64(_mm512_setzero_si512(), (__mmask8)m, olo, (const void *)tab, 1);
+    __m512i c = _mm512_mask_i32gather_epi64(_mm512_setzero_si512(), (__mmask8)(m >> 8), ohi, (const void *)tab, 1);
+    a = _mm512_srlv_epi64(a, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(sw)));
+    c = _mm512_srlv_epi64(c, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(sw, 1)));
+    /* output word o (group j + o / 16, row o % 16): word 4 (o % 8) + j + o / 16 of a (rows 0-7) or c (rows 8-15) */
+    const __m512i p0 = _mm512_set_epi16(61, 57, 53, 49, 45, 41, 37, 33, 29, 25, 21, 17, 13, 9, 5, 1,
+                                        60, 56, 52, 48, 44, 40, 36, 32, 28, 24, 20, 16, 12, 8, 4, 0);
+    for (int j = 0; j < ngr; j += 2) {
+        const __m512i w = _mm512_permutex2var_epi16(a, _mm512_add_epi16(p0, _mm512_set1_epi16((short)j)), c);
+        _mm256_storeu_si256((__m256i *)(out + j * ld), _mm512_castsi512_si256(w));
+        if (j + 1 < ngr) _mm256_storeu_si256((__m256i *)(out + (j + 1) * ld), _mm512_extracti64x4_epi64(w, 1));
+    }
+}
+
 /* rows of tokens [t, t + 16) of sequence b: row pointers into row[0..16) (zrow where not class 0), scale and zero
  * halves into sh/zh[j * ld + i] (0 where not class 0); returns the class-0 lanes, sets *any1 if a class-1 row is
  * among them */
@@ -752,6 +827,11 @@ static inline __mmask16 gather16v_into(const tok_t *k, int64_t b, int64_t t, int
     _mm512_storeu_si512((void *)(row + 8), _mm512_mask_blend_epi64((__mmask8)(m0 >> 8), zr,
                                                                     _mm512_add_epi64(base, _mm512_mullo_epi64(hi, nbv))));
     const __m512i e0 = _mm512_mullo_epi32(idx, _mm512_set1_epi32(2 * ngr));
+    if (k->qgather) {
+        halves16q(k->tab[0].scale, ngr, e0, m0, sh, ld);
+        halves16q(k->tab[0].zero, ngr, e0, m0, zh, ld);
+        return m0;
+    }
     for (int j = 0; j < ngr; j++) {
         const __m512i e = _mm512_add_epi32(e0, _mm512_set1_epi32(2 * j));
         _mm256_storeu_si256((__m256i *)(sh + j * ld), half16(k->tab[0].scale, e, m0));
@@ -815,10 +895,12 @@ ALWAYS_INLINE void i16_block_body(const tok_t *k, int G, int64_t b, int64_t t0, 
             if (vec) prefetch16v(k, b, t + 32, t1);
             else blk_prefetch(k, b, t + 32, t1, 16);
             if (t + 16 < t1)
-                for (int e = 0; e < H * G; e++) __builtin_prefetch(out + b * osb + e * osg + t + 16, 1, 3);
+                for (int e = 0; e < H * G && (osb || AKVQ_PFCHUNK); e++)
+                    __builtin_prefetch(out + b * osb + e * osg + t + 16, 1, 3);
             else if (vec && b + 1 < k->B) { /* the next item (sequence b + 1, same tokens): its first rows */
                 prefetch16v(k, b + 1, t0, t1);
-                for (int e = 0; e < H * G; e++) __builtin_prefetch(out + (b + 1) * osb + e * osg + t0, 1, 3);
+                for (int e = 0; e < H * G && (osb || AKVQ_PFCHUNK); e++)
+                    __builtin_prefetch(out + (b + 1) * osb + e * osg + t0, 1, 3);
             }
         }
         if (t + 16 < t1) {
@@ -1036,8 +1118,8 @@ ALWAYS_INLINE void v8_chunk(int G, int NU, const uint8_t *const *rows, int npair
  * weight x code products into int32 lanes (v8_chunk: one vpmaddubsw + add per pair of tokens and 16 channels). The
  * sums are the same integers, stored in the same (v8) order. acc[g][v] lane (128-bit lane L, dword m) holds chunk
  * byte 4v + m of plane L. */
-ALWAYS_INLINE void v8_quad512(int G, const uint8_t *const *rows, int nquad, const uint8_t (*wq)[VB], const float *wb,
-                              float *a, int64_t D) {
+ALWAYS_INLINE void v8_quad512(int G, const uint8_t *const *rows, int64_t off, int nquad, const uint8_t (*wq)[VB],
+                              const float *wb, float *a, int64_t D) {
     const __m512i m = _mm512_set1_epi8(3), sh = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
     __m512i acc[8][4];
     for (int g = 0; g < G; g++)
@@ -1045,7 +1127,8 @@ ALWAYS_INLINE void v8_quad512(int G, const uint8_t *const *rows, int nquad, cons
     for (int i = 0; i < nquad; i++) {
         __m512i c[4];
         for (int u = 0; u < 4; u++)
-            c[u] = _mm512_and_si512(_mm512_srlv_epi32(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)rows[4 * i + u])), sh), m);
+            c[u] = _mm512_and_si512(
+                _mm512_srlv_epi32(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(rows[4 * i + u] + off))), sh), m);
         const __m512i lo01 = _mm512_unpacklo_epi8(c[0], c[1]), hi01 = _mm512_unpackhi_epi8(c[0], c[1]);
         const __m512i lo23 = _mm512_unpacklo_epi8(c[2], c[3]), hi23 = _mm512_unpackhi_epi8(c[2], c[3]);
         const __m512i x[4] = {_mm512_unpacklo_epi16(lo01, lo23), _mm512_unpackhi_epi16(lo01, lo23),
@@ -1080,6 +1163,63 @@ ALWAYS_INLINE float hmax8(__m256 v) {
 }
 
 #define V8_MAXGR 64 /* scale/zero groups per row the integer value path takes */
+#define V8_HS 16    /* (head, segment) pairs per row whose weights out_v8_body prepares up front (else per pair) */
+#ifndef AKVQ_V8HOIST
+#define AKVQ_V8HOIST 1 /* -DAKVQ_V8HOIST=0: each pair's weights just before its dot products */
+#endif
+
+#ifdef AKVQ_VNNI
+/* The block's weights w_t = p_t s_t of (head h, segment s), for each of the G query heads, quantized to u8 (wq, with
+ * the scale wb; out_v8_body's comment): tokens [t, t + n) of sequence b, shg/zhg the block's scale/zero halves of
+ * this segment's group, m0/m1 the class-0/class-1 lanes. Adds the zero-point terms to kz; with class-1 rows (any1)
+ * also the exact weights w. Returns whether any weight is > 0. */
+ALWAYS_INLINE int v8_weights(const tok_t *k, int G, int64_t b, int64_t t, int n, int h, int s, const float *p,
+                             int64_t psb, int64_t psg, const uint16_t *shg, const uint16_t *zhg, const float *m0,
+                             const float *m1, int any1, float *kz, float (*w)[VB], float *wb, uint8_t (*wq)[VB]) {
+    const int ns = k->ns;
+    __m512 sc[2], zq[2], zz[2];
+    for (int v = 0; v < 2; v++) {
+        sc[v] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(shg + 16 * v)));
+        zz[v] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(zhg + 16 * v)));
+        const __m512 z0 = _mm512_mul_ps(zz[v], _mm512_loadu_ps(m0 + 16 * v));
+        zq[v] = k->float_zero ? _mm512_maskz_div_ps(_mm512_cmp_ps_mask(sc[v], _mm512_setzero_ps(), _CMP_GT_OQ), z0, sc[v])
+                              : z0;
+    }
+    int live = 0;
+    const __mmask16 ld0 = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1);
+    const __mmask16 ld1 = n >= 32 ? 0xffff : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);
+    for (int g = 0; g < G; g++) {
+        const int64_t j = ((b * k->H + h) * G + g) * ns + s;
+        const float *pp = p + b * psb + (int64_t)(h * G + g) * psg + t;
+        __m512 wv[2], mx = _mm512_setzero_ps(), k1 = _mm512_setzero_ps();
+        for (int v = 0; v < 2; v++) {
+            const __m512 pv = _mm512_maskz_loadu_ps(v ? ld1 : ld0, pp + 16 * v);
+            const __m512 wu = _mm512_mul_ps(pv, sc[v]);
+            wv[v] = _mm512_mul_ps(wu, _mm512_loadu_ps(m0 + 16 * v));
+            mx = _mm512_max_ps(mx, wv[v]);
+            if (any1) { /* class-1 rows: exact weights, + p z (float zero) or - w z */
+                _mm512_storeu_ps(w[g] + 16 * v, wu);
+                k1 = _mm512_fmadd_ps(_mm512_mul_ps(k->float_zero ? pv : wu, zz[v]),
+                                     _mm512_loadu_ps(m1 + 16 * v), k1);
+            }
+        }
+        const float wmax = _mm512_reduce_max_ps(mx);
+        const __m512 inv = _mm512_set1_ps(wmax > 0 ? 255.0f / wmax : 0.0f);
+        wb[g] = wmax / 255.0f;
+        __m512 zs = _mm512_setzero_ps();
+        for (int v = 0; v < 2; v++) {
+            const __m512i qi = _mm512_cvtps_epi32(_mm512_mul_ps(wv[v], inv));
+            zs = _mm512_fmadd_ps(_mm512_cvtepi32_ps(qi), zq[v], zs);
+            _mm_store_si128((__m128i *)(wq[g] + 16 * v), _mm512_cvtusepi32_epi8(qi));
+        }
+        const float zsum = _mm512_reduce_add_ps(zs);
+        const float z1 = any1 ? _mm512_reduce_add_ps(k1) : 0.0f;
+        kz[j] += k->float_zero ? z1 + wb[g] * zsum : -(z1 + wb[g] * zsum);
+        live |= wmax > 0;
+    }
+    return live;
+}
+#endif
 
 /* outputs of tokens [t0, t1) of sequence b, VB tokens at a time: table 0 (2 bits) through v8_chunk into acc (v8
  * order), table 1 through the float path into acc + nacc; zero-point terms into kz. `zrow`: W / 4 zero bytes. The
@@ -1107,14 +1247,15 @@ ALWAYS_INLINE void out_v8_body(const tok_t *k, int G, int64_t b, int64_t t0, int
             else
 #endif
             blk_prefetch(k, b, t + VB, t1, VB);
-            for (int e = 0; e < H * G; e++) /* the next block's weights: one stream per query head and sequence */
+            /* the next block's weights: one stream per query head and sequence */
+            for (int e = 0; e < H * G && (psb || AKVQ_PFCHUNK); e++)
                 for (int o = 0; o < VB; o += 16) __builtin_prefetch(p + b * psb + e * psg + t + VB + o, 0, 3);
         } else if (AKVQ_PF && vec && b + 1 < k->B) { /* the next item (sequence b + 1, same tokens): its first block */
 #ifdef AKVQ_VNNI
             prefetch16v(k, b + 1, t0, t1);
             prefetch16v(k, b + 1, t0 + 16, t1);
 #endif
-            for (int e = 0; e < H * G; e++)
+            for (int e = 0; e < H * G && (psb || AKVQ_PFCHUNK); e++)
                 for (int o = 0; o < VB; o += 16) __builtin_prefetch(p + (b + 1) * psb + e * psg + t0 + o, 0, 3);
         }
         int any1 = 0, scalar = 1;
@@ -1153,53 +1294,41 @@ ALWAYS_INLINE void out_v8_body(const tok_t *k, int G, int64_t b, int64_t t0, int
                 for (int j = 0; j < ngr; j++) sh[j][i] = zh[j][i] = 0;
             }
         }
+#ifdef AKVQ_VNNI
+        if (AKVQ_V8HOIST && !any1 && H * ns <= V8_HS) {
+            /* no class-1 row: every (head, segment)'s weights first, then the dot products. The weights' horizontal
+             * max and sum per query head are latency chains; back to back, the H x ns x G chains overlap, where each
+             * head's dot products used to sit between them. Each row is class 0 or zrow (either path above), so
+             * v8_quad512 reads row[i] + the chunk's offset for every i: no per-chunk pointer array. */
+            float wb[V8_HS][8], wdummy[1][VB];
+            uint8_t wq[V8_HS][8][VB] __attribute__((aligned(32)));
+            int live[V8_HS];
+            for (int h = 0; h < H; h++)
+                for (int s = 0; s < ns; s++) {
+                    const int gi = k->gidx[h * ns + s], hs = h * ns + s;
+                    live[hs] = v8_weights(k, G, b, t, n, h, s, p, psb, psg, sh[gi], zh[gi], m0, m1, 0, kz, wdummy,
+                                          wb[hs], wq[hs]);
+                }
+            const int nquad = (n + 3) / 4;
+            for (int h = 0; h < H; h++)
+                for (int s = 0; s < ns; s++) {
+                    const int hs = h * ns + s, ch = h * D + s * seg;
+                    float *a0 = acc + ((b * k->H + h) * G) * D + s * seg;
+                    if (live[hs])
+                        for (int c = 0; c < nc; c++)
+                            v8_quad512(G, row, ch / 4 + 16 * c, nquad, (const uint8_t(*)[VB])wq[hs], wb[hs], a0 + 64 * c, D);
+                }
+            continue;
+        }
+#endif
         for (int h = 0; h < H; h++) {
             for (int s = 0; s < ns; s++) {
                 const int gi = k->gidx[h * ns + s], ch = h * D + s * seg;
 #ifdef AKVQ_VNNI
                 /* the block's weights w_t = p_t s_t quantized to u8 per query head, 16 tokens a vector */
-                __m512 sc[2], zq[2], zz[2];
-                for (int v = 0; v < 2; v++) {
-                    sc[v] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sh[gi] + 16 * v)));
-                    zz[v] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(zh[gi] + 16 * v)));
-                    const __m512 z0 = _mm512_mul_ps(zz[v], _mm512_loadu_ps(m0 + 16 * v));
-                    zq[v] = k->float_zero ? _mm512_maskz_div_ps(_mm512_cmp_ps_mask(sc[v], _mm512_setzero_ps(), _CMP_GT_OQ), z0, sc[v])
-                                          : z0;
-                }
                 float w[8][VB], wb[8];
                 uint8_t wq[8][VB] __attribute__((aligned(32)));
-                int live = 0;
-                const __mmask16 ld0 = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1);
-                const __mmask16 ld1 = n >= 32 ? 0xffff : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);
-                for (int g = 0; g < G; g++) {
-                    const int64_t j = ((b * k->H + h) * G + g) * ns + s;
-                    const float *pp = p + b * psb + (int64_t)(h * G + g) * psg + t;
-                    __m512 wv[2], mx = _mm512_setzero_ps(), k1 = _mm512_setzero_ps();
-                    for (int v = 0; v < 2; v++) {
-                        const __m512 pv = _mm512_maskz_loadu_ps(v ? ld1 : ld0, pp + 16 * v);
-                        const __m512 wu = _mm512_mul_ps(pv, sc[v]);
-                        wv[v] = _mm512_mul_ps(wu, _mm512_loadu_ps(m0 + 16 * v));
-                        mx = _mm512_max_ps(mx, wv[v]);
-                        if (any1) { /* class-1 rows: exact weights, + p z (float zero) or - w z */
-                            _mm512_storeu_ps(w[g] + 16 * v, wu);
-                            k1 = _mm512_fmadd_ps(_mm512_mul_ps(k->float_zero ? pv : wu, zz[v]),
-                                                 _mm512_loadu_ps(m1 + 16 * v), k1);
-                        }
-                    }
-                    const float wmax = _mm512_reduce_max_ps(mx);
-                    const __m512 inv = _mm512_set1_ps(wmax > 0 ? 255.0f / wmax : 0.0f);
-                    wb[g] = wmax / 255.0f;
-                    __m512 zs = _mm512_setzero_ps();
-                    for (int v = 0; v < 2; v++) {
-                        const __m512i qi = _mm512_cvtps_epi32(_mm512_mul_ps(wv[v], inv));
-                        zs = _mm512_fmadd_ps(_mm512_cvtepi32_ps(qi), zq[v], zs);
-                        _mm_store_si128((__m128i *)(wq[g] + 16 * v), _mm512_cvtusepi32_epi8(qi));
-                    }
-                    const float zsum = _mm512_reduce_add_ps(zs);
-                    const float z1 = any1 ? _mm512_reduce_add_ps(k1) : 0.0f;
-                    kz[j] += k->float_zero ? z1 + wb[g] * zsum : -(z1 + wb[g] * zsum);
-                    live |= wmax > 0;
-                }
+                const int live = v8_weights(k, G, b, t, n, h, s, p, psb, psg, sh[gi], zh[gi], m0, m1, any1, kz, w, wb, wq);
                 (void)perm;
 #else
                 __m256 sc[VB / 8], zq[VB / 8], zz[VB / 8];
@@ -1259,7 +1388,7 @@ ALWAYS_INLINE void out_v8_body(const tok_t *k, int G, int64_t b, int64_t t0, int
 #ifdef AKVQ_VNNI
                         const int nquad = (n + 3) / 4;
                         for (int i = 0; i < 4 * nquad; i++) rp[i] = cl[i] == 0 ? row[i] + ch / 4 + 16 * c : zrow;
-                        v8_quad512(G, rp, nquad, (const uint8_t(*)[VB])wq, wb, a0 + 64 * c, D);
+                        v8_quad512(G, rp, 0, nquad, (const uint8_t(*)[VB])wq, wb, a0 + 64 * c, D);
                         (void)NU;
                         (void)npair;
 #else
@@ -1349,7 +1478,7 @@ static output_row_fn pick_output(int bits, int seg, int64_t G) {
 static int tok_init(tok_t *k, int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D, int64_t group,
                     const uint8_t *cls, const uint8_t *c0, const uint16_t *s0, const uint16_t *z0, int64_t bits0,
                     const uint8_t *c1, const uint16_t *s1, const uint16_t *z1, int64_t bits1, int64_t float_zero,
-                    int want_hp) {
+                    int want_hp, const tok_t *share, int nt) {
     k->B = B; k->H = H; k->G = G; k->D = D; k->group = group; k->float_zero = float_zero;
     k->seg = gcd((int)group, (int)D); k->ns = (int)(D / k->seg); k->W = (int)(H * D); k->ngr = (int)(H * D / group);
     k->cls = cls;
@@ -1362,14 +1491,23 @@ static int tok_init(tok_t *k, int64_t n_rows, int64_t B, int64_t H, int64_t G, i
     for (int h = 0; h < H; h++)
         for (int s = 0; s < k->ns; s++) k->gidx[h * k->ns + s] = (int)((h * D + s * k->seg) / group);
     k->hrow = k->hcnt = NULL;
-    k->idx = table_index(cls, n_rows, B, want_hp ? &k->hrow : NULL, want_hp ? &k->hcnt : NULL);
+    k->shared = share != NULL;
+    if (share) { /* the same classes: the same index (the caller checks that share has hrow if want_hp) */
+        k->idx = share->idx;
+        if (want_hp) { k->hrow = share->hrow; k->hcnt = share->hcnt; }
+    } else {
+        k->idx = table_index(cls, n_rows, B, want_hp ? &k->hrow : NULL, want_hp ? &k->hcnt : NULL, nt);
+    }
+    k->qgather = AKVQ_QGATHER && k->ngr <= 4 && !((uintptr_t)s0 & 7) && !((uintptr_t)z0 & 7);
     return 0;
 }
 
 static void tok_free(tok_t *k) {
-    free(k->idx);
-    free(k->hrow);
-    free(k->hcnt);
+    if (!k->shared) {
+        free(k->idx);
+        free(k->hrow);
+        free(k->hcnt);
+    }
     free(k->gidx);
 }
 
@@ -1433,7 +1571,9 @@ int akvq_token_scores(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                       const float *q, float *out, int64_t osb, int64_t ost, int64_t osg, int64_t int8,
                       int64_t nthreads) {
     tok_t k;
-    if (tok_init(&k, n_rows, B, H, G, D, group, cls, c0, s0, z0, bits0, c1, s1, z1, bits1, float_zero, 0)) return 1;
+    if (tok_init(&k, n_rows, B, H, G, D, group, cls, c0, s0, z0, bits0, c1, s1, z1, bits1, float_zero, 0, NULL,
+                 n_threads(nthreads)))
+        return 1;
     const int seg = k.seg, ns = k.ns, nt = n_threads(nthreads);
     const int64_t nq = B * H * G * D, W = H * D;
     score_i8_fn f8[2] = {NULL, NULL};
@@ -1528,7 +1668,9 @@ int akvq_token_output(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                       const float *p, int64_t psb, int64_t pst, int64_t psg, float *acc, int64_t int8v,
                       int64_t nthreads) {
     tok_t k;
-    if (tok_init(&k, n_rows, B, H, G, D, group, cls, c0, s0, z0, bits0, c1, s1, z1, bits1, float_zero, 0)) return 1;
+    if (tok_init(&k, n_rows, B, H, G, D, group, cls, c0, s0, z0, bits0, c1, s1, z1, bits1, float_zero, 0, NULL,
+                 n_threads(nthreads)))
+        return 1;
     const int seg = k.seg, ns = k.ns, nt = n_threads(nthreads);
     const int64_t nacc = B * H * G * D, nk = B * H * G * ns, W = H * D;
     float *part = (float *)calloc((size_t)nt * (2 * nacc + nk), sizeof(float));
@@ -1979,9 +2121,15 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
     score_i8_fn f8[2] = {NULL, NULL};
     int v8 = 0;
     if (packed) {
-        if (tok_init(&kk, n_rows, B, H, G, D, group_k, cls_k, kc0, ks0, kz0, kbits0, kc1, ks1, kz1, kbits1, fz_k, hpk != NULL))
+        if (tok_init(&kk, n_rows, B, H, G, D, group_k, cls_k, kc0, ks0, kz0, kbits0, kc1, ks1, kz1, kbits1, fz_k, hpk != NULL,
+                     NULL, n_threads(nthreads)))
             return 2;
-        if (tok_init(&kv, n_rows, B, H, G, D, group_v, cls_v, vc0, vs0, vz0, vbits0, vc1, vs1, vz1, vbits1, fz_v, hpv != NULL)) {
+        /* K and V usually flush the same positions with the same classes (cache/layer.py): then one row index, which
+         * is built serially before the parallel part (0.4-0.5 ms per store at batch 79, 8K; table_index) */
+        const int same = AKVQ_SHAREIDX && (hpv == NULL || hpk != NULL)
+                         && (cls_v == cls_k || !memcmp(cls_v, cls_k, (size_t)n_rows));
+        if (tok_init(&kv, n_rows, B, H, G, D, group_v, cls_v, vc0, vs0, vz0, vbits0, vc1, vs1, vz1, vbits1, fz_v, hpv != NULL,
+                     same ? &kk : NULL, n_threads(nthreads))) {
             tok_free(&kk);
             return 2;
         }

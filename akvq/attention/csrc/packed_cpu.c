@@ -30,6 +30,9 @@
 #ifndef AKVQ_SHAREIDX
 #define AKVQ_SHAREIDX 1 /* the fused kernel builds one row index when K and V have the same classes */
 #endif
+#ifndef AKVQ_SM3
+#define AKVQ_SM3 1 /* the fused kernel's online softmax in three passes over the query heads (see there) */
+#endif
 #ifndef AKVQ_FCH
 #define AKVQ_FCH 64 /* tokens per item of the fused kernel (akvq_token_decode); 128 and 256 were 2% and 4% slower at batch 79 */
 #endif
@@ -446,6 +449,22 @@ static inline int i8_pos(int k, int bits) {
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define AKVQ_VNNI 1
+/* acc + the u8 x s8 dot products of a and b per dword (vpdpbusd), accumulated in acc's register. With the intrinsic,
+ * GCC 12 kept v8_quad512's accumulators in other registers than the ones it accumulated in and copied them there
+ * and back on every iteration (~20 vmovdqa per 12 vpdpbusd at G = 3, on the ports the shuffles and dot products
+ * use). The same instruction, so the same sums. -DAKVQ_DPASM=0: the intrinsic (v8_quad512, i16_block_body). */
+#ifndef AKVQ_DPASM
+#define AKVQ_DPASM 1
+#endif
+ALWAYS_INLINE __m512i dpbusd_acc(__m512i acc, __m512i a, __m512i b) {
+#if AKVQ_DPASM
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+    return acc;
+#else
+    return _mm512_dpbusd_epi32(acc, a, b);
+#endif
+}
+
 /* AVX-512 VNNI: one vpdpbusd does 64 u8 x s8 products and their sums by four into int32, so a 2-bit segment of
  * 64 channels is one broadcast, one shift, one mask and one vpdpbusd per query head (AVX2: ten instructions).
  * The 64 bytes hold the four planes of a 16-byte chunk (2 bits) or the two planes of two chunks (4 bits), in the
@@ -941,7 +960,7 @@ ALWAYS_INLINE void i16_block_body(const tok_t *k, int G, int64_t b, int64_t t0, 
                             for (int g = 0; g < G; g++) { /* two chains per head: half the vpdpbusd latency chain */
                                 const int32_t *qd = (const int32_t *)(q8 + ((b * k->H + h) * G + g) * D + s * seg + 64 * c);
                                 acc[2 * g + (jj & 1)] =
-                                    _mm512_dpbusd_epi32(acc[2 * g + (jj & 1)], cv, _mm512_set1_epi32(qd[4 * pp + jj]));
+                                    dpbusd_acc(acc[2 * g + (jj & 1)], cv, _mm512_set1_epi32(qd[4 * pp + jj]));
                             }
                         }
                 }
@@ -1137,7 +1156,7 @@ ALWAYS_INLINE void v8_quad512(int G, const uint8_t *const *rows, int64_t off, in
             int32_t w4;
             memcpy(&w4, wq[g] + 4 * i, 4);
             const __m512i w = _mm512_set1_epi32(w4);
-            for (int v = 0; v < 4; v++) acc[g][v] = _mm512_dpbusd_epi32(acc[g][v], w, x[v]);
+            for (int v = 0; v < 4; v++) acc[g][v] = dpbusd_acc(acc[g][v], w, x[v]);
         }
     }
     /* v8 order: float F = 32 (L / 2) + 16 (v / 2) + 8 (L % 2) + 4 (v % 2) + m */
@@ -2205,10 +2224,17 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                     if (a != 0.0f)
                         for (int64_t e = 0; e < H * G; e++) p[e * AKVQ_FCH + t] += a;
                 }
+            /* the chunk's online softmax per (b, h, g) = j, in three passes over the H x G query heads: the new
+             * maxima, the rescales, the exponentials and their sums. Each head's arithmetic is as in one pass, but the
+             * heads' max -> exp -> sum latency chains no longer wait on each other (-DAKVQ_SM3=0: one pass) */
+            float mnv[AKVQ_SM3 ? 64 : 1];
+            const int sm3 = AKVQ_SM3 && H * G <= 64;
+            if (sm3)
+                for (int64_t e = 0; e < H * G; e++) mnv[e] = fmax2(mx[b * H * G + e], max_run(sc + e * AKVQ_FCH, n));
             for (int64_t e = 0; e < H * G; e++) {
                 float *x = sc + e * AKVQ_FCH;
                 const int64_t j = b * H * G + e;
-                const float mo = mx[j], mn = fmax2(mo, max_run(x, n));
+                const float mo = mx[j], mn = sm3 ? mnv[e] : fmax2(mo, max_run(x, n));
                 if (mn == -INFINITY) {
                     memset(x, 0, sizeof(float) * n);
                     continue;
@@ -2224,8 +2250,11 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                     for (int s = 0; s < ns; s++) kzs[j * ns + s] *= f;
                     mx[j] = mn;
                 }
-                sm[j] += exp_sub_sum(x, n, mn);
+                if (!sm3) sm[j] += exp_sub_sum(x, n, mn);
             }
+            if (sm3)
+                for (int64_t e = 0; e < H * G; e++)
+                    if (mnv[e] != -INFINITY) sm[b * H * G + e] += exp_sub_sum(sc + e * AKVQ_FCH, n, mnv[e]);
             if (v8) vblk8(&kv, b, t0, t1, p, 0, AKVQ_FCH, acc2, nacc, kzs, zrow, vvec);
             else vblk(&kv, b, t0, t1, p, 0, AKVQ_FCH, acc2, nacc, kzs);
             if (hiv && nhv[it])

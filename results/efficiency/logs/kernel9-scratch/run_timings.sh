@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../../../.."
 L=results/efficiency/logs
 mkdir -p /tmp/old9
 git show 31dcfb6:akvq/attention/csrc/packed_cpu.c > /tmp/old9/packed_cpu.c
-V="nohoist:-DAKVQ_V8HOIST=0,noqgather:-DAKVQ_QGATHER=0,noshare:-DAKVQ_SHAREIDX=0,notipar:-DAKVQ_TI_PAR=0,pfchunk:-DAKVQ_PFCHUNK=1"
+V="nohoist:-DAKVQ_V8HOIST=0,noqgather:-DAKVQ_QGATHER=0,noshare:-DAKVQ_SHAREIDX=0,notipar:-DAKVQ_TI_PAR=0,pfchunk:-DAKVQ_PFCHUNK=1,nodpasm:-DAKVQ_DPASM=0,nosm3:-DAKVQ_SM3=0"
 for i in 1 2; do
   date -u +%FT%T
   .venv/bin/python $L/kernel9-scratch/ab.py old=/tmp/old9/packed_cpu.c rounds=15 batches=79,8 threads=1,2 variants=$V

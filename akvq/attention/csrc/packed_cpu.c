@@ -30,9 +30,6 @@
 #ifndef AKVQ_SHAREIDX
 #define AKVQ_SHAREIDX 1 /* the fused kernel builds one row index when K and V have the same classes */
 #endif
-#ifndef AKVQ_SM3
-#define AKVQ_SM3 1 /* the fused kernel's online softmax in three passes over the query heads (see there) */
-#endif
 #ifndef AKVQ_FCH
 #define AKVQ_FCH 64 /* tokens per item of the fused kernel (akvq_token_decode); 128 and 256 were 2% and 4% slower at batch 79 */
 #endif
@@ -2224,17 +2221,10 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                     if (a != 0.0f)
                         for (int64_t e = 0; e < H * G; e++) p[e * AKVQ_FCH + t] += a;
                 }
-            /* the chunk's online softmax per (b, h, g) = j, in three passes over the H x G query heads: the new
-             * maxima, the rescales, the exponentials and their sums. Each head's arithmetic is as in one pass, but the
-             * heads' max -> exp -> sum latency chains no longer wait on each other (-DAKVQ_SM3=0: one pass) */
-            float mnv[AKVQ_SM3 ? 64 : 1];
-            const int sm3 = AKVQ_SM3 && H * G <= 64;
-            if (sm3)
-                for (int64_t e = 0; e < H * G; e++) mnv[e] = fmax2(mx[b * H * G + e], max_run(sc + e * AKVQ_FCH, n));
             for (int64_t e = 0; e < H * G; e++) {
                 float *x = sc + e * AKVQ_FCH;
                 const int64_t j = b * H * G + e;
-                const float mo = mx[j], mn = sm3 ? mnv[e] : fmax2(mo, max_run(x, n));
+                const float mo = mx[j], mn = fmax2(mo, max_run(x, n));
                 if (mn == -INFINITY) {
                     memset(x, 0, sizeof(float) * n);
                     continue;
@@ -2250,11 +2240,8 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                     for (int s = 0; s < ns; s++) kzs[j * ns + s] *= f;
                     mx[j] = mn;
                 }
-                if (!sm3) sm[j] += exp_sub_sum(x, n, mn);
+                sm[j] += exp_sub_sum(x, n, mn);
             }
-            if (sm3)
-                for (int64_t e = 0; e < H * G; e++)
-                    if (mnv[e] != -INFINITY) sm[b * H * G + e] += exp_sub_sum(sc + e * AKVQ_FCH, n, mnv[e]);
             if (v8) vblk8(&kv, b, t0, t1, p, 0, AKVQ_FCH, acc2, nacc, kzs, zrow, vvec);
             else vblk(&kv, b, t0, t1, p, 0, AKVQ_FCH, acc2, nacc, kzs);
             if (hiv && nhv[it])

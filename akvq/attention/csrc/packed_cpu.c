@@ -2141,7 +2141,7 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                      NULL, n_threads(nthreads)))
             return 2;
         /* K and V usually flush the same positions with the same classes (cache/layer.py): then one row index, which
-         * is built serially before the parallel part (0.4-0.5 ms per store at batch 79, 8K; table_index) */
+         * is built before the parallel part (0.4-0.5 ms per store at batch 79, 8K, on one thread; table_index) */
         const int same = AKVQ_SHAREIDX && (hpv == NULL || hpk != NULL)
                          && (cls_v == cls_k || !memcmp(cls_v, cls_k, (size_t)n_rows));
         if (tok_init(&kv, n_rows, B, H, G, D, group_v, cls_v, vc0, vs0, vz0, vbits0, vc1, vs1, vz1, vbits1, fz_v, hpv != NULL,

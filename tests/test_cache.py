@@ -9,7 +9,7 @@ from transformers import DynamicCache
 
 from akvq import api
 from akvq.cache import AKVQCache
-from akvq.cache.store import FULL, LOW, TEXT
+from akvq.cache.store import FULL, LOW, TEXT, token_rows
 from akvq.errors import ConfigError
 from akvq.policies import POLICIES, make_policy
 
@@ -634,9 +634,9 @@ def test_left_padding_stays_out_of_shared_statistics(name):
         torch.testing.assert_close(padded.layers[0].k.smooth[0], alone.layers[0].k.smooth[0], rtol=0, atol=0)
 
 
-def test_row_index_grows_with_the_flushes_and_is_counted():
-    """The Triton kernels' row -> class-table index: extended per flush (not rebuilt), equal to a one-shot
-    count, and part of memory_report."""
+def test_token_lookup_grows_with_the_flushes_and_is_counted():
+    """The Triton kernels' token -> (class, class-table index) lookup: extended per flush (not rebuilt), equal to a
+    one-shot count over the rows in the store's order, and part of memory_report."""
     torch.manual_seed(0)
     k = torch.randn(2, 2, 40, 16)
     pivots = torch.rand(2, 37) < 0.2
@@ -648,8 +648,9 @@ def test_row_index_grows_with_the_flushes_and_is_counted():
         store = cache.layers[0].k
         if not store.n_q:
             continue
-        idx = store.row_index()
+        tc, idx = store.token_lookup()
         cls = store.cls.long()
         ref = (torch.nn.functional.one_hot(cls, 3).cumsum(0) - 1).gather(1, cls.unsqueeze(1)).squeeze(1)
-        assert torch.equal(idx, ref)
+        rows = token_rows(0, store.n_q, store.batch).reshape(-1)
+        assert torch.equal(idx, ref[rows]) and torch.equal(tc, store.cls[rows])
     assert cache.memory_report().total_bytes == storage_bytes(cache)

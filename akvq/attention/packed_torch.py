@@ -101,7 +101,7 @@ def plane_major(x: torch.Tensor, per: int) -> torch.Tensor:
     return x.unflatten(-1, (-1, per)).transpose(-1, -2).flatten(-2)
 
 
-# --- token axis: rows r = t * B + b, one class table per precision -----------------------------------------------
+# --- token axis: one class table per precision, rows where `TensorStore.table_slots` says --
 def _token_chunks(
     store: TensorStore,
 ) -> Iterator[tuple[int, int, int, torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -111,22 +111,23 @@ def _token_chunks(
     b, h, d = store.batch, store.num_heads, store.head_dim
     seg, rep = _segments(store)
     ns = d // seg
-    offsets = dict.fromkeys(store.tables, 0)
     step = _chunk_tokens(store)
     dev = store.cls.device
+    cls_all, slot_all = store.table_slots(0, store.n_q)  # [n_q, B], the rows in token order
     for t0 in range(0, store.n_q, step):
         t1 = min(store.n_q, t0 + step)
         ct = t1 - t0
         rows = ct * b
-        local = store.cls[t0 * b : t1 * b]
+        local, slots = cls_all[t0:t1].reshape(-1), slot_all[t0:t1].reshape(-1)
         counts = torch.bincount(local, minlength=3).tolist()
         for c, qt in store.tables.items():
-            k, o = counts[c], offsets[c]
+            k = counts[c]
             if k == 0:
                 continue
-            codes, scale, zero = qt.codes[o : o + k], qt.scale[o : o + k], qt.zero[o : o + k]
-            if k != rows:
-                idx = (local == c).nonzero().squeeze(1)
+            idx = None if k == rows else (local == c).nonzero().squeeze(1)
+            at = slots if idx is None else slots[idx]
+            codes, scale, zero = qt.codes[at], qt.scale[at], qt.zero[at]
+            if idx is not None:
                 codes = torch.zeros(rows, codes.shape[1], dtype=codes.dtype, device=dev).index_copy_(
                     0, idx, codes
                 )
@@ -136,7 +137,6 @@ def _token_chunks(
                 zero = torch.zeros(rows, zero.shape[1], dtype=zero.dtype, device=dev).index_copy_(
                     0, idx, zero
                 )
-            offsets[c] = o + k
             by = codes.view(ct, b, h, -1).permute(1, 2, 0, 3).contiguous()
             scale, zero = scale.float(), zero.float()
             if rep > 1:
@@ -261,8 +261,13 @@ def _high_positions(store: TensorStore) -> tuple[torch.Tensor, torch.Tensor] | N
     """(batch index, token index) of each 16-bit row, in the order of `hp_rows`."""
     if store.hp_rows is None:
         return None
-    pos = store.hp_pos.long() if store.plan.axis == "channel" else (store.cls == FULL).nonzero().squeeze(1)
-    return pos % store.batch, pos // store.batch
+    if store.plan.axis == "channel":
+        pos = store.hp_pos.long()
+        return pos % store.batch, pos // store.batch
+    cls, slot = store.table_slots(0, store.n_q)
+    t, b = (cls == FULL).nonzero(as_tuple=True)
+    order = slot[t, b].argsort()  # hp_rows' order (their slots)
+    return b[order], t[order]
 
 
 def _prepare_q(store: TensorStore, q: torch.Tensor) -> torch.Tensor:

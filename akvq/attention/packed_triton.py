@@ -3,8 +3,9 @@
 Same math and the same exact parts as `packed_torch` (WHT and SmoothQuant on q and on the output, 16-bit rows
 and the tail in torch, they are few); the kernels replace the chunked loops over the packed tables:
 
-- token axis: one program per (batch, KV head, split of the tokens) walks its sequence's rows t * B + b, reads
-  each row's class, finds the row in its class table through a row -> table-row index, unpacks the codes of
+- token axis: one program per (batch, KV head, split of the tokens) walks its sequence's tokens, reads each one's
+  class and row in its class table from the store's lookup (`TensorStore.token_lookup`, in token order (t, b) ->
+  t * B + b whatever order the store keeps its rows in), unpacks the codes of
   the class's bit width in registers and dequantizes with the row's per-group scale/zero. Scores for all G query
   heads of the KV head at once (GQA without repeating K); values weighted by p into per-split partial sums.
 - channel axis (KIVI keys): codes packed along tokens; the program unpacks a block of tokens per channel.
@@ -93,7 +94,7 @@ if triton is not None:
         BLOCK: tl.constexpr,
     ):
         valid = t < n_q
-        r = t.to(tl.int64) * B + b
+        r = t.to(tl.int64) * B + b  # the lookup's token order, not the storage order
         c = tl.load(cls_ptr + r, mask=valid, other=2).to(tl.int32)
         ti = tl.load(r2t_ptr + r, mask=valid, other=0)
         ch = h * D + tl.arange(0, D)
@@ -362,8 +363,7 @@ def store_scores(store: TensorStore, q: torch.Tensor) -> torch.Tensor:
             _token_scores_kernel[(b, h, ns)](
                 qt,
                 out,
-                store.cls,
-                store.row_index(),
+                *store.token_lookup(),
                 *args,
                 store.n_q,
                 t_all,
@@ -394,8 +394,7 @@ def store_output(store: TensorStore, p: torch.Tensor) -> torch.Tensor:
     _token_output_kernel[(b, h, ns)](
         p,
         part,
-        store.cls,
-        store.row_index(),
+        *store.token_lookup(),
         *args,
         store.n_q,
         t_all,

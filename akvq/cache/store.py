@@ -1,8 +1,9 @@
 """One of K or V for one layer: a tail (the recent window, 16-bit or 8-bit) plus the tokens that left it, packed.
 
-Rows are tokens in token-major order (position t, batch b) -> t * B + b, each row all KV heads' channels
-(heads * head_dim), so a flush appends rows and never re-quantizes old ones. A per-token class map (one
-uint8 per token: 0 = low bits, 1 = text bits, 2 = 16-bit) says which packed table holds each row."""
+Rows are tokens, each row all KV heads' channels (heads * head_dim), in the order `token_rows` defines (token-major:
+(position t, batch b) -> t * B + b), so a flush appends rows and never re-quantizes old ones. A class map in that
+order (one uint8 per row: 0 = low bits, 1 = text bits, 2 = 16-bit) says which packed table holds each row; each table
+holds its class's rows in that order."""
 
 from __future__ import annotations
 
@@ -47,6 +48,16 @@ RESERVE_MIN = 64
 # more tail memory (8 of 128 tokens: 6%); a reserve of 1/GROWTH and at least RESERVE_MIN units there cost ~0.16 GiB of
 # peak memory at batch 223.
 SLIDE_RESERVE = 8
+
+
+def token_rows(t0: int, t1: int, batch: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Storage rows of tokens [t0, t1) of sequences 0..batch-1, int64 [t1 - t0, batch]: the order of the packed
+    rows (token axis), in one place. Token-major, row t * batch + b, so that a flush appends rows. Every Python
+    reader of the token-axis tables asks here (through `TensorStore.table_slots`: dequantize, select_batch, the torch
+    reference, the Triton lookup); the C kernel's `tok_row` (attention/csrc/packed_cpu.c) is the same function,
+    and a change of order changes both (issue #14: a sequence-blocked, kernel-native order is the next step)."""
+    t = torch.arange(t0, t1, device=device).unsqueeze(1)
+    return t * batch + torch.arange(batch, device=device)
 
 
 def _cat(a: torch.Tensor | None, b: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -166,7 +177,7 @@ class TensorStore:
     # (`akvq.quant.q8`). Read values through `window()`.
     tail: torch.Tensor | None = None
     n_q: int = 0  # tokens that left the window
-    cls: torch.Tensor | None = None  # uint8 [n_q * B] (token axis)
+    cls: torch.Tensor | None = None  # uint8 [n_q * B] (token axis), in storage order (`token_rows`)
     tables: dict[int, QTensor] = field(default_factory=dict)  # class -> rows (token axis)
     hp_rows: torch.Tensor | None = None  # [N_high, H*D], original space
     hp_pos: torch.Tensor | None = None  # int32 row positions of hp_rows (channel axis only)
@@ -177,7 +188,8 @@ class TensorStore:
     # memory/throughput measurements; the packed tables are held and accounted either way.
     keep_dequantized: bool = False
     _deq: torch.Tensor | None = None
-    _row_index: torch.Tensor | None = None  # see `row_index`
+    _lookup_cls: torch.Tensor | None = None  # see `token_lookup`
+    _lookup_slot: torch.Tensor | None = None
 
     @property
     def width(self) -> int:
@@ -387,15 +399,13 @@ class TensorStore:
             )
             out = dequantize(part).permute(2, 0, 1).reshape(m * b, self.width)
         else:
-            cls = self.cls[start:]
+            cls, slot = (x.reshape(-1) for x in self.table_slots(self.n_q - m, self.n_q))
             out = torch.empty(m * b, self.width, dtype=torch.float32, device=self.tail.device)
             for c, q in self.tables.items():
                 sel = (cls == c).nonzero().squeeze(1)
                 if sel.numel():
-                    k = sel.numel()
-                    part = QTensor(
-                        q.codes[-k:], q.scale[-k:], q.zero[-k:], q.bits, q.group_size, q.n, q.float_zero
-                    )
+                    i = slot[sel]
+                    part = QTensor(q.codes[i], q.scale[i], q.zero[i], q.bits, q.group_size, q.n, q.float_zero)
                     out[sel] = dequantize(part)
         out = self._inverse(out)
         if self.hp_rows is not None:
@@ -403,8 +413,8 @@ class TensorStore:
                 keep = self.hp_pos >= start
                 pos, rows = self.hp_pos[keep].long() - start, self.hp_rows[keep]
             else:
-                pos = (self.cls[start:] == FULL).nonzero().squeeze(1)
-                rows = self.hp_rows[self.hp_rows.shape[0] - pos.numel() :]
+                pos = (cls == FULL).nonzero().squeeze(1)
+                rows = self.hp_rows[slot[pos]]
             out[pos] = rows.float()
         return out.view(m, b, self.num_heads, self.head_dim).permute(1, 2, 0, 3).to(dtype)
 
@@ -424,28 +434,40 @@ class TensorStore:
             r.meta += self.smooth.nbytes
         if self.perm is not None:
             r.index += self.perm.nbytes
-        for t in (self.cls, self.hp_pos, self._row_index):
+        for t in (self.cls, self.hp_pos, self._lookup_cls, self._lookup_slot):
             if t is not None:
                 r.index += t.nbytes
         return r
 
-    def row_index(self) -> torch.Tensor:
-        """Token axis: row r -> its index inside its class table, int64 [n_q * B] (the Triton kernels' lookup).
-        Extended by the rows flushed since the last call, and counted in `nbytes` as index bytes."""
-        idx, done = self._row_index, 0 if self._row_index is None else self._row_index.shape[0]
+    def table_slots(self, t0: int, t1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where tokens [t0, t1) of every sequence are kept (token axis): (class uint8, slot int64), each
+        [t1 - t0, B]; the slot is the row's index in its class table (FULL: in `hp_rows`). Counts only the
+        storage rows from the first of them on (the rows before, per class, are the table's length less the rest),
+        so a suffix of tokens costs its own size."""
+        rows = token_rows(t0, t1, self.batch, self.cls.device)
+        if not rows.numel():
+            return self.cls.new_zeros(rows.shape), rows
+        lo = int(rows.min())
+        rest = self.cls[lo:]
+        oh = torch.nn.functional.one_hot(rest.long(), 3)
+        sizes = [self.tables[c].codes.shape[0] if c in self.tables else 0 for c in (LOW, TEXT)]
+        sizes.append(0 if self.hp_rows is None else self.hp_rows.shape[0])
+        before = torch.tensor(sizes, device=rest.device) - oh.sum(0)
+        slot = (oh.cumsum(0) - 1 + before).gather(1, rest.long().unsqueeze(1)).squeeze(1)
+        return rest[rows - lo], slot[rows - lo]
+
+    def token_lookup(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`table_slots` of every packed token, flat in token order (t, b) -> t * B + b: (class uint8, slot int64),
+        the Triton kernels' lookup, so that they need not know the storage order. Extended by the tokens flushed
+        since the last call (tables are append-only), and counted in `nbytes` as index bytes."""
         if self.cls is None:
-            return torch.zeros(0, dtype=torch.long)
-        if done < self.cls.shape[0]:
-            cls = self.cls[done:].long()
-            before = (
-                torch.bincount(self.cls[:done].long(), minlength=3)
-                if done
-                else torch.zeros(3, dtype=torch.long, device=cls.device)
-            )
-            oh = torch.nn.functional.one_hot(cls, 3)
-            new = (oh.cumsum(0) - 1 + before).gather(1, cls.unsqueeze(1)).squeeze(1)
-            self._row_index = idx = _append(idx, new)
-        return idx
+            return torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
+        done = 0 if self._lookup_slot is None else self._lookup_slot.shape[0] // self.batch
+        if done < self.n_q:
+            c, i = self.table_slots(done, self.n_q)
+            self._lookup_cls = _append(self._lookup_cls, c.reshape(-1))
+            self._lookup_slot = _append(self._lookup_slot, i.reshape(-1))
+        return self._lookup_cls, self._lookup_slot
 
     def select_batch(self, idx: torch.Tensor) -> None:
         """Keep batch rows `idx` (with repeats, any order): beam search's reorder, and generate's expansion of
@@ -454,12 +476,13 @@ class TensorStore:
         b, n = self.batch, self.n_q
         if self.tail is not None:
             self.tail = self.tail.index_select(0, idx)
-        if self.cls is not None:  # token axis: each class table holds its rows in token-major order
-            old = self.cls.view(n, b)
-            new = old[:, idx]
+        if self.cls is not None:  # token axis: class tables hold their rows in storage order
+            cls, slot = (x[:, idx] for x in self.table_slots(0, n))
+            rows = token_rows(0, n, idx.numel(), cls.device).reshape(-1)
+            new = self.cls.new_empty(rows.numel()).index_copy_(0, rows, cls.reshape(-1))
+            at = torch.empty_like(rows).index_copy_(0, rows, slot.reshape(-1))
             for c in (LOW, TEXT, FULL):
-                here = old == c
-                pos = (here.reshape(-1).long().cumsum(0) - 1).view(n, b)[:, idx][new == c]
+                pos = at[new == c]
                 if c == FULL:
                     if self.hp_rows is not None:
                         self.hp_rows = self.hp_rows.index_select(0, pos)
@@ -474,7 +497,7 @@ class TensorStore:
                         qt.n,
                         qt.float_zero,
                     )
-            self.cls = new.reshape(-1).contiguous()
+            self.cls = new
         if self.chan is not None:  # channel axis: batch-major codes; 16-bit rows at positions t * B + b
             q = self.chan
             self.chan = QTensor(
@@ -497,5 +520,5 @@ class TensorStore:
             self.smooth = self.smooth.index_select(0, idx)
         if self._deq is not None:
             self._deq = self._deq.index_select(0, idx)
-        self._row_index = None
+        self._lookup_cls = self._lookup_slot = None
         self.batch = idx.numel()

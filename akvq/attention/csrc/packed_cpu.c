@@ -3,7 +3,8 @@
  * into a small stack buffer and reduced against every query head of its group at once.
  *
  * Layouts (see akvq/cache/store.py):
- *   token axis: rows r = t * B + b in token order; cls[r] is the row's class (0 low, 1 text, 2 16-bit).
+ *   token axis: rows in the store's order (token_rows in store.py; tok_row below); cls[r] is row r's class (0 low,
+ *     1 text, 2 16-bit).
  *     Class c's rows are stored contiguously in its own table, in token order: codes [N_c, W * bits_c / 8],
  *     scale/zero [N_c, W / group] as IEEE half. W = H * D. Dequantized: x = s * (c - z), or s * c + z when
  *     float_zero (z then holds the group minimum). 16-bit rows are skipped here; the caller writes them.
@@ -125,6 +126,18 @@ static inline void unpack_pm(const uint8_t *restrict p, int bits, int seg, float
             for (int j = 0; j < 8; j++) f[u * 8 * per + i * 8 + j] = (float)((p[8 * u + j] >> (i * bits)) & m);
 }
 
+/* The packed rows' order: the store's `token_rows` (akvq/cache/store.py), token-major, token t of sequence b in row
+ * t * B + b. Every site here that finds a token's row asks tok_row (tok_step: the rows between a sequence's
+ * consecutive tokens, for the vector gathers; row_first / row_next: (t, b) of rows walked in storage order), so
+ * that an order the store changes is changed here in one place too. Besides these, the 16-bit rows' places in hp
+ * (table_index's hrow, hp_row) count a token's rows as adjacent. */
+static inline int64_t tok_row(int64_t B, int64_t t, int64_t b) { return t * B + b; }
+static inline int64_t tok_step(int64_t B) { return B; }
+static inline void row_first(int64_t B, int64_t r, int64_t *t, int64_t *b) { *t = r / B; *b = r % B; }
+static inline void row_next(int64_t B, int64_t *t, int64_t *b) {
+    if (++*b == B) { *b = 0; ++*t; }
+}
+
 /* Index of each row inside its class table (the running count of its class): i for a class-0 row, -2 - i for a
  * class-1 row, -1 for a 16-bit row. The sign carries the class, so the vector paths read one int32 per row, not
  * the class byte too (row_index decodes it). Built on every call over every row (in ranges, one per thread, see
@@ -203,7 +216,7 @@ static int32_t *table_index(const uint8_t *cls, int64_t n_rows, int64_t B, int32
     int32_t *cnt = (int32_t *)calloc((size_t)(nch * B > 0 ? nch * B : 1), sizeof(int32_t));
     int32_t n2 = 0;
     for (int64_t t = 0; t < n_t; t++) {
-        const uint8_t *cr = cls + t * B;
+        const uint8_t *cr = cls + tok_row(B, t, 0);
         int32_t m = 0;
         for (int64_t b = 0; b < B; b++) m += cr[b] == 2;
         h[t] = n2;
@@ -219,7 +232,7 @@ static int32_t *table_index(const uint8_t *cls, int64_t n_rows, int64_t B, int32
 /* the row in hp of the 16-bit row of token t, sequence b (hrow from table_index) */
 static inline int64_t hp_row(const int32_t *hrow, const uint8_t *cls, int64_t B, int64_t t, int64_t b) {
     int64_t i = hrow[t];
-    for (int64_t j = 0; j < b; j++) i += cls[t * B + j] == 2;
+    for (int64_t j = 0; j < b; j++) i += cls[tok_row(B, t, j)] == 2;
     return i;
 }
 
@@ -300,7 +313,7 @@ ALWAYS_INLINE void seg_axpy_pm(const uint8_t *p, int bits, int seg, const float 
 #endif
 }
 
-/* Both token-axis kernels walk the rows in storage order (t * B + b: sequential reads, which matter more than
+/* Both token-axis kernels walk the rows in storage order (tok_row: sequential reads, which matter more than
  * anything in a VM where every TLB miss walks two page tables) and hand each row to a row function. The row
  * functions are instantiated for the common (bits, segment of 16/32/64/128, G) so that the unpack, the G dot products or
  * updates and the loops are straight-line code with the accumulators in registers; others use a generic one. */
@@ -615,7 +628,7 @@ typedef struct {
 static inline void blk_rows(const tok_t *k, int64_t b, int64_t t, int64_t t1, blk_t *r) {
     r->n = t1 - t < 8 ? (int)(t1 - t) : 8;
     for (int i = 0; i < 8; i++) {
-        const int64_t rr = (t + i) * k->B + b;
+        const int64_t rr = tok_row(k->B, t + i, b);
         const int c = i < r->n ? k->cls[rr] : 2;
         r->cl[i] = c < 2 ? c : 2;
         if (c < 2) {
@@ -645,7 +658,7 @@ static inline void blk_rows(const tok_t *k, int64_t b, int64_t t, int64_t t1, bl
 #endif
 static inline void blk_prefetch(const tok_t *k, int64_t b, int64_t t, int64_t t1, int n) {
     for (int i = 0; i < n && t + i < t1; i++) {
-        const int64_t rr = (t + i) * k->B + b;
+        const int64_t rr = tok_row(k->B, t + i, b);
         const int c = k->cls[rr];
         if (c >= 2) continue;
         const table_t *T = &k->tab[c];
@@ -758,7 +771,7 @@ static inline void gather16(const tok_t *k, int64_t b, int64_t t, int64_t t1, co
     r->n = t1 - t < 16 ? (int)(t1 - t) : 16;
     r->any1 = 0;
     for (int i = 0; i < 16; i++) {
-        const int64_t rr = (t + i) * k->B + b;
+        const int64_t rr = tok_row(k->B, t + i, b);
         const int c = i < r->n ? k->cls[rr] : 2;
         r->any1 |= c == 1;
         if (c == 0) {
@@ -782,9 +795,9 @@ static inline void gather16(const tok_t *k, int64_t b, int64_t t, int64_t t1, co
 #endif
 static inline __m512i idx16(const tok_t *k, int64_t b, int64_t t, int n) {
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512i rows = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)k->B));
+    const __m512i rows = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)tok_step(k->B)));
     return _mm512_mask_i32gather_epi32(_mm512_set1_epi32(-1), n > 0 ? (__mmask16)((1u << n) - 1) : 0, rows,
-                                       k->idx + t * k->B + b, 4);
+                                       k->idx + tok_row(k->B, t, b), 4);
 }
 
 /* halves tab[e] for the 16 byte offsets e (= 2 * element) of `e2`, 0 where m is off: each read as the aligned
@@ -1293,7 +1306,7 @@ ALWAYS_INLINE void out_v8_body(const tok_t *k, int G, int64_t b, int64_t t0, int
         }
 #endif
         for (int i = 0; scalar && i < VB; i++) {
-            const int64_t rr = (t + i) * k->B + b;
+            const int64_t rr = tok_row(k->B, t + i, b);
             const int c = i < n ? k->cls[rr] : 2;
             cl[i] = c < 2 ? c : 2;
             row[i] = zrow;
@@ -1649,7 +1662,8 @@ int akvq_token_scores(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
     {
         int64_t r0, r1;
         row_range(n_rows, nt, thread_id(), &r0, &r1);
-        int64_t t = r0 / B, b = r0 % B;
+        int64_t t, b;
+        row_first(B, r0, &t, &b);
         for (int64_t r = r0; r < r1; r++) {
             const int c = cls[r];
             if (c < 2) {
@@ -1663,7 +1677,7 @@ int akvq_token_scores(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                     fn[c](&k, (int)T->bits, T->codes + i * (W * T->bits / 8), T->scale + i * k.ngr, T->zero + i * k.ngr,
                           qp + c * nq + b * H * G * D, qsum + b * H * G * ns, out + b * osb + t * ost, osg);
             }
-            if (++b == B) { b = 0; t++; }
+            row_next(B, &t, &b);
         }
     }
     free(qp);
@@ -1724,7 +1738,8 @@ int akvq_token_output(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
         float *acc2 = part + (int64_t)tid * (2 * nacc + nk), *kz = acc2 + 2 * nacc;
         int64_t r0, r1;
         row_range(n_rows, nt, tid, &r0, &r1);
-        int64_t t = r0 / B, b = r0 % B;
+        int64_t t, b;
+        row_first(B, r0, &t, &b);
         for (int64_t r = r0; r < r1; r++) {
             const int c = cls[r];
             if (c < 2) {
@@ -1733,7 +1748,7 @@ int akvq_token_output(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                 fn[c](&k, (int)T->bits, T->codes + i * (W * T->bits / 8), T->scale + i * k.ngr, T->zero + i * k.ngr,
                       p + b * psb + t * pst, psg, acc2 + c * nacc + b * H * G * D, kz + b * H * G * ns);
             }
-            if (++b == B) { b = 0; t++; }
+            row_next(B, &t, &b);
         }
     }
     }
@@ -1971,7 +1986,8 @@ int akvq_token_hp(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D, co
 #endif
         while (r < n_rows && cls[r] != 2) r++;
         if (r >= n_rows) break;
-        const int64_t t = r / B, b = r % B;
+        int64_t t, b;
+        row_first(B, r, &t, &b);
         const uint16_t *row = hp + n * H * D;
         for (int64_t h = 0; h < H; h++) {
             half_run(row + h * D, D, x);
@@ -2201,7 +2217,7 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                 kblk(&kk, b, t0, t1, q8, nq, qsc, qz, p, 0, AKVQ_FCH);
             if (hik && nhk[it])
                 for (int64_t t = t0; t < t1; t++) {
-                    const int64_t r = t * B + b;
+                    const int64_t r = tok_row(B, t, b);
                     if (cls_k[r] != 2) continue;
                     const uint16_t *row = hpk + hp_row(hik, cls_k, B, t, b) * W;
                     float xk[MAXSEG];
@@ -2246,7 +2262,7 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
             else vblk(&kv, b, t0, t1, p, 0, AKVQ_FCH, acc2, nacc, kzs);
             if (hiv && nhv[it])
                 for (int64_t t = t0; t < t1; t++) {
-                    const int64_t r = t * B + b;
+                    const int64_t r = tok_row(B, t, b);
                     if (cls_v[r] != 2) continue;
                     float xv[MAXSEG];
                     const uint16_t *row = hpv + hp_row(hiv, cls_v, B, t, b) * W;

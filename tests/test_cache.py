@@ -8,10 +8,13 @@ from conftest import tiny, tiny_inputs
 from transformers import DynamicCache
 
 from akvq import api
+from akvq.bench import memory
 from akvq.cache import AKVQCache
-from akvq.cache.store import FULL, LOW, TEXT, token_rows
+from akvq.cache.store import FULL, LOW, ROW_BLOCK, TEXT, TensorStore, token_rows
 from akvq.errors import ConfigError
 from akvq.policies import POLICIES, make_policy
+from akvq.policies.base import TensorPlan
+from akvq.quant.uniform import QTensor
 
 # Small windows so that a short test prompt really gets quantized.
 SMALL = {
@@ -651,6 +654,78 @@ def test_token_lookup_grows_with_the_flushes_and_is_counted():
         tc, idx = store.token_lookup()
         cls = store.cls.long()
         ref = (torch.nn.functional.one_hot(cls, 3).cumsum(0) - 1).gather(1, cls.unsqueeze(1)).squeeze(1)
-        rows = token_rows(0, store.n_q, store.batch).reshape(-1)
+        rows = token_rows(0, store.n_q, store.batch, store.sealed).reshape(-1)
         assert torch.equal(idx, ref[rows]) and torch.equal(tc, store.cls[rows])
     assert cache.memory_report().total_bytes == storage_bytes(cache)
+
+
+def _sealed_store(every: int, n: int = 203, b: int = 3) -> TensorStore:
+    """A 2-bit store of n tokens (4-bit text rows, 16-bit pivots), flushed `every` tokens at a time."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(b, 2, n, 16, generator=g)
+    cls = torch.randint(0, 2, (n, b), generator=g).to(torch.uint8)
+    cls[torch.rand(n, b, generator=g) < 0.05] = FULL
+    st = TensorStore(TensorPlan(bits=2, group_size=16, window=4), 4, torch.float16, 2, 16, b)
+    for i in range(0, n, every):
+        st.append(x[:, :, i : i + every])
+        m = st.flushable(0)
+        if m:
+            st.flush(m, cls[st.n_q : st.n_q + m])
+    return st
+
+
+def _token_rows_of(st: TensorStore) -> dict[int, torch.Tensor]:
+    """Each class's rows (codes, then scale and zero as bytes) in token order, read through `table_slots`."""
+    cls, slot = (x.reshape(-1) for x in st.table_slots(0, st.n_q))
+    out = {FULL: st.hp_rows[slot[cls == FULL]]}
+    for c, q in st.tables.items():
+        i = slot[cls == c]
+        out[c] = torch.cat([q.codes[i], q.scale[i].view(torch.uint8), q.zero[i].view(torch.uint8)], 1)
+    return out
+
+
+def test_sealed_blocks_keep_every_tokens_row() -> None:
+    """The packed rows' order (`token_rows`): full blocks of ROW_BLOCK tokens sealed sequence by sequence, the rest
+    token-major. Flushing one token at a time (a decode step's flush, sealing a block every ROW_BLOCK steps) keeps
+    each token's codes, scales and class where one flush of all of them puts them, and every reader (dequantize,
+    the Triton lookup, select_batch, a saved cache, also one saved token-major before this order) finds them."""
+    one, all_ = _sealed_store(1), _sealed_store(203)
+    assert one.n_q == all_.n_q == 199 and one.sealed == all_.sealed == 3 * ROW_BLOCK
+    b = one.batch
+    rows = token_rows(0, one.n_q, b, one.sealed)
+    assert torch.equal(rows.reshape(-1).sort().values, torch.arange(one.n_q * b))  # a bijection onto the rows
+    assert torch.equal(
+        rows[ROW_BLOCK : 2 * ROW_BLOCK, 1], ROW_BLOCK * b + ROW_BLOCK + torch.arange(ROW_BLOCK)
+    )
+    assert torch.equal(rows[one.sealed :, 0], torch.arange(one.sealed, one.n_q) * b)
+    for st in (one, all_):
+        assert torch.equal(st.cls[rows], one.table_slots(0, one.n_q)[0])
+    a, c = _token_rows_of(one), _token_rows_of(all_)
+    assert a.keys() == c.keys() and all(torch.equal(a[k], c[k]) for k in a)
+    ref = one.dequantize(one.n_q, torch.float32)
+    assert torch.equal(ref, all_.dequantize(all_.n_q, torch.float32))
+    assert torch.equal(one.dequantize(70, torch.float32), ref[:, :, -70:])
+    tc, ts = one.token_lookup()
+    assert torch.equal(tc.view(-1, b), one.table_slots(0, one.n_q)[0])
+    # a saved cache, and one saved token-major (no `sealed`): rows moved back to t * B + b, each table in that order
+    state = memory._store_state(one)
+    assert torch.equal(memory._store_from(state, one.plan).dequantize(one.n_q, torch.float32), ref)
+    old = dict(state, cls=one.cls[rows.reshape(-1)].clone(), tables={})
+    cls, slot = (x.reshape(-1) for x in one.table_slots(0, one.n_q))
+    for k, q in one.tables.items():
+        i = slot[cls == k]
+        old["tables"][str(k)] = memory._q_state(
+            QTensor(q.codes[i], q.scale[i], q.zero[i], q.bits, q.group_size, q.n)
+        )
+    old["hp_rows"] = one.hp_rows[slot[cls == FULL]]
+    del old["sealed"], old["row_block"]
+    assert torch.equal(memory._store_from(old, one.plan).dequantize(one.n_q, torch.float32), ref)
+    idx = torch.tensor([2, 0, 0, 1])
+    one.select_batch(idx)
+    assert torch.equal(one.dequantize(one.n_q, torch.float32), ref[idx])
+    one.append(torch.randn(4, 2, 61, 16))  # flushes into the next block, and seals it
+    one.flush(one.flushable(0), torch.zeros(61, 4, dtype=torch.uint8))
+    assert one.sealed == 4 * ROW_BLOCK and torch.equal(
+        one.dequantize(one.n_q, torch.float32)[:, :, :199], ref[idx]
+    )
+    assert torch.equal(one.token_lookup()[1].view(-1, 4), one.table_slots(0, one.n_q)[1])

@@ -24,7 +24,7 @@ import torch
 from akvq import native
 from akvq.attention.packed_torch import _finish_out, _prepare_q, exact_output, exact_scores
 from akvq.attention.packed_torch import packed_decode as torch_packed_decode
-from akvq.cache.store import LOW, TEXT, TensorStore
+from akvq.cache.store import LOW, ROW_BLOCK, TEXT, TensorStore
 
 SOURCE = Path(__file__).with_name("csrc") / "packed_cpu.c"
 # Reassociation lets the compiler vectorize the dot products. Not -ffast-math: with GCC < 13 it links
@@ -75,7 +75,7 @@ def _lib(variant: str = "auto") -> ctypes.CDLL | None:
 
 def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     """Declare the kernel library's C signatures (ctypes would otherwise pass 64-bit ints as 32-bit)."""
-    tok = [_i64] * 6 + [_ptr] + [_ptr, _ptr, _ptr, _i64] * 2 + [_i64]
+    tok = [_i64] * 6 + [_ptr, _i64, _i64] + [_ptr, _ptr, _ptr, _i64] * 2 + [_i64]
     lib.akvq_token_scores.argtypes = [*tok, _ptr, _ptr, _i64, _i64, _i64, _i64, _i64]
     lib.akvq_token_output.argtypes = [*tok, _ptr, _i64, _i64, _i64, _ptr, _i64, _i64]
     lib.akvq_channel_scores.argtypes = [_i64] * 6 + [_ptr, _ptr, _ptr] + [_i64] * 4 + [_ptr, _ptr, _i64, _i64]
@@ -84,6 +84,8 @@ def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.akvq_half_output.argtypes = [*half, _ptr, _i64, _i64, _ptr, _i64]
     lib.akvq_token_hp.argtypes = [_i64] * 5 + [
         _ptr,
+        _i64,
+        _i64,
         _ptr,
         _ptr,
         _ptr,
@@ -104,7 +106,7 @@ def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         lib.akvq_half_scores,
         lib.akvq_half_output,
     )
-    store = [_i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _i64, _ptr]
+    store = [_i64, _ptr, _i64, _i64, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _i64, _ptr]
     lib.akvq_token_decode.argtypes = (
         [_i64] * 5
         + store * 2
@@ -140,6 +142,11 @@ def _table_args(store: TensorStore) -> list:
                     raise ValueError("packed tables must be contiguous with fp16 scale/zero")
             args += [qt.codes.data_ptr(), qt.scale.data_ptr(), qt.zero.data_ptr(), qt.bits]
     return args
+
+
+def _order(store: TensorStore) -> list:
+    """The rows' order for the kernel (`token_rows`): sealed tokens and their block, which the kernel checks."""
+    return [store.sealed, ROW_BLOCK]
 
 
 def _check(rc: int) -> None:
@@ -223,6 +230,7 @@ def store_scores(
                     d,
                     store.group,
                     store.cls.data_ptr(),
+                    *_order(store),
                     *_table_args(store),
                     int(store.plan.float_zero),
                     qt.data_ptr(),
@@ -265,6 +273,7 @@ def store_scores(
                 g,
                 d,
                 store.cls.data_ptr(),
+                *_order(store),
                 store.hp_rows.data_ptr(),
                 q32.data_ptr(),
                 out.data_ptr(),
@@ -303,6 +312,7 @@ def store_output(
                 store.head_dim,
                 store.group,
                 store.cls.data_ptr(),
+                *_order(store),
                 *_table_args(store),
                 int(store.plan.float_zero),
                 p.data_ptr(),
@@ -324,6 +334,7 @@ def store_output(
                     g,
                     store.head_dim,
                     store.cls.data_ptr(),
+                    *_order(store),
                     store.hp_rows.data_ptr(),
                     None,
                     None,
@@ -424,6 +435,7 @@ def fused_decode(
         side += [
             st.group,
             st.cls.data_ptr() if n_q else None,
+            *_order(st),
             *_table_args(st),
             int(st.plan.float_zero),
             None if hp is None else hp.data_ptr(),

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from akvq.cache import AKVQCache
-from akvq.cache.store import TensorStore
+from akvq.cache.store import ROW_BLOCK, TensorStore
 from akvq.quant.uniform import QTensor
 
 GiB = 1 << 30
@@ -68,6 +68,8 @@ def _store_state(st: TensorStore) -> dict[str, Any]:
         "keep_dequantized": st.keep_dequantized,
         "tables": {str(c): _q_state(q) for c, q in st.tables.items()},
         "chan": None if st.chan is None else _q_state(st.chan),
+        "row_block": ROW_BLOCK,  # the rows' order (`token_rows`): tokens before `sealed` in blocks of row_block
+        "sealed": st.sealed,
     }
 
 
@@ -85,6 +87,12 @@ def _store_from(state: dict[str, Any], plan: Any) -> TensorStore:
         setattr(st, k, state[k])
     st.tables = {int(c): QTensor(**q) for c, q in state["tables"].items()}
     st.chan = None if state["chan"] is None else QTensor(**state["chan"])
+    if st.cls is not None:  # a cache saved token-major (before the blocked order) is sealed here
+        if state.get("row_block", ROW_BLOCK) != ROW_BLOCK:
+            raise ValueError(
+                f"cache saved with rows in blocks of {state['row_block']}, this build takes {ROW_BLOCK}"
+            )
+        st.seal(state.get("sealed", 0))
     return st
 
 

@@ -1,9 +1,10 @@
 """One of K or V for one layer: a tail (the recent window, 16-bit or 8-bit) plus the tokens that left it, packed.
 
-Rows are tokens, each row all KV heads' channels (heads * head_dim), in the order `token_rows` defines (token-major:
-(position t, batch b) -> t * B + b), so a flush appends rows and never re-quantizes old ones. A class map in that
-order (one uint8 per row: 0 = low bits, 1 = text bits, 2 = 16-bit) says which packed table holds each row; each table
-holds its class's rows in that order."""
+Rows are tokens, each row all KV heads' channels (heads * head_dim), in the order `token_rows` defines: sealed blocks
+of ROW_BLOCK tokens, each sequence's rows of a block one stretch, then the newest tokens token-major, so that a flush
+appends rows (and seals a block once it is full) and never re-quantizes old ones. A class map in that order (one
+uint8 per row: 0 = low bits, 1 = text bits, 2 = 16-bit) says which packed table holds each row; each table holds its
+class's rows in that order."""
 
 from __future__ import annotations
 
@@ -50,14 +51,27 @@ RESERVE_MIN = 64
 SLIDE_RESERVE = 8
 
 
-def token_rows(t0: int, t1: int, batch: int, device: torch.device | str | None = None) -> torch.Tensor:
+# Tokens per sealed block of the packed rows (`token_rows`): the C kernel's work items (64 tokens of one sequence)
+# are one block's stretch of a sequence, so it reads them as contiguous rows, not rows `batch` apart.
+ROW_BLOCK = 64
+
+
+def token_rows(
+    t0: int, t1: int, batch: int, sealed: int = 0, device: torch.device | str | None = None
+) -> torch.Tensor:
     """Storage rows of tokens [t0, t1) of sequences 0..batch-1, int64 [t1 - t0, batch]: the order of the packed
-    rows (token axis), in one place. Token-major, row t * batch + b, so that a flush appends rows. Every Python
-    reader of the token-axis tables asks here (through `TensorStore.table_slots`: dequantize, select_batch, the torch
+    rows (token axis), in one place. Tokens before `sealed` (a multiple of ROW_BLOCK) lie in blocks of ROW_BLOCK
+    tokens, sequence by sequence: row (t // K) * K * batch + b * K + t % K. The rest are token-major, row
+    t * batch + b, so that a flush appends rows; a block is sealed (its rows reordered) when it is full. Why:
+    the kernel reads a sequence's 64 tokens as one stretch (issue #14, tenth pass). Every Python reader of the
+    token-axis tables asks here (through `TensorStore.table_slots`: dequantize, select_batch, the torch
     reference, the Triton lookup); the C kernel's `tok_row` (attention/csrc/packed_cpu.c) is the same function,
-    and a change of order changes both (issue #14: a sequence-blocked, kernel-native order is the next step)."""
+    given `sealed` and ROW_BLOCK by the caller."""
     t = torch.arange(t0, t1, device=device).unsqueeze(1)
-    return t * batch + torch.arange(batch, device=device)
+    b = torch.arange(batch, device=device)
+    k = ROW_BLOCK
+    blocked = (t // k) * (k * batch) + b * k + t % k
+    return torch.where(t < sealed, blocked, t * batch + b)
 
 
 def _cat(a: torch.Tensor | None, b: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -97,6 +111,15 @@ def _drop_front(a: torch.Tensor, d: int, m: int) -> torch.Tensor:
     room = getattr(a, "_akvq_room", None)
     if room is not None and room[0] == d:
         out._akvq_room = (d, room[1] - m)
+    return out
+
+
+def _drop_back(a: torch.Tensor, n: int) -> torch.Tensor:
+    """The first n units of an `_append`-made view along dim 0, keeping its note of the room (appends refill it)."""
+    out = a.narrow(0, 0, n)
+    room = getattr(a, "_akvq_room", None)
+    if room is not None and room[0] == 0:
+        out._akvq_room = room
     return out
 
 
@@ -208,6 +231,11 @@ class TensorStore:
     def tail_len(self) -> int:
         return 0 if self.tail is None else self.tail.shape[-2]
 
+    @property
+    def sealed(self) -> int:
+        """Packed tokens in sealed blocks (`token_rows`): every full block (token axis)."""
+        return self.n_q // ROW_BLOCK * ROW_BLOCK if self.plan.axis == "token" else 0
+
     def bits_of(self, cls: int) -> int:
         return self.text_bits if cls == TEXT and self.text_bits else self.plan.bits
 
@@ -316,7 +344,10 @@ class TensorStore:
             self._flush_channel(orig, rows, flat, m, None if pad is None else pad.reshape(-1))
         else:
             self._flush_token(orig, rows, flat)
+        sealed = self.sealed
         self.n_q += m
+        if self.sealed > sealed:
+            self.seal(sealed)
         if self.keep_dequantized:
             self._deq = _cat(self._deq, self.dequantize(m, torch.float32), dim=-2)
 
@@ -439,12 +470,51 @@ class TensorStore:
                 r.index += t.nbytes
         return r
 
+    def seal(self, start: int) -> None:
+        """Reorder the rows of tokens [start, sealed) from token-major (as flushes append them) to sealed blocks
+        (`token_rows`). They are one stretch of storage rows, and each class's of them one stretch of its table:
+        each is permuted in place. Also reads a cache saved before the blocked order (`start` 0)."""
+        end = self.sealed
+        if end <= start:
+            return
+        b, r0, r1 = self.batch, start * self.batch, end * self.batch
+        old = token_rows(start, end, b, start, self.cls.device).reshape(-1) - r0
+        new = token_rows(start, end, b, end, self.cls.device).reshape(-1) - r0
+        src = torch.empty_like(old).index_copy_(0, new, old)  # new position -> old position
+        cls = self.cls[r0:r1]
+        cls_new = cls[src]
+        oh = torch.nn.functional.one_hot(cls.long(), 3)
+        rank = (
+            (oh.cumsum(0) - 1).gather(1, cls.long().unsqueeze(1)).squeeze(1)
+        )  # index among its class's rows
+        after = self.cls[r1:]
+        for c in (LOW, TEXT, FULL):
+            pick = rank[src[cls_new == c]]
+            if not pick.numel():
+                continue
+            end_c = (self.hp_rows.shape[0] if c == FULL else self.tables[c].codes.shape[0]) - int(
+                (after == c).sum()
+            )
+            lo = end_c - pick.numel()
+            parts = (
+                [self.hp_rows]
+                if c == FULL
+                else [self.tables[c].codes, self.tables[c].scale, self.tables[c].zero]
+            )
+            for x in parts:
+                x[lo:end_c] = x[lo:end_c][pick]
+        self.cls[r0:r1] = cls_new
+        if self._lookup_slot is not None:  # the Triton lookup of the tokens from `start` on is stale
+            keep = min(start * b, self._lookup_slot.shape[0])
+            self._lookup_cls = _drop_back(self._lookup_cls, keep)
+            self._lookup_slot = _drop_back(self._lookup_slot, keep)
+
     def table_slots(self, t0: int, t1: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Where tokens [t0, t1) of every sequence are kept (token axis): (class uint8, slot int64), each
         [t1 - t0, B]; the slot is the row's index in its class table (FULL: in `hp_rows`). Counts only the
         storage rows from the first of them on (the rows before, per class, are the table's length less the rest),
         so a suffix of tokens costs its own size."""
-        rows = token_rows(t0, t1, self.batch, self.cls.device)
+        rows = token_rows(t0, t1, self.batch, self.sealed, self.cls.device)
         if not rows.numel():
             return self.cls.new_zeros(rows.shape), rows
         lo = int(rows.min())
@@ -478,7 +548,7 @@ class TensorStore:
             self.tail = self.tail.index_select(0, idx)
         if self.cls is not None:  # token axis: class tables hold their rows in storage order
             cls, slot = (x[:, idx] for x in self.table_slots(0, n))
-            rows = token_rows(0, n, idx.numel(), cls.device).reshape(-1)
+            rows = token_rows(0, n, idx.numel(), self.sealed, cls.device).reshape(-1)
             new = self.cls.new_empty(rows.numel()).index_copy_(0, rows, cls.reshape(-1))
             at = torch.empty_like(rows).index_copy_(0, rows, slot.reshape(-1))
             for c in (LOW, TEXT, FULL):

@@ -126,16 +126,52 @@ static inline void unpack_pm(const uint8_t *restrict p, int bits, int seg, float
             for (int j = 0; j < 8; j++) f[u * 8 * per + i * 8 + j] = (float)((p[8 * u + j] >> (i * bits)) & m);
 }
 
-/* The packed rows' order: the store's `token_rows` (akvq/cache/store.py), token-major, token t of sequence b in row
- * t * B + b. Every site here that finds a token's row asks tok_row (tok_step: the rows between a sequence's
- * consecutive tokens, for the vector gathers; row_first / row_next: (t, b) of rows walked in storage order), so
- * that an order the store changes is changed here in one place too. Besides these, the 16-bit rows' places in hp
- * (table_index's hrow, hp_row) count a token's rows as adjacent. */
-static inline int64_t tok_row(int64_t B, int64_t t, int64_t b) { return t * B + b; }
-static inline int64_t tok_step(int64_t B) { return B; }
-static inline void row_first(int64_t B, int64_t r, int64_t *t, int64_t *b) { *t = r / B; *b = r % B; }
-static inline void row_next(int64_t B, int64_t *t, int64_t *b) {
-    if (++*b == B) { *b = 0; ++*t; }
+/* The packed rows' order: the store's `token_rows` (akvq/cache/store.py). Tokens before S (sealed, a multiple of
+ * ROWBLK) lie in blocks of ROWBLK tokens, sequence by sequence: token t of sequence b in row
+ * (t / K) * K * B + b * K + t % K; the rest token-major, row t * B + b. The caller passes S and its block, which
+ * must be ROWBLK (a constant here: no division by a runtime width per token). Every site here that finds a token's
+ * row asks tok_row (tok_step: the rows between a sequence's tokens t and t + 1 of one block, for the vector
+ * gathers; row_first / row_next: (t, b) of rows walked in storage order; hp_row: a 16-bit row's place in hp).
+ * ROWBLK is the work items' tokens (AKVQ_FCH, TCH): an item is one block's stretch of its sequence, or token-major
+ * as a whole. */
+#define ROWBLK 64
+#if ROWBLK % 16
+#error "the vector gathers take 16 tokens of one block"
+#endif
+typedef struct {
+    int64_t B, S;
+} order_t;
+static inline int64_t tok_row(const order_t *o, int64_t t, int64_t b) {
+    return t < o->S ? (t / ROWBLK) * ROWBLK * o->B + b * ROWBLK + t % ROWBLK : t * o->B + b;
+}
+static inline int64_t tok_step(const order_t *o, int64_t t) { return t < o->S ? 1 : o->B; }
+static inline void row_first(const order_t *o, int64_t r, int64_t *t, int64_t *b) {
+    if (r < o->S * o->B) {
+        const int64_t blk = r / (ROWBLK * o->B), rem = r % (ROWBLK * o->B);
+        *b = rem / ROWBLK;
+        *t = blk * ROWBLK + rem % ROWBLK;
+    } else {
+        *t = r / o->B;
+        *b = r % o->B;
+    }
+}
+static inline void row_next(const order_t *o, int64_t *t, int64_t *b) {
+    if (*t >= o->S) {
+        if (++*b == o->B) { *b = 0; ++*t; }
+    } else if ((*t + 1) % ROWBLK) {
+        ++*t;
+    } else if (++*b < o->B) {
+        *t -= ROWBLK - 1;
+    } else { /* the block's last row: the next block (or the token-major rows), sequence 0 */
+        *b = 0;
+        ++*t;
+    }
+}
+/* the order of a store of B sequences with S sealed tokens in blocks of blk; 1 where the caller's block is not ours */
+static inline int order_init(order_t *o, int64_t B, int64_t S, int64_t blk) {
+    o->B = B;
+    o->S = S;
+    return blk != ROWBLK || S % ROWBLK || S < 0;
 }
 
 /* Index of each row inside its class table (the running count of its class): i for a class-0 row, -2 - i for a
@@ -183,7 +219,9 @@ static void ti_fill(const uint8_t *cls, int64_t r0, int64_t r1, int32_t n0, int3
 #ifndef AKVQ_TI_PAR
 #define AKVQ_TI_PAR 1
 #endif
-static int32_t *table_index(const uint8_t *cls, int64_t n_rows, int64_t B, int32_t **hrow, int32_t **hcnt, int nt) {
+static int32_t *table_index(const uint8_t *cls, int64_t n_rows, const order_t *ord, int32_t **hrow, int32_t **hcnt,
+                            int nt) {
+    const int64_t B = ord->B;
     int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * (n_rows > 0 ? n_rows : 1));
     if (!AKVQ_TI_PAR || nt < 2 || n_rows < 65536) {
         ti_fill(cls, 0, n_rows, 0, 0, idx);
@@ -209,14 +247,27 @@ static int32_t *table_index(const uint8_t *cls, int64_t n_rows, int64_t B, int32
         }
     }
     if (!hrow) return idx;
-    /* the fused kernel also wants the 16-bit rows' places in hp: hrow[t] = how many lie before token t's rows
-     * (hp_row adds those of token t before sequence b), and how many an item (AKVQ_FCH tokens, one sequence) has */
+    /* the fused kernel also wants the 16-bit rows' places in hp: hrow[t] = how many lie before token t's rows, or
+     * in a sealed block before the block's (hp_row adds those of the token, or of the block, before the row), and
+     * how many an item (AKVQ_FCH tokens, one sequence) has */
     const int64_t n_t = n_rows / B, nch = (n_t + AKVQ_FCH - 1) / AKVQ_FCH;
     int32_t *h = (int32_t *)malloc(sizeof(int32_t) * (n_t > 0 ? n_t : 1));
     int32_t *cnt = (int32_t *)calloc((size_t)(nch * B > 0 ? nch * B : 1), sizeof(int32_t));
     int32_t n2 = 0;
     for (int64_t t = 0; t < n_t; t++) {
-        const uint8_t *cr = cls + tok_row(B, t, 0);
+        if (t < ord->S) { /* a sealed block, at its first token: its sequences' stretches of ROWBLK rows */
+            if (t % ROWBLK) { h[t] = h[t - t % ROWBLK]; continue; }
+            h[t] = n2;
+            for (int64_t b = 0; b < B; b++) {
+                const uint8_t *cr = cls + tok_row(ord, t, b);
+                int32_t m = 0;
+                for (int i = 0; i < ROWBLK; i++) m += cr[i] == 2;
+                cnt[(t / AKVQ_FCH) * B + b] += m;
+                n2 += m;
+            }
+            continue;
+        }
+        const uint8_t *cr = cls + tok_row(ord, t, 0);
         int32_t m = 0;
         for (int64_t b = 0; b < B; b++) m += cr[b] == 2;
         h[t] = n2;
@@ -230,9 +281,12 @@ static int32_t *table_index(const uint8_t *cls, int64_t n_rows, int64_t B, int32
 }
 
 /* the row in hp of the 16-bit row of token t, sequence b (hrow from table_index) */
-static inline int64_t hp_row(const int32_t *hrow, const uint8_t *cls, int64_t B, int64_t t, int64_t b) {
+static inline int64_t hp_row(const int32_t *hrow, const uint8_t *cls, const order_t *o, int64_t t, int64_t b) {
     int64_t i = hrow[t];
-    for (int64_t j = 0; j < b; j++) i += cls[tok_row(B, t, j)] == 2;
+    if (t < o->S) /* the block's rows before this one */
+        for (int64_t r = tok_row(o, t - t % ROWBLK, 0), r1 = tok_row(o, t, b); r < r1; r++) i += cls[r] == 2;
+    else
+        for (int64_t j = 0; j < b; j++) i += cls[tok_row(o, t, j)] == 2;
     return i;
 }
 
@@ -319,6 +373,7 @@ ALWAYS_INLINE void seg_axpy_pm(const uint8_t *p, int bits, int seg, const float 
  * updates and the loops are straight-line code with the accumulators in registers; others use a generic one. */
 typedef struct {
     int64_t B, H, G, D, group, float_zero;
+    order_t ord; /* the rows' order (tok_row) */
     int seg, ns, W, ngr;
     const uint8_t *cls;
     int32_t *idx;
@@ -628,7 +683,7 @@ typedef struct {
 static inline void blk_rows(const tok_t *k, int64_t b, int64_t t, int64_t t1, blk_t *r) {
     r->n = t1 - t < 8 ? (int)(t1 - t) : 8;
     for (int i = 0; i < 8; i++) {
-        const int64_t rr = tok_row(k->B, t + i, b);
+        const int64_t rr = tok_row(&k->ord, t + i, b);
         const int c = i < r->n ? k->cls[rr] : 2;
         r->cl[i] = c < 2 ? c : 2;
         if (c < 2) {
@@ -658,7 +713,7 @@ static inline void blk_rows(const tok_t *k, int64_t b, int64_t t, int64_t t1, bl
 #endif
 static inline void blk_prefetch(const tok_t *k, int64_t b, int64_t t, int64_t t1, int n) {
     for (int i = 0; i < n && t + i < t1; i++) {
-        const int64_t rr = tok_row(k->B, t + i, b);
+        const int64_t rr = tok_row(&k->ord, t + i, b);
         const int c = k->cls[rr];
         if (c >= 2) continue;
         const table_t *T = &k->tab[c];
@@ -771,7 +826,7 @@ static inline void gather16(const tok_t *k, int64_t b, int64_t t, int64_t t1, co
     r->n = t1 - t < 16 ? (int)(t1 - t) : 16;
     r->any1 = 0;
     for (int i = 0; i < 16; i++) {
-        const int64_t rr = tok_row(k->B, t + i, b);
+        const int64_t rr = tok_row(&k->ord, t + i, b);
         const int c = i < r->n ? k->cls[rr] : 2;
         r->any1 |= c == 1;
         if (c == 0) {
@@ -795,9 +850,9 @@ static inline void gather16(const tok_t *k, int64_t b, int64_t t, int64_t t1, co
 #endif
 static inline __m512i idx16(const tok_t *k, int64_t b, int64_t t, int n) {
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512i rows = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)tok_step(k->B)));
+    const __m512i rows = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)tok_step(&k->ord, t)));
     return _mm512_mask_i32gather_epi32(_mm512_set1_epi32(-1), n > 0 ? (__mmask16)((1u << n) - 1) : 0, rows,
-                                       k->idx + tok_row(k->B, t, b), 4);
+                                       k->idx + tok_row(&k->ord, t, b), 4);
 }
 
 /* halves tab[e] for the 16 byte offsets e (= 2 * element) of `e2`, 0 where m is off: each read as the aligned
@@ -844,6 +899,35 @@ static inline __mmask16 gather16v_into(const tok_t *k, int64_t b, int64_t t, int
                                        const uint8_t **row, uint16_t *sh, uint16_t *zh, int ld, int *any1) {
     const int ngr = k->ngr, n = t1 - t < 16 ? (int)(t1 - t) : 16; /* n <= 0: an empty block */
     const int64_t nb = k->W / 4;
+    if (n == 16 && ngr <= 4 && t < k->ord.S) { /* a sealed block: 16 consecutive 2-bit rows, found from two indices */
+        const int64_t r0 = tok_row(&k->ord, t, b);
+        const int32_t a = k->idx[r0];
+        if (a >= 0 && k->idx[r0 + 15] == a + 15) { /* all of class 0 (another class's row would stop the count) */
+            const __m512i lane = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7), nbv = _mm512_set1_epi64(nb);
+            const __m512i base = _mm512_set1_epi64((long long)(uintptr_t)(k->tab[0].codes + (int64_t)a * nb));
+            _mm512_storeu_si512((void *)row, _mm512_add_epi64(base, _mm512_mullo_epi64(lane, nbv)));
+            const __m512i lane8 = _mm512_add_epi64(lane, _mm512_set1_epi64(8));
+            _mm512_storeu_si512((void *)(row + 8), _mm512_add_epi64(base, _mm512_mullo_epi64(lane8, nbv)));
+            /* the 16 rows' 16 ngr halves in two masked loads, each group's column by one word permute */
+            const int nh = 16 * ngr;
+            const __mmask32 l0 = nh >= 32 ? 0xffffffffu : (__mmask32)((1u << nh) - 1);
+            const __mmask32 l1 = nh <= 32 ? 0 : nh >= 64 ? 0xffffffffu : (__mmask32)((1u << (nh - 32)) - 1);
+            const uint16_t *sp = k->tab[0].scale + (int64_t)a * ngr, *zp = k->tab[0].zero + (int64_t)a * ngr;
+            const __m512i s0 = _mm512_maskz_loadu_epi16(l0, sp), s1 = _mm512_maskz_loadu_epi16(l1, sp + 32);
+            const __m512i z0 = _mm512_maskz_loadu_epi16(l0, zp), z1 = _mm512_maskz_loadu_epi16(l1, zp + 32);
+            const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            const __m512i step = _mm512_mullo_epi32(iota, _mm512_set1_epi32(ngr));
+            for (int j = 0; j < ngr; j++) { /* word i of the column: half i * ngr + j of the 16 rows */
+                const __m512i ix =
+                    _mm512_castsi256_si512(_mm512_cvtepi32_epi16(_mm512_add_epi32(step, _mm512_set1_epi32(j))));
+                const __m512i sw = _mm512_permutex2var_epi16(s0, ix, s1), zw = _mm512_permutex2var_epi16(z0, ix, z1);
+                _mm256_storeu_si256((__m256i *)(sh + j * ld), _mm512_castsi512_si256(sw));
+                _mm256_storeu_si256((__m256i *)(zh + j * ld), _mm512_castsi512_si256(zw));
+            }
+            *any1 = 0;
+            return (__mmask16)0xffff;
+        }
+    }
     const __m512i idx = idx16(k, b, t, n);
     const __mmask16 m0 = _mm512_cmpge_epi32_mask(idx, _mm512_setzero_si512());
     *any1 = _mm512_cmplt_epi32_mask(idx, _mm512_set1_epi32(-1)) != 0;
@@ -884,7 +968,18 @@ static inline void gather16v(const tok_t *k, int64_t b, int64_t t, int64_t t1, c
 #define AKVQ_PFSPAN 8
 #endif
 static inline void prefetch16v(const tok_t *k, int64_t b, int64_t t, int64_t t1) {
-    if (t >= t1 || b % AKVQ_PFSPAN) return;
+    if (t >= t1) return;
+    if (t < k->ord.S) { /* a sealed block: the sequence's 16 rows are one stretch, from the first one's index */
+        const int n = t1 - t < 16 ? (int)(t1 - t) : 16;
+        const int64_t a = k->idx[tok_row(&k->ord, t, b)], nb = k->W / 4, ngr = k->ngr;
+        if (a < 0) return;
+        const uint8_t *c0 = k->tab[0].codes + a * nb, *c1 = c0 + n * nb;
+        for (const uint8_t *pp = c0; pp < c1; pp += 64) __builtin_prefetch(pp, 0, 3);
+        const uint16_t *s0 = k->tab[0].scale + a * ngr, *z0 = k->tab[0].zero + a * ngr;
+        for (int64_t o = 0; o < n * ngr; o += 32) { __builtin_prefetch(s0 + o, 0, 3); __builtin_prefetch(z0 + o, 0, 3); }
+        return;
+    }
+    if (b % AKVQ_PFSPAN) return;
     const int n = t1 - t < 16 ? (int)(t1 - t) : 16;
     const int64_t bl = b + AKVQ_PFSPAN - 1 < k->B ? b + AKVQ_PFSPAN - 1 : k->B - 1, nb = k->W / 4, ngr = k->ngr;
     int32_t lo[16], hi[16];
@@ -1306,7 +1401,7 @@ ALWAYS_INLINE void out_v8_body(const tok_t *k, int G, int64_t b, int64_t t0, int
         }
 #endif
         for (int i = 0; scalar && i < VB; i++) {
-            const int64_t rr = tok_row(k->B, t + i, b);
+            const int64_t rr = tok_row(&k->ord, t + i, b);
             const int c = i < n ? k->cls[rr] : 2;
             cl[i] = c < 2 ? c : 2;
             row[i] = zrow;
@@ -1505,12 +1600,14 @@ static output_row_fn pick_output(int bits, int seg, int64_t G) {
 }
 
 static int tok_init(tok_t *k, int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D, int64_t group,
-                    const uint8_t *cls, const uint8_t *c0, const uint16_t *s0, const uint16_t *z0, int64_t bits0,
+                    const uint8_t *cls, int64_t sealed, int64_t blk, const uint8_t *c0, const uint16_t *s0,
+                    const uint16_t *z0, int64_t bits0,
                     const uint8_t *c1, const uint16_t *s1, const uint16_t *z1, int64_t bits1, int64_t float_zero,
                     int want_hp, const tok_t *share, int nt) {
     k->B = B; k->H = H; k->G = G; k->D = D; k->group = group; k->float_zero = float_zero;
     k->seg = gcd((int)group, (int)D); k->ns = (int)(D / k->seg); k->W = (int)(H * D); k->ngr = (int)(H * D / group);
     k->cls = cls;
+    if (order_init(&k->ord, B, sealed, blk) || sealed * B > n_rows) return 1;
     k->tab[0] = (table_t){c0, s0, z0, bits0};
     k->tab[1] = (table_t){c1, s1, z1, bits1};
     k->pm[0] = plane_major_ok((int)bits0, k->seg, (int)G);
@@ -1525,7 +1622,7 @@ static int tok_init(tok_t *k, int64_t n_rows, int64_t B, int64_t H, int64_t G, i
         k->idx = share->idx;
         if (want_hp) { k->hrow = share->hrow; k->hcnt = share->hcnt; }
     } else {
-        k->idx = table_index(cls, n_rows, B, want_hp ? &k->hrow : NULL, want_hp ? &k->hcnt : NULL, nt);
+        k->idx = table_index(cls, n_rows, &k->ord, want_hp ? &k->hrow : NULL, want_hp ? &k->hcnt : NULL, nt);
     }
     k->qgather = AKVQ_QGATHER && k->ngr <= 4 && !((uintptr_t)s0 & 7) && !((uintptr_t)z0 & 7);
     return 0;
@@ -1595,12 +1692,14 @@ static void quant_q8(const tok_t *k, const float *q, score_i8_fn const *f8, int8
 /* scores: out[b * osb + t * ost + (h * G + g) * osg] for the packed rows (t < n_q); 16-bit rows are left as they
  * are. The caller picks the layout: token-major (osg = 1) keeps every write sequential. */
 int akvq_token_scores(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D, int64_t group,
-                      const uint8_t *cls, const uint8_t *c0, const uint16_t *s0, const uint16_t *z0, int64_t bits0,
+                      const uint8_t *cls, int64_t sealed, int64_t blk, const uint8_t *c0, const uint16_t *s0,
+                      const uint16_t *z0, int64_t bits0,
                       const uint8_t *c1, const uint16_t *s1, const uint16_t *z1, int64_t bits1, int64_t float_zero,
                       const float *q, float *out, int64_t osb, int64_t ost, int64_t osg, int64_t int8,
                       int64_t nthreads) {
     tok_t k;
-    if (tok_init(&k, n_rows, B, H, G, D, group, cls, c0, s0, z0, bits0, c1, s1, z1, bits1, float_zero, 0, NULL,
+    if (tok_init(&k, n_rows, B, H, G, D, group, cls, sealed, blk, c0, s0, z0, bits0, c1, s1, z1, bits1, float_zero, 0,
+                 NULL,
                  n_threads(nthreads)))
         return 1;
     const int seg = k.seg, ns = k.ns, nt = n_threads(nthreads);
@@ -1663,7 +1762,7 @@ int akvq_token_scores(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
         int64_t r0, r1;
         row_range(n_rows, nt, thread_id(), &r0, &r1);
         int64_t t, b;
-        row_first(B, r0, &t, &b);
+        row_first(&k.ord, r0, &t, &b);
         for (int64_t r = r0; r < r1; r++) {
             const int c = cls[r];
             if (c < 2) {
@@ -1677,7 +1776,7 @@ int akvq_token_scores(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                     fn[c](&k, (int)T->bits, T->codes + i * (W * T->bits / 8), T->scale + i * k.ngr, T->zero + i * k.ngr,
                           qp + c * nq + b * H * G * D, qsum + b * H * G * ns, out + b * osb + t * ost, osg);
             }
-            row_next(B, &t, &b);
+            row_next(&k.ord, &t, &b);
         }
     }
     free(qp);
@@ -1693,12 +1792,14 @@ int akvq_token_scores(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
  * accumulates in its own unpack order (per-thread partials), permuted back to channel order at the end; the
  * zero-point terms are one scalar per segment. */
 int akvq_token_output(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D, int64_t group,
-                      const uint8_t *cls, const uint8_t *c0, const uint16_t *s0, const uint16_t *z0, int64_t bits0,
+                      const uint8_t *cls, int64_t sealed, int64_t blk, const uint8_t *c0, const uint16_t *s0,
+                      const uint16_t *z0, int64_t bits0,
                       const uint8_t *c1, const uint16_t *s1, const uint16_t *z1, int64_t bits1, int64_t float_zero,
                       const float *p, int64_t psb, int64_t pst, int64_t psg, float *acc, int64_t int8v,
                       int64_t nthreads) {
     tok_t k;
-    if (tok_init(&k, n_rows, B, H, G, D, group, cls, c0, s0, z0, bits0, c1, s1, z1, bits1, float_zero, 0, NULL,
+    if (tok_init(&k, n_rows, B, H, G, D, group, cls, sealed, blk, c0, s0, z0, bits0, c1, s1, z1, bits1, float_zero, 0,
+                 NULL,
                  n_threads(nthreads)))
         return 1;
     const int seg = k.seg, ns = k.ns, nt = n_threads(nthreads);
@@ -1739,7 +1840,7 @@ int akvq_token_output(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
         int64_t r0, r1;
         row_range(n_rows, nt, tid, &r0, &r1);
         int64_t t, b;
-        row_first(B, r0, &t, &b);
+        row_first(&k.ord, r0, &t, &b);
         for (int64_t r = r0; r < r1; r++) {
             const int c = cls[r];
             if (c < 2) {
@@ -1748,7 +1849,7 @@ int akvq_token_output(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                 fn[c](&k, (int)T->bits, T->codes + i * (W * T->bits / 8), T->scale + i * k.ngr, T->zero + i * k.ngr,
                       p + b * psb + t * pst, psg, acc2 + c * nacc + b * H * G * D, kz + b * H * G * ns);
             }
-            row_next(B, &t, &b);
+            row_next(&k.ord, &t, &b);
         }
     }
     }
@@ -1972,10 +2073,12 @@ int akvq_half_output(int64_t B, int64_t H, int64_t G, int64_t D, int64_t T, cons
  * original space: scores out[b * osb + t * ost + (h * G + g) * osg] = q[b, h, g] . x (q NULL: none), and outputs
  * acc[b, h, g, :] += p[b * psb + t * pst + (h * G + g) * psg] x (p NULL: none). The rows are found by scanning cls
  * 32 bytes at a time; one pass, no index tensors. */
-int akvq_token_hp(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D, const uint8_t *cls, const uint16_t *hp,
+int akvq_token_hp(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D, const uint8_t *cls, int64_t sealed,
+                  int64_t blk, const uint16_t *hp,
                   const float *q, float *out, int64_t osb, int64_t ost, int64_t osg, const float *p, int64_t psb,
                   int64_t pst, int64_t psg, float *acc) {
-    if (D > MAXSEG) return 1;
+    order_t ord;
+    if (D > MAXSEG || order_init(&ord, B, sealed, blk)) return 1;
     int64_t n = 0, r = 0;
     float x[MAXSEG];
     for (;;) {
@@ -1987,7 +2090,7 @@ int akvq_token_hp(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D, co
         while (r < n_rows && cls[r] != 2) r++;
         if (r >= n_rows) break;
         int64_t t, b;
-        row_first(B, r, &t, &b);
+        row_first(&ord, r, &t, &b);
         const uint16_t *row = hp + n * H * D;
         for (int64_t h = 0; h < H; h++) {
             half_run(row + h * D, D, x);
@@ -2126,17 +2229,20 @@ static inline float dot_half(const float *q, const uint16_t *x, int64_t D) {
 #endif
 
 int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D,
-                      int64_t group_k, const uint8_t *cls_k, const uint8_t *kc0, const uint16_t *ks0,
-                      const uint16_t *kz0, int64_t kbits0, const uint8_t *kc1, const uint16_t *ks1, const uint16_t *kz1,
+                      int64_t group_k, const uint8_t *cls_k, int64_t sealed_k, int64_t blk_k, const uint8_t *kc0,
+                      const uint16_t *ks0, const uint16_t *kz0, int64_t kbits0, const uint8_t *kc1, const uint16_t *ks1,
+                      const uint16_t *kz1,
                       int64_t kbits1, int64_t fz_k, const uint16_t *hpk,
-                      int64_t group_v, const uint8_t *cls_v, const uint8_t *vc0, const uint16_t *vs0,
-                      const uint16_t *vz0, int64_t vbits0, const uint8_t *vc1, const uint16_t *vs1, const uint16_t *vz1,
+                      int64_t group_v, const uint8_t *cls_v, int64_t sealed_v, int64_t blk_v, const uint8_t *vc0,
+                      const uint16_t *vs0, const uint16_t *vz0, int64_t vbits0, const uint8_t *vc1, const uint16_t *vs1,
+                      const uint16_t *vz1,
                       int64_t vbits1, int64_t fz_v, const uint16_t *hpv,
                       const float *qt, const float *q, int64_t T, const uint16_t *tk, int64_t tkb, int64_t tkh,
                       int64_t tkt, const uint16_t *tv, int64_t tvb, int64_t tvh, int64_t tvt, const uint8_t *mask_b,
                       const float *mask_f, int64_t msb, float *oq, float *ox, int64_t nthreads) {
 #if !(defined(__AVX2__) && defined(__F16C__) && defined(__FMA__))
-    (void)n_rows; (void)B; (void)H; (void)G; (void)D; (void)group_k; (void)cls_k; (void)kc0; (void)ks0; (void)kz0;
+    (void)n_rows; (void)B; (void)H; (void)G; (void)D; (void)group_k; (void)cls_k; (void)sealed_k; (void)blk_k;
+    (void)sealed_v; (void)blk_v; (void)kc0; (void)ks0; (void)kz0;
     (void)kbits0; (void)kc1; (void)ks1; (void)kz1; (void)kbits1; (void)fz_k; (void)hpk; (void)group_v; (void)cls_v;
     (void)vc0; (void)vs0; (void)vz0; (void)vbits0; (void)vc1; (void)vs1; (void)vz1; (void)vbits1; (void)fz_v;
     (void)hpv; (void)qt; (void)q; (void)T; (void)tk; (void)tkb; (void)tkh; (void)tkt; (void)tv; (void)tvb; (void)tvh;
@@ -2153,14 +2259,16 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
     score_i8_fn f8[2] = {NULL, NULL};
     int v8 = 0;
     if (packed) {
-        if (tok_init(&kk, n_rows, B, H, G, D, group_k, cls_k, kc0, ks0, kz0, kbits0, kc1, ks1, kz1, kbits1, fz_k, hpk != NULL,
+        if (tok_init(&kk, n_rows, B, H, G, D, group_k, cls_k, sealed_k, blk_k, kc0, ks0, kz0, kbits0, kc1, ks1, kz1,
+                     kbits1, fz_k, hpk != NULL,
                      NULL, n_threads(nthreads)))
             return 2;
         /* K and V usually flush the same positions with the same classes (cache/layer.py): then one row index, which
          * is built before the parallel part (0.4-0.5 ms per store at batch 79, 8K, on one thread; table_index) */
-        const int same = AKVQ_SHAREIDX && (hpv == NULL || hpk != NULL)
+        const int same = AKVQ_SHAREIDX && (hpv == NULL || hpk != NULL) && sealed_v == sealed_k
                          && (cls_v == cls_k || !memcmp(cls_v, cls_k, (size_t)n_rows));
-        if (tok_init(&kv, n_rows, B, H, G, D, group_v, cls_v, vc0, vs0, vz0, vbits0, vc1, vs1, vz1, vbits1, fz_v, hpv != NULL,
+        if (tok_init(&kv, n_rows, B, H, G, D, group_v, cls_v, sealed_v, blk_v, vc0, vs0, vz0, vbits0, vc1, vs1, vz1,
+                     vbits1, fz_v, hpv != NULL,
                      same ? &kk : NULL, n_threads(nthreads))) {
             tok_free(&kk);
             return 2;
@@ -2217,9 +2325,9 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                 kblk(&kk, b, t0, t1, q8, nq, qsc, qz, p, 0, AKVQ_FCH);
             if (hik && nhk[it])
                 for (int64_t t = t0; t < t1; t++) {
-                    const int64_t r = tok_row(B, t, b);
+                    const int64_t r = tok_row(&kk.ord, t, b);
                     if (cls_k[r] != 2) continue;
-                    const uint16_t *row = hpk + hp_row(hik, cls_k, B, t, b) * W;
+                    const uint16_t *row = hpk + hp_row(hik, cls_k, &kk.ord, t, b) * W;
                     float xk[MAXSEG];
                     for (int64_t h = 0; h < H; h++) {
                         half_run(row + h * D, D, xk);
@@ -2262,10 +2370,10 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
             else vblk(&kv, b, t0, t1, p, 0, AKVQ_FCH, acc2, nacc, kzs);
             if (hiv && nhv[it])
                 for (int64_t t = t0; t < t1; t++) {
-                    const int64_t r = tok_row(B, t, b);
+                    const int64_t r = tok_row(&kv.ord, t, b);
                     if (cls_v[r] != 2) continue;
                     float xv[MAXSEG];
-                    const uint16_t *row = hpv + hp_row(hiv, cls_v, B, t, b) * W;
+                    const uint16_t *row = hpv + hp_row(hiv, cls_v, &kv.ord, t, b) * W;
                     for (int64_t h = 0; h < H; h++) {
                         half_run(row + h * D, D, xv);
                         for (int64_t g = 0; g < G; g++) {

@@ -414,7 +414,7 @@ class TensorStore:
         return self._deq.to(dtype) if self.keep_dequantized else self.dequantize(self.n_q, dtype)
 
     def dequantize(self, m: int, dtype: torch.dtype) -> torch.Tensor:
-        """The last m packed tokens as [B, H, m, D] (tables are append-only, so a suffix is a suffix per class)."""
+        """The last m packed tokens as [B, H, m, D] (token axis: their rows found through `table_slots`)."""
         b, start = self.batch, (self.n_q - m) * self.batch
         if self.plan.axis == "channel":
             q, per = self.chan, self.plan.bits * self.group // 8
@@ -484,25 +484,19 @@ class TensorStore:
         cls = self.cls[r0:r1]
         cls_new = cls[src]
         oh = torch.nn.functional.one_hot(cls.long(), 3)
-        rank = (
-            (oh.cumsum(0) - 1).gather(1, cls.long().unsqueeze(1)).squeeze(1)
-        )  # index among its class's rows
+        rank = (oh.cumsum(0) - 1).gather(1, cls.long().unsqueeze(1)).squeeze(1)  # among its class's rows
         after = self.cls[r1:]
         for c in (LOW, TEXT, FULL):
             pick = rank[src[cls_new == c]]
-            if not pick.numel():
-                continue
-            end_c = (self.hp_rows.shape[0] if c == FULL else self.tables[c].codes.shape[0]) - int(
-                (after == c).sum()
-            )
-            lo = end_c - pick.numel()
-            parts = (
-                [self.hp_rows]
-                if c == FULL
-                else [self.tables[c].codes, self.tables[c].scale, self.tables[c].zero]
-            )
-            for x in parts:
-                x[lo:end_c] = x[lo:end_c][pick]
+            if pick.numel():
+                parts = (
+                    [self.hp_rows]
+                    if c == FULL
+                    else [getattr(self.tables[c], f) for f in ("codes", "scale", "zero")]
+                )
+                hi = parts[0].shape[0] - int((after == c).sum())
+                for x in parts:
+                    x[hi - pick.numel() : hi] = x[hi - pick.numel() : hi][pick]
         self.cls[r0:r1] = cls_new
         if self._lookup_slot is not None:  # the Triton lookup of the tokens from `start` on is stale
             keep = min(start * b, self._lookup_slot.shape[0])

@@ -101,6 +101,8 @@ class Stage:
 
 NEEDLE_MIX = ("ImageNeedleInAHaystack", "ImageNeedleInAHaystack", *TASKS)
 """The route stages' questions: half the needle, half the four benchmark tasks (the needle among them)."""
+LOOKUP_MIX = ("ImageNeedleInAHaystack", "ImageNeedleInAHaystack", "NumberAt", *TASKS)
+""""lookup": the needle both ways round (3/7 the needle, 1/7 `NumberAt`) and the other three tasks kept up."""
 
 STAGES: tuple[Stage, ...] = (
     Stage("caption", 1500, "caption"),
@@ -111,6 +113,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("tasks", 600, "qa", ("ReadNumber", "NameObject", *TASKS), 16, same_count=True),
     Stage("needle", 240, "qa", NEEDLE_MIX, 33, same_count=True, text=0.5),
     Stage("long", 240, "qa", NEEDLE_MIX, 33, same_count=True, min_images=17, text=0.5),
+    Stage("lookup", 200, "qa", LOOKUP_MIX, 33, same_count=True, min_images=17, text=0.5),
 )
 """The curriculum: captions, single-image questions on short sequences, then more images per prompt.
 
@@ -121,9 +124,10 @@ images. The answer is the option's text (`Item.target`).
 "needle" continues from "tasks" (`--stage needle --init` its file): half of the questions are the needle, up to
 33 images (the 1K cell's count), half of all questions in text form (`Stage.text`). Its counts are drawn from
 [1, cap], so most of its prompts are short, while the 1K cell asks with 33 images; "long" continues from
-"needle" with 17-33 images a prompt (`Stage.min_images`)."""
+"needle" with 17-33 images a prompt (`Stage.min_images`). "lookup" continues from "long" once that levels off:
+the needle's misses are the number-to-index lookup over 33 labelled items, so it also asks the reverse."""
 
-ROUTES = ("tasks", "needle", "long")
+ROUTES = ("tasks", "needle", "long", "lookup")
 """Stages that run alone (from an `--init` file) and end with themselves; the others run into the next."""
 
 

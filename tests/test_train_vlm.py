@@ -27,13 +27,35 @@ def test_routes_end_with_their_own_stage() -> None:
     assert train_vlm.stage_at(train_vlm.stage_start("needle")) is needle
     assert needle.text == 0.5 and needle.max_images == 33
     assert all(
-        s.text == 0.0 for s in train_vlm.STAGES if s.name not in ("needle", "long")
+        s.text == 0.0 for s in train_vlm.STAGES if s.name not in ("needle", "long", "lookup")
     )  # older streams unchanged
     long = next(s for s in train_vlm.STAGES if s.name == "long")
     assert (
         train_vlm.route_stage("long") is long
         and train_vlm.last_step("long", None) == train_vlm.stage_start("long") + 240
     )
+    lookup = train_vlm.route_stage("lookup")
+    assert lookup is not None and train_vlm.stage_start("lookup") == train_vlm.stage_start("long") + 240
+    assert "NumberAt" in lookup.tasks and lookup.min_images == 17
+
+
+def test_number_at_asks_the_needle_the_other_way_round() -> None:
+    """The drill's answer is the number in the asked image; its options are that number's family."""
+    from akvq.synth import bench
+
+    rng = random.Random(3)
+    pool = bench.make_pool("NumberAt", rng, 12)
+    for _ in range(20):
+        item = bench.generate("NumberAt", rng, pool, 20)
+        q = int(item.context.rsplit("Image ", 1)[1].rstrip("?"))
+        assert item.scenes[q - 1].text == item.answer and item.answer in item.choices
+        assert len(set(item.choices)) == 4
+
+        def near(a: str, b: str) -> bool:
+            return sum(x != y for x, y in zip(a, b, strict=True)) == 1
+
+        # the options are one number family: a base and three numbers one digit away from it
+        assert any(all(near(b, c) for c in item.choices if c != b) for b in item.choices)
 
 
 def test_batch_counts_grow_from_the_stage_minimum() -> None:

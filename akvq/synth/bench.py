@@ -153,7 +153,7 @@ def make_pool(task: str, rng: random.Random, size: int) -> Any:
         return {c: [_frame_scene(rng, c) for _ in range(size)] for c in COLOURS}
     if task == "Spot-the-Diff":
         return {(k, c): [_object_scene(rng, k, c) for _ in range(size)] for k in SHAPES for c in COLOURS}
-    if task in ("ImageNeedleInAHaystack", "ReadNumber"):
+    if task in ("ImageNeedleInAHaystack", "ReadNumber", "NumberAt"):
         return [[_number_scene(rng, n) for n in _number_family(rng)] for _ in range(size)]
     if task in ("ObjectExistence", "NameObject"):
         return [_object_scene(rng, rng.choice(SHAPES), rng.choice(list(COLOURS))) for _ in range(size)]
@@ -247,6 +247,22 @@ def read_number(rng: random.Random, pool: Any, n: int) -> Item:
     )
 
 
+def number_at(rng: random.Random, pool: Any, n: int) -> Item:
+    """Drill (training only): the needle reversed, "which number is shown in Image k?" among `n` numbers.
+
+    The needle's misses are the language model's number-to-index lookup over many labelled images
+    (scripts/needle_probe.py); this asks the same binding the other way round."""
+    f = rng.randrange(len(pool))
+    others = [g for g in range(len(pool)) if g != f]
+    scenes: list[Scene] = [rng.choice(pool[rng.choice(others)]) for _ in range(n)]
+    q, m = rng.randint(1, n), rng.randrange(4)
+    scenes[q - 1] = pool[f][m]
+    right = str(pool[f][m].text)
+    choices = _shuffled(rng, right, [str(s.text) for i, s in enumerate(pool[f]) if i != m])
+    context = _labelled(n) + f"Question: Which number is shown in Image {q}?"
+    return Item("NumberAt", context, tuple(scenes), tuple(choices), right)
+
+
 def name_object(rng: random.Random, pool: Any, n: int) -> Item:
     """Drill (training only): one image, what object is it?"""
     scene = rng.choice(pool)
@@ -292,13 +308,14 @@ GENERATORS: dict[str, Generator] = {
     "ObjectExistence": object_existence,
     "ReadNumber": read_number,
     "NameObject": name_object,
+    "NumberAt": number_at,
 }
 TASKS: tuple[str, ...] = ("SceneTransition", "Spot-the-Diff", "ImageNeedleInAHaystack", "ObjectExistence")
 """The benchmark's tasks (MileBench folder names), in report order."""
-DRILLS: tuple[str, ...] = ("ReadNumber", "NameObject")
-"""Single-image tasks for the first training stage only."""
+DRILLS: tuple[str, ...] = ("ReadNumber", "NameObject", "NumberAt")
+"""Training-only tasks: single-image reading and naming, and the needle reversed (`number_at`)."""
 MIN_IMAGES = {"SceneTransition": 2, "Spot-the-Diff": 4, "ImageNeedleInAHaystack": 4, "ObjectExistence": 1,
-              "ReadNumber": 1, "NameObject": 1}  # fmt: skip
+              "ReadNumber": 1, "NameObject": 1, "NumberAt": 4}  # fmt: skip
 
 INSTRUCTIONS: dict[str, str] = {
     "SceneTransition": "Watch the frames of a video in order and answer the question about how the scene changes.",
@@ -307,6 +324,7 @@ INSTRUCTIONS: dict[str, str] = {
     "ObjectExistence": "Look at the numbered images and answer the question about one of them.",
     "ReadNumber": "Read the number in the image.",
     "NameObject": "Name the object in the image.",
+    "NumberAt": "Look at the numbered images and answer the question about one of them.",
 }
 
 

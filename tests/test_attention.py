@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 import importlib.util
 
@@ -17,7 +16,6 @@ from akvq.attention.reference import reference_decode
 from akvq.cache.store import FULL, LOW, TEXT, TensorStore
 from akvq.policies.base import TensorPlan
 from akvq.quant.packing import pack
-from akvq.quant.uniform import QTensor
 
 B, H, D = 3, 2, 16
 
@@ -277,79 +275,6 @@ def test_fused_kernel_matches_two_pass_form(
     assert torch.equal(
         packed_cpu.packed_decode(q, kst, vst, mask, scale, threads=threads, variant=variant), fused
     )
-
-
-class _Untiled(TensorStore):
-    """A store that keeps its sealed blocks' codes in row order (before tiles): the kernels' reference."""
-
-    tiled = False  # type: ignore[assignment]
-
-
-def _untiled(st: TensorStore) -> TensorStore:
-    """A copy of st with its low-bit codes in row order (`TensorStore.table_codes`), the rest shared."""
-    out = copy.copy(st)
-    out.__class__ = _Untiled
-    q = st.tables[LOW]
-    codes = st.table_codes(LOW, torch.arange(q.codes.shape[0]))
-    out.tables = {**st.tables, LOW: QTensor(codes, q.scale, q.zero, q.bits, q.group_size, q.n, q.float_zero)}
-    return out
-
-
-# (plan, text bits, classes, head_dim): the shapes that reach each reader of the tiles: the VNNI key and value blocks
-# (segments of 64k, scale groups <= 4 and, at head_dim 256, 8 a row), the AVX2 blocks and the per-row paths
-# (segments of 32: no integer key path), 4-bit text rows beside tiles
-TILE_PLANS = {
-    "g64_pivots": (TensorPlan(bits=2, group_size=64, window=7, hadamard=True), None, "pivots", 64),
-    "g64_text": (TensorPlan(bits=2, group_size=64, window=7, hadamard=True), 4, "runs", 64),
-    "g64_d256": (TensorPlan(bits=2, group_size=64, window=3), None, "pivots", 256),
-    "g32_pivots": (TensorPlan(bits=2, group_size=32, window=3, float_zero=True), None, "pivots", 64),
-}
-
-
-@pytest.mark.parametrize("variant", sorted(packed_cpu.VARIANTS))
-@pytest.mark.parametrize("name", sorted(TILE_PLANS))
-def test_kernels_read_tiles_as_rows(name: str, variant: str) -> None:
-    """Sealed blocks' codes in tiles (`tile_offsets`, issue #14 eleventh pass): every C build and path (fused, the
-    two-kernel integer form, the float path; one and two threads) and the torch reference give bit for bit what they
-    give on the same store with its codes in row order."""
-    _skip_variant(f"cpu-{variant}")
-    plan, text_bits, classes, d = TILE_PLANS[name]
-    n = 210  # three sealed blocks, then open rows and the tail
-    kst = _store(plan, text_bits, n, 1, classes, flushes=3, d=d, cls_seed=4)
-    vst = _store(plan, text_bits, n, 2, classes, flushes=3, d=d, cls_seed=4)
-    assert kst.tiled and kst._tile_groups(0)[1].numel() >= 6
-    ku, vu = _untiled(kst), _untiled(vst)
-    assert not torch.equal(ku.tables[LOW].codes, kst.tables[LOW].codes)
-    q = torch.randn(B, H * 3, 1, d, generator=torch.Generator().manual_seed(3))
-    mask, scale = _mask("bool", n), d**-0.5
-    for threads in (1, 2):
-        for kw in ({}, {"fused": False}, {"int8": False}):
-            a = packed_cpu.packed_decode(q, kst, vst, mask, scale, threads=threads, variant=variant, **kw)
-            b = packed_cpu.packed_decode(q, ku, vu, mask, scale, threads=threads, variant=variant, **kw)
-            assert torch.equal(a, b), (threads, kw)
-    assert torch.equal(packed_decode(q, kst, vst, mask, scale), packed_decode(q, ku, vu, mask, scale))
-
-
-@pytest.mark.parametrize("name", ["g64_pivots", "g64_d256"])
-def test_scalar_row_gather_reads_tiles(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The avx512 build's scalar row gather (gather16 and the value blocks' scalar rows: caches whose scale offsets
-    pass int32, here forced by -DAKVQ_VGATHER=0) reads tiles as the vector gather does: the tiled store gives bit for
-    bit what its untiled copy gives."""
-    _skip_variant("cpu-avx512")
-    flags = (*packed_cpu.FLAGS, *packed_cpu.VARIANTS["avx512"][1], "-DAKVQ_VGATHER=0")
-    lib, why = native.load(packed_cpu.SOURCE, flags, "avx512-scalar-gather", openmp=True)
-    assert lib is not None, why
-    lib = packed_cpu.bind(lib)
-    monkeypatch.setattr(packed_cpu, "_lib", lambda variant="auto": lib)
-    plan, text_bits, classes, d = TILE_PLANS[name]
-    kst = _store(plan, text_bits, 210, 1, classes, flushes=3, d=d, cls_seed=4)
-    vst = _store(plan, text_bits, 210, 2, classes, flushes=3, d=d, cls_seed=4)
-    q = torch.randn(B, H * 3, 1, d, generator=torch.Generator().manual_seed(3))
-    for kw in ({}, {"fused": False}):
-        a = packed_cpu.packed_decode(q, kst, vst, None, d**-0.5, threads=2, **kw)
-        assert torch.equal(
-            a, packed_cpu.packed_decode(q, _untiled(kst), _untiled(vst), None, d**-0.5, threads=2, **kw)
-        )
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -625,16 +550,10 @@ def _run_triton(cases: list[tuple[str, int, int]]) -> None:
 @pytest.mark.skipif(not TRITON, reason="triton is not installed")
 def test_triton_kernels_match_reference_in_interpreter() -> None:
     """The Triton kernels on CPU (TRITON_INTERPRET=1 must be set before triton is imported: a subprocess):
-    2/4/16-bit classes with GQA, token-major and in sealed blocks (150 tokens), 2-bit codes in tiles, KIVI
-    channel-axis keys with 16-bit rows and WHT (full matrix: -m benchmark)."""
+    2/4/16-bit classes with GQA, token-major and in sealed blocks (150 tokens), KIVI channel-axis keys with 16-bit
+    rows and WHT (full matrix: -m benchmark)."""
     _run_triton(
-        [
-            ("akvq_all_classes_nowht", 3, 45),
-            ("akvq_all_classes_nowht", 3, 150),
-            ("akvq_psa_pivots", 3, 150),  # mostly 2-bit rows: sealed blocks' tiles (`tile_offsets`)
-            ("rtn2", 1, 150),  # all 2-bit: every run of 16 sealed tokens a tile
-            ("kivi_keys_hp", 1, 45),
-        ]
+        [("akvq_all_classes_nowht", 3, 45), ("akvq_all_classes_nowht", 3, 150), ("kivi_keys_hp", 1, 45)]
     )
 
 

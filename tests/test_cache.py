@@ -10,7 +10,7 @@ from transformers import DynamicCache
 from akvq import api
 from akvq.bench import memory
 from akvq.cache import AKVQCache
-from akvq.cache.store import FULL, LOW, ROW_BLOCK, TEXT, TILE, TensorStore, tile_offsets, token_rows
+from akvq.cache.store import FULL, LOW, ROW_BLOCK, TEXT, TensorStore, token_rows
 from akvq.errors import ConfigError
 from akvq.policies import POLICIES, make_policy
 from akvq.policies.base import TensorPlan
@@ -651,7 +651,7 @@ def test_token_lookup_grows_with_the_flushes_and_is_counted():
         store = cache.layers[0].k
         if not store.n_q:
             continue
-        tc, idx, _ = store.token_lookup()
+        tc, idx = store.token_lookup()
         cls = store.cls.long()
         ref = (torch.nn.functional.one_hot(cls, 3).cumsum(0) - 1).gather(1, cls.unsqueeze(1)).squeeze(1)
         rows = token_rows(0, store.n_q, store.batch, store.sealed).reshape(-1)
@@ -705,7 +705,7 @@ def test_sealed_blocks_keep_every_tokens_row() -> None:
     ref = one.dequantize(one.n_q, torch.float32)
     assert torch.equal(ref, all_.dequantize(all_.n_q, torch.float32))
     assert torch.equal(one.dequantize(70, torch.float32), ref[:, :, -70:])
-    tc, ts, _ = one.token_lookup()
+    tc, ts = one.token_lookup()
     assert torch.equal(tc.view(-1, b), one.table_slots(0, one.n_q)[0])
     # a saved cache, and one saved token-major (no `sealed`): rows moved back to t * B + b, each table in that order
     state = memory._store_state(one)
@@ -728,93 +728,4 @@ def test_sealed_blocks_keep_every_tokens_row() -> None:
     assert one.sealed == 4 * ROW_BLOCK and torch.equal(
         one.dequantize(one.n_q, torch.float32)[:, :, :199], ref[idx]
     )
-    assert torch.equal(one.token_lookup()[1].view(-1, 4), one.table_slots(0, one.n_q)[1])
-
-
-class _Untiled(TensorStore):
-    """A store that keeps its sealed blocks' codes in row order (the tenth pass's layout): the readers' reference."""
-
-    tiled = False  # type: ignore[assignment]
-
-
-def _low_store(every: int, untiled: bool = False, n: int = 203, b: int = 3) -> TensorStore:
-    """A 2-bit store of n tokens, mostly low-bit rows (so most 16-token runs of a sealed block are tiles), some text
-    rows and pivots, flushed `every` tokens at a time."""
-    g = torch.Generator().manual_seed(6)
-    x = torch.randn(b, 2, n, 16, generator=g)
-    cls = torch.full((n, b), LOW, dtype=torch.uint8)
-    cls[torch.rand(n, b, generator=g) < 0.02] = TEXT
-    cls[torch.rand(n, b, generator=g) < 0.02] = FULL
-    st = TensorStore(TensorPlan(bits=2, group_size=16, window=4), 4, torch.float16, 2, 16, b)
-    if untiled:
-        st.__class__ = _Untiled
-    for i in range(0, n, every):
-        st.append(x[:, :, i : i + every])
-        m = st.flushable(0)
-        if m:
-            st.flush(m, cls[st.n_q : st.n_q + m])
-    return st
-
-
-def _all_codes(st: TensorStore) -> torch.Tensor:
-    """The low-bit table's codes in row order, read back through `table_codes`."""
-    return st.table_codes(LOW, torch.arange(st.tables[LOW].codes.shape[0]))
-
-
-def test_tiles_keep_every_rows_codes() -> None:
-    """Sealed blocks' 2-bit codes in tiles (`tile_offsets`, issue #14 eleventh pass): every reader gets each row's
-    codes back as the untiled store holds them (table_codes, dequantize, the Triton lookup's `code_at`), one-token
-    flushes tile as one flush does, saved caches (tiled, and untiled ones saved before tiles) load to the same
-    codes, and select_batch (with repeats) re-tiles the new blocks, then a flush seals and tiles the next one."""
-    off = tile_offsets(12)
-    assert torch.equal(off.reshape(-1).sort().values, torch.arange(TILE * 12))  # a bijection onto the tile
-    one, all_, ref = _low_store(1), _low_store(203), _low_store(1, untiled=True)
-    first, slot = one._tile_groups(0)
-    assert one.tiled and not ref.tiled and slot.numel() >= 12  # half the runs are tiles
-    low = ref.tables[LOW].codes
-    assert not torch.equal(one.tables[LOW].codes, low) and torch.equal(
-        one.tables[LOW].codes, all_.tables[LOW].codes
-    )
-    end = int(slot[-1]) + TILE  # rows past the last tile lie as they are
-    assert torch.equal(one.tables[LOW].codes[end:], low[end:]) and not torch.equal(
-        one.tables[LOW].codes[:end], low[:end]
-    )
-    assert torch.equal(_all_codes(one), low) and torch.equal(one.cls, ref.cls)
-    for name in ("scale", "zero"):
-        assert torch.equal(getattr(one.tables[LOW], name), getattr(ref.tables[LOW], name))
-    x = ref.dequantize(ref.n_q, torch.float32)
-    assert torch.equal(one.dequantize(one.n_q, torch.float32), x)
-    assert torch.equal(one.dequantize(70, torch.float32), x[:, :, -70:])
-    # the Triton lookup: byte k of each row where `code_at` says
-    cls, s, at = one.token_lookup()
-    nb, flat = low.shape[1], one.tables[LOW].codes.reshape(-1)
-    k = torch.arange(nb)
-    sel = cls == LOW
-    a = at[sel].unsqueeze(1)
-    idx = torch.where(a < 0, -1 - a + 64 * (k // 4) + 4 * (k % 4), a + k)
-    assert bool((a < 0).any()) and torch.equal(flat[idx], low[s[sel]])
-    # saved caches: this build's, and one saved before tiles (no "tile": rows in order, tiled on load)
-    state = memory._store_state(one)
-    assert torch.equal(memory._store_from(state, one.plan).tables[LOW].codes, one.tables[LOW].codes)
-    old = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in memory._store_state(ref).items()}
-    old["tables"] = {
-        c: {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in q.items()}
-        for c, q in old["tables"].items()
-    }
-    del old["tile"]
-    loaded = memory._store_from(old, one.plan)
-    assert torch.equal(loaded.tables[LOW].codes, one.tables[LOW].codes)
-    assert torch.equal(loaded.dequantize(loaded.n_q, torch.float32), x)
-    # select_batch with repeats, then a flush into the next block that seals it
-    idx = torch.tensor([2, 0, 0, 1])
-    for st in (one, ref):
-        st.select_batch(idx)
-        assert torch.equal(st.dequantize(st.n_q, torch.float32), x[idx])
-        st.append(torch.randn(4, 2, 61, 16, generator=torch.Generator().manual_seed(1)))
-        st.flush(st.flushable(0), torch.zeros(61, 4, dtype=torch.uint8))
-    assert one.sealed == 4 * ROW_BLOCK and torch.equal(_all_codes(one), ref.tables[LOW].codes)
-    # the new block's runs of 16 rows: tiles where all of them are low-bit rows
-    runs = one.cls[3 * ROW_BLOCK * 4 : 4 * ROW_BLOCK * 4].view(-1, TILE)
-    assert one._tile_groups(3 * ROW_BLOCK)[1].numel() == int((runs == LOW).all(1).sum()) > 8
-    assert torch.equal(one.dequantize(one.n_q, torch.float32), ref.dequantize(ref.n_q, torch.float32))
     assert torch.equal(one.token_lookup()[1].view(-1, 4), one.table_slots(0, one.n_q)[1])

@@ -24,7 +24,7 @@ import torch
 from akvq import native
 from akvq.attention.packed_torch import _finish_out, _prepare_q, exact_output, exact_scores
 from akvq.attention.packed_torch import packed_decode as torch_packed_decode
-from akvq.cache.store import LOW, ROW_BLOCK, TEXT, TILE, TensorStore
+from akvq.cache.store import LOW, ROW_BLOCK, TEXT, TensorStore
 
 SOURCE = Path(__file__).with_name("csrc") / "packed_cpu.c"
 # Reassociation lets the compiler vectorize the dot products. Not -ffast-math: with GCC < 13 it links
@@ -75,7 +75,7 @@ def _lib(variant: str = "auto") -> ctypes.CDLL | None:
 
 def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     """Declare the kernel library's C signatures (ctypes would otherwise pass 64-bit ints as 32-bit)."""
-    tok = [_i64] * 6 + [_ptr, _i64, _i64, _i64] + [_ptr, _ptr, _ptr, _i64] * 2 + [_i64]
+    tok = [_i64] * 6 + [_ptr, _i64, _i64] + [_ptr, _ptr, _ptr, _i64] * 2 + [_i64]
     lib.akvq_token_scores.argtypes = [*tok, _ptr, _ptr, _i64, _i64, _i64, _i64, _i64]
     lib.akvq_token_output.argtypes = [*tok, _ptr, _i64, _i64, _i64, _ptr, _i64, _i64]
     lib.akvq_channel_scores.argtypes = [_i64] * 6 + [_ptr, _ptr, _ptr] + [_i64] * 4 + [_ptr, _ptr, _i64, _i64]
@@ -84,7 +84,6 @@ def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.akvq_half_output.argtypes = [*half, _ptr, _i64, _i64, _ptr, _i64]
     lib.akvq_token_hp.argtypes = [_i64] * 5 + [
         _ptr,
-        _i64,
         _i64,
         _i64,
         _ptr,
@@ -107,7 +106,7 @@ def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         lib.akvq_half_scores,
         lib.akvq_half_output,
     )
-    store = [_i64, _ptr, _i64, _i64, _i64, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _i64, _ptr]
+    store = [_i64, _ptr, _i64, _i64, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _i64, _ptr]
     lib.akvq_token_decode.argtypes = (
         [_i64] * 5
         + store * 2
@@ -146,9 +145,8 @@ def _table_args(store: TensorStore) -> list:
 
 
 def _order(store: TensorStore) -> list:
-    """The rows' order for the kernel (`token_rows`): sealed tokens, their block and their tiles (`tile_offsets`;
-    0: none), which the kernel checks."""
-    return [store.sealed, ROW_BLOCK, TILE if store.tiled else 0]
+    """The rows' order for the kernel (`token_rows`): sealed tokens and their block, which the kernel checks."""
+    return [store.sealed, ROW_BLOCK]
 
 
 def _check(rc: int) -> None:

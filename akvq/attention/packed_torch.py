@@ -126,7 +126,7 @@ def _token_chunks(
                 continue
             idx = None if k == rows else (local == c).nonzero().squeeze(1)
             at = slots if idx is None else slots[idx]
-            codes, scale, zero = store.table_codes(c, at), qt.scale[at], qt.zero[at]
+            codes, scale, zero = qt.codes[at], qt.scale[at], qt.zero[at]
             if idx is not None:
                 codes = torch.zeros(rows, codes.shape[1], dtype=codes.dtype, device=dev).index_copy_(
                     0, idx, codes

@@ -4,8 +4,8 @@ Same math and the same exact parts as `packed_torch` (WHT and SmoothQuant on q a
 and the tail in torch, they are few); the kernels replace the chunked loops over the packed tables:
 
 - token axis: one program per (batch, KV head, split of the tokens) walks its sequence's tokens, reads each one's
-  class, row in its class table and where its codes start from the store's lookup (`TensorStore.token_lookup`, in
-  token order (t, b) -> t * B + b whatever order the store keeps its rows and codes in), unpacks the codes of
+  class and row in its class table from the store's lookup (`TensorStore.token_lookup`, in token order (t, b) ->
+  t * B + b whatever order the store keeps its rows in), unpacks the codes of
   the class's bit width in registers and dequantizes with the row's per-group scale/zero. Scores for all G query
   heads of the KV head at once (GQA without repeating K); values weighted by p into per-split partial sums.
 - channel axis (KIVI keys): codes packed along tokens; the program unpacks a block of tokens per channel.
@@ -55,18 +55,14 @@ def available() -> bool:
 if triton is not None:
 
     @triton.jit
-    def _dequant_rows(codes_ptr, scale_ptr, zero_ptr, ti, ca, ok, ch, W, GS, BITS: tl.constexpr):
-        """[BLOCK, D] values s * (c - z) of table rows `ti` (masked by ok) at channels `ch` of the row; `ca`: where
-        each row's codes start (`TensorStore.code_at`: a row in a tile, a < 0, has its bytes 64 (k // 4) + 4 (k % 4)
-        on from -1 - a)."""
+    def _dequant_rows(codes_ptr, scale_ptr, zero_ptr, ti, ok, ch, W, GS, BITS: tl.constexpr):
+        """[BLOCK, D] values s * (c - z) of table rows `ti` (masked by ok) at channels `ch` of the row."""
         PER: tl.constexpr = 8 // BITS
         MASK: tl.constexpr = (1 << BITS) - 1
+        nbytes = W // PER
         ngroups = W // GS
         m2 = ok[:, None] & (ch[None, :] >= 0)
-        k = ch[None, :] // PER
-        tiled = ca[:, None] < 0
-        at = tl.where(tiled, -1 - ca[:, None] + 64 * (k // 4) + 4 * (k % 4), ca[:, None] + k)
-        byte = tl.load(codes_ptr + at, mask=m2, other=0).to(tl.int32)
+        byte = tl.load(codes_ptr + ti[:, None] * nbytes + ch[None, :] // PER, mask=m2, other=0).to(tl.int32)
         code = ((byte >> ((ch[None, :] % PER) * BITS)) & MASK).to(tl.float32)
         g = ti[:, None] * ngroups + ch[None, :] // GS
         s = tl.load(scale_ptr + g, mask=m2, other=0.0).to(tl.float32)
@@ -77,7 +73,6 @@ if triton is not None:
     def _token_rows(
         cls_ptr,
         r2t_ptr,
-        ca_ptr,
         lc,
         ls,
         lz,
@@ -102,13 +97,12 @@ if triton is not None:
         r = t.to(tl.int64) * B + b  # the lookup's token order, not the storage order
         c = tl.load(cls_ptr + r, mask=valid, other=2).to(tl.int32)
         ti = tl.load(r2t_ptr + r, mask=valid, other=0)
-        ca = tl.load(ca_ptr + r, mask=valid, other=0)
         ch = h * D + tl.arange(0, D)
         x = tl.zeros([BLOCK, D], dtype=tl.float32)
         if HAS_L:
-            x += _dequant_rows(lc, ls, lz, ti, ca, valid & (c == 0), ch, W, GS, LBITS)
+            x += _dequant_rows(lc, ls, lz, ti, valid & (c == 0), ch, W, GS, LBITS)
         if HAS_T:
-            x += _dequant_rows(tc, ts, tz, ti, ca, valid & (c == 1), ch, W, GS, TBITS)
+            x += _dequant_rows(tc, ts, tz, ti, valid & (c == 1), ch, W, GS, TBITS)
         return x
 
     @triton.jit
@@ -117,7 +111,6 @@ if triton is not None:
         out_ptr,
         cls_ptr,
         r2t_ptr,
-        ca_ptr,
         lc,
         ls,
         lz,
@@ -153,7 +146,6 @@ if triton is not None:
             k = _token_rows(
                 cls_ptr,
                 r2t_ptr,
-                ca_ptr,
                 lc,
                 ls,
                 lz,
@@ -184,7 +176,6 @@ if triton is not None:
         out_ptr,
         cls_ptr,
         r2t_ptr,
-        ca_ptr,
         lc,
         ls,
         lz,
@@ -220,7 +211,6 @@ if triton is not None:
             v = _token_rows(
                 cls_ptr,
                 r2t_ptr,
-                ca_ptr,
                 lc,
                 ls,
                 lz,

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from akvq.cache import AKVQCache
-from akvq.cache.store import ROW_BLOCK, TILE, TensorStore
+from akvq.cache.store import ROW_BLOCK, TensorStore
 from akvq.quant.uniform import QTensor
 
 GiB = 1 << 30
@@ -70,7 +70,6 @@ def _store_state(st: TensorStore) -> dict[str, Any]:
         "chan": None if st.chan is None else _q_state(st.chan),
         "row_block": ROW_BLOCK,  # the rows' order (`token_rows`): tokens before `sealed` in blocks of row_block
         "sealed": st.sealed,
-        "tile": TILE,  # the sealed blocks' low-bit codes in tiles of TILE tokens (`tile_offsets`) where `st.tiled`
     }
 
 
@@ -88,14 +87,12 @@ def _store_from(state: dict[str, Any], plan: Any) -> TensorStore:
         setattr(st, k, state[k])
     st.tables = {int(c): QTensor(**q) for c, q in state["tables"].items()}
     st.chan = None if state["chan"] is None else QTensor(**state["chan"])
-    if st.cls is not None:  # a cache saved token-major (before the blocked order) or untiled is sealed here
-        if state.get("row_block", ROW_BLOCK) != ROW_BLOCK or state.get("tile", TILE) != TILE:
+    if st.cls is not None:  # a cache saved token-major (before the blocked order) is sealed here
+        if state.get("row_block", ROW_BLOCK) != ROW_BLOCK:
             raise ValueError(
-                f"cache saved with rows in blocks of {state['row_block']} and tiles of {state.get('tile')}, "
-                f"this build takes {ROW_BLOCK} and {TILE}"
+                f"cache saved with rows in blocks of {state['row_block']}, this build takes {ROW_BLOCK}"
             )
-        sealed = state.get("sealed", 0)
-        st.seal(sealed, tiled=sealed if "tile" in state else 0)
+        st.seal(state.get("sealed", 0))
     return st
 
 

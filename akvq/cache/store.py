@@ -4,9 +4,7 @@ Rows are tokens, each row all KV heads' channels (heads * head_dim), in the orde
 of ROW_BLOCK tokens, each sequence's rows of a block one stretch, then the newest tokens token-major, so that a flush
 appends rows (and seals a block once it is full) and never re-quantizes old ones. A class map in that order (one
 uint8 per row: 0 = low bits, 1 = text bits, 2 = 16-bit) says which packed table holds each row; each table holds its
-class's rows in that order. Inside sealed blocks, each sequence's runs of TILE low-bit tokens keep their 2-bit codes
-in tiles (`tile_offsets`), the order the C kernel reads them in; `table_codes` gives any rows' codes back in row
-order."""
+class's rows in that order."""
 
 from __future__ import annotations
 
@@ -74,25 +72,6 @@ def token_rows(
     k = ROW_BLOCK
     blocked = (t // k) * (k * batch) + b * k + t % k
     return torch.where(t < sealed, blocked, t * batch + b)
-
-
-# Tokens per tile of a sealed block's 2-bit codes (`tile_offsets`): 16 of one sequence, all of the low-bit class.
-TILE = 16
-
-
-def tile_offsets(nb: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Byte offsets [TILE, nb] inside a tile of row i's code byte k: 16 (i // 4) + i % 4 + 64 (k // 4) + 4 (k % 4),
-    so dword j of the 16 rows is 64 bytes, four tokens' bytes interleaved per byte (row i = 4 q + u: byte
-    64 j + 16 q + 4 m + u holds byte 4 j + m of row i). Why: the C kernel's key side loads a head's dword of 16
-    tokens in one load (and one in-lane byte shuffle puts each token's dword in its lane), its value side loads four
-    tokens' codes of a channel byte as one dword, ready for vpdpbusd (issue #14, eleventh pass; were 4 loads,
-    12 inserts and 8 unpacks per head and 16 bytes, and 8 unpacks per four tokens). Sealed blocks are immutable,
-    so tiling them at seal time leaves the flush alone. The one definition of the order: `TensorStore` tiles and
-    untiles through it, `code_at` hands its two parts (row, byte) to Triton, the C kernel's `tile_byte` is the
-    same formula. Needs nb % 4 == 0."""
-    i = torch.arange(TILE, device=device).unsqueeze(1)
-    k = torch.arange(nb, device=device)
-    return 16 * (i // 4) + i % 4 + 64 * (k // 4) + 4 * (k % 4)
 
 
 def _cat(a: torch.Tensor | None, b: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -234,7 +213,6 @@ class TensorStore:
     _deq: torch.Tensor | None = None
     _lookup_cls: torch.Tensor | None = None  # see `token_lookup`
     _lookup_slot: torch.Tensor | None = None
-    _lookup_code: torch.Tensor | None = None
 
     @property
     def width(self) -> int:
@@ -257,12 +235,6 @@ class TensorStore:
     def sealed(self) -> int:
         """Packed tokens in sealed blocks (`token_rows`): every full block (token axis)."""
         return self.n_q // ROW_BLOCK * ROW_BLOCK if self.plan.axis == "token" else 0
-
-    @property
-    def tiled(self) -> bool:
-        """Whether sealed blocks keep the low-bit codes in tiles (`tile_offsets`): 2-bit per-token codes whose rows
-        are whole dwords (width % 16 == 0)."""
-        return self.plan.axis == "token" and self.plan.bits == 2 and self.width % 16 == 0
 
     def bits_of(self, cls: int) -> int:
         return self.text_bits if cls == TEXT and self.text_bits else self.plan.bits
@@ -464,8 +436,7 @@ class TensorStore:
                 sel = (cls == c).nonzero().squeeze(1)
                 if sel.numel():
                     i = slot[sel]
-                    codes = self.table_codes(c, i)
-                    part = QTensor(codes, q.scale[i], q.zero[i], q.bits, q.group_size, q.n, q.float_zero)
+                    part = QTensor(q.codes[i], q.scale[i], q.zero[i], q.bits, q.group_size, q.n, q.float_zero)
                     out[sel] = dequantize(part)
         out = self._inverse(out)
         if self.hp_rows is not None:
@@ -494,23 +465,18 @@ class TensorStore:
             r.meta += self.smooth.nbytes
         if self.perm is not None:
             r.index += self.perm.nbytes
-        for t in (self.cls, self.hp_pos, self._lookup_cls, self._lookup_slot, self._lookup_code):
+        for t in (self.cls, self.hp_pos, self._lookup_cls, self._lookup_slot):
             if t is not None:
                 r.index += t.nbytes
         return r
 
-    def seal(self, start: int, tiled: int | None = None) -> None:
+    def seal(self, start: int) -> None:
         """Reorder the rows of tokens [start, sealed) from token-major (as flushes append them) to sealed blocks
         (`token_rows`). They are one stretch of storage rows, and each class's of them one stretch of its table:
-        each is permuted in place. Then the tiles of tokens [tiled, sealed) (default: start) are tiled
-        (`tile_offsets`). Also reads a cache saved before the blocked order (`start` 0) or before tiles (`tiled` 0)."""
+        each is permuted in place. Also reads a cache saved before the blocked order (`start` 0)."""
         end = self.sealed
-        if end > start:
-            self._seal_rows(start, end)
-        self._tile(start if tiled is None else min(tiled, start), end)
-
-    def _seal_rows(self, start: int, end: int) -> None:
-        """`seal`'s permutation of the rows of tokens [start, end) (token-major before)."""
+        if end <= start:
+            return
         b, r0, r1 = self.batch, start * self.batch, end * self.batch
         old = token_rows(start, end, b, start, self.cls.device).reshape(-1) - r0
         new = token_rows(start, end, b, end, self.cls.device).reshape(-1) - r0
@@ -536,82 +502,6 @@ class TensorStore:
             keep = min(start * b, self._lookup_slot.shape[0])
             self._lookup_cls = _drop_back(self._lookup_cls, keep)
             self._lookup_slot = _drop_back(self._lookup_slot, keep)
-            self._lookup_code = _drop_back(self._lookup_code, keep)
-
-    def _tile_groups(self, t0: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The tiles of sealed tokens [t0, sealed) (t0 a multiple of TILE): (storage row of each tile's first row,
-        its first row's slot in the low-bit table). A tile is one sequence's TILE tokens of a sealed block (TILE
-        consecutive storage rows) all of the low-bit class, so its rows are TILE consecutive rows of that table."""
-        r0, r1 = t0 * self.batch, self.sealed * self.batch
-        if not self.tiled or r1 <= r0 or LOW not in self.tables:
-            z = torch.zeros(0, dtype=torch.long, device=self.cls.device if self.cls is not None else None)
-            return z, z
-        low = self.cls[r0:] == LOW
-        before = self.tables[LOW].codes.shape[0] - int(low.sum())  # low-bit rows before row r0
-        g = low[: r1 - r0].view(-1, TILE)
-        n = g.sum(1)
-        full = g.all(1)
-        first = torch.arange(r0, r1, TILE, device=g.device)
-        return first[full], (n.cumsum(0) - n + before)[full]
-
-    def _tile(self, t0: int, t1: int) -> None:
-        """Tile the low-bit codes of the tiles of sealed tokens [t0, t1) in place (`tile_offsets`)."""
-        if t1 <= t0 or not self.tiled or LOW not in self.tables:
-            return
-        t0 -= t0 % TILE
-        first, slot = self._tile_groups(t0)
-        keep = first < t1 * self.batch
-        slot = slot[keep]
-        if not slot.numel():
-            return
-        codes = self.tables[LOW].codes
-        nb = codes.shape[1]
-        rows = slot.unsqueeze(1) + torch.arange(TILE, device=slot.device)
-        tiles = torch.empty(slot.numel(), TILE * nb, dtype=codes.dtype, device=codes.device)
-        tiles[:, tile_offsets(nb, codes.device).reshape(-1)] = codes[rows].reshape(slot.numel(), -1)
-        codes[rows] = tiles.view(-1, TILE, nb)
-
-    def _in_tiles(self, slot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Of low-bit table slots: (whether each is in a tile, its row in the tile: slot - the tile's first slot)."""
-        _, first = self._tile_groups(0)
-        if not first.numel():
-            return torch.zeros_like(slot, dtype=torch.bool), torch.zeros_like(slot)
-        at = (torch.searchsorted(first, slot, right=True) - 1).clamp_min(0)
-        i = slot - first[at]
-        return (slot >= first[0]) & (i < TILE), i
-
-    def table_codes(self, c: int, slot: torch.Tensor) -> torch.Tensor:
-        """Codes of class c's table rows `slot` (int64, any shape [n]) in row order, [n, bytes per row]: rows in
-        tiles are read back through `tile_offsets`. Every Python reader of the codes (dequantize, select_batch, the
-        torch reference) comes here."""
-        codes = self.tables[c].codes
-        out = codes[slot]
-        if c != LOW or not self.tiled or not slot.numel() or not self.sealed:
-            return out
-        inside, i = self._in_tiles(slot)
-        if bool(inside.any()):
-            nb = codes.shape[1]
-            s, i = slot[inside], i[inside]
-            at = ((s - i) * nb).unsqueeze(1) + tile_offsets(nb, codes.device)[i]
-            out[inside] = codes.reshape(-1)[at]
-        return out
-
-    def code_at(self, cls: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-        """Where each row's codes start (the rows of `table_slots`' (class, slot), classes 0 and 1; 0 elsewhere), for
-        the Triton kernels: byte k of a row at a >= 0 is at a + k; of a row in a tile (a < 0) at -1 - a + 64 (k // 4)
-        + 4 (k % 4) (`tile_offsets`, its byte part: the row part is in a)."""
-        at = torch.zeros_like(slot)
-        for c in (LOW, TEXT):
-            if c not in self.tables:
-                continue
-            sel = cls == c
-            nb = self.tables[c].codes.shape[1]
-            at[sel] = slot[sel] * nb
-            if c == LOW and self.tiled and self.sealed and bool(sel.any()):
-                inside, i = self._in_tiles(slot[sel])
-                row = (slot[sel] - i) * nb + 16 * (i // 4) + i % 4
-                at[sel] = torch.where(inside, -1 - row, at[sel])
-        return at
 
     def table_slots(self, t0: int, t1: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Where tokens [t0, t1) of every sequence are kept (token axis): (class uint8, slot int64), each
@@ -630,21 +520,18 @@ class TensorStore:
         slot = (oh.cumsum(0) - 1 + before).gather(1, rest.long().unsqueeze(1)).squeeze(1)
         return rest[rows - lo], slot[rows - lo]
 
-    def token_lookup(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`table_slots` of every packed token, flat in token order (t, b) -> t * B + b: (class uint8, slot int64,
-        `code_at` int64), the Triton kernels' lookup, so that they need not know the storage order or the tiles.
-        Extended by the tokens flushed since the last call (a seal drops the tokens it moves), and counted in
-        `nbytes` as index bytes."""
+    def token_lookup(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`table_slots` of every packed token, flat in token order (t, b) -> t * B + b: (class uint8, slot int64),
+        the Triton kernels' lookup, so that they need not know the storage order. Extended by the tokens flushed
+        since the last call (tables are append-only), and counted in `nbytes` as index bytes."""
         if self.cls is None:
-            z = torch.zeros(0, dtype=torch.long)
-            return torch.zeros(0, dtype=torch.uint8), z, z
+            return torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
         done = 0 if self._lookup_slot is None else self._lookup_slot.shape[0] // self.batch
         if done < self.n_q:
-            c, i = (x.reshape(-1) for x in self.table_slots(done, self.n_q))
-            self._lookup_cls = _append(self._lookup_cls, c)
-            self._lookup_slot = _append(self._lookup_slot, i)
-            self._lookup_code = _append(self._lookup_code, self.code_at(c, i))
-        return self._lookup_cls, self._lookup_slot, self._lookup_code
+            c, i = self.table_slots(done, self.n_q)
+            self._lookup_cls = _append(self._lookup_cls, c.reshape(-1))
+            self._lookup_slot = _append(self._lookup_slot, i.reshape(-1))
+        return self._lookup_cls, self._lookup_slot
 
     def select_batch(self, idx: torch.Tensor) -> None:
         """Keep batch rows `idx` (with repeats, any order): beam search's reorder, and generate's expansion of
@@ -666,7 +553,7 @@ class TensorStore:
                 elif c in self.tables:
                     qt = self.tables[c]
                     self.tables[c] = QTensor(
-                        self.table_codes(c, pos),
+                        qt.codes[pos],
                         qt.scale[pos],
                         qt.zero[pos],
                         qt.bits,
@@ -697,7 +584,5 @@ class TensorStore:
             self.smooth = self.smooth.index_select(0, idx)
         if self._deq is not None:
             self._deq = self._deq.index_select(0, idx)
-        self._lookup_cls = self._lookup_slot = self._lookup_code = None
+        self._lookup_cls = self._lookup_slot = None
         self.batch = idx.numel()
-        if self.cls is not None:  # the gathered rows are in row order: the new sealed blocks' tiles
-            self._tile(0, self.sealed)

@@ -5,9 +5,8 @@
  * Layouts (see akvq/cache/store.py):
  *   token axis: rows in the store's order (token_rows in store.py; tok_row below); cls[r] is row r's class (0 low,
  *     1 text, 2 16-bit).
- *     Class c's rows are stored contiguously in its own table, in that order: codes [N_c, W * bits_c / 8],
- *     scale/zero [N_c, W / group] as IEEE half; in sealed blocks, runs of 16 class-0 rows of one sequence keep their
- *     2-bit codes in tiles (tile_byte below, the store's `tile_offsets`). W = H * D. Dequantized: x = s * (c - z), or s * c + z when
+ *     Class c's rows are stored contiguously in its own table, in token order: codes [N_c, W * bits_c / 8],
+ *     scale/zero [N_c, W / group] as IEEE half. W = H * D. Dequantized: x = s * (c - z), or s * c + z when
  *     float_zero (z then holds the group minimum). 16-bit rows are skipped here; the caller writes them.
  *   channel axis: codes [B, W, T * bits / 8] packed along tokens, scale/zero [B, W, T / group].
  * q is [B, H, G, D] (already in the stored space); scores and p are float32 [B, H, G, T] with given strides.
@@ -20,7 +19,7 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__F16C__) || defined(__AVX2__) || defined(__SSSE3__)
+#if defined(__F16C__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -134,17 +133,13 @@ static inline void unpack_pm(const uint8_t *restrict p, int bits, int seg, float
  * row asks tok_row (tok_step: the rows between a sequence's tokens t and t + 1 of one block, for the vector
  * gathers; row_first / row_next: (t, b) of rows walked in storage order; hp_row: a 16-bit row's place in hp).
  * ROWBLK is the work items' tokens (AKVQ_FCH, TCH): an item is one block's stretch of its sequence, or token-major
- * as a whole. Inside sealed blocks a store may keep its table-0 codes in tiles (tile != 0: the store's `tiled`,
- * `tile_offsets`): one sequence's TILE tokens of a block, all of class 0 (so TILE consecutive table-0 rows), their
- * 2-bit codes interleaved (tile_byte); tile_of finds a token's tile, and every reader of table-0 rows either reads
- * the tile as it lies (the VNNI key and value blocks) or asks code_row / untile_rows for rows. */
+ * as a whole. */
 #define ROWBLK 64
-#define TILE 16 /* tokens per tile (the store's TILE) */
 #if ROWBLK % 16
 #error "the vector gathers take 16 tokens of one block"
 #endif
 typedef struct {
-    int64_t B, S, tile;
+    int64_t B, S;
 } order_t;
 static inline int64_t tok_row(const order_t *o, int64_t t, int64_t b) {
     return t < o->S ? (t / ROWBLK) * ROWBLK * o->B + b * ROWBLK + t % ROWBLK : t * o->B + b;
@@ -172,38 +167,11 @@ static inline void row_next(const order_t *o, int64_t *t, int64_t *b) {
         ++*t;
     }
 }
-/* the order of a store of B sequences with S sealed tokens in blocks of blk, tiles of `tile` tokens (0: none); 1
- * where the caller's block or tile is not ours */
-static inline int order_init(order_t *o, int64_t B, int64_t S, int64_t blk, int64_t tile) {
+/* the order of a store of B sequences with S sealed tokens in blocks of blk; 1 where the caller's block is not ours */
+static inline int order_init(order_t *o, int64_t B, int64_t S, int64_t blk) {
     o->B = B;
     o->S = S;
-    o->tile = tile;
-    return blk != ROWBLK || S % ROWBLK || S < 0 || (tile != 0 && tile != TILE);
-}
-
-/* Byte k of row i (0..TILE-1) of a tile, from the tile's start: the store's `tile_offsets`. Dword j of the 16 rows
- * is 64 bytes, and inside it the 4 rows 4q..4q+3 have 16 bytes with their bytes interleaved (byte m of row 4q + u at
- * 64 j + 16 q + 4 m + u): the key block loads the 64 bytes and one in-lane byte shuffle (TILE_TR) puts each row's
- * dword in its lane; the value block loads four rows' 16 bytes as four dwords of four tokens' bytes. */
-static inline int64_t tile_byte(int i, int64_t k) { return 16 * (i / 4) + i % 4 + 64 * (k / 4) + 4 * (k % 4); }
-#define TILE_TR 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15 /* the 4x4 byte transpose (its own inverse) */
-
-/* rows [i0, i0 + n) of the tile at tp (nb bytes a row) into dst, nb bytes apart */
-static inline void untile_rows(const uint8_t *tp, int i0, int n, int64_t nb, uint8_t *dst) {
-#ifdef __SSSE3__
-    if (i0 % 4 == 0 && n % 4 == 0) { /* four rows' dword j: one 16-byte load and one byte shuffle */
-        const __m128i tr = _mm_setr_epi8(TILE_TR);
-        for (int q = i0 / 4; q < (i0 + n) / 4; q++)
-            for (int64_t j = 0; j < nb / 4; j++) {
-                int32_t d[4];
-                _mm_storeu_si128((__m128i *)d, _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(tp + 64 * j + 16 * q)), tr));
-                for (int u = 0; u < 4; u++) memcpy(dst + (4 * q + u - i0) * nb + 4 * j, &d[u], 4);
-            }
-        return;
-    }
-#endif
-    for (int i = i0; i < i0 + n; i++)
-        for (int64_t kk = 0; kk < nb; kk++) dst[(i - i0) * nb + kk] = tp[tile_byte(i, kk)];
+    return blk != ROWBLK || S % ROWBLK || S < 0;
 }
 
 /* Index of each row inside its class table (the running count of its class): i for a class-0 row, -2 - i for a
@@ -416,25 +384,6 @@ typedef struct {
     int qgather; /* gather16v_into reads table 0's scale/zero halves with halves16q */
     int shared;  /* idx, hrow, hcnt are another tok_t's (tok_init's share): not freed here */
 } tok_t;
-
-/* the table-0 index of the first row of the tile holding token t of sequence b, or -1 (not tiled, or not in a tile):
- * TILE consecutive sealed rows of class 0 are TILE consecutive table-0 rows, which idx's count shows (a row of
- * another class stops it) */
-static inline int64_t tile_of(const tok_t *k, int64_t t, int64_t b) {
-    if (!k->ord.tile || t >= k->ord.S) return -1;
-    const int64_t r = tok_row(&k->ord, t - t % TILE, b);
-    const int32_t a = k->idx[r];
-    return a >= 0 && k->idx[r + TILE - 1] == a + TILE - 1 ? a : -1;
-}
-
-/* the codes of row ii of table c, token t of sequence b, in row order: where they lie, or untiled into tmp (nb bytes) */
-static inline const uint8_t *code_row(const tok_t *k, int c, int64_t t, int64_t b, int64_t ii, uint8_t *tmp) {
-    const table_t *T = &k->tab[c];
-    const int64_t nb = k->W * T->bits / 8, a = c == 0 ? tile_of(k, t, b) : -1;
-    if (a < 0) return T->codes + ii * nb;
-    untile_rows(T->codes + a * nb, (int)(ii - a), 1, nb, tmp);
-    return tmp;
-}
 
 typedef void (*score_row_fn)(const tok_t *k, int bits, const uint8_t *row, const uint16_t *sr, const uint16_t *zr,
                              const float *qb, const float *qs, float *ob, int64_t sg);
@@ -730,42 +679,9 @@ typedef struct {
     const uint16_t *sr[8], *zr[8];
 } blk_t;
 
-/* the (up to) 8 rows of tokens t..t+n-1 of sequence b; cl 2 = a 16-bit row or past the end (contributes 0). Rows of
- * a tile are untiled into tmp (8 rows of W / 4 bytes). */
-static inline void blk_rows(const tok_t *k, int64_t b, int64_t t, int64_t t1, blk_t *r, uint8_t *tmp) {
+/* the (up to) 8 rows of tokens t..t+n-1 of sequence b; cl 2 = a 16-bit row or past the end (contributes 0) */
+static inline void blk_rows(const tok_t *k, int64_t b, int64_t t, int64_t t1, blk_t *r) {
     r->n = t1 - t < 8 ? (int)(t1 - t) : 8;
-    if (k->ord.tile && t < k->ord.S) {
-        const int64_t a = t % 8 == 0 && r->n == 8 ? tile_of(k, t, b) : -1, nb = k->W / 4;
-        if (a >= 0) { /* 8 rows of one tile */
-            const int i0 = (int)(t % TILE);
-            untile_rows(k->tab[0].codes + a * nb, i0, 8, nb, tmp);
-            for (int i = 0; i < 8; i++) {
-                const int64_t ii = a + i0 + i;
-                r->cl[i] = 0;
-                r->bits[i] = 2;
-                r->row[i] = tmp + i * nb;
-                r->sr[i] = k->tab[0].scale + ii * k->ngr;
-                r->zr[i] = k->tab[0].zero + ii * k->ngr;
-            }
-            return;
-        }
-        if (t % 8) { /* not a block of 8 (the callers' blocks are): row by row */
-            for (int i = 0; i < 8; i++) {
-                const int64_t rr = tok_row(&k->ord, t + i, b);
-                const int c = i < r->n ? k->cls[rr] : 2;
-                r->cl[i] = c < 2 ? c : 2;
-                if (c < 2) {
-                    const table_t *T = &k->tab[c];
-                    const int64_t ii = row_index(k->idx[rr]);
-                    r->bits[i] = (int)T->bits;
-                    r->row[i] = code_row(k, c, t + i, b, ii, tmp + i * nb);
-                    r->sr[i] = T->scale + ii * k->ngr;
-                    r->zr[i] = T->zero + ii * k->ngr;
-                }
-            }
-            return;
-        }
-    }
     for (int i = 0; i < 8; i++) {
         const int64_t rr = tok_row(&k->ord, t + i, b);
         const int c = i < r->n ? k->cls[rr] : 2;
@@ -825,7 +741,6 @@ ALWAYS_INLINE void i8_block_body(const tok_t *k, int G, int64_t b, int64_t t0, i
     const int H = (int)k->H, D = (int)k->D, seg = k->seg, ns = k->ns;
     __m256i buf[64];
     blk_t r;
-    uint8_t tbuf[k->ord.tile ? 2 * k->W : 1]; /* blk_rows' untiled rows */
     if (AKVQ_PF) blk_prefetch(k, b, t0, t1, AKVQ_PF);
     for (int64_t t = t0; t < t1; t += 8) {
         if (AKVQ_PF) {
@@ -834,7 +749,7 @@ ALWAYS_INLINE void i8_block_body(const tok_t *k, int G, int64_t b, int64_t t0, i
                 for (int e = 0; e < H * G && (osb || AKVQ_PFCHUNK); e++)
                     __builtin_prefetch(out + b * osb + e * osg + t + AKVQ_PF, 1, 3);
         }
-        blk_rows(k, b, t, t1, &r, tbuf);
+        blk_rows(k, b, t, t1, &r);
         for (int h = 0; h < H; h++) {
             __m256 res[8];
             for (int g = 0; g < G; g++) res[g] = _mm256_setzero_ps();
@@ -897,13 +812,11 @@ static const i8_block_fn I8_BLOCKS[9] = {NULL, i8_block_1, i8_block_2, i8_block_
  * and the 16 tokens' dots come out in one vector, ready for their scales and zero points: no horizontal reduction
  * (a transpose-add tree of 45 instructions per query head before, most of the kernel's vector work). A block holding
  * a text row (table 1) takes i8_block_body. A block's row pointers and scale/zero halves are gathered one block
- * ahead (gather16v: vector gathers, the class in the index's sign; gather16, scalar, where they do not fit). A
- * block that is a tile (tile_of) needs no transpose: its y[j] are one load and one in-lane byte shuffle each. */
+ * ahead (gather16v: vector gathers, the class in the index's sign; gather16, scalar, where they do not fit). */
 #define I16_MAXGR 64
 typedef struct {
     int n, any1;
     const uint8_t *row[16];
-    const uint8_t *tile; /* the block's tile, or NULL (then row[]) */
     uint16_t sh[I16_MAXGR][16], zh[I16_MAXGR][16];
 } g16_t;
 
@@ -912,17 +825,6 @@ static inline void gather16(const tok_t *k, int64_t b, int64_t t, int64_t t1, co
     const int64_t nb = k->W / 4;
     r->n = t1 - t < 16 ? (int)(t1 - t) : 16;
     r->any1 = 0;
-    r->tile = NULL;
-    const int64_t a = r->n == 16 && t % TILE == 0 ? tile_of(k, t, b) : -1;
-    if (a >= 0) { /* a tile: rows a..a+15 of table 0 */
-        r->tile = k->tab[0].codes + a * nb;
-        for (int i = 0; i < 16; i++) {
-            const uint16_t *sr = k->tab[0].scale + (a + i) * ngr, *zr = k->tab[0].zero + (a + i) * ngr;
-            r->row[i] = zrow;
-            for (int j = 0; j < ngr; j++) { r->sh[j][i] = sr[j]; r->zh[j][i] = zr[j]; }
-        }
-        return;
-    }
     for (int i = 0; i < 16; i++) {
         const int64_t rr = tok_row(&k->ord, t + i, b);
         const int c = i < r->n ? k->cls[rr] : 2;
@@ -992,29 +894,15 @@ ALWAYS_INLINE void halves16q(const uint16_t *tab, int ngr, __m512i e0, __mmask16
 
 /* rows of tokens [t, t + 16) of sequence b: row pointers into row[0..16) (zrow where not class 0), scale and zero
  * halves into sh/zh[j * ld + i] (0 where not class 0); returns the class-0 lanes, sets *any1 if a class-1 row is
- * among them, and *tile to the block's tile if it is one (tile_of; its row pointers are then not the rows') */
+ * among them */
 static inline __mmask16 gather16v_into(const tok_t *k, int64_t b, int64_t t, int64_t t1, const uint8_t *zrow,
-                                       const uint8_t **row, uint16_t *sh, uint16_t *zh, int ld, int *any1,
-                                       const uint8_t **tile) {
+                                       const uint8_t **row, uint16_t *sh, uint16_t *zh, int ld, int *any1) {
     const int ngr = k->ngr, n = t1 - t < 16 ? (int)(t1 - t) : 16; /* n <= 0: an empty block */
     const int64_t nb = k->W / 4;
-    *tile = NULL;
-    if (n == 16 && t < k->ord.S && (ngr <= 4 || k->ord.tile) && t % 16 == 0) {
-        /* a sealed block: 16 consecutive 2-bit rows, found from two indices (tile_of's test) */
+    if (n == 16 && ngr <= 4 && t < k->ord.S) { /* a sealed block: 16 consecutive 2-bit rows, found from two indices */
         const int64_t r0 = tok_row(&k->ord, t, b);
         const int32_t a = k->idx[r0];
-        if (a >= 0 && k->idx[r0 + 15] == a + 15 && ngr > 4) { /* a tile with many groups: its halves one by one */
-            *tile = k->tab[0].codes + (int64_t)a * nb;
-            for (int i = 0; i < 16; i++) {
-                const uint16_t *sr = k->tab[0].scale + ((int64_t)a + i) * ngr, *zr = k->tab[0].zero + ((int64_t)a + i) * ngr;
-                row[i] = zrow;
-                for (int j = 0; j < ngr; j++) { sh[j * ld + i] = sr[j]; zh[j * ld + i] = zr[j]; }
-            }
-            *any1 = 0;
-            return (__mmask16)0xffff;
-        }
         if (a >= 0 && k->idx[r0 + 15] == a + 15) { /* all of class 0 (another class's row would stop the count) */
-            if (k->ord.tile) *tile = k->tab[0].codes + (int64_t)a * nb;
             const __m512i lane = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7), nbv = _mm512_set1_epi64(nb);
             const __m512i base = _mm512_set1_epi64((long long)(uintptr_t)(k->tab[0].codes + (int64_t)a * nb));
             _mm512_storeu_si512((void *)row, _mm512_add_epi64(base, _mm512_mullo_epi64(lane, nbv)));
@@ -1067,7 +955,7 @@ static inline __mmask16 gather16v_into(const tok_t *k, int64_t b, int64_t t, int
 
 static inline void gather16v(const tok_t *k, int64_t b, int64_t t, int64_t t1, const uint8_t *zrow, g16_t *r) {
     r->n = t1 - t < 16 ? (int)(t1 - t) : 16;
-    gather16v_into(k, b, t, t1, zrow, r->row, &r->sh[0][0], &r->zh[0][0], 16, &r->any1, &r->tile);
+    gather16v_into(k, b, t, t1, zrow, r->row, &r->sh[0][0], &r->zh[0][0], 16, &r->any1);
 }
 
 /* blk_prefetch for the class-0 rows of a 16-token block, the indices read in gathers. Items run chunk-major, so
@@ -1158,28 +1046,19 @@ ALWAYS_INLINE void i16_block_body(const tok_t *k, int G, int64_t b, int64_t t0, 
                 __m512i acc[16];
                 for (int g = 0; g < 2 * G; g++) acc[g] = _mm512_setzero_si512();
                 for (int c = 0; c < nc; c++) { /* 16 bytes (64 codes) of each token's row */
-                    __m512i y[4];
-                    if (r->tile) { /* dword j of the 16 rows: 64 bytes, four rows' bytes interleaved per 16 (tile_byte) */
-                        const __m512i tr = _mm512_broadcast_i32x4(_mm_setr_epi8(TILE_TR));
-                        for (int jj = 0; jj < 4; jj++)
-                            y[jj] = _mm512_shuffle_epi8(_mm512_loadu_si512((const void *)(r->tile + 64 * (off / 4 + 4 * c + jj))), tr);
-                    } else {
-                        /* z[u] holds the rows of tokens u, 4 + u, 8 + u, 12 + u in its four 128-bit lanes; the 4x4
-                         * dword transpose inside each lane then puts token i's dword j in lane i of y[j] */
-                        __m512i z[4];
-                        for (int u = 0; u < 4; u++) {
-                            __m512i x = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(r->row[u] + off + 16 * c)));
-                            x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(r->row[4 + u] + off + 16 * c)), 1);
-                            x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(r->row[8 + u] + off + 16 * c)), 2);
-                            z[u] = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(r->row[12 + u] + off + 16 * c)), 3);
-                        }
-                        const __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]), t1 = _mm512_unpackhi_epi32(z[0], z[1]);
-                        const __m512i t2 = _mm512_unpacklo_epi32(z[2], z[3]), t3 = _mm512_unpackhi_epi32(z[2], z[3]);
-                        y[0] = _mm512_unpacklo_epi64(t0, t2);
-                        y[1] = _mm512_unpackhi_epi64(t0, t2);
-                        y[2] = _mm512_unpacklo_epi64(t1, t3);
-                        y[3] = _mm512_unpackhi_epi64(t1, t3);
+                    /* z[u] holds the rows of tokens u, 4 + u, 8 + u, 12 + u in its four 128-bit lanes; the 4x4
+                     * dword transpose inside each lane then puts token i's dword j in lane i of y[j] */
+                    __m512i z[4];
+                    for (int u = 0; u < 4; u++) {
+                        __m512i x = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(r->row[u] + off + 16 * c)));
+                        x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(r->row[4 + u] + off + 16 * c)), 1);
+                        x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(r->row[8 + u] + off + 16 * c)), 2);
+                        z[u] = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(r->row[12 + u] + off + 16 * c)), 3);
                     }
+                    const __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]), t1 = _mm512_unpackhi_epi32(z[0], z[1]);
+                    const __m512i t2 = _mm512_unpacklo_epi32(z[2], z[3]), t3 = _mm512_unpackhi_epi32(z[2], z[3]);
+                    const __m512i y[4] = {_mm512_unpacklo_epi64(t0, t2), _mm512_unpackhi_epi64(t0, t2),
+                                          _mm512_unpacklo_epi64(t1, t3), _mm512_unpackhi_epi64(t1, t3)};
                     for (int jj = 0; jj < 4; jj++)
                         for (int pp = 0; pp < 4; pp++) { /* plane pp of dword jj: q8's dword 4 * pp + jj (i8_pos) */
                             const __m512i cv = _mm512_and_si512(pp ? _mm512_srli_epi32(y[jj], 2 * pp) : y[jj], m);
@@ -1248,9 +1127,8 @@ ALWAYS_INLINE void out_block_body(const tok_t *k, int G, int bits0, int64_t b, i
                                   const float *p, int64_t psb, int64_t psg, float *acc, int64_t nacc, float *kz) {
     const int H = (int)k->H, D = (int)k->D, seg = k->seg, ns = k->ns;
     blk_t r;
-    uint8_t tbuf[k->ord.tile ? 2 * k->W : 1]; /* blk_rows' untiled rows */
     for (int64_t t = t0; t < t1; t += 8) {
-        blk_rows(k, b, t, t1, &r, tbuf);
+        blk_rows(k, b, t, t1, &r);
         for (int h = 0; h < H; h++) {
             float pv[3][8];
             for (int g = 0; g < G; g++) {
@@ -1363,35 +1241,22 @@ ALWAYS_INLINE void v8_chunk(int G, int NU, const uint8_t *const *rows, int npair
  * four tokens' codes interleaved per channel (two byte and two word unpacks), so one vpdpbusd adds four tokens' u8
  * weight x code products into int32 lanes (v8_chunk: one vpmaddubsw + add per pair of tokens and 16 channels). The
  * sums are the same integers, stored in the same (v8) order. acc[g][v] lane (128-bit lane L, dword m) holds chunk
- * byte 4v + m of plane L. Quads of a 16-token block that is a tile (tiles[i / 4], the chunk at row byte toff) read
- * their four tokens' bytes already interleaved (tile_byte): x[v] is one broadcast load, a shift and a mask. */
-ALWAYS_INLINE void v8_quad512(int G, const uint8_t *const *rows, int64_t off, const uint8_t *const *tiles, int64_t toff,
-                              int nquad, const uint8_t (*wq)[VB], const float *wb, float *a, int64_t D) {
+ * byte 4v + m of plane L. */
+ALWAYS_INLINE void v8_quad512(int G, const uint8_t *const *rows, int64_t off, int nquad, const uint8_t (*wq)[VB],
+                              const float *wb, float *a, int64_t D) {
     const __m512i m = _mm512_set1_epi8(3), sh = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
     __m512i acc[8][4];
     for (int g = 0; g < G; g++)
         for (int v = 0; v < 4; v++) acc[g][v] = _mm512_setzero_si512();
     for (int i = 0; i < nquad; i++) {
-        __m512i x[4];
-        const uint8_t *tp = tiles[i / 4];
-        if (tp) {
-            for (int v = 0; v < 4; v++)
-                x[v] = _mm512_and_si512(
-                    _mm512_srlv_epi32(
-                        _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(tp + 64 * (toff / 4 + v) + 16 * (i % 4)))), sh),
-                    m);
-        } else {
-            __m512i c[4];
-            for (int u = 0; u < 4; u++)
-                c[u] = _mm512_and_si512(
-                    _mm512_srlv_epi32(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(rows[4 * i + u] + off))), sh), m);
-            const __m512i lo01 = _mm512_unpacklo_epi8(c[0], c[1]), hi01 = _mm512_unpackhi_epi8(c[0], c[1]);
-            const __m512i lo23 = _mm512_unpacklo_epi8(c[2], c[3]), hi23 = _mm512_unpackhi_epi8(c[2], c[3]);
-            x[0] = _mm512_unpacklo_epi16(lo01, lo23);
-            x[1] = _mm512_unpackhi_epi16(lo01, lo23);
-            x[2] = _mm512_unpacklo_epi16(hi01, hi23);
-            x[3] = _mm512_unpackhi_epi16(hi01, hi23);
-        }
+        __m512i c[4];
+        for (int u = 0; u < 4; u++)
+            c[u] = _mm512_and_si512(
+                _mm512_srlv_epi32(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(rows[4 * i + u] + off))), sh), m);
+        const __m512i lo01 = _mm512_unpacklo_epi8(c[0], c[1]), hi01 = _mm512_unpackhi_epi8(c[0], c[1]);
+        const __m512i lo23 = _mm512_unpacklo_epi8(c[2], c[3]), hi23 = _mm512_unpackhi_epi8(c[2], c[3]);
+        const __m512i x[4] = {_mm512_unpacklo_epi16(lo01, lo23), _mm512_unpackhi_epi16(lo01, lo23),
+                              _mm512_unpacklo_epi16(hi01, hi23), _mm512_unpackhi_epi16(hi01, hi23)};
         for (int g = 0; g < G; g++) {
             int32_t w4;
             memcpy(&w4, wq[g] + 4 * i, 4);
@@ -1489,8 +1354,6 @@ ALWAYS_INLINE void out_v8_body(const tok_t *k, int G, int64_t b, int64_t t0, int
     const int NU = G <= 4 ? 2 : 1, bits1 = (int)k->tab[1].bits;
     int cl[VB];
     const uint8_t *row[VB];
-    const uint8_t *tiles[VB / 16]; /* the block's 16-token halves that are tiles (vector path), else NULL */
-    uint8_t tbuf[k->ord.tile ? VB * k->W / 4 : 1]; /* the scalar path's untiled rows */
     uint16_t sh[V8_MAXGR][VB], zh[V8_MAXGR][VB];
     float m0[VB], m1[VB];
     const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
@@ -1520,12 +1383,11 @@ ALWAYS_INLINE void out_v8_body(const tok_t *k, int G, int64_t b, int64_t t0, int
                 for (int o = 0; o < VB; o += 16) __builtin_prefetch(p + (b + 1) * psb + e * psg + t0 + o, 0, 3);
         }
         int any1 = 0, scalar = 1;
-        tiles[0] = tiles[1] = NULL;
 #ifdef AKVQ_VNNI
         if (vec) { /* the rows in vector instructions (gather16v_into); a block with a class-1 row goes the scalar way */
             int a0, a1;
-            const __mmask16 k0 = gather16v_into(k, b, t, t1, zrow, row, &sh[0][0], &zh[0][0], VB, &a0, &tiles[0]);
-            const __mmask16 k1 = gather16v_into(k, b, t + 16, t1, zrow, row + 16, &sh[0][16], &zh[0][16], VB, &a1, &tiles[1]);
+            const __mmask16 k0 = gather16v_into(k, b, t, t1, zrow, row, &sh[0][0], &zh[0][0], VB, &a0);
+            const __mmask16 k1 = gather16v_into(k, b, t + 16, t1, zrow, row + 16, &sh[0][16], &zh[0][16], VB, &a1);
             if (!a0 && !a1) {
                 scalar = 0;
                 const __m512i two = _mm512_set1_epi32(2);
@@ -1538,22 +1400,7 @@ ALWAYS_INLINE void out_v8_body(const tok_t *k, int G, int64_t b, int64_t t0, int
             }
         }
 #endif
-        if (scalar) tiles[0] = tiles[1] = NULL; /* rows of a tile are untiled into tbuf below */
         for (int i = 0; scalar && i < VB; i++) {
-            const int64_t nb0 = k->W / 4, a = i % TILE == 0 && i + TILE <= n && (t + i) % TILE == 0 ? tile_of(k, t + i, b) : -1;
-            if (a >= 0) { /* 16 rows of a tile */
-                untile_rows(k->tab[0].codes + a * nb0, 0, TILE, nb0, tbuf + i * nb0);
-                for (int u = 0; u < TILE; u++) {
-                    const uint16_t *sr = k->tab[0].scale + (a + u) * ngr, *zr = k->tab[0].zero + (a + u) * ngr;
-                    for (int j = 0; j < ngr; j++) { sh[j][i + u] = sr[j]; zh[j][i + u] = zr[j]; }
-                    cl[i + u] = 0;
-                    row[i + u] = tbuf + (i + u) * nb0;
-                    m0[i + u] = 1.0f;
-                    m1[i + u] = 0.0f;
-                }
-                i += TILE - 1;
-                continue;
-            }
             const int64_t rr = tok_row(&k->ord, t + i, b);
             const int c = i < n ? k->cls[rr] : 2;
             cl[i] = c < 2 ? c : 2;
@@ -1565,7 +1412,7 @@ ALWAYS_INLINE void out_v8_body(const tok_t *k, int G, int64_t b, int64_t t0, int
                 const int64_t ii = row_index(k->idx[rr]);
                 const uint16_t *sr = T->scale + ii * ngr, *zr = T->zero + ii * ngr;
                 for (int j = 0; j < ngr; j++) { sh[j][i] = sr[j]; zh[j][i] = zr[j]; }
-                row[i] = c == 0 && k->ord.tile ? code_row(k, 0, t + i, b, ii, tbuf + i * nb0) : T->codes + ii * (k->W * T->bits / 8);
+                row[i] = T->codes + ii * (k->W * T->bits / 8);
                 any1 |= c;
             } else {
                 for (int j = 0; j < ngr; j++) sh[j][i] = zh[j][i] = 0;
@@ -1593,8 +1440,7 @@ ALWAYS_INLINE void out_v8_body(const tok_t *k, int G, int64_t b, int64_t t0, int
                     float *a0 = acc + ((b * k->H + h) * G) * D + s * seg;
                     if (live[hs])
                         for (int c = 0; c < nc; c++)
-                            v8_quad512(G, row, ch / 4 + 16 * c, tiles, ch / 4 + 16 * c, nquad, (const uint8_t(*)[VB])wq[hs],
-                                       wb[hs], a0 + 64 * c, D);
+                            v8_quad512(G, row, ch / 4 + 16 * c, nquad, (const uint8_t(*)[VB])wq[hs], wb[hs], a0 + 64 * c, D);
                 }
             continue;
         }
@@ -1666,7 +1512,7 @@ ALWAYS_INLINE void out_v8_body(const tok_t *k, int G, int64_t b, int64_t t0, int
 #ifdef AKVQ_VNNI
                         const int nquad = (n + 3) / 4;
                         for (int i = 0; i < 4 * nquad; i++) rp[i] = cl[i] == 0 ? row[i] + ch / 4 + 16 * c : zrow;
-                        v8_quad512(G, rp, 0, tiles, ch / 4 + 16 * c, nquad, (const uint8_t(*)[VB])wq, wb, a0 + 64 * c, D);
+                        v8_quad512(G, rp, 0, nquad, (const uint8_t(*)[VB])wq, wb, a0 + 64 * c, D);
                         (void)NU;
                         (void)npair;
 #else
@@ -1754,15 +1600,14 @@ static output_row_fn pick_output(int bits, int seg, int64_t G) {
 }
 
 static int tok_init(tok_t *k, int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D, int64_t group,
-                    const uint8_t *cls, int64_t sealed, int64_t blk, int64_t tile, const uint8_t *c0,
-                    const uint16_t *s0, const uint16_t *z0, int64_t bits0,
+                    const uint8_t *cls, int64_t sealed, int64_t blk, const uint8_t *c0, const uint16_t *s0,
+                    const uint16_t *z0, int64_t bits0,
                     const uint8_t *c1, const uint16_t *s1, const uint16_t *z1, int64_t bits1, int64_t float_zero,
                     int want_hp, const tok_t *share, int nt) {
     k->B = B; k->H = H; k->G = G; k->D = D; k->group = group; k->float_zero = float_zero;
     k->seg = gcd((int)group, (int)D); k->ns = (int)(D / k->seg); k->W = (int)(H * D); k->ngr = (int)(H * D / group);
     k->cls = cls;
-    if (order_init(&k->ord, B, sealed, blk, tile) || sealed * B > n_rows) return 1;
-    if (tile && (bits0 != 2 || k->W % 16)) return 1; /* tiles hold 2-bit rows of whole dwords */
+    if (order_init(&k->ord, B, sealed, blk) || sealed * B > n_rows) return 1;
     k->tab[0] = (table_t){c0, s0, z0, bits0};
     k->tab[1] = (table_t){c1, s1, z1, bits1};
     k->pm[0] = plane_major_ok((int)bits0, k->seg, (int)G);
@@ -1847,13 +1692,13 @@ static void quant_q8(const tok_t *k, const float *q, score_i8_fn const *f8, int8
 /* scores: out[b * osb + t * ost + (h * G + g) * osg] for the packed rows (t < n_q); 16-bit rows are left as they
  * are. The caller picks the layout: token-major (osg = 1) keeps every write sequential. */
 int akvq_token_scores(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D, int64_t group,
-                      const uint8_t *cls, int64_t sealed, int64_t blk, int64_t tile, const uint8_t *c0,
-                      const uint16_t *s0, const uint16_t *z0, int64_t bits0,
+                      const uint8_t *cls, int64_t sealed, int64_t blk, const uint8_t *c0, const uint16_t *s0,
+                      const uint16_t *z0, int64_t bits0,
                       const uint8_t *c1, const uint16_t *s1, const uint16_t *z1, int64_t bits1, int64_t float_zero,
                       const float *q, float *out, int64_t osb, int64_t ost, int64_t osg, int64_t int8,
                       int64_t nthreads) {
     tok_t k;
-    if (tok_init(&k, n_rows, B, H, G, D, group, cls, sealed, blk, tile, c0, s0, z0, bits0, c1, s1, z1, bits1, float_zero, 0,
+    if (tok_init(&k, n_rows, B, H, G, D, group, cls, sealed, blk, c0, s0, z0, bits0, c1, s1, z1, bits1, float_zero, 0,
                  NULL,
                  n_threads(nthreads)))
         return 1;
@@ -1918,23 +1763,21 @@ int akvq_token_scores(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
         row_range(n_rows, nt, thread_id(), &r0, &r1);
         int64_t t, b;
         row_first(&k.ord, r0, &t, &b);
-        uint8_t *tmp = (uint8_t *)malloc((size_t)W); /* a row of a tile, untiled (code_row) */
         for (int64_t r = r0; r < r1; r++) {
             const int c = cls[r];
             if (c < 2) {
                 const table_t *T = &k.tab[c];
                 const int64_t i = row_index(k.idx[r]);
-                const uint8_t *row = code_row(&k, c, t, b, i, tmp);
                 if (f8[c])
-                    f8[c](&k, row, T->scale + i * k.ngr, T->zero + i * k.ngr, q8 + c * nq + b * H * G * D,
-                          qsc + b * H * G * ns, qz + b * H * G * ns, out + b * osb + t * ost, osg);
+                    f8[c](&k, T->codes + i * (W * T->bits / 8), T->scale + i * k.ngr, T->zero + i * k.ngr,
+                          q8 + c * nq + b * H * G * D, qsc + b * H * G * ns, qz + b * H * G * ns, out + b * osb + t * ost,
+                          osg);
                 else
-                    fn[c](&k, (int)T->bits, row, T->scale + i * k.ngr, T->zero + i * k.ngr, qp + c * nq + b * H * G * D,
-                          qsum + b * H * G * ns, out + b * osb + t * ost, osg);
+                    fn[c](&k, (int)T->bits, T->codes + i * (W * T->bits / 8), T->scale + i * k.ngr, T->zero + i * k.ngr,
+                          qp + c * nq + b * H * G * D, qsum + b * H * G * ns, out + b * osb + t * ost, osg);
             }
             row_next(&k.ord, &t, &b);
         }
-        free(tmp);
     }
     free(qp);
     free(qsum);
@@ -1949,13 +1792,13 @@ int akvq_token_scores(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
  * accumulates in its own unpack order (per-thread partials), permuted back to channel order at the end; the
  * zero-point terms are one scalar per segment. */
 int akvq_token_output(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D, int64_t group,
-                      const uint8_t *cls, int64_t sealed, int64_t blk, int64_t tile, const uint8_t *c0,
-                      const uint16_t *s0, const uint16_t *z0, int64_t bits0,
+                      const uint8_t *cls, int64_t sealed, int64_t blk, const uint8_t *c0, const uint16_t *s0,
+                      const uint16_t *z0, int64_t bits0,
                       const uint8_t *c1, const uint16_t *s1, const uint16_t *z1, int64_t bits1, int64_t float_zero,
                       const float *p, int64_t psb, int64_t pst, int64_t psg, float *acc, int64_t int8v,
                       int64_t nthreads) {
     tok_t k;
-    if (tok_init(&k, n_rows, B, H, G, D, group, cls, sealed, blk, tile, c0, s0, z0, bits0, c1, s1, z1, bits1, float_zero, 0,
+    if (tok_init(&k, n_rows, B, H, G, D, group, cls, sealed, blk, c0, s0, z0, bits0, c1, s1, z1, bits1, float_zero, 0,
                  NULL,
                  n_threads(nthreads)))
         return 1;
@@ -1998,18 +1841,16 @@ int akvq_token_output(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
         row_range(n_rows, nt, tid, &r0, &r1);
         int64_t t, b;
         row_first(&k.ord, r0, &t, &b);
-        uint8_t *tmp = (uint8_t *)malloc((size_t)W); /* a row of a tile, untiled (code_row) */
         for (int64_t r = r0; r < r1; r++) {
             const int c = cls[r];
             if (c < 2) {
                 const table_t *T = &k.tab[c];
                 const int64_t i = row_index(k.idx[r]);
-                fn[c](&k, (int)T->bits, code_row(&k, c, t, b, i, tmp), T->scale + i * k.ngr, T->zero + i * k.ngr,
+                fn[c](&k, (int)T->bits, T->codes + i * (W * T->bits / 8), T->scale + i * k.ngr, T->zero + i * k.ngr,
                       p + b * psb + t * pst, psg, acc2 + c * nacc + b * H * G * D, kz + b * H * G * ns);
             }
             row_next(&k.ord, &t, &b);
         }
-        free(tmp);
     }
     }
     for (int j = 0; j < nt; j++) {
@@ -2233,11 +2074,11 @@ int akvq_half_output(int64_t B, int64_t H, int64_t G, int64_t D, int64_t T, cons
  * acc[b, h, g, :] += p[b * psb + t * pst + (h * G + g) * psg] x (p NULL: none). The rows are found by scanning cls
  * 32 bytes at a time; one pass, no index tensors. */
 int akvq_token_hp(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D, const uint8_t *cls, int64_t sealed,
-                  int64_t blk, int64_t tile, const uint16_t *hp,
+                  int64_t blk, const uint16_t *hp,
                   const float *q, float *out, int64_t osb, int64_t ost, int64_t osg, const float *p, int64_t psb,
                   int64_t pst, int64_t psg, float *acc) {
     order_t ord;
-    if (D > MAXSEG || order_init(&ord, B, sealed, blk, tile)) return 1;
+    if (D > MAXSEG || order_init(&ord, B, sealed, blk)) return 1;
     int64_t n = 0, r = 0;
     float x[MAXSEG];
     for (;;) {
@@ -2388,13 +2229,11 @@ static inline float dot_half(const float *q, const uint16_t *x, int64_t D) {
 #endif
 
 int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D,
-                      int64_t group_k, const uint8_t *cls_k, int64_t sealed_k, int64_t blk_k, int64_t tile_k,
-                      const uint8_t *kc0,
+                      int64_t group_k, const uint8_t *cls_k, int64_t sealed_k, int64_t blk_k, const uint8_t *kc0,
                       const uint16_t *ks0, const uint16_t *kz0, int64_t kbits0, const uint8_t *kc1, const uint16_t *ks1,
                       const uint16_t *kz1,
                       int64_t kbits1, int64_t fz_k, const uint16_t *hpk,
-                      int64_t group_v, const uint8_t *cls_v, int64_t sealed_v, int64_t blk_v, int64_t tile_v,
-                      const uint8_t *vc0,
+                      int64_t group_v, const uint8_t *cls_v, int64_t sealed_v, int64_t blk_v, const uint8_t *vc0,
                       const uint16_t *vs0, const uint16_t *vz0, int64_t vbits0, const uint8_t *vc1, const uint16_t *vs1,
                       const uint16_t *vz1,
                       int64_t vbits1, int64_t fz_v, const uint16_t *hpv,
@@ -2402,7 +2241,7 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                       int64_t tkt, const uint16_t *tv, int64_t tvb, int64_t tvh, int64_t tvt, const uint8_t *mask_b,
                       const float *mask_f, int64_t msb, float *oq, float *ox, int64_t nthreads) {
 #if !(defined(__AVX2__) && defined(__F16C__) && defined(__FMA__))
-    (void)n_rows; (void)B; (void)H; (void)G; (void)D; (void)group_k; (void)cls_k; (void)sealed_k; (void)blk_k; (void)tile_k; (void)tile_v;
+    (void)n_rows; (void)B; (void)H; (void)G; (void)D; (void)group_k; (void)cls_k; (void)sealed_k; (void)blk_k;
     (void)sealed_v; (void)blk_v; (void)kc0; (void)ks0; (void)kz0;
     (void)kbits0; (void)kc1; (void)ks1; (void)kz1; (void)kbits1; (void)fz_k; (void)hpk; (void)group_v; (void)cls_v;
     (void)vc0; (void)vs0; (void)vz0; (void)vbits0; (void)vc1; (void)vs1; (void)vz1; (void)vbits1; (void)fz_v;
@@ -2420,7 +2259,7 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
     score_i8_fn f8[2] = {NULL, NULL};
     int v8 = 0;
     if (packed) {
-        if (tok_init(&kk, n_rows, B, H, G, D, group_k, cls_k, sealed_k, blk_k, tile_k, kc0, ks0, kz0, kbits0, kc1, ks1, kz1,
+        if (tok_init(&kk, n_rows, B, H, G, D, group_k, cls_k, sealed_k, blk_k, kc0, ks0, kz0, kbits0, kc1, ks1, kz1,
                      kbits1, fz_k, hpk != NULL,
                      NULL, n_threads(nthreads)))
             return 2;
@@ -2428,7 +2267,7 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
          * is built before the parallel part (0.4-0.5 ms per store at batch 79, 8K, on one thread; table_index) */
         const int same = AKVQ_SHAREIDX && (hpv == NULL || hpk != NULL) && sealed_v == sealed_k
                          && (cls_v == cls_k || !memcmp(cls_v, cls_k, (size_t)n_rows));
-        if (tok_init(&kv, n_rows, B, H, G, D, group_v, cls_v, sealed_v, blk_v, tile_v, vc0, vs0, vz0, vbits0, vc1, vs1, vz1,
+        if (tok_init(&kv, n_rows, B, H, G, D, group_v, cls_v, sealed_v, blk_v, vc0, vs0, vz0, vbits0, vc1, vs1, vz1,
                      vbits1, fz_v, hpv != NULL,
                      same ? &kk : NULL, n_threads(nthreads))) {
             tok_free(&kk);

@@ -103,6 +103,8 @@ NEEDLE_MIX = ("ImageNeedleInAHaystack", "ImageNeedleInAHaystack", *TASKS)
 """The route stages' questions: half the needle, half the four benchmark tasks (the needle among them)."""
 LOOKUP_MIX = ("ImageNeedleInAHaystack", "ImageNeedleInAHaystack", "NumberAt", *TASKS)
 """"lookup": the needle both ways round (3/7 the needle, 1/7 `NumberAt`) and the other three tasks kept up."""
+BALANCE_MIX = (*LOOKUP_MIX, "ObjectExistence")
+""""balance": "lookup" with ObjectExistence twice (it cost the needle 14 paired items: results/vlm/README.md)."""
 
 STAGES: tuple[Stage, ...] = (
     Stage("caption", 1500, "caption"),
@@ -114,6 +116,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("needle", 240, "qa", NEEDLE_MIX, 33, same_count=True, text=0.5),
     Stage("long", 240, "qa", NEEDLE_MIX, 33, same_count=True, min_images=17, text=0.5),
     Stage("lookup", 200, "qa", LOOKUP_MIX, 33, same_count=True, min_images=17, text=0.5),
+    Stage("balance", 60, "qa", BALANCE_MIX, 33, same_count=True, min_images=17, text=0.5),
 )
 """The curriculum: captions, single-image questions on short sequences, then more images per prompt.
 
@@ -125,9 +128,10 @@ images. The answer is the option's text (`Item.target`).
 33 images (the 1K cell's count), half of all questions in text form (`Stage.text`). Its counts are drawn from
 [1, cap], so most of its prompts are short, while the 1K cell asks with 33 images; "long" continues from
 "needle" with 17-33 images a prompt (`Stage.min_images`). "lookup" continues from "long" once that levels off:
-the needle's misses are the number-to-index lookup over 33 labelled items, so it also asks the reverse."""
+the needle's misses are the number-to-index lookup over 33 labelled items, so it also asks the reverse.
+"balance" continues from "lookup" with ObjectExistence weighted up again."""
 
-ROUTES = ("tasks", "needle", "long", "lookup")
+ROUTES = ("tasks", "needle", "long", "lookup", "balance")
 """Stages that run alone (from an `--init` file) and end with themselves; the others run into the next."""
 
 

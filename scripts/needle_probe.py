@@ -7,8 +7,8 @@ Three question forms over the same kind of haystack (numbered 4-digit-number ima
   away from N;
 - `random-distractors`: the same question, but N's near misses are not in the haystack (any image matching N
   in one digit is chance);
-- `reversed`: "which number is shown in Image k?", options N and its three near misses (the single-image
-  ReadNumber drill, placed in a haystack).
+- `reversed`: "which number is shown in Image k?", options N's family (`bench.number_at`, the training drill
+  `NumberAt`; before commit f9ca7e8 the probe asked it under the needle's instruction, from its own copy).
 `--text` gives each image as its caption instead ("Image 3: 9451 (3)", `train_vlm.as_text`): the same questions
 with nothing to see, so a miss there is the language model's, not the tower's.
 Items come from their own random streams (`diag/<form>/<images>`), not the evaluation seed. Greedy answers,
@@ -52,18 +52,7 @@ def random_distractors(rng: random.Random, pool: Any, n: int) -> bench.Item:
     return bench.Item(TASK, context, tuple(scenes), tuple(choices), answer)
 
 
-def reversed_needle(rng: random.Random, pool: Any, n: int) -> bench.Item:
-    family = pool[rng.randrange(len(pool))]
-    scenes = _haystack(rng, pool, family, n)
-    q, m = rng.randint(1, n), rng.randrange(4)
-    scenes[q - 1] = family[m]
-    right = family[m].text
-    choices = bench._shuffled(rng, right, [s.text for i, s in enumerate(family) if i != m])
-    context = bench._labelled(n) + f"Question: Which number is shown in Image {q}?"
-    return bench.Item(TASK, context, tuple(scenes), tuple(choices), right)
-
-
-FORMS = {"current": bench.image_needle, "random-distractors": random_distractors, "reversed": reversed_needle}
+FORMS = {"current": bench.image_needle, "random-distractors": random_distractors, "reversed": bench.number_at}
 
 
 def main() -> None:

@@ -276,7 +276,7 @@ def batch_loss(model: Any, enc: dict[str, torch.Tensor], lens: list[int]) -> tup
 
 
 def accumulate(
-    model: Any, loaded: Any, examples: list[Example], micro: int, device: str
+    model: Any, loaded: Any, examples: list[Example], micro: int, device: str, bf16: bool = False
 ) -> tuple[torch.Tensor, list[bool], int]:
     """Forward and backward the batch `micro` examples at a time, gradients summed as for the whole batch
     (each chunk's loss weighted by its share of answer tokens). The whole batch of 33-image items with adapters
@@ -286,7 +286,7 @@ def accumulate(
     loss_sum, right, tokens = torch.zeros(()), [], 0
     for enc, lens in chunks:
         enc = {k: v.to(device) for k, v in enc.items()}
-        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=device != "cpu"):
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16 or device != "cpu"):
             loss, ok = batch_loss(model, enc, lens)
         part = loss * (sum(lens) / total)
         part.backward()
@@ -648,7 +648,7 @@ def train(args: argparse.Namespace) -> None:
             g["lr"] = g["base_lr"] * lr_scale
         opt.zero_grad(set_to_none=True)
         loss, right, tokens = accumulate(
-            model, loaded, examples, args.micro_batch or len(examples), args.device
+            model, loaded, examples, args.micro_batch or len(examples), args.device, args.bf16
         )
         torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
         opt.step()
@@ -761,6 +761,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu (deterministic) or cuda (bf16 autocast, minutes)")
+    ap.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bf16 autocast on CPU too (AMX); fp32 master weights and optimizer",
+    )
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument(
         "--micro-batch", type=int, default=0, help="backward this many items at a time (0 = the whole batch)"

@@ -10,6 +10,7 @@ counters still has the software clock). Prints seconds per step."""
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench_decode import DEFAULTS  # noqa: E402  (the saved caches' directory: bench_decode writes them)
 
 
 def main() -> None:
@@ -30,6 +33,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--prompt-len", type=int, default=8192)
     ap.add_argument("--ready", type=Path, help="file written when the timed steps start")
+    ap.add_argument("--gc-off", action="store_true", help="gc.freeze() and gc.disable() after the warm-up")
     args = ap.parse_args()
 
     from akvq import api
@@ -38,7 +42,7 @@ def main() -> None:
     from akvq.bench.throughput import load, make_policy
     from akvq.policies.loader import quant_config
 
-    path = ROOT / "results/_scratch/decode" / f"{args.model}-{args.prompt_len}" / f"{args.quant}.pt"
+    path = ROOT / DEFAULTS["work_dir"] / f"{args.model}-{args.prompt_len}" / f"{args.quant}.pt"
     if not path.exists():
         sys.exit(f"no saved cache {path}: run scripts/bench_decode.py with this quant and prompt_len once")
     torch.set_num_threads(args.threads)
@@ -57,6 +61,9 @@ def main() -> None:
 
     for _ in range(2):
         ids = step(ids)
+    if args.gc_off:
+        gc.freeze()
+        gc.disable()
     if args.ready:
         args.ready.write_text("go")
     t = time.perf_counter()

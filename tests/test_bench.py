@@ -166,3 +166,17 @@ def test_budget_checked_before_any_point() -> None:
     assert "available memory" in check_budget(1000 * gib, int(0.9 * gib), 16 * gib)
     assert check_budget(4 * gib, int(0.9 * gib), 16 * gib) is None
     assert 0 < available_memory() < 1 << 50
+
+
+def test_profile_decode_names_the_missing_cache_and_how_to_make_it() -> None:
+    """No saved cache for this model and prompt length: one line saying which and what writes it, before any load."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "profile_decode.py"
+    r = subprocess.run(
+        [sys.executable, str(script), "akvq", "8", "--prompt-len", "7"], capture_output=True, text=True
+    )
+    assert r.returncode == 1
+    assert "no saved cache" in r.stderr and "smollm2-135m-7" in r.stderr and "bench_decode.py" in r.stderr

@@ -4,12 +4,15 @@
     python scripts/profile_decode.py akvq 79 --threads 1 --ready /tmp/go &
     while [ ! -f /tmp/go ]; do sleep 0.5; done; perf record -e cpu-clock -F 999 -p $! -o /tmp/perf.data
 
+    python scripts/profile_decode.py akvq 79 --cprofile /tmp/steps.prof   # Python's view of the same steps
+
 The warm-up steps run before `--ready` is written, so the profile holds only the timed steps (a VM without hardware
 counters still has the software clock). Prints seconds per step."""
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gc
 import sys
 import time
@@ -34,6 +37,7 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=8192)
     ap.add_argument("--ready", type=Path, help="file written when the timed steps start")
     ap.add_argument("--gc-off", action="store_true", help="gc.freeze() and gc.disable() after the warm-up")
+    ap.add_argument("--cprofile", type=Path, help="cProfile the timed steps only (pstats file)")
     args = ap.parse_args()
 
     from akvq import api
@@ -66,9 +70,15 @@ def main() -> None:
         gc.disable()
     if args.ready:
         args.ready.write_text("go")
+    prof = cProfile.Profile() if args.cprofile else None
     t = time.perf_counter()
+    if prof is not None:
+        prof.enable()
     for _ in range(args.steps):
         ids = step(ids)
+    if prof is not None:
+        prof.disable()
+        prof.dump_stats(args.cprofile)
     print(f"{args.quant} batch {args.batch}: {(time.perf_counter() - t) / args.steps:.3f} s/step", flush=True)
 
 

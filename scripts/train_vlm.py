@@ -4,7 +4,7 @@
     nice -n 19 python scripts/train_vlm.py --out runs/synth-vlm [--seed 0] [--threads 2] [--resume]
     python scripts/train_vlm.py --out runs/synth-vlm --export assets/synth-vlm/synth-vlm.safetensors
 
-`--recipe` runs the phases of `RECIPE` in order (align, tasks, needle), each in OUT/<phase> from the previous
+`--recipe` runs the phases of `RECIPE` in order (align, tasks, needle, balance, lookup), each in OUT/<phase> from the previous
 phase's export, and writes OUT/synth-vlm.safetensors with its SHA-256; run again after a kill, it skips the
 exported phases and resumes the one in progress.
 
@@ -694,6 +694,7 @@ class Phase:
     name: str
     args: tuple[str, ...]
     init: str | None = None
+    seed_offset: int = 0  # added to --seed: the hand-run route drew each later phase from its own stream
 
 
 LORA = (
@@ -713,10 +714,16 @@ RECIPE: tuple[Phase, ...] = (
     Phase("tasks", ("--stage", "tasks", *LORA, "--lora-from", "4", "--lora-lr", "1e-3", "--warmup", "20"), "align"),
     Phase("needle", ("--stage", "needle", *LORA, "--steps", "480", "--micro-batch", "2", "--lora-from", "0",
                      "--lora-lr", "5e-4", "--warmup", "10"), "tasks"),
+    Phase("balance", ("--stage", "balance", *LORA, "--steps", "360", "--micro-batch", "2", "--lora-from", "0",
+                      "--lora-lr", "3e-4", "--warmup", "10", "--bf16"), "needle", seed_offset=5),
+    Phase("lookup", ("--stage", "lookup", *LORA, "--steps", "200", "--micro-batch", "2", "--lora-from", "0",
+                     "--lora-lr", "3e-4", "--warmup", "10", "--bf16"), "balance", seed_offset=7),
 )
 # fmt: on
-"""The committed file's route as one command. The hand-run route it replaces (results/vlm/README.md) steered the
-alignment's learning rate by hand and trained the task stage in two runs under an older prompt layout."""
+"""The committed file's route as one command (results/vlm/README.md: "The second needle run", "A sixth
+candidate", "A seventh candidate"). The hand-run route it replaces steered the alignment's learning rate by hand,
+trained the task stage in two runs under an older prompt layout, and started `balance` from the needle run's
+float16 file (here its float32 export)."""
 SMOKE = {
     "align": ("--align-steps", "2", "--align-batch", "4", "--eval-images", "4", "--eval-every", "1"),
     "lm": ("--steps", "1", "--batch", "1"),
@@ -729,15 +736,17 @@ def run_recipe(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     me = [sys.executable, str(Path(__file__).resolve())]
-    common = ["--seed", str(args.seed), "--threads", str(args.threads), "--device", args.device]
-    common += ["--ckpt-minutes", str(args.ckpt_minutes)]
+    common = ["--threads", str(args.threads), "--device", args.device, "--ckpt-minutes", str(args.ckpt_minutes)]
     for ph in RECIPE:
+        seed = args.seed + ph.seed_offset
+        if seed == EVAL_SEED:
+            raise SystemExit(f"--seed {args.seed}: phase {ph.name} would draw from the evaluation seed {EVAL_SEED}")
         done = out / f"{ph.name}.safetensors"
         if done.exists():
             print(f"recipe: {ph.name} already exported ({done})", flush=True)
             continue
         run_dir = out / ph.name
-        argv = [*me, "--out", str(run_dir), *common, *ph.args]
+        argv = [*me, "--out", str(run_dir), "--seed", str(seed), *common, *ph.args]
         if ph.init is not None:
             argv += ["--init", str(out / f"{ph.init}.safetensors")]
         if (run_dir / ("align.pt" if ph.name == "align" else "ckpt.pt")).exists():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import random
 import sys
 from pathlib import Path
@@ -122,7 +123,8 @@ def test_a_batch_mixes_text_form_and_image_questions() -> None:
 def test_the_recipe_runs_every_phase_and_a_rerun_skips_them(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`--recipe` chains align -> tasks -> needle through exports (tiny steps here) into a loadable file."""
+    """`--recipe` chains align -> tasks -> needle -> balance -> lookup through exports (tiny steps here) into a
+    loadable file, each later phase on its own seed as the hand-run route was."""
     from safetensors import safe_open
 
     from akvq.models.sources.synth_vlm import load_synth_vlm
@@ -133,6 +135,9 @@ def test_the_recipe_runs_every_phase_and_a_rerun_skips_them(
     final = train_vlm.run_recipe(args)
     for ph in train_vlm.RECIPE:
         assert (tmp_path / f"{ph.name}.safetensors").exists()
+        if ph.name != "align":
+            assert json.loads((tmp_path / ph.name / "run.json").read_text())["seed"] == ph.seed_offset
+    assert [ph.seed_offset for ph in train_vlm.RECIPE][-2:] == [5, 7]  # balance seed 5, lookup seed 7
     with safe_open(str(final), framework="pt") as f:
         keys = set(f.keys())
         dtypes = {f.get_tensor(k).dtype for k in keys}

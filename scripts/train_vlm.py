@@ -736,11 +736,20 @@ def run_recipe(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     me = [sys.executable, str(Path(__file__).resolve())]
-    common = ["--threads", str(args.threads), "--device", args.device, "--ckpt-minutes", str(args.ckpt_minutes)]
+    common = [
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+        "--ckpt-minutes",
+        str(args.ckpt_minutes),
+    ]
     for ph in RECIPE:
         seed = args.seed + ph.seed_offset
         if seed == EVAL_SEED:
-            raise SystemExit(f"--seed {args.seed}: phase {ph.name} would draw from the evaluation seed {EVAL_SEED}")
+            raise SystemExit(
+                f"--seed {args.seed}: phase {ph.name} would draw from the evaluation seed {EVAL_SEED}"
+            )
         done = out / f"{ph.name}.safetensors"
         if done.exists():
             print(f"recipe: {ph.name} already exported ({done})", flush=True)

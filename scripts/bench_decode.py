@@ -8,8 +8,10 @@ memory-bandwidth probe measured in the same run (issue #14).
 ":twopass" the int8 path's two-kernel form, scores through memory and torch's softmax; default: the fused kernel).
 Every entry decodes through "akvq_packed" (the C kernel on CPU; fp16 is the 16-bit control, fp16@akvq_packed of
 the efficiency benchmark). One prefill (batch 1) is shared; each entry's cache is that prefill copied along the
-batch. Each round runs one decode step of every (threads, entry) in turn and a STREAM-like copy, so the machine's
-noise hits all of them alike: report the ratios. Per step: attention (the registered attention function: C kernel,
+batch. Each round runs `steps` consecutive decode steps of every (threads, entry) in turn and a STREAM-like copy, so
+the machine's noise hits all of them alike: report the ratios. `steps` must be a multiple of every entry's
+`flush_every`, so that each round counts its entries' flushes once per flush_every steps (one step per round would
+let the median skip the flush steps of a flush_every > 1 cache). Per step: attention (the registered attention function: C kernel,
 softmax, WHT of q/out, 16-bit rows), cache updates (append + quantizing the token leaving the window), and the rest
 (weight matmuls, norms, rotary, Python). Prints a markdown table; appends one record to `records`."""
 
@@ -36,6 +38,7 @@ DEFAULTS = {
     "runs": "akvq:79,fp16:14",
     "threads": "1,2",
     "rounds": "3",
+    "steps": "8",
     "work_dir": "results/_scratch/decode",
     "records": "results/efficiency/decode_runs.jsonl",
 }
@@ -95,6 +98,13 @@ def main(args: dict[str, str]) -> None:
     rounds = int(cfg["rounds"])
     model_cfg = yaml.safe_load((ROOT / "configs" / "model" / f"{cfg['model']}.yaml").read_text())
     quants = {q: quant_config(q) for q in dict.fromkeys(q for q, _, _ in runs)}
+    steps = int(cfg["steps"]) if cfg["steps"].isdigit() else 0
+    for q, qc in quants.items():
+        if steps < 1 or steps % int(qc.get("flush_every", 1)):
+            sys.exit(
+                f"bench_decode: steps={cfg['steps']!r} must be a positive multiple of every entry's flush_every "
+                f"({q}: {qc.get('flush_every', 1)})"
+            )
     work = ROOT / cfg["work_dir"] / f"{cfg['model']}-{cfg['prompt_len']}"
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -157,18 +167,24 @@ def main(args: dict[str, str]) -> None:
                     register.use_packed(model, e["cache"], FORMS[e["form"]][0])
                     prof.attention = prof.update = 0.0
                     t, c = time.perf_counter(), time.process_time()
-                    with torch.inference_mode():
-                        out = model(
-                            input_ids=e["ids"],
-                            **{api.cache_kwarg(): e["cache"]},
-                            use_cache=True,
-                            logits_to_keep=1,
-                        )
+                    for _ in range(steps):
+                        with torch.inference_mode():
+                            out = model(
+                                input_ids=e["ids"],
+                                **{api.cache_kwarg(): e["cache"]},
+                                use_cache=True,
+                                logits_to_keep=1,
+                            )
+                        e["ids"] = out.logits[:, -1:].argmax(-1)
                     wall, cpu = time.perf_counter() - t, time.process_time() - c
-                    e["ids"] = out.logits[:, -1:].argmax(-1)
-                    if r:
+                    if r:  # per step, averaged over the round's steps (flushes included)
                         samples.setdefault((nt, i), []).append(
-                            {"wall": wall, "cpu": cpu, "attention": prof.attention, "update": prof.update}
+                            {
+                                "wall": wall / steps,
+                                "cpu": cpu / steps,
+                                "attention": prof.attention / steps,
+                                "update": prof.update / steps,
+                            }
                         )
     finally:
         AKVQLayer.update = orig_update

@@ -32,7 +32,15 @@ def main() -> None:
     ap.add_argument("quant")
     ap.add_argument("batch", type=int)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument(
+        "--steps", type=int, default=16, help="timed steps (a multiple of flush_every, so each flush counts)"
+    )
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=9,
+        help="untimed steps first: past the first flush, which grows every table",
+    )
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--prompt-len", type=int, default=8192)
     ap.add_argument("--ready", type=Path, help="file written when the timed steps start")
@@ -63,7 +71,7 @@ def main() -> None:
             out = model(input_ids=ids, **{api.cache_kwarg(): cache}, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1:].argmax(-1)
 
-    for _ in range(2):
+    for _ in range(args.warmup):
         ids = step(ids)
     if args.gc_off:
         gc.freeze()

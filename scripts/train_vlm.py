@@ -296,15 +296,33 @@ def accumulate(
     return loss_sum, right, tokens
 
 
-def set_trained(model: Any, state: dict[str, torch.Tensor]) -> None:
-    """Copy tower, projector and LoRA factors (as `trained_state` names them) into a model with adapters."""
+def set_trained(model: Any, state: dict[str, torch.Tensor], lora_scale: float | None = None) -> None:
+    """Copy tower, projector and LoRA factors (as `trained_state` names them) into a model with adapters.
+
+    A file whose adapters have a lower rank than the model's (`lora_scale`: the file's alpha / rank) fills the
+    first components, B rescaled to the model's alpha / rank, the rest of B zero: the model computes what the
+    file's did, and training goes on with more capacity (issue #12: does rank limit the needle?)."""
     named = {**dict(model.named_buffers()), **dict(model.named_parameters())}
     with torch.no_grad():
         for k, v in state.items():
             name = k[len("lora.") :] if k.startswith("lora.") else k
             if name not in named:
                 raise KeyError(f"{k} does not fit this model (is --lora-rank the same as the file's?)")
-            named[name].copy_(v)
+            dst = named[name]
+            if k.startswith("lora.") and dst.shape != v.shape and lora_scale is not None:
+                is_a = name.endswith(".a")  # a: [rank, in], b: [out, rank]
+                d, other = (0, 1) if is_a else (1, 0)
+                if v.shape[d] > dst.shape[d] or v.shape[other] != dst.shape[other]:
+                    raise KeyError(f"{k} {tuple(v.shape)} does not fit the model's {tuple(dst.shape)}")
+                r = v.shape[d]
+                if is_a:
+                    dst[:r].copy_(v)
+                else:
+                    scale = dict(model.named_modules())[name[: -len(".b")]].scale
+                    dst.zero_()
+                    dst[:, :r].copy_(v * (lora_scale / scale))
+                continue
+            dst.copy_(v)
 
 
 def load_trained(model: Any, path: Path) -> int:
@@ -312,8 +330,11 @@ def load_trained(model: Any, path: Path) -> int:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        set_trained(model, {k: f.get_tensor(k) for k in f.keys()})
-        return int((f.metadata() or {}).get("step", 0))
+        meta = dict(f.metadata() or {})
+        tower = TowerConfig.from_metadata(meta)
+        scale = tower.lora_alpha / tower.lora_rank if tower.lora_rank else None
+        set_trained(model, {k: f.get_tensor(k) for k in f.keys()}, scale)
+        return int(meta.get("step", 0))
 
 
 def save_atomic(obj: Any, path: Path) -> None:

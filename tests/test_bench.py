@@ -180,3 +180,25 @@ def test_profile_decode_names_the_missing_cache_and_how_to_make_it() -> None:
     )
     assert r.returncode == 1
     assert "no saved cache" in r.stderr and "smollm2-135m-7" in r.stderr and "bench_decode.py" in r.stderr
+
+
+def test_bench_decode_rounds_count_each_flush(tmp_path) -> None:  # noqa: ANN001
+    """A flush_every 8 cache is timed over whole flush periods (`steps`); a `steps` that would let the flush steps
+    fall outside the rounds is refused in one line before any model loads."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_decode.py"
+    base = [sys.executable, str(script), "model=tiny-llava", "prompt_len=200", "runs=akvq_flush8:2,fp16:2"]
+    base += ["threads=1", f"records={tmp_path / 'r.jsonl'}", f"work_dir={tmp_path / 'w'}"]
+    bad = subprocess.run([*base, "steps=4"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "steps='4'" in bad.stderr and "akvq_flush8: 8" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "w").exists()
+    ok = subprocess.run([*base, "steps=8", "rounds=1"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    rec = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[-1])
+    assert rec["config"]["steps"] == "8"
+    akvq = next(r for r in rec["rows"] if r["quant"] == "akvq_flush8")
+    assert akvq["update"] > 0 and akvq["tokens_per_second"] == akvq["batch"] / akvq["wall"]

@@ -96,3 +96,27 @@ def test_switch_off(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv("AKVQ_QUANT_C")
         cpu._lib.cache_clear()
     assert cpu._lib() is not None
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threads_split_rows_bit_identical(threads: int) -> None:
+    """Above PAR_MIN_ELEMS the rows are split over OpenMP threads: the same bits as one thread and as torch, and a
+    bad row anywhere still sends the whole call to torch."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(333, 192) * 3  # 63,936 elements: past the threshold
+        assert torch.equal(cpu.fwht(x.view(333, 3, 64)), _torch(hadamard.fwht, x.view(333, 3, 64)))
+        for grid, search in (((), False), (uniform.CLIP_GRID, True)):
+            fast = cpu.quantize(x, 2, 64, 0.8, False, "center", grid)
+            ref = _torch(uniform.quantize, x, 2, 64, 0.8, search, False, "center")
+            if fast is None:  # a near-tie of the clip search in some row: torch decides the whole piece
+                assert search
+                continue
+            assert torch.equal(fast[0], ref.codes) and torch.equal(fast[1], ref.scale)
+            assert torch.equal(fast[2], ref.zero)
+        bad = x.clone()
+        bad[300, 7] = float("nan")  # in the last thread's share
+        assert cpu.quantize(bad, 2, 64, 0.8, False, "center") is None
+    finally:
+        torch.set_num_threads(before)

@@ -205,3 +205,31 @@ def test_bf16_autocast_on_cpu_is_the_same_gradient_at_bf16_precision() -> None:
     cos = torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)
     assert float(cos) > 0.98
     assert all(p.dtype == torch.float32 for p in params)  # master weights stay fp32
+
+
+def test_a_higher_rank_run_starts_from_the_files_function(tmp_path: Path) -> None:
+    """`--init` a rank-2 file into a rank-4 model: the first components hold the file's factors, B rescaled to the
+    new alpha / rank, so every merged weight is the file's; a lower-rank model is refused."""
+    from akvq.models.sources.synth_vlm import add_lora, save_trained, trained_state
+
+    targets = ("q_proj", "down_proj")
+    r2 = TowerConfig(hidden=64, layers=1, heads=2, mlp=128, lora_rank=2)
+    small = build_untrained(r2, seed=0)
+    for p in add_lora(small.model, 2, 16.0, targets, 28)[1::2]:
+        with torch.no_grad():
+            p.normal_(0, 0.05)
+    path = tmp_path / "r2.safetensors"
+    save_trained(path, trained_state(small.model), r2)
+    big = build_untrained(TowerConfig(hidden=64, layers=1, heads=2, mlp=128, lora_rank=4), seed=1)
+    add_lora(big.model, 4, 16.0, targets, 28)
+    train_vlm.load_trained(big.model, path)
+    old = {n: m for n, m in small.model.named_modules() if hasattr(m, "merged_weight")}
+    new = {n: m for n, m in big.model.named_modules() if hasattr(m, "merged_weight")}
+    assert old.keys() == new.keys() and old
+    for n in old:
+        assert torch.allclose(new[n].merged_weight(), old[n].merged_weight(), atol=1e-6)
+        assert not torch.equal(new[n].a[2:], torch.zeros_like(new[n].a[2:]))  # fresh directions to train
+    one = build_untrained(TowerConfig(hidden=64, layers=1, heads=2, mlp=128, lora_rank=1), seed=1)
+    add_lora(one.model, 1, 16.0, targets, 28)
+    with pytest.raises(KeyError, match="does not fit"):
+        train_vlm.load_trained(one.model, path)

@@ -29,10 +29,10 @@ def _lib() -> ctypes.CDLL | None:
     if os.environ.get("AKVQ_QUANT_C", "1") == "0":
         _state["reason"] = "off (AKVQ_QUANT_C=0)"
         return None
-    lib, _state["reason"] = native.load(SOURCE, FLAGS, "c")
+    lib, _state["reason"] = native.load(SOURCE, FLAGS, "c", openmp=True)
     if lib is None:
         return None
-    lib.akvq_fwht.argtypes = [_ptr, _i64, _i64, ctypes.c_float]
+    lib.akvq_fwht.argtypes = [_ptr, _ptr, _i64, _i64, ctypes.c_float, _i64]
     lib.akvq_quantize.argtypes = [
         _ptr,
         _i64,
@@ -47,6 +47,7 @@ def _lib() -> ctypes.CDLL | None:
         _ptr,
         _ptr,
         _ptr,
+        _i64,
     ]
     lib.akvq_fwht.restype = lib.akvq_quantize.restype = ctypes.c_int
     return lib
@@ -73,8 +74,9 @@ def fwht(x: torch.Tensor) -> torch.Tensor | None:
     if lib is None or not _eligible(x):
         return None
     d = x.shape[-1]
-    y = x.contiguous().clone()
-    lib.akvq_fwht(y.data_ptr(), y.numel() // d, d, math.sqrt(d))
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    lib.akvq_fwht(x.data_ptr(), y.data_ptr(), y.numel() // d, d, math.sqrt(d), torch.get_num_threads())
     return y
 
 
@@ -103,5 +105,6 @@ def quantize(
     rc = lib.akvq_quantize(
         g.data_ptr(), rows, n, group_size, bits, ratio, ratios.data_ptr() if ratios is not None else None, len(grid),
         int(float_zero), int(clip_mode == "center"), codes.data_ptr(), scale.data_ptr(), zero.data_ptr(),
+        torch.get_num_threads(),
     )  # fmt: skip
     return (codes, scale, zero) if rc == 0 else None

@@ -9,6 +9,9 @@
  * scale and zero hold the result), 1 when some group needs fp32 metadata, 2 when an element is not finite: the
  * caller then takes the torch path, which handles both cases for the whole piece. */
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stdint.h>
 #include <string.h>
 
@@ -57,10 +60,23 @@ static float h2f(uint16_t h) {
     return f;
 }
 
-/* In place over `rows` rows of d floats (d a power of two): the butterflies of hadamard.fwht, then / sqrt_d. */
-int akvq_fwht(float *x, int64_t rows, int64_t d, float sqrt_d) {
+/* Rows per thread below which OpenMP's fork costs more than it saves (a decode step's q at batch 8 is 72 rows). */
+#define PAR_MIN_ELEMS 16384
+
+static int n_threads(int64_t nthreads, int64_t elems) {
+    return nthreads > 1 && elems >= PAR_MIN_ELEMS ? (int)nthreads : 1;
+}
+
+/* `rows` rows of d floats (d a power of two) from x into y (x == y: in place): the butterflies of hadamard.fwht,
+ * then / sqrt_d. Rows are independent, so threads split them without changing a single operation; each copies
+ * its own rows first (no separate clone pass over the whole tensor). */
+int akvq_fwht(const float *x, float *out, int64_t rows, int64_t d, float sqrt_d, int64_t nthreads) {
+    const int nt = n_threads(nthreads, rows * d);
+    (void)nt;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t r = 0; r < rows; r++) {
-        float *y = x + r * d;
+        float *y = out + r * d;
+        if (x != out) memcpy(y, x + r * d, sizeof(float) * (size_t)d);
         for (int64_t h = 1; h < d; h *= 2)
             for (int64_t j = 0; j < d; j += 2 * h)
                 for (int64_t i = j; i < j + h; i++) {
@@ -111,63 +127,79 @@ static float fake_code(float x, float s, float z, float qmax, int64_t float_zero
  * sums the errors in fp32 in its own order, here they are summed in double: when another ratio's error is within
  * twice fp32's worst-case summation error of the best one, torch's order could decide, and the call returns 4 (the
  * caller takes torch). */
-int akvq_quantize(const float *x, int64_t rows, int64_t n, int64_t group, int64_t bits, float ratio,
-                  const float *grid, int64_t ngrid, int64_t float_zero, int64_t center, uint8_t *codes,
-                  uint16_t *scale, uint16_t *zero) {
-    if ((bits != 1 && bits != 2 && bits != 4 && bits != 8) || ngrid > 64) return 3;
+/* One row of akvq_quantize; 0 or the reason the caller must take torch's path. */
+static int quantize_row(const float *xr, int64_t n, int64_t group, int64_t bits, float ratio, const float *grid,
+                        int64_t ngrid, int64_t float_zero, int64_t center, uint8_t *cr, uint16_t *scale,
+                        uint16_t *zero) {
     const float qmax = (float)((1 << bits) - 1);
     const int64_t ng = n / group, row_bytes = (n * bits + 7) / 8, per = 8 / bits;
-    for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * n;
-        uint8_t *cr = codes + r * row_bytes;
-        memset(cr, 0, (size_t)row_bytes);
-        for (int64_t g = 0; g < ng; g++) {
-            const float *xg = xr + g * group;
-            float mn = INFINITY, mx = -INFINITY;
-            for (int64_t i = 0; i < group; i++) {
-                const float v = xg[i];
-                if (!isfinite(v)) return 2;
-                mn = v < mn ? v : mn;
-                mx = v > mx ? v : mx;
-            }
-            float s, z;
-            if (ngrid > 0) {
-                double err[64];
-                int64_t best = 0;
-                for (int64_t k = 0; k < ngrid; k++) {
-                    float sk, zk;
-                    params(mn, mx, qmax, grid[k], float_zero, center, &sk, &zk);
-                    err[k] = 0.0;
-                    for (int64_t i = 0; i < group; i++) {
-                        const float q = fake_code(xg[i], sk, zk, qmax, float_zero);
-                        const float d = (float_zero ? sk * q + zk : sk * (q - zk)) - xg[i];
-                        err[k] += (double)(d * d);
-                    }
-                    if (err[k] < err[best]) best = k;
+    memset(cr, 0, (size_t)row_bytes);
+    for (int64_t g = 0; g < ng; g++) {
+        const float *xg = xr + g * group;
+        float mn = INFINITY, mx = -INFINITY;
+        for (int64_t i = 0; i < group; i++) {
+            const float v = xg[i];
+            if (!isfinite(v)) return 2;
+            mn = v < mn ? v : mn;
+            mx = v > mx ? v : mx;
+        }
+        float s, z;
+        if (ngrid > 0) {
+            double err[64];
+            int64_t best = 0;
+            for (int64_t k = 0; k < ngrid; k++) {
+                float sk, zk;
+                params(mn, mx, qmax, grid[k], float_zero, center, &sk, &zk);
+                err[k] = 0.0;
+                for (int64_t i = 0; i < group; i++) {
+                    const float q = fake_code(xg[i], sk, zk, qmax, float_zero);
+                    const float d = (float_zero ? sk * q + zk : sk * (q - zk)) - xg[i];
+                    err[k] += (double)(d * d);
                 }
-                const double tol = 1.5e-7 * (double)group; /* > 2 n u: two fp32 sums of n terms keep their order */
-                for (int64_t k = 0; k < ngrid; k++)
-                    if (k != best && err[k] - err[best] <= tol * err[best] && !(err[k] == 0.0 && err[best] == 0.0))
-                        return 4;
-                params(mn, mx, qmax, grid[best], float_zero, center, &s, &z);
-            } else {
-                params(mn, mx, qmax, ratio, float_zero, center, &s, &z);
+                if (err[k] < err[best]) best = k;
             }
-            /* uniform.meta_dtype: fp16 scale/zero must move the grid by at most a quarter step */
-            const uint16_t sh = f2h(s), zh = f2h(z);
-            const float s16 = h2f(sh), z16 = h2f(zh);
-            const float ds = fabsf(s16 - s), dz = fabsf(z16 - z);
-            const float moved = float_zero ? dz + qmax * ds : (qmax + fabsf(z)) * ds + s16 * dz;
-            const float step = (mx - mn) / qmax;
-            if (!(isfinite(s16) && isfinite(z16) && moved <= step / 4.0f)) return 1;
-            scale[r * ng + g] = sh;
-            zero[r * ng + g] = zh;
-            for (int64_t i = 0; i < group; i++) {
-                const float q = fake_code(xg[i], s16, z16, qmax, float_zero);
-                const int64_t k = g * group + i;
-                cr[k / per] |= (uint8_t)((uint8_t)q << ((k % per) * bits));
-            }
+            const double tol = 1.5e-7 * (double)group; /* > 2 n u: two fp32 sums of n terms keep their order */
+            for (int64_t k = 0; k < ngrid; k++)
+                if (k != best && err[k] - err[best] <= tol * err[best] && !(err[k] == 0.0 && err[best] == 0.0))
+                    return 4;
+            params(mn, mx, qmax, grid[best], float_zero, center, &s, &z);
+        } else {
+            params(mn, mx, qmax, ratio, float_zero, center, &s, &z);
+        }
+        /* uniform.meta_dtype: fp16 scale/zero must move the grid by at most a quarter step */
+        const uint16_t sh = f2h(s), zh = f2h(z);
+        const float s16 = h2f(sh), z16 = h2f(zh);
+        const float ds = fabsf(s16 - s), dz = fabsf(z16 - z);
+        const float moved = float_zero ? dz + qmax * ds : (qmax + fabsf(z)) * ds + s16 * dz;
+        const float step = (mx - mn) / qmax;
+        if (!(isfinite(s16) && isfinite(z16) && moved <= step / 4.0f)) return 1;
+        scale[g] = sh;
+        zero[g] = zh;
+        for (int64_t i = 0; i < group; i++) {
+            const float q = fake_code(xg[i], s16, z16, qmax, float_zero);
+            const int64_t k = g * group + i;
+            cr[k / per] |= (uint8_t)((uint8_t)q << ((k % per) * bits));
         }
     }
     return 0;
+}
+
+/* Rows in parallel (each row's result is the same operations as alone); any row's nonzero code makes the call
+ * return nonzero (the largest such code), and the caller then quantizes the whole piece in torch. */
+int akvq_quantize(const float *x, int64_t rows, int64_t n, int64_t group, int64_t bits, float ratio,
+                  const float *grid, int64_t ngrid, int64_t float_zero, int64_t center, uint8_t *codes,
+                  uint16_t *scale, uint16_t *zero, int64_t nthreads) {
+    if ((bits != 1 && bits != 2 && bits != 4 && bits != 8) || ngrid > 64) return 3;
+    const int64_t ng = n / group, row_bytes = (n * bits + 7) / 8;
+    const int nt = n_threads(nthreads, rows * n);
+    int rc = 0;
+    (void)nt;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1) reduction(max : rc)
+    for (int64_t r = 0; r < rows; r++) {
+        if (rc > 0) continue; /* the private copy starts at INT_MIN, the identity of max */
+        const int e = quantize_row(x + r * n, n, group, bits, ratio, grid, ngrid, float_zero, center,
+                                   codes + r * row_bytes, scale + r * ng, zero + r * ng);
+        rc = e > rc ? e : rc;
+    }
+    return rc;
 }

@@ -97,6 +97,10 @@ def main(args: dict[str, str]) -> None:
     threads = [int(x) for x in cfg["threads"].split(",")]
     rounds = int(cfg["rounds"])
     model_cfg = yaml.safe_load((ROOT / "configs" / "model" / f"{cfg['model']}.yaml").read_text())
+    if cfg.get("dtype"):  # the model's weights and activations (both rows alike); saved caches are per dtype
+        if cfg["dtype"] not in ("float32", "bfloat16"):
+            sys.exit(f"bench_decode: dtype={cfg['dtype']!r}: allowed float32, bfloat16")
+        model_cfg["dtype"] = cfg["dtype"]
     quants = {q: quant_config(q) for q in dict.fromkeys(q for q, _, _ in runs)}
     steps = int(cfg["steps"]) if cfg["steps"].isdigit() else 0
     for q, qc in quants.items():
@@ -106,6 +110,8 @@ def main(args: dict[str, str]) -> None:
                 f"({q}: {qc.get('flush_every', 1)})"
             )
     work = ROOT / cfg["work_dir"] / f"{cfg['model']}-{cfg['prompt_len']}"
+    if model_cfg["dtype"] != "float32":
+        work = work.with_name(f"{work.name}-{model_cfg['dtype']}")
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     paths = {q: work / f"{q}.pt" for q in quants}

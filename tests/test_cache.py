@@ -579,6 +579,19 @@ def test_large_fp32_values_never_become_inf(name):
     assert cache.memory_report().total_bytes == storage_bytes(cache)
 
 
+def test_large_bf16_values_never_become_inf():
+    """A bf16 model's keys past fp16's range (bf16 reaches 3e38): the fp16 window widens to bf16, exact there."""
+    torch.manual_seed(0)
+    k = (torch.randn(1, 2, 40, 16) * 1e5).bfloat16()
+    v = torch.randn(1, 2, 40, 16).bfloat16()
+    policy = make_policy("akvq", window=4, tsa=False, num_pivots=0, hp_dtype="float16")  # as the benchmarks
+    cache, rk, rv = _layer_roundtrip(policy, k, v)
+    assert torch.isfinite(rk.float()).all() and torch.isfinite(rv.float()).all()
+    assert torch.equal(rk[:, :, -4:].float(), k[:, :, -4:].float())
+    assert cache.layers[0].k.tail.dtype == torch.bfloat16
+    assert cache.memory_report().total_bytes == storage_bytes(cache)
+
+
 def test_pivot_stands_in_with_its_own_channel_group():
     """akvq_plus keys per channel: a 16-bit pivot's slot in the codes took the mean of the whole flush (four
     groups here), stretching its own group; it must take its own group's mean."""

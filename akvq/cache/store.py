@@ -304,7 +304,8 @@ class TensorStore:
     # --- write ---
     def append(self, x: torch.Tensor) -> None:
         """New tokens enter the window: as they are (16-bit), or quantized to 8 bits once, here."""
-        if self.hp_dtype == torch.float16 and x.dtype.itemsize > 2 and _overflows_half(x):
+        # bf16 reaches 3e38 as fp32 does: its values past 65504 would become inf in an fp16 window too
+        if self.hp_dtype == torch.float16 and x.dtype != torch.float16 and _overflows_half(x):
             self._widen_hp(x.dtype)
         if self.plan.window_bits == 8:
             self.tail = _append(self.tail, quantize_q8(x, self.window_group), dim=-2)
@@ -324,7 +325,7 @@ class TensorStore:
         return dequantize_q8(tail, self.head_dim, self.window_group, dtype or torch.float32)
 
     def _widen_hp(self, dtype: torch.dtype) -> None:
-        """Full-precision tokens of an fp32 model kept in fp16 would turn finite values past 65504 into inf:
+        """Full-precision tokens of an fp32 or bf16 model kept in fp16 would turn finite values past 65504 into inf:
         from the first such token on, this store keeps them in `dtype` (and counts their bytes as such)."""
         self.hp_dtype = dtype
         if self.tail is not None and self.plan.window_bits == 16:

@@ -11,9 +11,11 @@ the efficiency benchmark). One prefill (batch 1) is shared; each entry's cache i
 batch. Each round runs `steps` consecutive decode steps of every (threads, entry) in turn and a STREAM-like copy, so
 the machine's noise hits all of them alike: report the ratios. `steps` must be a multiple of every entry's
 `flush_every`, so that each round counts its entries' flushes once per flush_every steps (one step per round would
-let the median skip the flush steps of a flush_every > 1 cache). Per step: attention (the registered attention function: C kernel,
-softmax, WHT of q/out, 16-bit rows), cache updates (append + quantizing the token leaving the window), and the rest
-(weight matmuls, norms, rotary, Python). Prints a markdown table; appends one record to `records`."""
+let the median skip the flush steps of a flush_every > 1 cache). Per step: attention (the registered attention
+function: C kernel, softmax, WHT of q/out, 16-bit rows), cache updates (append + quantizing the token leaving the
+window), and the rest (weight matmuls, norms, rotary, Python). `dtype=bfloat16` runs the model (weights and
+activations, both rows alike) in bf16, with its own saved caches; the default is the model YAML's (float32).
+Prints a markdown table; appends one record to `records`."""
 
 from __future__ import annotations
 

@@ -303,6 +303,7 @@ def set_trained(model: Any, state: dict[str, torch.Tensor], lora_scale: float | 
     first components, B rescaled to the model's alpha / rank, the rest of B zero: the model computes what the
     file's did, and training goes on with more capacity (issue #12: does rank limit the needle?)."""
     named = {**dict(model.named_buffers()), **dict(model.named_parameters())}
+    modules = dict(model.named_modules())
     with torch.no_grad():
         for k, v in state.items():
             name = k[len("lora.") :] if k.startswith("lora.") else k
@@ -318,7 +319,7 @@ def set_trained(model: Any, state: dict[str, torch.Tensor], lora_scale: float | 
                 if is_a:
                     dst[:r].copy_(v)
                 else:
-                    scale = dict(model.named_modules())[name[: -len(".b")]].scale
+                    scale = modules[name[: -len(".b")]].scale
                     dst.zero_()
                     dst[:, :r].copy_(v * (lora_scale / scale))
                 continue

@@ -97,6 +97,9 @@ class Stage:
     """Fraction of questions given with each image's caption in its place ("Image 3: 9451 (3)"): ~5 tokens an
     image instead of 21, so the LM practises matching and copying a label over many images at a quarter of the
     cost; the aligned tower makes image tokens read like those captions."""
+    each: tuple[str, ...] = ()
+    """Tasks asked once in every batch, the rest drawn from `tasks`: a step never trains one of them alone, the
+    way runs of lookup/balance traded the needle against ObjectExistence (results/vlm/README.md)."""
 
 
 NEEDLE_MIX = ("ImageNeedleInAHaystack", "ImageNeedleInAHaystack", *TASKS)
@@ -105,6 +108,8 @@ LOOKUP_MIX = ("ImageNeedleInAHaystack", "ImageNeedleInAHaystack", "NumberAt", *T
 """"lookup": the needle both ways round (3/7 the needle, 1/7 `NumberAt`) and the other three tasks kept up."""
 BALANCE_MIX = (*LOOKUP_MIX, "ObjectExistence")
 """"balance": "lookup" with ObjectExistence twice (it cost the needle 14 paired items: results/vlm/README.md)."""
+PAIR = ("ImageNeedleInAHaystack", "ObjectExistence")
+""""pair": the see-sawing two in every batch (`Stage.each`), the rest of the batch drawn from `LOOKUP_MIX`."""
 
 STAGES: tuple[Stage, ...] = (
     Stage("caption", 1500, "caption"),
@@ -117,6 +122,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("long", 240, "qa", NEEDLE_MIX, 33, same_count=True, min_images=17, text=0.5),
     Stage("lookup", 200, "qa", LOOKUP_MIX, 33, same_count=True, min_images=17, text=0.5),
     Stage("balance", 60, "qa", BALANCE_MIX, 33, same_count=True, min_images=17, text=0.5),
+    Stage("pair", 200, "qa", LOOKUP_MIX, 33, same_count=True, min_images=17, text=0.5, each=PAIR),
 )
 """The curriculum: captions, single-image questions on short sequences, then more images per prompt.
 
@@ -129,9 +135,9 @@ images. The answer is the option's text (`Item.target`).
 [1, cap], so most of its prompts are short, while the 1K cell asks with 33 images; "long" continues from
 "needle" with 17-33 images a prompt (`Stage.min_images`). "lookup" continues from "long" once that levels off:
 the needle's misses are the number-to-index lookup over 33 labelled items, so it also asks the reverse.
-"balance" continues from "lookup" with ObjectExistence weighted up again."""
+"balance" continues from "lookup" with ObjectExistence weighted up again; "pair" asks both in every batch."""
 
-ROUTES = ("tasks", "needle", "long", "lookup", "balance")
+ROUTES = ("tasks", "needle", "long", "lookup", "balance", "pair")
 """Stages that run alone (from an `--init` file) and end with themselves; the others run into the next."""
 
 
@@ -191,10 +197,19 @@ def batch_count(rng: random.Random, stage: Stage, done: float) -> int | None:
     return rng.randint(stage.min_images, low + round((stage.max_images - low) * done))
 
 
-def draw_item(rng: random.Random, stage: Stage, count: int | None = None) -> Item:
-    """One question: a task of the stage with `count` images (at least the task's minimum) or a random
+def batch_tasks(rng: random.Random, stage: Stage, batch: int) -> list[str | None]:
+    """A batch's tasks: `Stage.each` first, None (drawn per item) for the rest."""
+    if len(stage.each) > batch:
+        raise ValueError(
+            f"--batch {batch} is smaller than stage {stage.name!r}'s {len(stage.each)} tasks per batch"
+        )
+    return [*stage.each, *[None] * (batch - len(stage.each))]
+
+
+def draw_item(rng: random.Random, stage: Stage, count: int | None = None, task: str | None = None) -> Item:
+    """One question: `task` or a task of the stage, with `count` images (at least the task's minimum) or a random
     count in [task minimum, stage maximum]."""
-    task = rng.choice(stage.tasks)
+    task = task or rng.choice(stage.tasks)
     if count is None:
         n = rng.randint(MIN_IMAGES[task], max(MIN_IMAGES[task], stage.max_images))
     else:
@@ -204,7 +219,12 @@ def draw_item(rng: random.Random, stage: Stage, count: int | None = None) -> Ite
 
 
 def draw_example(
-    loaded: Any, rng: random.Random, stage: Stage, held_out: frozenset[Scene], count: int | None = None
+    loaded: Any,
+    rng: random.Random,
+    stage: Stage,
+    held_out: frozenset[Scene],
+    count: int | None = None,
+    task: str | None = None,
 ) -> Example:
     """A caption or question whose images are none of the evaluation root's (`held_out`); redrawn otherwise."""
     while True:
@@ -212,7 +232,7 @@ def draw_example(
             scene = caption_scene(rng)
             ex = Example(IMAGE_TOKEN + "\n", (scene,), caption(scene) + END, "caption")
         else:
-            item = draw_item(rng, stage, count)
+            item = draw_item(rng, stage, count, task)
             prompt, target = item_text(loaded, item)
             ex = Example(prompt, item.scenes, target, item.task)
             if stage.text and rng.random() < stage.text:
@@ -660,7 +680,9 @@ def train(args: argparse.Namespace) -> None:
         stage = route or stage_at(step)
         done = (step - first) / max(1, total - first)
         count = batch_count(rng, stage, done)
-        examples = [draw_example(loaded, rng, stage, held_out, count) for _ in range(args.batch)]
+        examples = [
+            draw_example(loaded, rng, stage, held_out, count, t) for t in batch_tasks(rng, stage, args.batch)
+        ]
         lr_scale = min(1.0, (step + 1) / args.warmup)
         if args.schedule == "cosine":  # over this run's steps, down to 10 %
             lr_scale *= 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, done)))
@@ -860,6 +882,9 @@ def main() -> None:
         ap.error(f"--seed {EVAL_SEED} is the evaluation seed; pick another")
     if args.batch < 1 or args.threads < 1 or args.lora_rank < 0 or args.micro_batch < 0:
         ap.error("--batch and --threads must be >= 1, --lora-rank and --micro-batch >= 0")
+    each = max((len(s.each) for s in STAGES if args.stage in ("all", s.name)), default=0)
+    if args.batch < each:
+        ap.error(f"--batch must be >= {each}: stage {args.stage!r} asks {each} tasks in every batch")
     if args.recipe:
         run_recipe(args)
         return

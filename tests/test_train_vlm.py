@@ -28,7 +28,9 @@ def test_routes_end_with_their_own_stage() -> None:
     assert train_vlm.stage_at(train_vlm.stage_start("needle")) is needle
     assert needle.text == 0.5 and needle.max_images == 33
     assert all(
-        s.text == 0.0 for s in train_vlm.STAGES if s.name not in ("needle", "long", "lookup", "balance")
+        s.text == 0.0
+        for s in train_vlm.STAGES
+        if s.name not in ("needle", "long", "lookup", "balance", "pair")
     )  # older streams unchanged
     long = next(s for s in train_vlm.STAGES if s.name == "long")
     assert (
@@ -98,6 +100,24 @@ def test_as_text_puts_each_caption_where_its_image_was() -> None:
         assert f"Image {i}: {caption(s)} ({i})" in got.prompt
     with pytest.raises(ValueError, match="placeholders"):
         train_vlm.as_text(train_vlm.Example(IMAGE_TOKEN, (), "x", "t"))
+
+
+def test_the_pair_stage_asks_both_see_saw_tasks_in_every_batch() -> None:
+    """`Stage.each`: every batch of "pair" holds the needle and ObjectExistence at the batch's image count, the
+    rest drawn from its mix; the stages without it keep their streams."""
+    loaded = build_untrained(SMALL, seed=0)
+    pair = train_vlm.route_stage("pair")
+    assert pair is not None and pair.each == ("ImageNeedleInAHaystack", "ObjectExistence")
+    assert all(not s.each for s in train_vlm.STAGES if s.name != "pair")
+    rng = random.Random(3)
+    for _ in range(3):
+        tasks = train_vlm.batch_tasks(rng, pair, 4)
+        batch = [train_vlm.draw_example(loaded, rng, pair, frozenset(), 17, t) for t in tasks]
+        got = [ex.task for ex in batch]
+        assert got[:2] == list(pair.each) and all(t in pair.tasks for t in got[2:])
+        assert all(len(ex.scenes) >= 17 for ex in batch)
+    with pytest.raises(ValueError, match="smaller than stage 'pair'"):
+        train_vlm.batch_tasks(rng, pair, 1)
 
 
 @pytest.mark.slow

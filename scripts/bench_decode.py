@@ -89,7 +89,7 @@ def main(args: dict[str, str]) -> None:
 
     from akvq import api
     from akvq.attention import register
-    from akvq.bench.memory import copy_bandwidth, load_cache, repeat_cache
+    from akvq.bench.memory import copy_bandwidths, load_cache, repeat_cache
     from akvq.bench.throughput import load, make_policy
     from akvq.cache.layer import AKVQLayer
     from akvq.policies.loader import quant_config
@@ -164,11 +164,10 @@ def main(args: dict[str, str]) -> None:
             }
         )
     samples: dict[tuple[int, int], list[dict[str, float]]] = {}
-    bw: list[float] = []
+    bw: list[dict[int, float]] = []
     try:
         for r in range(rounds + 1):  # round 0 warms up
-            torch.set_num_threads(1)
-            bw.append(copy_bandwidth())
+            bw.append(copy_bandwidths({1, *threads}))
             for nt in threads:
                 torch.set_num_threads(nt)
                 for i, e in enumerate(caches):
@@ -197,7 +196,7 @@ def main(args: dict[str, str]) -> None:
     finally:
         AKVQLayer.update = orig_update
         AttentionInterface.register(register.PACKED, register.packed_attention)
-    copy = statistics.median(bw[1:])
+    copy = {nt: statistics.median(x[nt] for x in bw[1:]) for nt in bw[0]}
     rows = []
     for nt in threads:
         for i, e in enumerate(caches):
@@ -214,6 +213,7 @@ def main(args: dict[str, str]) -> None:
                     "tokens_per_second": e["batch"] / med["wall"],
                     "attention_bytes_per_second": e["kv_bytes"] / med["attention"],
                     "tokens_per_second_rounds": [e["batch"] / x["wall"] for x in s],
+                    "copy_bytes_per_second": copy[nt],
                 }
             )
     # ratios to the fp16 control of the same form and threads (its largest batch: the first such entry)
@@ -232,15 +232,16 @@ def main(args: dict[str, str]) -> None:
             else None
         )
     head = (
-        f"copy probe (STREAM-like, 1 thread): {copy / 1e9:.2f} GB/s\n\n"
-        "| threads | cache | batch | KV GB | s/step | tok/s | x fp16 control | attention s | cache update s "
-        "| rest s | KV read by attention GB/s (x copy) |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "copy probe (STREAM-like, read + write): "
+        + ", ".join(f"{copy[nt] / 1e9:.2f} GB/s on {nt} thread(s)" for nt in sorted(copy))
+        + "\n\n| threads | cache | batch | KV GB | s/step | tok/s | x fp16 control | attention s | cache update s "
+        "| rest s | KV read by attention GB/s (x copy on as many threads) |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = [
         f"| {r['threads']} | {r['quant']} | {r['batch']} | {r['kv_bytes'] / 1e9:.2f} | {r['wall']:.2f} | "
         f"{r['tokens_per_second']:.1f} | {r['x_control']:.2f} | {r['attention']:.2f} | {r['update']:.2f} | "
         f"{r['wall'] - r['attention'] - r['update']:.2f} | {r['attention_bytes_per_second'] / 1e9:.2f} "
-        f"({r['attention_bytes_per_second'] / copy:.2f}) |"
+        f"({r['attention_bytes_per_second'] / r['copy_bytes_per_second']:.2f}) |"
         for r in rows
     ]
     table = head + "\n".join(lines) + "\n"
@@ -258,7 +259,8 @@ def main(args: dict[str, str]) -> None:
     rec = {
         "bench": "decode_interleaved",
         "config": cfg,
-        "copy_bytes_per_second": copy,
+        "copy_bytes_per_second": copy[1],
+        "copy_bytes_per_second_by_threads": {str(nt): v for nt, v in copy.items()},
         "rows": rows,
         "seq_len": prep["seq_len"],
         "wall_seconds": time.time() - t0,

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from akvq.attention import packed_cpu  # noqa: E402
-from akvq.bench.memory import copy_bandwidth  # noqa: E402
+from akvq.bench.memory import copy_bandwidths  # noqa: E402
 from akvq.cache.store import FULL, LOW, TensorStore  # noqa: E402
 from akvq.policies.base import TensorPlan  # noqa: E402
 
@@ -235,10 +235,9 @@ def main(args: dict[str, str]) -> None:
         cases.append((name, b, k, v, nbytes(k) + nbytes(v)))
     q = {b: torch.randn(b, H * G, 1, D) for _, b in entries}
     times: dict[tuple, list[float]] = {}
-    bw: list[float] = []
+    bw: list[dict[int, float]] = []
     for _ in range(rounds):
-        torch.set_num_threads(1)
-        bw.append(copy_bandwidth(512, 5))
+        bw.append(copy_bandwidths({1, *threads}, 512, 5))
         for nt in threads:
             torch.set_num_threads(nt)
             for build in builds:
@@ -249,10 +248,12 @@ def main(args: dict[str, str]) -> None:
                             q[b], k, v, None, 0.125, threads=nt, int8=path == "int8", variant=build
                         )
                         times.setdefault((build, name, b, nt, path), []).append(time.perf_counter() - t)
-    copy = statistics.median(bw)
-    print(f"copy probe: {copy / 1e9:.2f} GB/s (median of {rounds}, read + write)")
+    copy = {nt: statistics.median(x[nt] for x in bw) for nt in bw[0]}
+    probes = ", ".join(f"{copy[nt] / 1e9:.2f} GB/s on {nt} thread(s)" for nt in sorted(copy))
+    print(f"copy probe: {probes} (median of {rounds}, read + write)")
     print(
-        "| build | cache | batch | threads | q in K | ms/call | tokens/s (one layer) | GB/s read | x copy |"
+        "| build | cache | batch | threads | q in K | ms/call | tokens/s (one layer) | GB/s read "
+        "| x copy on as many threads |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for build in builds:
@@ -263,7 +264,7 @@ def main(args: dict[str, str]) -> None:
                     label = path if name == "akvq" else "fp16"
                     print(
                         f"| {build} | {name} | {b} | {nt} | {label} | {1e3 * s:.1f} | {b / s:.0f} | "
-                        f"{nb / s / 1e9:.2f} | {nb / s / copy:.2f} |"
+                        f"{nb / s / 1e9:.2f} | {nb / s / copy[nt]:.2f} |"
                     )
 
 

@@ -202,3 +202,16 @@ def test_bench_decode_rounds_count_each_flush(tmp_path) -> None:  # noqa: ANN001
     assert rec["config"]["steps"] == "8"
     akvq = next(r for r in rec["rows"] if r["quant"] == "akvq_flush8")
     assert akvq["update"] > 0 and akvq["tokens_per_second"] == akvq["batch"] / akvq["wall"]
+    assert akvq["copy_bytes_per_second"] == rec["copy_bytes_per_second_by_threads"]["1"] > 0
+
+
+def test_the_copy_probe_runs_on_each_thread_count_and_restores_torchs() -> None:
+    """A kernel on n threads is compared with a copy on n threads (bench_decode, bench_kernel)."""
+    import torch
+
+    from akvq.bench.memory import copy_bandwidths
+
+    before = torch.get_num_threads()
+    got = copy_bandwidths([2, 1, 2], mib=8, reps=2)
+    assert list(got) == [1, 2] and all(v > 0 for v in got.values())
+    assert torch.get_num_threads() == before

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +168,17 @@ def copy_bandwidth(mib: int = 256, reps: int = 3) -> float:
         b.copy_(a)
         best = min(best, time.perf_counter() - t)
     return 2 * a.numel() * 4 / best
+
+
+def copy_bandwidths(threads: Iterable[int], mib: int = 256, reps: int = 3) -> dict[int, float]:
+    """`copy_bandwidth` at each thread count (torch's count restored after): a kernel on n threads is compared
+    with the copy on n threads, since one core does not saturate the memory bus (here 1 thread ~14 GB/s, 2 ~26)."""
+    before = torch.get_num_threads()
+    try:
+        out = {}
+        for nt in sorted(set(threads)):
+            torch.set_num_threads(nt)
+            out[nt] = copy_bandwidth(mib, reps)
+        return out
+    finally:
+        torch.set_num_threads(before)

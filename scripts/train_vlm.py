@@ -63,12 +63,13 @@ from akvq.synth.bench import (  # noqa: E402
     INSTRUCTIONS,
     MIN_IMAGES,
     TASKS,
+    VAL_SEED,
     Item,
-    bench_scenes,
     caption,
     caption_scene,
     generate,
     make_pool,
+    training_held_out,
 )
 from akvq.synth.draw import Scene, render  # noqa: E402
 from akvq.tasks.generation import chat_text  # noqa: E402
@@ -226,7 +227,8 @@ def draw_example(
     count: int | None = None,
     task: str | None = None,
 ) -> Example:
-    """A caption or question whose images are none of the evaluation root's (`held_out`); redrawn otherwise."""
+    """A caption or question whose images are none of the evaluation or validation root's (`held_out`); redrawn
+    otherwise."""
     while True:
         if stage.kind == "caption":
             scene = caption_scene(rng)
@@ -459,7 +461,7 @@ def train_align(args: argparse.Namespace) -> None:
         gen.set_state(ck["gen"])
         step, history, wall = ck["step"], ck["history"], ck["wall"]
         print(f"resumed at align step {step}")
-    held_out = bench_scenes(EVAL_SEED)
+    held_out = training_held_out()
     eval_scenes = align.held_out_scenes(args.seed, args.eval_images, held_out)
     total = args.align_steps
     t_start = time.time() - wall
@@ -571,7 +573,7 @@ def read(args: argparse.Namespace) -> None:
         raise SystemExit("--read needs --init WEIGHTS")
     loaded = load_synth_vlm(args.init)
     model, tok, proc = loaded.model, loaded.tokenizer, loaded.processor
-    scenes = align.held_out_scenes(args.seed, args.read, bench_scenes(EVAL_SEED))
+    scenes = align.held_out_scenes(args.seed, args.read, training_held_out())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -629,7 +631,7 @@ def train(args: argparse.Namespace) -> None:
     if args.stage != "all" and not (args.resume and ckpt.exists()):
         step = stage_start(args.stage)
         print(f"starting the curriculum at stage {args.stage} (step {step})")
-    held_out = bench_scenes(EVAL_SEED)
+    held_out = training_held_out()
     model.train()
     route = route_stage(args.stage)
     total = last_step(args.stage, args.steps)
@@ -790,9 +792,9 @@ def run_recipe(args: argparse.Namespace) -> Path:
     ]
     for ph in RECIPE:
         seed = args.seed + ph.seed_offset
-        if seed == EVAL_SEED:
+        if seed in (EVAL_SEED, VAL_SEED):
             raise SystemExit(
-                f"--seed {args.seed}: phase {ph.name} would draw from the evaluation seed {EVAL_SEED}"
+                f"--seed {args.seed}: phase {ph.name} would draw from the evaluation or validation seed {seed}"
             )
         done = out / f"{ph.name}.safetensors"
         if done.exists():
@@ -878,8 +880,10 @@ def main() -> None:
     ap.add_argument("--recipe", action="store_true", help="run every phase of RECIPE into OUT (one command)")
     ap.add_argument("--recipe-smoke", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.seed == EVAL_SEED:
-        ap.error(f"--seed {EVAL_SEED} is the evaluation seed; pick another")
+    if args.seed in (EVAL_SEED, VAL_SEED):
+        ap.error(
+            f"--seed {args.seed} is the evaluation or validation seed ({EVAL_SEED}, {VAL_SEED}); pick another"
+        )
     if args.batch < 1 or args.threads < 1 or args.lora_rank < 0 or args.micro_batch < 0:
         ap.error("--batch and --threads must be >= 1, --lora-rank and --micro-batch >= 0")
     each = max((len(s.each) for s in STAGES if args.stage in ("all", s.name)), default=0)

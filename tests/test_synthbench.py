@@ -50,6 +50,15 @@ def test_held_out_scenes_are_exactly_the_roots_images(root: Path) -> None:
     assert len(bench.bench_scenes(7, 3, SMALL)) == files
 
 
+def test_training_never_draws_the_evaluation_or_the_validation_roots_images() -> None:
+    """`training_held_out` holds the standard root's images and the validation root's (`VAL_SEED`, where candidates
+    are chosen), the 1K cell written by `make_synthbench.py --seed 4242 --cells 1K` included."""
+    held = bench.training_held_out()
+    val_1k = bench.bench_scenes(bench.VAL_SEED, 100, {"1K": 1024})
+    assert bench.bench_scenes(bench.EVAL_SEED) <= held and val_1k <= held
+    assert bench.VAL_SEED != bench.EVAL_SEED and len(held) > len(bench.bench_scenes(bench.EVAL_SEED))
+
+
 def test_loads_through_milebench_loader(root: Path) -> None:
     for task in TASKS:
         samples = load_dataset(root, task)

@@ -30,6 +30,9 @@ from akvq.synth.draw import BLACK, COLOURS, SHAPES, SIZE, WHITE, Scene, Shape, r
 
 EVAL_SEED = 2026
 """The standard evaluation seed (what `task=synthbench` generates when no root is given)."""
+VAL_SEED = 4242
+"""The validation root's seed: candidates are chosen on it and reported on `EVAL_SEED`, so a choice among files
+does not tune to the evaluation set (results/vlm/README.md, "A second evaluation set")."""
 
 TOKENS_PER_IMAGE = 16
 """What one image costs in synth-vlm's prompt (64 px / 16 px patches); sets the images per cell."""
@@ -386,6 +389,11 @@ def bench_scenes(
 ) -> frozenset[Scene]:
     """Every image of a benchmark root (without rendering): training rejects items that draw one of these."""
     return frozenset(s for t in tasks for item in bench_items(t, seed, samples, levels) for s in item.scenes)
+
+
+def training_held_out() -> frozenset[Scene]:
+    """Every image training must never draw: the standard evaluation root's and the validation root's."""
+    return bench_scenes(EVAL_SEED) | bench_scenes(VAL_SEED)
 
 
 def write_task(root: Path, task: str, items: list[Item]) -> int:

@@ -90,7 +90,7 @@ def main(args: dict[str, str]) -> None:
     from akvq import api
     from akvq.attention import register
     from akvq.bench.memory import copy_bandwidths, load_cache, repeat_cache
-    from akvq.bench.throughput import load, make_policy
+    from akvq.bench.throughput import load, make_policy, steps_error
     from akvq.cache.layer import AKVQLayer
     from akvq.policies.loader import quant_config
 
@@ -104,13 +104,10 @@ def main(args: dict[str, str]) -> None:
             sys.exit(f"bench_decode: dtype={cfg['dtype']!r}: allowed float32, bfloat16")
         model_cfg["dtype"] = cfg["dtype"]
     quants = {q: quant_config(q) for q in dict.fromkeys(q for q, _, _ in runs)}
-    steps = int(cfg["steps"]) if cfg["steps"].isdigit() else 0
-    for q, qc in quants.items():
-        if steps < 1 or steps % int(qc.get("flush_every", 1)):
-            sys.exit(
-                f"bench_decode: steps={cfg['steps']!r} must be a positive multiple of every entry's flush_every "
-                f"({q}: {qc.get('flush_every', 1)})"
-            )
+    why = steps_error(cfg["steps"], quants)
+    if why:
+        sys.exit(f"bench_decode: {why}")
+    steps = int(cfg["steps"])
     work = ROOT / cfg["work_dir"] / f"{cfg['model']}-{cfg['prompt_len']}"
     if model_cfg["dtype"] != "float32":
         work = work.with_name(f"{work.name}-{model_cfg['dtype']}")

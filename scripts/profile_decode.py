@@ -51,8 +51,17 @@ def main() -> None:
     from akvq import api
     from akvq.attention import register
     from akvq.bench.memory import load_cache, repeat_cache
-    from akvq.bench.throughput import load, make_policy
+    from akvq.bench.throughput import load, make_policy, steps_error
     from akvq.policies.loader import quant_config
+
+    from akvq.errors import ConfigError
+
+    try:
+        why = steps_error(args.steps, {args.quant: quant_config(args.quant)})
+    except ConfigError as e:
+        ap.error(str(e))
+    if why:
+        ap.error(f"--{why}")
 
     path = ROOT / DEFAULTS["work_dir"] / f"{args.model}-{args.prompt_len}" / f"{args.quant}.pt"
     if not path.exists():

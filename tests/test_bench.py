@@ -196,6 +196,15 @@ def test_bench_decode_rounds_count_each_flush(tmp_path) -> None:  # noqa: ANN001
     bad = subprocess.run([*base, "steps=4"], capture_output=True, text=True)
     assert bad.returncode == 1 and "steps='4'" in bad.stderr and "akvq_flush8: 8" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "w").exists()
+    prof = Path(__file__).resolve().parents[1] / "scripts" / "profile_decode.py"
+    bad = subprocess.run(
+        [sys.executable, str(prof), "akvq_flush8", "2", "--steps", "12"], capture_output=True, text=True
+    )
+    assert (
+        bad.returncode == 2
+        and "--steps=12 must be a positive multiple" in bad.stderr
+        and "Traceback" not in bad.stderr
+    )
     ok = subprocess.run([*base, "steps=8", "rounds=1"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr[-2000:]
     rec = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[-1])

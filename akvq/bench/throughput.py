@@ -43,6 +43,17 @@ def make_policy(quant_cfg: dict[str, Any], hp_dtype: str) -> Any:
     return mk(quant_cfg, hp_dtype=hp_dtype)
 
 
+def steps_error(steps: str | int, quants: dict[str, dict[str, Any]]) -> str | None:
+    """Why `steps` timed decode steps would not hold whole flush periods of every cache (None if they do): a cache
+    with `flush_every` n quantizes on one step in n, so timing fewer, or a non-multiple, drops or doubles its flushes."""
+    n = int(steps) if str(steps).isdigit() else 0
+    for q, qc in quants.items():
+        every = int(qc.get("flush_every", 1))
+        if n < 1 or n % every:
+            return f"steps={steps!r} must be a positive multiple of every entry's flush_every ({q}: {every})"
+    return None
+
+
 def build_prompt(loaded: Any, prompt_len: int, vision_share: float = 0.5, seed: int = 0) -> dict[str, Any]:
     """Exactly `prompt_len` tokens, batch 1. Vision models get images (about `vision_share` of the tokens)
     interleaved with text, so TSA layers see both roles; text models get repeated prose."""

@@ -52,9 +52,8 @@ def main() -> None:
     from akvq.attention import register
     from akvq.bench.memory import load_cache, repeat_cache
     from akvq.bench.throughput import load, make_policy, steps_error
-    from akvq.policies.loader import quant_config
-
     from akvq.errors import ConfigError
+    from akvq.policies.loader import quant_config
 
     try:
         why = steps_error(args.steps, {args.quant: quant_config(args.quant)})

@@ -111,13 +111,13 @@ def test_the_pair_stage_asks_both_see_saw_tasks_in_every_batch() -> None:
     assert all(not s.each for s in train_vlm.STAGES if s.name != "pair")
     rng = random.Random(3)
     for _ in range(3):
-        tasks = train_vlm.batch_tasks(rng, pair, 4)
+        tasks = train_vlm.batch_tasks(pair, 4)
         batch = [train_vlm.draw_example(loaded, rng, pair, frozenset(), 17, t) for t in tasks]
         got = [ex.task for ex in batch]
         assert got[:2] == list(pair.each) and all(t in pair.tasks for t in got[2:])
         assert all(len(ex.scenes) >= 17 for ex in batch)
     with pytest.raises(ValueError, match="smaller than stage 'pair'"):
-        train_vlm.batch_tasks(rng, pair, 1)
+        train_vlm.batch_tasks(pair, 1)
 
 
 @pytest.mark.slow

@@ -1,8 +1,9 @@
 """Interpolate two synth-vlm weight files: `(1 - alpha) * A + alpha * B`, adapters merged as weight deltas.
 
-Why: fine-tuning runs from one file trade the needle against ObjectExistence (results/vlm/README.md, the
-see-saw of the lookup/balance candidates). Averaging the weights of two runs from a common start (a "model soup",
-or WiSE-FT's interpolation) often keeps what each learnt; it costs no training, only evaluations.
+Why: two fine-tuning runs from one file seemed to trade the needle against ObjectExistence. Averaging the weights
+of runs from a common start (a "model soup", or WiSE-FT's interpolation) often keeps what each learnt, at the cost
+of evaluations only. Measured here: no gain, and the trade was mostly sampling noise (results/vlm/README.md,
+"A second evaluation set").
 
 The tower and projector are interpolated tensor by tensor (identical when both runs froze them). An adapter's
 delta `scale * B @ A` is interpolated in full and factored again by SVD at `--rank` (default: the larger of the
@@ -63,13 +64,13 @@ def merge(
     r = rank or max(ta.lora_rank, tb.lora_rank)
     if r <= 0:
         raise ValueError(f"--rank must be positive, got {r}")
-    tower = TowerConfig(**{**ta.__dict__, "lora_rank": r, "lora_alpha": ta.lora_alpha})
+    tower = TowerConfig(**{**ta.__dict__, "lora_rank": r})
     scale = tower.lora_alpha / r
     out = {k: (1 - alpha) * sa[k] + alpha * sb[k] for k in sorted(plain_a)}
     worst = 0.0
     for name in sorted(set(da) | set(db)):
-        zero = (da.get(name) if name in da else db[name]) * 0
-        d = (1 - alpha) * da.get(name, zero) + alpha * db.get(name, zero)
+        d = (1 - alpha) * da[name] if name in da else 0.0
+        d = d + alpha * db[name] if name in db else d
         u, s, vh = torch.linalg.svd(d, full_matrices=False)
         k = min(r, s.numel())
         root = s[:k].sqrt()

@@ -41,10 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from akvq.api import cache_kwarg  # noqa: E402
 from akvq.models.sources.synth_vlm import (  # noqa: E402
     IMAGE_TOKEN,
     TOKENS_PER_IMAGE,
@@ -61,6 +63,7 @@ from akvq.synth import align  # noqa: E402
 from akvq.synth.bench import (  # noqa: E402
     EVAL_SEED,
     INSTRUCTIONS,
+    LEVELS,
     MIN_IMAGES,
     TASKS,
     VAL_SEED,
@@ -68,6 +71,7 @@ from akvq.synth.bench import (  # noqa: E402
     caption,
     caption_scene,
     generate,
+    images_for,
     make_pool,
     training_held_out,
 )
@@ -101,6 +105,13 @@ class Stage:
     each: tuple[str, ...] = ()
     """Tasks asked once in every batch, the rest drawn from `tasks`: no step trains one of them alone. With the needle
     and ObjectExistence (`pair`) this moved the needle 81.5 -> 88.5 % over 200 fresh items (results/vlm/README.md)."""
+    tokens: tuple[int, ...] = ()
+    """Prompt lengths (tokens) a batch draws one of; each item then has as many images as the benchmark's cell of that
+    length (`images_for`), instead of a count from `max_images`."""
+    frozen_prefix: bool = False
+    """Gradient only through the tokens after the last image: the images' keys and values are computed without one
+    (`batch_loss`). A full backward at 8K tokens was estimated at 1-2 min an item here; the first `context` run took
+    44 s a step of 8 items at 1K-7.8K tokens (2 threads, bf16)."""
 
 
 NEEDLE_MIX = ("ImageNeedleInAHaystack", "ImageNeedleInAHaystack", *TASKS)
@@ -111,6 +122,9 @@ BALANCE_MIX = (*LOOKUP_MIX, "ObjectExistence")
 """"balance": "lookup" with ObjectExistence twice (it cost the needle 14 paired items: results/vlm/README.md)."""
 PAIR = ("ImageNeedleInAHaystack", "ObjectExistence")
 """"pair": the see-sawing two in every batch (`Stage.each`), the rest of the batch drawn from `LOOKUP_MIX`."""
+CONTEXT = tuple(LEVELS.values())
+""""context": the benchmark's four cell lengths, 1K to 7.8K tokens. The earlier stages train on prompts of ~1K tokens;
+at 7.8K the model answers SceneTransition with <|im_end|> (results/vlm/README.md, "fp16 at 8K")."""
 
 STAGES: tuple[Stage, ...] = (
     Stage("caption", 1500, "caption"),
@@ -124,6 +138,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("lookup", 200, "qa", LOOKUP_MIX, 33, same_count=True, min_images=17, text=0.5),
     Stage("balance", 60, "qa", BALANCE_MIX, 33, same_count=True, min_images=17, text=0.5),
     Stage("pair", 200, "qa", LOOKUP_MIX, 33, same_count=True, min_images=17, text=0.5, each=PAIR),
+    Stage("context", 60, "qa", TASKS, tokens=CONTEXT, frozen_prefix=True),
 )
 """The curriculum: captions, single-image questions on short sequences, then more images per prompt.
 
@@ -136,9 +151,10 @@ images. The answer is the option's text (`Item.target`).
 [1, cap], so most of its prompts are short, while the 1K cell asks with 33 images; "long" continues from
 "needle" with 17-33 images a prompt (`Stage.min_images`). "lookup" continues from "long" once that levels off:
 the needle's misses are the number-to-index lookup over 33 labelled items, so it also asks the reverse.
-"balance" continues from "lookup" with ObjectExistence weighted up again; "pair" asks both in every batch."""
+"balance" continues from "lookup" with ObjectExistence weighted up again; "pair" asks both in every batch.
+"context" asks the four tasks at the benchmark's 1K-8K lengths, the gradient through the question and answer only."""
 
-ROUTES = ("tasks", "needle", "long", "lookup", "balance", "pair")
+ROUTES = ("tasks", "needle", "long", "lookup", "balance", "pair", "context")
 """Stages that run alone (from an `--init` file) and end with themselves; the others run into the next."""
 
 
@@ -207,11 +223,19 @@ def batch_tasks(stage: Stage, batch: int) -> list[str | None]:
     return [*stage.each, *[None] * (batch - len(stage.each))]
 
 
-def draw_item(rng: random.Random, stage: Stage, count: int | None = None, task: str | None = None) -> Item:
-    """One question: `task` or a task of the stage, with `count` images (at least the task's minimum) or a random
-    count in [task minimum, stage maximum]."""
+def draw_item(
+    rng: random.Random,
+    stage: Stage,
+    count: int | None = None,
+    task: str | None = None,
+    tokens: int | None = None,
+) -> Item:
+    """One question: `task` or a task of the stage, with the images of a `tokens`-long prompt, `count` images (at
+    least the task's minimum) or a random count in [task minimum, stage maximum]."""
     task = task or rng.choice(stage.tasks)
-    if count is None:
+    if tokens is not None:
+        n = images_for(task, tokens)
+    elif count is None:
         n = rng.randint(MIN_IMAGES[task], max(MIN_IMAGES[task], stage.max_images))
     else:
         n = max(MIN_IMAGES[task], count)
@@ -226,6 +250,7 @@ def draw_example(
     held_out: frozenset[Scene],
     count: int | None = None,
     task: str | None = None,
+    tokens: int | None = None,
 ) -> Example:
     """A caption or question whose images are none of the evaluation or validation root's (`held_out`); redrawn
     otherwise."""
@@ -234,7 +259,7 @@ def draw_example(
             scene = caption_scene(rng)
             ex = Example(IMAGE_TOKEN + "\n", (scene,), caption(scene) + END, "caption")
         else:
-            item = draw_item(rng, stage, count, task)
+            item = draw_item(rng, stage, count, task, tokens)
             prompt, target = item_text(loaded, item)
             ex = Example(prompt, item.scenes, target, item.task)
             if stage.text and rng.random() < stage.text:
@@ -283,10 +308,33 @@ def make_batch(loaded: Any, examples: list[Example]) -> tuple[dict[str, torch.Te
     return dict(enc), lens
 
 
-def batch_loss(model: Any, enc: dict[str, torch.Tensor], lens: list[int]) -> tuple[torch.Tensor, list[bool]]:
-    """Mean cross-entropy over answer tokens, and whether each answer was the argmax at every token."""
+def batch_loss(
+    model: Any, enc: dict[str, torch.Tensor], lens: list[int], frozen_prefix: bool = False
+) -> tuple[torch.Tensor, list[bool]]:
+    """Mean cross-entropy over answer tokens, and whether each answer was the argmax at every token.
+
+    `frozen_prefix` (`Stage.frozen_prefix`): the tokens up to the last image run first without a gradient, into a
+    cache, then the rest with one; the loss is the same, the gradient skips the images' keys and values."""
     keep = max(lens) + 1
-    out = model(**enc, logits_to_keep=keep)
+    if frozen_prefix and "pixel_values" in enc:
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        images = (ids == model.config.image_token_id).nonzero()
+        split = int(images[:, 1].max()) + 1
+        if ids.shape[1] - split < keep:
+            raise ValueError(f"{ids.shape[1] - split} tokens after the last image; the answer needs {keep}")
+        past = {cache_kwarg(): DynamicCache(config=model.config.get_text_config(decoder=True))}
+        with torch.no_grad():
+            model(
+                ids[:, :split],
+                attention_mask=mask[:, :split],
+                pixel_values=enc["pixel_values"],
+                use_cache=True,
+                logits_to_keep=1,
+                **past,
+            )
+        out = model(ids[:, split:], attention_mask=mask, use_cache=True, logits_to_keep=keep, **past)
+    else:
+        out = model(**enc, logits_to_keep=keep)
     logits = out.logits[:, :-1]  # position t predicts token t+1
     ids = enc["input_ids"][:, -keep + 1 :]
     losses, right = [], []
@@ -298,7 +346,13 @@ def batch_loss(model: Any, enc: dict[str, torch.Tensor], lens: list[int]) -> tup
 
 
 def accumulate(
-    model: Any, loaded: Any, examples: list[Example], micro: int, device: str, bf16: bool = False
+    model: Any,
+    loaded: Any,
+    examples: list[Example],
+    micro: int,
+    device: str,
+    bf16: bool = False,
+    frozen_prefix: bool = False,
 ) -> tuple[torch.Tensor, list[bool], int]:
     """Forward and backward the batch `micro` examples at a time, gradients summed as for the whole batch
     (each chunk's loss weighted by its share of answer tokens). The whole batch of 33-image items with adapters
@@ -309,7 +363,7 @@ def accumulate(
     for enc, lens in chunks:
         enc = {k: v.to(device) for k, v in enc.items()}
         with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16 or device != "cpu"):
-            loss, ok = batch_loss(model, enc, lens)
+            loss, ok = batch_loss(model, enc, lens, frozen_prefix)
         part = loss * (sum(lens) / total)
         part.backward()
         loss_sum += part.detach().float().cpu()
@@ -682,8 +736,10 @@ def train(args: argparse.Namespace) -> None:
         stage = route or stage_at(step)
         done = (step - first) / max(1, total - first)
         count = batch_count(rng, stage, done)
+        budget = rng.choice(stage.tokens) if stage.tokens else None
         examples = [
-            draw_example(loaded, rng, stage, held_out, count, t) for t in batch_tasks(stage, args.batch)
+            draw_example(loaded, rng, stage, held_out, count, t, budget)
+            for t in batch_tasks(stage, args.batch)
         ]
         lr_scale = min(1.0, (step + 1) / args.warmup)
         if args.schedule == "cosine":  # over this run's steps, down to 10 %
@@ -694,7 +750,13 @@ def train(args: argparse.Namespace) -> None:
             g["lr"] = g["base_lr"] * lr_scale
         opt.zero_grad(set_to_none=True)
         loss, right, tokens = accumulate(
-            model, loaded, examples, args.micro_batch or len(examples), args.device, args.bf16
+            model,
+            loaded,
+            examples,
+            args.micro_batch or len(examples),
+            args.device,
+            args.bf16,
+            stage.frozen_prefix,
         )
         torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
         opt.step()

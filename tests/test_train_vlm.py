@@ -253,3 +253,44 @@ def test_a_higher_rank_run_starts_from_the_files_function(tmp_path: Path) -> Non
     add_lora(one.model, 1, 16.0, targets, 28)
     with pytest.raises(KeyError, match="does not fit"):
         train_vlm.load_trained(one.model, path)
+
+
+def test_a_frozen_prefix_keeps_the_loss_and_trains_through_the_question_only() -> None:
+    """`Stage.frozen_prefix`: the images run into a cache without a gradient, the rest with one. The loss is the full
+    forward's; adapters still get a gradient (through the question and answer tokens), but not the same one."""
+    from akvq.models.sources.synth_vlm import add_lora
+
+    loaded = build_untrained(SMALL, seed=0)
+    params = add_lora(loaded.model, 2, 4.0, ("q_proj", "v_proj"), 28)
+    with torch.no_grad():
+        for p in params[1::2]:
+            p.normal_(0, 0.05)
+    stage = next(s for s in train_vlm.STAGES if s.name == "context")
+    assert stage.frozen_prefix and stage.tokens
+    rng = random.Random(7)
+    examples = [
+        train_vlm.draw_example(loaded, rng, stage, frozenset(), task=t, tokens=300)
+        for t in train_vlm.TASKS[:2]
+    ]
+    grads, losses = [], []
+    for frozen in (False, True):
+        for p in params:
+            p.grad = None
+        loss, _, _ = train_vlm.accumulate(loaded.model, loaded, examples, 2, "cpu", frozen_prefix=frozen)
+        grads.append(torch.cat([p.grad.flatten() for p in params]))
+        losses.append(float(loss))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    assert float(grads[1].abs().max()) > 0
+    assert not torch.allclose(grads[0], grads[1])
+
+
+def test_the_context_stage_asks_at_the_benchmarks_cell_lengths() -> None:
+    """A `tokens` stage gives each item the image count of the benchmark's cell of that length, per task."""
+    from akvq.synth.bench import LEVELS, images_for
+
+    stage = next(s for s in train_vlm.STAGES if s.name == "context")
+    assert "context" in train_vlm.ROUTES and set(stage.tokens) == set(LEVELS.values())
+    rng = random.Random(1)
+    for task in train_vlm.TASKS:
+        item = train_vlm.draw_item(rng, stage, task=task, tokens=LEVELS["8K"])
+        assert len(item.scenes) == images_for(task, LEVELS["8K"]) > 100

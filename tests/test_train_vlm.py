@@ -22,6 +22,32 @@ from akvq.synth.bench import caption  # noqa: E402
 SMALL = TowerConfig(hidden=64, layers=1, heads=2, mlp=128, lora_rank=0)
 
 
+def _adapted(targets: tuple[str, ...]) -> tuple[object, list[torch.nn.Parameter]]:
+    """The small model with rank-2 adapters whose B is not zero, so that A gets a gradient too."""
+    from akvq.models.sources.synth_vlm import add_lora
+
+    loaded = build_untrained(SMALL, seed=0)
+    params = add_lora(loaded.model, 2, 4.0, targets, 28)
+    with torch.no_grad():
+        for p in params[1::2]:
+            p.normal_(0, 0.05)
+    return loaded, params
+
+
+def _both_ways(
+    loaded: object, params: list[torch.nn.Parameter], examples: list, flag: str
+) -> tuple[list[torch.Tensor], list[float]]:
+    """The adapters' whole gradient and the loss of one batch, with `accumulate`'s `flag` off, then on."""
+    grads, losses = [], []
+    for on in (False, True):
+        for p in params:
+            p.grad = None
+        loss, _, _ = train_vlm.accumulate(loaded.model, loaded, examples, 2, "cpu", **{flag: on})  # type: ignore[attr-defined]
+        grads.append(torch.cat([p.grad.flatten() for p in params]))
+        losses.append(float(loss))
+    return grads, losses
+
+
 def test_routes_end_with_their_own_stage() -> None:
     needle = next(s for s in train_vlm.STAGES if s.name == "needle")
     assert train_vlm.stage_start("needle") == train_vlm.stage_start("tasks") + 600
@@ -174,13 +200,7 @@ def test_the_recipe_runs_every_phase_and_a_rerun_skips_them(
 @pytest.mark.slow
 def test_micro_batches_give_the_whole_batchs_gradient() -> None:
     """`--micro-batch` only saves memory: the summed gradient and the loss are the whole batch's."""
-    from akvq.models.sources.synth_vlm import add_lora
-
-    loaded = build_untrained(SMALL, seed=0)
-    params = add_lora(loaded.model, 2, 4.0, ("q_proj",), 28)
-    with torch.no_grad():
-        for p in params[1::2]:
-            p.normal_(0, 0.05)  # B != 0, so A gets a gradient too
+    loaded, params = _adapted(("q_proj",))
     stage = next(s for s in train_vlm.STAGES if s.name == "needle")
     rng = random.Random(3)
     examples = [train_vlm.draw_example(loaded, rng, stage, frozenset(), 4) for _ in range(3)]
@@ -203,23 +223,11 @@ def test_micro_batches_give_the_whole_batchs_gradient() -> None:
 def test_bf16_autocast_on_cpu_is_the_same_gradient_at_bf16_precision() -> None:
     """`--bf16` (AMX on CPU) only lowers the matmuls' precision: the loss and the adapters' gradient stay the fp32
     path's to bf16 accuracy, and the path really changes (the results are not bit-identical)."""
-    from akvq.models.sources.synth_vlm import add_lora
-
-    loaded = build_untrained(SMALL, seed=0)
-    params = add_lora(loaded.model, 2, 4.0, ("q_proj", "down_proj"), 28)
-    with torch.no_grad():
-        for p in params[1::2]:
-            p.normal_(0, 0.05)
+    loaded, params = _adapted(("q_proj", "down_proj"))
     stage = next(s for s in train_vlm.STAGES if s.name == "needle")
     rng = random.Random(5)
     examples = [train_vlm.draw_example(loaded, rng, stage, frozenset(), 4) for _ in range(2)]
-    grads, losses = [], []
-    for bf16 in (False, True):
-        for p in params:
-            p.grad = None
-        loss, _, _ = train_vlm.accumulate(loaded.model, loaded, examples, 2, "cpu", bf16=bf16)
-        grads.append(torch.cat([p.grad.flatten() for p in params]))
-        losses.append(float(loss))
+    grads, losses = _both_ways(loaded, params, examples, "bf16")
     assert losses[0] == pytest.approx(losses[1], rel=3e-2)
     assert not torch.equal(grads[0], grads[1])
     cos = torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)
@@ -258,13 +266,7 @@ def test_a_higher_rank_run_starts_from_the_files_function(tmp_path: Path) -> Non
 def test_a_frozen_prefix_keeps_the_loss_and_trains_through_the_question_only() -> None:
     """`Stage.frozen_prefix`: the images run into a cache without a gradient, the rest with one. The loss is the full
     forward's; adapters still get a gradient (through the question and answer tokens), but not the same one."""
-    from akvq.models.sources.synth_vlm import add_lora
-
-    loaded = build_untrained(SMALL, seed=0)
-    params = add_lora(loaded.model, 2, 4.0, ("q_proj", "v_proj"), 28)
-    with torch.no_grad():
-        for p in params[1::2]:
-            p.normal_(0, 0.05)
+    loaded, params = _adapted(("q_proj", "v_proj"))
     stage = next(s for s in train_vlm.STAGES if s.name == "context")
     assert stage.frozen_prefix and stage.tokens
     rng = random.Random(7)
@@ -272,13 +274,7 @@ def test_a_frozen_prefix_keeps_the_loss_and_trains_through_the_question_only() -
         train_vlm.draw_example(loaded, rng, stage, frozenset(), task=t, tokens=300)
         for t in train_vlm.TASKS[:2]
     ]
-    grads, losses = [], []
-    for frozen in (False, True):
-        for p in params:
-            p.grad = None
-        loss, _, _ = train_vlm.accumulate(loaded.model, loaded, examples, 2, "cpu", frozen_prefix=frozen)
-        grads.append(torch.cat([p.grad.flatten() for p in params]))
-        losses.append(float(loss))
+    grads, losses = _both_ways(loaded, params, examples, "frozen_prefix")
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
     assert float(grads[1].abs().max()) > 0
     assert not torch.allclose(grads[0], grads[1])

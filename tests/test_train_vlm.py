@@ -8,6 +8,7 @@ import json
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from akvq.synth.bench import caption  # noqa: E402
 SMALL = TowerConfig(hidden=64, layers=1, heads=2, mlp=128, lora_rank=0)
 
 
-def _adapted(targets: tuple[str, ...]) -> tuple[object, list[torch.nn.Parameter]]:
+def _adapted(targets: tuple[str, ...]) -> tuple[Any, list[torch.nn.Parameter]]:
     """The small model with rank-2 adapters whose B is not zero, so that A gets a gradient too."""
     from akvq.models.sources.synth_vlm import add_lora
 
@@ -35,14 +36,14 @@ def _adapted(targets: tuple[str, ...]) -> tuple[object, list[torch.nn.Parameter]
 
 
 def _both_ways(
-    loaded: object, params: list[torch.nn.Parameter], examples: list, flag: str
+    loaded: Any, params: list[torch.nn.Parameter], examples: list[Any], flag: str
 ) -> tuple[list[torch.Tensor], list[float]]:
     """The adapters' whole gradient and the loss of one batch, with `accumulate`'s `flag` off, then on."""
     grads, losses = [], []
     for on in (False, True):
         for p in params:
             p.grad = None
-        loss, _, _ = train_vlm.accumulate(loaded.model, loaded, examples, 2, "cpu", **{flag: on})  # type: ignore[attr-defined]
+        loss, _, _ = train_vlm.accumulate(loaded.model, loaded, examples, 2, "cpu", **{flag: on})
         grads.append(torch.cat([p.grad.flatten() for p in params]))
         losses.append(float(loss))
     return grads, losses

@@ -2,7 +2,7 @@
 
 Why: two fine-tuning runs from one file seemed to trade the needle against ObjectExistence. Averaging the weights
 of runs from a common start (a "model soup", or WiSE-FT's interpolation) often keeps what each learnt, at the cost
-of evaluations only. Measured here: no gain, and the trade was mostly sampling noise (results/vlm/README.md,
+of evaluations only. Measured here: no gain, and the trade was mostly sampling noise (results/vlm/HISTORY.md,
 "A second evaluation set").
 
 The tower and projector are interpolated tensor by tensor (identical when both runs froze them). An adapter's

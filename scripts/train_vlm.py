@@ -4,9 +4,9 @@
     nice -n 19 python scripts/train_vlm.py --out runs/synth-vlm [--seed 0] [--threads 2] [--resume]
     python scripts/train_vlm.py --out runs/synth-vlm --export assets/synth-vlm/synth-vlm.safetensors
 
-`--recipe` runs the phases of `RECIPE` in order (align, tasks, needle, balance, lookup), each in OUT/<phase> from the previous
-phase's export, and writes OUT/synth-vlm.safetensors with its SHA-256; run again after a kill, it skips the
-exported phases and resumes the one in progress.
+`--recipe` runs the phases of `RECIPE` in order (align, tasks, needle, balance, lookup, pair, context), each in
+OUT/<phase> from the previous phase's export, and writes OUT/synth-vlm.safetensors with its SHA-256; run again
+after a kill, it skips the exported phases and resumes the one in progress.
 
 Stage 0, `--stage align` (akvq/synth/align.py): only the tower and projector, trained so that an image's 16
 tokens equal SmolLM2's input embeddings of its description ("            9451"); no LM forward, so it runs
@@ -104,7 +104,7 @@ class Stage:
     cost; the aligned tower makes image tokens read like those captions."""
     each: tuple[str, ...] = ()
     """Tasks asked once in every batch, the rest drawn from `tasks`: no step trains one of them alone. With the needle
-    and ObjectExistence (`pair`) this moved the needle 81.5 -> 88.5 % over 200 fresh items (results/vlm/README.md)."""
+    and ObjectExistence (`pair`) this moved the needle 81.5 -> 88.5 % over 200 fresh items (results/vlm/HISTORY.md)."""
     tokens: tuple[int, ...] = ()
     """Prompt lengths (tokens) a batch draws one of; each item then has as many images as the benchmark's cell of that
     length (`images_for`), instead of a count from `max_images`."""
@@ -112,6 +112,10 @@ class Stage:
     """Gradient only through the tokens after the last image: the images' keys and values are computed without one
     (`batch_loss`). A full backward at 8K tokens was estimated at 1-2 min an item here; the first `context` run took
     44 s a step of 8 items at 1K-7.8K tokens (2 threads, bf16)."""
+    evidence: bool = False
+    """With `frozen_prefix`, the images the answer rests on (`Item.evidence`: the option images, the asked-about one)
+    also run with the gradient, at their place in the long prompt: `context` never trains an image's own keys and
+    values beyond ~1K tokens, and at 8K the needle and Spot-the-Diff stayed near chance after it."""
 
 
 NEEDLE_MIX = ("ImageNeedleInAHaystack", "ImageNeedleInAHaystack", *TASKS)
@@ -119,12 +123,12 @@ NEEDLE_MIX = ("ImageNeedleInAHaystack", "ImageNeedleInAHaystack", *TASKS)
 LOOKUP_MIX = ("ImageNeedleInAHaystack", "ImageNeedleInAHaystack", "NumberAt", *TASKS)
 """"lookup": the needle both ways round (3/7 the needle, 1/7 `NumberAt`) and the other three tasks kept up."""
 BALANCE_MIX = (*LOOKUP_MIX, "ObjectExistence")
-""""balance": "lookup" with ObjectExistence twice (it cost the needle 14 paired items: results/vlm/README.md)."""
+""""balance": "lookup" with ObjectExistence twice (it cost the needle 14 paired items: results/vlm/HISTORY.md)."""
 PAIR = ("ImageNeedleInAHaystack", "ObjectExistence")
 """"pair": the see-sawing two in every batch (`Stage.each`), the rest of the batch drawn from `LOOKUP_MIX`."""
 CONTEXT = tuple(LEVELS.values())
 """"context": the benchmark's four cell lengths, 1K to 7.8K tokens. The earlier stages train on prompts of ~1K tokens;
-at 7.8K the model answers SceneTransition with <|im_end|> (results/vlm/README.md, "fp16 at 8K")."""
+at 7.8K the model answers SceneTransition with <|im_end|> (results/vlm/HISTORY.md, "fp16 at 8K")."""
 
 STAGES: tuple[Stage, ...] = (
     Stage("caption", 1500, "caption"),
@@ -139,6 +143,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("balance", 60, "qa", BALANCE_MIX, 33, same_count=True, min_images=17, text=0.5),
     Stage("pair", 200, "qa", LOOKUP_MIX, 33, same_count=True, min_images=17, text=0.5, each=PAIR),
     Stage("context", 60, "qa", TASKS, tokens=CONTEXT, frozen_prefix=True),
+    Stage("evidence", 60, "qa", TASKS, tokens=CONTEXT, frozen_prefix=True, evidence=True),
 )
 """The curriculum: captions, single-image questions on short sequences, then more images per prompt.
 
@@ -152,9 +157,10 @@ images. The answer is the option's text (`Item.target`).
 "needle" with 17-33 images a prompt (`Stage.min_images`). "lookup" continues from "long" once that levels off:
 the needle's misses are the number-to-index lookup over 33 labelled items, so it also asks the reverse.
 "balance" continues from "lookup" with ObjectExistence weighted up again; "pair" asks both in every batch.
-"context" asks the four tasks at the benchmark's 1K-8K lengths, the gradient through the question and answer only."""
+"context" asks the four tasks at the benchmark's 1K-8K lengths, the gradient through the question and answer only;
+"evidence" the same with the gradient also through the images the answer rests on."""
 
-ROUTES = ("tasks", "needle", "long", "lookup", "balance", "pair", "context")
+ROUTES = ("tasks", "needle", "long", "lookup", "balance", "pair", "context", "evidence")
 """Stages that run alone (from an `--init` file) and end with themselves; the others run into the next."""
 
 
@@ -168,6 +174,8 @@ class Example:
     task: str
     text: bool = False
     """The images are given as their captions (`as_text`); `scenes` stays for the held-out check."""
+    evidence: tuple[int, ...] = ()
+    """The images (1-based) the answer rests on (`Item.evidence`); `Stage.evidence` trains through them."""
 
 
 def stage_start(name: str) -> int:
@@ -261,7 +269,7 @@ def draw_example(
         else:
             item = draw_item(rng, stage, count, task, tokens)
             prompt, target = item_text(loaded, item)
-            ex = Example(prompt, item.scenes, target, item.task)
+            ex = Example(prompt, item.scenes, target, item.task, evidence=item.evidence)
             if stage.text and rng.random() < stage.text:
                 ex = as_text(ex)
         if held_out.isdisjoint(ex.scenes):
@@ -274,7 +282,7 @@ def as_text(ex: Example) -> Example:
     if len(parts) != len(ex.scenes) + 1:
         raise ValueError(f"{len(parts) - 1} image placeholders for {len(ex.scenes)} images")
     text = parts[0] + "".join(caption(s) + p for s, p in zip(ex.scenes, parts[1:], strict=True))
-    return Example(text, ex.scenes, ex.target, ex.task, text=True)
+    return Example(text, ex.scenes, ex.target, ex.task, text=True)  # no images: no evidence to train through
 
 
 def item_text(loaded: Any, item: Item) -> tuple[str, str]:
@@ -308,31 +316,121 @@ def make_batch(loaded: Any, examples: list[Example]) -> tuple[dict[str, torch.Te
     return dict(enc), lens
 
 
+@dataclass(frozen=True)
+class Segment:
+    """Columns [start, stop) of a batch's prefix, run in one forward: with the gradient or not, and the images
+    (indices into the batch's `pixel_values`, row-major as the processor orders them) whose tokens lie in it."""
+
+    start: int
+    stop: int
+    grad: bool
+    images: tuple[int, ...]
+
+
+def image_spans(ids: torch.Tensor, image_token_id: int, per_image: int) -> list[list[tuple[int, int]]]:
+    """Per row, each image's token columns [start, stop), in order (adjacent images' runs split every `per_image`)."""
+    rows = []
+    for row in ids:
+        is_img = (row == image_token_id).int()
+        edges = torch.diff(is_img, prepend=is_img.new_zeros(1), append=is_img.new_zeros(1))
+        starts, stops = (edges == 1).nonzero().flatten().tolist(), (edges == -1).nonzero().flatten().tolist()
+        spans = []
+        for a, b in zip(starts, stops, strict=True):
+            if (b - a) % per_image:
+                raise ValueError(f"an image run of {b - a} tokens is not a multiple of {per_image}")
+            spans += [(c, c + per_image) for c in range(a, b, per_image)]
+        rows.append(spans)
+    return rows
+
+
+def prefix_segments(
+    spans: list[list[tuple[int, int]]], evidence: list[tuple[int, ...]] | None, stop: int
+) -> list[Segment]:
+    """The prefix [0, stop) cut into runs without and with the gradient: the evidence images' columns (1-based per
+    row) get it, widened until no image of any row is cut (rows are padded differently), everything else not."""
+    grad = torch.zeros(stop, dtype=torch.bool)
+    for row, wanted in zip(spans, evidence or [()] * len(spans), strict=True):
+        for j in wanted:
+            if not 1 <= j <= len(row):
+                raise ValueError(f"evidence image {j} of a row with {len(row)} images")
+            grad[row[j - 1][0] : row[j - 1][1]] = True
+    changed = evidence is not None
+    while changed:  # a column range that cuts an image of another row takes the whole image
+        changed = False
+        for a, b in (sp for row in spans for sp in row):
+            if grad[a:b].any() and not grad[a:b].all():
+                grad[a:b], changed = True, True
+    bounds = [0, *(i for i in range(1, stop) if grad[i] != grad[i - 1]), stop]
+    offsets = [sum(len(r) for r in spans[:i]) for i in range(len(spans))]
+    return [
+        Segment(
+            a,
+            b,
+            bool(grad[a]),
+            tuple(
+                o + j
+                for row, o in zip(spans, offsets, strict=True)
+                for j, sp in enumerate(row)
+                if a <= sp[0] < b
+            ),
+        )
+        for a, b in zip(bounds, bounds[1:], strict=False)
+    ]
+
+
 def batch_loss(
-    model: Any, enc: dict[str, torch.Tensor], lens: list[int], frozen_prefix: bool = False
+    model: Any,
+    enc: dict[str, torch.Tensor],
+    lens: list[int],
+    frozen_prefix: bool = False,
+    evidence: list[tuple[int, ...]] | None = None,
 ) -> tuple[torch.Tensor, list[bool]]:
     """Mean cross-entropy over answer tokens, and whether each answer was the argmax at every token.
 
     `frozen_prefix` (`Stage.frozen_prefix`): the tokens up to the last image run first without a gradient, into a
-    cache, then the rest with one; the loss is the same, the gradient skips the images' keys and values."""
+    cache, then the rest with one; the loss is the same, the gradient skips the images' keys and values. With
+    `evidence` (per row, `Stage.evidence`) those images' tokens run with the gradient in between, and their keys and
+    values go back into the cache with it (the gradient does not flow from one such run into a later one)."""
     keep = max(lens) + 1
     if frozen_prefix and "pixel_values" in enc:
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        images = (ids == model.config.image_token_id).nonzero()
-        split = int(images[:, 1].max()) + 1
+        ids, mask, pixels = enc["input_ids"], enc["attention_mask"], enc["pixel_values"]
+        image_id = model.config.image_token_id
+        spans = image_spans(ids, image_id, int((ids == image_id).sum()) // pixels.shape[0])
+        split = max(row[-1][1] for row in spans if row)
         if ids.shape[1] - split < keep:
             raise ValueError(f"{ids.shape[1] - split} tokens after the last image; the answer needs {keep}")
-        past = {cache_kwarg(): DynamicCache(config=model.config.get_text_config(decoder=True))}
-        with torch.no_grad():
-            model(
-                ids[:, :split],
-                attention_mask=mask[:, :split],
-                pixel_values=enc["pixel_values"],
-                use_cache=True,
-                logits_to_keep=1,
-                **past,
-            )
-        out = model(ids[:, split:], attention_mask=mask, use_cache=True, logits_to_keep=keep, **past)
+        cache = DynamicCache(config=model.config.get_text_config(decoder=True))
+        # image slots hold the placeholder's embedding; the model finds them by it and fills in each run's images
+        embeds = model.get_input_embeddings()(ids)
+        kept: list[tuple[int, int, list[tuple[torch.Tensor, torch.Tensor]]]] = []
+        for seg in prefix_segments(spans, evidence, split):
+            with torch.set_grad_enabled(seg.grad):
+                model(
+                    inputs_embeds=embeds[:, seg.start : seg.stop],
+                    attention_mask=mask[:, : seg.stop],
+                    pixel_values=pixels[list(seg.images)] if seg.images else None,
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **{cache_kwarg(): cache},
+                )
+            if seg.grad:
+                rows = [
+                    (ly.keys[:, :, seg.start : seg.stop], ly.values[:, :, seg.start : seg.stop])
+                    for ly in cache.layers
+                ]
+                kept.append((seg.start, seg.stop, rows))
+        # the no-grad runs after a grad run rebuilt the cache without its graph: put the grad runs back
+        for i, layer in enumerate(cache.layers):
+            ks, vs, at = [], [], 0
+            for a, b, rows in kept:
+                ks += [layer.keys[:, :, at:a], rows[i][0]]
+                vs += [layer.values[:, :, at:a], rows[i][1]]
+                at = b
+            layer.keys = torch.cat([*ks, layer.keys[:, :, at:]], dim=-2)
+            layer.values = torch.cat([*vs, layer.values[:, :, at:]], dim=-2)
+        out = model(
+            ids[:, split:], attention_mask=mask, use_cache=True, logits_to_keep=keep, **{cache_kwarg(): cache}
+        )
     else:
         out = model(**enc, logits_to_keep=keep)
     logits = out.logits[:, :-1]  # position t predicts token t+1
@@ -353,17 +451,20 @@ def accumulate(
     device: str,
     bf16: bool = False,
     frozen_prefix: bool = False,
+    evidence: bool = False,
 ) -> tuple[torch.Tensor, list[bool], int]:
     """Forward and backward the batch `micro` examples at a time, gradients summed as for the whole batch
     (each chunk's loss weighted by its share of answer tokens). The whole batch of 33-image items with adapters
     from layer 0 held ~20 GB of activations and was killed for memory on this 24 GB machine."""
-    chunks = [make_batch(loaded, examples[i : i + micro]) for i in range(0, len(examples), micro)]
+    parts = [examples[i : i + micro] for i in range(0, len(examples), micro)]
+    chunks = [make_batch(loaded, part) for part in parts]
     total = sum(sum(lens) for _, lens in chunks)
     loss_sum, right, tokens = torch.zeros(()), [], 0
-    for enc, lens in chunks:
+    for part, (enc, lens) in zip(parts, chunks, strict=True):
         enc = {k: v.to(device) for k, v in enc.items()}
+        wanted = [() if ex.text else ex.evidence for ex in part] if evidence else None
         with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16 or device != "cpu"):
-            loss, ok = batch_loss(model, enc, lens, frozen_prefix)
+            loss, ok = batch_loss(model, enc, lens, frozen_prefix, wanted)
         part = loss * (sum(lens) / total)
         part.backward()
         loss_sum += part.detach().float().cpu()
@@ -757,6 +858,7 @@ def train(args: argparse.Namespace) -> None:
             args.device,
             args.bf16,
             stage.frozen_prefix,
+            stage.evidence,
         )
         torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
         opt.step()
@@ -826,15 +928,19 @@ RECIPE: tuple[Phase, ...] = (
                       "--lora-lr", "3e-4", "--warmup", "10", "--bf16"), "needle", seed_offset=5),
     Phase("lookup", ("--stage", "lookup", *LORA, "--steps", "200", "--micro-batch", "2", "--lora-from", "0",
                      "--lora-lr", "3e-4", "--warmup", "10", "--bf16"), "balance", seed_offset=7),
+    Phase("pair", ("--stage", "pair", *LORA, "--steps", "200", "--micro-batch", "2", "--lora-from", "0",
+                   "--lora-lr", "3e-4", "--warmup", "10", "--bf16"), "lookup", seed_offset=12),
+    Phase("context", ("--stage", "context", *LORA, "--steps", "40", "--micro-batch", "2", "--lora-from", "0",
+                      "--lora-lr", "2e-4", "--warmup", "5", "--bf16"), "pair", seed_offset=15),
 )
 # fmt: on
-"""The committed file's route as one command (results/vlm/README.md: "The second needle run", "A sixth
-candidate", "A seventh candidate"). The hand-run route it replaces steered the alignment's learning rate by hand,
-trained the task stage in two runs under an older prompt layout, and started `balance` from the needle run's
-float16 file (here its float32 export)."""
+"""The committed file's route as one command (results/vlm/HISTORY.md: "The second needle run", "A sixth
+candidate", "A seventh candidate", "A ninth candidate", "A tenth candidate"). The hand-run route it replaces steered
+the alignment's learning rate by hand, trained the task stage in two runs under an older prompt layout, and started
+`balance`, `pair` and `context` from the previous run's float16 file (here its float32 export)."""
 SMOKE = {
     "align": ("--align-steps", "2", "--align-batch", "4", "--eval-images", "4", "--eval-every", "1"),
-    "lm": ("--steps", "1", "--batch", "1"),
+    "lm": ("--steps", "1", "--batch", "2"),  # 2: `pair` asks its two tasks in every batch
 }
 """`--recipe-smoke`: every phase one or two tiny steps (tests the chain, not the weights)."""
 

@@ -170,8 +170,8 @@ def test_a_batch_mixes_text_form_and_image_questions() -> None:
 def test_the_recipe_runs_every_phase_and_a_rerun_skips_them(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`--recipe` chains align -> tasks -> needle -> balance -> lookup through exports (tiny steps here) into a
-    loadable file, each later phase on its own seed as the hand-run route was."""
+    """`--recipe` chains align -> tasks -> needle -> balance -> lookup -> pair -> context through exports (tiny
+    steps here) into a loadable file, each later phase on its own seed as the hand-run route was."""
     from safetensors import safe_open
 
     from akvq.models.sources.synth_vlm import load_synth_vlm
@@ -184,7 +184,7 @@ def test_the_recipe_runs_every_phase_and_a_rerun_skips_them(
         assert (tmp_path / f"{ph.name}.safetensors").exists()
         if ph.name != "align":
             assert json.loads((tmp_path / ph.name / "run.json").read_text())["seed"] == ph.seed_offset
-    assert [ph.seed_offset for ph in train_vlm.RECIPE][-2:] == [5, 7]  # balance seed 5, lookup seed 7
+    assert [ph.seed_offset for ph in train_vlm.RECIPE][-4:] == [5, 7, 12, 15]  # the hand-run route's seeds
     with safe_open(str(final), framework="pt") as f:
         keys = set(f.keys())
         dtypes = {f.get_tensor(k).dtype for k in keys}
@@ -279,6 +279,70 @@ def test_a_frozen_prefix_keeps_the_loss_and_trains_through_the_question_only() -
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
     assert float(grads[1].abs().max()) > 0
     assert not torch.allclose(grads[0], grads[1])
+
+
+def test_prefix_segments_cut_at_whole_images_of_every_row() -> None:
+    """Evidence columns of one row widen over the image they cut in another (left padding differs per row), and
+    each segment names the images inside it, indexed row-major as `pixel_values` is."""
+    ids = torch.zeros(2, 22, dtype=torch.long)
+    for row, starts in ((0, (2, 8, 14)), (1, (4, 8, 16))):  # row 1: two adjacent images, one run of 8
+        for a in starts:
+            ids[row, a : a + 4] = 9
+    spans = train_vlm.image_spans(ids, 9, 4)
+    assert spans == [[(2, 6), (8, 12), (14, 18)], [(4, 8), (8, 12), (16, 20)]]
+    segs = train_vlm.prefix_segments(spans, [(2,), ()], 20)
+    assert [(g.start, g.stop, g.grad, g.images) for g in segs] == [
+        (0, 8, False, (0, 3)),
+        (8, 12, True, (1, 4)),
+        (12, 20, False, (2, 5)),
+    ]
+    shifted = [[(2, 6), (8, 12), (14, 18)], [(4, 8), (10, 14), (16, 20)]]  # row 1 cuts [8, 12): widen to 14
+    assert [(g.start, g.stop, g.grad) for g in train_vlm.prefix_segments(shifted, [(2,), ()], 20)] == [
+        (0, 8, False),
+        (8, 14, True),
+        (14, 20, False),
+    ]
+    assert [g.images for g in train_vlm.prefix_segments(spans, None, 20)] == [(0, 1, 2, 3, 4, 5)]
+    with pytest.raises(ValueError, match="evidence image 4 of a row with 3 images"):
+        train_vlm.prefix_segments(spans, [(4,), ()], 20)
+
+
+def test_the_evidence_stage_trains_the_answers_images_at_their_place() -> None:
+    """`Stage.evidence`: the loss stays the full forward's, and the gradient now reaches the images the answer rests
+    on (the projector gets one), which the frozen prefix alone never does."""
+    loaded, params = _adapted(("q_proj", "v_proj"))
+    projector = [p.requires_grad_(True) for p in loaded.model.model.multi_modal_projector.parameters()]
+    stage = train_vlm.route_stage("evidence")
+    assert stage is not None and stage.frozen_prefix and stage.evidence and stage.tokens
+    rng = random.Random(7)
+    examples = [
+        train_vlm.draw_example(loaded, rng, stage, frozenset(), task=t, tokens=300)
+        for t in ("ImageNeedleInAHaystack", "ObjectExistence")
+    ]
+    assert all(ex.evidence for ex in examples)
+    features: list[torch.Tensor] = []  # the projector's outputs that carry a gradient, one per forward
+
+    def keep(_m: Any, _i: Any, out: torch.Tensor) -> None:
+        if out.requires_grad:
+            out.retain_grad()
+            features.append(out)
+
+    loaded.model.model.multi_modal_projector.register_forward_hook(keep)
+    results = []
+    for flags in ({}, {"frozen_prefix": True}, {"frozen_prefix": True, "evidence": True}):
+        for p in params + projector:
+            p.grad = None
+        features.clear()
+        loss, _, _ = train_vlm.accumulate(loaded.model, loaded, examples, 2, "cpu", **flags)
+        reach = sum(float(p.grad.abs().sum()) for p in projector if p.grad is not None)
+        results.append((float(loss), torch.cat([p.grad.flatten() for p in params]), reach))
+    (full, g_full, r_full), (frozen, g_frozen, r_frozen), (evid, g_evid, r_evid) = results
+    assert full == pytest.approx(frozen, rel=1e-4) and full == pytest.approx(evid, rel=1e-4)
+    assert r_full > 0 and r_frozen == 0 and r_evid > 0
+    assert not torch.allclose(g_evid, g_frozen) and not torch.allclose(g_evid, g_full)
+    # every run with the gradient, not only the last one before the question, gets it back through the cache
+    assert len(features) > 2  # the needle's four option images lie apart
+    assert all(f.grad is not None and float(f.grad.abs().sum()) > 0 for f in features)
 
 
 def test_the_context_stage_asks_at_the_benchmarks_cell_lengths() -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ EVAL_SEED = 2026
 """The standard evaluation seed (what `task=synthbench` generates when no root is given)."""
 VAL_SEED = 4242
 """The validation root's seed: candidates are chosen on it and reported on `EVAL_SEED`, so a choice among files
-does not tune to the evaluation set (results/vlm/README.md, "A second evaluation set")."""
+does not tune to the evaluation set (results/vlm/HISTORY.md, "A second evaluation set")."""
 
 TOKENS_PER_IMAGE = 16
 """What one image costs in synth-vlm's prompt (64 px / 16 px patches); sets the images per cell."""
@@ -56,6 +56,10 @@ class Item:
     choices: tuple[str, ...]
     answer: str
     level: str = ""
+    evidence: tuple[int, ...] = ()
+    """The images (1-based) a reader must look at to choose among the options: the frames either side of the
+    change, the option images, the asked-about image. Not written to the root; training gives these images'
+    tokens the gradient at long contexts (scripts/train_vlm.py, `Stage.evidence`)."""
 
     @property
     def target(self) -> str:
@@ -93,6 +97,11 @@ def _label_choices(
         wrong = rng.sample(pool, min(3, len(pool)))
     labels = sorted([answer, *wrong])
     return [str(i) for i in labels], str(answer)
+
+
+def _options(choices: list[str]) -> tuple[int, ...]:
+    """The images that image-number options name."""
+    return tuple(int(c) for c in choices)
 
 
 def prefix_free(labels: list[int]) -> bool:
@@ -175,7 +184,8 @@ def scene_transition(rng: random.Random, pool: Any, n: int) -> Item:
     wrong = [f"From {b} to {a}.", f"From {a} to {c}.", f"From {c} to {b}."]
     context = "Frames: " + "".join(f"{{image#{i}}}" for i in range(1, n + 1))
     context += "\nQuestion: What is the scene transition in the video?"
-    return Item("SceneTransition", context, tuple(scenes), tuple(_shuffled(rng, right, wrong)), right)
+    choices = tuple(_shuffled(rng, right, wrong))
+    return Item("SceneTransition", context, tuple(scenes), choices, right, evidence=(k, k + 1))
 
 
 def spot_the_diff(rng: random.Random, pool: Any, n: int) -> Item:
@@ -185,7 +195,7 @@ def spot_the_diff(rng: random.Random, pool: Any, n: int) -> Item:
     scenes = [rng.choice(pool[(kind, odd if i == pos else colour)]) for i in range(1, n + 1)]
     choices, answer = _label_choices(rng, n, pos)
     context = _labelled(n) + "Question: All images but one show the same colour. Which image is different?"
-    return Item("Spot-the-Diff", context, tuple(scenes), tuple(choices), answer)
+    return Item("Spot-the-Diff", context, tuple(scenes), tuple(choices), answer, evidence=_options(choices))
 
 
 def image_needle(rng: random.Random, pool: Any, n: int) -> Item:
@@ -202,7 +212,9 @@ def image_needle(rng: random.Random, pool: Any, n: int) -> Item:
     choices, answer = _label_choices(rng, n, spots[member], [s for i, s in enumerate(spots) if i != member])
     number = family[member].text
     context = _labelled(n) + f"Question: Which image shows the number {number}?"
-    return Item("ImageNeedleInAHaystack", context, tuple(scenes), tuple(choices), answer)
+    return Item(
+        "ImageNeedleInAHaystack", context, tuple(scenes), tuple(choices), answer, evidence=_options(choices)
+    )
 
 
 def _describe(scene: Scene) -> tuple[str, str]:
@@ -233,7 +245,7 @@ def object_existence(rng: random.Random, pool: Any, n: int) -> Item:
     q = rng.randint(1, n)
     choices, right = _object_options(rng, *_describe(scenes[q - 1]))
     context = _labelled(n) + f"Question: What object is shown in Image {q}?"
-    return Item("ObjectExistence", context, tuple(scenes), tuple(choices), right)
+    return Item("ObjectExistence", context, tuple(scenes), tuple(choices), right, evidence=(q,))
 
 
 def read_number(rng: random.Random, pool: Any, n: int) -> Item:
@@ -354,7 +366,7 @@ def generate(task: str, rng: random.Random, pool: Any, n: int, level: str = "") 
     if n < MIN_IMAGES[task]:
         raise ValueError(f"{task} needs at least {MIN_IMAGES[task]} images, got {n}")
     item = GENERATORS[task](rng, pool, n)
-    return Item(item.task, item.context, item.scenes, item.choices, item.answer, level)
+    return replace(item, level=level)
 
 
 # --------------------------------------------------------------------------------------------------- writing

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every synth-vlm table of results/vlm/README.md on one weights file, for shipping a new file (issue #12).
 #
-#   bash scripts/vlm_tables.sh RECORDS     # ~2 h wall on 2 CPU threads (2026-12-02); a GPU: minutes
+#   bash scripts/vlm_tables.sh RECORDS     # ~2 h 40 min wall on 2 CPU threads (2026-12-03); a GPU: minutes
 #
 # Runs on the committed file (configs/model/synth-vlm.yaml): ship first (copy the file into assets/synth-vlm/, its
 # sha256 into the YAML), so every table, the profiler included, reads the same weights. RECORDS: the jsonl every
@@ -15,7 +15,7 @@ R=${1:?records file}
 PY=${PY:-.venv/bin/python}
 ROOTS=${SB_ROOTS:-/tmp}
 
-for spec in sb1K100:1K:100 sb1K:1K:20 sb2K:2K:20 sb8K:8K:5; do
+for spec in sb1K100:1K:100 sb1K:1K:20 sb2K:2K:20 sb4K20:4K:20 sb8K20:8K:20; do
   IFS=: read -r name cell n <<<"$spec"
   [ -d "$ROOTS/$name" ] || $PY scripts/make_synthbench.py "$ROOTS/$name" --seed 2026 --samples "$n" --cells "$cell"
 done
@@ -32,6 +32,7 @@ run() {  # QUANT LIMIT ROOT
 lane_a() {  # the method table and ladder at 1K (100 per task), then 2K for fp16
   for q in fp16 rtn2 kivi2 skvq smoothquant; do run $q 100 "$ROOTS/sb1K100"; done
   run fp16 20 "$ROOTS/sb2K"
+  run fp16 20 "$ROOTS/sb4K20"
   for q in akvq_roles_v2_t2 akvq_roles_v4_t2 akvq_roles_v2_t4; do run $q 20 "$ROOTS/sb1K"; done
   $PY scripts/profile_layers.py --model synth-vlm --milebench-root "$ROOTS/sb1K" --dataset ObjectExistence \
     --samples 8 --length 1024 --sweep --out results/saliency/synth-vlm/ObjectExistence
@@ -41,7 +42,7 @@ lane_b() {
   run akvq 20 "$ROOTS/sb2K"
   run fp16 20 "$ROOTS/sb1K"
   for q in akvq_roles_v4_t4 akvq_roles_v1_t4 akvq_roles_v1_t2; do run $q 20 "$ROOTS/sb1K"; done
-  run fp16 5 "$ROOTS/sb8K"
+  run fp16 20 "$ROOTS/sb8K20"  # ~26 s an item at 7.8K tokens
 }
 lane_a > "${R%.jsonl}_lane_a.log" 2>&1 &
 lane_b > "${R%.jsonl}_lane_b.log" 2>&1 &

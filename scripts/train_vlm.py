@@ -113,9 +113,15 @@ class Stage:
     (`batch_loss`). A full backward at 8K tokens was estimated at 1-2 min an item here; the first `context` run took
     44 s a step of 8 items at 1K-7.8K tokens (2 threads, bf16)."""
     evidence: bool = False
-    """With `frozen_prefix`, the images the answer rests on (`Item.evidence`: the option images, the asked-about one)
-    also run with the gradient, at their place in the long prompt: `context` never trains an image's own keys and
-    values beyond ~1K tokens, and at 8K the needle and Spot-the-Diff stayed near chance after it."""
+    """With `frozen_prefix` (required), the images the answer rests on (`Item.evidence`: the option images, the
+    asked-about one) also run with the gradient, at their place in the long prompt: `context` never trains an image's
+    own keys and values beyond ~1K tokens, and at 8K the needle and Spot-the-Diff stayed near chance after it."""
+
+    def __post_init__(self) -> None:
+        if self.evidence and not self.frozen_prefix:
+            raise ValueError(
+                f"stage {self.name!r}: evidence trains through a frozen prefix; set frozen_prefix too"
+            )
 
 
 NEEDLE_MIX = ("ImageNeedleInAHaystack", "ImageNeedleInAHaystack", *TASKS)
@@ -360,7 +366,7 @@ def prefix_segments(
         for a, b in (sp for row in spans for sp in row):
             if grad[a:b].any() and not grad[a:b].all():
                 grad[a:b], changed = True, True
-    bounds = [0, *(i for i in range(1, stop) if grad[i] != grad[i - 1]), stop]
+    bounds = [0, *((grad[1:] != grad[:-1]).nonzero().flatten() + 1).tolist(), stop]
     offsets = [sum(len(r) for r in spans[:i]) for i in range(len(spans))]
     return [
         Segment(
@@ -392,6 +398,8 @@ def batch_loss(
     `evidence` (per row, `Stage.evidence`) those images' tokens run with the gradient in between, and their keys and
     values go back into the cache with it (the gradient does not flow from one such run into a later one)."""
     keep = max(lens) + 1
+    if evidence is not None and not frozen_prefix:
+        raise ValueError("evidence images train through a frozen prefix: set frozen_prefix too")
     if frozen_prefix and "pixel_values" in enc:
         ids, mask, pixels = enc["input_ids"], enc["attention_mask"], enc["pixel_values"]
         image_id = model.config.image_token_id
@@ -420,7 +428,7 @@ def batch_loss(
                 ]
                 kept.append((seg.start, seg.stop, rows))
         # the no-grad runs after a grad run rebuilt the cache without its graph: put the grad runs back
-        for i, layer in enumerate(cache.layers):
+        for i, layer in enumerate(cache.layers if kept else []):
             ks, vs, at = [], [], 0
             for a, b, rows in kept:
                 ks += [layer.keys[:, :, at:a], rows[i][0]]

@@ -305,6 +305,10 @@ def test_prefix_segments_cut_at_whole_images_of_every_row() -> None:
     assert [g.images for g in train_vlm.prefix_segments(spans, None, 20)] == [(0, 1, 2, 3, 4, 5)]
     with pytest.raises(ValueError, match="evidence image 4 of a row with 3 images"):
         train_vlm.prefix_segments(spans, [(4,), ()], 20)
+    with pytest.raises(ValueError, match="frozen prefix"):
+        train_vlm.batch_loss(None, {}, [1], frozen_prefix=False, evidence=[()])
+    with pytest.raises(ValueError, match="frozen prefix"):
+        train_vlm.Stage("x", 1, "qa", evidence=True)
 
 
 def test_the_evidence_stage_trains_the_answers_images_at_their_place() -> None:

@@ -57,6 +57,7 @@ from akvq.models.sources.synth_vlm import (  # noqa: E402
     save_trained,
     trained_state,
 )
+from akvq.native import native_bf16  # noqa: E402
 from akvq.paths import atomic_open  # noqa: E402
 from akvq.records import git_rev  # noqa: E402
 from akvq.synth import align  # noqa: E402
@@ -953,6 +954,14 @@ SMOKE = {
 """`--recipe-smoke`: every phase one or two tiny steps (tests the chain, not the weights)."""
 
 
+def phase_args(ph: Phase, device: str, bf16_ok: bool) -> tuple[str, ...]:
+    """The phase's arguments, without `--bf16` on a CPU that would emulate it (the numbers then differ from the
+    shipped route's by fp32 rounding; the phase's run.json records which ran)."""
+    if device != "cpu" or bf16_ok:
+        return ph.args
+    return tuple(a for a in ph.args if a != "--bf16")
+
+
 def run_recipe(args: argparse.Namespace) -> Path:
     """Run or finish every phase of `RECIPE`; returns OUT/synth-vlm.safetensors."""
     out = Path(args.out)
@@ -966,6 +975,11 @@ def run_recipe(args: argparse.Namespace) -> Path:
         "--ckpt-minutes",
         str(args.ckpt_minutes),
     ]
+    bf16_ok = native_bf16()
+    if args.device == "cpu" and not bf16_ok:
+        print(
+            "recipe: no AMX-BF16/AVX512-BF16 on this CPU: phases run in fp32 (emulated bf16 is ~10x slower)"
+        )
     for ph in RECIPE:
         seed = args.seed + ph.seed_offset
         if seed in (EVAL_SEED, VAL_SEED):
@@ -977,7 +991,8 @@ def run_recipe(args: argparse.Namespace) -> Path:
             print(f"recipe: {ph.name} already exported ({done})", flush=True)
             continue
         run_dir = out / ph.name
-        argv = [*me, "--out", str(run_dir), "--seed", str(seed), *common, *ph.args]
+        pa = phase_args(ph, args.device, bf16_ok)
+        argv = [*me, "--out", str(run_dir), "--seed", str(seed), *common, *pa]
         if ph.init is not None:
             argv += ["--init", str(out / f"{ph.init}.safetensors")]
         if (run_dir / ("align.pt" if ph.name == "align" else "ckpt.pt")).exists():
@@ -1065,6 +1080,10 @@ def main() -> None:
     each = max((len(s.each) for s in STAGES if args.stage in ("all", s.name)), default=0)
     if args.batch < each:
         ap.error(f"--batch must be >= {each}: stage {args.stage!r} asks {each} tasks in every batch")
+    if args.bf16 and args.device == "cpu" and not native_bf16():
+        print(
+            "--bf16: no AMX-BF16/AVX512-BF16 on this CPU: bf16 autocast is emulated (~10x slower than fp32)"
+        )
     if args.recipe:
         run_recipe(args)
         return

@@ -36,7 +36,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -798,6 +798,8 @@ def train(args: argparse.Namespace) -> None:
     held_out = training_held_out()
     model.train()
     route = route_stage(args.stage)
+    if route is not None and args.cells:
+        route = replace(route, tokens=tuple(LEVELS[c] for c in args.cells.split(",")))
     total = last_step(args.stage, args.steps)
     first = stage_start(args.stage) if args.stage != "all" else 0
     last_save = time.time()
@@ -834,6 +836,7 @@ def train(args: argparse.Namespace) -> None:
             "steps": step,
             "stage": (route or stage_at(max(0, step - 1))).name,
             "stages": [s.__dict__ for s in STAGES],
+            "tokens": list(route.tokens) if route is not None else None,
             "wall_seconds": round(time.time() - t_start, 1),
             "last_loss_mean50": sum(h["loss"] for h in history[-50:]) / max(1, len(history[-50:])),
             "last_exact_acc200": sum(h["acc"] for h in history[-200:]) / max(1, len(history[-200:])),
@@ -1045,6 +1048,11 @@ def main() -> None:
         choices=("all", "align", *(s.name for s in STAGES)),
         help="align = stage 0 (tower+projector onto the LM's embeddings); a curriculum stage = start there",
     )
+    ap.add_argument(
+        "--cells",
+        default="",
+        help=f"context/evidence: only these benchmark cells' lengths, comma-separated of {','.join(LEVELS)}",
+    )
     ap.add_argument("--align-steps", type=int, default=3000)
     ap.add_argument("--align-batch", type=int, default=64)
     ap.add_argument("--align-lr", type=float, default=1e-3)
@@ -1080,6 +1088,13 @@ def main() -> None:
     each = max((len(s.each) for s in STAGES if args.stage in ("all", s.name)), default=0)
     if args.batch < each:
         ap.error(f"--batch must be >= {each}: stage {args.stage!r} asks {each} tasks in every batch")
+    if args.cells:
+        bad = [c for c in args.cells.split(",") if c not in LEVELS]
+        stage = route_stage(args.stage)
+        if bad or stage is None or not stage.tokens:
+            ap.error(
+                f"--cells {args.cells}: allowed with --stage context or evidence, cells from {', '.join(LEVELS)}"
+            )
     if args.bf16 and args.device == "cpu" and not native_bf16():
         print(
             "--bf16: no AMX-BF16/AVX512-BF16 on this CPU: bf16 autocast is emulated (~10x slower than fp32)"

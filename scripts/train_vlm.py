@@ -209,6 +209,14 @@ def route_stage(name: str) -> Stage | None:
     return next((s for s in STAGES if s.name == name and s.name in ROUTES), None)
 
 
+def run_route(name: str, cells: str = "") -> Stage | None:
+    """The route stage a run trains in, at only the benchmark `cells` given ("1K,2K") when it has lengths."""
+    route = route_stage(name)
+    if route is not None and route.tokens and cells:
+        route = replace(route, tokens=tuple(LEVELS[c] for c in cells.split(",")))
+    return route
+
+
 def last_step(stage: str, steps: int | None) -> int:
     """The curriculum step a run started at `stage` ends at. A route stage is its own run, so `--steps` may be
     longer than its default (the stage then continues); the long curriculum ends where the routes begin."""
@@ -797,9 +805,7 @@ def train(args: argparse.Namespace) -> None:
         print(f"starting the curriculum at stage {args.stage} (step {step})")
     held_out = training_held_out()
     model.train()
-    route = route_stage(args.stage)
-    if route is not None and args.cells:
-        route = replace(route, tokens=tuple(LEVELS[c] for c in args.cells.split(",")))
+    route = run_route(args.stage, args.cells)
     total = last_step(args.stage, args.steps)
     first = stage_start(args.stage) if args.stage != "all" else 0
     last_save = time.time()

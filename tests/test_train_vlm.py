@@ -368,3 +368,23 @@ def test_the_recipe_drops_bf16_only_on_a_cpu_that_would_emulate_it() -> None:
     assert train_vlm.phase_args(ph, "cuda", bf16_ok=False) == ph.args
     emulated = train_vlm.phase_args(ph, "cpu", bf16_ok=False)
     assert "--bf16" not in emulated and len(emulated) == len(ph.args) - 1
+
+
+@pytest.mark.parametrize(
+    "argv", [["--stage", "pair", "--cells", "2K"], ["--stage", "evidence", "--cells", "1K,3K"]]
+)
+def test_cells_is_refused_in_one_line_outside_context_stages_and_levels(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["train_vlm.py", "--out", str(tmp_path), *argv])
+    with pytest.raises(SystemExit):
+        train_vlm.main()
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--cells" in err and "1K, 2K, 4K, 8K" in err and "context or evidence" in err
+    assert not any(tmp_path.iterdir())  # refused before anything ran
+
+
+def test_cells_narrows_the_context_stages_to_those_lengths() -> None:
+    assert train_vlm.run_route("evidence", "1K,2K").tokens == (1024, 2048)
+    assert train_vlm.run_route("evidence").tokens == train_vlm.CONTEXT
+    assert train_vlm.route_stage("evidence").tokens == train_vlm.CONTEXT  # STAGES untouched

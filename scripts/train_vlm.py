@@ -210,11 +210,16 @@ def route_stage(name: str) -> Stage | None:
 
 
 def run_route(name: str, cells: str = "") -> Stage | None:
-    """The route stage a run trains in, at only the benchmark `cells` given ("1K,2K") when it has lengths."""
+    """The route stage a run trains in, at only the benchmark `cells` given ("1K,2K"); cells are refused (ValueError,
+    one line) for a stage without lengths or outside `LEVELS`."""
     route = route_stage(name)
-    if route is not None and route.tokens and cells:
-        route = replace(route, tokens=tuple(LEVELS[c] for c in cells.split(",")))
-    return route
+    if not cells:
+        return route
+    if route is None or not route.tokens or any(c not in LEVELS for c in cells.split(",")):
+        raise ValueError(
+            f"--cells {cells}: allowed with --stage context or evidence, cells from {', '.join(LEVELS)}"
+        )
+    return replace(route, tokens=tuple(LEVELS[c] for c in cells.split(",")))
 
 
 def last_step(stage: str, steps: int | None) -> int:
@@ -1094,13 +1099,10 @@ def main() -> None:
     each = max((len(s.each) for s in STAGES if args.stage in ("all", s.name)), default=0)
     if args.batch < each:
         ap.error(f"--batch must be >= {each}: stage {args.stage!r} asks {each} tasks in every batch")
-    if args.cells:
-        bad = [c for c in args.cells.split(",") if c not in LEVELS]
-        stage = route_stage(args.stage)
-        if bad or stage is None or not stage.tokens:
-            ap.error(
-                f"--cells {args.cells}: allowed with --stage context or evidence, cells from {', '.join(LEVELS)}"
-            )
+    try:
+        run_route(args.stage, args.cells)
+    except ValueError as e:
+        ap.error(str(e))
     if args.bf16 and args.device == "cpu" and not native_bf16():
         print(
             "--bf16: no AMX-BF16/AVX512-BF16 on this CPU: bf16 autocast is emulated (~10x slower than fp32)"

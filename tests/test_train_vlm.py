@@ -388,3 +388,5 @@ def test_cells_narrows_the_context_stages_to_those_lengths() -> None:
     assert train_vlm.run_route("evidence", "1K,2K").tokens == (1024, 2048)
     assert train_vlm.run_route("evidence").tokens == train_vlm.CONTEXT
     assert train_vlm.route_stage("evidence").tokens == train_vlm.CONTEXT  # STAGES untouched
+    with pytest.raises(ValueError, match="context or evidence"):
+        train_vlm.run_route("pair", "1K")

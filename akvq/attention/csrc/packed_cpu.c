@@ -805,6 +805,139 @@ I8_BLOCK(1) I8_BLOCK(2) I8_BLOCK(3) I8_BLOCK(4) I8_BLOCK(5) I8_BLOCK(6) I8_BLOCK
 static const i8_block_fn I8_BLOCKS[9] = {NULL, i8_block_1, i8_block_2, i8_block_3, i8_block_4, i8_block_5,
                                          i8_block_6, i8_block_7, i8_block_8};
 
+#if defined(__AVX2__) && !defined(AKVQ_VNNI)
+/* The key side's common case on AVX2 without VNNI (table 0 of 2 bits, segments of 64k channels): i16_block_body's
+ * "tokens in the lanes" with 8 tokens a block. Lane i of y[j] holds token i's dword j of a 16-byte code chunk (4
+ * loads + 4 inserts + 8 unpacks); each plane of each dword meets one broadcast int8 query dword in a vpmaddubsw
+ * (u8 codes x s8 q -> two s16 per lane) accumulated in 16 bits (per 64 channels at most 16 * 2 * 3 * 127 < 2^15,
+ * so up to 128 channels a segment), one vpmaddwd by ones per segment gives the 8 tokens' dots in int32 lanes: no
+ * horizontal reduction (i8_block_body: a transpose-add tree per query head and 8 tokens). A block holding a text
+ * row (table 1) takes i8_block_body. A block's row pointers and scale/zero halves are gathered one block ahead
+ * (gather8; a sealed block of 8 class-0 rows from two indices). -DAKVQ_LANES8=0: i8_block_body only. */
+#ifndef AKVQ_LANES8
+#define AKVQ_LANES8 1
+#endif
+#define I8V_MAXGR 64
+typedef struct {
+    int n, any1;
+    const uint8_t *row[8];
+    uint16_t sh[I8V_MAXGR][8], zh[I8V_MAXGR][8];
+} g8_t;
+
+static inline void gather8(const tok_t *k, int64_t b, int64_t t, int64_t t1, const uint8_t *zrow, g8_t *r) {
+    const int ngr = k->ngr;
+    const int64_t nb = k->W / 4;
+    r->n = t1 - t < 8 ? (int)(t1 - t) : 8;
+    r->any1 = 0;
+    if (r->n == 8 && t + 8 <= k->ord.S) { /* a sealed block: 8 consecutive rows of one sequence's block */
+        const int64_t r0 = tok_row(&k->ord, t, b);
+        const int32_t a = k->idx[r0];
+        if (a >= 0 && k->idx[r0 + 7] == a + 7) { /* all of class 0 (another class's row would stop the count) */
+            const uint8_t *c0 = k->tab[0].codes + (int64_t)a * nb;
+            const uint16_t *sp = k->tab[0].scale + (int64_t)a * ngr, *zp = k->tab[0].zero + (int64_t)a * ngr;
+            for (int i = 0; i < 8; i++) {
+                r->row[i] = c0 + i * nb;
+                for (int j = 0; j < ngr; j++) { r->sh[j][i] = sp[i * ngr + j]; r->zh[j][i] = zp[i * ngr + j]; }
+            }
+            return;
+        }
+    }
+    for (int i = 0; i < 8; i++) {
+        const int32_t v = i < r->n ? k->idx[tok_row(&k->ord, t + i, b)] : -1;
+        r->any1 |= v < -1;
+        if (v >= 0) {
+            const uint16_t *sr = k->tab[0].scale + (int64_t)v * ngr, *zr = k->tab[0].zero + (int64_t)v * ngr;
+            r->row[i] = k->tab[0].codes + (int64_t)v * nb;
+            for (int j = 0; j < ngr; j++) { r->sh[j][i] = sr[j]; r->zh[j][i] = zr[j]; }
+        } else { /* a 16-bit row, a text row or past the end: zero codes, zero scale */
+            r->row[i] = zrow;
+            for (int j = 0; j < ngr; j++) r->sh[j][i] = r->zh[j][i] = 0;
+        }
+    }
+}
+
+ALWAYS_INLINE void i8v_block_body(const tok_t *k, int G, int64_t b, int64_t t0, int64_t t1, const int8_t *q8,
+                                  int64_t nq, const float *qsc, const float *qz, float *out, int64_t osb, int64_t osg,
+                                  const uint8_t *zrow) {
+    const int H = (int)k->H, D = (int)k->D, seg = k->seg, ns = k->ns, nc = seg / 64;
+    const __m256i m = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
+    g8_t buf[2];
+    gather8(k, b, t0, t1, zrow, &buf[0]);
+    int cur = 0;
+    for (int64_t t = t0; t < t1; t += 8, cur ^= 1) {
+        const g8_t *r = &buf[cur];
+        const int n = r->n;
+        if (t + 8 < t1) gather8(k, b, t + 8, t1, zrow, &buf[cur ^ 1]);
+        if (r->any1) {
+            i8_block_body(k, G, b, t, t + n, q8, nq, qsc, qz, out, osb, osg);
+            continue;
+        }
+        for (int h = 0; h < H; h++) {
+            __m256 res[8];
+            for (int g = 0; g < G; g++) res[g] = _mm256_setzero_ps();
+            for (int s = 0; s < ns; s++) {
+                const int gi = k->gidx[h * ns + s];
+                const __m256 sc = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)r->sh[gi]));
+                const __m256 zz = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)r->zh[gi]));
+                const int64_t off = (h * D + s * seg) / 4;
+                __m256i acc[8];
+                for (int g = 0; g < G; g++) acc[g] = _mm256_setzero_si256();
+                for (int c = 0; c < nc; c++) { /* 16 bytes (64 codes) of each token's row */
+                    /* z[u] holds the rows of tokens u and 4 + u in its two 128-bit lanes; the 4x4 dword transpose
+                     * inside each lane then puts token i's dword j in lane i of y[j] */
+                    __m256i z[4];
+                    for (int u = 0; u < 4; u++)
+                        z[u] = _mm256_inserti128_si256(
+                            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(r->row[u] + off + 16 * c))),
+                            _mm_loadu_si128((const __m128i *)(r->row[4 + u] + off + 16 * c)), 1);
+                    const __m256i a0 = _mm256_unpacklo_epi32(z[0], z[1]), a1 = _mm256_unpackhi_epi32(z[0], z[1]);
+                    const __m256i a2 = _mm256_unpacklo_epi32(z[2], z[3]), a3 = _mm256_unpackhi_epi32(z[2], z[3]);
+                    const __m256i y[4] = {_mm256_unpacklo_epi64(a0, a2), _mm256_unpackhi_epi64(a0, a2),
+                                          _mm256_unpacklo_epi64(a1, a3), _mm256_unpackhi_epi64(a1, a3)};
+                    for (int jj = 0; jj < 4; jj++)
+                        for (int pp = 0; pp < 4; pp++) { /* plane pp of dword jj: q8's dword 4 * pp + jj (i8_pos) */
+                            const __m256i cv = _mm256_and_si256(pp ? _mm256_srli_epi32(y[jj], 2 * pp) : y[jj], m);
+                            for (int g = 0; g < G; g++) {
+                                const int32_t *qd = (const int32_t *)(q8 + ((b * k->H + h) * G + g) * D + s * seg + 64 * c);
+                                acc[g] = _mm256_add_epi16(acc[g], _mm256_maddubs_epi16(cv, _mm256_set1_epi32(qd[4 * pp + jj])));
+                            }
+                        }
+                }
+                for (int g = 0; g < G; g++) {
+                    const __m256 d = _mm256_cvtepi32_ps(_mm256_madd_epi16(acc[g], ones));
+                    const int64_t j = ((b * k->H + h) * G + g) * ns + s;
+                    const __m256 qs = _mm256_set1_ps(qsc[j]), qzz = _mm256_set1_ps(qz[j]);
+                    res[g] = k->float_zero ? _mm256_fmadd_ps(zz, qzz, _mm256_fmadd_ps(_mm256_mul_ps(sc, qs), d, res[g]))
+                                           : _mm256_fmadd_ps(sc, _mm256_fmsub_ps(qs, d, _mm256_mul_ps(zz, qzz)), res[g]);
+                }
+            }
+            for (int g = 0; g < G; g++) {
+                float *o = out + b * osb + (int64_t)(h * G + g) * osg + t;
+                if (n == 8) {
+                    _mm256_storeu_ps(o, res[g]);
+                } else {
+                    float tmp[8];
+                    _mm256_storeu_ps(tmp, res[g]);
+                    for (int i = 0; i < n; i++) o[i] = tmp[i];
+                }
+            }
+        }
+    }
+}
+
+typedef void (*i8v_block_fn)(const tok_t *, int64_t, int64_t, int64_t, const int8_t *, int64_t, const float *,
+                             const float *, float *, int64_t, int64_t, const uint8_t *);
+#define I8V_BLOCK(G)                                                                                                 \
+    static void i8v_block_##G(const tok_t *k, int64_t b, int64_t t0, int64_t t1, const int8_t *q8, int64_t nq,      \
+                              const float *qsc, const float *qz, float *out, int64_t osb, int64_t osg,             \
+                              const uint8_t *zrow) {                                                               \
+        i8v_block_body(k, G, b, t0, t1, q8, nq, qsc, qz, out, osb, osg, zrow);                                       \
+    }
+I8V_BLOCK(1) I8V_BLOCK(2) I8V_BLOCK(3) I8V_BLOCK(4) I8V_BLOCK(5) I8V_BLOCK(6) I8V_BLOCK(7) I8V_BLOCK(8)
+static const i8v_block_fn I8V_BLOCKS[9] = {NULL, i8v_block_1, i8v_block_2, i8v_block_3, i8v_block_4, i8v_block_5,
+                                           i8v_block_6, i8v_block_7, i8v_block_8};
+#endif
+
 #ifdef AKVQ_VNNI
 /* The key side's common case with VNNI (table 0 of 2 bits, segments of 64k channels): 16 tokens at a time with the
  * tokens in the lanes. Their 16-byte code chunks are transposed (4 loads + 12 inserts + 8 unpacks) so that lane i
@@ -1288,6 +1421,9 @@ ALWAYS_INLINE float hmax8(__m256 v) {
 
 #define V8_MAXGR 64 /* scale/zero groups per row the integer value path takes */
 #define V8_HS 16    /* (head, segment) pairs per row whose weights out_v8_body prepares up front (else per pair) */
+#ifndef AKVQ_V8SEAL
+#define AKVQ_V8SEAL 1 /* AVX2 without VNNI: a sealed block's rows found from two indices (out_v8_body) */
+#endif
 #ifndef AKVQ_V8HOIST
 #define AKVQ_V8HOIST 1 /* -DAKVQ_V8HOIST=0: each pair's weights just before its dot products */
 #endif
@@ -1397,6 +1533,24 @@ ALWAYS_INLINE void out_v8_body(const tok_t *k, int G, int64_t b, int64_t t0, int
                 _mm512_storeu_ps(m0 + 16, _mm512_maskz_mov_ps(k1, _mm512_set1_ps(1.0f)));
                 _mm512_storeu_ps(m1, _mm512_setzero_ps());
                 _mm512_storeu_ps(m1 + 16, _mm512_setzero_ps());
+            }
+        }
+#endif
+#ifndef AKVQ_VNNI
+        if (AKVQ_V8SEAL && n == VB && t + VB <= k->ord.S) { /* a sealed block of 2-bit rows: from two indices */
+            const int64_t r0 = tok_row(&k->ord, t, b), nb = k->W / 4;
+            const int32_t a = k->idx[r0];
+            if (a >= 0 && k->idx[r0 + VB - 1] == a + VB - 1 && k->tab[0].bits == 2) {
+                scalar = 0;
+                const uint8_t *c0 = k->tab[0].codes + (int64_t)a * nb;
+                const uint16_t *sp = k->tab[0].scale + (int64_t)a * ngr, *zp = k->tab[0].zero + (int64_t)a * ngr;
+                for (int i = 0; i < VB; i++) {
+                    cl[i] = 0;
+                    row[i] = c0 + i * nb;
+                    m0[i] = 1.0f;
+                    m1[i] = 0.0f;
+                    for (int j = 0; j < ngr; j++) { sh[j][i] = sp[i * ngr + j]; zh[j][i] = zp[i * ngr + j]; }
+                }
             }
         }
 #endif
@@ -1720,6 +1874,10 @@ int akvq_token_scores(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
         uint8_t *zrow = blk16 ? (uint8_t *)calloc((size_t)W + 64, 1) : NULL;
         /* gather16v's byte offsets of scale/zero halves fit int32 lanes */
         const int vec = AKVQ_VGATHER && n_rows * (k.ngr > 1 ? k.ngr : 1) * 2 + 64 < INT32_MAX;
+#else
+        const i8v_block_fn blk8 =
+            AKVQ_LANES8 && bits0 == 2 && seg % 64 == 0 && k.ngr <= I8V_MAXGR ? I8V_BLOCKS[G] : NULL;
+        uint8_t *zrow = blk8 ? (uint8_t *)calloc((size_t)W + 64, 1) : NULL;
 #endif
 #pragma omp parallel for collapse(2) schedule(static) num_threads(nt)
         for (int64_t ci = 0; ci < nch; ci++)
@@ -1730,12 +1888,15 @@ int akvq_token_scores(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
                     blk16(&k, b, t0, t1, q8, nq, qsc, qz, out, osb, osg, zrow, vec);
                     continue;
                 }
+#else
+                if (blk8) {
+                    blk8(&k, b, t0, t1, q8, nq, qsc, qz, out, osb, osg, zrow);
+                    continue;
+                }
 #endif
                 blk(&k, b, t0, t1, q8, nq, qsc, qz, out, osb, osg);
             }
-#ifdef AKVQ_VNNI
         free(zrow);
-#endif
         free(q8);
         free(qsc);
         tok_free(&k);
@@ -2295,6 +2456,9 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
     const int vvec = AKVQ_VGATHER && n_rows * (kv.ngr > 1 ? kv.ngr : 1) * 2 + 64 < INT32_MAX;
 #else
     const int vvec = 0;
+    /* AVX2 without VNNI: the key side's 8-token lanes (i8v_block_body) where its layout allows */
+    const i8v_block_fn kblk8 =
+        AKVQ_LANES8 && packed && kbits0 == 2 && kk.seg % 64 == 0 && kk.ngr <= I8V_MAXGR ? I8V_BLOCKS[G] : NULL;
 #endif
     const out_block_fn vblk = v8 || !packed || G > 3 ? NULL : OUT_BLOCKS[G][vbits0 == 2 ? 0 : vbits0 == 4 ? 1 : 2];
     const out_v8_fn vblk8 = v8 ? OUT_V8S[G] : NULL;
@@ -2320,6 +2484,9 @@ int akvq_token_decode(int64_t n_rows, int64_t B, int64_t H, int64_t G, int64_t D
             float *p = sc - t0; /* p[e * AKVQ_FCH + t] for t in [t0, t1) */
 #ifdef AKVQ_VNNI
             if (kblk16) kblk16(&kk, b, t0, t1, q8, nq, qsc, qz, p, 0, AKVQ_FCH, zrow, kvec);
+            else
+#else
+            if (kblk8) kblk8(&kk, b, t0, t1, q8, nq, qsc, qz, p, 0, AKVQ_FCH, zrow);
             else
 #endif
                 kblk(&kk, b, t0, t1, q8, nq, qsc, qz, p, 0, AKVQ_FCH);

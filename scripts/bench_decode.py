@@ -31,6 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from akvq.bench.cli import key_values  # noqa: E402
 from akvq.bench.throughput import prepare  # noqa: E402
 from akvq.records import git_rev  # noqa: E402
 
@@ -269,4 +270,4 @@ def main(args: dict[str, str]) -> None:
 
 
 if __name__ == "__main__":
-    main({**dict(a.split("=", 1) for a in sys.argv[1:])})
+    main(key_values(sys.argv[1:], (*DEFAULTS, "dtype", "reuse"), __doc__, "bench_decode"))

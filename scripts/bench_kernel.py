@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from akvq.attention import packed_cpu  # noqa: E402
+from akvq.bench.cli import key_values  # noqa: E402
 from akvq.bench.memory import copy_bandwidths  # noqa: E402
 from akvq.cache.store import FULL, LOW, TensorStore  # noqa: E402
 from akvq.policies.base import TensorPlan  # noqa: E402
@@ -269,4 +270,5 @@ def main(args: dict[str, str]) -> None:
 
 
 if __name__ == "__main__":
-    main(dict(a.split("=", 1) for a in sys.argv[1:]))
+    keys = ("breakdown", "cases", "threads", "ctx", "rounds", "paths", "builds")
+    main(key_values(sys.argv[1:], keys, __doc__, "bench_kernel"))

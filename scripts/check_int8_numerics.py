@@ -112,4 +112,6 @@ def main(args: dict[str, str]) -> None:
 
 
 if __name__ == "__main__":
-    main(dict(a.split("=", 1) for a in sys.argv[1:]))
+    from akvq.bench.cli import key_values
+
+    main(key_values(sys.argv[1:], DEFAULTS, __doc__, "check_int8_numerics"))

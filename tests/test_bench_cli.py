@@ -1,0 +1,55 @@
+"""The benchmark scripts' KEY=VALUE arguments: help, and one line for a malformed or unknown argument."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from akvq.bench.cli import key_values
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_key_values_parses_pairs_and_keeps_everything_after_the_first_equals_sign() -> None:
+    got = key_values(["runs=akvq:79,fp16:14", "work_dir=a=b"], ("runs", "work_dir"), "doc", "prog")
+    assert got == {"runs": "akvq:79,fp16:14", "work_dir": "a=b"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["rounds"], "argument 'rounds': expected KEY=VALUE"),
+        (["=3"], "argument '=3'"),
+        (["round=3"], "unknown key 'round'"),
+    ],
+)
+def test_key_values_refuses_in_one_line_naming_the_argument_and_the_keys(
+    argv: list[str], needle: str
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        key_values(argv, ("rounds", "threads"), "doc", "prog")
+    msg = str(e.value.code)
+    assert msg.startswith("prog: ") and needle in msg and "rounds, threads" in msg and "\n" not in msg
+
+
+def test_help_prints_the_docstring_and_the_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        key_values(["--help"], ("b", "a"), "  The script.  ", "prog")
+    assert e.value.code == 0
+    assert capsys.readouterr().out == "The script.\n\nkeys: a, b\n"
+
+
+@pytest.mark.parametrize("script", ["bench_kernel.py", "bench_decode.py", "check_int8_numerics.py"])
+def test_each_script_refuses_an_unknown_key_before_it_loads_anything(script: str) -> None:
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / script), "no_such_key=1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode != 0
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()]  # one line, no traceback
+    assert "unknown key 'no_such_key'" in r.stderr

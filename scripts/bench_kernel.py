@@ -4,6 +4,7 @@ interleaved in one process, plus a STREAM-like copy probe for the machine's memo
     python scripts/bench_kernel.py                       # SmolLM2 shapes (3 KV heads of 64, 9 query heads), 8K
     python scripts/bench_kernel.py cases=akvq:79,fp16:14,akvq:8,fp16:8 threads=1,2 ctx=8192 rounds=5
     python scripts/bench_kernel.py breakdown=8      # CPU time of each piece of one layer's attention, batch 8
+    python scripts/bench_kernel.py breakdown=79 reps=9   # the same at batch 79, median of 9
     python scripts/bench_kernel.py builds=avx512,avx2    # the kernel's builds side by side (default: the best one)
 
 Random K/V (what the kernel reads does not depend on the values), the akvq layout of SmolLM2 (2-bit, groups of
@@ -55,9 +56,10 @@ def nbytes(st: TensorStore) -> int:
 def breakdown(batch: int, ctx: int, reps: int = 5) -> None:
     """Time (one thread, median of `reps`, the pieces interleaved) of each piece of one layer's decode attention:
     the whole call, the C key and value kernels alone (2-bit rows), the 16-bit window in the kernel, the 16-bit
-    pivot rows and WHT in torch, softmax; where akvq's time goes. The key and value kernels also run from a build
-    without prefetching (-DAKVQ_PF=0) and from one with the scalar row gather (-DAKVQ_VGATHER=0), interleaved: what
-    each buys."""
+    pivot rows and WHT in torch, softmax; where akvq's time goes. The whole call and the key and value kernels also
+    run from builds without one optimization each, interleaved: what each buys (-DAKVQ_PF=0: no prefetching; avx512:
+    -DAKVQ_VGATHER=0, the scalar row gather; avx2: -DAKVQ_LANES8=0, keys without tokens in the lanes, and with
+    -DAKVQ_V8SEAL=0 too, the avx2 paths before the fourteenth pass)."""
     from akvq import native
     from akvq.attention import packed_torch as pt
 
@@ -71,14 +73,21 @@ def breakdown(batch: int, ctx: int, reps: int = 5) -> None:
     lib = packed_cpu._lib()
     best = packed_cpu.best_variant()
     ablations = {}  # builds without one optimization each, timed beside the default: what each buys
-    for flag, what in (("-DAKVQ_PF=0", "no prefetch"), ("-DAKVQ_VGATHER=0", "scalar row gather")):
-        flags = (*packed_cpu.FLAGS, *packed_cpu.VARIANTS[best][1], flag)
+    off = [("-DAKVQ_PF=0",), ("-DAKVQ_VGATHER=0",) if best == "avx512" else ("-DAKVQ_LANES8=0",)]
+    off += [("-DAKVQ_LANES8=0", "-DAKVQ_V8SEAL=0")] if best == "avx2" else []
+    what = {"PF": "no prefetch", "VGATHER": "scalar row gather", "LANES8": "keys without tokens in the lanes"}
+    what["LANES8+V8SEAL"] = "the avx2 paths before the fourteenth pass"
+    for flags in off:
+        names = "+".join(f[7:].split("=")[0] for f in flags)
         built, why = native.load(
-            packed_cpu.SOURCE, flags, f"{best}-{flag[7:].split('=')[0].lower()}0", openmp=True
+            packed_cpu.SOURCE,
+            (*packed_cpu.FLAGS, *packed_cpu.VARIANTS[best][1], *flags),
+            f"{best}-{names.lower().replace('+', '-')}0",
+            openmp=True,
         )
         if built is None:
-            raise RuntimeError(f"the {what} build failed: {why}")
-        ablations[f"{what} ({flag})"] = packed_cpu.bind(built)
+            raise RuntimeError(f"the {what[names]} build failed: {why}")
+        ablations[f"{what[names]} ({' '.join(flags)})"] = packed_cpu.bind(built)
     t_all = k.n_q + k.tail_len
     qt = pt._prepare_q(k, qq).float().contiguous()
     sc = torch.empty(batch, H, G, t_all)
@@ -184,6 +193,12 @@ def breakdown(batch: int, ctx: int, reps: int = 5) -> None:
         "fp16 control: two-pass form, whole call": lambda: packed_cpu.packed_decode(
             q, fk, fv, None, 0.125, threads=1, fused=False
         ),
+        **{
+            f"akvq: packed_decode (int8 q), whole call, {w}": (
+                lambda b=b: packed_cpu.fused_decode(q, k, v, None, 0.125, threads=1, lib=b)
+            )
+            for w, b in ablations.items()
+        },
         "akvq: key kernel alone (C, 2-bit rows, int8 q)": key_kernel,
         "akvq: value kernel alone (C, 2-bit rows, u8 weights)": value_kernel,
         "akvq: value kernel alone (C, 2-bit rows, fp32 weights)": lambda: value_kernel(0),
@@ -216,7 +231,7 @@ def breakdown(batch: int, ctx: int, reps: int = 5) -> None:
 
 def main(args: dict[str, str]) -> None:
     if "breakdown" in args:
-        breakdown(int(args["breakdown"]), int(args.get("ctx", 8192)))
+        breakdown(int(args["breakdown"]), int(args.get("ctx", 8192)), int(args.get("reps", 5)))
         return
     entries = [(c.split(":")[0], int(c.split(":")[1])) for c in args.get("cases", "akvq:8,fp16:8").split(",")]
     threads = [int(x) for x in args.get("threads", "1").split(",")]
@@ -270,5 +285,5 @@ def main(args: dict[str, str]) -> None:
 
 
 if __name__ == "__main__":
-    keys = ("breakdown", "cases", "threads", "ctx", "rounds", "paths", "builds")
+    keys = ("breakdown", "reps", "cases", "threads", "ctx", "rounds", "paths", "builds")
     main(key_values(sys.argv[1:], keys, __doc__, "bench_kernel"))

@@ -93,3 +93,39 @@ def test_vnni_build_equals_avx2_build(name: str, groups: int) -> None:
     for fn, arg in ((packed_cpu.store_scores, q), (packed_cpu.store_output, p)):
         a, b = fn(full, arg, variant="avx512"), fn(full, arg, variant="avx2")
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def old_avx2() -> object:
+    """The avx2 build without the fourteenth pass's paths (keys' 8-token lanes, sealed value blocks from two
+    indices): what they replaced."""
+    from akvq import native
+
+    flags = (*packed_cpu.FLAGS, *packed_cpu.VARIANTS["avx2"][1], "-DAKVQ_LANES8=0", "-DAKVQ_V8SEAL=0")
+    lib, why = native.load(packed_cpu.SOURCE, flags, "avx2-lanes8-v8seal0", openmp=True)
+    if lib is None:
+        pytest.skip(f"the old avx2 build: {why}")
+    return packed_cpu.bind(lib)
+
+
+@pytest.mark.parametrize("classes", ["runs", "pivots", "all"])
+@pytest.mark.parametrize("groups", [1, 3, 8])
+@pytest.mark.parametrize("d", [64, 128])
+def test_the_avx2_lanes_are_bit_identical_to_the_old_avx2_paths(
+    old_avx2: object, classes: str, groups: int, d: int
+) -> None:
+    """Same integer sums, same float operations in the same order per token: the fused call's outputs agree bit for
+    bit, on sealed blocks (all 2-bit, with pivots, with text rows) and the token-major rest."""
+    _skip_variant("cpu-avx2")
+    plan = TensorPlan(bits=2, group_size=64, window=7, hadamard=True)
+    text_bits = 4 if classes == "all" else None
+    kst = _store(plan, text_bits, 400, 1, classes, flushes=4, d=d, cls_seed=11)
+    vst = _store(plan, text_bits, 400, 2, classes, flushes=4, d=d, cls_seed=11)
+    assert kst.n_q >= 256  # four sealed blocks of 64 tokens, then token-major rows
+    q = torch.randn(B, H * groups, 1, d, generator=torch.Generator().manual_seed(9))
+    new = packed_cpu.fused_decode(q, kst, vst, None, d**-0.5, variant="avx2")
+    old = packed_cpu.fused_decode(q, kst, vst, None, d**-0.5, lib=old_avx2)
+    assert new is not None and old is not None  # the fused kernel ran
+    assert torch.equal(new, old)
+    ref = reference_decode(q, _views(kst), _views(vst), None, d**-0.5)
+    assert float((new - ref).norm() / ref.norm()) < 2e-2

@@ -401,9 +401,11 @@ def fused_decode(
     scaling: float,
     threads: int | None = None,
     variant: str = "auto",
+    lib: ctypes.CDLL | None = None,
 ) -> torch.Tensor | None:
     """softmax(q K^T * scaling + mask) V in one kernel call (`akvq_token_decode`: online softmax per chunk, no
-    [B, H, G, T] scores in memory), or None where it does not apply (the caller takes the two-kernel form)."""
+    [B, H, G, T] scores in memory), or None where it does not apply (the caller takes the two-kernel form).
+    `lib`: a build loaded by the caller (`bind`), in place of `variant`'s (A/B benchmarks of build flags)."""
     b, hq, _, d = query.shape
     h, g = kstore.num_heads, hq // kstore.num_heads
     n_q, t_all = kstore.n_q, kstore.n_q + kstore.tail_len
@@ -440,7 +442,7 @@ def fused_decode(
             int(st.plan.float_zero),
             None if hp is None else hp.data_ptr(),
         ]
-    rc = _lib(variant).akvq_token_decode(
+    rc = (lib or _lib(variant)).akvq_token_decode(
         n_q * b,
         b,
         h,

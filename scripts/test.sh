@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check akvq hydra_plugins tests scripts run.py
-exec .venv/bin/python -m pytest -q "$@"
+# --durations: every run names its slowest tests, so the suite's budget (well under 15 minutes) is watched
+exec .venv/bin/python -m pytest -q --durations=25 "$@"

@@ -60,7 +60,6 @@ def breakdown(batch: int, ctx: int, reps: int = 5) -> None:
     run from builds without one optimization each, interleaved: what each buys (-DAKVQ_PF=0: no prefetching; avx512:
     -DAKVQ_VGATHER=0, the scalar row gather; avx2: -DAKVQ_LANES8=0, keys without tokens in the lanes, and with
     -DAKVQ_V8SEAL=0 too, the avx2 paths before the fourteenth pass)."""
-    from akvq import native
     from akvq.attention import packed_torch as pt
 
     torch.set_num_threads(1)
@@ -73,21 +72,17 @@ def breakdown(batch: int, ctx: int, reps: int = 5) -> None:
     lib = packed_cpu._lib()
     best = packed_cpu.best_variant()
     ablations = {}  # builds without one optimization each, timed beside the default: what each buys
-    off = [("-DAKVQ_PF=0",), ("-DAKVQ_VGATHER=0",) if best == "avx512" else ("-DAKVQ_LANES8=0",)]
-    off += [("-DAKVQ_LANES8=0", "-DAKVQ_V8SEAL=0")] if best == "avx2" else []
-    what = {"PF": "no prefetch", "VGATHER": "scalar row gather", "LANES8": "keys without tokens in the lanes"}
-    what["LANES8+V8SEAL"] = "the avx2 paths before the fourteenth pass"
-    for flags in off:
-        names = "+".join(f[7:].split("=")[0] for f in flags)
-        built, why = native.load(
-            packed_cpu.SOURCE,
-            (*packed_cpu.FLAGS, *packed_cpu.VARIANTS[best][1], *flags),
-            f"{best}-{names.lower().replace('+', '-')}0",
-            openmp=True,
-        )
+    off = [(("-DAKVQ_PF=0",), "no prefetch")]
+    if best == "avx512":
+        off.append((("-DAKVQ_VGATHER=0",), "scalar row gather"))
+    if best == "avx2":
+        off.append((("-DAKVQ_LANES8=0",), "keys without tokens in the lanes"))
+        off.append((("-DAKVQ_LANES8=0", "-DAKVQ_V8SEAL=0"), "the avx2 paths before the fourteenth pass"))
+    for flags, what in off:
+        built, why = packed_cpu.load_build(best, flags)
         if built is None:
-            raise RuntimeError(f"the {what[names]} build failed: {why}")
-        ablations[f"{what[names]} ({' '.join(flags)})"] = packed_cpu.bind(built)
+            raise RuntimeError(f"the {what} build failed: {why}")
+        ablations[f"{what} ({' '.join(flags)})"] = built
     t_all = k.n_q + k.tail_len
     qt = pt._prepare_q(k, qq).float().contiguous()
     sc = torch.empty(batch, H, G, t_all)

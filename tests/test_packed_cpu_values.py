@@ -99,13 +99,10 @@ def test_vnni_build_equals_avx2_build(name: str, groups: int) -> None:
 def old_avx2() -> object:
     """The avx2 build without the fourteenth pass's paths (keys' 8-token lanes, sealed value blocks from two
     indices): what they replaced."""
-    from akvq import native
-
-    flags = (*packed_cpu.FLAGS, *packed_cpu.VARIANTS["avx2"][1], "-DAKVQ_LANES8=0", "-DAKVQ_V8SEAL=0")
-    lib, why = native.load(packed_cpu.SOURCE, flags, "avx2-lanes8-v8seal0", openmp=True)
+    lib, why = packed_cpu.load_build("avx2", ("-DAKVQ_LANES8=0", "-DAKVQ_V8SEAL=0"))
     if lib is None:
         pytest.skip(f"the old avx2 build: {why}")
-    return packed_cpu.bind(lib)
+    return lib
 
 
 @pytest.mark.parametrize("classes", ["runs", "pivots", "all"])

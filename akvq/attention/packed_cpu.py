@@ -69,8 +69,16 @@ def _lib(variant: str = "auto") -> ctypes.CDLL | None:
     variant = best_variant() if variant == "auto" else variant
     if variant not in VARIANTS:
         raise ValueError(f"kernel variant {variant!r}: expected auto or one of {sorted(VARIANTS)}")
-    lib, _state["reason"] = native.load(SOURCE, (*FLAGS, *VARIANTS[variant][1]), variant, openmp=True)
-    return None if lib is None else bind(lib)
+    lib, _state["reason"] = load_build(variant)
+    return lib
+
+
+def load_build(variant: str, switches: tuple[str, ...] = ()) -> tuple[ctypes.CDLL | None, str]:
+    """`variant`'s build with extra `-D` switches of the kernel's paths (e.g. `-DAKVQ_LANES8=0`), bound, and the
+    loader's message: the one place a build is made, for `_lib` and for A/B benchmarks and tests of old paths."""
+    tag = "-".join([variant, *(f.removeprefix("-DAKVQ_").replace("=", "").lower() for f in switches)])
+    lib, why = native.load(SOURCE, (*FLAGS, *VARIANTS[variant][1], *switches), tag, openmp=True)
+    return (None if lib is None else bind(lib)), why
 
 
 def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
@@ -508,6 +516,7 @@ __all__ = [
     "available",
     "best_variant",
     "fused_decode",
+    "load_build",
     "packed_decode",
     "status",
     "store_output",

@@ -1540,7 +1540,7 @@ ALWAYS_INLINE void out_v8_body(const tok_t *k, int G, int64_t b, int64_t t0, int
         if (AKVQ_V8SEAL && n == VB && t + VB <= k->ord.S) { /* a sealed block of 2-bit rows: from two indices */
             const int64_t r0 = tok_row(&k->ord, t, b), nb = k->W / 4;
             const int32_t a = k->idx[r0];
-            if (a >= 0 && k->idx[r0 + VB - 1] == a + VB - 1 && k->tab[0].bits == 2) {
+            if (a >= 0 && k->idx[r0 + VB - 1] == a + VB - 1) { /* out_v8_ok: table 0 holds 2 bits */
                 scalar = 0;
                 const uint8_t *c0 = k->tab[0].codes + (int64_t)a * nb;
                 const uint16_t *sp = k->tab[0].scale + (int64_t)a * ngr, *zp = k->tab[0].zero + (int64_t)a * ngr;

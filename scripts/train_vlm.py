@@ -964,6 +964,7 @@ the alignment's learning rate by hand, trained the task stage in two runs under 
 SMOKE = {
     "align": ("--align-steps", "2", "--align-batch", "4", "--eval-images", "4", "--eval-every", "1"),
     "lm": ("--steps", "1", "--batch", "2"),  # 2: `pair` asks its two tasks in every batch
+    "context": ("--cells", "1K"),  # the shortest cell: the longest costs a minute a step on a 2-core CPU
 }
 """`--recipe-smoke`: every phase one or two tiny steps (tests the chain, not the weights)."""
 
@@ -976,55 +977,57 @@ def phase_args(ph: Phase, device: str, bf16_ok: bool) -> tuple[str, ...]:
     return tuple(a for a in ph.args if a != "--bf16")
 
 
-def run_recipe(args: argparse.Namespace) -> Path:
-    """Run or finish every phase of `RECIPE`; returns OUT/synth-vlm.safetensors."""
+def phase_argv(ph: Phase, args: argparse.Namespace, bf16_ok: bool) -> list[str]:
+    """The phase's command line after the script's path, as `run_recipe` runs it (`parse_args` accepts it)."""
+    seed = args.seed + ph.seed_offset
+    if seed in (EVAL_SEED, VAL_SEED):
+        raise SystemExit(
+            f"--seed {args.seed}: phase {ph.name} would draw from the evaluation or validation seed {seed}"
+        )
+    out, run_dir = Path(args.out), Path(args.out) / ph.name
+    pa = phase_args(ph, args.device, bf16_ok)
+    argv = ["--out", str(run_dir), "--seed", str(seed), "--threads", str(args.threads)]
+    argv += ["--device", args.device, "--ckpt-minutes", str(args.ckpt_minutes), *pa]
+    if ph.init is not None:
+        argv += ["--init", str(out / f"{ph.init}.safetensors")]
+    if (run_dir / ("align.pt" if ph.name == "align" else "ckpt.pt")).exists():
+        argv.append("--resume")
+    if args.recipe_smoke:
+        argv += SMOKE["align" if ph.name == "align" else "lm"]
+        if "--stage" in pa and pa[pa.index("--stage") + 1] == "context":
+            argv += SMOKE["context"]
+    return argv
+
+
+def run_recipe(args: argparse.Namespace, phases: tuple[Phase, ...] = RECIPE) -> Path:
+    """Run or finish every phase (`RECIPE`: the shipped route); returns OUT/synth-vlm.safetensors, the last phase
+    in float16."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    me = [sys.executable, str(Path(__file__).resolve())]
-    common = [
-        "--threads",
-        str(args.threads),
-        "--device",
-        args.device,
-        "--ckpt-minutes",
-        str(args.ckpt_minutes),
-    ]
     bf16_ok = native_bf16()
     if args.device == "cpu" and not bf16_ok:
         print(
             "recipe: no AMX-BF16/AVX512-BF16 on this CPU: phases run in fp32 (emulated bf16 is ~10x slower)"
         )
-    for ph in RECIPE:
-        seed = args.seed + ph.seed_offset
-        if seed in (EVAL_SEED, VAL_SEED):
-            raise SystemExit(
-                f"--seed {args.seed}: phase {ph.name} would draw from the evaluation or validation seed {seed}"
-            )
+    for ph in phases:
         done = out / f"{ph.name}.safetensors"
         if done.exists():
             print(f"recipe: {ph.name} already exported ({done})", flush=True)
             continue
-        run_dir = out / ph.name
-        pa = phase_args(ph, args.device, bf16_ok)
-        argv = [*me, "--out", str(run_dir), "--seed", str(seed), *common, *pa]
-        if ph.init is not None:
-            argv += ["--init", str(out / f"{ph.init}.safetensors")]
-        if (run_dir / ("align.pt" if ph.name == "align" else "ckpt.pt")).exists():
-            argv.append("--resume")
-        if args.recipe_smoke:
-            argv += SMOKE["align" if ph.name == "align" else "lm"]
+        argv = [sys.executable, str(Path(__file__).resolve()), *phase_argv(ph, args, bf16_ok)]
         print(f"recipe: {shlex.join(argv)}", flush=True)
-        subprocess.run(argv, check=True)
-        stage = ["--stage", "align"] if ph.name == "align" else []
-        subprocess.run([*me, "--out", str(run_dir), *stage, "--export", str(done)], check=True)
+        subprocess.run(argv, check=True)  # a fresh process per phase: its own threads, RNG and memory
+        ckpt = out / ph.name / ("align.pt" if ph.name == "align" else "ckpt.pt")
+        print(f"{done} sha256 {export(ckpt, done)}", flush=True)
     final = out / "synth-vlm.safetensors"  # the shipped file: the last phase in float16 (~half the bytes)
-    sha = export(out / RECIPE[-1].name / "ckpt.pt", final, torch.float16)
+    sha = export(out / phases[-1].name / "ckpt.pt", final, torch.float16)
     print(f"recipe: {final} sha256 {sha}")
     print("recipe: copy it to assets/synth-vlm/ and its sha256 to configs/model/synth-vlm.yaml")
     return final
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked before anything loads: a bad flag stops with one line (SystemExit)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="run directory (ckpt.pt, run.json, loss.png)")
     ap.add_argument("--seed", type=int, default=0)
@@ -1089,7 +1092,7 @@ def main() -> None:
     ap.add_argument("--export-dtype", choices=("float32", "float16"), default="float32")
     ap.add_argument("--recipe", action="store_true", help="run every phase of RECIPE into OUT (one command)")
     ap.add_argument("--recipe-smoke", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.seed in (EVAL_SEED, VAL_SEED):
         ap.error(
             f"--seed {args.seed} is the evaluation or validation seed ({EVAL_SEED}, {VAL_SEED}); pick another"
@@ -1107,6 +1110,11 @@ def main() -> None:
         print(
             "--bf16: no AMX-BF16/AVX512-BF16 on this CPU: bf16 autocast is emulated (~10x slower than fp32)"
         )
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if args.recipe:
         run_recipe(args)
         return

@@ -14,11 +14,13 @@ import torch
 from akvq.synth.bench import EVAL_SEED, write_root
 
 TASK = "SceneTransition"
-CELL = {"1K": 1024}
+CELL = {"512": 512}
+"""Half the benchmark's shortest cell (1K): 22 frames, the same task and seed, half the prefill (CI runs on 2
+cores; the 1K cell made this the suite's slowest test, 250 s)."""
 SAMPLES = 20
 FP16_MIN = 0.9
-"""Floor for fp16 on the 20 held-out samples (seed EVAL_SEED, 1K cell: 52 frames, ~930 tokens); measured 20/20
-(results/vlm/README.md). Chance is 0.25; rtn2 scored 0.10 on the same samples."""
+"""Floor for fp16 on the 20 held-out samples (seed EVAL_SEED); measured 20/20 here and at the 1K cell
+(results/vlm/README.md). Chance is 0.25; rtn2 scored 0/20 on the same samples (0.10 at 1K)."""
 AKVQ_MARGIN = 0.1
 """akvq (the paper's recipe, 2-bit) may lose at most this much against fp16 on the same samples (measured 20/20)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import random
@@ -23,12 +24,29 @@ from akvq.synth.bench import caption  # noqa: E402
 SMALL = TowerConfig(hidden=64, layers=1, heads=2, mlp=128, lora_rank=0)
 
 
-def _adapted(targets: tuple[str, ...]) -> tuple[Any, list[torch.nn.Parameter]]:
-    """The small model with rank-2 adapters whose B is not zero, so that A gets a gradient too."""
+KEEP = (0, 1, 28, 29)
+"""SmolLM2's decoder layers `_adapted` keeps: first and last two (what these tests check does not need depth, and
+30 layers made them a minute each on an AVX2 CPU, where bf16 autocast is emulated)."""
+
+
+@pytest.fixture(scope="module")
+def small() -> Any:
+    """One build of the small model for the module (each build reloads SmolLM2: ~8 s); tests that change it copy."""
+    return build_untrained(SMALL, seed=0)
+
+
+def _adapted(small: Any, targets: tuple[str, ...]) -> tuple[Any, list[torch.nn.Parameter]]:
+    """A copy of the small model, its LM cut to `KEEP`, with rank-2 adapters on the last two layers whose B is
+    not zero, so that A gets a gradient too."""
     from akvq.models.sources.synth_vlm import add_lora
 
-    loaded = build_untrained(SMALL, seed=0)
-    params = add_lora(loaded.model, 2, 4.0, targets, 28)
+    loaded = copy.deepcopy(small)
+    lm = loaded.model.model.language_model
+    lm.layers = torch.nn.ModuleList(lm.layers[i] for i in KEEP)
+    for i, layer in enumerate(lm.layers):
+        layer.self_attn.layer_idx = i  # a cache's slots (a frozen prefix runs into one) follow the order
+    loaded.model.config.text_config.num_hidden_layers = len(KEEP)
+    params = add_lora(loaded.model, 2, 4.0, targets, len(KEEP) - 2)
     with torch.no_grad():
         for p in params[1::2]:
             p.normal_(0, 0.05)
@@ -129,10 +147,10 @@ def test_as_text_puts_each_caption_where_its_image_was() -> None:
         train_vlm.as_text(train_vlm.Example(IMAGE_TOKEN, (), "x", "t"))
 
 
-def test_the_pair_stage_asks_both_see_saw_tasks_in_every_batch() -> None:
+def test_the_pair_stage_asks_both_see_saw_tasks_in_every_batch(small: Any) -> None:
     """`Stage.each`: every batch of "pair" holds the needle and ObjectExistence at the batch's image count, the
     rest drawn from its mix; the stages without it keep their streams."""
-    loaded = build_untrained(SMALL, seed=0)
+    loaded = small
     pair = train_vlm.route_stage("pair")
     assert pair is not None and pair.each == ("ImageNeedleInAHaystack", "ObjectExistence")
     assert all(not s.each for s in train_vlm.STAGES if s.name != "pair")
@@ -148,9 +166,9 @@ def test_the_pair_stage_asks_both_see_saw_tasks_in_every_batch() -> None:
 
 
 @pytest.mark.slow
-def test_a_batch_mixes_text_form_and_image_questions() -> None:
+def test_a_batch_mixes_text_form_and_image_questions(small: Any) -> None:
     """Half the needle stage's questions come as text; a mixed batch has image tokens only for the others."""
-    loaded = build_untrained(SMALL, seed=0)
+    loaded = small
     stage = next(s for s in train_vlm.STAGES if s.name == "needle")
     rng = random.Random(1)
     examples = [train_vlm.draw_example(loaded, rng, stage, frozenset(), 5) for _ in range(24)]
@@ -166,42 +184,71 @@ def test_a_batch_mixes_text_form_and_image_questions() -> None:
     assert lens[0] >= 2
 
 
+def test_every_recipe_phase_is_a_command_the_script_accepts(tmp_path: Path) -> None:
+    """Each phase's command line, as `run_recipe` builds it (shipped and smoke, with and without native bf16),
+    passes the script's own checks; its stage draws questions; it starts from an earlier phase's export."""
+    seen: list[str] = []
+    for ph in train_vlm.RECIPE:
+        assert ph.init is None or ph.init in seen, ph
+        seen.append(ph.name)
+        for smoke in (False, True):
+            for bf16_ok in (False, True):
+                args = argparse.Namespace(
+                    out=tmp_path, seed=0, threads=2, device="cpu", ckpt_minutes=5.0, recipe_smoke=smoke
+                )
+                got = train_vlm.parse_args(train_vlm.phase_argv(ph, args, bf16_ok))
+                assert got.seed == ph.seed_offset and got.out == tmp_path / ph.name
+        if ph.name == "align":
+            assert got.stage == "align"
+            continue
+        stage = train_vlm.run_route(got.stage, got.cells)
+        assert stage is not None, ph
+        rng = random.Random(0)
+        tokens = min(stage.tokens) if stage.tokens else None
+        assert all(train_vlm.draw_item(rng, stage, tokens=tokens).scenes for _ in range(4))
+    assert [ph.seed_offset for ph in train_vlm.RECIPE][-4:] == [5, 7, 12, 15]  # the hand-run route's seeds
+    assert not any(tmp_path.iterdir())  # nothing ran
+
+
 @pytest.mark.slow
-def test_the_recipe_runs_every_phase_and_a_rerun_skips_them(
+def test_the_recipe_chains_its_phases_and_a_rerun_skips_them(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`--recipe` chains align -> tasks -> needle -> balance -> lookup -> pair -> context through exports (tiny
-    steps here) into a loadable file, each later phase on its own seed as the hand-run route was."""
+    """`--recipe` runs align -> an LM phase from align's export -> the context phase (its own seed, the shortest
+    cell) into a loadable float16 file, one tiny step each; the test above checks every phase's command line."""
+    from dataclasses import replace
+
     from safetensors import safe_open
 
     from akvq.models.sources.synth_vlm import load_synth_vlm
 
+    by_name = {ph.name: ph for ph in train_vlm.RECIPE}
+    chain = (by_name["align"], by_name["tasks"], replace(by_name["context"], init="tasks"))
     args = argparse.Namespace(
-        out=tmp_path, seed=0, threads=1, device="cpu", ckpt_minutes=5.0, recipe_smoke=True
+        out=tmp_path, seed=0, threads=2, device="cpu", ckpt_minutes=5.0, recipe_smoke=True
     )
-    final = train_vlm.run_recipe(args)
-    for ph in train_vlm.RECIPE:
+    final = train_vlm.run_recipe(args, chain)
+    for ph in chain:
         assert (tmp_path / f"{ph.name}.safetensors").exists()
         if ph.name != "align":
             assert json.loads((tmp_path / ph.name / "run.json").read_text())["seed"] == ph.seed_offset
-    assert [ph.seed_offset for ph in train_vlm.RECIPE][-4:] == [5, 7, 12, 15]  # the hand-run route's seeds
     with safe_open(str(final), framework="pt") as f:
         keys = set(f.keys())
         dtypes = {f.get_tensor(k).dtype for k in keys}
-    assert any(".layers.0." in k for k in keys) and any(".layers.29." in k for k in keys)  # needle adds 0-3
+    assert any(".layers.0." in k for k in keys) and any(".layers.29." in k for k in keys)  # lora from 0
     assert dtypes == {torch.float16}  # the shipped file is half precision
     sha = hashlib.sha256(final.read_bytes()).hexdigest()
     assert load_synth_vlm(final, sha256=sha).family == "llava"
     capsys.readouterr()
-    train_vlm.run_recipe(args)
-    assert capsys.readouterr().out.count("already exported") == len(train_vlm.RECIPE)
+    train_vlm.run_recipe(args, chain)
+    assert capsys.readouterr().out.count("already exported") == len(chain)
     assert hashlib.sha256(final.read_bytes()).hexdigest() == sha
 
 
 @pytest.mark.slow
-def test_micro_batches_give_the_whole_batchs_gradient() -> None:
+def test_micro_batches_give_the_whole_batchs_gradient(small: Any) -> None:
     """`--micro-batch` only saves memory: the summed gradient and the loss are the whole batch's."""
-    loaded, params = _adapted(("q_proj",))
+    loaded, params = _adapted(small, ("q_proj",))
     stage = next(s for s in train_vlm.STAGES if s.name == "needle")
     rng = random.Random(3)
     examples = [train_vlm.draw_example(loaded, rng, stage, frozenset(), 4) for _ in range(3)]
@@ -221,10 +268,10 @@ def test_micro_batches_give_the_whole_batchs_gradient() -> None:
         assert scale > 0 and float((whole - parts).abs().max()) < 2e-3 * scale
 
 
-def test_bf16_autocast_on_cpu_is_the_same_gradient_at_bf16_precision() -> None:
+def test_bf16_autocast_on_cpu_is_the_same_gradient_at_bf16_precision(small: Any) -> None:
     """`--bf16` (AMX on CPU) only lowers the matmuls' precision: the loss and the adapters' gradient stay the fp32
     path's to bf16 accuracy, and the path really changes (the results are not bit-identical)."""
-    loaded, params = _adapted(("q_proj", "down_proj"))
+    loaded, params = _adapted(small, ("q_proj", "down_proj"))
     stage = next(s for s in train_vlm.STAGES if s.name == "needle")
     rng = random.Random(5)
     examples = [train_vlm.draw_example(loaded, rng, stage, frozenset(), 4) for _ in range(2)]
@@ -264,10 +311,10 @@ def test_a_higher_rank_run_starts_from_the_files_function(tmp_path: Path) -> Non
         train_vlm.load_trained(one.model, path)
 
 
-def test_a_frozen_prefix_keeps_the_loss_and_trains_through_the_question_only() -> None:
+def test_a_frozen_prefix_keeps_the_loss_and_trains_through_the_question_only(small: Any) -> None:
     """`Stage.frozen_prefix`: the images run into a cache without a gradient, the rest with one. The loss is the full
     forward's; adapters still get a gradient (through the question and answer tokens), but not the same one."""
-    loaded, params = _adapted(("q_proj", "v_proj"))
+    loaded, params = _adapted(small, ("q_proj", "v_proj"))
     stage = next(s for s in train_vlm.STAGES if s.name == "context")
     assert stage.frozen_prefix and stage.tokens
     rng = random.Random(7)
@@ -311,10 +358,10 @@ def test_prefix_segments_cut_at_whole_images_of_every_row() -> None:
         train_vlm.Stage("x", 1, "qa", evidence=True)
 
 
-def test_the_evidence_stage_trains_the_answers_images_at_their_place() -> None:
+def test_the_evidence_stage_trains_the_answers_images_at_their_place(small: Any) -> None:
     """`Stage.evidence`: the loss stays the full forward's, and the gradient now reaches the images the answer rests
     on (the projector gets one), which the frozen prefix alone never does."""
-    loaded, params = _adapted(("q_proj", "v_proj"))
+    loaded, params = _adapted(small, ("q_proj", "v_proj"))
     projector = [p.requires_grad_(True) for p in loaded.model.model.multi_modal_projector.parameters()]
     stage = train_vlm.route_stage("evidence")
     assert stage is not None and stage.frozen_prefix and stage.evidence and stage.tokens

@@ -295,9 +295,16 @@ def quant_schema(policy_name: str) -> dict[str, Checker]:
     return out
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """A policy class's resolved annotations, once per class (`get_type_hints` re-evaluates every string
+    annotation on each call: it was most of a sweep plan's validation time)."""
+    return typing.get_type_hints(cls)
+
+
 def _from_annotation(cls: type, name: str) -> Check:
     """A Check from a dataclass field's annotation (int, float, bool, str, list, Optional of those)."""
-    hint = typing.get_type_hints(cls)[name]
+    hint = _hints(cls)[name]
     nullable = False
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:

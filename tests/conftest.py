@@ -15,6 +15,13 @@ from PIL import Image
 torch.set_num_threads(2)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with a `slow` test first, each module's order kept: `scripts/test.sh` runs modules on two workers
+    (pytest-xdist, `--dist loadfile`), and a long module started last would leave one core idle at the end."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
+
+
 @functools.cache
 def tiny(kind: str):
     from akvq.models import build_tiny

@@ -578,6 +578,11 @@ def plot_losses(history: list[dict[str, Any]], path: Path, ylabel: str = "answer
     plt.close(fig)
 
 
+def run_checkpoint(run_dir: Path, stage: str | None) -> Path:
+    """A run's checkpoint: the alignment stage keeps its own (`align.pt`), every LM stage `ckpt.pt`."""
+    return run_dir / ("align.pt" if stage == "align" else "ckpt.pt")
+
+
 def export(ckpt_path: Path, out: Path, dtype: torch.dtype | None = None) -> str:
     """Write the trained tensors of a checkpoint as one safetensors file; returns its SHA-256.
 
@@ -625,7 +630,7 @@ def train_align(args: argparse.Namespace) -> None:
     rng = random.Random(f"synthbench/{args.seed}/all/align")
     gen = torch.Generator().manual_seed(args.seed)
     step, history, wall = 0, [], 0.0
-    ckpt = out / "align.pt"
+    ckpt = run_checkpoint(out, "align")
     if args.init is not None and not (args.resume and ckpt.exists()):
         load_trained(model, args.init)
         rng = random.Random(f"synthbench/{args.seed}/all/align/init")
@@ -792,7 +797,7 @@ def train(args: argparse.Namespace) -> None:
     opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.01)
     rng = random.Random(f"synthbench/{args.seed}/all/train")
     step, history, wall = 0, [], 0.0
-    ckpt = out / "ckpt.pt"
+    ckpt = run_checkpoint(out, args.stage)
     if args.init is not None and not (args.resume and ckpt.exists()):
         step = load_trained(model, args.init)
         rng = random.Random(f"synthbench/{args.seed}/all/train/from{step}")
@@ -990,7 +995,7 @@ def phase_argv(ph: Phase, args: argparse.Namespace, bf16_ok: bool) -> list[str]:
     argv += ["--device", args.device, "--ckpt-minutes", str(args.ckpt_minutes), *pa]
     if ph.init is not None:
         argv += ["--init", str(out / f"{ph.init}.safetensors")]
-    if (run_dir / ("align.pt" if ph.name == "align" else "ckpt.pt")).exists():
+    if run_checkpoint(run_dir, ph.name).exists():
         argv.append("--resume")
     if args.recipe_smoke:
         argv += SMOKE["align" if ph.name == "align" else "lm"]
@@ -1017,10 +1022,9 @@ def run_recipe(args: argparse.Namespace, phases: tuple[Phase, ...] = RECIPE) -> 
         argv = [sys.executable, str(Path(__file__).resolve()), *phase_argv(ph, args, bf16_ok)]
         print(f"recipe: {shlex.join(argv)}", flush=True)
         subprocess.run(argv, check=True)  # a fresh process per phase: its own threads, RNG and memory
-        ckpt = out / ph.name / ("align.pt" if ph.name == "align" else "ckpt.pt")
-        print(f"{done} sha256 {export(ckpt, done)}", flush=True)
+        print(f"{done} sha256 {export(run_checkpoint(out / ph.name, ph.name), done)}", flush=True)
     final = out / "synth-vlm.safetensors"  # the shipped file: the last phase in float16 (~half the bytes)
-    sha = export(out / phases[-1].name / "ckpt.pt", final, torch.float16)
+    sha = export(run_checkpoint(out / phases[-1].name, phases[-1].name), final, torch.float16)
     print(f"recipe: {final} sha256 {sha}")
     print("recipe: copy it to assets/synth-vlm/ and its sha256 to configs/model/synth-vlm.yaml")
     return final
@@ -1119,7 +1123,7 @@ def main() -> None:
         run_recipe(args)
         return
     if args.export is not None:
-        ck = Path(args.out) / ("align.pt" if args.stage == "align" else "ckpt.pt")
+        ck = run_checkpoint(Path(args.out), args.stage)
         print(f"{args.export} sha256 {export(ck, args.export, getattr(torch, args.export_dtype))}")
         return
     if args.read:

@@ -16,7 +16,7 @@ from akvq.synth.bench import EVAL_SEED, write_root
 TASK = "SceneTransition"
 CELL = {"512": 512}
 """Half the benchmark's shortest cell (1K): 22 frames, the same task and seed, half the prefill (CI runs on 2
-cores; the 1K cell made this the suite's slowest test, 250 s)."""
+cores; at the 1K cell this was the suite's second slowest test, 290 s on an AVX2 CPU)."""
 SAMPLES = 20
 FP16_MIN = 0.9
 """Floor for fp16 on the 20 held-out samples (seed EVAL_SEED); measured 20/20 here and at the 1K cell

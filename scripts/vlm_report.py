@@ -1,6 +1,8 @@
 """SynthBench tables and the example-answer figure for results/vlm/, from run records only.
 
     python scripts/vlm_report.py results/vlm/synthbench_needle2.jsonl --out results/vlm --cell 1K/100
+    python scripts/vlm_report.py results/vlm/synthbench_ctx1_2k100.jsonl --cell 2K/100 --table table_2k100.md \
+        --figure none   # a second cell's table beside the main one
 
 Writes OUT/table.md: accuracy (%) per method, task and context cell with a 95 % bootstrap interval over the
 samples (each record's per-sample `details`), the mean over tasks, effective KV bits, and the vision x text
@@ -308,8 +310,15 @@ DEFAULT_ORDER = [
 ]  # fmt: skip
 
 
-def report(records: list[dict[str, Any]], out: Path, cell: str = MAIN_CELL) -> str:
-    """Writes OUT/table.md (every cell) and OUT/examples.png (`cell`'s samples); returns the table text.
+def report(
+    records: list[dict[str, Any]],
+    out: Path,
+    cell: str = MAIN_CELL,
+    table_name: str = "table.md",
+    figure_name: str | None = "examples.png",
+) -> str:
+    """Writes OUT/table.md (every cell) and OUT/examples.png (`cell`'s samples; None: no figure); returns the table
+    text. Other names keep a second cell's table beside the main one (table_2k100.md).
 
     `cell` is the paired table's too: each set of weights has its own records, and the cell every method ran on
     differs between them (20 per task on the first weights, 100 on the needle run's). The vision x text grid is
@@ -343,8 +352,11 @@ def report(records: list[dict[str, Any]], out: Path, cell: str = MAIN_CELL) -> s
             ]
     out.mkdir(parents=True, exist_ok=True)
     text = "\n".join(parts) + "\n"
-    (out / "table.md").write_text(text, encoding="utf-8")
-    fig = examples_figure(as_records(data, cell), order, out / "examples.png")
+    (out / table_name).write_text(text, encoding="utf-8")
+    if figure_name is None:
+        print(text + f"table: {out / table_name}")
+        return text
+    fig = examples_figure(as_records(data, cell), order, out / figure_name)
     print(text + (f"figure: {fig}" if fig else f"figure: no fp16 record in cell {cell} with a readable root"))
     return text
 
@@ -358,10 +370,21 @@ def main() -> None:
         default=MAIN_CELL,
         help=f"the figure's and the paired table's cell, LENGTH/SAMPLES (default {MAIN_CELL})",
     )
+    ap.add_argument("--table", default="table.md", help="the table's file name under OUT (default table.md)")
+    ap.add_argument(
+        "--figure",
+        default="examples.png",
+        help="the figure's file name under OUT (default examples.png; none: no figure)",
+    )
     args = ap.parse_args()
+    for key in ("table", "figure"):
+        name = getattr(args, key)
+        if "/" in name or not name or name.startswith("."):
+            ap.error(f"--{key}: {name!r} is not a plain file name (it is written under --out)")
     if args.cell.count("/") != 1 or not args.cell.split("/")[1].isdigit():
         ap.error(f"--cell: {args.cell!r} is not LENGTH/SAMPLES per task, e.g. 1K/100")
-    report([r for p in args.records for r in read_records(p)], args.out, args.cell)
+    records = [r for p in args.records for r in read_records(p)]
+    report(records, args.out, args.cell, args.table, None if args.figure == "none" else args.figure)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every synth-vlm table of results/vlm/README.md on one weights file, for shipping a new file (issue #12).
 #
-#   bash scripts/vlm_tables.sh RECORDS     # ~2 h 40 min wall on 2 CPU threads (2026-12-03); a GPU: minutes
+#   bash scripts/vlm_tables.sh RECORDS         # ~2 h 40 min wall on 2 CPU threads (2026-12-03); a GPU: minutes
+#   bash scripts/vlm_tables.sh RECORDS2K 2K    # the method table at 2K, 100 per task (after the 1K run: its akvq
+#                                              # rows read the layer pattern that run installs); ~3 h 20 min here
 #
 # Runs on the committed file (configs/model/synth-vlm.yaml): ship first (copy the file into assets/synth-vlm/, its
 # sha256 into the YAML), so every table, the profiler included, reads the same weights. RECORDS: the jsonl every
@@ -12,8 +14,29 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:?records file}
+CELL=${2:-1K}
 PY=${PY:-.venv/bin/python}
 ROOTS=${SB_ROOTS:-/tmp}
+METHODS_A=(fp16 rtn2 kivi2 skvq smoothquant)
+METHODS_B=(akvq akvq_rtn akvq_wht akvq_tsa akvq_plus)
+
+run() {  # QUANT LIMIT ROOT
+  $PY run.py model=synth-vlm task=synthbench task.limit="$2" threads=1 synthbench_root="$3" records="$R" \
+    quant="$1" 'compare=[]'
+}
+
+case $CELL in
+  1K) ;;
+  2K)  # every method of the table at 2K, 100 per task (its own records: the main table's records stay 1K's)
+    [ -d "$ROOTS/sb2K100" ] || $PY scripts/make_synthbench.py "$ROOTS/sb2K100" --seed 2026 --samples 100 --cells 2K
+    for q in "${METHODS_A[@]}"; do run "$q" 100 "$ROOTS/sb2K100"; done > "${R%.jsonl}_lane_a.log" 2>&1 &
+    for q in "${METHODS_B[@]}"; do run "$q" 100 "$ROOTS/sb2K100"; done > "${R%.jsonl}_lane_b.log" 2>&1 &
+    wait
+    $PY scripts/vlm_report.py "$R" --out results/vlm --cell 2K/100 --table table_2k100.md --figure none
+    exit 0 ;;
+  *) echo "vlm_tables.sh: CELL (the second argument) must be 1K (every table) or 2K (the method table at 2K), got '$CELL'" >&2
+     exit 2 ;;
+esac
 
 for spec in sb1K100:1K:100 sb1K:1K:20 sb2K:2K:20 sb4K20:4K:20 sb8K20:8K:20; do
   IFS=: read -r name cell n <<<"$spec"
@@ -24,13 +47,8 @@ done
 $PY scripts/profile_layers.py --model synth-vlm --milebench-root "$ROOTS/sb1K" --dataset ImageNeedleInAHaystack \
   --samples 8 --length 1024 --sweep --write-pattern
 
-run() {  # QUANT LIMIT ROOT
-  $PY run.py model=synth-vlm task=synthbench task.limit="$2" threads=1 synthbench_root="$3" records="$R" \
-    quant="$1" 'compare=[]'
-}
-
 lane_a() {  # the method table and ladder at 1K (100 per task), then 2K for fp16
-  for q in fp16 rtn2 kivi2 skvq smoothquant; do run $q 100 "$ROOTS/sb1K100"; done
+  for q in "${METHODS_A[@]}"; do run "$q" 100 "$ROOTS/sb1K100"; done
   run fp16 20 "$ROOTS/sb2K"
   run fp16 20 "$ROOTS/sb4K20"
   for q in akvq_roles_v2_t2 akvq_roles_v4_t2 akvq_roles_v2_t4; do run $q 20 "$ROOTS/sb1K"; done
@@ -38,7 +56,7 @@ lane_a() {  # the method table and ladder at 1K (100 per task), then 2K for fp16
     --samples 8 --length 1024 --sweep --out results/saliency/synth-vlm/ObjectExistence
 }
 lane_b() {
-  for q in akvq akvq_rtn akvq_wht akvq_tsa akvq_plus; do run $q 100 "$ROOTS/sb1K100"; done
+  for q in "${METHODS_B[@]}"; do run "$q" 100 "$ROOTS/sb1K100"; done
   run akvq 20 "$ROOTS/sb2K"
   run fp16 20 "$ROOTS/sb1K"
   for q in akvq_roles_v4_t4 akvq_roles_v1_t4 akvq_roles_v1_t2; do run $q 20 "$ROOTS/sb1K"; done

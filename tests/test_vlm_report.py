@@ -104,3 +104,16 @@ def test_paired_table_counts_items_won_and_lost_on_the_same_samples() -> None:
     assert rows[3] == "| fp16 vs akvq_rtn | 2-0 (p = 0.5) | 0-0 |"
     assert rows[4] == "| fp16 vs akvq_wht | 0-1 (p = 1) | 1-1 (p = 1) |"
     assert len(rows) == 5
+
+
+def test_a_second_cells_table_goes_beside_the_main_one_without_a_figure(tmp_path: Path) -> None:
+    records = [
+        _rec("fp16", 16.0, "2K", {"SceneTransition": [1, 1]}),
+        _rec("akvq", 3.5, "2K", {"SceneTransition": [1, 0]}),
+    ]
+    (tmp_path / "table.md").write_text("main\n", encoding="utf-8")
+    text = vlm_report.report(records, tmp_path, "2K/2", "table_2k2.md", None)
+    assert (tmp_path / "table_2k2.md").read_text(encoding="utf-8") == text
+    assert "| fp16 vs akvq | 1-0 (p = 1) |" in text
+    assert (tmp_path / "table.md").read_text(encoding="utf-8") == "main\n"  # the main table untouched
+    assert not (tmp_path / "examples.png").exists()

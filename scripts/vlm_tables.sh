@@ -3,7 +3,9 @@
 #
 #   bash scripts/vlm_tables.sh RECORDS         # ~2 h 40 min wall on 2 CPU threads (2026-12-03); a GPU: minutes
 #   bash scripts/vlm_tables.sh RECORDS2K 2K    # the method table at 2K, 100 per task (after the 1K run: its akvq
-#                                              # rows read the layer pattern that run installs); ~3 h 20 min here
+#                                              # rows read the layer pattern that run installs); ~3 h here
+#   bash scripts/vlm_tables.sh RECORDS4K 4K    # the same at 4K (or 8K): ~1 h a method a lane at 4K; the order puts
+#                                              # fp16 and akvq first, so a cut-short run still pairs them
 #
 # Runs on the committed file (configs/model/synth-vlm.yaml): ship first (copy the file into assets/synth-vlm/, its
 # sha256 into the YAML), so every table, the profiler included, reads the same weights. RECORDS: the jsonl every
@@ -17,8 +19,8 @@ R=${1:?records file}
 CELL=${2:-1K}
 PY=${PY:-.venv/bin/python}
 ROOTS=${SB_ROOTS:-/tmp}
-METHODS_A=(fp16 rtn2 kivi2 skvq smoothquant)
-METHODS_B=(akvq akvq_rtn akvq_wht akvq_tsa akvq_plus)
+METHODS_A=(fp16 kivi2 skvq rtn2 smoothquant)  # most informative first: a long cell may be cut short
+METHODS_B=(akvq akvq_plus akvq_rtn akvq_wht akvq_tsa)
 
 run() {  # QUANT LIMIT ROOT
   $PY run.py model=synth-vlm task=synthbench task.limit="$2" threads=1 synthbench_root="$3" records="$R" \
@@ -27,14 +29,15 @@ run() {  # QUANT LIMIT ROOT
 
 case $CELL in
   1K) ;;
-  2K)  # every method of the table at 2K, 100 per task (its own records: the main table's records stay 1K's)
-    [ -d "$ROOTS/sb2K100" ] || $PY scripts/make_synthbench.py "$ROOTS/sb2K100" --seed 2026 --samples 100 --cells 2K
-    for q in "${METHODS_A[@]}"; do run "$q" 100 "$ROOTS/sb2K100"; done > "${R%.jsonl}_lane_a.log" 2>&1 &
-    for q in "${METHODS_B[@]}"; do run "$q" 100 "$ROOTS/sb2K100"; done > "${R%.jsonl}_lane_b.log" 2>&1 &
+  2K|4K|8K)  # every method of the table at one longer cell, 100 per task (its own records: the main table's stay 1K's)
+    root="$ROOTS/sb${CELL}100"
+    [ -d "$root" ] || $PY scripts/make_synthbench.py "$root" --seed 2026 --samples 100 --cells "$CELL"
+    for q in "${METHODS_A[@]}"; do run "$q" 100 "$root"; done > "${R%.jsonl}_lane_a.log" 2>&1 &
+    for q in "${METHODS_B[@]}"; do run "$q" 100 "$root"; done > "${R%.jsonl}_lane_b.log" 2>&1 &
     wait
-    $PY scripts/vlm_report.py "$R" --out results/vlm --cell 2K/100 --table table_2k100.md --figure none
+    $PY scripts/vlm_report.py "$R" --out results/vlm --cell "$CELL/100" --table "table_${CELL,,}100.md" --figure none
     exit 0 ;;
-  *) echo "vlm_tables.sh: CELL (the second argument) must be 1K (every table) or 2K (the method table at 2K), got '$CELL'" >&2
+  *) echo "vlm_tables.sh: CELL (the second argument) must be 1K (every table) or 2K, 4K, 8K (the method table at that length), got '$CELL'" >&2
      exit 2 ;;
 esac
 

@@ -117,3 +117,23 @@ def test_a_second_cells_table_goes_beside_the_main_one_without_a_figure(tmp_path
     assert "| fp16 vs akvq | 1-0 (p = 1) |" in text
     assert (tmp_path / "table.md").read_text(encoding="utf-8") == "main\n"  # the main table untouched
     assert not (tmp_path / "examples.png").exists()
+
+
+def test_vlm_tables_refuses_an_unknown_cell_in_one_line(tmp_path: Path) -> None:
+    """A typo in the cell must not start hours of evaluation (or write a root) before it fails."""
+    import subprocess
+
+    records = tmp_path / "r.jsonl"
+    env = {"PATH": "/usr/bin:/bin", "SB_ROOTS": str(tmp_path), "PY": "false"}
+    p = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "vlm_tables.sh"), str(records), "3K"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert p.returncode == 2
+    assert p.stdout == ""
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "CELL" in lines[0] and "4K" in lines[0] and "'3K'" in lines[0]
+    assert list(tmp_path.iterdir()) == []  # no root made, no records, no lane logs

@@ -4,8 +4,8 @@
 #   bash scripts/vlm_tables.sh RECORDS         # ~2 h 40 min wall on 2 CPU threads (2026-12-03); a GPU: minutes
 #   bash scripts/vlm_tables.sh RECORDS2K 2K    # the method table at 2K, 100 per task (after the 1K run: its akvq
 #                                              # rows read the layer pattern that run installs); ~3 h here
-#   bash scripts/vlm_tables.sh RECORDS4K 4K    # the same at 4K (or 8K): ~1 h a method a lane at 4K; the order puts
-#                                              # fp16 and akvq first, so a cut-short run still pairs them
+#   bash scripts/vlm_tables.sh RECORDS4K 4K    # the same at 4K (or 8K): 68-100 min a method a lane at 4K; the
+#                                              # order puts fp16 and akvq first, so a cut-short run still pairs them
 #
 # Runs on the committed file (configs/model/synth-vlm.yaml): ship first (copy the file into assets/synth-vlm/, its
 # sha256 into the YAML), so every table, the profiler included, reads the same weights. RECORDS: the jsonl every

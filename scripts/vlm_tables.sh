@@ -5,7 +5,7 @@
 #   bash scripts/vlm_tables.sh RECORDS2K 2K    # the method table at 2K, 100 per task (after the 1K run: its akvq
 #                                              # rows read the layer pattern that run installs); ~3 h here
 #   bash scripts/vlm_tables.sh RECORDS4K 4K    # the same at 4K (or 8K): 68-100 min a method a lane at 4K; the
-#                                              # order puts fp16 and akvq first, so a cut-short run still pairs them
+#                                              # order puts fp16 and akvq first, so a cut-short run still pairs them; lane logs append across reruns
 #
 # Runs on the committed file (configs/model/synth-vlm.yaml): ship first (copy the file into assets/synth-vlm/, its
 # sha256 into the YAML), so every table, the profiler included, reads the same weights. RECORDS: the jsonl every
@@ -32,8 +32,8 @@ case $CELL in
   2K|4K|8K)  # every method of the table at one longer cell, 100 per task (its own records: the main table's stay 1K's)
     root="$ROOTS/sb${CELL}100"
     [ -d "$root" ] || $PY scripts/make_synthbench.py "$root" --seed 2026 --samples 100 --cells "$CELL"
-    for q in "${METHODS_A[@]}"; do run "$q" 100 "$root"; done > "${R%.jsonl}_lane_a.log" 2>&1 &
-    for q in "${METHODS_B[@]}"; do run "$q" 100 "$root"; done > "${R%.jsonl}_lane_b.log" 2>&1 &
+    for q in "${METHODS_A[@]}"; do run "$q" 100 "$root"; done >> "${R%.jsonl}_lane_a.log" 2>&1 &
+    for q in "${METHODS_B[@]}"; do run "$q" 100 "$root"; done >> "${R%.jsonl}_lane_b.log" 2>&1 &
     wait
     $PY scripts/vlm_report.py "$R" --out results/vlm --cell "$CELL/100" --table "table_${CELL,,}100.md" --figure none
     exit 0 ;;

@@ -5,14 +5,15 @@
 #   bash scripts/vlm_tables.sh RECORDS2K 2K    # the method table at 2K, 100 per task (after the 1K run: its akvq
 #                                              # rows read the layer pattern that run installs); ~3 h here
 #   bash scripts/vlm_tables.sh RECORDS4K 4K    # the same at 4K (or 8K): 68-100 min a method a lane at 4K; the
-#                                              # order puts fp16 and akvq first, so a cut-short run still pairs them; lane logs append across reruns
+#                                              # order puts fp16 and akvq first, so a cut-short run still pairs them
 #
 # Runs on the committed file (configs/model/synth-vlm.yaml): ship first (copy the file into assets/synth-vlm/, its
 # sha256 into the YAML), so every table, the profiler included, reads the same weights. RECORDS: the jsonl every
 # run appends to (e.g. results/vlm/synthbench_<name>.jsonl). Two lanes of one thread each, as the README's tables
 # were run; a killed run resumes: rerun the script (a recorded run is skipped by its config hash, a half-done one
-# resumes from its partial samples; the profiler runs again). Roots are the standard evaluation seed (2026) under
-# ${SB_ROOTS:-/tmp}. The layer pattern (Table I) is profiled first, on the shipped weights, so the akvq rows use it.
+# resumes from its partial samples; the profiler runs again; the lane logs append, so every sitting's log stays).
+# Roots are the standard evaluation seed (2026) under ${SB_ROOTS:-/tmp}. The layer pattern (Table I) is profiled
+# first, on the shipped weights, so the akvq rows use it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:?records file}
@@ -65,8 +66,8 @@ lane_b() {
   for q in akvq_roles_v4_t4 akvq_roles_v1_t4 akvq_roles_v1_t2; do run $q 20 "$ROOTS/sb1K"; done
   run fp16 20 "$ROOTS/sb8K20"  # ~26 s an item at 7.8K tokens
 }
-lane_a > "${R%.jsonl}_lane_a.log" 2>&1 &
-lane_b > "${R%.jsonl}_lane_b.log" 2>&1 &
+lane_a >> "${R%.jsonl}_lane_a.log" 2>&1 &
+lane_b >> "${R%.jsonl}_lane_b.log" 2>&1 &
 wait
 
 $PY scripts/vlm_report.py "$R" --out results/vlm --cell 1K/100

@@ -66,6 +66,16 @@ def test_tiny_head_dim_from_the_model_config() -> None:
     assert k.out_features == 2 * 128
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_model_dtype_is_the_loaded_models_for_every_source(dtype: str) -> None:
+    """`model.dtype` used to be ignored by the tiny and synth-vlm sources (always float32): a bf16 run was fp32."""
+    cfg = yaml.safe_load((ROOT / "configs/model/tiny-llava.yaml").read_text()) | {"dtype": dtype}
+    loaded = load_model(cfg)
+    want = getattr(torch, dtype)
+    assert loaded.model.dtype == want
+    assert {p.dtype for p in loaded.model.parameters()} == {want}
+
+
 def test_missing_local_path_is_one_clear_error(tmp_path: Path) -> None:
     missing = str(tmp_path / "nope")
     with pytest.raises(MissingDataError, match=r"model\.path"):

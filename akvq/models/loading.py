@@ -11,7 +11,7 @@ from typing import Any
 from akvq.errors import ConfigError, UnsupportedModelError
 from akvq.models.registry import FAMILIES, get_family, supported
 from akvq.models.sources import SOURCES, Source
-from akvq.models.spec import Loaded, ModelSpec
+from akvq.models.spec import Loaded, ModelSpec, torch_dtype
 
 DTYPES: tuple[str, ...] = ("auto", "float16", "bfloat16", "float32")
 ATTN_IMPLEMENTATIONS: tuple[str, ...] = (
@@ -65,10 +65,16 @@ def is_vlm(spec: ModelSpec) -> bool | None:
 def load_model(spec: ModelSpec | dict[str, Any] | Any) -> Loaded:
     """Load what `spec` describes (a ModelSpec, a dict or a Hydra node).
 
-    Sets `model._akvq_model_name` (the layer-pattern name) so `akvq.api` can find the model's TSA/PSA pattern."""
+    Sets `model._akvq_model_name` (the layer-pattern name) so `akvq.api` can find the model's TSA/PSA pattern.
+    A dtype other than `auto` is the model's dtype whatever the source built (the tiny and synth-vlm sources build
+    in float32 and merge adapters there: casting after the merge keeps `model.dtype` from being silently ignored)."""
     if not isinstance(spec, ModelSpec):
         spec = ModelSpec.from_dict(spec)
     loaded = source_of(validate_spec(spec)).load(spec)
+    if spec.dtype != "auto":
+        dtype = torch_dtype(spec)
+        if getattr(loaded.model, "dtype", dtype) != dtype:
+            loaded.model.to(dtype)
     loaded.model._akvq_model_name = spec.pattern_name
     return loaded
 

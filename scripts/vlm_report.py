@@ -3,13 +3,16 @@
     python scripts/vlm_report.py results/vlm/synthbench_needle2.jsonl --out results/vlm --cell 1K/100
     python scripts/vlm_report.py results/vlm/synthbench_ctx1_2k100.jsonl --cell 2K/100 --table table_2k100.md \
         --figure none   # a second cell's table beside the main one
+    python scripts/vlm_report.py results/vlm/synthbench_ctx1_shipped.jsonl results/vlm/synthbench_bf16_1k100.jsonl \
+        --cell 1K/100 --table table_1k100_dtypes.md --figure none   # float32 against bf16 on the same samples
 
 Writes OUT/table.md: accuracy (%) per method, task and context cell with a 95 % bootstrap interval over the
 samples (each record's per-sample `details`), the mean over tasks, effective KV bits, and the vision x text
 bits grid when its records are there, the paired comparison (ladder steps, fp16 against each method: items won
 and lost on the same samples, sign test); and OUT/examples.png: example images of one sample per task, the
 question, and each method's answer (right or wrong). Records of one method on several roots (cells) or tasks add
-up; the last record of each (quant, task, cell) wins.
+up; the last record of each (quant, task, cell) wins. A model run in bf16 (or fp16) makes cells of its own
+("8K/100/bf16"), and a cell's methods run in both dtypes are paired item by item.
 """
 
 from __future__ import annotations
@@ -53,21 +56,31 @@ class Entry:
     record: dict[str, Any]
 
 
+DTYPE_TAGS = {"bfloat16": "bf16", "float16": "fp16"}
+"""The model's compute dtype, when not float32, is part of a cell ("8K/100/bf16"): a run in bf16 is not a row
+beside float32 runs of the same samples, and `dtype_table` pairs the two."""
+
+
 def cells(rec: dict[str, Any]) -> dict[tuple[str, str], list[float]]:
     """(task, cell) -> per-sample scores (0/1). A cell is a context length and a sample count ("1K/100"), so a
-    100-sample run is a row of its own table, not a row beside 20-sample runs of the same length."""
+    100-sample run is a row of its own table, not a row beside 20-sample runs of the same length; a model run in
+    another dtype than float32 adds its tag ("1K/100/bf16")."""
     by: dict[tuple[str, str], list[float]] = defaultdict(list)
     for d in rec["details"]:
         by[(d["dataset"], d.get("level") or "all")].append(float(d["score"]))
     per_level: dict[str, int] = defaultdict(int)
     for (_, level), scores in by.items():
         per_level[level] = max(per_level[level], len(scores))
-    return {(task, f"{level}/{per_level[level]}"): scores for (task, level), scores in by.items()}
+    model = (rec.get("config") or {}).get("model") or {}
+    tag = DTYPE_TAGS.get(str(model.get("dtype")))
+    suffix = f"/{tag}" if tag else ""
+    return {(task, f"{level}/{per_level[level]}{suffix}"): scores for (task, level), scores in by.items()}
 
 
 def cell_title(cell: str) -> str:
-    level, n = cell.split("/")
-    return f"{level} cell, {n} samples per task"
+    level, n, *tag = cell.split("/")
+    dtype = {v: k for k, v in DTYPE_TAGS.items()}.get(tag[0], tag[0]) if tag else None
+    return f"{level} cell, {n} samples per task" + (f", model in {dtype}" if dtype else "")
 
 
 def collect(records: list[dict[str, Any]]) -> dict[str, dict[tuple[str, str], Entry]]:
@@ -100,9 +113,9 @@ def levels(data: dict[str, dict[tuple[str, str], Entry]]) -> list[str]:
     """The cells present, by context length, then sample count."""
     found = {c for by in data.values() for _, c in by}
 
-    def key(c: str) -> tuple[int, int]:
-        level, n = c.split("/")
-        return (CELL_ORDER.index(level) if level in CELL_ORDER else 9, int(n))
+    def key(c: str) -> tuple[int, int, str]:
+        level, n, *tag = c.split("/")
+        return (CELL_ORDER.index(level) if level in CELL_ORDER else 9, int(n), "/".join(tag))
 
     return sorted(found, key=key)
 
@@ -191,6 +204,40 @@ def paired_table(data: dict[str, dict[tuple[str, str], Entry]], order: list[str]
             loss = sum(sa[i] < sb[i] for i in common)
             row.append(f"{win}-{loss}" + (f" (p = {sign_test(win, loss):.2g})" if win + loss else ""))
         if any(c != "–" for c in row[1:]):
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def dtype_table(data: dict[str, dict[tuple[str, str], Entry]], order: list[str], cell: str) -> str:
+    """Each method run on `cell`'s samples in float32 and in another dtype: accuracy in each, and items right in
+    float32 and wrong in the other against the reverse (sign test). Says whether a cell run in bf16 (affordable on
+    a CPU with AMX) can stand beside the float32 ones."""
+    base = "/".join(cell.split("/")[:2])
+    others = sorted({c for by in data.values() for _, c in by if c.startswith(base + "/")})
+    tasks = sorted({t for by in data.values() for t, c in by if c == base}, key=_task_key)
+    head = ["method", "dtype", *[SHORT.get(t, t) for t in tasks], "mean"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for other in others:
+        for q in order:
+            a = [data.get(q, {}).get((t, base)) for t in tasks]
+            b = [data.get(q, {}).get((t, other)) for t in tasks]
+            if any(x is None for x in a + b):
+                continue
+            row = [q, f"float32 vs {other.split('/')[2]}"]
+            right = [0, 0]
+            for t, ea, eb in zip(tasks, a, b, strict=True):
+                sa, sb = _per_sample(ea, t, base), _per_sample(eb, t, base)
+                common = sa.keys() & sb.keys()
+                win = sum(sa[i] > sb[i] for i in common)
+                loss = sum(sa[i] < sb[i] for i in common)
+                row.append(
+                    f"{100 * sum(ea.scores) / len(ea.scores):.0f} / {100 * sum(eb.scores) / len(eb.scores):.0f}"
+                    f" ({win}-{loss})"
+                )
+                right[0] += sum(ea.scores)
+                right[1] += sum(eb.scores)
+            n = sum(len(e.scores) for e in a)
+            row.append(f"{100 * right[0] / n:.1f} / {100 * right[1] / n:.1f}")
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
@@ -341,6 +388,15 @@ def report(
             "",
             pairs,
         ]
+    dtypes = dtype_table(data, order, cell)
+    if dtypes:
+        parts += [
+            "",
+            f"## The same samples in float32 and another dtype ({cell_title(cell)}; accuracy % in each,"
+            " and items right in float32 and wrong in the other - the reverse)",
+            "",
+            dtypes,
+        ]
     for level in levels(data):
         grid = roles_grid(data, level)
         if grid:
@@ -368,7 +424,7 @@ def main() -> None:
     ap.add_argument(
         "--cell",
         default=MAIN_CELL,
-        help=f"the figure's and the paired table's cell, LENGTH/SAMPLES (default {MAIN_CELL})",
+        help=f"the figure's and the paired tables' cell, LENGTH/SAMPLES[/DTYPE] (default {MAIN_CELL})",
     )
     ap.add_argument("--table", default="table.md", help="the table's file name under OUT (default table.md)")
     ap.add_argument(
@@ -381,8 +437,16 @@ def main() -> None:
         name = getattr(args, key)
         if "/" in name or not name or name.startswith("."):
             ap.error(f"--{key}: {name!r} is not a plain file name (it is written under --out)")
-    if args.cell.count("/") != 1 or not args.cell.split("/")[1].isdigit():
-        ap.error(f"--cell: {args.cell!r} is not LENGTH/SAMPLES per task, e.g. 1K/100")
+    parts = args.cell.split("/")
+    if (
+        len(parts) not in (2, 3)
+        or not parts[1].isdigit()
+        or parts[2:] not in ([], *([t] for t in DTYPE_TAGS.values()))
+    ):
+        tags = ", ".join(DTYPE_TAGS.values())
+        ap.error(
+            f"--cell: {args.cell!r} is not LENGTH/SAMPLES[/DTYPE] per task, e.g. 1K/100 or 8K/100/bf16 ({tags})"
+        )
     records = [r for p in args.records for r in read_records(p)]
     report(records, args.out, args.cell, args.table, None if args.figure == "none" else args.figure)
 

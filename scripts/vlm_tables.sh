@@ -6,6 +6,8 @@
 #                                              # rows read the layer pattern that run installs); ~3 h here
 #   bash scripts/vlm_tables.sh RECORDS4K 4K    # the same at 4K (or 8K): 68-100 min a method a lane at 4K; the
 #                                              # order puts fp16 and akvq first, so a cut-short run still pairs them
+#   DTYPE=bfloat16 bash scripts/vlm_tables.sh RECORDS8K 8K   # the model in bf16 (~3x faster on a CPU with AMX; its
+#                                              # cells are tagged 8K/100/bf16, its table table_8k100_bf16.md)
 #
 # Runs on the committed file (configs/model/synth-vlm.yaml): ship first (copy the file into assets/synth-vlm/, its
 # sha256 into the YAML), so every table, the profiler included, reads the same weights. RECORDS: the jsonl every
@@ -20,12 +22,20 @@ R=${1:?records file}
 CELL=${2:-1K}
 PY=${PY:-.venv/bin/python}
 ROOTS=${SB_ROOTS:-/tmp}
+DTYPE=${DTYPE:-}
+case $DTYPE in
+  ''|float32) TAG= ;;
+  bfloat16) TAG=bf16 ;;
+  float16) TAG=fp16 ;;
+  *) echo "vlm_tables.sh: DTYPE must be float32, bfloat16 or float16 (the model's compute dtype), got '$DTYPE'" >&2
+     exit 2 ;;
+esac
 METHODS_A=(fp16 kivi2 skvq rtn2 smoothquant)  # most informative first: a long cell may be cut short
 METHODS_B=(akvq akvq_plus akvq_rtn akvq_wht akvq_tsa)
 
 run() {  # QUANT LIMIT ROOT
   $PY run.py model=synth-vlm task=synthbench task.limit="$2" threads=1 synthbench_root="$3" records="$R" \
-    quant="$1" 'compare=[]'
+    quant="$1" 'compare=[]' ${DTYPE:+model.dtype=$DTYPE}
 }
 
 case $CELL in
@@ -36,7 +46,8 @@ case $CELL in
     for q in "${METHODS_A[@]}"; do run "$q" 100 "$root"; done >> "${R%.jsonl}_lane_a.log" 2>&1 &
     for q in "${METHODS_B[@]}"; do run "$q" 100 "$root"; done >> "${R%.jsonl}_lane_b.log" 2>&1 &
     wait
-    $PY scripts/vlm_report.py "$R" --out results/vlm --cell "$CELL/100" --table "table_${CELL,,}100.md" --figure none
+    $PY scripts/vlm_report.py "$R" --out results/vlm --cell "$CELL/100${TAG:+/$TAG}" \
+      --table "table_${CELL,,}100${TAG:+_$TAG}.md" --figure none
     exit 0 ;;
   *) echo "vlm_tables.sh: CELL (the second argument) must be 1K (every table) or 2K, 4K, 8K (the method table at that length), got '$CELL'" >&2
      exit 2 ;;
@@ -70,5 +81,5 @@ lane_a >> "${R%.jsonl}_lane_a.log" 2>&1 &
 lane_b >> "${R%.jsonl}_lane_b.log" 2>&1 &
 wait
 
-$PY scripts/vlm_report.py "$R" --out results/vlm --cell 1K/100
+$PY scripts/vlm_report.py "$R" --out results/vlm --cell "1K/100${TAG:+/$TAG}"
 echo "tables: $R; then results/vlm/README.md and tests/test_synth_tasks.py's thresholds"

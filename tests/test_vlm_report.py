@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -119,14 +121,19 @@ def test_a_second_cells_table_goes_beside_the_main_one_without_a_figure(tmp_path
     assert not (tmp_path / "examples.png").exists()
 
 
-def test_vlm_tables_refuses_an_unknown_cell_in_one_line(tmp_path: Path) -> None:
-    """A typo in the cell must not start hours of evaluation (or write a root) before it fails."""
+@pytest.mark.parametrize(
+    ("cell", "dtype", "key", "named"), [("3K", "", "CELL", "'3K'"), ("8K", "bf16", "DTYPE", "'bf16'")]
+)
+def test_vlm_tables_refuses_an_unknown_cell_or_dtype_in_one_line(
+    tmp_path: Path, cell: str, dtype: str, key: str, named: str
+) -> None:
+    """A typo in the cell or the dtype must not start hours of evaluation (or write a root) before it fails."""
     import subprocess
 
     records = tmp_path / "r.jsonl"
-    env = {"PATH": "/usr/bin:/bin", "SB_ROOTS": str(tmp_path), "PY": "false"}
+    env = {"PATH": "/usr/bin:/bin", "SB_ROOTS": str(tmp_path), "PY": "false", "DTYPE": dtype}
     p = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "vlm_tables.sh"), str(records), "3K"],
+        ["bash", str(ROOT / "scripts" / "vlm_tables.sh"), str(records), cell],
         capture_output=True,
         text=True,
         env=env,
@@ -135,5 +142,25 @@ def test_vlm_tables_refuses_an_unknown_cell_in_one_line(tmp_path: Path) -> None:
     assert p.returncode == 2
     assert p.stdout == ""
     lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and "CELL" in lines[0] and "4K" in lines[0] and "'3K'" in lines[0]
+    assert len(lines) == 1 and key in lines[0] and named in lines[0]
     assert list(tmp_path.iterdir()) == []  # no root made, no records, no lane logs
+
+
+def test_a_bf16_run_is_a_cell_of_its_own_and_paired_with_float32(tmp_path: Path) -> None:
+    """The 8K cell runs in bf16 (AMX): its rows must not replace float32 rows of the same samples, and the report
+    pairs the two dtypes item by item."""
+    fp32 = _rec("fp16", 16.0, "1K", {"SceneTransition": [1, 1, 0, 1], "Spot-the-Diff": [1, 1, 1, 1]})
+    bf16 = _rec("fp16", 16.0, "1K", {"SceneTransition": [1, 0, 1, 1], "Spot-the-Diff": [1, 1, 1, 0]})
+    fp32["config"] = {"model": {"dtype": "float32"}}
+    bf16["config"] = {"model": {"dtype": "bfloat16"}}
+    data = vlm_report.collect([fp32, bf16])
+    assert vlm_report.levels(data) == ["1K/4", "1K/4/bf16"]
+    assert vlm_report.cell_title("1K/4/bf16") == "1K cell, 4 samples per task, model in bfloat16"
+    rows = vlm_report.dtype_table(data, ["fp16"], "1K/4").splitlines()
+    assert rows[2] == "| fp16 | float32 vs bf16 | 75 / 75 (1-1) | 100 / 75 (1-0) | 87.5 / 75.0 |"
+    text = vlm_report.report([fp32, bf16], tmp_path, cell="1K/4", figure_name=None)
+    assert "### 1K cell, 4 samples per task, model in bfloat16" in text
+    assert "## The same samples in float32 and another dtype" in text
+    assert "float32 and another dtype" not in vlm_report.report(
+        [fp32], tmp_path, cell="1K/4", figure_name=None
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -74,6 +75,44 @@ def test_model_dtype_is_the_loaded_models_for_every_source(dtype: str) -> None:
     want = getattr(torch, dtype)
     assert loaded.model.dtype == want
     assert {p.dtype for p in loaded.model.parameters()} == {want}
+
+
+@pytest.mark.parametrize(
+    ("device_map", "message"),
+    [
+        ({"": 0}, "not a layer map|not {'': 0}"),
+        ("gpu", "not 'gpu'"),
+        ("cuda", "no CUDA GPU"),
+        ("mps", "not 'mps'"),
+    ],
+)
+def test_device_map_of_a_one_piece_source_is_checked_before_loading(
+    device_map: Any, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tiny and synth-vlm used to ignore `model.device_map`: a GPU run of synth-vlm ran on the CPU, silently."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = yaml.safe_load((ROOT / "configs/model/synth-vlm.yaml").read_text()) | {"device_map": device_map}
+    with pytest.raises(ConfigError, match=r"device_map") as err:
+        validate_spec(ModelSpec.from_dict(cfg))
+    assert len(str(err.value).splitlines()) == 1
+    assert any(m in str(err.value) for m in message.split("|"))
+
+
+def test_placement_moves_one_piece_models_where_device_map_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    from akvq.models.loading import placement
+
+    def spec(dm: Any) -> ModelSpec:
+        return ModelSpec(name="t", source="tiny", tiny_kind="llava", device_map=dm)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert [placement(spec(d)) for d in (None, "cpu", "auto")] == [None, None, None]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert [placement(spec(d)) for d in ("auto", "cuda:1", "cpu")] == ["cuda", "cuda:1", None]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    loaded = load_model(
+        yaml.safe_load((ROOT / "configs/model/tiny-llava.yaml").read_text()) | {"device_map": "cpu"}
+    )
+    assert {p.device.type for p in loaded.model.parameters()} == {"cpu"}
 
 
 def test_missing_local_path_is_one_clear_error(tmp_path: Path) -> None:

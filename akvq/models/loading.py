@@ -52,8 +52,42 @@ def validate_spec(spec: ModelSpec) -> ModelSpec:
             f"model {spec.name!r}: unknown attn_implementation {spec.attn_implementation!r}; "
             f"choose one of {', '.join(ATTN_IMPLEMENTATIONS)}"
         )
+    if not source.places:
+        _check_device(spec)
     source.check(spec)
     return spec
+
+
+def _check_device(spec: ModelSpec) -> None:
+    """For sources that build the model in one piece: a device name the machine has, before anything loads."""
+    import torch
+
+    dm = spec.device_map
+    if dm is None or dm == "auto":
+        return
+    allowed = "auto, cpu, cuda, cuda:N"
+    try:
+        device = torch.device(dm) if isinstance(dm, str) else None
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(
+            f"model {spec.name!r}: source {spec.source!r} builds its model in one piece; model.device_map takes a "
+            f"device ({allowed}), not {dm!r}"
+        )
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"model {spec.name!r}: model.device_map={dm!r} but this machine has no CUDA GPU")
+
+
+def placement(spec: ModelSpec) -> str | None:
+    """The device a source that does not place its model moves it to: `device_map` as a device name, `auto` = the
+    GPU when there is one; None = leave it on the CPU."""
+    import torch
+
+    dm = spec.device_map
+    if dm is None or dm == "cpu" or (dm == "auto" and not torch.cuda.is_available()):
+        return None
+    return "cuda" if dm == "auto" else str(dm)
 
 
 def is_vlm(spec: ModelSpec) -> bool | None:
@@ -66,15 +100,18 @@ def load_model(spec: ModelSpec | dict[str, Any] | Any) -> Loaded:
     """Load what `spec` describes (a ModelSpec, a dict or a Hydra node).
 
     Sets `model._akvq_model_name` (the layer-pattern name) so `akvq.api` can find the model's TSA/PSA pattern.
-    A dtype other than `auto` is the model's dtype whatever the source built (the tiny and synth-vlm sources build
-    in float32 and merge adapters there: casting after the merge keeps `model.dtype` from being silently ignored)."""
+    Sources that build the model themselves (tiny, synth-vlm: float32 on the CPU, adapters merged there) get
+    `model.dtype` and `model.device_map` applied here, after the merge, so neither key is silently ignored."""
     if not isinstance(spec, ModelSpec):
         spec = ModelSpec.from_dict(spec)
-    loaded = source_of(validate_spec(spec)).load(spec)
-    if spec.dtype != "auto":
-        dtype = torch_dtype(spec)
-        if getattr(loaded.model, "dtype", dtype) != dtype:
-            loaded.model.to(dtype)
+    source = source_of(validate_spec(spec))
+    loaded = source.load(spec)
+    if not source.places:
+        if spec.dtype != "auto":
+            loaded.model.to(torch_dtype(spec))
+        device = placement(spec)
+        if device is not None:
+            loaded.model.to(device)
     loaded.model._akvq_model_name = spec.pattern_name
     return loaded
 

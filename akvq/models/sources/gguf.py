@@ -46,4 +46,4 @@ def load(spec: ModelSpec) -> Loaded:
     return Loaded(model=model, tokenizer=tok, processor=None, family=family_of(model), spec=spec)
 
 
-SOURCE = Source(name="gguf", load=load, check=check, family=lambda spec: "llama")
+SOURCE = Source(name="gguf", load=load, check=check, family=lambda spec: "llama", places=True)

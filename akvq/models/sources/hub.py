@@ -116,4 +116,4 @@ def load(spec: ModelSpec) -> Loaded:
     return Loaded(model=model, tokenizer=tok, processor=processor, family=actual, spec=spec)
 
 
-SOURCE = Source(name="hub", load=load, check=check, family=family)
+SOURCE = Source(name="hub", load=load, check=check, family=family, places=True)

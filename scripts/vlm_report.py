@@ -209,13 +209,17 @@ def paired_table(data: dict[str, dict[tuple[str, str], Entry]], order: list[str]
 
 
 def dtype_table(data: dict[str, dict[tuple[str, str], Entry]], order: list[str], cell: str) -> str:
-    """Each method run on `cell`'s samples in float32 and in another dtype: accuracy in each, and items right in
-    float32 and wrong in the other against the reverse (sign test). Says whether a cell run in bf16 (affordable on
-    a CPU with AMX) can stand beside the float32 ones."""
+    """Each method run in float32 on `cell` and in another dtype on the same length: accuracy in each over the
+    items both ran (a 20-item root is the first 20 of the 100-item one of the same seed), and items right in float32
+    and wrong in the other against the reverse. Says whether a cell run in bf16 (affordable on a CPU with AMX) can
+    stand beside the float32 ones."""
     base = "/".join(cell.split("/")[:2])
-    others = sorted({c for by in data.values() for _, c in by if c.startswith(base + "/")})
+    length = base.split("/")[0]
+    others = sorted(
+        {c for by in data.values() for _, c in by if c.split("/")[0] == length and c.count("/") == 2}
+    )
     tasks = sorted({t for by in data.values() for t, c in by if c == base}, key=_task_key)
-    head = ["method", "dtype", *[SHORT.get(t, t) for t in tasks], "mean"]
+    head = ["method", "dtype", *[SHORT.get(t, t) for t in tasks], "mean", "items/task"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for other in others:
         for q in order:
@@ -223,21 +227,21 @@ def dtype_table(data: dict[str, dict[tuple[str, str], Entry]], order: list[str],
             b = [data.get(q, {}).get((t, other)) for t in tasks]
             if any(x is None for x in a + b):
                 continue
-            row = [q, f"float32 vs {other.split('/')[2]}"]
-            right = [0, 0]
+            row = [q, f"float32 vs {other.split('/')[2]} ({other})"]
+            right, n = [0.0, 0.0], []
             for t, ea, eb in zip(tasks, a, b, strict=True):
-                sa, sb = _per_sample(ea, t, base), _per_sample(eb, t, base)
-                common = sa.keys() & sb.keys()
+                sa, sb = _per_sample(ea, t, base), _per_sample(eb, t, other)
+                common = sorted(sa.keys() & sb.keys())
                 win = sum(sa[i] > sb[i] for i in common)
                 loss = sum(sa[i] < sb[i] for i in common)
-                row.append(
-                    f"{100 * sum(ea.scores) / len(ea.scores):.0f} / {100 * sum(eb.scores) / len(eb.scores):.0f}"
-                    f" ({win}-{loss})"
-                )
-                right[0] += sum(ea.scores)
-                right[1] += sum(eb.scores)
-            n = sum(len(e.scores) for e in a)
-            row.append(f"{100 * right[0] / n:.1f} / {100 * right[1] / n:.1f}")
+                ra, rb = sum(sa[i] for i in common), sum(sb[i] for i in common)
+                k = max(len(common), 1)
+                row.append(f"{100 * ra / k:.0f} / {100 * rb / k:.0f} ({win}-{loss})")
+                right[0] += ra
+                right[1] += rb
+                n.append(len(common))
+            total = max(sum(n), 1)
+            row += [f"{100 * right[0] / total:.1f} / {100 * right[1] / total:.1f}", str(min(n))]
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
 

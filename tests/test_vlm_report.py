@@ -157,10 +157,22 @@ def test_a_bf16_run_is_a_cell_of_its_own_and_paired_with_float32(tmp_path: Path)
     assert vlm_report.levels(data) == ["1K/4", "1K/4/bf16"]
     assert vlm_report.cell_title("1K/4/bf16") == "1K cell, 4 samples per task, model in bfloat16"
     rows = vlm_report.dtype_table(data, ["fp16"], "1K/4").splitlines()
-    assert rows[2] == "| fp16 | float32 vs bf16 | 75 / 75 (1-1) | 100 / 75 (1-0) | 87.5 / 75.0 |"
+    assert (
+        rows[2] == "| fp16 | float32 vs bf16 (1K/4/bf16) | 75 / 75 (1-1) | 100 / 75 (1-0) | 87.5 / 75.0 | 4 |"
+    )
     text = vlm_report.report([fp32, bf16], tmp_path, cell="1K/4", figure_name=None)
     assert "### 1K cell, 4 samples per task, model in bfloat16" in text
     assert "## The same samples in float32 and another dtype" in text
     assert "float32 and another dtype" not in vlm_report.report(
         [fp32], tmp_path, cell="1K/4", figure_name=None
     )
+
+
+def test_a_short_float32_root_pairs_with_the_first_items_of_a_longer_bf16_one() -> None:
+    """8K: float32 ran 20 items, bf16 100 of the same seed (the first 20 identical): pair on the items both ran."""
+    fp32 = _rec("fp16", 16.0, "8K", {"SceneTransition": [1, 1]})
+    bf16 = _rec("fp16", 16.0, "8K", {"SceneTransition": [1, 0, 0, 0]})
+    fp32["config"] = {"model": {"dtype": "float32"}}
+    bf16["config"] = {"model": {"dtype": "bfloat16"}}
+    rows = vlm_report.dtype_table(vlm_report.collect([fp32, bf16]), ["fp16"], "8K/2").splitlines()
+    assert rows[2] == "| fp16 | float32 vs bf16 (8K/4/bf16) | 100 / 50 (1-0) | 100.0 / 50.0 | 2 |"

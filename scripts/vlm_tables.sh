@@ -6,8 +6,9 @@
 #                                              # rows read the layer pattern that run installs); ~3 h here
 #   bash scripts/vlm_tables.sh RECORDS4K 4K    # the same at 4K (or 8K): 68-100 min a method a lane at 4K; the
 #                                              # order puts fp16 and akvq first, so a cut-short run still pairs them
-#   DTYPE=bfloat16 bash scripts/vlm_tables.sh RECORDS8K 8K   # the model in bf16 (~3x faster on a CPU with AMX; its
-#                                              # cells are tagged 8K/100/bf16, its table table_8k100_bf16.md)
+#   DTYPE=bfloat16 bash scripts/vlm_tables.sh RECORDS8K 8K   # the model in bf16: on a CPU with AMX ~3x faster
+#                                              # (8K: 9-13 s an item, 60-85 min a method a lane); its cells are tagged
+#                                              # 8K/100/bf16, its table table_8k100_bf16.md
 #
 # Runs on the committed file (configs/model/synth-vlm.yaml): ship first (copy the file into assets/synth-vlm/, its
 # sha256 into the YAML), so every table, the profiler included, reads the same weights. RECORDS: the jsonl every

@@ -219,6 +219,8 @@ def dtype_table(data: dict[str, dict[tuple[str, str], Entry]], order: list[str],
         {c for by in data.values() for _, c in by if c.split("/")[0] == length and c.count("/") == 2}
     )
     tasks = sorted({t for by in data.values() for t, c in by if c == base}, key=_task_key)
+    if not tasks:  # no float32 run of this length and count: nothing to pair with
+        return ""
     head = ["method", "dtype", *[SHORT.get(t, t) for t in tasks], "mean", "items/task"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for other in others:

@@ -176,3 +176,15 @@ def test_a_short_float32_root_pairs_with_the_first_items_of_a_longer_bf16_one() 
     bf16["config"] = {"model": {"dtype": "bfloat16"}}
     rows = vlm_report.dtype_table(vlm_report.collect([fp32, bf16]), ["fp16"], "8K/2").splitlines()
     assert rows[2] == "| fp16 | float32 vs bf16 (8K/4/bf16) | 100 / 50 (1-0) | 100.0 / 50.0 | 2 |"
+
+
+def test_a_bf16_cell_alone_reports_without_a_dtype_pairing(tmp_path: Path) -> None:
+    """The 8K cell's own table (--cell 8K/100/bf16): no float32 run of it, so no pairing, and no crash."""
+    fp16 = _rec("fp16", 16.0, "8K", {"SceneTransition": [1, 0]})
+    akvq = _rec("akvq", 2.9, "8K", {"SceneTransition": [0, 0]})
+    for r in (fp16, akvq):
+        r["config"] = {"model": {"dtype": "bfloat16"}}
+    text = vlm_report.report([fp16, akvq], tmp_path, cell="8K/2/bf16", figure_name=None)
+    assert "### 8K cell, 2 samples per task, model in bfloat16" in text
+    assert "| fp16 vs akvq | 1-0 (p = 1) |" in text
+    assert "another dtype" not in text

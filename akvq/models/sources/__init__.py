@@ -32,9 +32,8 @@ class Source:
     check: Callable[[ModelSpec], None] = _no_check
     family: Callable[[ModelSpec], str | None] = _declared_family
     keys: tuple[str, ...] = ()  # model-config keys of this source only; they arrive in `spec.options`
-    places: bool = (
-        False  # honours `model.dtype` and `model.device_map` itself (from_pretrained); else load_model does
-    )
+    # Honours `model.dtype` and `model.device_map` itself (from_pretrained); else load_model applies both.
+    places: bool = False
 
 
 SOURCES: dict[str, Source] = {}

@@ -42,7 +42,8 @@ FLAGS = (
 # Builds of the one source, best first: the CPU flags each needs (/proc/cpuinfo names) and its compiler flags.
 # "avx512": AVX-512 F/BW/VL/DQ + VNNI (vpdpbusd for the int8 key dots; the fp16 control 16 channels wide, so the control
 # gains from the wider unit too). "portable" is plain C (whatever the compiler's default target vectorizes).
-# No AMX build: a tile holds 16 rows of 64 bytes, and a decode step has one query row per head.
+# No AMX build: a tile holds 16 rows of 64 bytes, and a decode step has one query row per head; an AMX key path
+# (16 tokens as a tile's rows) was built and measured 1.2-1.3x slower (results/efficiency/README.md, fifteenth pass).
 VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "avx512": (
         ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"),

@@ -2,7 +2,8 @@
 
 Why: a decode step quantizes one token per store, and in torch that is ~80 operator calls (~1 ms) per store. The
 callers (`uniform.quantize`, `hadamard.fwht`) use this path when the library builds and the case is one it covers
-(CPU, fp32, no autograd, all finite, fp16 metadata suffices), else their torch code; `tests/test_quant_cpu.py`
+(CPU, fp32, no autograd, all finite, fp16 metadata suffices), else their torch code (a clip search's near-tie:
+torch for that row only); `tests/test_quant_cpu.py`
 checks both agree bit for bit. `AKVQ_QUANT_C=0` turns it off."""
 
 from __future__ import annotations
@@ -29,9 +30,16 @@ def _lib() -> ctypes.CDLL | None:
     if os.environ.get("AKVQ_QUANT_C", "1") == "0":
         _state["reason"] = "off (AKVQ_QUANT_C=0)"
         return None
-    lib, _state["reason"] = native.load(SOURCE, FLAGS, "c", openmp=True)
+    lib, _state["reason"] = load_build()
+    return lib
+
+
+def load_build(switches: tuple[str, ...] = ()) -> tuple[ctypes.CDLL | None, str]:
+    """The library with extra `-D` switches (tests: `-DAKVQ_SEARCH_SCALAR`), bound, and the loader's message."""
+    tag = "-".join(["c", *(f.removeprefix("-DAKVQ_").lower() for f in switches)])
+    lib, why = native.load(SOURCE, (*FLAGS, *switches), tag, openmp=True)
     if lib is None:
-        return None
+        return None, why
     lib.akvq_fwht.argtypes = [_ptr, _ptr, _i64, _i64, ctypes.c_float, _i64]
     lib.akvq_quantize.argtypes = [
         _ptr,
@@ -47,10 +55,11 @@ def _lib() -> ctypes.CDLL | None:
         _ptr,
         _ptr,
         _ptr,
+        _ptr,
         _i64,
     ]
     lib.akvq_fwht.restype = lib.akvq_quantize.restype = ctypes.c_int
-    return lib
+    return lib, why
 
 
 def status() -> str:
@@ -88,10 +97,11 @@ def quantize(
     float_zero: bool,
     clip_mode: str,
     grid: tuple[float, ...] = (),
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
     """Codes, fp16 scale and fp16 zero of `uniform.quantize` for fp32 `g` [..., n] (`grid`: its clip search over
-    these ratios), or None when this path does not apply: the torch path then decides (fp32 metadata, non-finite
-    elements, a clip-search near-tie whose winner depends on torch's summation order)."""
+    these ratios), and the rows (indices into g viewed as [-1, n]) whose clip search hit a near-tie, whose winner
+    depends on torch's summation order: the caller settles those rows in torch (None: no such row). None for the
+    whole call when this path does not apply: the torch path then decides (fp32 metadata, non-finite elements)."""
     lib = _lib()
     if lib is None or bits not in (1, 2, 4, 8) or clip_mode not in ("center", "minmax") or not _eligible(g):
         return None
@@ -102,9 +112,14 @@ def quantize(
     scale = torch.empty(*g.shape[:-1], n // group_size, dtype=torch.float16)
     zero = torch.empty_like(scale)
     ratios = _grid(grid) if grid else None
+    row_rc = torch.zeros(rows, dtype=torch.int8) if grid else None
     rc = lib.akvq_quantize(
         g.data_ptr(), rows, n, group_size, bits, ratio, ratios.data_ptr() if ratios is not None else None, len(grid),
         int(float_zero), int(clip_mode == "center"), codes.data_ptr(), scale.data_ptr(), zero.data_ptr(),
-        torch.get_num_threads(),
+        row_rc.data_ptr() if row_rc is not None else None, torch.get_num_threads(),
     )  # fmt: skip
-    return (codes, scale, zero) if rc == 0 else None
+    if rc == 0:
+        return codes, scale, zero, None
+    if rc == 4 and row_rc is not None:
+        return codes, scale, zero, (row_rc == 4).nonzero().flatten()
+    return None

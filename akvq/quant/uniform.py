@@ -133,7 +133,31 @@ def quantize(
     grid = CLIP_GRID if clip_search else ()
     fast = cpu.quantize(x.float(), bits, group_size, clip_ratio, float_zero, clip_mode, grid)
     if fast is not None:
-        return QTensor(*fast, bits, group_size, n, float_zero)
+        codes, s, z, ties = fast
+        if ties is not None:  # rows whose clip search torch must settle: the torch path on them alone
+            sub = _quantize_torch(x.float().reshape(-1, n)[ties], bits, group_size, clip_ratio, clip_search,
+                                  float_zero, clip_mode)  # fmt: skip
+            if sub.scale.dtype != torch.float16:  # then the whole piece takes fp32 metadata: all in torch
+                return _quantize_torch(x, bits, group_size, clip_ratio, clip_search, float_zero, clip_mode)
+            codes.view(-1, codes.shape[-1])[ties] = sub.codes
+            s.view(-1, s.shape[-1])[ties] = sub.scale
+            z.view(-1, z.shape[-1])[ties] = sub.zero
+        return QTensor(codes, s, z, bits, group_size, n, float_zero)
+    return _quantize_torch(x, bits, group_size, clip_ratio, clip_search, float_zero, clip_mode)
+
+
+def _quantize_torch(
+    x: torch.Tensor,
+    bits: int,
+    group_size: int,
+    clip_ratio: float,
+    clip_search: bool,
+    float_zero: bool,
+    clip_mode: str,
+) -> QTensor:
+    """`quantize` in torch: every case, and the reference the C path matches bit for bit (per group: a row's
+    result does not depend on the other rows, so a subset of rows gives the same bits)."""
+    n = x.shape[-1]
     g = x.float().unflatten(-1, (n // group_size, group_size))
     mn, mx = _finite_range(g)
     if clip_search:

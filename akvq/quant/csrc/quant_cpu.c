@@ -120,6 +120,62 @@ static float fake_code(float x, float s, float z, float qmax, int64_t float_zero
     return q < 0.0f ? 0.0f : (q > qmax ? qmax : q);
 }
 
+/* The clip search's squared error of one group at (s, z): each term as fake_code and uniform._fake compute it
+ * (fp32, IEEE), the sum in double. */
+static double search_err(const float *xg, int64_t group, float s, float z, float qmax, int64_t float_zero) {
+    double e = 0.0;
+    for (int64_t i = 0; i < group; i++) {
+        const float q = fake_code(xg[i], s, z, qmax, float_zero);
+        const float d = (float_zero ? s * q + z : s * (q - z)) - xg[i];
+        e += (double)(d * d);
+    }
+    return e;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(AKVQ_SEARCH_SCALAR)
+#include <immintrin.h>
+/* search_err 8 elements at a time (AVX2, chosen at run time; the library is built for the baseline x86-64): the
+ * same fp32 operations per element (division, round to nearest even, the clamp by compares, no FMA), so the same
+ * terms; only the double sum's order differs, by ~1e-15 relative, far inside the near-tie band (tol below) that
+ * goes to torch. The search was ~90 % of a long prefill's quantizing (12 ratios x every element, scalar).
+ * -DAKVQ_SEARCH_SCALAR: the scalar search only (tests compare the two). */
+__attribute__((target("avx2"))) static double search_err_avx2(const float *xg, int64_t group, float s, float z,
+                                                              float qmax, int64_t float_zero) {
+    const __m256 vs = _mm256_set1_ps(s), vz = _mm256_set1_ps(z), vq = _mm256_set1_ps(qmax), v0 = _mm256_setzero_ps();
+    __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+    int64_t i = 0;
+    for (; i + 8 <= group; i += 8) {
+        const __m256 x = _mm256_loadu_ps(xg + i);
+        __m256 q = float_zero ? _mm256_round_ps(_mm256_div_ps(_mm256_sub_ps(x, vz), vs),
+                                                _MM_FROUND_CUR_DIRECTION | _MM_FROUND_NO_EXC)
+                              : _mm256_add_ps(_mm256_round_ps(_mm256_div_ps(x, vs),
+                                                              _MM_FROUND_CUR_DIRECTION | _MM_FROUND_NO_EXC), vz);
+        q = _mm256_and_ps(q, _mm256_cmp_ps(q, q, _CMP_ORD_Q));                  /* NaN -> 0 */
+        q = _mm256_blendv_ps(q, v0, _mm256_cmp_ps(q, v0, _CMP_LT_OQ));            /* q < 0: 0 */
+        q = _mm256_blendv_ps(q, vq, _mm256_cmp_ps(q, vq, _CMP_GT_OQ));            /* q > qmax: qmax */
+        const __m256 y = float_zero ? _mm256_add_ps(_mm256_mul_ps(vs, q), vz) : _mm256_mul_ps(vs, _mm256_sub_ps(q, vz));
+        const __m256 d = _mm256_sub_ps(y, x), dd = _mm256_mul_ps(d, d);
+        a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(dd)));
+        a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(dd, 1)));
+    }
+    double t[4];
+    _mm256_storeu_pd(t, _mm256_add_pd(a0, a1));
+    double e = (t[0] + t[1]) + (t[2] + t[3]);
+    if (i < group) e += search_err(xg + i, group - i, s, z, qmax, float_zero);
+    return e;
+}
+static int have_avx2(void) {
+    static int v = -1;
+    if (v < 0) v = __builtin_cpu_supports("avx2") ? 1 : 0;
+    return v;
+}
+#else
+static double search_err_avx2(const float *xg, int64_t group, float s, float z, float qmax, int64_t float_zero) {
+    return search_err(xg, group, s, z, qmax, float_zero);
+}
+static int have_avx2(void) { return 0; }
+#endif
+
 /* `grid` (ngrid > 0): uniform.quantize's clip search, the ratio with the least squared error per group. torch
  * sums the errors in fp32 in its own order, here they are summed in double: when another ratio's error is within
  * twice fp32's worst-case summation error of the best one, torch's order could decide, and the call returns 4 (the
@@ -144,15 +200,12 @@ static int quantize_row(const float *xr, int64_t n, int64_t group, int64_t bits,
         if (ngrid > 0) {
             double err[64];
             int64_t best = 0;
+            const int vec = have_avx2();
             for (int64_t k = 0; k < ngrid; k++) {
                 float sk, zk;
                 params(mn, mx, qmax, grid[k], float_zero, center, &sk, &zk);
-                err[k] = 0.0;
-                for (int64_t i = 0; i < group; i++) {
-                    const float q = fake_code(xg[i], sk, zk, qmax, float_zero);
-                    const float d = (float_zero ? sk * q + zk : sk * (q - zk)) - xg[i];
-                    err[k] += (double)(d * d);
-                }
+                err[k] = vec ? search_err_avx2(xg, group, sk, zk, qmax, float_zero)
+                             : search_err(xg, group, sk, zk, qmax, float_zero);
                 if (err[k] < err[best]) best = k;
             }
             const double tol = 1.5e-7 * (double)group; /* > 2 n u: two fp32 sums of n terms keep their order */
@@ -182,21 +235,26 @@ static int quantize_row(const float *xr, int64_t n, int64_t group, int64_t bits,
 }
 
 /* Rows in parallel (each row's result is the same operations as alone); any row's nonzero code makes the call
- * return nonzero (the largest such code), and the caller then quantizes the whole piece in torch. */
+ * return nonzero (the largest such code), and the caller then quantizes the whole piece in torch. With `row_rc`
+ * (one byte per row), a clip-search near-tie (4) does not: that row's code goes to row_rc[r] and the call returns
+ * 4 only when no row had another reason, so the caller settles just those rows in torch (at a long prefill nearly
+ * every piece holds one such group, and the whole piece in torch was ~4x the rest of the quantizing). */
 int akvq_quantize(const float *x, int64_t rows, int64_t n, int64_t group, int64_t bits, float ratio,
                   const float *grid, int64_t ngrid, int64_t float_zero, int64_t center, uint8_t *codes,
-                  uint16_t *scale, uint16_t *zero, int64_t nthreads) {
+                  uint16_t *scale, uint16_t *zero, int8_t *row_rc, int64_t nthreads) {
     if ((bits != 1 && bits != 2 && bits != 4 && bits != 8) || ngrid > 64) return 3;
     const int64_t ng = n / group, row_bytes = (n * bits + 7) / 8;
     const int nt = n_threads(nthreads, rows * n);
-    int rc = 0;
+    int rc = 0, tie = 0;
     (void)nt;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1) reduction(max : rc)
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1) reduction(max : rc) reduction(| : tie)
     for (int64_t r = 0; r < rows; r++) {
         if (rc > 0) continue; /* the private copy starts at INT_MIN, the identity of max */
         const int e = quantize_row(x + r * n, n, group, bits, ratio, grid, ngrid, float_zero, center,
                                    codes + r * row_bytes, scale + r * ng, zero + r * ng);
-        rc = e > rc ? e : rc;
+        if (row_rc) row_rc[r] = (int8_t)e;
+        if (e == 4 && row_rc) tie = 1;
+        else rc = e > rc ? e : rc;
     }
-    return rc;
+    return rc > 0 ? rc : tie ? 4 : 0;
 }

@@ -256,6 +256,33 @@ def _write_claim(file: Path, info: dict[str, Any]) -> None:
         json.dump(info, fh)
 
 
+@functools.cache
+def _this_machine() -> str:
+    """The boot and the pid namespace: processes with the same value see each other's pids ("" off Linux)."""
+    try:
+        return f"{Path('/proc/sys/kernel/random/boot_id').read_text().strip()}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
+
+
+def _owner_gone(info: dict[str, Any]) -> bool:
+    """True when a claim's process is known to be dead: it ran on this machine (same host name, boot and pid
+    namespace) and its pid no longer exists. A job killed and restarted at once (Ctrl-C, then the same command)
+    then takes its configs back instead of skipping them until the lease lapses. A claim from another machine,
+    or from an older version without "machine", waits for its lease."""
+    here = _this_machine()
+    host, _, pid = str(info.get("owner", "")).rpartition(":")
+    if not here or info.get("machine") != here or host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, not ours to signal
+        return False
+    return False
+
+
 class Claim:
     """This process's claim on one config; a daemon thread renews the lease until `release()`.
 
@@ -273,7 +300,13 @@ class Claim:
 
     def info(self) -> dict[str, Any]:
         now = time.time()
-        return {"owner": self.owner, "token": self.token, "expires": now + self.lease_s, "renewed": now}
+        return {
+            "owner": self.owner,
+            "machine": _this_machine(),
+            "token": self.token,
+            "expires": now + self.lease_s,
+            "renewed": now,
+        }
 
     def _renew(self) -> None:
         while not self._stop.wait(self.lease_s / 3):
@@ -305,7 +338,8 @@ def try_claim(
     path: str | os.PathLike[str], config_hash: str, lease_s: float = LEASE_S, skip_recorded: bool = True
 ) -> Claim | None:
     """Claim a config before running it; None when it is recorded (unless `skip_recorded` is false) or another
-    live job holds it. An expired claim (its job died) is taken over. The check and the claim happen under the
+    live job holds it. An expired claim (its job died), or one whose process on this machine is gone, is taken
+    over. The check and the claim happen under the
     records lock, so of several jobs asking at once exactly one gets it."""
     path = Path(path)
     cdir = claims_dir(path)
@@ -316,8 +350,12 @@ def try_claim(
             return None
         cur = _read_claim(claim.file) if claim.file.exists() else None
         if cur is not None and float(cur.get("expires", 0)) > time.time():
-            return None
-        if cur is not None:
+            if not _owner_gone(cur):
+                return None
+            log.warning(
+                "claim on %s by %s: that process is gone; taking it over", config_hash, cur.get("owner")
+            )
+        elif cur is not None:
             log.warning(
                 "claim on %s by %s lapsed (its job died); taking it over", config_hash, cur.get("owner")
             )

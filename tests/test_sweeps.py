@@ -105,6 +105,9 @@ def test_killed_claimant_is_picked_up_after_the_lease(tmp_path: Path) -> None:
     (held,) = records.claimed(path)
     os.kill(hung.pid, signal.SIGKILL)  # like SLURM's time limit: no cleanup runs
     hung.wait()
+    # as if the job had run on another node: its pid cannot be checked from here, so the claim lasts its lease
+    file = records.claims_dir(path) / f"{held}.json"
+    file.write_text(json.dumps({**json.loads(file.read_text()), "machine": "another-node"}))
     assert records.try_claim(path, held, lease) is None  # the dead job's claim lasts until its lease ends
     time.sleep(lease + 0.5)
     later = sweep(tmp_path, lease=lease)
@@ -116,13 +119,10 @@ def test_killed_claimant_is_picked_up_after_the_lease(tmp_path: Path) -> None:
     assert held in recorded and len(recorded) == len(set(recorded)) == len(QUANTS) + 1
 
 
-def test_a_live_claim_is_renewed_and_a_dead_one_lapses(tmp_path: Path) -> None:
-    """API level, one light process: hold a 1 s lease for 2.5 s (renewed), then die by SIGKILL."""
-    path = tmp_path / "runs.jsonl"
-    script = (
-        f"import time; from akvq import records; c = records.try_claim({str(path)!r}, 'h1', lease_s=1.0)\n"
-    )
-    script += "print('held', flush=True); time.sleep(600)"
+def _hold(path: Path, config_hash: str, lease_s: float) -> subprocess.Popen:
+    """A light process that claims `config_hash` and sleeps."""
+    script = f"import time; from akvq import records; c = records.try_claim({str(path)!r}, {config_hash!r}, "
+    script += f"lease_s={lease_s})\nprint('held', flush=True); time.sleep(600)"
     p = subprocess.Popen(
         [sys.executable, "-c", script],
         env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -130,10 +130,34 @@ def test_a_live_claim_is_renewed_and_a_dead_one_lapses(tmp_path: Path) -> None:
         text=True,
     )
     assert p.stdout is not None and p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_a_dead_claimant_on_this_machine_is_taken_over_at_once(tmp_path: Path) -> None:
+    """Ctrl-C (or kill -9) and the same command again: the configs the dead job held run now, not after the
+    lease; a live holder keeps its claim however long its lease."""
+    path = tmp_path / "runs.jsonl"
+    p = _hold(path, "h1", 600.0)
+    assert records.try_claim(path, "h1") is None  # alive: held
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert records.claimed(path)["h1"]["expires"] > time.time() + 500  # its lease has not lapsed
+    claim = records.try_claim(path, "h1")
+    assert claim is not None  # but its process is gone
+    claim.release()
+
+
+def test_a_live_claim_is_renewed_and_a_dead_one_lapses(tmp_path: Path) -> None:
+    """API level, one light process: hold a 1 s lease for 2.5 s (renewed), then die by SIGKILL; its claim, as
+    if written on another node (no pid to check), lapses only after the lease."""
+    path = tmp_path / "runs.jsonl"
+    p = _hold(path, "h1", 1.0)
     time.sleep(2.5)
     assert records.try_claim(path, "h1", lease_s=1.0) is None  # still held: renewed past its first lease
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
+    file = records.claims_dir(path) / "h1.json"
+    file.write_text(json.dumps({**json.loads(file.read_text()), "machine": "another-node"}))
     assert records.try_claim(path, "h1", lease_s=1.0) is None  # lapses only after the lease
     time.sleep(1.2)
     claim = records.try_claim(path, "h1", lease_s=1.0)

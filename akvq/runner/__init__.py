@@ -118,7 +118,14 @@ def main(cfg: DictConfig, session: Session | None = None) -> list[dict[str, Any]
         # A claim with a lease: a concurrent identical sweep skips this config while we run it.
         claim = records.try_claim(records_path, p.config_hash, lease, skip_recorded=not cfg.get("redo"))
         if claim is None:
-            log.info("skip %s | %s | %s: recorded or running in another job", p.model, p.task, p.quant)
+            held = records.claimed(records_path).get(p.config_hash)
+            why = "recorded"
+            if held is not None:
+                until = time.strftime("%H:%M:%S", time.localtime(float(held["expires"])))
+                why = (
+                    f"running in job {held.get('owner')} (its lease, renewed while it lives, runs to {until})"
+                )
+            log.info("skip %s | %s | %s: %s", p.model, p.task, p.quant, why)
             continue
         with claim:
             if loaded is None:

@@ -131,19 +131,20 @@ def quantize(
     n = x.shape[-1]
     check_group(n, group_size)
     grid = CLIP_GRID if clip_search else ()
-    fast = cpu.quantize(x.float(), bits, group_size, clip_ratio, float_zero, clip_mode, grid)
+    xf = x.float()
+    fast = cpu.quantize(xf, bits, group_size, clip_ratio, float_zero, clip_mode, grid)
     if fast is not None:
         codes, s, z, ties = fast
         if ties is not None:  # rows whose clip search torch must settle: the torch path on them alone
-            sub = _quantize_torch(x.float().reshape(-1, n)[ties], bits, group_size, clip_ratio, clip_search,
+            sub = _quantize_torch(xf.reshape(-1, n)[ties], bits, group_size, clip_ratio, clip_search,
                                   float_zero, clip_mode)  # fmt: skip
             if sub.scale.dtype != torch.float16:  # then the whole piece takes fp32 metadata: all in torch
-                return _quantize_torch(x, bits, group_size, clip_ratio, clip_search, float_zero, clip_mode)
+                return _quantize_torch(xf, bits, group_size, clip_ratio, clip_search, float_zero, clip_mode)
             codes.view(-1, codes.shape[-1])[ties] = sub.codes
             s.view(-1, s.shape[-1])[ties] = sub.scale
             z.view(-1, z.shape[-1])[ties] = sub.zero
         return QTensor(codes, s, z, bits, group_size, n, float_zero)
-    return _quantize_torch(x, bits, group_size, clip_ratio, clip_search, float_zero, clip_mode)
+    return _quantize_torch(xf, bits, group_size, clip_ratio, clip_search, float_zero, clip_mode)
 
 
 def _quantize_torch(

@@ -164,11 +164,7 @@ __attribute__((target("avx2"))) static double search_err_avx2(const float *xg, i
     if (i < group) e += search_err(xg + i, group - i, s, z, qmax, float_zero);
     return e;
 }
-static int have_avx2(void) {
-    static int v = -1;
-    if (v < 0) v = __builtin_cpu_supports("avx2") ? 1 : 0;
-    return v;
-}
+static int have_avx2(void) { return __builtin_cpu_supports("avx2") ? 1 : 0; }
 #else
 static double search_err_avx2(const float *xg, int64_t group, float s, float z, float qmax, int64_t float_zero) {
     return search_err(xg, group, s, z, qmax, float_zero);
@@ -182,7 +178,7 @@ static int have_avx2(void) { return 0; }
  * caller takes torch). */
 /* One row of akvq_quantize; 0 or the reason the caller must take torch's path. */
 static int quantize_row(const float *xr, int64_t n, int64_t group, int64_t bits, float ratio, const float *grid,
-                        int64_t ngrid, int64_t float_zero, int64_t center, uint8_t *cr, uint16_t *scale,
+                        int64_t ngrid, int64_t float_zero, int64_t center, int vec, uint8_t *cr, uint16_t *scale,
                         uint16_t *zero) {
     const float qmax = (float)((1 << bits) - 1);
     const int64_t ng = n / group, row_bytes = (n * bits + 7) / 8, per = 8 / bits;
@@ -200,7 +196,6 @@ static int quantize_row(const float *xr, int64_t n, int64_t group, int64_t bits,
         if (ngrid > 0) {
             double err[64];
             int64_t best = 0;
-            const int vec = have_avx2();
             for (int64_t k = 0; k < ngrid; k++) {
                 float sk, zk;
                 params(mn, mx, qmax, grid[k], float_zero, center, &sk, &zk);
@@ -245,12 +240,13 @@ int akvq_quantize(const float *x, int64_t rows, int64_t n, int64_t group, int64_
     if ((bits != 1 && bits != 2 && bits != 4 && bits != 8) || ngrid > 64) return 3;
     const int64_t ng = n / group, row_bytes = (n * bits + 7) / 8;
     const int nt = n_threads(nthreads, rows * n);
+    const int vec = ngrid > 0 && have_avx2(); /* once per call, before the threads: the search's AVX2 sums */
     int rc = 0, tie = 0;
     (void)nt;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1) reduction(max : rc) reduction(| : tie)
     for (int64_t r = 0; r < rows; r++) {
         if (rc > 0) continue; /* the private copy starts at INT_MIN, the identity of max */
-        const int e = quantize_row(x + r * n, n, group, bits, ratio, grid, ngrid, float_zero, center,
+        const int e = quantize_row(x + r * n, n, group, bits, ratio, grid, ngrid, float_zero, center, vec,
                                    codes + r * row_bytes, scale + r * ng, zero + r * ng);
         if (row_rc) row_rc[r] = (int8_t)e;
         if (e == 4 && row_rc) tie = 1;

@@ -551,9 +551,16 @@ def _run_triton(cases: list[tuple[str, int, int]]) -> None:
 def test_triton_kernels_match_reference_in_interpreter() -> None:
     """The Triton kernels on CPU (TRITON_INTERPRET=1 must be set before triton is imported: a subprocess):
     2/4/16-bit classes with GQA, token-major and in sealed blocks (150 tokens), KIVI channel-axis keys with 16-bit
-    rows and WHT (full matrix: -m benchmark)."""
+    rows and WHT, and float zero points (KIVI's and akvq_plus's group minimum) on both axes (full matrix:
+    -m benchmark)."""
     _run_triton(
-        [("akvq_all_classes_nowht", 3, 45), ("akvq_all_classes_nowht", 3, 150), ("kivi_keys_hp", 1, 45)]
+        [
+            ("akvq_all_classes_nowht", 3, 45),
+            ("akvq_all_classes_nowht", 3, 150),
+            ("kivi_keys_hp", 1, 45),
+            ("channel_float_zero", 1, 45),
+            ("float_zero_across", 3, 150),
+        ]
     )
 
 
@@ -561,7 +568,9 @@ def test_triton_kernels_match_reference_in_interpreter() -> None:
 @pytest.mark.skipif(not TRITON, reason="triton is not installed")
 def test_triton_kernels_full_matrix() -> None:
     """Every packable plan, MHA and GQA (minutes in the interpreter)."""
-    _run_triton([(n, g, t) for n in sorted(PLANS) if n != "bits3_8" for g in (1, 3) for t in (45, 150)])
+    _run_triton(
+        [(n, g, t) for n in sorted(PLANS) if PLANS[n][0].bits != 3 for g in (1, 3) for t in (45, 150)]
+    )
 
 
 def test_every_decode_path_declares_every_plan_field() -> None:

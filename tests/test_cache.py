@@ -742,3 +742,42 @@ def test_sealed_blocks_keep_every_tokens_row() -> None:
         one.dequantize(one.n_q, torch.float32)[:, :, :199], ref[idx]
     )
     assert torch.equal(one.token_lookup()[1].view(-1, 4), one.table_slots(0, one.n_q)[1])
+
+
+def test_high_positions_follow_every_change_of_the_16bit_rows() -> None:
+    """`TensorStore.high_positions` (cached between decode steps) names the (sequence, token) each 16-bit row came
+    from, after flushes that add 16-bit rows, seals that reorder them (150 tokens: two blocks) and a batch reorder;
+    and `table_slots` from a suffix of tokens agrees with the same slots read from all of them."""
+    from akvq.policies.base import TensorPlan
+
+    g = torch.Generator().manual_seed(0)
+    b, h, d = 3, 2, 16
+    st = TensorStore(TensorPlan(bits=2, group_size=16, window=4), 4, torch.float16, h, d, b)
+    x = torch.randn(b, h, 150, d, generator=g).half()
+
+    def check(st: TensorStore, x: torch.Tensor) -> None:
+        bi, ti = st.high_positions()
+        assert bi.numel() == st.hp_rows.shape[0] > 0
+        want = x[bi, :, ti, :].reshape(bi.numel(), -1)
+        assert torch.equal(st.hp_rows, want)
+        cls_all, slot_all = st.table_slots(0, st.n_q)
+        for t0 in (st.n_q - 1, st.sealed - 1, st.sealed, 70):
+            if 0 <= t0 < st.n_q:
+                cls, slot = st.table_slots(t0, st.n_q)
+                assert torch.equal(cls, cls_all[t0:]) and torch.equal(slot, slot_all[t0:])
+
+    done = 0
+    for n in (40, 1, 1, 30, 1, 50, 27):
+        m = st.flushable(n)
+        if m:
+            cls = torch.randint(0, 2, (m, b), generator=g).to(torch.uint8)
+            if st.n_q < 40:  # 16-bit rows early only: the seal at 64 then reorders them on its own
+                cls[torch.rand(m, b, generator=g) < 0.15] = FULL
+            st.flush(m, cls)
+            check(st, x)
+        st.append(x[:, :, done : done + n])
+        done += n
+    assert done == 150 and st.sealed == 64 and st.n_q > 64
+    idx = torch.tensor([2, 0, 0, 1])
+    st.select_batch(idx)
+    check(st, x[idx])

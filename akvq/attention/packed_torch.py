@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from akvq.cache.store import FULL, LOW, TensorStore
+from akvq.cache.store import LOW, TensorStore
 from akvq.quant.hadamard import fwht
 from akvq.quant.packing import unpack
 
@@ -264,10 +264,7 @@ def _high_positions(store: TensorStore) -> tuple[torch.Tensor, torch.Tensor] | N
     if store.plan.axis == "channel":
         pos = store.hp_pos.long()
         return pos % store.batch, pos // store.batch
-    cls, slot = store.table_slots(0, store.n_q)
-    t, b = (cls == FULL).nonzero(as_tuple=True)
-    order = slot[t, b].argsort()  # hp_rows' order (their slots)
-    return b[order], t[order]
+    return store.high_positions()
 
 
 def _prepare_q(store: TensorStore, q: torch.Tensor) -> torch.Tensor:

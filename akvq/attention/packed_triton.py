@@ -55,8 +55,11 @@ def available() -> bool:
 if triton is not None:
 
     @triton.jit
-    def _dequant_rows(codes_ptr, scale_ptr, zero_ptr, ti, ok, ch, W, GS, BITS: tl.constexpr):
-        """[BLOCK, D] values s * (c - z) of table rows `ti` (masked by ok) at channels `ch` of the row."""
+    def _dequant_rows(
+        codes_ptr, scale_ptr, zero_ptr, ti, ok, ch, W, GS, BITS: tl.constexpr, FZ: tl.constexpr
+    ):
+        """[BLOCK, D] values s * (c - z) of table rows `ti` (masked by ok) at channels `ch` of the row; FZ (a float
+        zero point, KIVI's: z holds the group's minimum) s * c + z."""
         PER: tl.constexpr = 8 // BITS
         MASK: tl.constexpr = (1 << BITS) - 1
         nbytes = W // PER
@@ -67,6 +70,8 @@ if triton is not None:
         g = ti[:, None] * ngroups + ch[None, :] // GS
         s = tl.load(scale_ptr + g, mask=m2, other=0.0).to(tl.float32)
         z = tl.load(zero_ptr + g, mask=m2, other=0.0).to(tl.float32)
+        if FZ:
+            return s * code + z
         return s * (code - z)
 
     @triton.jit
@@ -92,6 +97,8 @@ if triton is not None:
         HAS_L: tl.constexpr,
         HAS_T: tl.constexpr,
         BLOCK: tl.constexpr,
+        LFZ: tl.constexpr,
+        TFZ: tl.constexpr,
     ):
         valid = t < n_q
         r = t.to(tl.int64) * B + b  # the lookup's token order, not the storage order
@@ -100,9 +107,9 @@ if triton is not None:
         ch = h * D + tl.arange(0, D)
         x = tl.zeros([BLOCK, D], dtype=tl.float32)
         if HAS_L:
-            x += _dequant_rows(lc, ls, lz, ti, valid & (c == 0), ch, W, GS, LBITS)
+            x += _dequant_rows(lc, ls, lz, ti, valid & (c == 0), ch, W, GS, LBITS, LFZ)
         if HAS_T:
-            x += _dequant_rows(tc, ts, tz, ti, valid & (c == 1), ch, W, GS, TBITS)
+            x += _dequant_rows(tc, ts, tz, ti, valid & (c == 1), ch, W, GS, TBITS, TFZ)
         return x
 
     @triton.jit
@@ -132,6 +139,8 @@ if triton is not None:
         HAS_L: tl.constexpr,
         HAS_T: tl.constexpr,
         BLOCK: tl.constexpr,
+        LFZ: tl.constexpr = False,
+        TFZ: tl.constexpr = False,
     ):
         b = tl.program_id(0)
         h = tl.program_id(1)
@@ -165,6 +174,8 @@ if triton is not None:
                 HAS_L,
                 HAS_T,
                 BLOCK,
+                LFZ,
+                TFZ,
             )
             sc = tl.sum(k[:, None, :] * q[None, :, :], axis=2)  # [BLOCK, GP]
             ptr = out_ptr + (qbase + g[None, :]) * T + t[:, None]
@@ -197,6 +208,8 @@ if triton is not None:
         HAS_L: tl.constexpr,
         HAS_T: tl.constexpr,
         BLOCK: tl.constexpr,
+        LFZ: tl.constexpr = False,
+        TFZ: tl.constexpr = False,
     ):
         b = tl.program_id(0)
         h = tl.program_id(1)
@@ -230,6 +243,8 @@ if triton is not None:
                 HAS_L,
                 HAS_T,
                 BLOCK,
+                LFZ,
+                TFZ,
             )
             pm = (t[:, None] < n_q) & (g[None, :] < G)
             p = tl.load(p_ptr + (qbase + g[None, :]) * T + t[:, None], mask=pm, other=0.0)  # [BLOCK, GP]
@@ -259,6 +274,7 @@ if triton is not None:
         D: tl.constexpr,
         BITS: tl.constexpr,
         BLOCK: tl.constexpr,
+        FZ: tl.constexpr = False,
     ):
         PER: tl.constexpr = 8 // BITS
         MASK: tl.constexpr = (1 << BITS) - 1
@@ -281,7 +297,10 @@ if triton is not None:
             gi = ch[None, :] * NGROUPS + t[:, None] // GS
             s = tl.load(scale_ptr + gi, mask=ok, other=0.0).to(tl.float32)
             z = tl.load(zero_ptr + gi, mask=ok, other=0.0).to(tl.float32)
-            k = s * (code - z)  # [BLOCK, D]
+            if FZ:
+                k = s * code + z  # [BLOCK, D]
+            else:
+                k = s * (code - z)
             sc = tl.sum(k[:, None, :] * q[None, :, :], axis=2)
             tl.store(
                 out_ptr + (qbase + g[None, :]) * T + t[:, None],
@@ -307,10 +326,10 @@ def _tables(store: TensorStore, dev: torch.device) -> tuple[list, dict]:
                     f"{qt.bits}-bit codes straddle bytes; the Triton path takes 1/2/4/8 bits"
                 )
             args += [dummy8, dummy16, dummy16]
-            meta[f"{key}BITS"], meta[f"HAS_{key}"] = 2, False
+            meta[f"{key}BITS"], meta[f"HAS_{key}"], meta[f"{key}FZ"] = 2, False, False
         else:
             args += [qt.codes, qt.scale, qt.zero]
-            meta[f"{key}BITS"], meta[f"HAS_{key}"] = qt.bits, True
+            meta[f"{key}BITS"], meta[f"HAS_{key}"], meta[f"{key}FZ"] = qt.bits, True, qt.float_zero
     return args, meta
 
 
@@ -357,6 +376,7 @@ def store_scores(store: TensorStore, q: torch.Tensor) -> torch.Tensor:
                 D=d,
                 BITS=c.bits,
                 BLOCK=BLOCK_T,
+                FZ=c.float_zero,
             )
         else:
             args, meta = _tables(store, q.device)
@@ -420,8 +440,10 @@ def packed_decode(
     scaling: float,
 ) -> torch.Tensor:
     """As `packed_torch.packed_decode`, through the kernels: [B, Hq, 1, D] in query's dtype."""
-    if kstore.plan.float_zero or vstore.plan.float_zero or kstore.perm is not None or vstore.perm is not None:
-        raise NotImplementedError("the Triton kernels fold integer zero points and unpermuted channels")
+    if kstore.perm is not None or vstore.perm is not None:
+        raise NotImplementedError("the Triton kernels read unpermuted channels")
+    if vstore.plan.axis == "channel" and vstore.plan.float_zero:  # channel values go through packed_torch
+        raise NotImplementedError("channel-axis values with float zero points: no Triton or torch fold")
     return torch_packed_decode(query, kstore, vstore, attention_mask, scaling, store_scores, store_output)
 
 

@@ -101,6 +101,8 @@ def _triton_fits(k: TensorStore, v: TensorStore, cuda: bool) -> str | None:
     for st in (k, v):
         if st.plan.axis == "channel" and st.group % (8 // st.plan.bits):
             return "channel groups that are not whole bytes"
+    if v.plan.axis == "channel" and v.plan.float_zero:  # channel values are read by the torch fold
+        return "float zero points on channel-axis values"
     return None
 
 
@@ -194,7 +196,7 @@ PATHS: dict[str, DecodePath] = {
             **_WINDOW,
             "bits": frozenset({1, 2, 4, 8}),
             "axis": frozenset({"token", "channel"}),
-            "float_zero": frozenset({False}),
+            "float_zero": frozenset({False, True}),  # KIVI's and akvq_plus's group minimum as zero point
             "reorder": frozenset({False}),
         },
         _triton_fits,

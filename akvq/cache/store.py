@@ -74,6 +74,21 @@ def token_rows(
     return torch.where(t < sealed, blocked, t * batch + b)
 
 
+def _class_ranks(cls: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+    """For each row of `cls` (uint8 [n] classes), its index among the rows of its class in `cls`, int64 [n];
+    with `sizes` (rows of each class's table in all), its row in that table, `cls` being the table's last rows.
+    One 1-D cumsum per class: on a GPU a cumsum down a [n, 3] one-hot is a scan along the outer dim, which ran
+    ~1.5 ms per call at 30K rows on an H200 (results/efficiency/gpu/README.md)."""
+    r = cls.long()
+    out = torch.zeros_like(r)
+    for c in (LOW, TEXT, FULL):
+        m = r == c
+        cs = m.long().cumsum(0)
+        base = -1 if sizes is None else sizes[c] - 1 - cs[-1:]  # rows of the class before `cls` starts
+        out = torch.where(m, cs + base, out)
+    return out
+
+
 def _cat(a: torch.Tensor | None, b: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return b if a is None else torch.cat([a, b], dim=dim)
 
@@ -213,6 +228,7 @@ class TensorStore:
     _deq: torch.Tensor | None = None
     _lookup_cls: torch.Tensor | None = None  # see `token_lookup`
     _lookup_slot: torch.Tensor | None = None
+    _hp_at: tuple[torch.Tensor, torch.Tensor] | None = None  # see `high_positions`
 
     @property
     def width(self) -> int:
@@ -365,6 +381,7 @@ class TensorStore:
             sel = slice(None) if counts[c] == flat.numel() else (flat == c).nonzero().squeeze(1)
             if c == FULL:
                 self.hp_rows = _append(self.hp_rows, orig[sel].to(self.hp_dtype))
+                self._hp_at = None
             else:
                 self.tables[c] = _append_q(self.tables.get(c), self._quantize(rows[sel], self.bits_of(c)))
         self.cls = _append(self.cls, flat)
@@ -466,7 +483,7 @@ class TensorStore:
             r.meta += self.smooth.nbytes
         if self.perm is not None:
             r.index += self.perm.nbytes
-        for t in (self.cls, self.hp_pos, self._lookup_cls, self._lookup_slot):
+        for t in (self.cls, self.hp_pos, self._lookup_cls, self._lookup_slot, *(self._hp_at or ())):
             if t is not None:
                 r.index += t.nbytes
         return r
@@ -484,8 +501,7 @@ class TensorStore:
         src = torch.empty_like(old).index_copy_(0, new, old)  # new position -> old position
         cls = self.cls[r0:r1]
         cls_new = cls[src]
-        oh = torch.nn.functional.one_hot(cls.long(), 3)
-        rank = (oh.cumsum(0) - 1).gather(1, cls.long().unsqueeze(1)).squeeze(1)  # among its class's rows
+        rank = _class_ranks(cls)  # among its class's rows
         after = self.cls[r1:]
         for c in (LOW, TEXT, FULL):
             pick = rank[src[cls_new == c]]
@@ -499,6 +515,7 @@ class TensorStore:
                 for x in parts:
                     x[hi - pick.numel() : hi] = x[hi - pick.numel() : hi][pick]
         self.cls[r0:r1] = cls_new
+        self._hp_at = None  # 16-bit rows of the block were reordered with it
         if self._lookup_slot is not None:  # the Triton lookup of the tokens from `start` on is stale
             keep = min(start * b, self._lookup_slot.shape[0])
             self._lookup_cls = _drop_back(self._lookup_cls, keep)
@@ -512,14 +529,26 @@ class TensorStore:
         rows = token_rows(t0, t1, self.batch, self.sealed, self.cls.device)
         if not rows.numel():
             return self.cls.new_zeros(rows.shape), rows
-        lo = int(rows.min())
+        # the first of them in storage: token t0 of sequence 0 (computed here, not read back from the device)
+        k = ROW_BLOCK
+        lo = (t0 // k) * k * self.batch + t0 % k if t0 < self.sealed else t0 * self.batch
         rest = self.cls[lo:]
-        oh = torch.nn.functional.one_hot(rest.long(), 3)
         sizes = [self.tables[c].codes.shape[0] if c in self.tables else 0 for c in (LOW, TEXT)]
         sizes.append(0 if self.hp_rows is None else self.hp_rows.shape[0])
-        before = torch.tensor(sizes, device=rest.device) - oh.sum(0)
-        slot = (oh.cumsum(0) - 1 + before).gather(1, rest.long().unsqueeze(1)).squeeze(1)
+        slot = _class_ranks(rest, sizes)
         return rest[rows - lo], slot[rows - lo]
+
+    def high_positions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch index, token index) of each 16-bit row, in `hp_rows`' order (token axis). Kept until that order
+        changes (a flush that adds 16-bit rows, `seal`, `select_batch`): pivots are few and fixed after the
+        prompt, and finding them again from every token's class on each decode step (a pass over all rows and a
+        host sync per store) was most of a GPU decode step (results/efficiency/gpu/README.md)."""
+        if self._hp_at is None:
+            cls, slot = self.table_slots(0, self.n_q)
+            t, b = (cls == FULL).nonzero(as_tuple=True)
+            order = slot[t, b].argsort()  # hp_rows' order (their slots)
+            self._hp_at = (b[order], t[order])
+        return self._hp_at
 
     def token_lookup(self) -> tuple[torch.Tensor, torch.Tensor]:
         """`table_slots` of every packed token, flat in token order (t, b) -> t * B + b: (class uint8, slot int64),
@@ -586,4 +615,5 @@ class TensorStore:
         if self._deq is not None:
             self._deq = self._deq.index_select(0, idx)
         self._lookup_cls = self._lookup_slot = None
+        self._hp_at = None
         self.batch = idx.numel()

@@ -79,8 +79,10 @@ def _eligible(x: torch.Tensor) -> bool:
 
 def fwht(x: torch.Tensor) -> torch.Tensor | None:
     """`hadamard.fwht` of an fp32 CPU tensor (a new tensor), or None when this path does not apply."""
+    if not _eligible(x):
+        return None
     lib = _lib()
-    if lib is None or not _eligible(x):
+    if lib is None:
         return None
     d = x.shape[-1]
     x = x.contiguous()
@@ -102,8 +104,10 @@ def quantize(
     these ratios), and the rows (indices into g viewed as [-1, n]) whose clip search hit a near-tie, whose winner
     depends on torch's summation order: the caller settles those rows in torch (None: no such row). None for the
     whole call when this path does not apply: the torch path then decides (fp32 metadata, non-finite elements)."""
+    if not _eligible(g) or bits not in (1, 2, 4, 8) or clip_mode not in ("center", "minmax"):
+        return None  # checked first: a CUDA tensor never builds the C library
     lib = _lib()
-    if lib is None or bits not in (1, 2, 4, 8) or clip_mode not in ("center", "minmax") or not _eligible(g):
+    if lib is None:
         return None
     g = g.contiguous()
     n = g.shape[-1]

@@ -235,3 +235,18 @@ def test_smollm2_loads_from_config() -> None:
     enc = build_inputs(loaded, ["The capital of France is"])
     out = loaded.model.generate(**enc, max_new_tokens=3, do_sample=False)
     assert "Paris" in loaded.tokenizer.decode(out[0, enc["input_ids"].shape[1] :])
+
+
+def test_converted_gguf_copies_are_keyed_by_content(tmp_path) -> None:
+    """The same GGUF installed in two places (two venvs) shares one converted copy; other bytes get their own."""
+    from akvq.models.smollm2 import _gguf_key
+
+    for d, data in (
+        ("a", b"GGUF" + bytes(range(200))),
+        ("b", b"GGUF" + bytes(range(200))),
+        ("c", b"GGUF" + b"x" * 200),
+    ):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "m.gguf").write_bytes(data)
+    key = {d: _gguf_key(str(tmp_path / d), "m.gguf") for d in "abc"}
+    assert key["a"] == key["b"] != key["c"]

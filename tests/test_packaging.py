@@ -121,3 +121,14 @@ def test_wheel_installs_and_runs_from_outside_the_checkout(tmp_path: Path) -> No
     assert got["kernel"] and got["pattern"] == ["tsa", "tsa", "psa", "psa"] and got["tokens"] == 4
     assert got["quant_c"] and got["quant_source"].startswith(site)  # the shipped C quantizer builds and loads
     shutil.rmtree(env, ignore_errors=True)
+
+
+def test_setup_says_in_one_line_when_the_disk_is_too_full(tmp_path: Path) -> None:
+    """scripts/setup.sh checks free space before pip runs (CI once failed on pip's OSError halfway through torch)."""
+    env = {**os.environ, "AKVQ_VENV": str(tmp_path / "venv"), "AKVQ_SETUP_NEED_GB": "100000000"}
+    p = subprocess.run(
+        ["bash", str(REPO / "scripts" / "setup.sh")], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "GB free on the disk holding" in lines[0] and "AKVQ_VENV" in lines[0]

@@ -224,3 +224,32 @@ def test_the_copy_probe_runs_on_each_thread_count_and_restores_torchs() -> None:
     got = copy_bandwidths([2, 1, 2], mib=8, reps=2)
     assert list(got) == [1, 2] and all(v > 0 for v in got.values())
     assert torch.get_num_threads() == before
+
+
+def test_gpu_table4_script_runs_on_a_tiny_config(tmp_path) -> None:
+    """scripts/gpu_table4.py (Table IV on LLaVA-1.5-7B's config, for a lent GPU) on a tiny config of the same layout
+    on the CPU: images in the prompt, the prompt quantized before the batch copy, the largest-batch search, the
+    table. Keeps the GPU script from rotting between GPUs (~10 s)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    args = ["--tiny", "--out", str(tmp_path), "--prompts", "640", "--budgets", "0.1", "--steps", "1"]
+    p = subprocess.run(
+        [sys.executable, str(root / "scripts" / "gpu_table4.py"), *args, "--cap", "32", "--max-total", "4"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = {r["method"]: r for r in map(json.loads, (tmp_path / "table4.jsonl").read_text().splitlines())}
+    assert set(rows) == {"fp16", "kivi2", "akvq"}
+    # quantized after the prompt (settled before the copy): far fewer bytes than fp16, more sequences in the budget
+    for m in ("kivi2", "akvq"):
+        assert rows[m]["kv_bytes_per_token"] < rows["fp16"]["kv_bytes_per_token"] / 4
+        # (unquantized when copied, the prompt's 16-bit rows would cap the batch near fp16's: 2x here, fp32 model)
+        assert rows[m]["largest_batch"] >= 3 * rows["fp16"]["largest_batch"]
+    assert rows["fp16"]["path"] == "sdpa" and rows["akvq"]["path"] in ("packed_c", "packed_torch")
+    assert (tmp_path / "table4.md").read_text().count("\n| 640 |") == 3

@@ -36,33 +36,22 @@ def to_device(st: Any, device: str) -> Any:
 
 
 def kernels(device: str, quick: bool) -> tuple[int, list[str]]:
-    from test_attention import PLANS, B, D, H, _store, _views
+    from test_attention import PLANS, _views, case
 
     from akvq.attention import packed_triton as PT
     from akvq.attention.paths import PATHS
     from akvq.attention.reference import reference_decode
-    from akvq.policies.base import TensorPlan
 
     assert PT.available(), "triton kernels unavailable"
     bad, lines = 0, []
     names = sorted(PLANS)[:3] if quick else sorted(PLANS)
     for name in names:
-        plan, tb, classes = PLANS[name]
         for groups in (1, 3):
             for n in (45, 150):
-                if plan.axis == "channel" and n != 45:
+                if PLANS[name][0].axis == "channel" and n != 45:
                     continue
                 for masked in (False, True):
-                    kst = _store(plan, tb, n if plan.axis == "token" else 43, 1, classes)
-                    vplan = plan if plan.axis == "token" else TensorPlan(bits=2, group_size=16, window=6)
-                    vst = _store(vplan, tb, kst.n_q + kst.tail_len, 2, classes, flushes=3)
-                    t = kst.n_q + kst.tail_len
-                    q = torch.randn(B, H * groups, 1, D, generator=torch.Generator().manual_seed(3))
-                    mask = None
-                    if masked:
-                        mask = torch.ones(B, 1, 1, t, dtype=torch.bool)
-                        mask[0, ..., :5] = False
-                        mask[2, ..., :11] = False
+                    kst, vst, q, mask = case(name, groups, n, masked)
                     why = PATHS["triton"].why_not(kst, vst, cuda=True)
                     if why is not None:  # the selector sends this layout elsewhere (paths.py)
                         lines.append(

@@ -101,6 +101,28 @@ PLANS = {
         "low",
     ),
 }
+
+
+def case(
+    name: str, groups: int, n: int, masked: bool
+) -> tuple[TensorStore, TensorStore, torch.Tensor, torch.Tensor | None]:
+    """One case of the layout matrix: K and V stores of plan `name` (channel-axis keys: 43 tokens, token-axis
+    values beside them), a query with `groups` query heads per KV head, and a left-padding mask or None. Shared
+    by the tests here and `scripts/gpu_kernels.py` (the same matrix on a GPU)."""
+    plan, text_bits, classes = PLANS[name]
+    kst = _store(plan, text_bits, n if plan.axis == "token" else 43, 1, classes)
+    vplan = plan if plan.axis == "token" else TensorPlan(bits=2, group_size=16, window=6)
+    vst = _store(vplan, text_bits, kst.n_q + kst.tail_len, 2, classes, flushes=3)
+    t = kst.n_q + kst.tail_len
+    q = torch.randn(B, H * groups, 1, D, generator=torch.Generator().manual_seed(3))
+    mask = None
+    if masked:
+        mask = torch.ones(B, 1, 1, t, dtype=torch.bool)
+        mask[0, ..., :5] = False
+        mask[2, ..., :11] = False
+    return kst, vst, q, mask
+
+
 # The C kernel's float path in each build (avx2 where the CPU has it, portable plain C everywhere)
 PATHS = {
     "torch": packed_decode,
@@ -127,20 +149,10 @@ def _skip_variant(path: str) -> None:
     "n", [45, 150], ids=["open", "sealed"]
 )  # 150: two sealed blocks of 64 (`token_rows`)
 def test_packed_matches_reference(name: str, groups: int, masked: bool, path: str, n: int) -> None:
-    plan, text_bits, classes = PLANS[name]
-    if plan.axis == "channel" and n != 45:
+    if PLANS[name][0].axis == "channel" and n != 45:
         pytest.skip("sealed blocks are the token axis's order")
-    kst = _store(plan, text_bits, n if plan.axis == "token" else 43, 1, classes)
-    vplan = plan if plan.axis == "token" else TensorPlan(bits=2, group_size=16, window=6)
-    vst = _store(vplan, text_bits, kst.n_q + kst.tail_len, 2, classes, flushes=3)
+    kst, vst, q, mask = case(name, groups, n, masked)
     assert kst.n_q > 0 and vst.n_q > 0
-    t = kst.n_q + kst.tail_len
-    q = torch.randn(B, H * groups, 1, D, generator=torch.Generator().manual_seed(3))
-    mask = None
-    if masked:
-        mask = torch.ones(B, 1, 1, t, dtype=torch.bool)
-        mask[0, ..., :5] = False
-        mask[2, ..., :11] = False
     ref = reference_decode(q, _views(kst), _views(vst), mask, 0.25)
     if path == "torch" and DECODE_PATHS["packed_torch"].why_not(kst, vst, cuda=False) is not None:
         pytest.skip("a layout the torch path does not fold (the attention dispatcher dequantizes it)")
@@ -508,23 +520,14 @@ _TRITON_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 import torch
-from test_attention import PLANS, _store, _views, B, H, D
+from test_attention import _views, case
 from akvq.attention import packed_triton as PT
 from akvq.attention.reference import reference_decode
-from akvq.policies.base import TensorPlan
 assert PT.available()
 for name, groups, n in {cases!r}:
-    plan, tb, classes = PLANS[name]
-    if True:
-        kst = _store(plan, tb, n if plan.axis == "token" else 43, 1, classes)
-        vplan = plan if plan.axis == "token" else TensorPlan(bits=2, group_size=16, window=6)
-        vst = _store(vplan, tb, kst.n_q + kst.tail_len, 2, classes, flushes=3)
-        t = kst.n_q + kst.tail_len
-        q = torch.randn(B, H * groups, 1, D, generator=torch.Generator().manual_seed(3))
-        mask = torch.ones(B, 1, 1, t, dtype=torch.bool)
-        mask[0, ..., :5] = False
-        ref = reference_decode(q, _views(kst), _views(vst), mask, 0.25)
-        torch.testing.assert_close(PT.packed_decode(q, kst, vst, mask, 0.25), ref, atol=2e-5, rtol=1e-4)
+    kst, vst, q, mask = case(name, groups, n, masked=True)
+    ref = reference_decode(q, _views(kst), _views(vst), mask, 0.25)
+    torch.testing.assert_close(PT.packed_decode(q, kst, vst, mask, 0.25), ref, atol=2e-5, rtol=1e-4)
 print("TRITON_OK")
 """
 

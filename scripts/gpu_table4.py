@@ -398,7 +398,7 @@ def main() -> None:
         "--prompts", default="640,8192", help="prompt lengths in tokens (half images, at least one)"
     )
     p.add_argument("--budgets", default="32,80", help="GiB")
-    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--steps", type=int, default=4, help="timed decode steps a point, after one warm-up")
     p.add_argument("--cap", type=int, default=2048)
     p.add_argument("--tolerance", type=float, default=0.05)
     p.add_argument("--profile", default="", help="method:prompt:batch,... profiled first (torch.profiler)")

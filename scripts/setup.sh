@@ -12,7 +12,7 @@ want=$(cat pyproject.toml setup.py scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # One clear line instead of pip's OSError halfway: the venv takes ~7.5 GB (torch's CUDA build and its
   # libraries, the only torch that pairs with torchvision here) and pip unpacks wheels in $TMPDIR meanwhile.
-  need_gb=${AKVQ_SETUP_NEED_GB:-10}
+  need_gb=${AKVQ_SETUP_NEED_GB:-9}
   for dir in "$VENV" "${TMPDIR:-/tmp}"; do
     free_kb=$(df -Pk "$dir" | awk 'NR==2 {print $4}')
     if [ "${free_kb:-0}" -lt $((need_gb * 1024 * 1024)) ]; then

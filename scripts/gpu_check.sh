@@ -4,7 +4,8 @@
 #      LLaVA-7B's shape (scripts/gpu_kernels.py);
 #   2. Table IV on the paper's architecture: LLaVA-1.5-7B's config with random fp16 weights, prompts of 640 and
 #      8192 tokens, fp16 / kivi2 / akvq, largest batch under 32 and 80 GiB (scripts/gpu_table4.py).
-# Results land in OUTDIR (default results/efficiency/gpu) and are copied to $OUT when the device runner sets it.
+# Results land in OUTDIR (default results/efficiency/gpu/latest; eight files) and are copied to $OUT when the device
+# runner sets it (it brings back 8 files at most).
 #   usage: bash scripts/gpu_check.sh [OUTDIR]      (PY=python3 chooses the interpreter; DEADLINE_S the Table IV
 #          search's cut-off, default 300 s)
 # Where the GPU machine's transformers differs from the tested one (its image had 5.17), wheels of the tested
@@ -18,7 +19,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
-OUTDIR=${1:-results/efficiency/gpu}
+OUTDIR=${1:-results/efficiency/gpu/latest}
 mkdir -p "$OUTDIR"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -34,4 +35,4 @@ echo "== kernels"
 timeout ${KERNELS_TIMEOUT:-150} $PY scripts/gpu_kernels.py --out "$OUTDIR" 2>&1 | tee "$OUTDIR/kernels.log"
 echo "== Table IV"
 timeout ${TABLE_TIMEOUT:-380} $PY scripts/gpu_table4.py --out "$OUTDIR" --deadline-s "${DEADLINE_S:-300}" ${TABLE_ARGS:-} 2>&1 | tee "$OUTDIR/table4.log"
-if [ -n "${OUT:-}" ]; then cp "$OUTDIR"/* "$OUT/"; fi
+if [ -n "${OUT:-}" ]; then find "$OUTDIR" -maxdepth 1 -type f -exec cp {} "$OUT/" \;; fi

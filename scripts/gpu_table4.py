@@ -139,21 +139,19 @@ def prefill(model: Any, method: str, inputs: dict[str, torch.Tensor]) -> tuple[A
     """Batch-1 cache after the prompt, and the next token."""
     from transformers import DynamicCache
 
-    if METHODS[method] is None:
-        use_packed(model, None, "sdpa")
-        cache = DynamicCache(config=model.config)
-        with torch.inference_mode():
-            out = model(**inputs, **{api.cache_kwarg(): cache}, use_cache=True, logits_to_keep=1)
-    else:
-        use_packed(model, None, "sdpa")  # prefill as the model would (SDPA over 16-bit K/V)
-        policy = make_policy(METHODS[method])
-        cache = api.build_cache(model, policy, inputs)
-        with api.pivot_detection(model, cache), torch.inference_mode():
-            out = model(**inputs, **{api.cache_kwarg(): cache}, use_cache=True, logits_to_keep=1)
+    cfg = METHODS[method]
+    use_packed(model, None, "sdpa")  # prefill as the model would (SDPA over 16-bit K/V)
+    cache = (
+        DynamicCache(config=model.config) if cfg is None else api.build_cache(model, make_policy(cfg), inputs)
+    )
+    with api.pivot_detection(model, cache), torch.inference_mode():
+        out = model(**inputs, **{api.cache_kwarg(): cache}, use_cache=True, logits_to_keep=1)
+        if isinstance(cache, AKVQCache):
             # quantize the prompt now, at batch 1 (as the CPU benchmark's first step does): the cache defers it to
             # the next update, and copying it along the batch first would hold the whole prompt in 16 bits at
             # batch B (the first GPU run measured that peak, not the method's)
             cache.settle()
+    if isinstance(cache, AKVQCache):
         use_packed(model, cache, "auto")  # decode through the packed path (Triton on CUDA)
     return cache, int(out.logits[0, -1].argmax())
 

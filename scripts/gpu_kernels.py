@@ -5,7 +5,8 @@
    with and without a padding mask: the reference (dequantize-then-attend, fp32, on the CPU) vs the Triton kernel
    on the GPU, the tests' tolerance (atol 2e-5, rtol 1e-4).
 2. One layer's decode attention at LLaVA-1.5-7B's shape (32 heads x 128): fp16 SDPA over 16-bit K/V vs the Triton
-   kernel over akvq's PSA layout (2-bit + WHT + 15 pivots + a 128-token window), CUDA-event timed.
+   kernel over akvq's PSA layout (2-bit + WHT + 15 pivots + a 128-token window), CUDA-event timed, the kernel at
+   each number of programs per SM in PER_SM_SWEEP (the splits of the tokens; `packed_triton.PROGRAMS_PER_SM`).
 
     python scripts/gpu_kernels.py --out results/efficiency/gpu           # on a GPU, under a minute
     TRITON_INTERPRET=1 python scripts/gpu_kernels.py --dry-run --out /tmp/k   # a CPU check of this script
@@ -74,6 +75,44 @@ def kernels(device: str, quick: bool) -> tuple[int, list[str]]:
     return bad, lines
 
 
+def quantizer(device: str) -> tuple[int, list[str]]:
+    """The one-launch Triton quantizer (`akvq.quant.gpu`, compiled without FMA contraction) against the torch code
+    on the CPU: codes, fp16 scales and zeros must be equal bit for bit (as tests/test_quant.py checks in the
+    interpreter), over bits, groups, zero points and clip modes, with outliers, NaN/inf and rounding ties."""
+    import itertools
+
+    from akvq.quant import gpu
+    from akvq.quant.uniform import _quantize_torch
+
+    bad, lines = 0, []
+    g = torch.Generator().manual_seed(0)
+    for bits, gs, fz, mode in itertools.product((1, 2, 4, 8), (16, 128), (False, True), ("center", "minmax")):
+        x = (
+            torch.randn(*((64, 4096) if device == "cuda" else (5, 256)), generator=g) * 3
+        )  # the interpreter: small
+        x[0, :5] *= 40
+        x[2, 3], x[2, 9], x[3, 1] = float("nan"), float("inf"), -float("inf")
+        x[4] = torch.round(x[4] * 4) / 4
+        ref = _quantize_torch(x, bits, gs, 0.8, False, fz, mode)
+        got = gpu.quantize(x.to(device), bits, gs, 0.8, fz, mode)
+        if got is None:
+            ok = ref.scale.dtype == torch.float32
+            lines.append(f"quantize bits={bits} g={gs} fz={int(fz)} {mode}: handed back (fp32 metadata) {ok}")
+        else:
+            c, sc, z = (t.cpu() for t in got[:3])
+            diff = [int((a != b).sum()) for a, b in ((c, ref.codes), (sc, ref.scale), (z, ref.zero))]
+            ok = not any(diff)
+            lines.append(
+                f"quantize bits={bits} g={gs} fz={int(fz)} {mode}: differing codes/scales/zeros {diff}"
+            )
+        bad += not ok
+        print(lines[-1] + ("" if ok else " FAIL"), flush=True)
+    return bad, lines
+
+
+PER_SM_SWEEP = (1, 2, 4, 8, 16, 32)  # contains PT.PROGRAMS_PER_SM
+
+
 def layer_timing(device: str, shapes: list[tuple[int, int]]) -> list[dict[str, Any]]:
     import torch.nn.functional as F
 
@@ -114,7 +153,13 @@ def layer_timing(device: str, shapes: list[tuple[int, int]]) -> list[dict[str, A
         cls[torch.randint(0, m, (15,), generator=g, device=device)] = FULL
         st.flush(m, cls)
         sdpa = timeit(lambda q=q, x=x: F.scaled_dot_product_attention(q, x, x))
-        tri = timeit(lambda q=q, st=st: PT.packed_decode(q, st, st, None, D**-0.5))
+        # programs per SM a launch aims for (PT.PROGRAMS_PER_SM is the default): each timed, the default reported
+        sweep = {
+            n: timeit(lambda q=q, st=st, n=n: PT.packed_decode(q, st, st, None, D**-0.5, per_sm=n))
+            for n in PER_SM_SWEEP
+        }
+        tri = sweep[PT.PROGRAMS_PER_SM]
+        best = min(sweep, key=sweep.get)
         nb = sum(t.nbytes for t in (st.tail, st.cls, st.hp_rows) if t is not None) + sum(
             qt.codes.nbytes + qt.scale.nbytes + qt.zero.nbytes for qt in st.tables.values()
         )
@@ -124,6 +169,9 @@ def layer_timing(device: str, shapes: list[tuple[int, int]]) -> list[dict[str, A
             "sdpa_fp16_ms": sdpa,
             "triton_packed_ms": tri,
             "speedup": sdpa / tri,
+            "programs_per_sm": PT.PROGRAMS_PER_SM,
+            "triton_ms_by_programs_per_sm": sweep,
+            "best_programs_per_sm": best,
             "kv_bytes_fp16": 2 * x.numel() * 2,  # K and V in 16 bits
             "kv_bytes_packed": 2 * nb,  # K and V: the same store stands for both
         }
@@ -134,7 +182,9 @@ def layer_timing(device: str, shapes: list[tuple[int, int]]) -> list[dict[str, A
         print(
             f"batch {B:4d} ctx {T:5d}: SDPA {sdpa:8.3f} ms ({row['sdpa_GBps']:7.0f} GB/s) | Triton packed "
             f"{tri:8.3f} ms ({row['packed_GBps']:7.0f} GB/s) | {row['speedup']:.2f}x faster, "
-            f"{row['bytes_ratio']:.2f}x fewer KV bytes",
+            f"{row['bytes_ratio']:.2f}x fewer KV bytes; programs per SM "
+            + " ".join(f"{n}:{ms:.3f}" for n, ms in sweep.items())
+            + f" ms (best {best})",
             flush=True,
         )
     return rows
@@ -151,6 +201,9 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu (TRITON_INTERPRET)"
     print(f"== 1. Triton kernels vs the reference on {name}", flush=True)
     bad, lines = kernels(device, a.dry_run)
+    print("== 1b. the Triton quantizer vs the torch code, bit for bit", flush=True)
+    qbad, qlines = quantizer(device)
+    bad, lines = bad + qbad, lines + qlines
     verdict = "KERNELS OK" if bad == 0 else f"KERNELS: {bad} FAILED"
     print(verdict, flush=True)
     (out / "kernels.txt").write_text("\n".join([f"device: {name}", *lines, verdict, ""]))

@@ -34,6 +34,7 @@ from akvq import api  # noqa: E402
 from akvq.attention import use_packed  # noqa: E402
 from akvq.attention.paths import select  # noqa: E402
 from akvq.bench.batch_search import Point, largest_batch  # noqa: E402
+from akvq.bench.syncs import HostSyncs  # noqa: E402
 from akvq.bench.throughput import decode_steps  # noqa: E402
 from akvq.cache import AKVQCache  # noqa: E402
 from akvq.policies import make_policy  # noqa: E402
@@ -248,6 +249,11 @@ def profile(model: Any, device: str, method: str, length: int, batch: int, steps
     ids = torch.full((batch, 1), nxt, device=device)
     with flash_sdpa(device):
         decode_steps(model, cache, ids, 2, device)
+    with HostSyncs() as syncs, flash_sdpa(device):  # reads back to the host in one step, by site
+        decode_steps(model, cache, ids, 1, device)
+    print(f"== host syncs in one decode step: {syncs.total}", flush=True)
+    for site, n in syncs.by_site.most_common(8):
+        print(f"   {n:5d} {site}", flush=True)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
     with prof(activities=acts) as p, flash_sdpa(device):
         walls, _ = decode_steps(model, cache, ids, steps, device)

@@ -237,6 +237,8 @@ def test_gpu_table4_script_runs_on_a_tiny_config(tmp_path) -> None:
 
     root = Path(__file__).resolve().parents[1]
     args = ["--tiny", "--out", str(tmp_path), "--prompts", "640", "--budgets", "0.1", "--steps", "1"]
+    # and the profile: host syncs in a step (akvq.bench.syncs), then torch.profiler's table
+    args += ["--profile", "akvq:640:2"]
     p = subprocess.run(
         [sys.executable, str(root / "scripts" / "gpu_table4.py"), *args, "--cap", "32", "--max-total", "4"],
         capture_output=True,
@@ -244,6 +246,8 @@ def test_gpu_table4_script_runs_on_a_tiny_config(tmp_path) -> None:
         timeout=600,
     )
     assert p.returncode == 0, p.stderr[-2000:]
+    assert "== host syncs in one decode step:" in p.stdout
+    assert "== profile akvq prompt 640 batch 2" in p.stdout
     rows = {r["method"]: r for r in map(json.loads, (tmp_path / "table4.jsonl").read_text().splitlines())}
     assert set(rows) == {"fp16", "kivi2", "akvq"}
     # quantized after the prompt (settled before the copy): far fewer bytes than fp16, more sequences in the budget

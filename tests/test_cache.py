@@ -672,6 +672,32 @@ def test_token_lookup_grows_with_the_flushes_and_is_counted():
     assert cache.memory_report().total_bytes == storage_bytes(cache)
 
 
+def test_token_lookup_is_extended_by_each_flush_across_seals() -> None:
+    """Once the Triton lookup exists, each flush extends it from the host (the new rows' classes and their places at
+    the ends of the class tables) instead of `table_slots` over the new tokens on every decode step; a seal reorders
+    its block's rows, so the block is looked up again once. One token a step across two seals, with text, low and
+    16-bit rows mixed: the lookup always equals `table_slots` of every token."""
+    g = torch.Generator().manual_seed(3)
+    b, n = 3, 150
+    x = torch.randn(b, 2, n, 16, generator=g)
+    cls = torch.randint(0, 2, (n, b), generator=g).to(torch.uint8)
+    cls[torch.rand(n, b, generator=g) < 0.05] = FULL
+    st = TensorStore(TensorPlan(bits=2, group_size=16, window=4), 4, torch.float16, 2, 16, b)
+    calls: list[tuple[int, int]] = []
+    slots = st.table_slots
+    st.table_slots = lambda t0, t1: calls.append((t0, t1)) or slots(t0, t1)  # type: ignore[method-assign]
+    for i in range(n):
+        st.append(x[:, :, i : i + 1])
+        m = st.flushable(0)
+        if m:
+            st.flush(m, cls[st.n_q : st.n_q + m])
+            tc, ts = st.token_lookup()
+            want_c, want_s = slots(0, st.n_q)
+            assert torch.equal(tc.view(-1, b), want_c) and torch.equal(ts.view(-1, b), want_s), st.n_q
+    assert st.sealed == 2 * ROW_BLOCK
+    assert calls == [(0, 1), (0, ROW_BLOCK), (ROW_BLOCK, 2 * ROW_BLOCK)]  # the first, then each sealed block
+
+
 def _sealed_store(every: int, n: int = 203, b: int = 3) -> TensorStore:
     """A 2-bit store of n tokens (4-bit text rows, 16-bit pivots), flushed `every` tokens at a time."""
     g = torch.Generator().manual_seed(5)

@@ -1,6 +1,11 @@
 """Quantization math: error bounds, packing, WHT. Property-based over shapes, dtypes and bit widths."""
 
+import importlib.util
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,6 +109,19 @@ def test_wht_orthonormal_and_self_inverse(d):
     torch.testing.assert_close(fwht(q) @ fwht(k).T, q @ k.T)
 
 
+@pytest.mark.parametrize("d", [16, 128])
+def test_wht_as_one_matmul_matches_the_butterfly(d):
+    """On a GPU `fwht` is one matmul by the dense H (`_dense`), not the butterfly's 3 log2(d) + 2 launches: the same
+    transform in fp32 (the CPU cannot take that branch, so its two pieces are compared here)."""
+    from akvq.quant.hadamard import _butterfly, _dense
+
+    x = torch.randn(50, 2, d)
+    h = _dense(d, torch.device("cpu"))
+    assert h.dtype == torch.float32
+    torch.testing.assert_close(x @ h, _butterfly(x), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(h, hadamard_matrix(d, torch.float64).float())
+
+
 def test_wht_spreads_a_channel_outlier():
     x = torch.randn(32, 64, generator=torch.Generator().manual_seed(0))
     x[:, 3] += 50
@@ -187,3 +205,38 @@ def test_center_clipping_keeps_a_one_signed_group_in_place(float_zero):
     assert (old - x).abs().max() > 1.0  # the old rule, kept as clip_mode="minmax"
     with pytest.raises(ValueError, match="clip_mode"):
         quantize(x, 2, 16, clip_mode="zero")
+
+
+_TRITON_QUANT = """
+import itertools, torch
+from akvq.quant import gpu
+from akvq.quant.uniform import _quantize_torch
+assert gpu.available()
+g = torch.Generator().manual_seed(0)
+for bits, gs, fz, mode in itertools.product((1, 2, 4, 8), (16, 128), (False, True), ("center", "minmax")):
+    x = torch.randn(5, 256, generator=g) * 3
+    x[0, :5] *= 40  # outliers
+    x[1] = 0.5  # a constant group (fp16-exact, else its metadata is fp32)
+    x[2, 3], x[2, 9], x[3, 1] = float("nan"), float("inf"), -float("inf")
+    x[4] = torch.round(x[4] * 4) / 4  # values on half steps: rounding ties
+    ref = _quantize_torch(x, bits, gs, 0.8, False, fz, mode)
+    c, s, z, _ = gpu.quantize(x, bits, gs, 0.8, fz, mode)
+    assert torch.equal(c, ref.codes) and torch.equal(s, ref.scale) and torch.equal(z, ref.zero), (bits, gs, fz, mode)
+x = 1000 + 1e-3 * torch.randn(2, 128, generator=g)  # far from 0, tiny spread: fp16 metadata would lose it
+assert gpu.quantize(x, 2, 128, 1.0, False, "center") is None
+assert _quantize_torch(x, 2, 128, 1.0, False, False, "center").scale.dtype == torch.float32
+print("QUANT_OK")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_triton_quantizer_matches_the_torch_code_bit_for_bit() -> None:
+    """The GPU's one-launch quantizer (`akvq.quant.gpu`) against the torch code in the interpreter
+    (TRITON_INTERPRET=1 before triton is imported: a subprocess): codes, fp16 scales and zeros equal over bits, groups,
+    both zero points and clip modes, with outliers, a constant group, NaN/inf and rounding ties; a piece whose
+    metadata needs fp32 is handed back (None) for the torch code to decide."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    p = subprocess.run(
+        [sys.executable, "-c", _TRITON_QUANT], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert "QUANT_OK" in p.stdout, p.stderr[-3000:]

@@ -313,10 +313,15 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+@functools.lru_cache(maxsize=8)
+def _dummies(dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stand-ins for an absent class's codes and scales (never read): made once, not two launches per call."""
+    return torch.zeros(1, dtype=torch.uint8, device=dev), torch.zeros(1, dtype=torch.float16, device=dev)
+
+
 def _tables(store: TensorStore, dev: torch.device) -> tuple[list, dict]:
     """Kernel arguments for the LOW and TEXT tables (dummies where a class is absent)."""
-    dummy8 = torch.zeros(1, dtype=torch.uint8, device=dev)
-    dummy16 = torch.zeros(1, dtype=torch.float16, device=dev)
+    dummy8, dummy16 = _dummies(dev)
     args, meta = [], {}
     for c, key in ((LOW, "L"), (TEXT, "T")):
         qt = store.tables.get(c)
@@ -333,23 +338,43 @@ def _tables(store: TensorStore, dev: torch.device) -> tuple[list, dict]:
     return args, meta
 
 
-def _splits(b: int, h: int, n: int) -> tuple[int, int]:
-    """(number of splits, tokens per split): enough programs to fill a GPU, whole blocks per split."""
-    want = max(1, min(64, (256 + b * h - 1) // (b * h)))
+# Programs (batch x KV head x split of the tokens) a launch aims for per SM. A program walks its tokens one block
+# after another, each block a lookup and then the rows it names, so it waits on memory: the GPU needs several per SM
+# to hide that. The first H200 run aimed for 256 in all (~2 per SM; the scores kernel read ~26 GB/s);
+# `scripts/gpu_kernels.py` times the choices on the GPU at hand.
+PROGRAMS_PER_SM = 8
+
+
+@functools.lru_cache(maxsize=8)
+def _sms(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; 32 for the CPU interpreter (its splits are those of a GPU)."""
+    if device.type != "cuda":
+        return 32
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _splits(b: int, h: int, n: int, programs: int) -> tuple[int, int]:
+    """(number of splits, tokens per split): about `programs` programs in all, whole blocks per split."""
+    want = max(1, min(64, -(-programs // (b * h))))
     per = max(BLOCK_T, -(-n // want))
     per = -(-per // BLOCK_T) * BLOCK_T
     return -(-n // per), per
 
 
-def store_scores(store: TensorStore, q: torch.Tensor) -> torch.Tensor:
-    """As `packed_torch.store_scores`, the packed part in a kernel."""
+def _programs(device: torch.device, per_sm: int | None) -> int:
+    return (PROGRAMS_PER_SM if per_sm is None else per_sm) * _sms(device)
+
+
+def store_scores(store: TensorStore, q: torch.Tensor, per_sm: int | None = None) -> torch.Tensor:
+    """As `packed_torch.store_scores`, the packed part in a kernel (`per_sm`: programs per SM, default
+    PROGRAMS_PER_SM)."""
     b, h, g, d = q.shape
     nt = store.tail_len
     t_all = store.n_q + nt
     out = torch.zeros(b, h, g, t_all, device=q.device, dtype=torch.float32)
     if store.n_q:
         qt = _prepare_q(store, q).contiguous()
-        ns, per = _splits(b, h, store.n_q)
+        ns, per = _splits(b, h, store.n_q, _programs(q.device, per_sm))
         gp = max(2, _pow2(g))
         if store.plan.axis == "channel":
             c = store.chan
@@ -401,14 +426,14 @@ def store_scores(store: TensorStore, q: torch.Tensor) -> torch.Tensor:
     return exact_scores(store, q, out)
 
 
-def store_output(store: TensorStore, p: torch.Tensor) -> torch.Tensor:
+def store_output(store: TensorStore, p: torch.Tensor, per_sm: int | None = None) -> torch.Tensor:
     """As `packed_torch.store_output`; token-axis tables in a kernel (channel-axis values use the torch path)."""
     if store.plan.axis == "channel" or not store.n_q:
         return torch_store_output(store, p)
     b, h, g, t_all = p.shape
     d = store.head_dim
     p = p.contiguous()
-    ns, per = _splits(b, h, store.n_q)
+    ns, per = _splits(b, h, store.n_q, _programs(p.device, per_sm))
     part = torch.empty(ns, b, h, g, d, device=p.device, dtype=torch.float32)
     args, meta = _tables(store, p.device)
     _token_output_kernel[(b, h, ns)](
@@ -438,13 +463,17 @@ def packed_decode(
     vstore: TensorStore,
     attention_mask: torch.Tensor | None,
     scaling: float,
+    per_sm: int | None = None,
 ) -> torch.Tensor:
-    """As `packed_torch.packed_decode`, through the kernels: [B, Hq, 1, D] in query's dtype."""
+    """As `packed_torch.packed_decode`, through the kernels: [B, Hq, 1, D] in query's dtype (`per_sm`: programs per
+    SM a launch aims for, default PROGRAMS_PER_SM; `scripts/gpu_kernels.py` sweeps it)."""
     if kstore.perm is not None or vstore.perm is not None:
         raise NotImplementedError("the Triton kernels read unpermuted channels")
     if vstore.plan.axis == "channel" and vstore.plan.float_zero:  # channel values go through packed_torch
         raise NotImplementedError("channel-axis values with float zero points: no Triton or torch fold")
-    return torch_packed_decode(query, kstore, vstore, attention_mask, scaling, store_scores, store_output)
+    scores = functools.partial(store_scores, per_sm=per_sm)
+    output = functools.partial(store_output, per_sm=per_sm)
+    return torch_packed_decode(query, kstore, vstore, attention_mask, scaling, scores, output)
 
 
 __all__ = ["FULL", "available", "packed_decode", "store_output", "store_scores"]

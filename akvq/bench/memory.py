@@ -126,8 +126,8 @@ def load_cache(policy: Any, path: str | Path, device: str = "cpu") -> tuple[AKVQ
         layer.k, layer.v = _store_from(k, kplan), _store_from(v, vplan)
         layer.dtype, layer.device = getattr(torch, state["dtype"]), torch.device(device)
         layer.is_initialized = True
-    for n, m in state["masks"].items():
-        setattr(cache, n, m)
+    for n, m in state["masks"].items():  # on the host, as `AKVQCache.set_*` keeps them
+        setattr(cache, n, None if m is None else m.cpu())
     return cache, state["extra"]
 
 

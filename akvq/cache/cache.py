@@ -70,16 +70,19 @@ class AKVQCache(Cache):
         self.attention_mask: torch.Tensor | None = None
 
     # --- what the policy needs to know about the prompt's tokens ---
+    # The prompt masks are kept on the host (CPU), whatever the model's device: every flush decides from them which
+    # rows go to which table, and reading that from a GPU would stop the host for the device's queue in every layer
+    # of every step (`akvq.bench.syncs`; results/efficiency/gpu/README.md). One copy per prompt.
     def set_token_roles(self, vision_mask: torch.Tensor) -> None:
         """True where the prompt token is a vision token; tokens past the prompt are text."""
-        self.vision_mask = vision_mask.bool()
+        self.vision_mask = vision_mask.bool().cpu()
 
     def set_pivots(self, pivot_mask: torch.Tensor) -> None:
-        self.pivot_mask = pivot_mask.bool()
+        self.pivot_mask = pivot_mask.bool().cpu()
 
     def set_attention_mask(self, attention_mask: torch.Tensor) -> None:
         """The prompt's padding (1 = real token), so sink tokens are the first real ones."""
-        self.attention_mask = attention_mask.bool()
+        self.attention_mask = attention_mask.bool().cpu()
 
     MASKS = ("vision_mask", "pivot_mask", "attention_mask")
 
@@ -98,7 +101,7 @@ class AKVQCache(Cache):
         for name in self.MASKS:
             m = getattr(self, name)
             if m is not None:
-                setattr(self, name, m.index_select(0, idx.to(m.device)))
+                setattr(self, name, m.index_select(0, idx.cpu()))
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self.select_batch(beam_idx)
@@ -118,16 +121,16 @@ class AKVQCache(Cache):
         return (self.attention_mask.long().cumsum(-1) <= n) & self.attention_mask
 
     @staticmethod
-    def window_of(mask: torch.Tensor | None, start: int, m: int, batch: int, device) -> torch.Tensor:
-        """mask[B, T_prompt] cut to positions [start, start + m) as [m, B]; outside the prompt: False."""
-        out = torch.zeros(m, batch, dtype=torch.bool, device=device)
+    def window_of(mask: torch.Tensor | None, start: int, m: int, batch: int) -> torch.Tensor:
+        """mask[B, T_prompt] cut to positions [start, start + m) as [m, B], on the host; outside the prompt: False."""
+        out = torch.zeros(m, batch, dtype=torch.bool)
         if mask is None:
             return out
         if mask.shape[0] != batch:
             raise ValueError(f"token mask has batch {mask.shape[0]}, cache has {batch}")
         stop = min(start + m, mask.shape[1])
         if stop > start:
-            out[: stop - start] = mask[:, start:stop].T.to(device)
+            out[: stop - start] = mask[:, start:stop].T.cpu()
         return out
 
     def settle(self) -> None:

@@ -32,12 +32,14 @@ class AKVQLayer(CacheLayerMixin):
         self.hp_dtype = hp_dtype
         self.k: TensorStore | None = None
         self.v: TensorStore | None = None
+        self._nans: dict[torch.dtype, torch.Tensor] = {}  # `packed_views`' stand-in values
 
     def __repr__(self) -> str:
         return f"AKVQLayer({self.layer_idx}, {self.plan.pattern})"
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
+        self._nans = {}
         b, h, _, d = key_states.shape
         self.owner.match_batch(b)
         hp = self.hp_dtype or key_states.dtype
@@ -130,41 +132,43 @@ class AKVQLayer(CacheLayerMixin):
         (`akvq.attention`): the right shape [B, H, T, D] at no memory (one NaN, expanded), with the store at
         `.akvq_store`. NaN, so that an attention function that does not know them fails loudly, not silently."""
         out = []
+        nan = self._nans.get(dtype)
+        if nan is None:  # one per dtype: a fill per store and step is a launch on a GPU
+            nan = self._nans[dtype] = torch.full((1, 1, 1, 1), float("nan"), dtype=dtype, device=self.device)
         for store in (self.k, self.v):
             t = store.n_q + store.tail_len
-            x = torch.full((1, 1, 1, 1), float("nan"), dtype=dtype, device=self.device)
-            x = x.expand(store.batch, store.num_heads, t, store.head_dim)
+            x = nan.expand(store.batch, store.num_heads, t, store.head_dim)
             x.akvq_store = store
             x.akvq_attention = self.owner.attention
             out.append(x)
         return out[0], out[1]
 
     def classes(self, start: int, m: int) -> torch.Tensor:
-        """Semantic precision class of positions [start, start + m) for each batch row, as uint8 [m, B]."""
+        """Semantic precision class of positions [start, start + m) for each batch row, as uint8 [m, B] on the host
+        (from the cache's host masks: the flush counts and selects rows by class without reading the device)."""
         owner, plan = self.owner, self.plan
         b = self.k.batch
         owner.match_batch(b)
-        cls = torch.full((m, b), LOW, dtype=torch.uint8, device=self.device)
+        cls = torch.full((m, b), LOW, dtype=torch.uint8)
         if plan.pattern == "tsa":
-            vision = owner.window_of(owner.vision_mask, start, m, b, self.device)
-            cls[~vision] = TEXT
+            cls.masked_fill_(~owner.window_of(owner.vision_mask, start, m, b), TEXT)
         if plan.protect_pivots and owner.pivot_mask is not None:
-            cls[owner.window_of(owner.pivot_mask, start, m, b, self.device)] = FULL
+            cls.masked_fill_(owner.window_of(owner.pivot_mask, start, m, b), FULL)
         if plan.sink:
-            cls[owner.window_of(owner.sink_mask(plan.sink, b), start, m, b, self.device)] = FULL
+            cls.masked_fill_(owner.window_of(owner.sink_mask(plan.sink, b), start, m, b), FULL)
         return cls
 
     def pads(self, start: int, m: int) -> torch.Tensor | None:
-        """Left padding of positions [start, start + m) as bool [m, B] (None: none there). Only the window is
-        read: a decode step flushes one token, and `mask.all()` over the whole [B, T] prompt on each of them cost
-        ~0.4 ms a layer at batch 79 and 8K (issue #14)."""
+        """Left padding of positions [start, start + m) as bool [m, B] on the host (None: none there). Only the
+        window is read: a decode step flushes one token, and `mask.all()` over the whole [B, T] prompt on each of
+        them cost ~0.4 ms a layer at batch 79 and 8K (issue #14)."""
         mask = self.owner.attention_mask
         if mask is None:
             return None
         stop = min(start + m, mask.shape[1])
-        if stop <= start or bool(mask[:, start:stop].all()):
+        if stop <= start or mask[:, start:stop].numpy().all():
             return None
-        return self.owner.window_of(~mask, start, m, self.k.batch, self.device)
+        return self.owner.window_of(~mask, start, m, self.k.batch)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.get_seq_length() + query_length, 0

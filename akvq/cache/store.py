@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from akvq.policies.base import TensorPlan
@@ -91,6 +92,17 @@ def _class_ranks(cls: torch.Tensor, sizes: list[int] | None = None) -> torch.Ten
 
 def _cat(a: torch.Tensor | None, b: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return b if a is None else torch.cat([a, b], dim=dim)
+
+
+def _to_device(x: torch.Tensor | np.ndarray | None, device: torch.device) -> torch.Tensor | None:
+    """A host tensor or array on `device`. To a GPU through pinned memory, asynchronously: a copy from pageable
+    memory may wait for the device's queue, which is what keeping the bookkeeping on the host avoids."""
+    if x is None:
+        return None
+    t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+    if t.device == device or device.type == "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _append(a: torch.Tensor | None, b: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -351,14 +363,17 @@ class TensorStore:
 
     def flush(self, m: int, classes: torch.Tensor, pad: torch.Tensor | None = None) -> None:
         """Quantize the m oldest tail tokens once; classes is uint8 [m, B]; pad (bool [m, B], True at left
-        padding) keeps pad tokens out of statistics shared with real tokens."""
+        padding) keeps pad tokens out of statistics shared with real tokens. Both are read on the host (the cache
+        keeps them there, `AKVQLayer.classes`): which rows go to which table is decided without reading the device."""
         old, self.tail = self._values(self.tail[:, :, :m]), _drop_front(self.tail, 2, m)
+        dev = old.device
+        flat = classes.reshape(-1).to(torch.uint8).cpu()
+        pad = None if pad is None else pad.reshape(-1).cpu()
         orig = self._rows(old)
-        self._calibrate(orig, pad)
+        self._calibrate(orig, _to_device(pad, dev))
         rows = self._forward(orig)
-        flat = classes.reshape(-1).to(torch.uint8)
         if self.plan.axis == "channel":
-            self._flush_channel(orig, rows, flat, m, None if pad is None else pad.reshape(-1))
+            self._flush_channel(orig, rows, flat, m, pad)
         else:
             self._flush_token(orig, rows, flat)
         sealed = self.sealed
@@ -373,34 +388,57 @@ class TensorStore:
         return quantize(rows, bits, self.group, p.clip_for(bits), p.clip_search, p.float_zero, p.clip_mode)
 
     def _flush_token(self, orig: torch.Tensor, rows: torch.Tensor, flat: torch.Tensor) -> None:
-        counts = torch.bincount(flat, minlength=3).tolist()
+        """`flat`: the rows' classes on the host (counted and selected there, in numpy: no device op)."""
+        host = flat.numpy()
+        counts = np.bincount(host, minlength=3)
+        before = self._table_rows()
         for c in (LOW, TEXT, FULL):
             if counts[c] == 0:
                 continue
             # a decode step's flush is usually one class: no row selection then
-            sel = slice(None) if counts[c] == flat.numel() else (flat == c).nonzero().squeeze(1)
+            sel = (
+                slice(None) if counts[c] == host.size else _to_device(np.flatnonzero(host == c), rows.device)
+            )
             if c == FULL:
                 self.hp_rows = _append(self.hp_rows, orig[sel].to(self.hp_dtype))
                 self._hp_at = None
             else:
                 self.tables[c] = _append_q(self.tables.get(c), self._quantize(rows[sel], self.bits_of(c)))
-        self.cls = _append(self.cls, flat)
+        dev_flat = _to_device(flat, rows.device)
+        self.cls = _append(self.cls, dev_flat)
+        if self._lookup_slot is not None and self._lookup_slot.shape[0] == self.n_q * self.batch:
+            # The Triton lookup, up to date: the new tokens' slots from the host (each class's rows went to the end
+            # of its table in token order), instead of `table_slots` over them on every decode step (~30 launches
+            # a store on a GPU, results/efficiency/gpu/README.md)
+            rank = np.zeros(host.size, dtype=np.int64)
+            for c in (LOW, TEXT, FULL):
+                m = host == c
+                rank[m] = before[c] + np.arange(int(counts[c]))
+            self._lookup_cls = _append(self._lookup_cls, dev_flat)
+            self._lookup_slot = _append(self._lookup_slot, _to_device(rank, rows.device))
+
+    def _table_rows(self) -> list[int]:
+        """Rows in each class's table (FULL: `hp_rows`), from the shapes: no device read."""
+        sizes = [self.tables[c].codes.shape[0] if c in self.tables else 0 for c in (LOW, TEXT)]
+        return [*sizes, 0 if self.hp_rows is None else self.hp_rows.shape[0]]
 
     def _flush_channel(
         self, orig: torch.Tensor, rows: torch.Tensor, flat: torch.Tensor, m: int, pad: torch.Tensor | None
     ) -> None:
-        high = flat == FULL
-        if bool(high.any()):
-            pos = high.nonzero().squeeze(1)
+        """`flat` and `pad`: on the host, as in `_flush_token`."""
+        dev = rows.device
+        high = flat.numpy() == FULL
+        if high.any():
+            pos = _to_device(np.flatnonzero(high), dev)
             self.hp_rows = _append(self.hp_rows, orig[pos].to(self.hp_dtype))
             self.hp_pos = _append(self.hp_pos, (pos + self.n_q * self.batch).to(torch.int32))
-        skip = high if pad is None else high | pad
-        if bool(skip.any()):
+        skip = high if pad is None else high | pad.numpy()
+        if skip.any():
             # A 16-bit token or a pad must not stretch its channel group: it stands in as the mean of the other
             # tokens of its own group of `group` tokens (a flush spans m / group groups).
             g = self.group
             r = rows.view(m // g, g, self.batch, self.width)
-            keep = (~skip).view(m // g, g, self.batch, 1).float()
+            keep = _to_device(~skip, dev).view(m // g, g, self.batch, 1).float()
             mean = (r * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp_min(1)
             rows = torch.where(keep.bool(), r, mean.expand_as(r)).view(-1, self.width)
         x = rows.view(m, self.batch, self.width).permute(1, 2, 0)  # [B, W, m], groups of `group` tokens
@@ -533,9 +571,7 @@ class TensorStore:
         k = ROW_BLOCK
         lo = (t0 // k) * k * self.batch + t0 % k if t0 < self.sealed else t0 * self.batch
         rest = self.cls[lo:]
-        sizes = [self.tables[c].codes.shape[0] if c in self.tables else 0 for c in (LOW, TEXT)]
-        sizes.append(0 if self.hp_rows is None else self.hp_rows.shape[0])
-        slot = _class_ranks(rest, sizes)
+        slot = _class_ranks(rest, self._table_rows())
         return rest[rows - lo], slot[rows - lo]
 
     def high_positions(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -30,6 +31,16 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
     fast = cpu.fwht(x)
     if fast is not None:
         return fast
+    if x.is_cuda:
+        # One matmul: the butterfly below is 3 log2(d) + 2 launches (23 at d = 128), each ~5-10 us of host time,
+        # and a GPU decode step runs four transforms a layer (K and V flushed, q, the output). fp32 products unless
+        # the user allowed TF32 for matmuls (torch's default does not).
+        return (x.float() @ _dense(d, x.device)).to(x.dtype)
+    return _butterfly(x)
+
+
+def _butterfly(x: torch.Tensor) -> torch.Tensor:
+    d = x.shape[-1]
     shape = x.shape
     y = x.reshape(-1, d)
     h = 1
@@ -39,6 +50,12 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
         y = torch.stack((a + b, a - b), dim=2)
         h *= 2
     return (y.reshape(shape) / math.sqrt(d)).to(x.dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _dense(d: int, device: torch.device) -> torch.Tensor:
+    """The normalized H in fp32 on `device`, built on the host by the butterfly."""
+    return _butterfly(torch.eye(d)).to(device)
 
 
 def hadamard_matrix(d: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from akvq.errors import ConfigError
-from akvq.quant import cpu
+from akvq.quant import cpu, gpu
 from akvq.quant.packing import pack, unpack
 
 SUPPORTED_BITS = (1, 2, 3, 4, 8)
@@ -133,6 +133,8 @@ def quantize(
     grid = CLIP_GRID if clip_search else ()
     xf = x.float()
     fast = cpu.quantize(xf, bits, group_size, clip_ratio, float_zero, clip_mode, grid)
+    if fast is None:
+        fast = gpu.quantize(xf, bits, group_size, clip_ratio, float_zero, clip_mode, grid)
     if fast is not None:
         codes, s, z, ties = fast
         if ties is not None:  # rows whose clip search torch must settle: the torch path on them alone

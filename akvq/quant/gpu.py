@@ -17,6 +17,8 @@ import os
 
 import torch
 
+from akvq.quant.hadamard import is_power_of_two
+
 try:  # triton is optional: the torch code covers every device
     import triton
     import triton.language as tl
@@ -120,10 +122,6 @@ if triton is not None:
         tl.store(codes_ptr + row.to(tl.int64) * (n // PER) + grp * NB + tl.arange(0, NB), byte.to(tl.uint8))
 
 
-def _pow2(n: int) -> bool:
-    return n > 0 and not n & (n - 1)
-
-
 def quantize(
     g: torch.Tensor,
     bits: int,
@@ -142,7 +140,7 @@ def quantize(
         or grid
         or bits not in (1, 2, 4, 8)
         or clip_mode not in ("center", "minmax")
-        or not _pow2(group_size)
+        or not is_power_of_two(group_size)
         or group_size < 8 // bits
         or g.dtype != torch.float32
         or g.requires_grad

@@ -100,7 +100,7 @@ def _to_device(x: torch.Tensor | np.ndarray | None, device: torch.device) -> tor
     if x is None:
         return None
     t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
-    if t.device == device or device.type == "cpu":
+    if device.type != "cuda":
         return t.to(device)
     return t.pin_memory().to(device, non_blocking=True)
 

@@ -134,7 +134,8 @@ def method_table(data: dict[str, dict[tuple[str, str], Entry]], order: list[str]
         row += ["–" if e is None else _cell(e.scores) for e in got]
         every = [x for e in entries for x in e.scores]
         mean = f"{100 * sum(every) / len(every):.1f}"
-        row.append(mean if len(entries) == len(tasks) else f"({mean}, {len(entries)} tasks)")
+        n = len(entries)
+        row.append(mean if n == len(tasks) else f"({mean}, {n} task{'s' if n > 1 else ''})")
         row.append(str(min(len(e.scores) for e in entries)))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

@@ -220,7 +220,7 @@ for bits, gs, fz, mode in itertools.product((1, 2, 4, 8), (16, 128), (False, Tru
     x[2, 3], x[2, 9], x[3, 1] = float("nan"), float("inf"), -float("inf")
     x[4] = torch.round(x[4] * 4) / 4  # values on half steps: rounding ties
     ref = _quantize_torch(x, bits, gs, 0.8, False, fz, mode)
-    c, s, z, _ = gpu.quantize(x, bits, gs, 0.8, fz, mode)
+    c, s, z = gpu.quantize(x, bits, gs, 0.8, fz, mode)
     assert torch.equal(c, ref.codes) and torch.equal(s, ref.scale) and torch.equal(z, ref.zero), (bits, gs, fz, mode)
 x = 1000 + 1e-3 * torch.randn(2, 128, generator=g)  # far from 0, tiny spread: fp16 metadata would lose it
 assert gpu.quantize(x, 2, 128, 1.0, False, "center") is None

@@ -123,21 +123,14 @@ if triton is not None:
 
 
 def quantize(
-    g: torch.Tensor,
-    bits: int,
-    group_size: int,
-    ratio: float,
-    float_zero: bool,
-    clip_mode: str,
-    grid: tuple[float, ...] = (),
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None] | None:
-    """Codes, fp16 scale and fp16 zero of `uniform.quantize` for fp32 `g` [..., n] on a GPU, as `cpu.quantize`
-    returns them; None when this path does not apply (the CPU, a clip search, 3-bit codes, a group that is not a
-    power of two, or a group whose metadata needs fp32: one read of the flags decides)."""
+    g: torch.Tensor, bits: int, group_size: int, ratio: float, float_zero: bool, clip_mode: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Codes, fp16 scale and fp16 zero of `uniform.quantize` (no clip search) for fp32 `g` [..., n] on a GPU; None
+    when this path does not apply (the CPU, 3-bit codes, a group that is not a power of two, or a group whose
+    metadata needs fp32: one read of the flags decides)."""
     if (
         not g.is_cuda
         and os.environ.get("TRITON_INTERPRET") != "1"
-        or grid
         or bits not in (1, 2, 4, 8)
         or clip_mode not in ("center", "minmax")
         or not is_power_of_two(group_size)
@@ -171,7 +164,7 @@ def quantize(
     )
     if bool(bad.any()):  # the one read: fp16 metadata does not hold this piece, the torch code decides
         return None
-    return codes, scale, zero, None
+    return codes, scale, zero
 
 
 __all__ = ["available", "quantize"]

@@ -133,8 +133,10 @@ def quantize(
     grid = CLIP_GRID if clip_search else ()
     xf = x.float()
     fast = cpu.quantize(xf, bits, group_size, clip_ratio, float_zero, clip_mode, grid)
-    if fast is None:
-        fast = gpu.quantize(xf, bits, group_size, clip_ratio, float_zero, clip_mode, grid)
+    if fast is None and not grid:  # a GPU: one Triton launch (no clip search there)
+        got = gpu.quantize(xf, bits, group_size, clip_ratio, float_zero, clip_mode)
+        if got is not None:
+            return QTensor(*got, bits, group_size, n, float_zero)
     if fast is not None:
         codes, s, z, ties = fast
         if ties is not None:  # rows whose clip search torch must settle: the torch path on them alone

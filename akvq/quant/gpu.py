@@ -8,7 +8,7 @@ more than a quarter step, and the caller (`uniform.quantize`) reads the flags on
 quantizes the piece (fp32 metadata). Covers the per-token case of every method without a clip search: 1/2/4/8 bits,
 either zero point, either clip mode. Checked bit for bit against the torch code in the interpreter
 (`tests/test_quant.py`) and on a GPU by `scripts/gpu_kernels.py`; compiled without FMA contraction, so each fp32
-operation rounds as torch's does."""
+operation rounds as torch's does (divisions through `tl.div_rn`: Triton's `/` on fp32 may be approximate)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,11 @@ def available() -> bool:
 
 
 if triton is not None:
+
+    @triton.jit
+    def _div(a, b):
+        """IEEE division rounded to nearest, as torch's: Triton's `/` on fp32 may compile to an approximate one."""
+        return tl.div_rn(a, b)
 
     @triton.jit
     def _round_half_even(x):
@@ -76,14 +81,14 @@ if triton is not None:
         mn = tl.where(anyf, mn, 0.0)
         mx = tl.where(anyf, mx, 0.0)
         if CENTER:
-            mid = mn / 2.0 + mx / 2.0
-            half = (mx / 2.0 - mn / 2.0) * ratio
+            mid = _div(mn, 2.0) + _div(mx, 2.0)
+            half = (_div(mx, 2.0) - _div(mn, 2.0)) * ratio
             a = mid - half
             c = mid + half
         else:
             a = mn * ratio
             c = mx * ratio
-        s = c / qmax - a / qmax
+        s = _div(c, qmax * 1.0) - _div(a, qmax * 1.0)
         flat = s < 1.1754943508222875e-38
         if FZ:
             s = tl.where(flat, 1.0, s)
@@ -91,7 +96,7 @@ if triton is not None:
         else:
             v = tl.where(flat, mn, a)
             s = tl.where(flat, tl.maximum(tl.abs(v), 1e-6), s)
-            z = -_round_half_even(v / s)
+            z = -_round_half_even(_div(v, s))
         s16 = s.to(tl.float16)
         z16 = z.to(tl.float16)
         sf = s16.to(tl.float32)
@@ -102,13 +107,13 @@ if triton is not None:
             moved = dz + qmax * ds
         else:
             moved = (qmax + tl.abs(z)) * ds + sf * dz
-        step = (mx - mn) / qmax
+        step = _div(mx - mn, qmax * 1.0)
         ok = (sf == sf) & (zf == zf) & (tl.abs(sf) != float("inf")) & (tl.abs(zf) != float("inf"))
-        ok = ok & (moved <= step / 4.0)
+        ok = ok & (moved <= _div(step, 4.0))
         if FZ:
-            q = _round_half_even((x - zf) / sf)
+            q = _round_half_even(_div(x - zf, sf))
         else:
-            q = _round_half_even(x / sf) + zf
+            q = _round_half_even(_div(x, sf)) + zf
         q = tl.where(q == q, q, 0.0)  # NaN -> 0, +-inf -> the ends of the grid (clamped below)
         q = tl.minimum(tl.maximum(q, 0.0), qmax * 1.0).to(tl.int32)
         gi = row.to(tl.int64) * ngroups + grp

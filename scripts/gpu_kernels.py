@@ -156,7 +156,7 @@ def layer_timing(device: str, shapes: list[tuple[int, int]]) -> list[dict[str, A
         # programs per SM a launch aims for (PT.PROGRAMS_PER_SM is the default): each timed, the default reported
         sweep = {
             n: timeit(lambda q=q, st=st, n=n: PT.packed_decode(q, st, st, None, D**-0.5, per_sm=n))
-            for n in PER_SM_SWEEP
+            for n in (PER_SM_SWEEP if cuda else (PT.PROGRAMS_PER_SM,))  # the interpreter: the default only
         }
         tri = sweep[PT.PROGRAMS_PER_SM]
         best = min(sweep, key=sweep.get)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -257,3 +259,32 @@ def test_gpu_table4_script_runs_on_a_tiny_config(tmp_path) -> None:
         assert rows[m]["largest_batch"] >= 3 * rows["fp16"]["largest_batch"]
     assert rows["fp16"]["path"] == "sdpa" and rows["akvq"]["path"] in ("packed_c", "packed_torch")
     assert (tmp_path / "table4.md").read_text().count("\n| 640 |") == 3
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_gpu_kernels_script_dry_run(tmp_path) -> None:
+    """scripts/gpu_kernels.py (the kernel matrix, the Triton quantizer bit for bit, one layer's timing with its
+    programs-per-SM sweep) in the interpreter on the CPU (`--dry-run`: three plans, one small shape): keeps the GPU
+    script from rotting between GPUs (~25 s)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    p = subprocess.run(
+        [sys.executable, str(root / "scripts" / "gpu_kernels.py"), "--dry-run", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "KERNELS OK" in p.stdout and "== 1b. the Triton quantizer" in p.stdout
+    assert "FAIL" not in (tmp_path / "kernels.txt").read_text()
+    (row,) = map(json.loads, (tmp_path / "layer_timing.jsonl").read_text().splitlines())
+    assert row["triton_packed_ms"] > 0 and list(row["triton_ms_by_programs_per_sm"]) == [
+        str(row["programs_per_sm"])
+    ]

@@ -77,8 +77,10 @@ def kernels(device: str, quick: bool) -> tuple[int, list[str]]:
 
 def quantizer(device: str) -> tuple[int, list[str]]:
     """The one-launch Triton quantizer (`akvq.quant.gpu`, compiled without FMA contraction) against the torch code
-    on the CPU: codes, fp16 scales and zeros must be equal bit for bit (as tests/test_quant.py checks in the
-    interpreter), over bits, groups, zero points and clip modes, with outliers, NaN/inf and rounding ties."""
+    on the CPU: codes, fp16 scales and zeros equal bit for bit over bits, groups, zero points and clip modes, with
+    outliers, a constant group, NaN/inf and rounding ties; and a piece whose metadata needs fp32 (far from 0, a tiny
+    spread) handed back to the torch code, which picks fp32. The same check runs in the interpreter
+    (tests/test_quant.py)."""
     import itertools
 
     from akvq.quant import gpu
@@ -86,27 +88,32 @@ def quantizer(device: str) -> tuple[int, list[str]]:
 
     bad, lines = 0, []
     g = torch.Generator().manual_seed(0)
+    shape = (64, 4096) if device == "cuda" else (5, 256)  # the interpreter: small
     for bits, gs, fz, mode in itertools.product((1, 2, 4, 8), (16, 128), (False, True), ("center", "minmax")):
-        x = (
-            torch.randn(*((64, 4096) if device == "cuda" else (5, 256)), generator=g) * 3
-        )  # the interpreter: small
-        x[0, :5] *= 40
+        x = torch.randn(*shape, generator=g) * 3
+        x[0, :5] *= 40  # outliers
+        x[1] = 0.5  # a constant group (fp16-exact, else its metadata is fp32)
         x[2, 3], x[2, 9], x[3, 1] = float("nan"), float("inf"), -float("inf")
-        x[4] = torch.round(x[4] * 4) / 4
+        x[4] = torch.round(x[4] * 4) / 4  # values on half steps: rounding ties
         ref = _quantize_torch(x, bits, gs, 0.8, False, fz, mode)
         got = gpu.quantize(x.to(device), bits, gs, 0.8, fz, mode)
-        if got is None:
-            ok = ref.scale.dtype == torch.float32
-            lines.append(f"quantize bits={bits} g={gs} fz={int(fz)} {mode}: handed back (fp32 metadata) {ok}")
+        where = f"quantize bits={bits} g={gs} fz={int(fz)} {mode}"
+        if got is None:  # none of these needs fp32 metadata
+            ok, line = False, f"{where}: handed back"
         else:
-            c, sc, z = (t.cpu() for t in got[:3])
-            diff = [int((a != b).sum()) for a, b in ((c, ref.codes), (sc, ref.scale), (z, ref.zero))]
-            ok = not any(diff)
-            lines.append(
-                f"quantize bits={bits} g={gs} fz={int(fz)} {mode}: differing codes/scales/zeros {diff}"
-            )
+            diff = [
+                int((a.cpu() != b).sum()) for a, b in zip(got, (ref.codes, ref.scale, ref.zero), strict=True)
+            ]
+            ok, line = not any(diff), f"{where}: differing codes/scales/zeros {diff}"
         bad += not ok
-        print(lines[-1] + ("" if ok else " FAIL"), flush=True)
+        lines.append(line)
+        print(line + ("" if ok else " FAIL"), flush=True)
+    x = 1000 + 1e-3 * torch.randn(2, 128, generator=g)  # fp16 metadata would lose this piece
+    ok = gpu.quantize(x.to(device), 2, 128, 1.0, False, "center") is None
+    ok = ok and _quantize_torch(x, 2, 128, 1.0, False, False, "center").scale.dtype == torch.float32
+    bad += not ok
+    lines.append(f"quantize far from 0, tiny spread: handed back to the torch code (fp32 metadata) {ok}")
+    print(lines[-1] + ("" if ok else " FAIL"), flush=True)
     return bad, lines
 
 

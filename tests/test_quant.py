@@ -208,23 +208,13 @@ def test_center_clipping_keeps_a_one_signed_group_in_place(float_zero):
 
 
 _TRITON_QUANT = """
-import itertools, torch
+import sys
+sys.path.insert(0, {scripts!r})
+from gpu_kernels import quantizer
 from akvq.quant import gpu
-from akvq.quant.uniform import _quantize_torch
 assert gpu.available()
-g = torch.Generator().manual_seed(0)
-for bits, gs, fz, mode in itertools.product((1, 2, 4, 8), (16, 128), (False, True), ("center", "minmax")):
-    x = torch.randn(5, 256, generator=g) * 3
-    x[0, :5] *= 40  # outliers
-    x[1] = 0.5  # a constant group (fp16-exact, else its metadata is fp32)
-    x[2, 3], x[2, 9], x[3, 1] = float("nan"), float("inf"), -float("inf")
-    x[4] = torch.round(x[4] * 4) / 4  # values on half steps: rounding ties
-    ref = _quantize_torch(x, bits, gs, 0.8, False, fz, mode)
-    c, s, z = gpu.quantize(x, bits, gs, 0.8, fz, mode)
-    assert torch.equal(c, ref.codes) and torch.equal(s, ref.scale) and torch.equal(z, ref.zero), (bits, gs, fz, mode)
-x = 1000 + 1e-3 * torch.randn(2, 128, generator=g)  # far from 0, tiny spread: fp16 metadata would lose it
-assert gpu.quantize(x, 2, 128, 1.0, False, "center") is None
-assert _quantize_torch(x, 2, 128, 1.0, False, False, "center").scale.dtype == torch.float32
+bad, lines = quantizer("cpu")
+assert bad == 0, [line for line in lines if "[0, 0, 0]" not in line]
 print("QUANT_OK")
 """
 
@@ -232,11 +222,20 @@ print("QUANT_OK")
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 def test_triton_quantizer_matches_the_torch_code_bit_for_bit() -> None:
     """The GPU's one-launch quantizer (`akvq.quant.gpu`) against the torch code in the interpreter
-    (TRITON_INTERPRET=1 before triton is imported: a subprocess): codes, fp16 scales and zeros equal over bits, groups,
-    both zero points and clip modes, with outliers, a constant group, NaN/inf and rounding ties; a piece whose
-    metadata needs fp32 is handed back (None) for the torch code to decide."""
+    (TRITON_INTERPRET=1 before triton is imported: a subprocess), by the GPU script's own check
+    (`scripts/gpu_kernels.py::quantizer`): codes, fp16 scales and zeros equal over bits, groups, both zero points and
+    clip modes, with outliers, a constant group, NaN/inf and rounding ties; a piece whose metadata needs fp32 is
+    handed back (None) for the torch code to decide."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     p = subprocess.run(
-        [sys.executable, "-c", _TRITON_QUANT], capture_output=True, text=True, env=env, timeout=600
+        [
+            sys.executable,
+            "-c",
+            _TRITON_QUANT.format(scripts=str(Path(__file__).resolve().parents[1] / "scripts")),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert "QUANT_OK" in p.stdout, p.stderr[-3000:]

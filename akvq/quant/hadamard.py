@@ -54,8 +54,8 @@ def _butterfly(x: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=16)
 def _dense(d: int, device: torch.device) -> torch.Tensor:
-    """The normalized H in fp32 on `device`, built on the host by the butterfly."""
-    return _butterfly(torch.eye(d)).to(device)
+    """The normalized H in fp32 on `device`, built on the host (`hadamard_matrix` there never takes this branch)."""
+    return hadamard_matrix(d).to(device)
 
 
 def hadamard_matrix(d: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:

@@ -15,6 +15,7 @@ from packaging.version import Version
 from transformers.cache_utils import Cache
 
 from akvq.cache import AKVQCache
+from akvq.errors import ConfigError
 from akvq.policies import Policy
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,93 @@ def cache_from_prefill(
     if pivots is not None:
         cache.set_pivots(pivots)
     return prefill_into(cache, kv)
+
+
+class PivotRecorder:
+    """Stands in for a cache during a shared prefill: `pivot_detection` reads its (resolved) policy, and the
+    detector's mask is kept here for `cache_from_prefill`."""
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+        self.mask: torch.Tensor | None = None
+
+    def set_pivots(self, mask: torch.Tensor) -> None:
+        self.mask = mask
+
+
+def pivot_key(policy: Policy) -> tuple | None:
+    """What a policy's pivot detection depends on: policies with equal keys get the same pivots."""
+    if not policy.needs_pivots:
+        return None
+    return (policy.num_pivots, policy.pivot_rule, policy.pivot_layer, policy.pivot_score)
+
+
+def prefill_reads(model: Any, policy: Policy) -> tuple | None:
+    """What the prefill's attention reads under this policy (`AKVQCache.prefill_reads`): policies with equal
+    answers can share one prefill; None (another library's cache, an 8-bit window) shares with nobody."""
+    if type(policy).new_cache is not Policy.new_cache:
+        return None
+    policy = resolve_policy(model, policy)
+    return AKVQCache.prefill_reads(policy, text_dims(model)[0], model.dtype)
+
+
+def generate_shared(
+    model: Any,
+    inputs: Mapping[str, Any],
+    policies: Sequence[Policy],
+    max_new_tokens: int,
+    read_path: str = "dequantize",
+    **gen_kwargs: Any,
+) -> Iterator[tuple[torch.Tensor, Cache, float]]:
+    """`generate` for several policies off one prefill: yields (sequences, cache, seconds) per policy, the same
+    sequences and cache as `generate` alone (tests/test_generation.py), the prefill's seconds counted in each.
+
+    Why: the prefill attends over the prompt's 16-bit K/V under every method (quantization starts at the next
+    update; docs/design.md), and at long contexts it is nearly all of a sample's time. The first policy runs the
+    prefill in its own cache; the others get its K/V through `cache_from_prefill`. Greedy only, and the policies
+    must have one `prefill_reads` (else ValueError)."""
+    import time
+
+    if gen_kwargs.get("do_sample") or int(gen_kwargs.get("num_beams") or 1) != 1:
+        raise ConfigError("a shared prefill is for greedy decoding (do_sample=false, num_beams=1)")
+    reads = {prefill_reads(model, p) for p in policies}
+    if len(reads) != 1 or None in reads:
+        raise ValueError(f"these policies do not read one prefill alike: {sorted(map(str, reads))}")
+    resolved = [resolve_policy(model, p) for p in policies]
+    recorders = {k: PivotRecorder(p) for p in resolved[1:] if (k := pivot_key(p)) is not None}
+    t0 = time.perf_counter()
+    cache = build_cache(model, policies[0], inputs, read_path=read_path)
+    with contextlib.ExitStack() as stack, torch.inference_mode():
+        stack.enter_context(pivot_detection(model, cache))
+        for rec in recorders.values():
+            stack.enter_context(pivot_detection(model, rec))
+        # the first token as generate picks it (its logits processors included), from the prefill's logits
+        first = model.generate(**inputs, **{cache_kwarg(): cache}, max_new_tokens=1, **gen_kwargs)
+    kv = cache.prompt_kv() if len(policies) > 1 else []
+    shared_s = time.perf_counter() - t0
+    mask = inputs.get("attention_mask")
+    if mask is not None:
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+    for i, (policy, res) in enumerate(zip(policies, resolved, strict=True)):
+        t0 = time.perf_counter()
+        if i:
+            key = pivot_key(res)
+            pivots = recorders[key].mask if key is not None else None
+            if key is not None and pivots is None:
+                raise RuntimeError("pivot detection ran but reported no pivots")
+            cache = cache_from_prefill(model, policy, inputs, kv, pivots, read_path=read_path)
+        out = first
+        if max_new_tokens > 1:
+            # the prompt and its first token: generate feeds only the token the cache lacks, as step 1 would
+            with torch.inference_mode():
+                out = model.generate(
+                    input_ids=first,
+                    attention_mask=mask,
+                    **{cache_kwarg(): cache},
+                    max_new_tokens=max_new_tokens - 1,
+                    **gen_kwargs,
+                )
+        yield out, cache, shared_s + time.perf_counter() - t0
 
 
 @contextlib.contextmanager

@@ -55,7 +55,18 @@ RECORD_KEYS = (
 
 # Config keys that say where or how a run is reported, not what it computes: left out of the hash.
 HASH_IGNORE = frozenset(
-    {"records", "redo", "compare", "wandb", "slurm", "threads", "hydra", "claim_lease_s", "preflight"}
+    {
+        "records",
+        "redo",
+        "compare",
+        "wandb",
+        "slurm",
+        "threads",
+        "hydra",
+        "claim_lease_s",
+        "preflight",
+        "share_prefill",
+    }
 )
 LEASE_S = 600.0  # default claim lease; a live job renews it every third of this
 # Where data lives (top level or inside the task config): moving the data does not make a new run.

@@ -261,16 +261,51 @@ def test_tiny_llava_through_the_runner(root: Path, tmp_path: Path, monkeypatch: 
     ]
     with initialize_config_dir(config_dir=str(runner.CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=over, return_hydra_config=True)
-    rows = runner.main(cfg, session)
+        alone = compose(
+            "config", overrides=[*over, "share_prefill=false", f"records={tmp_path / 'alone.jsonl'}"],
+            return_hydra_config=True,
+        )  # fmt: skip
+    rows = runner.main(cfg, session)  # fp16 and rtn2 share each batch's prefill
     assert [r["quant"] for r in rows] == ["fp16", "rtn2"]
     for r in rows:
         assert set(FIXTURE_SETS) | {"average"} <= set(r["metrics"])
         assert all(0.0 <= r["metrics"][d] <= 100.0 for d in FIXTURE_SETS)
-        assert r["kv_bytes"] > 0 and r["num_tokens"] > 0 and r["tokens_per_second"] > 0
+        assert r["kv_bytes"] > 0 and r["num_tokens"] > 0
+        assert r["tokens_per_second"] is None and r["prefill_shared_by"] == 2  # the group's wall, not its own
         assert r["primary_metric"] == "average"
     assert rows[0]["kv_effective_bits"] >= 16 > rows[1]["kv_effective_bits"]
     assert math.isfinite(rows[1]["kv_effective_bits"])
     assert len(records.read_records(tmp_path / "runs.jsonl")) == 2
+    # the same runs one by one: the same records (share_prefill is not part of a run's identity)
+    rows_alone = runner.main(alone, session)
+    for r, a in zip(rows, rows_alone, strict=True):
+        assert a["tokens_per_second"] > 0 and "prefill_shared_by" not in a
+        for key in ("config_hash", "metrics", "kv_bytes", "kv_effective_bits", "num_tokens"):
+            assert r[key] == a[key], key
+        assert [d["prediction"] for d in r["details"]] == [d["prediction"] for d in a["details"]]
+
+
+def _run_resumable(root: Path, session: Any, records_file: Path, *extra: str) -> list[dict[str, Any]]:
+    """akvq on the fixture root through the runner (the resume tests' run)."""
+    from hydra import compose, initialize_config_dir
+
+    from akvq import runner
+
+    over = [
+        "model=tiny-llava",
+        "task=milebench",
+        f"task.milebench_root={root}",
+        f"task.datasets=[{','.join(FIXTURE_SETS)}]",
+        "task.max_new_tokens=4",
+        "task.tokens_per_image=16",
+        "quant=akvq",
+        f"records={records_file}",
+        "wandb.mode=disabled",
+        *extra,
+    ]
+    with initialize_config_dir(config_dir=str(runner.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=over, return_hydra_config=True)
+    return runner.main(cfg, session)
 
 
 @pytest.mark.slow
@@ -279,7 +314,6 @@ def test_killed_run_resumes_with_only_the_missing_samples(
 ) -> None:
     """A run stopped after 4 of 9 batches continues from its partial file; its record equals an unbroken run's."""
     from conftest import tiny
-    from hydra import compose, initialize_config_dir
 
     from akvq import records, runner
     from akvq.tasks import generation
@@ -297,21 +331,7 @@ def test_killed_run_resumes_with_only_the_missing_samples(
     monkeypatch.setattr(generation, "generate_texts", counting)
 
     def run(records_file: Path) -> dict[str, Any]:
-        over = [
-            "model=tiny-llava",
-            "task=milebench",
-            f"task.milebench_root={root}",
-            f"task.datasets=[{','.join(FIXTURE_SETS)}]",
-            "task.max_new_tokens=4",
-            "task.tokens_per_image=16",
-            "quant=akvq",
-            "compare=[]",
-            f"records={records_file}",
-            "wandb.mode=disabled",
-        ]
-        with initialize_config_dir(config_dir=str(runner.CONFIG_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=over, return_hydra_config=True)
-        return runner.main(cfg, session)[0]
+        return _run_resumable(root, session, records_file, "compare=[]")[0]
 
     stop_after = None
     whole = run(tmp_path / "a" / "runs.jsonl")
@@ -330,6 +350,52 @@ def test_killed_run_resumes_with_only_the_missing_samples(
     for key in ("metrics", "details", "kv_bytes", "kv_effective_bits", "num_tokens", "config_hash"):
         assert resumed[key] == whole[key], key
     assert len(records.read_records(tmp_path / "b" / "runs.jsonl")) == 1
+
+
+@pytest.mark.slow
+def test_killed_shared_runs_resume_each_from_its_own_partial(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """akvq and fp16 sharing each prefill, stopped after 4 of 9 batches: the rerun generates only the missing
+    batches, for both, and their records equal unbroken separate runs'."""
+    from conftest import tiny
+
+    from akvq import records, runner
+    from akvq.tasks import generation
+
+    session = runner.Session(load_model=lambda model_cfg: tiny("llava"))
+    real = generation.generate_texts_shared
+    calls: list[int] = []
+
+    def counting(*args: Any, **kwargs: Any) -> list[list[str]]:
+        calls.append(len(args[1]))
+        if stop_after is not None and len(calls) > stop_after:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "generate_texts_shared", counting)
+
+    def run(records_file: Path, *extra: str) -> list[dict[str, Any]]:
+        return _run_resumable(root, session, records_file, "compare=[fp16]", *extra)
+
+    stop_after = None
+    whole = run(tmp_path / "a" / "runs.jsonl", "share_prefill=false")
+    assert calls == []  # one by one: no shared call
+    stop_after = 4
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b" / "runs.jsonl")
+    for rec in whole:
+        partial = runner.partial_path(tmp_path / "b" / "runs.jsonl", rec["config_hash"])
+        assert len(partial.read_text().splitlines()) == 4
+    calls.clear()
+    stop_after = None
+    resumed = run(tmp_path / "b" / "runs.jsonl")
+    assert calls == [2] * 5  # only the missing batches, both methods in each
+    for r, w in zip(resumed, whole, strict=True):
+        assert r["prefill_shared_by"] == 2
+        for key in ("metrics", "details", "kv_bytes", "kv_effective_bits", "num_tokens", "config_hash"):
+            assert r[key] == w[key], key
+    assert len(records.read_records(tmp_path / "b" / "runs.jsonl")) == 2
 
 
 def test_fixtures_hold_every_dataset_task_milebench_runs(root: Path) -> None:

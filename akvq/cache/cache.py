@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers.cache_utils import Cache
 
-from akvq.cache.layer import AKVQLayer
+from akvq.cache.layer import AKVQLayer, storage_dtype
 from akvq.cache.store import StoreBytes
 from akvq.policies.base import Policy
 
@@ -68,6 +68,28 @@ class AKVQCache(Cache):
         self.vision_mask: torch.Tensor | None = None
         self.pivot_mask: torch.Tensor | None = None
         self.attention_mask: torch.Tensor | None = None
+
+    @staticmethod
+    def prefill_reads(policy: Policy, num_layers: int, model_dtype: torch.dtype) -> tuple | None:
+        """What the prefill's attention reads from this policy's cache: the prompt's K/V as its 16-bit tail stores
+        them (nothing is quantized before the next update). Policies with equal answers see the same prefill, so
+        one prefill serves them all (`akvq.api.generate_shared`); None (an 8-bit window, which the prefill reads
+        quantized) shares with nobody."""
+        for i in range(num_layers):
+            plan = policy.layer_plan(i, num_layers)
+            if any(t is not None and t.window_bits != 16 for t in (plan.k, plan.v)):
+                return None
+        return ("16-bit tail", storage_dtype(_DTYPES[policy.hp_dtype], model_dtype))
+
+    def prompt_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Copies of the prompt's K/V per layer, as held after the prefill and before any flush, in the model's
+        dtype: what `akvq.api.cache_from_prefill` hands a policy with the same `prefill_reads`."""
+        out = []
+        for layer in self.layers:
+            if layer.k.n_q or layer.v.n_q or layer.k.plan.window_bits != 16 or layer.v.plan.window_bits != 16:
+                raise RuntimeError("prompt_kv reads a cache right after its prefill, with 16-bit windows")
+            out.append((layer.k.window(layer.dtype).clone(), layer.v.window(layer.dtype).clone()))
+        return out
 
     # --- what the policy needs to know about the prompt's tokens ---
     # The prompt masks are kept on the host (CPU), whatever the model's device: every flush decides from them which

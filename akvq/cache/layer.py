@@ -19,6 +19,15 @@ if TYPE_CHECKING:
     from akvq.cache.cache import AKVQCache
 
 
+def storage_dtype(hp: torch.dtype | str | None, model_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the 16-bit tokens: `auto` keeps 16 bits even when the model computes in fp32."""
+    if hp is None:
+        return model_dtype
+    if hp == "auto":
+        return model_dtype if model_dtype.itemsize == 2 else torch.float16
+    return hp  # type: ignore[return-value]
+
+
 class AKVQLayer(CacheLayerMixin):
     is_compileable = False
     is_sliding = False
@@ -42,9 +51,7 @@ class AKVQLayer(CacheLayerMixin):
         self._nans = {}
         b, h, _, d = key_states.shape
         self.owner.match_batch(b)
-        hp = self.hp_dtype or key_states.dtype
-        if hp == "auto":  # 16-bit storage even when the model computes in fp32
-            hp = key_states.dtype if key_states.element_size() == 2 else torch.float16
+        hp = storage_dtype(self.hp_dtype, key_states.dtype)
         kplan, vplan = self.store_plans()
         keep = self.owner.read_path == "cached"
         self.k = TensorStore(kplan, self.plan.text_bits, hp, h, d, b, keep_dequantized=keep)

@@ -8,6 +8,7 @@ stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -83,6 +84,26 @@ def _missing(policy: Any) -> str | None:
     return check() if callable(check) else None
 
 
+def _held_by(records_path: Path, p: RunPlan) -> str:
+    held = records.claimed(records_path).get(p.config_hash)
+    if held is None:
+        return "recorded"
+    until = time.strftime("%H:%M:%S", time.localtime(float(held["expires"])))
+    return f"running in job {held.get('owner')} (its lease, renewed while it lives, runs to {until})"
+
+
+def share_groups(plans: list[RunPlan]) -> list[list[RunPlan]]:
+    """Plans that differ only in their quant, on a task that shares its prefill (`Task.shares_prefill`), in one
+    group each: they run together, one full-precision prefill per prompt (docs/design.md, "Sharing the
+    prefill"). Order kept: a group stands where its first plan stood."""
+    groups: dict[tuple, list[RunPlan]] = {}
+    for p in plans:
+        shared = getattr(p.task_obj, "shares_prefill", False)
+        key = (p.model, p.task, id(p.task_obj), repr(p.task_cfg)) if shared else (id(p),)
+        groups.setdefault(key, []).append(p)
+    return list(groups.values())
+
+
 def main(cfg: DictConfig, session: Session | None = None) -> list[dict[str, Any]]:
     """Plan, skip what is recorded, run the rest on one loaded model, append records, print the table."""
     import torch
@@ -113,46 +134,60 @@ def main(cfg: DictConfig, session: Session | None = None) -> list[dict[str, Any]
     lease = float(cfg.get("claim_lease_s") or records.LEASE_S)
     from tqdm.auto import tqdm
 
-    bar = tqdm(todo, desc="runs", unit="run", disable=len(todo) < 2, file=sys.stderr)
-    for p in bar:
-        # A claim with a lease: a concurrent identical sweep skips this config while we run it.
-        claim = records.try_claim(records_path, p.config_hash, lease, skip_recorded=not cfg.get("redo"))
-        if claim is None:
-            held = records.claimed(records_path).get(p.config_hash)
-            why = "recorded"
-            if held is not None:
-                until = time.strftime("%H:%M:%S", time.localtime(float(held["expires"])))
-                why = (
-                    f"running in job {held.get('owner')} (its lease, renewed while it lives, runs to {until})"
+    groups = share_groups(todo) if cfg.get("share_prefill", True) else [[p] for p in todo]
+    bar = tqdm(total=len(todo), desc="runs", unit="run", disable=len(todo) < 2, file=sys.stderr)
+    for group in groups:
+        with contextlib.ExitStack() as held:
+            claimed = []
+            for p in group:
+                # A claim with a lease: a concurrent identical sweep skips this config while we run it.
+                claim = records.try_claim(
+                    records_path, p.config_hash, lease, skip_recorded=not cfg.get("redo")
                 )
-            log.info("skip %s | %s | %s: %s", p.model, p.task, p.quant, why)
-            continue
-        with claim:
+                if claim is None:
+                    log.info("skip %s | %s | %s: %s", p.model, p.task, p.quant, _held_by(records_path, p))
+                    bar.update(1)
+                    continue
+                held.enter_context(claim)
+                claimed.append(p)
+            if not claimed:
+                continue
             if loaded is None:
-                log.info("loading model %s", p.model)
+                log.info("loading model %s", claimed[0].model)
                 t0 = time.perf_counter()
-                loaded = session.model(dict(p.config["model"]))
+                loaded = session.model(dict(claimed[0].config["model"]))
                 log.info("model loaded in %.1fs", time.perf_counter() - t0)
-                if p.needs_images and not getattr(
+                if claimed[0].needs_images and not getattr(
                     loaded, "is_vision", True
                 ):  # family known only after loading
-                    raise ConfigError(text_only_error(p.task, p.model, loaded.family))
-            bar.set_postfix_str(p.quant)
-            log.info("run %s | %s | %s", p.model, p.task, p.quant)
-            tracker = tracking.start(
-                cfg.get("wandb") or {}, f"{p.model}|{p.task}|{p.quant}", p.config, wandb_dir
-            )
-            partial = partial_path(records_path, p.config_hash)  # tasks that resume (MileBench) append here
+                    raise ConfigError(text_only_error(claimed[0].task, claimed[0].model, loaded.family))
+            bar.set_postfix_str(",".join(p.quant for p in claimed))
+            if len(claimed) > 1:
+                log.info("run %s | %s | %s (one shared prefill per prompt)", claimed[0].model,
+                         claimed[0].task, ", ".join(p.quant for p in claimed))  # fmt: skip
+            else:
+                log.info("run %s | %s | %s", claimed[0].model, claimed[0].task, claimed[0].quant)
+            partials = [partial_path(records_path, p.config_hash) for p in claimed]  # MileBench appends here
+            trackers = [
+                tracking.start(cfg.get("wandb") or {}, f"{p.model}|{p.task}|{p.quant}", p.config, wandb_dir)
+                for p in claimed
+            ]
             try:
-                rec = record(p, execute(p, loaded, int(cfg.get("seed") or 0), partial), records_path)
-                tracker.log(tracked(rec))
-                tracker.log_samples(rec.get("details"))
+                measured = execute(claimed, loaded, int(cfg.get("seed") or 0), partials)
+                recs = [record(p, m, records_path) for p, m in zip(claimed, measured, strict=True)]
+                for tracker, rec in zip(trackers, recs, strict=True):
+                    tracker.log(tracked(rec))
+                    tracker.log_samples(rec.get("details"))
             finally:
-                tracker.finish()
-            records.append_record(records_path, rec)
-            partial.unlink(missing_ok=True)
-        new[p.config_hash] = rec
-        log.info("recorded %s -> %s", p.quant, records_path)
+                for tracker in trackers:
+                    tracker.finish()
+            for p, rec, partial in zip(claimed, recs, partials, strict=True):
+                records.append_record(records_path, rec)
+                partial.unlink(missing_ok=True)
+                new[p.config_hash] = rec
+                log.info("recorded %s -> %s", p.quant, records_path)
+                bar.update(1)
+    bar.close()
     rows = [r for p in plans if (r := new.get(p.config_hash) or done.get(p.config_hash))]
     print(format_table(rows))
     return rows

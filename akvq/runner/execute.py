@@ -19,6 +19,9 @@ class Measured:
     wall_seconds: float
     peak_memory_bytes: int
     device: str
+    shared_with: int = (
+        1  # plans run together off one prefill per prompt (their wall time and peak are the group's)
+    )
 
 
 def model_device(loaded: Any) -> str:
@@ -60,9 +63,10 @@ def peak_memory(kind: str) -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
-def execute(p: RunPlan, loaded: Any, seed: int, partial: Path | None = None) -> Measured:
-    """Run one plan on the loaded model (seeded), timing it and reading peak memory. `partial`: where a task that
-    resumes (MileBench) appends finished samples, handed to it as the task config's `partial_path`."""
+def execute(plans: list[RunPlan], loaded: Any, seed: int, partials: list[Path | None]) -> list[Measured]:
+    """Run plans on the loaded model (seeded), timing them and reading peak memory; several plans are one
+    `Task.run_shared` call (one prefill per prompt), and each gets the group's wall time and peak. `partials`:
+    where a task that resumes (MileBench) appends finished samples, handed to it as `partial_path`."""
     import torch
     from omegaconf import OmegaConf
 
@@ -70,11 +74,19 @@ def execute(p: RunPlan, loaded: Any, seed: int, partial: Path | None = None) -> 
     torch.manual_seed(seed)
     reset_peak(kind)
     t0 = time.perf_counter()
-    task_cfg = (
-        OmegaConf.merge(p.task_cfg, {"partial_path": str(partial)}) if partial is not None else p.task_cfg
-    )
-    result = p.task_obj.run(loaded, p.policy, task_cfg)
+    runs = [
+        (
+            p.policy,
+            OmegaConf.merge(p.task_cfg, {"partial_path": str(part)}) if part is not None else p.task_cfg,
+        )
+        for p, part in zip(plans, partials, strict=True)
+    ]
+    if len(plans) == 1:
+        results = [plans[0].task_obj.run(loaded, *runs[0])]
+    else:
+        results = plans[0].task_obj.run_shared(loaded, runs)
     if kind == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
-    return Measured(result, wall, peak_memory(kind), describe_device(kind))
+    peak = peak_memory(kind)
+    return [Measured(r, wall, peak, describe_device(kind), len(plans)) for r in results]

@@ -63,7 +63,12 @@ def record(p: RunPlan, m: Measured, records_path: Path) -> dict[str, Any]:
         "kv_effective_bits": _num(_get(result, "kv_effective_bits")),
         "kv_bytes": _num(_get(result, "kv_bytes")),
         "peak_memory_bytes": m.peak_memory_bytes,
-        "tokens_per_second": (num_tokens / m.wall_seconds) if num_tokens and m.wall_seconds > 0 else None,
+        # a run that shared its prefill has the group's wall time, not its own speed
+        "tokens_per_second": (
+            (num_tokens / m.wall_seconds)
+            if num_tokens and m.wall_seconds > 0 and m.shared_with == 1
+            else None
+        ),
         "wall_seconds": m.wall_seconds,
         "config": p.config,
         "config_hash": p.config_hash,
@@ -73,6 +78,10 @@ def record(p: RunPlan, m: Measured, records_path: Path) -> dict[str, Any]:
         "num_tokens": num_tokens,
         "primary_metric": records.primary_metric(metrics, getattr(p.task_obj, "primary_metric", None)),
     }
+    if m.shared_with > 1:
+        rec["prefill_shared_by"] = (
+            m.shared_with
+        )  # runs done together, one prefill per prompt (their wall, peak)
     details = _get(result, "details")
     if details:
         rec.update(details_entry(details, p.config_hash, records_path))

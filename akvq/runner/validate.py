@@ -209,6 +209,7 @@ TOP_LEVEL: dict[str, Checker] = {
         nullable=True, note="a .jsonl file; null = results/runs.jsonl"
     ),  # the path itself is checked by check_records
     "redo": BOOL,
+    "share_prefill": BOOL,
     "seed": SEED,
     "threads": Int(1, nullable=True),
     "milebench_root": OPT_STR,

@@ -47,8 +47,16 @@ class Task:
         a moved copy of one root is the same run. None: the config alone identifies the data."""
         return None
 
+    # True: `run_shared` computes each prompt's full-precision prefill once for all the policies it is given
+    shares_prefill: ClassVar[bool] = False
+
     def run(self, loaded: Any, policy: Any, cfg: Any = None) -> TaskResult:
         raise NotImplementedError
+
+    def run_shared(self, loaded: Any, runs: list[tuple[Any, Any]]) -> list[TaskResult]:
+        """`run` for each (policy, config) of `runs`, configs that differ only in where their partial file is;
+        a task with `shares_prefill` does the prefill once for all of them."""
+        return [self.run(loaded, policy, cfg) for policy, cfg in runs]
 
 
 def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:

@@ -36,32 +36,14 @@ _MEMO: dict[tuple, Prefill] = {}
 _MEMO_LIMIT = 12
 
 
-class _Recorder:
-    """Stands in for a cache during the shared prefill: `api.pivot_detection` reads its policy, and the
-    detector's mask is kept here."""
-
-    def __init__(self, policy: Any):
-        self.policy = policy
-        self.mask: torch.Tensor | None = None
-
-    def set_pivots(self, mask: torch.Tensor) -> None:
-        self.mask = mask
-
-
-def _pivot_key(policy: Any) -> tuple | None:
-    if not policy.needs_pivots:
-        return None
-    return (policy.num_pivots, policy.pivot_rule, policy.pivot_layer, policy.pivot_score)
-
-
 def shared_prefill(model: Any, ids: torch.Tensor, policy: Any) -> Prefill:
     """Full-precision prefill of one prompt, memoized per (model, prompt) across policies."""
     key = (id(model), ids.shape[-1], hash(tuple(ids[0, :64].tolist())), hash(tuple(ids[0, -64:].tolist())))
     pre = _MEMO.get(key)
-    pkey = _pivot_key(policy)
+    pkey = api.pivot_key(policy)
     if pre is not None and (pkey is None or pkey in pre.pivots):
         return pre
-    rec = _Recorder(policy)
+    rec = api.PivotRecorder(policy)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     dyn = DynamicCache(config=model.config)
     ctx = api.pivot_detection(model, rec) if pkey is not None else contextlib.nullcontext()
@@ -82,7 +64,7 @@ def shared_prefill(model: Any, ids: torch.Tensor, policy: Any) -> Prefill:
 
 def cache_from_prefill(model: Any, policy: Any, ids: torch.Tensor, pre: Prefill, read_path: str = "cached"):
     """A policy's cache holding the shared prefill, exactly as if this policy had run it (`api.cache_from_prefill`)."""
-    pkey = _pivot_key(policy)
+    pkey = api.pivot_key(policy)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     pivots = pre.pivots[pkey] if pkey is not None else None
     return api.cache_from_prefill(model, policy, inputs, pre.kv, pivots, read_path=read_path)

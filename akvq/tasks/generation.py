@@ -120,51 +120,44 @@ def cut_at_stops(text: str, stops: Sequence[str] | None) -> str:
     return text
 
 
-def generate_texts(
-    loaded: Any,
-    policy: Any,
-    prompts: Sequence[str],
-    images: Sequence[Sequence[Any]],
-    *,
-    max_new_tokens: int,
-    stats: GenStats | None = None,
-    stops: Sequence[str] | None = None,
-    do_sample: bool = False,
-    **gen_kwargs: Any,
-) -> list[str]:
-    """Generate for one batch of ready prompts (chat template applied, one `<image>` per image).
-
-    Greedy by default; one fresh quantized cache per batch via `akvq.api.generate`.
-    """
-    import torch
-
-    from akvq.api import final_report, generate
+def _inputs(loaded: Any, prompts: Sequence[str], images: Sequence[Sequence[Any]]) -> Any:
     from akvq.models.prompting import build_inputs
 
-    if max_new_tokens < 1:
-        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     pil = [[open_image(im) for im in ims] for ims in images]
     inputs = build_inputs(loaded, list(prompts), pil if any(pil) else None)
     dtype = getattr(loaded.model, "dtype", None)
     if dtype is not None and dtype.is_floating_point and "pixel_values" in inputs:
         inputs = inputs.to(dtype)  # BatchFeature.to(dtype) casts only the floating tensors (pixel values)
+    return inputs
+
+
+def _gen_kwargs(
+    loaded: Any, max_new_tokens: int, do_sample: bool, gen_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not do_sample:
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-    pad = _tokenizer(loaded).pad_token_id
-    t0 = time.perf_counter()
-    sequences, cache = generate(
-        loaded.model,
-        inputs,
-        policy,
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        num_beams=1,
-        pad_token_id=pad,
+    return {
+        "do_sample": do_sample,
+        "num_beams": 1,
+        "pad_token_id": _tokenizer(loaded).pad_token_id,
         **gen_kwargs,
-    )
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    }
+
+
+def _finish(
+    loaded: Any,
+    inputs: Any,
+    sequences: Any,
+    cache: Any,
+    seconds: float,
+    stats: GenStats | None,
+    stops: Sequence[str] | None,
+) -> list[str]:
+    """The generated texts (cut at EOS and the stops), and the batch's numbers added to `stats`."""
+    from akvq.api import final_report
+
     prompt_len = inputs["input_ids"].shape[1]
     new = sequences[:, prompt_len:]
     eos = _eos_ids(loaded)
@@ -182,7 +175,7 @@ def generate_texts(
         )
     if stats is not None:
         report = final_report(cache)
-        b = len(prompts)
+        b = len(texts)
         stats.samples += b
         stats.batches += 1
         mask = inputs.get("attention_mask")
@@ -193,6 +186,79 @@ def generate_texts(
         stats.kv_total_bytes += report.total_bytes
         stats.kv_elements += report.elements
     return texts
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def generate_texts(
+    loaded: Any,
+    policy: Any,
+    prompts: Sequence[str],
+    images: Sequence[Sequence[Any]],
+    *,
+    max_new_tokens: int,
+    stats: GenStats | None = None,
+    stops: Sequence[str] | None = None,
+    do_sample: bool = False,
+    **gen_kwargs: Any,
+) -> list[str]:
+    """Generate for one batch of ready prompts (chat template applied, one `<image>` per image).
+
+    Greedy by default; one fresh quantized cache per batch via `akvq.api.generate`.
+    """
+    from akvq.api import generate
+
+    kwargs = _gen_kwargs(loaded, max_new_tokens, do_sample, gen_kwargs)
+    inputs = _inputs(loaded, prompts, images)
+    t0 = time.perf_counter()
+    sequences, cache = generate(loaded.model, inputs, policy, max_new_tokens=max_new_tokens, **kwargs)
+    _sync()
+    return _finish(loaded, inputs, sequences, cache, time.perf_counter() - t0, stats, stops)
+
+
+def generate_texts_shared(
+    loaded: Any,
+    policies: Sequence[Any],
+    prompts: Sequence[str],
+    images: Sequence[Sequence[Any]],
+    *,
+    max_new_tokens: int,
+    stats: Sequence[GenStats | None] | None = None,
+    stops: Sequence[str] | None = None,
+    **gen_kwargs: Any,
+) -> list[list[str]]:
+    """`generate_texts` for each policy, greedy: the policies whose prefill reads alike (`api.prefill_reads`)
+    share one prefill of the batch (`api.generate_shared`), the others run alone. The same texts and numbers
+    as separate calls; a shared policy's seconds include the prefill, so its tokens/s reads as if it ran alone."""
+    from akvq.api import generate_shared, prefill_reads
+
+    stats = list(stats) if stats is not None else [None] * len(policies)
+    groups: dict[Any, list[int]] = {}
+    for i, policy in enumerate(policies):
+        reads = prefill_reads(loaded.model, policy)
+        groups.setdefault(reads if reads is not None else ("alone", i), []).append(i)
+    out: list[list[str]] = [[] for _ in policies]
+    inputs = None
+    for members in groups.values():
+        if len(members) == 1:
+            i = members[0]
+            out[i] = generate_texts(
+                loaded, policies[i], prompts, images, max_new_tokens=max_new_tokens, stats=stats[i],
+                stops=stops, **gen_kwargs,
+            )  # fmt: skip
+            continue
+        kwargs = _gen_kwargs(loaded, max_new_tokens, False, dict(gen_kwargs))
+        inputs = inputs if inputs is not None else _inputs(loaded, prompts, images)
+        runs = generate_shared(loaded.model, inputs, [policies[i] for i in members], max_new_tokens, **kwargs)
+        for i, (sequences, cache, seconds) in zip(members, runs, strict=True):
+            _sync()
+            out[i] = _finish(loaded, inputs, sequences, cache, seconds, stats[i], stops)
+    return out
 
 
 def image_token_count(loaded: Any, size: tuple[int, int] = (336, 336)) -> int:

@@ -586,14 +586,22 @@ class MileBenchTask(Task):
             max_len = int(text_config(loaded.model).max_position_embeddings) - max_new - overhead
         return int(max_len), per_image
 
+    shares_prefill = True  # greedy generation: the prefill attends in full precision under every method
+
     def run(self, loaded: Any, policy: Any, cfg: Any = None) -> TaskResult:
         """Generate and score every dataset; with `partial_path` (set by the runner) every finished batch is
         appended there and a rerun of the same config generates only the samples that are missing."""
+        return self.run_shared(loaded, [(policy, cfg if cfg is not None else self.cfg)])[0]
+
+    def run_shared(self, loaded: Any, runs: list[tuple[Any, Any]]) -> list[TaskResult]:
+        """`run` for several policies at once: each batch's prompts are prefilled once, in full precision, and
+        every policy that still lacks the batch decodes from that prefill (`generation.generate_texts_shared`,
+        the same texts as separate runs). Each run keeps its own partial file and result."""
         from tqdm.auto import tqdm
 
-        from akvq.tasks.generation import chat_text, generate_texts
+        from akvq.tasks import generation
 
-        cfg = cfg if cfg is not None else self.cfg
+        cfg = runs[0][1] if runs[0][1] is not None else self.cfg
         root = resolve_root(cfg_get(cfg, "milebench_root"))
         check_datasets(root, self.datasets)
         limit = cfg_get(cfg, "limit")
@@ -602,82 +610,101 @@ class MileBenchTask(Task):
         use_template = bool(cfg_get(cfg, "chat_template", True))
         max_len, per_image = self._limits(loaded, cfg, max_new)
         tok = loaded.tokenizer
-        partial = Path(cfg_get(cfg, "partial_path")) if cfg_get(cfg, "partial_path") else None
-        done, stats = read_partial(partial)
-        if done:
-            log.info("MileBench: resuming from %s (%d samples already generated)", partial, len(done))
-        metrics: dict[str, float] = {}
-        details: list[dict[str, Any]] = []
+        policies = [policy for policy, _ in runs]
+        partials = [Path(p) if (p := cfg_get(c, "partial_path")) else None for _, c in runs]
+        resumed_from = [read_partial(p) for p in partials]
+        stats = [st for _, st in resumed_from]
+        for p, (done, _) in zip(partials, resumed_from, strict=True):
+            if done:
+                log.info("MileBench: resuming from %s (%d samples already generated)", p, len(done))
+        metrics: list[dict[str, float]] = [{} for _ in runs]
+        details: list[list[dict[str, Any]]] = [[] for _ in runs]
         for name in self.datasets:
             samples = load_dataset(root, name, int(limit) if limit is not None else None)
             prompts = [build_prompt(s, tok, max_len, per_image) for s in samples]
-            texts = [chat_text(loaded, p.text, use_template) for p in prompts]
-            preds: list[str | None] = [done.get((name, str(s.sample_id))) for s in samples]
-            resumed = sum(p is not None for p in preds)
-            ds_stats = GenStats()
+            texts = [generation.chat_text(loaded, p.text, use_template) for p in prompts]
+            preds = [[done.get((name, str(s.sample_id))) for s in samples] for done, _ in resumed_from]
+            resumed = [sum(p is not None for p in pr) for pr in preds]
+            ds_stats = [generation.GenStats() for _ in runs]
             bar = tqdm(
-                total=len(samples), initial=resumed, desc=f"MileBench {name}", unit="sample", file=sys.stderr
+                total=len(samples) * len(runs),
+                initial=sum(resumed),
+                desc=f"MileBench {name}" + (f" x {len(runs)} methods" if len(runs) > 1 else ""),
+                unit="sample",
+                file=sys.stderr,
             )
             for idx in batches(batch_order(prompts, lambda p: len(p.text)), batch_size):
-                if all(preds[i] is not None for i in idx):
+                todo = [r for r in range(len(runs)) if any(preds[r][i] is None for i in idx)]
+                if not todo:
                     continue  # generated before the job was stopped
-                batch = GenStats()
-                outs = generate_texts(
-                    loaded,
-                    policy,
-                    [texts[i] for i in idx],
-                    [prompts[i].images for i in idx],
-                    max_new_tokens=max_new,
-                    stats=batch,
-                )
-                for i, out in zip(idx, outs, strict=True):
-                    preds[i] = out
-                if partial is not None:
-                    append_partial(partial, name, [str(samples[i].sample_id) for i in idx], outs, batch)
-                stats.add(batch)
-                ds_stats.add(batch)
-                bar.update(len(idx))
-                bar.set_postfix_str(f"{ds_stats.tokens_per_second or 0.0:.1f} tok/s")
+                batch = [generation.GenStats() for _ in todo]
+                args = ([texts[i] for i in idx], [prompts[i].images for i in idx])
+                if len(todo) == 1:
+                    outs = [
+                        generation.generate_texts(
+                            loaded, policies[todo[0]], *args, max_new_tokens=max_new, stats=batch[0]
+                        )
+                    ]
+                else:
+                    outs = generation.generate_texts_shared(
+                        loaded, [policies[r] for r in todo], *args, max_new_tokens=max_new, stats=batch
+                    )
+                for r, out, st in zip(todo, outs, batch, strict=True):
+                    for i, o in zip(idx, out, strict=True):
+                        preds[r][i] = o
+                    if partials[r] is not None:
+                        append_partial(partials[r], name, [str(samples[i].sample_id) for i in idx], out, st)
+                    stats[r].add(st)
+                    ds_stats[r].add(st)
+                bar.update(len(idx) * len(todo))
+                bar.set_postfix_str(f"{ds_stats[todo[0]].tokens_per_second or 0.0:.1f} tok/s")
             bar.close()
-            final = [p if p is not None else "" for p in preds]
-            scores = [score_sample(s, p) for s, p in zip(samples, final, strict=True)]
-            agg = aggregate(samples, scores)
-            metrics[name] = agg.score
-            log.info(
-                "MileBench %s: %s %.1f over %d samples (%d resumed); %d tokens in %.0f s (%.1f tok/s)",
-                name,
-                agg.metric,
-                agg.score,
-                agg.n,
-                resumed,
-                ds_stats.new_tokens,
-                ds_stats.seconds,
-                ds_stats.tokens_per_second or 0.0,
-            )
-            for s, pr, p, sc in zip(samples, prompts, final, scores, strict=True):
-                details.append(
-                    {
-                        "dataset": name,
-                        "sample_id": s.sample_id,
-                        "prediction": p,
-                        "answer": s.answer,
-                        "score": sc,
-                        "images": len(pr.images),
-                        "dropped_images": pr.dropped_images,
-                        "truncated": pr.truncated,
-                        "level": s.image_quantity_level,
-                    }
+            for r in range(len(runs)):
+                final = [p if p is not None else "" for p in preds[r]]
+                scores = [score_sample(s, p) for s, p in zip(samples, final, strict=True)]
+                agg = aggregate(samples, scores)
+                metrics[r][name] = agg.score
+                log.info(
+                    "MileBench %s%s: %s %.1f over %d samples (%d resumed); %d tokens in %.0f s (%.1f tok/s)",
+                    name,
+                    f" ({getattr(policies[r], 'name', '')})" if len(runs) > 1 else "",
+                    agg.metric,
+                    agg.score,
+                    agg.n,
+                    resumed[r],
+                    ds_stats[r].new_tokens,
+                    ds_stats[r].seconds,
+                    ds_stats[r].tokens_per_second or 0.0,
                 )
-        metrics["average"] = sum(metrics[n] for n in self.datasets) / len(self.datasets)
-        metrics["tokens_per_image"] = float(per_image)
-        metrics["max_context_len"] = float(max_len)
-        return TaskResult(
-            metrics=metrics,
-            kv_bytes=stats.kv_bytes or None,
-            kv_effective_bits=stats.effective_bits,
-            num_tokens=stats.new_tokens,
-            details=details,
-        )
+                for s, pr, p, sc in zip(samples, prompts, final, scores, strict=True):
+                    details[r].append(
+                        {
+                            "dataset": name,
+                            "sample_id": s.sample_id,
+                            "prediction": p,
+                            "answer": s.answer,
+                            "score": sc,
+                            "images": len(pr.images),
+                            "dropped_images": pr.dropped_images,
+                            "truncated": pr.truncated,
+                            "level": s.image_quantity_level,
+                        }
+                    )
+        results = []
+        for r in range(len(runs)):
+            metrics[r]["average"] = sum(metrics[r][n] for n in self.datasets) / len(self.datasets)
+            metrics[r]["tokens_per_image"] = float(per_image)
+            metrics[r]["max_context_len"] = float(max_len)
+            results.append(
+                TaskResult(
+                    metrics=metrics[r],
+                    kv_bytes=stats[r].kv_bytes or None,
+                    kv_effective_bits=stats[r].effective_bits,
+                    num_tokens=stats[r].new_tokens,
+                    details=details[r],
+                )
+            )
+        return results
 
 
 # ------------------------------------------------------------------------------------------ partial results

@@ -102,6 +102,21 @@ class SynthBenchTask(MileBenchTask):
         return json.loads(stamp.read_text()) if stamp.is_file() else None
 
     def run(self, loaded: Any, policy: Any, cfg: Any = None) -> TaskResult:
+        return self.run_shared(loaded, [(policy, cfg if cfg is not None else self.cfg)])[0]
+
+    def run_shared(self, loaded: Any, runs: list[tuple[Any, Any]]) -> list[TaskResult]:
+        """MileBench's run on the resolved root, then each (task, level) cell's accuracy in the metrics."""
+        results = super().run_shared(loaded, [(policy, self._inner(cfg)) for policy, cfg in runs])
+        for result in results:
+            cells: dict[str, list[float]] = {}
+            for d in result.details:
+                cells.setdefault(f"{d['dataset']}/{d['level']}", []).append(float(d["score"]))
+            for key, scores in cells.items():
+                result.metrics[key] = 100.0 * sum(scores) / len(scores)
+        return results
+
+    def _inner(self, cfg: Any) -> dict[str, Any]:
+        """The MileBench config: the root resolved (or generated), `limit` per cell made per dataset."""
         cfg = _plain(cfg if cfg is not None else self.cfg)
         root = resolve_synth_root(cfg_get(cfg, "synthbench_root")) or cached_root()
         stamp = root / "SYNTHBENCH.json"
@@ -109,10 +124,4 @@ class SynthBenchTask(MileBenchTask):
         limit = cfg_get(cfg, "limit")
         inner = dict(cfg, milebench_root=str(root), datasets=self.datasets)
         inner["limit"] = int(limit) * len(levels) if limit is not None else None
-        result = super().run(loaded, policy, inner)
-        cells: dict[str, list[float]] = {}
-        for d in result.details:
-            cells.setdefault(f"{d['dataset']}/{d['level']}", []).append(float(d["score"]))
-        for key, scores in cells.items():
-            result.metrics[key] = 100.0 * sum(scores) / len(scores)
-        return result
+        return inner

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Every synth-vlm table of results/vlm/README.md on one weights file, for shipping a new file (issue #12).
 #
-#   bash scripts/vlm_tables.sh RECORDS         # ~2 h 40 min wall on 2 CPU threads (2026-12-03); a GPU: minutes
+#   bash scripts/vlm_tables.sh RECORDS         # every table at 1K and the short cells; a GPU: minutes
 #   bash scripts/vlm_tables.sh RECORDS2K 2K    # the method table at 2K, 100 per task (after the 1K run: its akvq
-#                                              # rows read the layer pattern that run installs); ~3 h here
-#   bash scripts/vlm_tables.sh RECORDS4K 4K    # the same at 4K (or 8K): 68-100 min a method a lane at 4K; the
-#                                              # order puts fp16 and akvq first, so a cut-short run still pairs them
-#   DTYPE=bfloat16 bash scripts/vlm_tables.sh RECORDS8K 8K   # the model in bf16: on a CPU with AMX ~3x faster
-#                                              # (8K: 9-13 s an item, 60-85 min a method a lane); its cells are tagged
-#                                              # 8K/100/bf16, its table table_8k100_bf16.md
+#                                              # rows read the layer pattern that run installs)
+#   bash scripts/vlm_tables.sh RECORDS4K 4K    # the same at 4K (or 8K)
+#   DTYPE=bfloat16 bash scripts/vlm_tables.sh RECORDS8K 8K   # the model in bf16 (on a CPU with AMX ~3x faster);
+#                                              # its cells are tagged 8K/100/bf16, its table table_8k100_bf16.md
+#
+# Each lane is one process whose five methods share each prompt's prefill (share_prefill: the same records as one
+# by one, tests/test_milebench.py): at 8K the prefill is nearly all of an item's time, so a lane costs about what
+# one method did alone (before it: 68-100 min a method a lane at 4K, 60-85 min at 8K in bf16 on an AMX Xeon, 40-65
+# s an item at 8K in bf16 on a Zen 4; with it, three methods at 8K on the Zen 4: ~51 s an item, 2026-12-05).
 #
 # Runs on the committed file (configs/model/synth-vlm.yaml): ship first (copy the file into assets/synth-vlm/, its
 # sha256 into the YAML), so every table, the profiler included, reads the same weights. RECORDS: the jsonl every
@@ -34,18 +37,20 @@ esac
 METHODS_A=(fp16 kivi2 skvq rtn2 smoothquant)  # most informative first: a long cell may be cut short
 METHODS_B=(akvq akvq_plus akvq_rtn akvq_wht akvq_tsa)
 
-run() {  # QUANT LIMIT ROOT
+run() {  # QUANT LIMIT ROOT [COMPARE]: with COMPARE (comma-separated), those methods share each prompt's prefill
   $PY run.py model=synth-vlm task=synthbench task.limit="$2" threads=1 synthbench_root="$3" records="$R" \
-    quant="$1" 'compare=[]' ${DTYPE:+model.dtype=$DTYPE}
+    quant="$1" "compare=[${4:-}]" ${DTYPE:+model.dtype=$DTYPE}
 }
+join() { local IFS=,; echo "$*"; }
 
 case $CELL in
   1K) ;;
   2K|4K|8K)  # every method of the table at one longer cell, 100 per task (its own records: the main table's stay 1K's)
     root="$ROOTS/sb${CELL}100"
     [ -d "$root" ] || $PY scripts/make_synthbench.py "$root" --seed 2026 --samples 100 --cells "$CELL"
-    for q in "${METHODS_A[@]}"; do run "$q" 100 "$root"; done >> "${R%.jsonl}_lane_a.log" 2>&1 &
-    for q in "${METHODS_B[@]}"; do run "$q" 100 "$root"; done >> "${R%.jsonl}_lane_b.log" 2>&1 &
+    # one process a lane: its five methods decode from one prefill per prompt (share_prefill)
+    run "${METHODS_A[0]}" 100 "$root" "$(join "${METHODS_A[@]:1}")" >> "${R%.jsonl}_lane_a.log" 2>&1 &
+    run "${METHODS_B[0]}" 100 "$root" "$(join "${METHODS_B[@]:1}")" >> "${R%.jsonl}_lane_b.log" 2>&1 &
     wait
     $PY scripts/vlm_report.py "$R" --out results/vlm --cell "$CELL/100${TAG:+/$TAG}" \
       --table "table_${CELL,,}100${TAG:+_$TAG}.md" --figure none
@@ -64,18 +69,18 @@ $PY scripts/profile_layers.py --model synth-vlm --milebench-root "$ROOTS/sb1K" -
   --samples 8 --length 1024 --sweep --write-pattern
 
 lane_a() {  # the method table and ladder at 1K (100 per task), then 2K for fp16
-  for q in "${METHODS_A[@]}"; do run "$q" 100 "$ROOTS/sb1K100"; done
+  run "${METHODS_A[0]}" 100 "$ROOTS/sb1K100" "$(join "${METHODS_A[@]:1}")"
   run fp16 20 "$ROOTS/sb2K"
   run fp16 20 "$ROOTS/sb4K20"
-  for q in akvq_roles_v2_t2 akvq_roles_v4_t2 akvq_roles_v2_t4; do run $q 20 "$ROOTS/sb1K"; done
+  run akvq_roles_v2_t2 20 "$ROOTS/sb1K" akvq_roles_v4_t2,akvq_roles_v2_t4
   $PY scripts/profile_layers.py --model synth-vlm --milebench-root "$ROOTS/sb1K" --dataset ObjectExistence \
     --samples 8 --length 1024 --sweep --out results/saliency/synth-vlm/ObjectExistence
 }
 lane_b() {
-  for q in "${METHODS_B[@]}"; do run "$q" 100 "$ROOTS/sb1K100"; done
+  run "${METHODS_B[0]}" 100 "$ROOTS/sb1K100" "$(join "${METHODS_B[@]:1}")"
   run akvq 20 "$ROOTS/sb2K"
   run fp16 20 "$ROOTS/sb1K"
-  for q in akvq_roles_v4_t4 akvq_roles_v1_t4 akvq_roles_v1_t2; do run $q 20 "$ROOTS/sb1K"; done
+  run akvq_roles_v4_t4 20 "$ROOTS/sb1K" akvq_roles_v1_t4,akvq_roles_v1_t2
   run fp16 20 "$ROOTS/sb8K20"  # ~26 s an item at 7.8K tokens
 }
 lane_a >> "${R%.jsonl}_lane_a.log" 2>&1 &

@@ -238,7 +238,9 @@ def test_batched_greedy_equals_batch_size_one(root: Path) -> None:
 
 
 @pytest.mark.slow
-def test_tiny_llava_through_the_runner(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tiny_llava_through_the_runner(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     from conftest import tiny
     from hydra import compose, initialize_config_dir
 
@@ -265,7 +267,10 @@ def test_tiny_llava_through_the_runner(root: Path, tmp_path: Path, monkeypatch: 
             "config", overrides=[*over, "share_prefill=false", f"records={tmp_path / 'alone.jsonl'}"],
             return_hydra_config=True,
         )  # fmt: skip
-    rows = runner.main(cfg, session)  # fp16 and rtn2 share each batch's prefill
+    with caplog.at_level("INFO", logger="akvq"):
+        rows = runner.main(cfg, session)  # fp16 and rtn2 share each batch's prefill
+    # each method's score line names it by its config name
+    assert any(m.startswith("MileBench SceneTransition (rtn2): ") for m in caplog.messages), caplog.messages
     assert [r["quant"] for r in rows] == ["fp16", "rtn2"]
     for r in rows:
         assert set(FIXTURE_SETS) | {"average"} <= set(r["metrics"])

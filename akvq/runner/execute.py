@@ -74,13 +74,12 @@ def execute(plans: list[RunPlan], loaded: Any, seed: int, partials: list[Path | 
     torch.manual_seed(seed)
     reset_peak(kind)
     t0 = time.perf_counter()
-    runs = [
-        (
-            p.policy,
-            OmegaConf.merge(p.task_cfg, {"partial_path": str(part)}) if part is not None else p.task_cfg,
-        )
-        for p, part in zip(plans, partials, strict=True)
-    ]
+    runs = []
+    for p, part in zip(plans, partials, strict=True):
+        extra: dict[str, Any] = {"partial_path": str(part)} if part is not None else {}
+        if len(plans) > 1:
+            extra["run_label"] = p.quant  # which method a shared run's log line is about
+        runs.append((p.policy, OmegaConf.merge(p.task_cfg, extra) if extra else p.task_cfg))
     if len(plans) == 1:
         results = [plans[0].task_obj.run(loaded, *runs[0])]
     else:

@@ -612,6 +612,7 @@ class MileBenchTask(Task):
         tok = loaded.tokenizer
         policies = [policy for policy, _ in runs]
         partials = [Path(p) if (p := cfg_get(c, "partial_path")) else None for _, c in runs]
+        labels = [cfg_get(c, "run_label") or getattr(policy, "name", "") for policy, c in runs]
         resumed_from = [read_partial(p) for p in partials]
         stats = [st for _, st in resumed_from]
         for p, (done, _) in zip(partials, resumed_from, strict=True):
@@ -667,7 +668,7 @@ class MileBenchTask(Task):
                 log.info(
                     "MileBench %s%s: %s %.1f over %d samples (%d resumed); %d tokens in %.0f s (%.1f tok/s)",
                     name,
-                    f" ({getattr(policies[r], 'name', '')})" if len(runs) > 1 else "",
+                    f" ({labels[r]})" if len(runs) > 1 else "",
                     agg.metric,
                     agg.score,
                     agg.n,

@@ -11,7 +11,7 @@
 # Each lane is one process whose five methods share each prompt's prefill (share_prefill: the same records as one
 # by one, tests/test_milebench.py): at 8K the prefill is nearly all of an item's time, so a lane costs about what
 # one method did alone (before it: 68-100 min a method a lane at 4K, 60-85 min at 8K in bf16 on an AMX Xeon, 40-65
-# s an item at 8K in bf16 on a Zen 4; with it, three methods at 8K on the Zen 4: ~51 s an item, 2026-12-05).
+# s an item at 8K in bf16 on a Zen 4; with it, three methods at 8K on the Zen 4: ~56 s an item, 2026-12-05).
 #
 # Runs on the committed file (configs/model/synth-vlm.yaml): ship first (copy the file into assets/synth-vlm/, its
 # sha256 into the YAML), so every table, the profiler included, reads the same weights. RECORDS: the jsonl every

@@ -94,7 +94,7 @@ def _held_by(records_path: Path, p: RunPlan) -> str:
 
 def share_groups(plans: list[RunPlan]) -> list[list[RunPlan]]:
     """Plans that differ only in their quant, on a task that shares its prefill (`Task.shares_prefill`), in one
-    group each: they run together, one full-precision prefill per prompt (docs/design.md, "Sharing the
+    group each: they run together, one prefill per prompt (docs/design.md, "Sharing the
     prefill"). Order kept: a group stands where its first plan stood."""
     groups: dict[tuple, list[RunPlan]] = {}
     for p in plans:

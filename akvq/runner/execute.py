@@ -19,9 +19,8 @@ class Measured:
     wall_seconds: float
     peak_memory_bytes: int
     device: str
-    shared_with: int = (
-        1  # plans run together off one prefill per prompt (their wall time and peak are the group's)
-    )
+    # plans run together off one prefill per prompt (their wall time and peak are the group's)
+    shared_with: int = 1
 
 
 def model_device(loaded: Any) -> str:

@@ -78,10 +78,8 @@ def record(p: RunPlan, m: Measured, records_path: Path) -> dict[str, Any]:
         "num_tokens": num_tokens,
         "primary_metric": records.primary_metric(metrics, getattr(p.task_obj, "primary_metric", None)),
     }
-    if m.shared_with > 1:
-        rec["prefill_shared_by"] = (
-            m.shared_with
-        )  # runs done together, one prefill per prompt (their wall, peak)
+    if m.shared_with > 1:  # runs done together, one prefill per prompt (their wall time and peak)
+        rec["prefill_shared_by"] = m.shared_with
     details = _get(result, "details")
     if details:
         rec.update(details_entry(details, p.config_hash, records_path))

@@ -47,7 +47,7 @@ class Task:
         a moved copy of one root is the same run. None: the config alone identifies the data."""
         return None
 
-    # True: `run_shared` computes each prompt's full-precision prefill once for all the policies it is given
+    # True: `run_shared` computes each prompt's prefill once for all the policies it is given
     shares_prefill: ClassVar[bool] = False
 
     def run(self, loaded: Any, policy: Any, cfg: Any = None) -> TaskResult:

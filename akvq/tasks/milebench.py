@@ -586,7 +586,7 @@ class MileBenchTask(Task):
             max_len = int(text_config(loaded.model).max_position_embeddings) - max_new - overhead
         return int(max_len), per_image
 
-    shares_prefill = True  # greedy generation: the prefill attends in full precision under every method
+    shares_prefill = True  # greedy generation: the prefill reads the prompt's 16-bit K/V under every method
 
     def run(self, loaded: Any, policy: Any, cfg: Any = None) -> TaskResult:
         """Generate and score every dataset; with `partial_path` (set by the runner) every finished batch is
@@ -594,7 +594,7 @@ class MileBenchTask(Task):
         return self.run_shared(loaded, [(policy, cfg if cfg is not None else self.cfg)])[0]
 
     def run_shared(self, loaded: Any, runs: list[tuple[Any, Any]]) -> list[TaskResult]:
-        """`run` for several policies at once: each batch's prompts are prefilled once, in full precision, and
+        """`run` for several policies at once: each batch's prompts are prefilled once (16-bit K/V), and
         every policy that still lacks the batch decodes from that prefill (`generation.generate_texts_shared`,
         the same texts as separate runs). Each run keeps its own partial file and result."""
         from tqdm.auto import tqdm
@@ -640,16 +640,9 @@ class MileBenchTask(Task):
                     continue  # generated before the job was stopped
                 batch = [generation.GenStats() for _ in todo]
                 args = ([texts[i] for i in idx], [prompts[i].images for i in idx])
-                if len(todo) == 1:
-                    outs = [
-                        generation.generate_texts(
-                            loaded, policies[todo[0]], *args, max_new_tokens=max_new, stats=batch[0]
-                        )
-                    ]
-                else:
-                    outs = generation.generate_texts_shared(
-                        loaded, [policies[r] for r in todo], *args, max_new_tokens=max_new, stats=batch
-                    )
+                outs = generation.generate_texts_shared(  # one policy alone: generate_texts
+                    loaded, [policies[r] for r in todo], *args, max_new_tokens=max_new, stats=batch
+                )
                 for r, out, st in zip(todo, outs, batch, strict=True):
                     for i, o in zip(idx, out, strict=True):
                         preds[r][i] = o

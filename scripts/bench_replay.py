@@ -14,7 +14,7 @@ import torch
 from akvq.models import load_model
 from akvq.paths import CONFIG_DIR
 from akvq.policies import make_policy
-from akvq.tasks.fidelity import _decode, cache_from_prefill, shared_prefill
+from akvq.tasks.fidelity import _decode, cache_from_prefill, prefill
 from akvq.tasks.text import corpus_ids, windows
 
 
@@ -37,7 +37,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for q in args.quants.split(","):
         policy = make_policy(q)
-        pre = shared_prefill(model, prompt, policy)
+        pre = prefill(model, prompt, [policy])
         res: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
         for replay in (False, True, False, True):
             cache = cache_from_prefill(model, policy, prompt, pre)

@@ -40,7 +40,7 @@ def main(args: dict[str, str]) -> None:
     from akvq.attention import register
     from akvq.bench.throughput import load, make_policy
     from akvq.policies.loader import quant_config
-    from akvq.tasks.fidelity import _decode, cache_from_prefill, shared_prefill
+    from akvq.tasks.fidelity import _decode, cache_from_prefill, prefill
     from akvq.tasks.text import corpus_ids, windows
 
     cfg = {**DEFAULTS, **args}
@@ -55,7 +55,7 @@ def main(args: dict[str, str]) -> None:
         for ids in windows(corpus_ids(tok), p_len + c_len, int(cfg["windows"])):
             ids = torch.tensor([ids])
             prompt, cont = ids[:, :p_len], ids[:, p_len:]
-            pre = shared_prefill(model, prompt, policy)
+            pre = prefill(model, prompt, [policy])
             for int8 in (True, False):
                 cache = cache_from_prefill(model, policy, prompt, pre, read_path="dequantize")
                 register.use_packed(model, cache, "packed_c" if int8 else "packed_c_fp32")

@@ -12,12 +12,13 @@ from akvq.attention.replay import replayed
 from akvq.errors import ConfigError
 from akvq.policies import make_policy
 from akvq.tasks.fidelity import (
+    AgreementTask,
     PasskeyTask,
     PerplexityTask,
     _decode,
     bootstrap_ppl,
     cache_from_prefill,
-    shared_prefill,
+    prefill,
 )
 from akvq.tasks.text import corpus_ids, windows
 
@@ -77,7 +78,7 @@ def test_replayed_decoding_equals_the_step_loop(name, fields):
     ids = torch.tensor([windows(corpus_ids(loaded.tokenizer), 136, 1)[0]])
     prompt, cont = ids[:, :96], ids[:, 96:]
     policy = make_policy(name, **fields)
-    pre = shared_prefill(loaded.model, prompt, policy)
+    pre = prefill(loaded.model, prompt, [policy])
     caches = [cache_from_prefill(loaded.model, policy, prompt, pre) for _ in range(2)]
     step = _decode(loaded.model, caches[0], cont, chunk=1, replay=False)
     once = _decode(loaded.model, caches[1], cont, replay=True)
@@ -112,3 +113,46 @@ def test_a_chunked_proxy_must_be_asked_for():
     with pytest.raises(ConfigError, match=r"task.chunk=16 .*task.replay=false"):
         PerplexityTask("ppl", {"chunk": 16}).validate()
     PerplexityTask("ppl", {"chunk": 16, "replay": False}).validate()
+
+
+SHARED = [
+    ("ppl", PerplexityTask, CFG),
+    ("passkey", PasskeyTask, {"lengths": [128, 160], "trials": 2, "gen_len": 4}),
+    ("agreement", AgreementTask, {"prompt_len": 96, "gen_len": 6, "samples": 2}),
+]
+
+
+@pytest.mark.parametrize(("name", "cls", "cfg"), SHARED, ids=[s[0] for s in SHARED])
+def test_shared_runs_equal_separate_runs_off_one_prefill_per_prompt(name, cls, cfg, monkeypatch):
+    """`run_shared` (the runner's `quant` + `compare`) gives each policy what its own `run` gives, with one
+    prefill forward per prompt for all of them, two pivot rules detected in it."""
+    import akvq.tasks.fidelity as fidelity
+
+    loaded = tiny("llama")
+    policies = [
+        make_policy("fp16", hp_dtype="model"),
+        make_policy("kivi2", residual=16),
+        make_policy("akvq", window=8, num_pivots=2),
+        make_policy("akvq", window=8, num_pivots=3),
+    ]
+    assert len({api.pivot_key(p) for p in policies} - {None}) == 2
+    calls = []
+    real = fidelity.prefill
+    monkeypatch.setattr(fidelity, "prefill", lambda *a: calls.append(a) or real(*a))
+    task = cls(name, cfg)
+    alone = [task.run(loaded, p) for p in policies]
+    n_prompts = len(calls) // len(policies)
+    calls.clear()
+    shared = task.run_shared(loaded, [(p, cfg) for p in policies])
+    assert len(calls) == n_prompts and all(len(c[2]) == len(policies) for c in calls)
+    for a, s in zip(alone, shared, strict=True):
+        assert s.metrics == a.metrics and s.details == a.details
+        assert (s.kv_bytes, s.kv_effective_bits, s.num_tokens) == (
+            a.kv_bytes,
+            a.kv_effective_bits,
+            a.num_tokens,
+        )
+        assert s.seconds is not None and s.seconds > 0
+    assert len({s.kv_effective_bits for s in shared}) == len(
+        policies
+    )  # four methods, not one cache four times

@@ -225,10 +225,22 @@ def test_real_stack_on_tiny_llama(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     ]
     for r in rows:
         assert math.isfinite(r["metrics"]["ppl"]) and r["kv_bytes"] > 0 and r["kv_effective_bits"] > 0
-        assert r["num_tokens"] == 12 and r["tokens_per_second"] > 0
+        # the two ran off one prefill per window, each timed on its own work (the prefill counted in each)
+        assert r["num_tokens"] == 12 and r["tokens_per_second"] > 0 and r["prefill_shared_by"] == 2
     assert rows[0]["kv_effective_bits"] >= 16
     assert "ppl" in capsys.readouterr().out
     assert len(records.read_records(tmp_path / "runs.jsonl")) == 2
+    overrides[-2] = f"records={tmp_path / 'alone.jsonl'}"
+    with initialize_config_dir(config_dir=str(runner.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, "share_prefill=false"], return_hydra_config=True)
+    alone = runner.main(cfg, session)
+    for a, s in zip(alone, rows, strict=True):
+        assert "prefill_shared_by" not in a and a["tokens_per_second"] > 0
+        assert (a["metrics"], a["kv_bytes"], a["config_hash"]) == (
+            s["metrics"],
+            s["kv_bytes"],
+            s["config_hash"],
+        )
 
 
 def test_run_py_bad_config_exits_2_before_loading(

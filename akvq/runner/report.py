@@ -55,6 +55,8 @@ def record(p: RunPlan, m: Measured, records_path: Path) -> dict[str, Any]:
     result = m.result
     metrics = records.to_json(dict(_get(result, "metrics") or {}))
     num_tokens = _get(result, "num_tokens")
+    own = _get(result, "seconds")  # the task's own time (a shared prefill counted in each run)
+    seconds = own if own is not None else (m.wall_seconds if m.shared_with == 1 else None)
     rec: dict[str, Any] = {
         "model": p.model,
         "task": p.task,
@@ -63,12 +65,7 @@ def record(p: RunPlan, m: Measured, records_path: Path) -> dict[str, Any]:
         "kv_effective_bits": _num(_get(result, "kv_effective_bits")),
         "kv_bytes": _num(_get(result, "kv_bytes")),
         "peak_memory_bytes": m.peak_memory_bytes,
-        # a run that shared its prefill has the group's wall time, not its own speed
-        "tokens_per_second": (
-            (num_tokens / m.wall_seconds)
-            if num_tokens and m.wall_seconds > 0 and m.shared_with == 1
-            else None
-        ),
+        "tokens_per_second": (num_tokens / seconds) if num_tokens and seconds else None,
         "wall_seconds": m.wall_seconds,
         "config": p.config,
         "config_hash": p.config_hash,

@@ -20,6 +20,9 @@ class TaskResult:
     kv_effective_bits: float | None = None
     num_tokens: int = 0  # tokens generated or scored, for tokens/s
     details: list[dict[str, Any]] = field(default_factory=list)
+    # this run's own seconds for num_tokens, a shared prefill counted in full (what it would take alone); None:
+    # the runner's wall time (a run that shared its prefill then gets no tokens/s)
+    seconds: float | None = None
 
 
 class Task:

@@ -1,7 +1,8 @@
 """Fidelity tasks on a real text model: where this machine can measure the accuracy a quantized cache loses.
 
-The prefill is full precision under every policy (quantization starts at the next update), so its K/V, its last
-logits and its pivot masks are computed once per window and shared by all policies of a sweep in this process."""
+The prefill is 16-bit under every policy (quantization starts at the next update), so its K/V, its last logits
+and its pivot masks are computed once per prompt for all policies of a run (`run_shared`: the runner's `quant` +
+`compare` in one process), and each policy's cache is built from them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import contextlib
 import logging
 import math
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,36 +32,29 @@ class Prefill:
     kv: list[tuple[torch.Tensor, torch.Tensor]]
     last_logits: torch.Tensor
     pivots: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    seconds: float = 0.0  # counted in each policy's own seconds (what it would take alone)
 
 
-_MEMO: dict[tuple, Prefill] = {}
-_MEMO_LIMIT = 12
-
-
-def shared_prefill(model: Any, ids: torch.Tensor, policy: Any) -> Prefill:
-    """Full-precision prefill of one prompt, memoized per (model, prompt) across policies."""
-    key = (id(model), ids.shape[-1], hash(tuple(ids[0, :64].tolist())), hash(tuple(ids[0, -64:].tolist())))
-    pre = _MEMO.get(key)
-    pkey = api.pivot_key(policy)
-    if pre is not None and (pkey is None or pkey in pre.pivots):
-        return pre
-    rec = api.PivotRecorder(policy)
+def prefill(model: Any, ids: torch.Tensor, policies: list[Any]) -> Prefill:
+    """One prompt's prefill for all `policies`: one forward into a `DynamicCache` (the model's dtype; a peer's
+    cache is fed the same K/V), every pivot rule among the policies detected in it."""
+    t0 = time.perf_counter()
+    recorders = {k: api.PivotRecorder(p) for p in policies if (k := api.pivot_key(p)) is not None}
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     dyn = DynamicCache(config=model.config)
-    ctx = api.pivot_detection(model, rec) if pkey is not None else contextlib.nullcontext()
-    with ctx, torch.inference_mode():
+    with contextlib.ExitStack() as stack, torch.inference_mode():
+        for rec in recorders.values():
+            stack.enter_context(api.pivot_detection(model, rec))
         out = model(**inputs, **{api.cache_kwarg(): dyn}, use_cache=True, logits_to_keep=1)
+    if any(rec.mask is None for rec in recorders.values()):
+        raise RuntimeError("pivot detection ran but reported no pivots")
+    pivots = {k: rec.mask for k, rec in recorders.items()}
     kv = [(layer.keys, layer.values) for layer in dyn.layers]
-    if pre is None:
-        pre = Prefill(kv, out.logits[:, -1].float())
-        if len(_MEMO) >= _MEMO_LIMIT:
-            _MEMO.pop(next(iter(_MEMO)))
-        _MEMO[key] = pre
-    if pkey is not None:
-        if rec.mask is None:
-            raise RuntimeError("pivot detection ran but reported no pivots")
-        pre.pivots[pkey] = rec.mask
-    return pre
+    return Prefill(kv, out.logits[:, -1].float(), pivots, time.perf_counter() - t0)
+
+
+def _label(policies: list[Any]) -> str:
+    return policies[0].name if len(policies) == 1 else f"{len(policies)} methods"
 
 
 def cache_from_prefill(model: Any, policy: Any, ids: torch.Tensor, pre: Prefill, read_path: str = "cached"):
@@ -115,6 +110,7 @@ class PerplexityTask(Task):
     """Teacher-forced perplexity of continuations read through the quantized cache, token by token."""
 
     primary_metric = "ppl"
+    shares_prefill = True
 
     def validate(self) -> None:
         chunk, replay = int(cfg_get(self.cfg, "chunk", 1)), bool(cfg_get(self.cfg, "replay", True))
@@ -125,34 +121,52 @@ class PerplexityTask(Task):
             )
 
     def run(self, loaded: Any, policy: Any, cfg: Any = None) -> TaskResult:
-        cfg = cfg if cfg is not None else self.cfg
+        return self.run_shared(loaded, [(policy, cfg if cfg is not None else self.cfg)])[0]
+
+    def run_shared(self, loaded: Any, runs: list[tuple[Any, Any]]) -> list[TaskResult]:
+        """Each window's prompt is prefilled once; every policy scores its continuation from that prefill."""
+        cfg = runs[0][1] if runs[0][1] is not None else self.cfg
+        policies = [policy for policy, _ in runs]
         model, tok = loaded.model, loaded.tokenizer
         p_len, c_len = int(cfg_get(cfg, "prompt_len", 4096)), int(cfg_get(cfg, "cont_len", 256))
         n_win = int(cfg_get(cfg, "windows", 8))
         chunk, replay = int(cfg_get(cfg, "chunk", 1)), bool(cfg_get(cfg, "replay", True))
         ids_all = windows(corpus_ids(tok), p_len + c_len, n_win)
-        window_nll, details, report = [], [], None
-        for w, ids in enumerate(tqdm(ids_all, desc=f"ppl {policy.name}", leave=False)):
+        window_nll: list[list[float]] = [[] for _ in runs]
+        details: list[list[dict[str, Any]]] = [[] for _ in runs]
+        reports: list[Any] = [None for _ in runs]
+        seconds = [0.0 for _ in runs]
+        for w, ids in enumerate(tqdm(ids_all, desc=f"ppl {_label(policies)}", leave=False)):
             ids = torch.tensor([ids], device=model.device)
             prompt, cont = ids[:, :p_len], ids[:, p_len:]
-            pre = shared_prefill(model, prompt, policy)
-            cache = cache_from_prefill(model, policy, prompt, pre)
-            logits = torch.cat([pre.last_logits, _decode(model, cache, cont[:, :-1], chunk, replay)])
-            nll = torch.nn.functional.cross_entropy(logits, cont[0], reduction="mean").item()
-            window_nll.append(nll)
-            report = cache.memory_report()
-            details.append(
-                {"window": w, "nll": nll, "ppl": math.exp(nll), "effective_bits": report.effective_bits}
+            pre = prefill(model, prompt, policies)
+            for r, policy in enumerate(policies):
+                t0 = time.perf_counter()
+                cache = cache_from_prefill(model, policy, prompt, pre)
+                logits = torch.cat([pre.last_logits, _decode(model, cache, cont[:, :-1], chunk, replay)])
+                nll = torch.nn.functional.cross_entropy(logits, cont[0], reduction="mean").item()
+                window_nll[r].append(nll)
+                reports[r] = report = cache.memory_report()
+                details[r].append(
+                    {"window": w, "nll": nll, "ppl": math.exp(nll), "effective_bits": report.effective_bits}
+                )
+                seconds[r] += pre.seconds + time.perf_counter() - t0
+        n_boot, seed = int(cfg_get(cfg, "bootstrap", 1000)), int(cfg_get(cfg, "seed", 0))
+        results = []
+        for nlls, det, report, secs in zip(window_nll, details, reports, seconds, strict=True):
+            lo, hi = bootstrap_ppl(nlls, n_boot, seed)
+            nll = sum(nlls) / len(nlls)
+            results.append(
+                TaskResult(
+                    metrics={"ppl": math.exp(nll), "ppl_lo": lo, "ppl_hi": hi, "nll": nll},
+                    kv_bytes=report.total_bytes,
+                    kv_effective_bits=report.effective_bits,
+                    num_tokens=n_win * c_len,
+                    details=det,
+                    seconds=secs,
+                )
             )
-        lo, hi = bootstrap_ppl(window_nll, int(cfg_get(cfg, "bootstrap", 1000)), int(cfg_get(cfg, "seed", 0)))
-        ppl = math.exp(sum(window_nll) / len(window_nll))
-        return TaskResult(
-            metrics={"ppl": ppl, "ppl_lo": lo, "ppl_hi": hi, "nll": sum(window_nll) / len(window_nll)},
-            kv_bytes=report.total_bytes,
-            kv_effective_bits=report.effective_bits,
-            num_tokens=n_win * c_len,
-            details=details,
-        )
+        return results
 
 
 PASSKEY_TEMPLATE = "There is a pass key hidden inside a lot of irrelevant text. Find it and memorize it.\n\n"
@@ -179,16 +193,23 @@ class PasskeyTask(Task):
     """Retrieval of a 5-digit key hidden at a random depth of real text, by prompt length."""
 
     primary_metric = "acc"
+    shares_prefill = True
 
     def run(self, loaded: Any, policy: Any, cfg: Any = None) -> TaskResult:
-        cfg = cfg if cfg is not None else self.cfg
+        return self.run_shared(loaded, [(policy, cfg if cfg is not None else self.cfg)])[0]
+
+    def run_shared(self, loaded: Any, runs: list[tuple[Any, Any]]) -> list[TaskResult]:
+        """Each trial's prompt is prefilled once; every policy decodes its answer from that prefill."""
+        cfg = runs[0][1] if runs[0][1] is not None else self.cfg
+        policies = [policy for policy, _ in runs]
         model, tok = loaded.model, loaded.tokenizer
         lengths = [int(x) for x in cfg_get(cfg, "lengths", [1024, 2048, 4096, 8192])]
         trials = int(cfg_get(cfg, "trials", 5))
         gen = int(cfg_get(cfg, "gen_len", 8))
         rng = random.Random(int(cfg_get(cfg, "seed", 0)))
-        metrics: dict[str, float] = {}
-        details, report, total_ok, n_tok = [], None, 0, 0
+        details: list[list[dict[str, Any]]] = [[] for _ in runs]
+        reports: list[Any] = [None for _ in runs]
+        seconds = [0.0 for _ in runs]
         plan = [
             (L, rng.randint(10000, 99999), rng.random(), rng.randint(0, 10**9))
             for L in lengths
@@ -197,67 +218,93 @@ class PasskeyTask(Task):
         max_pos = (
             getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None) or 1 << 30
         )
-        for L, key, depth, offset in tqdm(plan, desc=f"passkey {policy.name}", leave=False):
+        for L, key, depth, offset in tqdm(plan, desc=f"passkey {_label(policies)}", leave=False):
             n = min(L, max_pos - gen)  # "8K" on an 8192-position model leaves room for the answer
             ids = torch.tensor([passkey_prompt(tok, n, key, depth, offset)], device=model.device)
-            pre = shared_prefill(model, ids, policy)
-            cache = cache_from_prefill(model, policy, ids, pre)
-            nxt = pre.last_logits.argmax(-1, keepdim=True)
-            out = [nxt]
-            with torch.inference_mode():
-                for _ in range(gen - 1):
-                    o = model(input_ids=out[-1], **{api.cache_kwarg(): cache}, use_cache=True)
-                    out.append(o.logits[:, -1].argmax(-1, keepdim=True))
-            text = tok.decode(torch.cat(out, -1)[0])
-            ok = str(key) in text
-            total_ok += ok
-            n_tok += gen
-            report = cache.memory_report() if L == max(lengths) else report
-            details.append({"length": L, "key": key, "depth": depth, "output": text, "correct": ok})
-        for L in lengths:
-            rows = [d for d in details if d["length"] == L]
-            metrics[f"acc@{L}"] = sum(d["correct"] for d in rows) / len(rows)
-        metrics["acc"] = total_ok / len(details)
-        return TaskResult(metrics, report.total_bytes, report.effective_bits, n_tok, details)
+            pre = prefill(model, ids, policies)
+            for r, policy in enumerate(policies):
+                t0 = time.perf_counter()
+                cache = cache_from_prefill(model, policy, ids, pre)
+                out = [pre.last_logits.argmax(-1, keepdim=True)]
+                with torch.inference_mode():
+                    for _ in range(gen - 1):
+                        o = model(input_ids=out[-1], **{api.cache_kwarg(): cache}, use_cache=True)
+                        out.append(o.logits[:, -1].argmax(-1, keepdim=True))
+                text = tok.decode(torch.cat(out, -1)[0])
+                if L == max(lengths):
+                    reports[r] = cache.memory_report()
+                details[r].append(
+                    {"length": L, "key": key, "depth": depth, "output": text, "correct": str(key) in text}
+                )
+                seconds[r] += pre.seconds + time.perf_counter() - t0
+        results = []
+        for det, report, secs in zip(details, reports, seconds, strict=True):
+            metrics: dict[str, float] = {}
+            for L in lengths:
+                rows = [d for d in det if d["length"] == L]
+                metrics[f"acc@{L}"] = sum(d["correct"] for d in rows) / len(rows)
+            metrics["acc"] = sum(d["correct"] for d in det) / len(det)
+            results.append(
+                TaskResult(metrics, report.total_bytes, report.effective_bits, gen * len(det), det, secs)
+            )
+        return results
 
 
 class AgreementTask(Task):
     """Share of greedy tokens equal to the fp16 continuation (the fp16 run of the same prompts is the reference)."""
 
     primary_metric = "agreement"
+    shares_prefill = True
 
     def run(self, loaded: Any, policy: Any, cfg: Any = None) -> TaskResult:
+        return self.run_shared(loaded, [(policy, cfg if cfg is not None else self.cfg)])[0]
+
+    def run_shared(self, loaded: Any, runs: list[tuple[Any, Any]]) -> list[TaskResult]:
+        """Each sample's prompt is prefilled once and its fp16 reference decoded once, for every policy."""
         from akvq.policies import make_policy
 
-        cfg = cfg if cfg is not None else self.cfg
+        cfg = runs[0][1] if runs[0][1] is not None else self.cfg
+        policies = [policy for policy, _ in runs]
         model, tok = loaded.model, loaded.tokenizer
         p_len, gen = int(cfg_get(cfg, "prompt_len", 1024)), int(cfg_get(cfg, "gen_len", 64))
         samples = int(cfg_get(cfg, "samples", 4))
         ref_policy = make_policy("fp16")
-        agree = total = 0
-        details, report = [], None
-        for s, ids in enumerate(windows(corpus_ids(tok), p_len, samples)):
+
+        def greedy(policy: Any, ids: torch.Tensor, pre: Prefill, ref: torch.Tensor | None) -> tuple:
+            cache = cache_from_prefill(model, policy, ids, pre)
+            out = [pre.last_logits.argmax(-1, keepdim=True)]
+            with torch.inference_mode():
+                for _ in range(gen - 1):
+                    # Teacher-force the reference tokens so one early divergence does not decide the rest.
+                    feed = ref[:, len(out) - 1 : len(out)] if ref is not None else out[-1]
+                    o = model(input_ids=feed, **{api.cache_kwarg(): cache}, use_cache=True)
+                    out.append(o.logits[:, -1].argmax(-1, keepdim=True))
+            return torch.cat(out, -1), cache
+
+        agree = [0 for _ in runs]
+        details: list[list[dict[str, Any]]] = [[] for _ in runs]
+        reports: list[Any] = [None for _ in runs]
+        seconds = [0.0 for _ in runs]
+        prompts = windows(corpus_ids(tok), p_len, samples)
+        for s, ids in enumerate(prompts):
             ids = torch.tensor([ids], device=model.device)
-            pre = shared_prefill(model, ids, policy)
-            seqs = []
-            for pol in (ref_policy, policy):
-                cache = cache_from_prefill(model, pol, ids, pre)
-                out = [pre.last_logits.argmax(-1, keepdim=True)]
-                with torch.inference_mode():
-                    for _ in range(gen - 1):
-                        # Teacher-force the reference tokens so one early divergence does not decide the rest.
-                        feed = seqs[0][:, len(out) - 1 : len(out)] if seqs else out[-1]
-                        o = model(input_ids=feed, **{api.cache_kwarg(): cache}, use_cache=True)
-                        out.append(o.logits[:, -1].argmax(-1, keepdim=True))
-                seqs.append(torch.cat(out, -1))
-                report = cache.memory_report()
-            same = (seqs[0] == seqs[1]).sum().item()
-            agree += same
-            total += gen
-            details.append({"sample": s, "agree": same / gen})
-        return TaskResult(
-            {"agreement": agree / total}, report.total_bytes, report.effective_bits, total, details
-        )
+            pre = prefill(model, ids, policies)
+            t0 = time.perf_counter()
+            ref, _ = greedy(ref_policy, ids, pre, None)
+            ref_s = pre.seconds + time.perf_counter() - t0  # the reference is part of each run's work
+            for r, policy in enumerate(policies):
+                t0 = time.perf_counter()
+                seq, cache = greedy(policy, ids, pre, ref)
+                reports[r] = cache.memory_report()
+                same = (ref == seq).sum().item()
+                agree[r] += same
+                details[r].append({"sample": s, "agree": same / gen})
+                seconds[r] += ref_s + time.perf_counter() - t0
+        total = gen * len(prompts)
+        return [
+            TaskResult({"agreement": a / total}, rep.total_bytes, rep.effective_bits, total, det, secs)
+            for a, det, rep, secs in zip(agree, details, reports, seconds, strict=True)
+        ]
 
 
-__all__ = ["AgreementTask", "PasskeyTask", "PerplexityTask", "pydoc_corpus"]
+__all__ = ["AgreementTask", "PasskeyTask", "PerplexityTask", "prefill", "pydoc_corpus"]

@@ -696,6 +696,7 @@ class MileBenchTask(Task):
                     kv_effective_bits=stats[r].effective_bits,
                     num_tokens=stats[r].new_tokens,
                     details=details[r],
+                    seconds=stats[r].seconds,  # resumed batches included, as in num_tokens
                 )
             )
         return results

@@ -156,3 +156,27 @@ def test_shared_runs_equal_separate_runs_off_one_prefill_per_prompt(name, cls, c
     assert len({s.kv_effective_bits for s in shared}) == len(
         policies
     )  # four methods, not one cache four times
+
+
+def test_corpus_ids_follow_the_tokenizer_object_not_its_id():
+    """Tokenized once per tokenizer object, and nothing of a freed one is left for the next: keyed by `id()`, a
+    sweep's next model could get the freed tokenizer's address and with it the wrong token ids."""
+    import gc
+    import weakref
+
+    from akvq.tasks import text
+
+    class Tok:
+        def __init__(self, offset: int):
+            self.offset = offset
+
+        def __call__(self, s: str, add_special_tokens: bool = False) -> dict:
+            return {"input_ids": [self.offset + (ord(c) % 7) for c in s[:50]]}
+
+    a, b = Tok(0), Tok(100)
+    assert text.corpus_ids(a) is text.corpus_ids(a) and min(text.corpus_ids(b)) >= 100
+    gone = weakref.ref(a)
+    before = len(text._IDS)
+    del a
+    gc.collect()
+    assert gone() is None and len(text._IDS) == before - 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import weakref
 
 
 @functools.lru_cache(maxsize=1)
@@ -13,14 +15,18 @@ def pydoc_corpus() -> str:
 
 
 def corpus_ids(tokenizer) -> list[int]:
-    """The corpus tokenized once per tokenizer (no special tokens)."""
-    key = id(tokenizer)
-    if key not in _IDS:
-        _IDS[key] = tokenizer(pydoc_corpus(), add_special_tokens=False)["input_ids"]
-    return _IDS[key]
+    """The corpus tokenized once per tokenizer object (no special tokens). Held weakly by the object itself, not
+    by its `id()`: a sweep's next model can get a freed tokenizer's id, and with it the wrong token ids."""
+    try:
+        return _IDS[tokenizer]
+    except (KeyError, TypeError):
+        ids = tokenizer(pydoc_corpus(), add_special_tokens=False)["input_ids"]
+    with contextlib.suppress(TypeError):  # an object that cannot be weakly referenced is tokenized each time
+        _IDS[tokenizer] = ids
+    return ids
 
 
-_IDS: dict[int, list[int]] = {}
+_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def windows(ids: list[int], length: int, count: int) -> list[list[int]]:

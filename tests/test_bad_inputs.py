@@ -384,6 +384,8 @@ def cases() -> list[Case]:
         Case("records", ["records={a_file}/runs.jsonl"], ["records={tmp}/new/dir/runs.jsonl"]),
         Case("records", ["records={not_records}"], ["records={tmp}/other.jsonl"]),
         Case("records", ["records=123"], ["records={tmp}/r.jsonl"]),
+        # /proc takes no new files, though `os.access` says root may write there
+        Case("records", ["records=/proc/akvq/runs.jsonl"], ["records={tmp}/r.jsonl"]),
         Case("wandb.mode", ["wandb.mode=loud"], ["wandb.mode=offline"]),
         Case("wandb.init_timeout", ["wandb.init_timeout=0"], ["wandb.init_timeout=5"]),
         Case("wandb.colour", ["+wandb.colour=red"], []),

@@ -24,6 +24,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from akvq.errors import ConfigError, MissingDataError, UnsupportedModelError
+from akvq.runner.validate import check_records
 
 log = logging.getLogger(__name__)
 
@@ -215,15 +216,6 @@ def check_lmms_dataset(task: str, include_paths: Sequence[str]) -> str | None:
 # ------------------------------------------------------------------------------------------------ one job
 
 
-def records_writable(path: Path) -> None:
-    folder = path.parent
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    if not os.access(probe, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ConfigError(f"records={path} is not writable")
-
-
 def memory_budget(cfg: DictConfig, slurm: bool) -> tuple[float | None, str]:
     """(bytes a job may use for the model, what that is) from the SLURM short keys or this machine."""
     s = cfg.get("slurm") or {}
@@ -265,7 +257,7 @@ def check_plans(out: JobCheck, plans: Sequence[Any], cfg: DictConfig, slurm: boo
 
     try:
         records_path, _ = runner.resolve_paths(cfg)
-        records_writable(records_path)
+        check_records(str(records_path))  # the one records check (runner.validate)
         done = records.completed(records_path)
         out.recorded = all(p.config_hash in done for p in plans)
     except ConfigError as e:

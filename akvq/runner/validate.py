@@ -19,6 +19,7 @@ import math
 import os
 import socket
 import struct
+import tempfile
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -583,6 +584,16 @@ def model_shape(spec: Any, need: bool) -> ModelShape | None:
 # ------------------------------------------------------------------------------------------------ records
 
 
+def _writable_dir(folder: Path) -> bool:
+    """Whether a file can be made in `folder`, found by making one (gone at once): `os.access` reads permission
+    bits, which root passes everywhere, and /proc, a read-only mount or a full quota still refuse."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
 def check_records(value: Any, base: Path | None = None) -> Path:
     """The records path: a `.jsonl` file (not a directory, not some other file) we can append to, checked now
     so a run never loses its result at the end. Returns the absolute path."""
@@ -598,8 +609,11 @@ def check_records(value: Any, base: Path | None = None) -> Path:
     if path.exists():
         if not path.is_file():
             raise fail("records", value, "is not a regular file; must be a .jsonl file")
-        if not os.access(path, os.W_OK):
-            raise fail("records", value, "is not writable")
+        try:
+            with open(path, "ab"):  # opened for appending, nothing written
+                pass
+        except OSError:
+            raise fail("records", value, "is not writable") from None
         with open(path, "rb") as fh:
             first = fh.readline().strip()
         if first:
@@ -614,9 +628,9 @@ def check_records(value: Any, base: Path | None = None) -> Path:
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+    if not parent.is_dir() or not _writable_dir(parent):
         raise fail("records", value, f"cannot create it: {parent} is not a writable directory")
-    if path.parent.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
+    if path.parent.exists() and not _writable_dir(path.parent):
         raise fail(
             "records", value, f"its directory {path.parent} is not writable (the lock file lives there)"
         )

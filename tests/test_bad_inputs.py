@@ -470,11 +470,11 @@ def test_bad_input_fails_in_one_line_before_loading(
 ) -> None:
     import huggingface_hub
 
-    from akvq.runner import validate
+    from akvq.models.sources import hub
 
     for k, v in case.env.items():
         monkeypatch.setenv(k, v)
-    monkeypatch.setattr(validate, "_hub_reachable", lambda timeout=3.0: False)  # this machine: no hub
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)  # this machine: no hub
     monkeypatch.setattr(
         huggingface_hub, "hf_hub_download", lambda *a, **k: spy.calls.append("hf_hub_download")
     )

@@ -153,6 +153,26 @@ def test_mmmu_dataset_missing_offline_is_one_line(monkeypatch: pytest.MonkeyPatc
     assert preflight.check_lmms_dataset("mmmu_val", []) is None  # cached: OK
 
 
+def test_mmmu_dataset_missing_with_no_hub_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Not offline by setting but without network: one line here, not a minute of retries after the model
+    loaded (what `python run.py task=mmmu model=synth-vlm` did on this machine)."""
+    from huggingface_hub import constants
+
+    from akvq.models.sources import hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
+    preflight.hub_problem.cache_clear()
+    with pytest.raises(MissingDataError) as e:
+        preflight.check_lmms_dataset("mmmu_val", [])
+    msg = str(e.value)
+    assert "\n" not in msg and "cannot be reached" in msg and "--repo-type dataset" in msg
+    preflight.hub_problem.cache_clear()
+
+
 def test_model_larger_than_the_gpus_is_refused(fakes: SimpleNamespace, tmp_path: Path) -> None:
     weights = tmp_path / "weights"
     weights.mkdir()

@@ -135,20 +135,26 @@ def check_weights(model_cfg: dict[str, Any]) -> tuple[int | None, str | None]:
 
 
 @cache
-def hub_problem(repo: str) -> str | None:
-    """One request (no retries) that tells a missing repo or an unreachable hub from a download that will work;
-    without it, `from_pretrained` on a node without network retries for about a minute before failing."""
+def hub_problem(repo: str, repo_type: str = "model") -> str | None:
+    """Tells a missing repo or an unreachable hub from a download that will work, in one quick connect and one
+    request without retries; without it, `from_pretrained` or `load_dataset` on a node without network retries
+    for about a minute before failing, after the model has loaded."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
+    from akvq.models.sources import hub
+
+    unreachable = "the hub cannot be reached ({}; set HF_HUB_OFFLINE=1 on machines without network)"
+    if not hub.hub_reachable():
+        return unreachable.format("no connection to its endpoint")
     try:
-        HfApi().model_info(repo, timeout=10)
+        HfApi().repo_info(repo, repo_type=repo_type, timeout=10)
     except GatedRepoError:
         return "it is gated (accept its licence on the hub and log in with `hf auth login`)"
     except RepositoryNotFoundError:
-        return "the hub has no such model"
+        return f"the hub has no such {repo_type}"
     except Exception as e:  # noqa: BLE001 - no network, proxy, DNS: all mean "cannot download here"
-        return f"the hub cannot be reached ({type(e).__name__}; set HF_HUB_OFFLINE=1 on machines without network)"
+        return unreachable.format(type(e).__name__)
     return None
 
 
@@ -204,10 +210,11 @@ def check_lmms_dataset(task: str, include_paths: Sequence[str]) -> str | None:
         return None
     if hf_dataset_cached(path):
         return None
-    if hub_offline():
+    problem = "HF_HUB_OFFLINE is set" if hub_offline() else hub_problem(path, "dataset")
+    if problem:
         raise MissingDataError(
             f"lmms-eval task {task!r} needs the hub dataset {path}, which is not in the Hugging Face cache and "
-            f"HF_HUB_OFFLINE is set; on a machine with network run `hf download {path} --repo-type dataset` "
+            f"{problem}; on a machine with network run `hf download {path} --repo-type dataset` "
             f"and copy the cache (HF_HOME) to this machine"
         )
     return f"dataset {path} not cached: the job downloads it"

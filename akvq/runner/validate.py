@@ -17,7 +17,6 @@ import functools
 import json
 import math
 import os
-import socket
 import struct
 import tempfile
 import types
@@ -26,7 +25,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from omegaconf import OmegaConf
 
@@ -494,25 +492,11 @@ def _gguf_shape(directory: str, file: str) -> ModelShape:
     )
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP connect instead of huggingface_hub's five retries (about 25-60 s without network)."""
-    try:
-        from huggingface_hub import constants
-
-        url = urlparse(constants.ENDPOINT)
-    except Exception:  # noqa: BLE001
-        url = urlparse("https://huggingface.co")
-    try:
-        socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def model_shape(spec: Any, need: bool) -> ModelShape | None:
     """The model's shape from its config, never its weights; None when unknown and `need` is false.
 
     With `need`, weights that cannot be there are a MissingDataError now (the hub is asked at most once)."""
+    from akvq.models.sources import hub
     from akvq.models.sources.hub import _hub_offline, _looks_local
     from akvq.models.spec import resolve_path
 
@@ -565,7 +549,7 @@ def model_shape(spec: Any, need: bool) -> ModelShape | None:
             f"model.path={show(spec.path)}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
             f"on a machine with network run `hf download {path} --local-dir DIR`, then set model.path=DIR"
         )
-    if not _hub_reachable():
+    if not hub.hub_reachable():
         raise MissingDataError(
             f"model.path={show(spec.path)}: not in the local Hugging Face cache and the hub is unreachable; "
             f"run `hf download {path} --local-dir DIR` where there is network, then set model.path=DIR"

@@ -27,6 +27,25 @@ def _hub_offline() -> bool:
         return False
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the hub's endpoint: without network, huggingface_hub retries five times (about
+    25-60 s) before failing, after the model may have loaded. The one probe validate and pre-flight ask."""
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants
+
+        url = urlparse(constants.ENDPOINT)
+    except Exception:  # noqa: BLE001
+        url = urlparse("https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def weights_hint(spec: ModelSpec) -> str:
     """How to get missing weights: the real hub id when there is one, and how each entry point takes a path."""
     hub = spec.path if spec.path and not _looks_local(spec.path) else None

@@ -47,6 +47,41 @@ def help_groups() -> str:
 OmegaConf.register_new_resolver("akvq_groups", help_groups, replace=True)
 
 
+def unknown_choice(argv: list[str], configs: Path = CONFIGS) -> str | None:
+    """`group=name` overrides naming no `configs/group/name.yaml`, as one line with the group's options. Hydra
+    says it too, but in many lines, and for a nested name (`task=synthbench/Nope`) it lists the top group's
+    options, not the ones that were meant. None when every choice exists, or another search path may hold it."""
+    if any(a.lstrip("+~").startswith(("hydra.searchpath", "--config-dir", "-cd")) for a in argv):
+        return None
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if (
+            arg.startswith("-")
+            or not eq
+            or "@" in key
+            or key.startswith("hydra")
+            or not (configs / key).is_dir()
+        ):
+            continue
+        for name in value.split(","):  # a sweep's choices
+            if name in ("", "null") or any(c in name for c in "[](){}*$'\""):  # functions, interpolations
+                continue
+            if not (configs / key / f"{name}.yaml").is_file():
+                where = "/".join([key, *name.split("/")[:-1]])
+                folder = configs / where
+                options = sorted(f.stem for f in folder.glob("*.yaml")) if folder.is_dir() else []
+                nested = sorted(d.name for d in (configs / key).iterdir() if d.is_dir())
+                allowed = ", ".join(options) or "nothing"
+                more = (
+                    f" (and the folders {', '.join(f'{key}={d}/...' for d in nested)})"
+                    if nested and "/" not in name
+                    else ""
+                )
+                return f"{key}={name}: no such config; {where} has: {allowed}{more}"
+    return None
+
+
 @hydra.main(
     version_base="1.3", config_path=str(Path(__file__).resolve().parent / "configs"), config_name="config"
 )
@@ -75,4 +110,8 @@ def main(cfg: DictConfig) -> Any:
 
 
 if __name__ == "__main__":
+    problem = unknown_choice(sys.argv[1:])
+    if problem:  # before Hydra composes (it would print its own many-line error)
+        print(f"ConfigError: {problem}", file=sys.stderr)
+        sys.exit(2)
     main()

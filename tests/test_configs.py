@@ -178,6 +178,66 @@ def test_unknown_names_list_the_options(cfg_of: Compose, group: str) -> None:
     assert "Available options" in str(e.value)
 
 
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def _run_py() -> Any:
+    """run.py as a module (its import registers a resolver and a Session; no Hydra run)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run", _REPO / "run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["task=synthbench/Nope"],
+            "task=synthbench/Nope: no such config; task/synthbench has: ImageNeedleInAHaystack,",
+        ),
+        (["model=synth-vlm", "-m", "quant=fp16,kivi3"], "quant=kivi3: no such config; quant has: akvq,"),
+        (["+sweep=cpu_fidelty"], "sweep=cpu_fidelty: no such config; sweep has: "),
+        (["task=nope"], "(and the folders task=milebench/..., task=synthbench/...)"),
+        (["task=milebench/Nope/x"], "task/milebench/Nope has: nothing"),
+    ],
+)
+def test_an_unknown_choice_is_one_line_before_hydra(argv: list[str], line: str) -> None:
+    """run.py's own check: one line with the options of the folder that was meant (Hydra's error lists the top
+    group's for a nested name, in many lines)."""
+    got = _run_py().unknown_choice(argv)
+    assert got is not None and line in got and "\n" not in got
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["task=synthbench/Spot-the-Diff", "quant=akvq", "model=synth-vlm"],
+        ["-m", "quant=fp16,kivi2,akvq", "task=ppl,passkey"],
+        ["quant.window=64", "task.limit=3", "model.path=/x", "+task.foo=1", "~compare"],
+        ["quant=glob(akvq*)", "task=null", "hydra/launcher=submitit_slurm", "model=${oc.env:M}"],
+        ["model=fake-lm", "hydra.searchpath=[file:///elsewhere]"],  # another search path may hold it
+    ],
+)
+def test_known_choices_and_other_overrides_pass_the_check(argv: list[str]) -> None:
+    assert _run_py().unknown_choice(argv) is None
+
+
+def test_run_py_names_an_unknown_choice_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    p = subprocess.run(
+        [sys.executable, str(_REPO / "run.py"), "task=synthbench/Spot-the-Dif"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    lines = [x for x in (p.stdout + p.stderr).splitlines() if x.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and "Spot-the-Diff" in lines[0], lines
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -153,7 +153,9 @@ def test_mmmu_dataset_missing_offline_is_one_line(monkeypatch: pytest.MonkeyPatc
     assert preflight.check_lmms_dataset("mmmu_val", []) is None  # cached: OK
 
 
-def test_mmmu_dataset_missing_with_no_hub_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_mmmu_dataset_missing_with_no_hub_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """Not offline by setting but without network: one line here, not a minute of retries after the model
     loaded (what `python run.py task=mmmu model=synth-vlm` did on this machine)."""
     from huggingface_hub import constants

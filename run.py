@@ -29,17 +29,23 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 NOT_GROUPS = ("bench", "layer_patterns")
 
 
+def group_options(group: str, configs: Path = CONFIGS) -> list[str]:
+    """run.py's choices in one config group (a folder under configs/): what `--help` lists and an unknown
+    choice is answered with."""
+    options = sorted(f.stem for f in (configs / group).glob("*.yaml"))
+    if group == "sweep":  # benchmark run lists (bench_*) are scripts/bench_efficiency.py's, not run.py's
+        from akvq.artifacts.sweeps import sweep_names
+
+        options = sweep_names(configs, kind="hydra")
+    return options if group.split("/")[0] not in NOT_GROUPS else []
+
+
 def help_groups() -> str:
     """The `--help` lines `group: option, ...` for run.py's own groups (the template's `${akvq_groups:}`)."""
     lines = []
     for folder in sorted(p for p in CONFIGS.rglob("*") if p.is_dir()):
         group = str(folder.relative_to(CONFIGS))
-        options = sorted(f.stem for f in folder.glob("*.yaml"))
-        if group == "sweep":  # benchmark run lists (bench_*) are scripts/bench_efficiency.py's, not run.py's
-            from akvq.artifacts.sweeps import sweep_names
-
-            options = sweep_names(CONFIGS, kind="hydra")
-        if options and group.split("/")[0] not in NOT_GROUPS:
+        if options := group_options(group):
             lines.append(f"{group}: {', '.join(options)}")
     return "\n".join(lines)
 
@@ -69,8 +75,7 @@ def unknown_choice(argv: list[str], configs: Path = CONFIGS) -> str | None:
                 continue
             if not (configs / key / f"{name}.yaml").is_file():
                 where = "/".join([key, *name.split("/")[:-1]])
-                folder = configs / where
-                options = sorted(f.stem for f in folder.glob("*.yaml")) if folder.is_dir() else []
+                options = group_options(where, configs) if (configs / where).is_dir() else []
                 nested = sorted(d.name for d in (configs / key).iterdir() if d.is_dir())
                 allowed = ", ".join(options) or "nothing"
                 more = (

@@ -200,7 +200,7 @@ def _run_py() -> Any:
             "task=synthbench/Nope: no such config; task/synthbench has: ImageNeedleInAHaystack,",
         ),
         (["model=synth-vlm", "-m", "quant=fp16,kivi3"], "quant=kivi3: no such config; quant has: akvq,"),
-        (["+sweep=cpu_fidelty"], "sweep=cpu_fidelty: no such config; sweep has: "),
+        (["+sweep=cpu_fidelty"], "sweep=cpu_fidelty: no such config; sweep has: cpu_fidelity, cpu_scale,"),
         (["task=nope"], "(and the folders task=milebench/..., task=synthbench/...)"),
         (["task=milebench/Nope/x"], "task/milebench/Nope has: nothing"),
     ],

@@ -112,6 +112,22 @@ def pivot_key(policy: Policy) -> tuple | None:
     return (policy.num_pivots, policy.pivot_rule, policy.pivot_layer, policy.pivot_score)
 
 
+@contextlib.contextmanager
+def recording_pivots(model: Any, policies: Sequence[Policy]) -> Iterator[dict[tuple, torch.Tensor]]:
+    """Pivot detection for every pivot rule among `policies` during one forward (a shared prefill): the dict it
+    yields holds each rule's (`pivot_key`) mask once the block ends."""
+    recorders = {k: PivotRecorder(p) for p in policies if (k := pivot_key(p)) is not None}
+    masks: dict[tuple, torch.Tensor] = {}
+    with contextlib.ExitStack() as stack:
+        for rec in recorders.values():
+            stack.enter_context(pivot_detection(model, rec))
+        yield masks
+    for key, rec in recorders.items():
+        if rec.mask is None:
+            raise RuntimeError("pivot detection ran but reported no pivots")
+        masks[key] = rec.mask
+
+
 def prefill_reads(model: Any, policy: Policy) -> tuple | None:
     """What the prefill's attention reads under this policy (`AKVQCache.prefill_reads`): policies with equal
     answers can share one prefill; None (another library's cache, an 8-bit window) shares with nobody."""
@@ -144,13 +160,11 @@ def generate_shared(
     if len(reads) != 1 or None in reads:
         raise ValueError(f"these policies do not read one prefill alike: {sorted(map(str, reads))}")
     resolved = [resolve_policy(model, p) for p in policies]
-    recorders = {k: PivotRecorder(p) for p in resolved[1:] if (k := pivot_key(p)) is not None}
     t0 = time.perf_counter()
     cache = build_cache(model, policies[0], inputs, read_path=read_path)
     with contextlib.ExitStack() as stack, torch.inference_mode():
         stack.enter_context(pivot_detection(model, cache))
-        for rec in recorders.values():
-            stack.enter_context(pivot_detection(model, rec))
+        masks = stack.enter_context(recording_pivots(model, resolved[1:]))
         # the first token as generate picks it (its logits processors included), from the prefill's logits
         first = model.generate(**inputs, **{cache_kwarg(): cache}, max_new_tokens=1, **gen_kwargs)
     kv = cache.prompt_kv() if len(policies) > 1 else []
@@ -162,9 +176,7 @@ def generate_shared(
         t0 = time.perf_counter()
         if i:
             key = pivot_key(res)
-            pivots = recorders[key].mask if key is not None else None
-            if key is not None and pivots is None:
-                raise RuntimeError("pivot detection ran but reported no pivots")
+            pivots = masks[key] if key is not None else None
             cache = cache_from_prefill(model, policy, inputs, kv, pivots, read_path=read_path)
         out = first
         if max_new_tokens > 1:

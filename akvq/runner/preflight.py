@@ -2,9 +2,9 @@
 
 A SLURM array of 24 jobs that each die on their node after queueing for hours costs far more than a few seconds
 of checks on the login node. For every job this composes the config and checks, without loading a model:
-the config itself (`runner.plan`: quant, model spec, task options, task data such as MileBench), the weights
-(local path or the Hugging Face cache; `HF_HUB_OFFLINE` respected, never a network call), the datasets of
-lmms-eval tasks (in the HF cache), that the records file is writable, and the model's size against the memory
+the config itself (`runner.plan`: quant, model spec, task options, task data such as MileBench, the records
+path), the weights (local path or the Hugging Face cache; `HF_HUB_OFFLINE` respected, else one quick connect and
+one request, no retries), the datasets of lmms-eval tasks (the same way), and the model's size against the memory
 the job asks for. It prints one table with OK or the reason per job; the launchers submit nothing unless every
 job passes. `preflight=skip` turns it off; `preflight=dry_run` prints the table and what would be submitted
 (the sbatch resources) and stops.
@@ -24,7 +24,6 @@ from typing import Any
 from omegaconf import DictConfig
 
 from akvq.errors import ConfigError, MissingDataError, UnsupportedModelError
-from akvq.runner.validate import check_records
 
 log = logging.getLogger(__name__)
 
@@ -259,12 +258,12 @@ def check_job(label: str, cfg: DictConfig, slurm: bool = False, session: Any = N
 
 
 def check_plans(out: JobCheck, plans: Sequence[Any], cfg: DictConfig, slurm: bool) -> None:
-    """The checks beyond `runner.plan` (which validated the config): records, weights, datasets, memory."""
+    """The checks beyond `runner.plan` (which validated the config, the records path included): what is
+    recorded, weights, datasets, memory."""
     from akvq import records, runner
 
     try:
         records_path, _ = runner.resolve_paths(cfg)
-        check_records(str(records_path))  # the one records check (runner.validate)
         done = records.completed(records_path)
         out.recorded = all(p.config_hash in done for p in plans)
     except ConfigError as e:

@@ -62,6 +62,19 @@ class Task:
         return [self.run(loaded, policy, cfg) for policy, cfg in runs]
 
 
+class SharedPrefillTask(Task):
+    """A task written once, for several policies off one prefill per prompt (`run_shared`); `run` is that with
+    one policy (MileBench/SynthBench, the fidelity tasks)."""
+
+    shares_prefill = True
+
+    def run(self, loaded: Any, policy: Any, cfg: Any = None) -> TaskResult:
+        return self.run_shared(loaded, [(policy, cfg if cfg is not None else self.cfg)])[0]
+
+    def run_shared(self, loaded: Any, runs: list[tuple[Any, Any]]) -> list[TaskResult]:
+        raise NotImplementedError
+
+
 def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
     """Read a key from a dict or DictConfig alike."""
     if cfg is None:

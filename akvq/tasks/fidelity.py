@@ -6,7 +6,6 @@ and its pivot masks are computed once per prompt for all policies of a run (`run
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
@@ -21,7 +20,7 @@ from transformers import DynamicCache
 from akvq import api
 from akvq.attention.replay import can_replay, replayed
 from akvq.errors import ConfigError
-from akvq.tasks.base import Task, TaskResult, cfg_get
+from akvq.tasks.base import SharedPrefillTask, TaskResult, cfg_get
 from akvq.tasks.text import corpus_ids, pydoc_corpus, windows
 
 log = logging.getLogger(__name__)
@@ -39,16 +38,10 @@ def prefill(model: Any, ids: torch.Tensor, policies: list[Any]) -> Prefill:
     """One prompt's prefill for all `policies`: one forward into a `DynamicCache` (the model's dtype; a peer's
     cache is fed the same K/V), every pivot rule among the policies detected in it."""
     t0 = time.perf_counter()
-    recorders = {k: api.PivotRecorder(p) for p in policies if (k := api.pivot_key(p)) is not None}
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     dyn = DynamicCache(config=model.config)
-    with contextlib.ExitStack() as stack, torch.inference_mode():
-        for rec in recorders.values():
-            stack.enter_context(api.pivot_detection(model, rec))
+    with torch.inference_mode(), api.recording_pivots(model, policies) as pivots:
         out = model(**inputs, **{api.cache_kwarg(): dyn}, use_cache=True, logits_to_keep=1)
-    if any(rec.mask is None for rec in recorders.values()):
-        raise RuntimeError("pivot detection ran but reported no pivots")
-    pivots = {k: rec.mask for k, rec in recorders.items()}
     kv = [(layer.keys, layer.values) for layer in dyn.layers]
     return Prefill(kv, out.logits[:, -1].float(), pivots, time.perf_counter() - t0)
 
@@ -106,11 +99,10 @@ def bootstrap_ppl(window_nll: list[float], n: int, seed: int) -> tuple[float, fl
     return stats[int(0.025 * (n - 1))], stats[int(0.975 * (n - 1))]
 
 
-class PerplexityTask(Task):
+class PerplexityTask(SharedPrefillTask):
     """Teacher-forced perplexity of continuations read through the quantized cache, token by token."""
 
     primary_metric = "ppl"
-    shares_prefill = True
 
     def validate(self) -> None:
         chunk, replay = int(cfg_get(self.cfg, "chunk", 1)), bool(cfg_get(self.cfg, "replay", True))
@@ -119,9 +111,6 @@ class PerplexityTask(Task):
                 f"ppl: task.chunk={chunk} is not allowed with task.replay={replay}; replay decodes token by token "
                 "(chunk=1), set task.replay=false for the step loop with chunk >= 1"
             )
-
-    def run(self, loaded: Any, policy: Any, cfg: Any = None) -> TaskResult:
-        return self.run_shared(loaded, [(policy, cfg if cfg is not None else self.cfg)])[0]
 
     def run_shared(self, loaded: Any, runs: list[tuple[Any, Any]]) -> list[TaskResult]:
         """Each window's prompt is prefilled once; every policy scores its continuation from that prefill."""
@@ -189,14 +178,10 @@ def passkey_prompt(tok: Any, length: int, key: int, depth: float, offset: int) -
     return head + filler[:cut] + needle + filler[cut:] + tail
 
 
-class PasskeyTask(Task):
+class PasskeyTask(SharedPrefillTask):
     """Retrieval of a 5-digit key hidden at a random depth of real text, by prompt length."""
 
     primary_metric = "acc"
-    shares_prefill = True
-
-    def run(self, loaded: Any, policy: Any, cfg: Any = None) -> TaskResult:
-        return self.run_shared(loaded, [(policy, cfg if cfg is not None else self.cfg)])[0]
 
     def run_shared(self, loaded: Any, runs: list[tuple[Any, Any]]) -> list[TaskResult]:
         """Each trial's prompt is prefilled once; every policy decodes its answer from that prefill."""
@@ -250,14 +235,10 @@ class PasskeyTask(Task):
         return results
 
 
-class AgreementTask(Task):
+class AgreementTask(SharedPrefillTask):
     """Share of greedy tokens equal to the fp16 continuation (the fp16 run of the same prompts is the reference)."""
 
     primary_metric = "agreement"
-    shares_prefill = True
-
-    def run(self, loaded: Any, policy: Any, cfg: Any = None) -> TaskResult:
-        return self.run_shared(loaded, [(policy, cfg if cfg is not None else self.cfg)])[0]
 
     def run_shared(self, loaded: Any, runs: list[tuple[Any, Any]]) -> list[TaskResult]:
         """Each sample's prompt is prefilled once and its fp16 reference decoded once, for every policy."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from akvq.errors import ConfigError, MissingDataError
-from akvq.tasks.base import Task, TaskResult, cfg_get
+from akvq.tasks.base import SharedPrefillTask, TaskResult, cfg_get
 from akvq.tasks.generation import GenStats
 
 log = logging.getLogger(__name__)
@@ -550,7 +550,7 @@ def datasets_for(name: str, cfg: Any) -> list[str]:
     return names
 
 
-class MileBenchTask(Task):
+class MileBenchTask(SharedPrefillTask):
     """Runs MileBench datasets with the official prompts, truncation and scoring; scores are in percent.
 
     Config keys: `milebench_root` (default env MILEBENCH_ROOT), `datasets` / `dataset`, `limit` (samples per
@@ -586,17 +586,13 @@ class MileBenchTask(Task):
             max_len = int(text_config(loaded.model).max_position_embeddings) - max_new - overhead
         return int(max_len), per_image
 
-    shares_prefill = True  # greedy generation: the prefill reads the prompt's 16-bit K/V under every method
-
-    def run(self, loaded: Any, policy: Any, cfg: Any = None) -> TaskResult:
-        """Generate and score every dataset; with `partial_path` (set by the runner) every finished batch is
-        appended there and a rerun of the same config generates only the samples that are missing."""
-        return self.run_shared(loaded, [(policy, cfg if cfg is not None else self.cfg)])[0]
-
     def run_shared(self, loaded: Any, runs: list[tuple[Any, Any]]) -> list[TaskResult]:
-        """`run` for several policies at once: each batch's prompts are prefilled once (16-bit K/V), and
-        every policy that still lacks the batch decodes from that prefill (`generation.generate_texts_shared`,
-        the same texts as separate runs). Each run keeps its own partial file and result."""
+        """Generate and score every dataset for several policies at once (greedy, so the prefill reads the
+        prompt's 16-bit K/V under every method): each batch's prompts are prefilled once, and every policy that
+        still lacks the batch decodes from that prefill (`generation.generate_texts_shared`, the same texts as
+        separate runs). Each run keeps its own partial file (`partial_path`, set by the runner: every finished
+        batch is appended there, and a rerun of the same config generates only the samples that are missing)
+        and result."""
         from tqdm.auto import tqdm
 
         from akvq.tasks import generation

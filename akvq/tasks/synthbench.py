@@ -101,9 +101,6 @@ class SynthBenchTask(MileBenchTask):
         stamp = root / "SYNTHBENCH.json"
         return json.loads(stamp.read_text()) if stamp.is_file() else None
 
-    def run(self, loaded: Any, policy: Any, cfg: Any = None) -> TaskResult:
-        return self.run_shared(loaded, [(policy, cfg if cfg is not None else self.cfg)])[0]
-
     def run_shared(self, loaded: Any, runs: list[tuple[Any, Any]]) -> list[TaskResult]:
         """MileBench's run on the resolved root, then each (task, level) cell's accuracy in the metrics."""
         results = super().run_shared(loaded, [(policy, self._inner(cfg)) for policy, cfg in runs])

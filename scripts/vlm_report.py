@@ -5,6 +5,8 @@
         --figure none   # a second cell's table beside the main one
     python scripts/vlm_report.py results/vlm/synthbench_ctx1_shipped.jsonl results/vlm/synthbench_bf16_1k100.jsonl \
         --cell 1K/100 --table table_1k100_dtypes.md --figure none   # float32 against bf16 on the same samples
+    python scripts/vlm_report.py results/vlm/synthbench_ctx1_shipped.jsonl results/vlm/recipe/synthbench.jsonl \
+        --cell 1K/100 --by-weights --table table_recipe.md --out results/vlm/recipe   # two weights files, paired
 
 Writes OUT/table.md: accuracy (%) per method, task and context cell with a 95 % bootstrap interval over the
 samples (each record's per-sample `details`), the mean over tasks, effective KV bits, and the vision x text
@@ -83,14 +85,49 @@ def cell_title(cell: str) -> str:
     return f"{level} cell, {n} samples per task" + (f", model in {dtype}" if dtype else "")
 
 
-def collect(records: list[dict[str, Any]]) -> dict[str, dict[tuple[str, str], Entry]]:
+def weights_of(rec: dict[str, Any]) -> str:
+    """The weights a record's model ran on: the file's SHA-256 when the config names one, else its path or name."""
+    model = (rec.get("config") or {}).get("model") or {}
+    return str(model.get("sha256") or model.get("weights") or model.get("name") or "?")
+
+
+def seed_of(rec: dict[str, Any]) -> str:
+    """The seed of the root a record ran on (its stamp, `config.data`): two roots of one length and sample count
+    (the evaluation seed and the validation seed) hold different items."""
+    data = (rec.get("config") or {}).get("data") or {}
+    return str(
+        data.get("seed", data.get("standard_root", "?"))
+    )  # "?": a record from before roots were stamped
+
+
+def collect(
+    records: list[dict[str, Any]], by_weights: bool = False
+) -> dict[str, dict[tuple[str, str], Entry]]:
     """quant -> (task, cell) -> the last synthbench record's scores there. Records of one method on other roots
-    (context cells) or tasks add up; a later run of the same (task, cell) replaces the earlier one."""
+    (context cells) or tasks add up; a later run of the same (task, cell) on the same weights and root seed replaces
+    the earlier one. Records of one (quant, task, cell) on two weights files or two seeds are not one row: an error
+    (`--seed` keeps one seed's records), unless `by_weights`, which keys each method as `quant@sha` (the first 8 hex
+    digits) for `weights_table`."""
     out: dict[str, dict[tuple[str, str], Entry]] = defaultdict(dict)
     for r in records:
         if str(r.get("task", "")).startswith("synthbench") and r.get("details"):
+            w = weights_of(r)
+            q = f"{r['quant']}@{w[:8]}" if by_weights else r["quant"]
             for key, scores in cells(r).items():
-                out[r["quant"]][key] = Entry(scores, float(r.get("kv_effective_bits", float("nan"))), r)
+                old = out[q].get(key)
+                if old is not None and weights_of(old.record) != w:
+                    raise ValueError(
+                        f"{r['quant']} on {key[0]} ({key[1]}) has records of two weights files "
+                        f"({weights_of(old.record)[:8]}, {w[:8]}): pass one file's records, or --by-weights "
+                        "to compare them"
+                    )
+                seeds = {seed_of(old.record), seed_of(r)} if old is not None else set()
+                if len(seeds - {"?"}) > 1:  # a record from before roots were stamped could be either
+                    raise ValueError(
+                        f"{r['quant']} on {key[0]} ({key[1]}) has records of roots of two seeds "
+                        f"({seed_of(old.record)}, {seed_of(r)}): --seed S keeps one"
+                    )
+                out[q][key] = Entry(scores, float(r.get("kv_effective_bits", float("nan"))), r)
     return out
 
 
@@ -249,6 +286,52 @@ def dtype_table(data: dict[str, dict[tuple[str, str], Entry]], order: list[str],
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+def weights_table(records: list[dict[str, Any]], cell: str, order: list[str]) -> str:
+    """Each method on each weights file in `cell`: accuracy per task, and items the file gets right and the first
+    file (the weights of the first record in `cell`) wrong against the reverse, on the samples both ran, with the sign test's
+    p. Says whether a retrained file (`train_vlm.py --recipe`) reads the benchmark as the shipped one does."""
+    data = collect(records, by_weights=True)
+    tasks = sorted({t for by in data.values() for t, c in by if c == cell}, key=_task_key)
+    firsts = [
+        weights_of(r)
+        for r in records
+        if str(r.get("task", "")).startswith("synthbench")
+        and r.get("details")
+        and any(c == cell for _, c in cells(r))
+    ]
+    if not tasks or not firsts:
+        return ""
+    ref = firsts[0][:8]
+    shas = list(dict.fromkeys(w[:8] for w in firsts))
+    head = ["method", "weights", *[SHORT.get(t, t) for t in tasks], "mean", "n/task"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for q in order:
+        for sha in shas:
+            by = data.get(f"{q}@{sha}", {})
+            got = [by.get((t, cell)) for t in tasks]
+            if not any(got):
+                continue
+            row = [q, sha + (" (reference)" if sha == ref else "")]
+            every: list[float] = []
+            for t, e in zip(tasks, got, strict=True):
+                if e is None:
+                    row.append("–")
+                    continue
+                every += e.scores
+                text = _cell(e.scores)
+                base = data.get(f"{q}@{ref}", {}).get((t, cell))
+                if sha != ref and base is not None:
+                    sa, sb = _per_sample(e, t, cell), _per_sample(base, t, cell)
+                    common = sa.keys() & sb.keys()
+                    win = sum(sa[i] > sb[i] for i in common)
+                    loss = sum(sa[i] < sb[i] for i in common)
+                    text += f"; {win}-{loss}" + (f" (p = {sign_test(win, loss):.2g})" if win + loss else "")
+                row.append(text)
+            row += [f"{100 * sum(every) / len(every):.1f}", str(min(len(e.scores) for e in got if e))]
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def as_records(data: dict[str, dict[tuple[str, str], Entry]], level: str) -> dict[str, dict[str, Any]]:
     """quant -> a record-like dict of one cell's per-sample details (for the figure), with its run's config."""
     out: dict[str, dict[str, Any]] = {}
@@ -370,13 +453,27 @@ def report(
     cell: str = MAIN_CELL,
     table_name: str = "table.md",
     figure_name: str | None = "examples.png",
+    by_weights: bool = False,
 ) -> str:
     """Writes OUT/table.md (every cell) and OUT/examples.png (`cell`'s samples; None: no figure); returns the table
     text. Other names keep a second cell's table beside the main one (table_2k100.md).
 
     `cell` is the paired table's too: each set of weights has its own records, and the cell every method ran on
     differs between them (20 per task on the first weights, 100 on the needle run's). The vision x text grid is
-    written for every cell that has its records."""
+    written for every cell that has its records. `by_weights`: only the weights table (`weights_table`), no figure."""
+    if by_weights:
+        order = DEFAULT_ORDER + sorted({r["quant"] for r in records if "quant" in r} - set(DEFAULT_ORDER))
+        table = weights_table(records, cell, order)
+        text = (
+            f"## Each weights file ({cell_title(cell)}; accuracy %, 95 % bootstrap interval; then items right on"
+            " this file and wrong on the reference - the reverse, two-sided sign test)\n\n"
+            + (table or f"no synthbench records in cell {cell}")
+            + "\n"
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        (out / table_name).write_text(text, encoding="utf-8")
+        print(text + f"table: {out / table_name}")
+        return text
     data = collect(records)
     order = DEFAULT_ORDER + sorted(
         q for q in data if q not in DEFAULT_ORDER and not q.startswith("akvq_roles")
@@ -439,6 +536,12 @@ def main() -> None:
         default="examples.png",
         help="the figure's file name under OUT (default examples.png; none: no figure)",
     )
+    ap.add_argument(
+        "--by-weights",
+        action="store_true",
+        help="compare weights files: each method per file in --cell, paired against the first record's file",
+    )
+    ap.add_argument("--seed", type=int, help="only the records of roots of this seed (config.data.seed)")
     args = ap.parse_args()
     for key in ("table", "figure"):
         name = getattr(args, key)
@@ -455,7 +558,19 @@ def main() -> None:
             f"--cell: {args.cell!r} is not LENGTH/SAMPLES[/DTYPE] per task, e.g. 1K/100 or 8K/100/bf16 ({tags})"
         )
     records = [r for p in args.records for r in read_records(p)]
-    report(records, args.out, args.cell, args.table, None if args.figure == "none" else args.figure)
+    if args.seed is not None:
+        records = [r for r in records if seed_of(r) == str(args.seed)]
+    try:
+        report(
+            records,
+            args.out,
+            args.cell,
+            args.table,
+            None if args.figure == "none" else args.figure,
+            args.by_weights,
+        )
+    except ValueError as e:
+        ap.error(str(e))
 
 
 if __name__ == "__main__":

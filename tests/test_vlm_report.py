@@ -188,3 +188,67 @@ def test_a_bf16_cell_alone_reports_without_a_dtype_pairing(tmp_path: Path) -> No
     assert "### 8K cell, 2 samples per task, model in bfloat16" in text
     assert "| fp16 vs akvq | 1-0 (p = 1) |" in text
     assert "another dtype" not in text
+
+
+def _on(rec: dict[str, Any], sha: str, seed: int | None = 2026) -> dict[str, Any]:
+    rec["config"] = {"model": {"sha256": sha * 64}, **({"data": {"seed": seed}} if seed is not None else {})}
+    return rec
+
+
+def test_records_of_two_weights_files_or_two_seeds_are_not_one_row() -> None:
+    """A retrained file's records, or a validation root's, must not silently replace the shipped file's rows."""
+    a = _on(_rec("fp16", 16.0, "1K", {"SceneTransition": [1, 1]}), "a")
+    b = _on(_rec("fp16", 16.0, "1K", {"SceneTransition": [0, 1]}), "b")
+    with pytest.raises(
+        ValueError,
+        match=r"fp16 on SceneTransition \(1K/2\) has records of two weights files \(aaaaaaaa, bbbbbbbb\)",
+    ):
+        vlm_report.collect([a, b])
+    val = _on(_rec("fp16", 16.0, "1K", {"SceneTransition": [0, 0]}), "a", 4242)
+    with pytest.raises(ValueError, match=r"roots of two seeds \(2026, 4242\)"):
+        vlm_report.collect([a, val])
+    old = _on(_rec("fp16", 16.0, "1K", {"SceneTransition": [0, 0]}), "a", None)  # before roots were stamped
+    assert vlm_report.collect([old, a])["fp16"][("SceneTransition", "1K/2")].scores == [1.0, 1.0]
+    both = vlm_report.collect([a, b], by_weights=True)
+    assert set(both) == {"fp16@aaaaaaaa", "fp16@bbbbbbbb"}
+
+
+def test_the_weights_table_pairs_each_file_with_the_first_one_in_the_cell(tmp_path: Path) -> None:
+    other_cell = _on(
+        _rec("fp16", 16.0, "8K", {"SceneTransition": [1, 1]}), "c"
+    )  # not in 1K/4: not the reference
+    shipped = _on(_rec("fp16", 16.0, "1K", {"ImageNeedleInAHaystack": [1, 1, 0, 0]}), "a")
+    recipe = _on(_rec("fp16", 16.0, "1K", {"ImageNeedleInAHaystack": [1, 0, 1, 1]}), "b")
+    akvq = _on(_rec("akvq", 4.5, "1K", {"ImageNeedleInAHaystack": [0, 0, 0, 1]}), "b")
+    text = vlm_report.report(
+        [other_cell, shipped, recipe, akvq], tmp_path, "1K/4", "w.md", None, by_weights=True
+    )
+    rows = [r for r in text.splitlines() if r.startswith("| ")]
+    assert rows[0] == "| method | weights | Needle | mean | n/task |"
+    assert rows[1] == "| fp16 | aaaaaaaa (reference) | 50 [0, 100] | 50.0 | 4 |"
+    assert rows[2] == "| fp16 | bbbbbbbb | 75 [25, 100]; 2-1 (p = 1) | 75.0 | 4 |"
+    assert (
+        rows[3] == "| akvq | bbbbbbbb | 25 [0, 75] | 25.0 | 4 |"
+    )  # no akvq on the reference: nothing to pair
+    assert len(rows) == 4 and (tmp_path / "w.md").read_text(encoding="utf-8") == text
+
+
+def test_the_script_says_in_one_line_that_records_mix_seeds_and_keeps_one_seed(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    path = tmp_path / "r.jsonl"
+    recs = [
+        _on(_rec("fp16", 16.0, "1K", {"SceneTransition": [1, 1]}), "a"),
+        _on(_rec("fp16", 16.0, "1K", {"SceneTransition": [0, 0]}), "a", 4242),
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    cmd = [sys.executable, str(ROOT / "scripts" / "vlm_report.py"), str(path), "--out", str(tmp_path / "o")]
+    cmd += ["--cell", "1K/2", "--figure", "none"]
+    p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].endswith("--seed S keeps one")
+    p = subprocess.run([*cmd, "--seed", "4242"], capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stderr
+    assert "| fp16 | 16.00 | 0 [0, 0] | 0.0 | 2 |" in (tmp_path / "o" / "table.md").read_text(
+        encoding="utf-8"
+    )

@@ -27,6 +27,17 @@ def cpu_flags() -> set[str]:
     return set(line.split(":", 1)[1].split())
 
 
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (a run record says which machine its timings are from)."""
+    try:
+        line = next(
+            ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+    return line.split(":", 1)[1].strip()
+
+
 def native_bf16() -> bool:
     """Whether bf16 matmuls run in hardware here (AMX-BF16 or AVX512-BF16). Elsewhere on x86 oneDNN emulates
     them: bf16 autocast made a `train_vlm.py` step ~10x slower than fp32 on an AVX2 Zen 3 (415 s against 42 s).

@@ -5,8 +5,9 @@
     python scripts/train_vlm.py --out runs/synth-vlm --export assets/synth-vlm/synth-vlm.safetensors
 
 `--recipe` runs the phases of `RECIPE` in order (align, tasks, needle, balance, lookup, pair, context), each in
-OUT/<phase> from the previous phase's export, and writes OUT/synth-vlm.safetensors with its SHA-256; run again
-after a kill, it skips the exported phases and resumes the one in progress.
+OUT/<phase> from the previous phase's export, and writes OUT/synth-vlm.safetensors with its SHA-256 and
+OUT/recipe.json (each phase's record and export SHA-256, the CPU, the hours); run again after a kill, it skips the
+exported phases and resumes the one in progress.
 
 Stage 0, `--stage align` (akvq/synth/align.py): only the tower and projector, trained so that an image's 16
 tokens equal SmolLM2's input embeddings of its description ("            9451"); no LM forward, so it runs
@@ -55,9 +56,10 @@ from akvq.models.sources.synth_vlm import (  # noqa: E402
     add_lora,
     build_untrained,
     save_trained,
+    sha256_of,
     trained_state,
 )
-from akvq.native import native_bf16  # noqa: E402
+from akvq.native import cpu_model, native_bf16  # noqa: E402
 from akvq.paths import atomic_open  # noqa: E402
 from akvq.records import git_rev  # noqa: E402
 from akvq.synth import align  # noqa: E402
@@ -1004,6 +1006,35 @@ def phase_argv(ph: Phase, args: argparse.Namespace, bf16_ok: bool) -> list[str]:
     return argv
 
 
+def recipe_record(out: Path, phases: tuple[Phase, ...], sha: str) -> dict[str, Any]:
+    """The whole route in one record (OUT/recipe.json): each phase's own record (OUT/<phase>/run.json, align's
+    align.json: command, git rev, seed, steps, wall time, last losses) and its export's SHA-256, the CPU it ran on
+    and the final file's SHA-256, so a rerun of the recipe can be set beside the shipped file's route."""
+    rows = []
+    for ph in phases:
+        run = out / ph.name / ("align.json" if ph.name == "align" else "run.json")
+        rec = json.loads(run.read_text(encoding="utf-8")) if run.is_file() else {}
+        export_file = out / f"{ph.name}.safetensors"
+        rows.append(
+            {
+                "phase": ph.name,
+                "init": ph.init,
+                "export_sha256": sha256_of(export_file) if export_file.is_file() else None,
+                **{
+                    k: rec.get(k)
+                    for k in ("command", "git_rev", "seed", "steps", "wall_seconds", "last_loss_mean50")
+                },
+            }
+        )
+    return {
+        "final_sha256": sha,
+        "wall_seconds": round(sum(r["wall_seconds"] or 0.0 for r in rows), 1),
+        "cpu": cpu_model(),
+        "native_bf16": native_bf16(),
+        "phases": rows,
+    }
+
+
 def run_recipe(args: argparse.Namespace, phases: tuple[Phase, ...] = RECIPE) -> Path:
     """Run or finish every phase (`RECIPE`: the shipped route); returns OUT/synth-vlm.safetensors, the last phase
     in float16."""
@@ -1025,7 +1056,11 @@ def run_recipe(args: argparse.Namespace, phases: tuple[Phase, ...] = RECIPE) -> 
         print(f"{done} sha256 {export(run_checkpoint(out / ph.name, ph.name), done)}", flush=True)
     final = out / "synth-vlm.safetensors"  # the shipped file: the last phase in float16 (~half the bytes)
     sha = export(run_checkpoint(out / phases[-1].name, phases[-1].name), final, torch.float16)
-    print(f"recipe: {final} sha256 {sha}")
+    record = recipe_record(out, phases, sha)
+    (out / "recipe.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+    print(
+        f"recipe: {final} sha256 {sha} ({record['wall_seconds'] / 3600:.2f} h of training; {out / 'recipe.json'})"
+    )
     print("recipe: copy it to assets/synth-vlm/ and its sha256 to configs/model/synth-vlm.yaml")
     return final
 

@@ -239,10 +239,24 @@ def test_the_recipe_chains_its_phases_and_a_rerun_skips_them(
     assert dtypes == {torch.float16}  # the shipped file is half precision
     sha = hashlib.sha256(final.read_bytes()).hexdigest()
     assert load_synth_vlm(final, sha256=sha).family == "llava"
+    record = json.loads((tmp_path / "recipe.json").read_text())
+    assert record["final_sha256"] == sha and [r["phase"] for r in record["phases"]] == [
+        ph.name for ph in chain
+    ]
+    for r in record["phases"]:
+        assert (
+            r["export_sha256"]
+            == hashlib.sha256((tmp_path / f"{r['phase']}.safetensors").read_bytes()).hexdigest()
+        )
+        assert r["steps"] >= 1 and r["wall_seconds"] > 0 and r["command"] and r["seed"] is not None
+    assert record["wall_seconds"] == round(sum(r["wall_seconds"] for r in record["phases"]), 1)
     capsys.readouterr()
     train_vlm.run_recipe(args, chain)
     assert capsys.readouterr().out.count("already exported") == len(chain)
     assert hashlib.sha256(final.read_bytes()).hexdigest() == sha
+    assert (
+        json.loads((tmp_path / "recipe.json").read_text())["phases"] == record["phases"]
+    )  # a rerun trains nothing
 
 
 @pytest.mark.slow

@@ -34,6 +34,22 @@ def test_missing_or_altered_weights_fail_before_building(tmp_path: Path) -> None
         load_synth_vlm(f, sha256="0" * 64)
 
 
+def test_the_runs_preflight_checks_the_weights_hash_before_anything_loads(tmp_path: Path) -> None:
+    """A wrong model.sha256 fails once, in one line, before a sweep plans its jobs (not in each job's load)."""
+    from akvq.models import ModelSpec
+    from akvq.models.sources.synth_vlm import check, sha256_of
+
+    f = tmp_path / "w.safetensors"
+    save_trained(f, {"x": torch.zeros(1)}, SMALL)
+    good = {"name": "synth-vlm", "source": "synth-vlm", "weights": str(f)}
+    check(ModelSpec.from_dict({**good, "sha256": sha256_of(f)}))
+    check(ModelSpec.from_dict(good))  # no hash given: nothing to compare
+    with pytest.raises(
+        ConfigError, match=r"^model.sha256=abc: synth-vlm weights .* have SHA-256 [0-9a-f]{64} "
+    ):
+        check(ModelSpec.from_dict({**good, "sha256": "abc"}))
+
+
 def test_the_same_tensors_give_the_same_file(tmp_path: Path) -> None:
     """safetensors writes its metadata in hash-map order; an export must not change SHA-256 from run to run."""
     state = {"b": torch.ones(2, 3), "a": torch.arange(5.0)}

@@ -7,6 +7,9 @@
 #   bash scripts/vlm_tables.sh RECORDS4K 4K    # the same at 4K (or 8K)
 #   DTYPE=bfloat16 bash scripts/vlm_tables.sh RECORDS8K 8K   # the model in bf16 (on a CPU with AMX ~3x faster);
 #                                              # its cells are tagged 8K/100/bf16, its table table_8k100_bf16.md
+#   bash scripts/vlm_tables.sh RECORDS candidate WEIGHTS   # another weights file (a --recipe run, a candidate):
+#                                              # fp16, akvq and akvq_plus at 1K, 100 per task, paired item by item
+#                                              # against the shipped file's records (before shipping it)
 #
 # Each lane is one process whose five methods share each prompt's prefill (share_prefill: the same records as one
 # by one, tests/test_milebench.py): at 8K the prefill is nearly all of an item's time, so a lane costs about what
@@ -21,6 +24,7 @@
 # Roots are the standard evaluation seed (2026) under ${SB_ROOTS:-/tmp}. The layer pattern (Table I) is profiled
 # first, on the shipped weights, so the akvq rows use it.
 set -euo pipefail
+CAND=${3:+$(realpath -m -- "$3")}  # candidate's weights, from the caller's directory
 cd "$(dirname "$0")/.."
 R=${1:?records file}
 CELL=${2:-1K}
@@ -55,7 +59,21 @@ case $CELL in
     $PY scripts/vlm_report.py "$R" --out results/vlm --cell "$CELL/100${TAG:+/$TAG}" \
       --table "table_${CELL,,}100${TAG:+_$TAG}.md" --figure none
     exit 0 ;;
-  *) echo "vlm_tables.sh: CELL (the second argument) must be 1K (every table) or 2K, 4K, 8K (the method table at that length), got '$CELL'" >&2
+  candidate)  # another weights file against the shipped one, on the shipped table's root and items
+    W=$CAND
+    [ -n "$W" ] && [ -f "$W" ] || { echo "vlm_tables.sh: candidate WEIGHTS (the third argument) must be a weights file, got '${3:-}'" >&2; exit 2; }
+    [ -z "$TAG" ] || { echo "vlm_tables.sh: DTYPE must be unset or float32 for candidate (the shipped table's records are float32), got '$DTYPE'" >&2; exit 2; }
+    SHA=$(sha256sum "$W" | cut -d' ' -f1)
+    mkdir -p "$(dirname "$R")"
+    root="$ROOTS/sb1K100"
+    [ -d "$root" ] || $PY scripts/make_synthbench.py "$root" --seed 2026 --samples 100 --cells 1K
+    # one process, the three methods off one prefill per prompt; akvq reads the shipped file's layer pattern
+    $PY run.py model=synth-vlm task=synthbench task.limit=100 threads=2 synthbench_root="$root" records="$R" \
+      quant=fp16 "compare=[akvq,akvq_plus]" model.weights="$W" model.sha256="$SHA" >> "${R%.jsonl}.log" 2>&1
+    $PY scripts/vlm_report.py results/vlm/synthbench_ctx1_shipped.jsonl "$R" --by-weights --seed 2026 \
+      --cell 1K/100 --out "$(dirname "$R")" --table "table_$(basename "${R%.jsonl}").md"
+    exit 0 ;;
+  *) echo "vlm_tables.sh: CELL (the second argument) must be 1K (every table), 2K, 4K, 8K (the method table at that length) or candidate WEIGHTS, got '$CELL'" >&2
      exit 2 ;;
 esac
 

@@ -252,3 +252,66 @@ def test_the_script_says_in_one_line_that_records_mix_seeds_and_keeps_one_seed(t
     assert "| fp16 | 16.00 | 0 [0, 0] | 0.0 | 2 |" in (tmp_path / "o" / "table.md").read_text(
         encoding="utf-8"
     )
+
+
+@pytest.mark.parametrize(
+    ("weights", "dtype"), [("absent.safetensors", ""), ("w.safetensors", "bfloat16"), ("", "")]
+)
+def test_vlm_tables_candidate_refuses_a_missing_file_or_another_dtype_in_one_line(
+    tmp_path: Path, weights: str, dtype: str
+) -> None:
+    import subprocess
+
+    (tmp_path / "w.safetensors").write_bytes(b"x")
+    env = {"PATH": "/usr/bin:/bin", "SB_ROOTS": str(tmp_path / "roots"), "PY": "false", "DTYPE": dtype}
+    args = ["bash", str(ROOT / "scripts" / "vlm_tables.sh"), str(tmp_path / "r.jsonl"), "candidate"]
+    p = subprocess.run(
+        [*args, *([weights] if weights else [])],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert p.returncode == 2 and p.stdout == ""
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and ("DTYPE" in lines[0] if dtype else "WEIGHTS" in lines[0])
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["w.safetensors"]  # no root, records or log
+
+
+def test_vlm_tables_candidate_runs_three_methods_on_the_file_then_pairs_it_with_the_shipped_records(
+    tmp_path: Path,
+) -> None:
+    """The wiring, with a stand-in interpreter that logs its arguments: the weights file (relative to the caller)
+    and its SHA-256 reach run.py, the shipped table's root and count, then the paired report."""
+    import hashlib
+    import subprocess
+
+    w = tmp_path / "w.safetensors"
+    w.write_bytes(b"weights")
+    log = tmp_path / "calls"
+    fake = tmp_path / "py"
+    fake.write_text(f'#!/bin/bash\necho "$*" >> {log}\n', encoding="utf-8")
+    fake.chmod(0o755)
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "SB_ROOTS": str(roots), "PY": str(fake)}
+    records = tmp_path / "out" / "cand.jsonl"
+    p = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "vlm_tables.sh"), str(records), "candidate", "w.safetensors"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr
+    make, run, report = log.read_text(encoding="utf-8").splitlines()
+    assert make == f"scripts/make_synthbench.py {roots}/sb1K100 --seed 2026 --samples 100 --cells 1K"
+    assert run.startswith("run.py model=synth-vlm task=synthbench task.limit=100 ")
+    assert f"synthbench_root={roots}/sb1K100 records={records} quant=fp16 compare=[akvq,akvq_plus]" in run
+    assert f"model.weights={w} model.sha256={hashlib.sha256(b'weights').hexdigest()}" in run
+    assert report == (
+        f"scripts/vlm_report.py results/vlm/synthbench_ctx1_shipped.jsonl {records} --by-weights --seed 2026 "
+        f"--cell 1K/100 --out {records.parent} --table table_cand.md"
+    )

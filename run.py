@@ -21,6 +21,8 @@ from akvq.errors import ConfigError, MissingDataError, UnsupportedModelError
 warnings.filterwarnings("ignore", message="(?s).*validated against ConfigStore schema.*")
 
 log = logging.getLogger("akvq")
+# pandas imports numexpr, which logs "NumExpr defaulting to N threads." at INFO into every run's console and log.
+logging.getLogger("numexpr.utils").setLevel(logging.WARNING)
 # The process's session, handed to every job: the jobs of a local multirun (one process) share a model load.
 SESSION = runner.Session()
 CONFIGS = Path(__file__).resolve().parent / "configs"

@@ -233,3 +233,4 @@ def test_help_lists_only_run_py_groups() -> None:
     names = {line.split(":")[0] for line in groups.splitlines() if ":" in line}
     assert {"model", "task", "quant", "sweep", "hydra/launcher"} <= names
     assert not names & {"bench", "layer_patterns"} and "bench_cpu" not in groups
+    assert res.stdout.startswith("run.py: akvq's entry point")  # no library's log line above it (numexpr's)

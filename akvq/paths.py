@@ -47,6 +47,20 @@ def atomic_open(
         raise
 
 
+def write_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """`Path.write_text` (UTF-8) that a killed run cannot leave half written: a table or a record is old or new."""
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], **kw: Any) -> None:
+    """`fig.savefig(path, **kw)` through `atomic_open` (the format from the suffix): a killed run leaves the old
+    figure, not half of a new one."""
+    path = Path(path)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format=path.suffix.lstrip(".").lower(), **kw)
+
+
 @contextlib.contextmanager
 def publish_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     """A temp directory beside `target` to fill; renamed to `target` when the block ends without error. Safe for

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from akvq.bench.batch_search import Point, available_memory, check_budget, largest_batch  # noqa: E402
 from akvq.bench.memory import GiB  # noqa: E402
 from akvq.bench.throughput import RESULT  # noqa: E402
-from akvq.paths import atomic_open  # noqa: E402
+from akvq.paths import atomic_open, save_figure, write_atomic  # noqa: E402
 from akvq.policies import POLICIES, Policy  # noqa: E402
 
 
@@ -232,7 +232,7 @@ def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         records.append(rec)
         _append_csv(out_dir / "summary.csv", {**r, "device": cfg["device"]})
     table = render_table(rows, cfg)
-    (out_dir / f"table_{tag}.md").write_text(table)
+    write_atomic(out_dir / f"table_{tag}.md", table)
     plot_memory(points_csv, cfg, out_dir / f"memory_vs_batch_{tag}.png", budget)
     print(table)
     log(f"done in {wall / 60:.1f} min")
@@ -338,7 +338,7 @@ def plot_memory(points_csv: Path, cfg: dict[str, Any], out: Path, budget: int) -
     ax.set_title(f"{cfg['model']}, prompt {cfg['prompt_len']} ({cfg['device']})")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    save_figure(fig, out, dpi=120)
     plt.close(fig)
 
 
@@ -386,7 +386,7 @@ def report(cfg: dict[str, Any]) -> str:
             f"| {_f(100 * share if share is not None else None, '{:.1f}%')} |"
         )
     text = "\n".join(lines) + "\n"
-    (out_dir / "summary.md").write_text(text)
+    write_atomic(out_dir / "summary.md", text)
     return text
 
 

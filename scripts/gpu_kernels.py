@@ -26,6 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from akvq.paths import write_atomic  # noqa: E402
+
 
 def to_device(st: Any, device: str) -> Any:
     """Every tensor a store holds (its tables and channel codes too) moved to `device`."""
@@ -213,7 +215,7 @@ def main() -> None:
     bad, lines = bad + qbad, lines + qlines
     verdict = "KERNELS OK" if bad == 0 else f"KERNELS: {bad} FAILED"
     print(verdict, flush=True)
-    (out / "kernels.txt").write_text("\n".join([f"device: {name}", *lines, verdict, ""]))
+    write_atomic(out / "kernels.txt", "\n".join([f"device: {name}", *lines, verdict, ""]))
     print("== 2. one layer's decode attention, LLaVA-7B shape (32 heads x 128)", flush=True)
     shapes = [(2, 256)] if a.dry_run else [(1, 8192), (8, 8192), (32, 8192), (64, 2048), (256, 640)]
     rows = layer_timing(device, shapes)

@@ -37,6 +37,7 @@ from akvq.bench.batch_search import Point, largest_batch  # noqa: E402
 from akvq.bench.syncs import HostSyncs  # noqa: E402
 from akvq.bench.throughput import decode_steps  # noqa: E402
 from akvq.cache import AKVQCache  # noqa: E402
+from akvq.paths import write_atomic  # noqa: E402
 from akvq.policies import make_policy  # noqa: E402
 
 GiB = 1 << 30
@@ -352,7 +353,7 @@ def run(args: argparse.Namespace) -> None:
         for r in rows:
             f.write(json.dumps(r) + "\n")
     md = table(rows, device, args)
-    (out / "table4.md").write_text(md)
+    write_atomic(out / "table4.md", md)
     print(md, flush=True)
 
 

@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from akvq.models import ModelSpec, build_inputs, load_model  # noqa: E402
 from akvq.models.registry import num_layers  # noqa: E402
+from akvq.paths import write_atomic  # noqa: E402
 from akvq.saliency import patterns  # noqa: E402
 from akvq.saliency.profiler import (  # noqa: E402
     PivotSite,
@@ -153,7 +154,7 @@ def summarize_sweep(rows: list[dict[str, Any]], pattern: list[str], out: Path) -
         lines.append(
             f"| {r.candidate} | {r.mean_mass_all_layers:.3f} | {r.mean_mass_layers_2plus:.3f} | {r.min_mass:.3f} |"
         )
-    (out / "pivot_sweep.md").write_text("\n".join(lines) + "\n")
+    write_atomic(out / "pivot_sweep.md", "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         pattern,
     )
     plot_profile(rows, out / "profile", f"{name}: {data}")
-    (out / "pivots.md").write_text(
+    write_atomic(
+        out / "pivots.md",
         f"# {name}: attention mass on detected pivots vs random tokens\n\n"
         f"Data: {data}. Pivots: rule={settings.pivot_rule}, score={settings.pivot_score}, "
         f"layer={settings.pivot_layer if settings.pivot_layer is not None else 'default'}, k={settings.k}. "
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         + pivot_table_markdown(rows, settings.k)
         + "\n\n## Where the pivots fall\n\n"
         + pivot_location_markdown(sites, lambda i: loaded.tokenizer.decode([i]))
-        + f"\n\nCommand: `{command}`\n"
+        + f"\n\nCommand: `{command}`\n",
     )
     if cands:
         summarize_sweep(rows, pattern, out)

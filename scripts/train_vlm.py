@@ -60,7 +60,7 @@ from akvq.models.sources.synth_vlm import (  # noqa: E402
     trained_state,
 )
 from akvq.native import cpu_model, native_bf16  # noqa: E402
-from akvq.paths import atomic_open  # noqa: E402
+from akvq.paths import atomic_open, save_figure, write_atomic  # noqa: E402
 from akvq.records import git_rev  # noqa: E402
 from akvq.synth import align  # noqa: E402
 from akvq.synth.bench import (  # noqa: E402
@@ -576,7 +576,7 @@ def plot_losses(history: list[dict[str, Any]], path: Path, ylabel: str = "answer
     ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -692,7 +692,7 @@ def train_align(args: argparse.Namespace) -> None:
             "last_loss_mean50": sum(h["loss"] for h in history[-50:]) / max(1, len(history[-50:])),
             "held_out": score,
         }
-        (out / "align.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+        write_atomic(out / "align.json", json.dumps(record, indent=1))
         if history:
             plot_losses(history, out / "align_loss.png", ylabel="alignment loss (CE + MSE)")
 
@@ -774,7 +774,7 @@ def read(args: argparse.Namespace) -> None:
         "prompt": align.FEW_SHOT,
         "results": results,
     }
-    (out / "read.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+    write_atomic(out / "read.json", json.dumps(record, indent=1))
 
 
 def train(args: argparse.Namespace) -> None:
@@ -859,7 +859,7 @@ def train(args: argparse.Namespace) -> None:
             "last_loss_mean50": sum(h["loss"] for h in history[-50:]) / max(1, len(history[-50:])),
             "last_exact_acc200": sum(h["acc"] for h in history[-200:]) / max(1, len(history[-200:])),
         }
-        (out / "run.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+        write_atomic(out / "run.json", json.dumps(record, indent=1))
         if history:
             plot_losses(history, out / "loss.png")
 
@@ -1057,7 +1057,7 @@ def run_recipe(args: argparse.Namespace, phases: tuple[Phase, ...] = RECIPE) -> 
     final = out / "synth-vlm.safetensors"  # the shipped file: the last phase in float16 (~half the bytes)
     sha = export(run_checkpoint(out / phases[-1].name, phases[-1].name), final, torch.float16)
     record = recipe_record(out, phases, sha)
-    (out / "recipe.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+    write_atomic(out / "recipe.json", json.dumps(record, indent=1))
     print(
         f"recipe: {final} sha256 {sha} ({record['wall_seconds'] / 3600:.2f} h of training; {out / 'recipe.json'})"
     )

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from akvq.paths import save_figure, write_atomic
 from akvq.records import read_records
 
 TASK_ORDER = ("SceneTransition", "Spot-the-Diff", "ImageNeedleInAHaystack", "ObjectExistence")
@@ -436,7 +437,7 @@ def examples_figure(recs: dict[str, dict[str, Any]], order: list[str], out: Path
         ax_txt.axis("off")
         ax_txt.text(0, 1, "\n".join(text), va="top", family="monospace", fontsize=7.5)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    save_figure(fig, out, dpi=110)
     plt.close(fig)
     return out
 
@@ -471,7 +472,7 @@ def report(
             + "\n"
         )
         out.mkdir(parents=True, exist_ok=True)
-        (out / table_name).write_text(text, encoding="utf-8")
+        write_atomic(out / table_name, text)
         print(text + f"table: {out / table_name}")
         return text
     data = collect(records)
@@ -512,7 +513,7 @@ def report(
             ]
     out.mkdir(parents=True, exist_ok=True)
     text = "\n".join(parts) + "\n"
-    (out / table_name).write_text(text, encoding="utf-8")
+    write_atomic(out / table_name, text)
     if figure_name is None:
         print(text + f"table: {out / table_name}")
         return text

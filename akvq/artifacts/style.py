@@ -16,6 +16,8 @@ matplotlib.use("Agg")  # headless: CI, SLURM nodes and the notebook kernel all d
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from akvq.paths import atomic_open, save_figure  # noqa: E402
+
 RC: dict[str, Any] = {
     "figure.dpi": 110,
     "savefig.dpi": 150,
@@ -216,10 +218,11 @@ def save(fig: Any, data: pd.DataFrame, out_dir: str | Path, stem: str) -> list[P
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.png", out / f"{stem}.pdf", out / f"{stem}.csv"]
-    fig.savefig(paths[0], metadata={"Software": None})
-    fig.savefig(paths[1], metadata={"CreationDate": None})  # no timestamp: reruns give identical PDFs
+    save_figure(fig, paths[0], metadata={"Software": None})
+    save_figure(fig, paths[1], metadata={"CreationDate": None})  # no timestamp: reruns give identical PDFs
     plt.close(fig)
-    data.to_csv(paths[2], index=False, float_format="%.6g")
+    with atomic_open(paths[2], "w", newline="") as fh:
+        data.to_csv(fh, index=False, float_format="%.6g")
     return paths
 
 

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from akvq.models.registry import decoder_layers
+from akvq.paths import save_figure
 from akvq.saliency.pivots import DEFAULT_K, PivotDetector
 from akvq.saliency.roles import vision_mask
 
@@ -308,7 +309,7 @@ def plot_profile(rows: list[dict[str, Any]], out_prefix: str | Path, title: str)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     paths = [prefix.with_suffix(".png"), prefix.with_suffix(".pdf")]
     for p in paths:
-        fig.savefig(p, dpi=150)
+        save_figure(fig, p, dpi=150)
     plt.close(fig)
     return paths
 

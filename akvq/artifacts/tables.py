@@ -15,6 +15,7 @@ import pandas as pd
 from akvq import records
 from akvq.artifacts import data, paper
 from akvq.artifacts.style import label, method_sort_key, model_sort_key
+from akvq.paths import atomic_open, write_atomic
 
 ABLATION_STEPS: tuple[str, ...] = ("akvq_rtn", "akvq_wht", "akvq_tsa", "akvq_psa")
 
@@ -66,8 +67,9 @@ def write(
     out.mkdir(parents=True, exist_ok=True)
     csv, md = out / f"{stem}.csv", out / f"{stem}.md"
     frame = df.reset_index() if not isinstance(df.index, pd.RangeIndex) else df
-    frame.to_csv(csv, index=False, float_format="%.6g")
-    md.write_text(f"# {title}\n\n{to_markdown(df, digits)}" + (f"\n{note}\n" if note else ""))
+    with atomic_open(csv, "w", newline="") as fh:
+        frame.to_csv(fh, index=False, float_format="%.6g")
+    write_atomic(md, f"# {title}\n\n{to_markdown(df, digits)}" + (f"\n{note}\n" if note else ""))
     return [csv, md]
 
 

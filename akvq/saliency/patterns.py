@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from akvq.errors import ConfigError
-from akvq.paths import CONFIG_DIR
+from akvq.paths import CONFIG_DIR, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +218,6 @@ def write_layer_pattern(
         node.update(extra)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(yaml.safe_dump(node, sort_keys=False, width=120, default_flow_style=None))
+    write_atomic(p, yaml.safe_dump(node, sort_keys=False, width=120, default_flow_style=None))  # runs read it
     _index.cache_clear()
     return p

@@ -6,15 +6,17 @@
     python scripts/vlm_report.py results/vlm/synthbench_ctx1_shipped.jsonl results/vlm/synthbench_bf16_1k100.jsonl \
         --cell 1K/100 --table table_1k100_dtypes.md --figure none   # float32 against bf16 on the same samples
     python scripts/vlm_report.py results/vlm/synthbench_ctx1_shipped.jsonl results/vlm/recipe/synthbench.jsonl \
-        --cell 1K/100 --by-weights --table table_recipe.md --out results/vlm/recipe   # two weights files, paired
+        --seed 2026 --cell 1K/100 --by-weights --table table_recipe.md --out results/vlm/recipe   # two weights files
 
 Writes OUT/table.md: accuracy (%) per method, task and context cell with a 95 % bootstrap interval over the
 samples (each record's per-sample `details`), the mean over tasks, effective KV bits, and the vision x text
 bits grid when its records are there, the paired comparison (ladder steps, fp16 against each method: items won
 and lost on the same samples, sign test); and OUT/examples.png: example images of one sample per task, the
 question, and each method's answer (right or wrong). Records of one method on several roots (cells) or tasks add
-up; the last record of each (quant, task, cell) wins. A model run in bf16 (or fp16) makes cells of its own
-("8K/100/bf16"), and a cell's methods run in both dtypes are paired item by item.
+up; the last record of each (quant, task, cell) wins. Records of one (quant, task, cell) on two weights files or
+on roots of two seeds are refused in one line (`--seed S` keeps one seed's records; `--by-weights` compares weights
+files instead). A model run in bf16 (or fp16) makes cells of its own ("8K/100/bf16"), and a cell's methods run in
+both dtypes are paired item by item.
 """
 
 from __future__ import annotations

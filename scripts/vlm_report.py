@@ -212,6 +212,17 @@ def sign_test(a: int, b: int) -> float:
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
 
 
+def wins_losses(sa: dict[Any, float], sb: dict[Any, float]) -> tuple[int, int]:
+    """Items right in `sa` and wrong in `sb`, and the reverse, over the samples both scored."""
+    common = sa.keys() & sb.keys()
+    return sum(sa[i] > sb[i] for i in common), sum(sa[i] < sb[i] for i in common)
+
+
+def paired_text(win: int, loss: int) -> str:
+    """`win-loss (p = ...)`, the sign test's p left out when nothing differs."""
+    return f"{win}-{loss}" + (f" (p = {sign_test(win, loss):.2g})" if win + loss else "")
+
+
 def _details(e: Entry, task: str, level: str) -> list[dict[str, Any]]:
     """The per-sample details of `task` in cell `level` of the record behind `e`."""
     length = level.split("/")[0]
@@ -240,10 +251,7 @@ def paired_table(data: dict[str, dict[tuple[str, str], Entry]], order: list[str]
                 row.append("–")
                 continue
             sa, sb = _per_sample(ea, t, level), _per_sample(eb, t, level)
-            common = sa.keys() & sb.keys()
-            win = sum(sa[i] > sb[i] for i in common)
-            loss = sum(sa[i] < sb[i] for i in common)
-            row.append(f"{win}-{loss}" + (f" (p = {sign_test(win, loss):.2g})" if win + loss else ""))
+            row.append(paired_text(*wins_losses(sa, sb)))
         if any(c != "–" for c in row[1:]):
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
@@ -275,8 +283,7 @@ def dtype_table(data: dict[str, dict[tuple[str, str], Entry]], order: list[str],
             for t, ea, eb in zip(tasks, a, b, strict=True):
                 sa, sb = _per_sample(ea, t, base), _per_sample(eb, t, other)
                 common = sorted(sa.keys() & sb.keys())
-                win = sum(sa[i] > sb[i] for i in common)
-                loss = sum(sa[i] < sb[i] for i in common)
+                win, loss = wins_losses(sa, sb)
                 ra, rb = sum(sa[i] for i in common), sum(sb[i] for i in common)
                 k = max(len(common), 1)
                 row.append(f"{100 * ra / k:.0f} / {100 * rb / k:.0f} ({win}-{loss})")
@@ -325,10 +332,7 @@ def weights_table(records: list[dict[str, Any]], cell: str, order: list[str]) ->
                 base = data.get(f"{q}@{ref}", {}).get((t, cell))
                 if sha != ref and base is not None:
                     sa, sb = _per_sample(e, t, cell), _per_sample(base, t, cell)
-                    common = sa.keys() & sb.keys()
-                    win = sum(sa[i] > sb[i] for i in common)
-                    loss = sum(sa[i] < sb[i] for i in common)
-                    text += f"; {win}-{loss}" + (f" (p = {sign_test(win, loss):.2g})" if win + loss else "")
+                    text += "; " + paired_text(*wins_losses(sa, sb))
                 row.append(text)
             row += [f"{100 * sum(every) / len(every):.1f}", str(min(len(e.scores) for e in got if e))]
             lines.append("| " + " | ".join(row) + " |")

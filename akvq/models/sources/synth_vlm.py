@@ -315,12 +315,11 @@ def check(spec: ModelSpec) -> None:
             f"model {spec.name!r}: synth-vlm weights {path} not found (model.weights); they are committed under "
             f"assets/synth-vlm/, or train them: python scripts/train_vlm.py --out DIR, then --export {path}"
         )
+    # ~50 ms for the shipped file: once, before a sweep plans its jobs
     sha = spec.options.get("sha256")
-    if sha and sha256_of(path) != str(
-        sha
-    ):  # ~50 ms for the shipped file: once, before a sweep plans its jobs
+    if sha and (got := sha256_of(path)) != str(sha):
         raise ConfigError(
-            f"model.sha256={sha}: synth-vlm weights {path} have SHA-256 {sha256_of(path)} (a stale or partial file, "
+            f"model.sha256={sha}: synth-vlm weights {path} have SHA-256 {got} (a stale or partial file, "
             "or a new file without its hash in the model YAML)"
         )
 

@@ -226,16 +226,72 @@ def test_known_choices_and_other_overrides_pass_the_check(argv: list[str]) -> No
     assert _run_py().unknown_choice(argv) is None
 
 
-def test_run_py_names_an_unknown_choice_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["quant.bitz=2"],
+            "quant.bitz: no such key (did you mean quant.bits?); quant (quant=akvq) has: policy, bits,",
+        ),
+        (["seedd=1"], "seedd: no such key (did you mean seed?); the config has: model, task, quant,"),
+        (["task.limit=3"], "task.limit: no such key; task (task=ppl_quick) has: name,"),
+        (["slurm.partitio=x", "+sweep=cpu_tiny"], "(did you mean slurm.partition?); slurm has: partition,"),
+        (["comapre=[fp16,kivi2]"], "comapre: no such key (did you mean compare?)"),
+        # a sweep: every choice of the key's group is checked, not only the first
+        (["-m", "task=synthbench,ppl", "task.limit=3"], "task.limit: no such key; task (task=ppl) has:"),
+        (
+            ["-m", "quant=akvq,fp16", "quant.window=64"],
+            "quant.window: no such key; quant (quant=fp16) has: policy",
+        ),
+    ],
+)
+def test_an_unknown_key_is_one_line_before_hydra(argv: list[str], line: str) -> None:
+    """Hydra's error for a key the config lacks is five lines and lists nothing; ours names the nearest key and
+    what the node has."""
+    got = _run_py().unknown_key(argv)
+    assert got is not None and line in got and "\n" not in got, got
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["quant=fp16", "model=synth-vlm"],  # no key override: nothing composed
+        [
+            "task=synthbench/Spot-the-Diff",
+            "task.limit=3",
+            "quant.window=64",
+            "compare=[fp16]",
+            "slurm.gpus=2",
+        ],
+        ["-m", "quant=akvq,kivi2", "quant.bits=4", "model.dtype=bfloat16", "hydra.job.chdir=false"],
+        ["+task.foo=1", "task.foo=2"],  # made by the first override
+        ["quant=glob(akvq*)", "quant.bits=2"],  # a choice only Hydra's parser reads
+        ["--config-name", "other", "foo.bar=1"],  # another primary config
+    ],
+)
+def test_existing_keys_pass_the_key_check(argv: list[str]) -> None:
+    assert _run_py().unknown_key(argv) is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "word"), [(["task=synthbench/Spot-the-Dif"], "Spot-the-Diff"), (["quant.bitz=2"], "quant.bits")]
+)
+def test_run_py_names_an_unknown_choice_or_key_in_one_line(
+    tmp_path: Path, argv: list[str], word: str
+) -> None:
     import subprocess
     import sys
 
     p = subprocess.run(
-        [sys.executable, str(_REPO / "run.py"), "task=synthbench/Spot-the-Dif"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=600,
-    )  # fmt: skip
+        [sys.executable, str(_REPO / "run.py"), *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
     lines = [x for x in (p.stdout + p.stderr).splitlines() if x.strip()]
-    assert p.returncode == 2 and len(lines) == 1 and "Spot-the-Diff" in lines[0], lines
+    assert p.returncode == 2 and len(lines) == 1 and word in lines[0], lines
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from akvq.bench.cli import key_values  # noqa: E402
+from akvq.bench.cli import config_name, count, counts, key_values, one_of  # noqa: E402
 from akvq.bench.throughput import prepare  # noqa: E402
 from akvq.records import git_rev  # noqa: E402
 
@@ -74,15 +74,38 @@ FORMS = {
 
 def parse_runs(text: str) -> list[tuple[str, int, str]]:
     out = []
+    quants = config_name("quant")
     for item in text.split(","):
         parts = item.split(":")
         form = parts[2] if len(parts) == 3 else ""
-        if len(parts) not in (2, 3) or not parts[1].isdigit() or form not in FORMS:
+        if len(parts) not in (2, 3) or not parts[1].isdigit() or int(parts[1]) < 1 or form not in FORMS:
             raise ValueError(
-                f"runs entry {item!r}: expected QUANT:BATCH, QUANT:BATCH:float or QUANT:BATCH:twopass"
+                f"entry {item!r}: expected QUANT:BATCH, QUANT:BATCH:float or QUANT:BATCH:twopass (BATCH >= 1)"
             )
+        if why := quants(parts[0]):
+            raise ValueError(f"entry {item!r}: quant {parts[0]!r}: {why}")
         out.append((parts[0], int(parts[1]), form))
     return out
+
+
+def runs_check(text: str) -> str | None:
+    try:
+        parse_runs(text)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+CHECKS = {
+    "model": config_name("model"),
+    "prompt_len": count(),
+    "runs": runs_check,
+    "threads": counts(),
+    "rounds": count(),
+    "steps": count(),  # and a multiple of every entry's flush_every: steps_error, once the quants are read
+    "dtype": one_of("float32", "bfloat16"),
+    "reuse": one_of("true", "false"),
+}
 
 
 def main(args: dict[str, str]) -> None:
@@ -101,8 +124,6 @@ def main(args: dict[str, str]) -> None:
     rounds = int(cfg["rounds"])
     model_cfg = yaml.safe_load((ROOT / "configs" / "model" / f"{cfg['model']}.yaml").read_text())
     if cfg.get("dtype"):  # the model's weights and activations (both rows alike); saved caches are per dtype
-        if cfg["dtype"] not in ("float32", "bfloat16"):
-            sys.exit(f"bench_decode: dtype={cfg['dtype']!r}: allowed float32, bfloat16")
         model_cfg["dtype"] = cfg["dtype"]
     quants = {q: quant_config(q) for q in dict.fromkeys(q for q, _, _ in runs)}
     why = steps_error(cfg["steps"], quants)
@@ -270,4 +291,4 @@ def main(args: dict[str, str]) -> None:
 
 
 if __name__ == "__main__":
-    main(key_values(sys.argv[1:], (*DEFAULTS, "dtype", "reuse"), __doc__, "bench_decode"))
+    main(key_values(sys.argv[1:], (*DEFAULTS, "dtype", "reuse"), __doc__, "bench_decode", CHECKS))

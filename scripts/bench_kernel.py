@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from akvq.attention import packed_cpu  # noqa: E402
-from akvq.bench.cli import key_values  # noqa: E402
+from akvq.bench.cli import count, counts, key_values, one_of  # noqa: E402
 from akvq.bench.memory import copy_bandwidths  # noqa: E402
 from akvq.cache.store import FULL, LOW, TensorStore  # noqa: E402
 from akvq.policies.base import TensorPlan  # noqa: E402
@@ -233,14 +233,9 @@ def main(args: dict[str, str]) -> None:
     ctx, rounds = int(args.get("ctx", 8192)), int(args.get("rounds", 5))
     paths = args.get("paths", "int8,float").split(",")
     builds = args.get("builds", packed_cpu.best_variant()).split(",")
-    for b in builds:
-        if b not in packed_cpu.VARIANTS:
-            raise ValueError(f"builds entry {b!r}: expected one of {sorted(packed_cpu.VARIANTS)}")
     plan = TensorPlan(bits=2, group_size=64, window=128, hadamard=True)
     cases = []
     for i, (name, b) in enumerate(entries):
-        if name not in ("akvq", "fp16"):
-            raise ValueError(f"cases entry {name}:{b}: expected akvq:BATCH or fp16:BATCH")
         p = plan if name == "akvq" else None
         k, v = store(p, b, ctx, 2 * i), store(p, b, ctx, 2 * i + 1)
         cases.append((name, b, k, v, nbytes(k) + nbytes(v)))
@@ -280,5 +275,21 @@ def main(args: dict[str, str]) -> None:
 
 
 if __name__ == "__main__":
-    keys = ("breakdown", "reps", "cases", "threads", "ctx", "rounds", "paths", "builds")
-    main(key_values(sys.argv[1:], keys, __doc__, "bench_kernel"))
+    checks = {
+        "breakdown": count(),
+        "reps": count(),
+        "cases": lambda v: (
+            None
+            if all(
+                c.partition(":")[0] in ("akvq", "fp16") and count()(c.partition(":")[2]) is None
+                for c in v.split(",")
+            )
+            else "must be akvq:BATCH or fp16:BATCH entries, comma-separated (BATCH >= 1)"
+        ),
+        "threads": counts(),
+        "ctx": count(),
+        "rounds": count(),
+        "paths": one_of("int8", "float", many=True),
+        "builds": one_of(*sorted(packed_cpu.VARIANTS), many=True),
+    }
+    main(key_values(sys.argv[1:], checks, __doc__, "bench_kernel", checks))

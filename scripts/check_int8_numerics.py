@@ -112,6 +112,8 @@ def main(args: dict[str, str]) -> None:
 
 
 if __name__ == "__main__":
-    from akvq.bench.cli import key_values
+    from akvq.bench.cli import config_name, count, key_values
 
-    main(key_values(sys.argv[1:], DEFAULTS, __doc__, "check_int8_numerics"))
+    checks = {"model": config_name("model"), "quant": config_name("quant")}
+    checks |= {k: count() for k in ("prompt_len", "cont_len", "windows", "gen_tokens")}
+    main(key_values(sys.argv[1:], DEFAULTS, __doc__, "check_int8_numerics", checks))

@@ -564,9 +564,16 @@ def main() -> None:
         ap.error(
             f"--cell: {args.cell!r} is not LENGTH/SAMPLES[/DTYPE] per task, e.g. 1K/100 or 8K/100/bf16 ({tags})"
         )
+    for path in args.records:
+        if not path.is_file():
+            ap.error(f"records: {str(path)!r}: no such file")
     records = [r for p in args.records for r in read_records(p)]
     if args.seed is not None:
         records = [r for r in records if seed_of(r) == str(args.seed)]
+    if not any(str(r.get("task", "")).startswith("synthbench") and r.get("details") for r in records):
+        # nothing to report: an empty table would replace the one under --out
+        seed = f" of roots of seed {args.seed}" if args.seed is not None else ""
+        ap.error(f"records: no synthbench records{seed} in {', '.join(map(str, args.records))}")
     try:
         report(
             records,

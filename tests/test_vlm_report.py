@@ -315,3 +315,35 @@ def test_vlm_tables_candidate_runs_three_methods_on_the_file_then_pairs_it_with_
         f"scripts/vlm_report.py results/vlm/synthbench_ctx1_shipped.jsonl {records} --by-weights --seed 2026 "
         f"--cell 1K/100 --out {records.parent} --table table_cand.md"
     )
+
+
+@pytest.mark.parametrize("case", ["missing", "no synthbench", "no such seed"])
+def test_the_script_refuses_a_missing_file_or_no_records_before_it_writes_a_table(
+    tmp_path: Path, case: str
+) -> None:
+    """A typo in the records path used to write an empty table over the committed one (--out's default)."""
+    import json
+    import subprocess
+
+    path = tmp_path / "r.jsonl"
+    if case != "missing":
+        rec = (
+            {"task": "ppl", "quant": "fp16"}
+            if case == "no synthbench"
+            else _rec("fp16", 16.0, "1K", {"X": [1]})
+        )
+        path.write_text(json.dumps(rec) + "\n", encoding="utf-8")
+    out = tmp_path / "o"
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "vlm_report.py"),
+        str(path),
+        "--out",
+        str(out),
+        "--seed",
+        "7",
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    last = p.stderr.strip().splitlines()[-1]
+    assert p.returncode == 2 and ("no such file" if case == "missing" else "no synthbench records") in last
+    assert not out.exists()

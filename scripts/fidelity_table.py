@@ -95,9 +95,14 @@ def main() -> None:
     )
     ap.add_argument("--order", default="", help="comma-separated quants listed first, in this order")
     args = ap.parse_args()
+    if not Path(args.records).is_file():
+        ap.error(f"--records: {args.records!r}: no such file")
     rows = list(read_records(Path(args.records)))
-    for task in args.task or ["ppl", "passkey", "agreement"]:
-        t = table(rows, task, [q for q in args.order.split(",") if q])
+    tasks = args.task or ["ppl", "passkey", "agreement"]
+    tables = [(task, table(rows, task, [q for q in args.order.split(",") if q])) for task in tasks]
+    if not any(t for _, t in tables):
+        ap.error(f"--records: no records of {', '.join(tasks)} in {args.records}")
+    for task, t in tables:
         if t:
             print(f"### {task}\n\n{t}\n")
 

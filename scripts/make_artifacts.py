@@ -52,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
 
+    for key in ("records", "saliency", "layer_patterns", "points"):
+        for path in getattr(args, key) or []:
+            if not Path(path).exists():  # a typo would rebuild the artifacts as if nothing had run
+                ap.error(f"--{key.replace('_', '-')}: {path!r}: no such file or directory")
+    if args.fig5_data and not Path(args.fig5_data).is_file():
+        ap.error(f"--fig5-data: {args.fig5_data!r}: no such file")
     t0 = time.perf_counter()
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = sorted(set(only) - set(build.BY_NAME))

@@ -291,6 +291,7 @@ def test_make_artifacts_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     spec = importlib.util.spec_from_file_location("make_artifacts", REPO / "scripts" / "make_artifacts.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    (tmp_path / "none.jsonl").touch()  # nothing has run yet
     assert (
         mod.main(["--records", str(tmp_path / "none.jsonl"), "--out", str(tmp_path), "--only", "table2,fig9"])
         == 0
@@ -300,6 +301,11 @@ def test_make_artifacts_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert not (tmp_path / "artifacts_status.md").exists()  # a partial build leaves the full status alone
     assert mod.main(["--records", str(tmp_path / "none.jsonl"), "--out", str(tmp_path)]) == 0
     assert "artifacts built" in (tmp_path / "artifacts_status.md").read_text()
+    (tmp_path / "artifacts_status.md").unlink()
+    with pytest.raises(SystemExit) as e:  # a typo: one line, nothing rebuilt as if no run had happened
+        mod.main(["--records", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path)])
+    assert e.value.code == 2 and "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "artifacts_status.md").exists()
 
 
 @pytest.mark.parametrize("name", sweeps.sweep_names(kind="bench"))

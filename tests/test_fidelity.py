@@ -1,6 +1,9 @@
 """Fidelity tasks: the fp16 cache reproduces a plain forward's perplexity; quantized caches run and count bits."""
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -180,3 +183,24 @@ def test_corpus_ids_follow_the_tokenizer_object_not_its_id():
     del a
     gc.collect()
     assert gone() is None and len(text._IDS) == before - 1
+
+
+@pytest.mark.parametrize(
+    ("content", "why"), [(None, "no such file"), ('{"task": "passkey"}\n', "no records of ppl")]
+)
+def test_the_fidelity_table_refuses_a_missing_file_or_one_without_its_tasks(
+    tmp_path: Path, content: str | None, why: str
+) -> None:
+    path = tmp_path / "r.jsonl"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve().parents[1] / "scripts" / "fidelity_table.py"),
+        "--records",
+        str(path),
+        "--task",
+        "ppl",
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert p.returncode == 2 and why in p.stderr.strip().splitlines()[-1] and p.stdout == ""

@@ -65,6 +65,8 @@ def main() -> None:
         "--weights", type=Path, default=DEFAULT_WEIGHTS, help="a weights file (default: committed)"
     )
     args = ap.parse_args()
+    if not args.weights.is_file():
+        ap.error(f"--weights: {str(args.weights)!r}: no such file")
     torch.set_num_threads(args.threads)
     loaded = load_synth_vlm(args.weights)
     model, tok = loaded.model, loaded.tokenizer

@@ -1136,6 +1136,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(
             f"--seed {args.seed} is the evaluation or validation seed ({EVAL_SEED}, {VAL_SEED}); pick another"
         )
+    if args.init is not None and not args.init.is_file():  # before the language model loads
+        ap.error(f"--init: {str(args.init)!r}: no such file")
     if args.batch < 1 or args.threads < 1 or args.lora_rank < 0 or args.micro_batch < 0:
         ap.error("--batch and --threads must be >= 1, --lora-rank and --micro-batch >= 0")
     each = max((len(s.each) for s in STAGES if args.stage in ("all", s.name)), default=0)

@@ -191,6 +191,9 @@ def test_every_recipe_phase_is_a_command_the_script_accepts(tmp_path: Path) -> N
     for ph in train_vlm.RECIPE:
         assert ph.init is None or ph.init in seen, ph
         seen.append(ph.name)
+        (
+            tmp_path / f"{ph.name}.safetensors"
+        ).touch()  # the export the next phase starts from (--init is checked)
         for smoke in (False, True):
             for bf16_ok in (False, True):
                 args = argparse.Namespace(
@@ -207,7 +210,22 @@ def test_every_recipe_phase_is_a_command_the_script_accepts(tmp_path: Path) -> N
         tokens = min(stage.tokens) if stage.tokens else None
         assert all(train_vlm.draw_item(rng, stage, tokens=tokens).scenes for _ in range(4))
     assert [ph.seed_offset for ph in train_vlm.RECIPE][-4:] == [5, 7, 12, 15]  # the hand-run route's seeds
-    assert not any(tmp_path.iterdir())  # nothing ran
+    assert {p.name for p in tmp_path.iterdir()} == {
+        f"{ph.name}.safetensors" for ph in train_vlm.RECIPE
+    }  # nothing ran
+
+
+def test_a_missing_init_file_is_refused_before_the_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        train_vlm.parse_args(["--out", str(tmp_path), "--init", str(tmp_path / "nope.safetensors")])
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .endswith("--init: " + repr(str(tmp_path / "nope.safetensors")) + ": no such file")
+    )
 
 
 @pytest.mark.slow

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
+
+from akvq.runner.plan import available
 
 # A value's check: the problem as `must be ...`, or None when the value is fine.
 Check = Callable[[str], str | None]
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def count(low: int = 1) -> Check:
@@ -37,9 +37,9 @@ def one_of(*choices: str, many: bool = False) -> Check:
     return check
 
 
-def config_name(group: str, configs: Path = CONFIGS) -> Check:
-    """The name of a YAML under configs/GROUP (`model=smollm2-135m`), as run.py takes it."""
-    names = sorted(p.stem for p in (configs / group).glob("*.yaml"))
+def config_name(group: str) -> Check:
+    """The name of a config under configs/GROUP (`model=smollm2-135m`), as run.py takes it."""
+    names = available(group)
     return lambda v: None if v in names else f"no such config; {group} has: {', '.join(names)}"
 
 

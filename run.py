@@ -116,13 +116,12 @@ def unknown_key(argv: list[str], configs: Path = CONFIGS) -> str | None:
             or (not eq and not key.startswith("~"))
         ):
             continue
-        if not ((configs / bare).is_dir() or key.startswith(("+", "~"))):
+        group = (configs / bare).is_dir()
+        if not group and not key.startswith(("+", "~")):
             keys.append(bare)  # its value, a list or an interpolation included, is not composed
-        elif any(c in value for c in ",[](){}*$'\"") and not (configs / bare).is_dir():
-            return None  # a new key's list, sweep or interpolation: Hydra's own parser decides
-        elif any(c in value for c in "[](){}*$'\""):
-            return None  # a function or an interpolation as a choice
-        elif (configs / bare).is_dir():
+        elif any(c in value for c in "[](){}*$'\"") or (not group and "," in value):
+            return None  # a function or interpolation as a choice, a swept new key: Hydra's parser decides
+        elif group:
             groups[key] = value.split(",")
         else:
             extra.append(arg)
@@ -159,7 +158,10 @@ def unknown_key(argv: list[str], configs: Path = CONFIGS) -> str | None:
                     near = difflib.get_close_matches(part, names, n=1)
                     hint = f" (did you mean {'.'.join([*path, near[0]])}?)" if near else ""
                     return f"{key}: no such key{hint}; {where} has: {', '.join(names) or 'nothing'}"
-                node, path = node[part], [*path, part]
+                try:
+                    node, path = node[part], [*path, part]
+                except Exception:  # noqa: BLE001 - an interpolation that does not resolve here
+                    break
     return None
 
 

@@ -274,18 +274,19 @@ def main(args: dict[str, str]) -> None:
                     )
 
 
+def cases_check(text: str) -> str | None:
+    ok = all(
+        c.partition(":")[0] in ("akvq", "fp16") and c.partition(":")[2].isdigit() for c in text.split(",")
+    )
+    ok = ok and all(int(c.partition(":")[2]) >= 1 for c in text.split(","))
+    return None if ok else "must be akvq:BATCH or fp16:BATCH entries, comma-separated (BATCH >= 1)"
+
+
 if __name__ == "__main__":
     checks = {
         "breakdown": count(),
         "reps": count(),
-        "cases": lambda v: (
-            None
-            if all(
-                c.partition(":")[0] in ("akvq", "fp16") and count()(c.partition(":")[2]) is None
-                for c in v.split(",")
-            )
-            else "must be akvq:BATCH or fp16:BATCH entries, comma-separated (BATCH >= 1)"
-        ),
+        "cases": cases_check,
         "threads": counts(),
         "ctx": count(),
         "rounds": count(),

@@ -15,8 +15,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIG_DIR = REPO / "configs"
+from akvq.paths import REPO
+
+CONFIG_DIR = REPO / "configs"  # the checkout's: sweeps and benchmark lists are not in a wheel (akvq.paths)
 GPU_LAUNCH = "hydra/launcher=submitit_slurm slurm.partition=<gpu-partition>"
 BENCH_ENTRY = "python scripts/bench_efficiency.py"
 

@@ -26,13 +26,14 @@ from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
 
 from akvq.errors import ConfigError
+from akvq.paths import REPO
 from akvq.policies import make_policy
 from akvq.tasks.generation import GenStats, chat_text, generate_texts, open_image
 
 log = logging.getLogger(__name__)
 
 MODEL_ID = "akvq"
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = REPO / "configs"  # the checkout's model presets (a wheel carries none)
 IMAGE = "<image>"
 
 

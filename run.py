@@ -29,6 +29,8 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 # Folders under configs/ that other tools read (the benchmark's settings, the TSA/PSA layer patterns): data, not
 # groups of run.py, so `--help` leaves them out (and the benchmark's sweeps).
 NOT_GROUPS = ("bench", "layer_patterns")
+# Overrides that add config folders: a name missing from configs/ may be found there, so the checks stand aside.
+ELSEWHERE = ("hydra.searchpath", "--config-dir", "-cd")
 
 
 def group_options(group: str, configs: Path = CONFIGS) -> list[str]:
@@ -59,7 +61,7 @@ def unknown_choice(argv: list[str], configs: Path = CONFIGS) -> str | None:
     """`group=name` overrides naming no `configs/group/name.yaml`, as one line with the group's options. Hydra
     says it too, but in many lines, and for a nested name (`task=synthbench/Nope`) it lists the top group's
     options, not the ones that were meant. None when every choice exists, or another search path may hold it."""
-    if any(a.lstrip("+~").startswith(("hydra.searchpath", "--config-dir", "-cd")) for a in argv):
+    if any(a.lstrip("+~").startswith(ELSEWHERE) for a in argv):
         return None
     for arg in argv:
         key, eq, value = arg.partition("=")
@@ -101,8 +103,8 @@ def unknown_key(argv: list[str], configs: Path = CONFIGS) -> str | None:
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
     from omegaconf import DictConfig as Node
 
-    flags = ("hydra.searchpath", "--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp")
-    if any(a.lstrip("+~").startswith(flags) for a in argv):
+    other_primary = ("--config-name", "-cn", "--config-path", "-cp")
+    if any(a.lstrip("+~").startswith((*ELSEWHERE, *other_primary)) for a in argv):
         return None
     groups: dict[str, list[str]] = {}  # a group override as given (`quant`, `+sweep`) -> its choices
     extra, keys = [], []
@@ -150,10 +152,10 @@ def unknown_key(argv: list[str], configs: Path = CONFIGS) -> str | None:
                 if not isinstance(node, Node):
                     break  # into a list or a value: Hydra's parser decides
                 if part not in node:
-                    group = path[0] if path else None
+                    top = path[0] if path else None
                     where = ".".join(path) or "the config"
-                    if group in cfg.hydra.runtime.choices:
-                        where += f" ({group}={cfg.hydra.runtime.choices[group]})"
+                    if top in cfg.hydra.runtime.choices:
+                        where += f" ({top}={cfg.hydra.runtime.choices[top]})"
                     names = [str(k) for k in node if str(k) != "hydra"]
                     near = difflib.get_close_matches(part, names, n=1)
                     hint = f" (did you mean {'.'.join([*path, near[0]])}?)" if near else ""

@@ -103,6 +103,11 @@ def seed_of(rec: dict[str, Any]) -> str:
     )  # "?": a record from before roots were stamped
 
 
+def is_synthbench(r: dict[str, Any]) -> bool:
+    """A record the report reads: a synthbench run with its per-sample details."""
+    return str(r.get("task", "")).startswith("synthbench") and bool(r.get("details"))
+
+
 def collect(
     records: list[dict[str, Any]], by_weights: bool = False
 ) -> dict[str, dict[tuple[str, str], Entry]]:
@@ -113,7 +118,7 @@ def collect(
     digits) for `weights_table`."""
     out: dict[str, dict[tuple[str, str], Entry]] = defaultdict(dict)
     for r in records:
-        if str(r.get("task", "")).startswith("synthbench") and r.get("details"):
+        if is_synthbench(r):
             w = weights_of(r)
             q = f"{r['quant']}@{w[:8]}" if by_weights else r["quant"]
             for key, scores in cells(r).items():
@@ -570,7 +575,7 @@ def main() -> None:
     records = [r for p in args.records for r in read_records(p)]
     if args.seed is not None:
         records = [r for r in records if seed_of(r) == str(args.seed)]
-    if not any(str(r.get("task", "")).startswith("synthbench") and r.get("details") for r in records):
+    if not any(is_synthbench(r) for r in records):
         # nothing to report: an empty table would replace the one under --out
         seed = f" of roots of seed {args.seed}" if args.seed is not None else ""
         ap.error(f"records: no synthbench records{seed} in {', '.join(map(str, args.records))}")

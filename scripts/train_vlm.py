@@ -544,6 +544,21 @@ def save_atomic(obj: Any, path: Path) -> None:
         torch.save(obj, fh)
 
 
+def stage_spans(history: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
+    """The stages a run trained, as (name, first step, last step) in order, from the steps' own record: a route stage
+    runs alone past its curriculum length, so the curriculum's boundaries would mark stages that never ran."""
+    spans: list[tuple[str, int, int]] = []
+    for h in history:
+        name = h.get("stage")
+        if name is None:
+            continue
+        if spans and spans[-1][0] == name:
+            spans[-1] = (name, spans[-1][1], h["step"])
+        else:
+            spans.append((name, h["step"], h["step"]))
+    return spans
+
+
 def plot_losses(history: list[dict[str, Any]], path: Path, ylabel: str = "answer cross-entropy") -> None:
     import matplotlib
 
@@ -559,11 +574,11 @@ def plot_losses(history: list[dict[str, Any]], path: Path, ylabel: str = "answer
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(steps, loss, lw=0.5, alpha=0.4, label="loss")
     ax.plot(steps, smooth, lw=1.5, label=f"mean of {w}")
-    edge = 0
-    for s in STAGES if ylabel == "answer cross-entropy" else ():
-        edge += s.steps
-        if (steps[0] if steps else 0) < edge <= (steps[-1] if steps else 0):
-            ax.axvline(edge, color="grey", lw=0.5, ls="--")
+    spans = stage_spans(history)  # the x axis is the curriculum's step: say which stages the steps ran
+    for _name, lo, _hi in spans[1:]:
+        ax.axvline(lo - 0.5, color="grey", lw=0.5, ls="--")
+    if spans:
+        ax.set_title("stage " + ", ".join(f"{n} (steps {lo}-{hi})" for n, lo, hi in spans), fontsize=9)
     evals = [(h["step"], h["eval_exact_acc"]) for h in history if "eval_exact_acc" in h]
     if evals:
         ax2 = ax.twinx()

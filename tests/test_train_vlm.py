@@ -87,6 +87,21 @@ def test_routes_end_with_their_own_stage() -> None:
     assert "NumberAt" in lookup.tasks and lookup.min_images == 17
 
 
+def test_a_loss_figure_names_the_stages_its_steps_ran(tmp_path: Path) -> None:
+    """A route stage runs past its curriculum length: the figure's spans come from the steps, not from STAGES."""
+    # 480 steps of one route stage (its curriculum length is 240)
+    steps = [{"step": s, "loss": 0.1, "stage": "needle"} for s in range(6601, 7081)]
+    assert train_vlm.stage_spans(steps) == [("needle", 6601, 7080)]
+    ran = ((2, "few"), (3, "few"), (4, "more"))
+    mixed = [
+        {"step": 1, "loss": 1.0},
+        *({"step": s, "loss": 0.5, "stage": n} for s, n in ran),
+    ]  # step 1: no stage
+    assert train_vlm.stage_spans(mixed) == [("few", 2, 3), ("more", 4, 4)]
+    train_vlm.plot_losses(mixed, tmp_path / "loss.png")
+    assert (tmp_path / "loss.png").stat().st_size > 0
+
+
 def test_number_at_asks_the_needle_the_other_way_round() -> None:
     """The drill's answer is the number in the asked image; its options are that number's family."""
     from akvq.synth import bench

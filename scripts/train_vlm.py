@@ -1171,6 +1171,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    git_rev()  # cached now, as the code is loaded: an edit to the checkout during a long run is not the run's code
     if args.recipe:
         run_recipe(args)
         return

@@ -275,10 +275,12 @@ def main(args: dict[str, str]) -> None:
 
 
 def cases_check(text: str) -> str | None:
+    """`akvq:8,fp16:14`: each entry a cache and a batch, the batch by `count`'s rule."""
+    batch = count()
     ok = all(
-        c.partition(":")[0] in ("akvq", "fp16") and c.partition(":")[2].isdigit() for c in text.split(",")
+        c.partition(":")[0] in ("akvq", "fp16") and batch(c.partition(":")[2]) is None
+        for c in text.split(",")
     )
-    ok = ok and all(int(c.partition(":")[2]) >= 1 for c in text.split(","))
     return None if ok else "must be akvq:BATCH or fp16:BATCH entries, comma-separated (BATCH >= 1)"
 
 

@@ -307,13 +307,7 @@ def weights_table(records: list[dict[str, Any]], cell: str, order: list[str]) ->
     p. Says whether a retrained file (`train_vlm.py --recipe`) reads the benchmark as the shipped one does."""
     data = collect(records, by_weights=True)
     tasks = sorted({t for by in data.values() for t, c in by if c == cell}, key=_task_key)
-    firsts = [
-        weights_of(r)
-        for r in records
-        if str(r.get("task", "")).startswith("synthbench")
-        and r.get("details")
-        and any(c == cell for _, c in cells(r))
-    ]
+    firsts = [weights_of(r) for r in records if is_synthbench(r) and any(c == cell for _, c in cells(r))]
     if not tasks or not firsts:
         return ""
     ref = firsts[0][:8]

@@ -9,7 +9,8 @@
 #                                              # its cells are tagged 8K/100/bf16, its table table_8k100_bf16.md
 #   bash scripts/vlm_tables.sh RECORDS candidate WEIGHTS   # another weights file (a --recipe run, a candidate):
 #                                              # fp16, akvq and akvq_plus at 1K, 100 per task, paired item by item
-#                                              # against the shipped file's records (before shipping it)
+#                                              # against the shipped file's records (before shipping it); then fp16
+#                                              # on the validation root's needle and ObjectExistence (seed 4242)
 #
 # Each lane is one process whose five methods share each prompt's prefill (share_prefill: the same records as one
 # by one, tests/test_milebench.py): at 8K the prefill is nearly all of an item's time, so a lane costs about what
@@ -72,6 +73,17 @@ case $CELL in
       quant=fp16 "compare=[akvq,akvq_plus]" model.weights="$W" model.sha256="$SHA" >> "${R%.jsonl}.log" 2>&1
     $PY scripts/vlm_report.py results/vlm/synthbench_ctx1_shipped.jsonl "$R" --by-weights --seed 2026 \
       --cell 1K/100 --out "$(dirname "$R")" --table "table_$(basename "${R%.jsonl}").md"
+    # the validation root (seed 4242), where candidates are chosen: fp16 on the two contested tasks, one lane each,
+    # paired with the shipped file's records there (synthbench_context.jsonl)
+    val="$ROOTS/sbval"
+    [ -d "$val" ] || $PY scripts/make_synthbench.py "$val" --seed 4242 --samples 100 --cells 1K
+    for T in ImageNeedleInAHaystack ObjectExistence; do
+      $PY run.py model=synth-vlm task=synthbench/$T task.limit=100 threads=1 synthbench_root="$val" records="$R" \
+        quant=fp16 "compare=[]" model.weights="$W" model.sha256="$SHA" >> "${R%.jsonl}_val_$T.log" 2>&1 &
+    done
+    wait
+    $PY scripts/vlm_report.py results/vlm/synthbench_context.jsonl "$R" --by-weights --seed 4242 \
+      --cell 1K/100 --out "$(dirname "$R")" --table "table_$(basename "${R%.jsonl}")_val.md" --figure none
     exit 0 ;;
   *) echo "vlm_tables.sh: CELL (the second argument) must be 1K (every table), 2K, 4K, 8K (the method table at that length) or candidate WEIGHTS, got '$CELL'" >&2
      exit 2 ;;

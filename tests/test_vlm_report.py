@@ -283,7 +283,8 @@ def test_vlm_tables_candidate_runs_three_methods_on_the_file_then_pairs_it_with_
     tmp_path: Path,
 ) -> None:
     """The wiring, with a stand-in interpreter that logs its arguments: the weights file (relative to the caller)
-    and its SHA-256 reach run.py, the shipped table's root and count, then the paired report."""
+    and its SHA-256 reach run.py, the shipped table's root and count, the paired report, then the same on the
+    validation root."""
     import hashlib
     import subprocess
 
@@ -306,7 +307,9 @@ def test_vlm_tables_candidate_runs_three_methods_on_the_file_then_pairs_it_with_
         check=False,
     )
     assert p.returncode == 0, p.stderr
-    make, run, report = log.read_text(encoding="utf-8").splitlines()
+    calls = log.read_text(encoding="utf-8").splitlines()
+    make, run, report, make_val = calls[:4]
+    val_runs, val_report = sorted(calls[4:6]), calls[6:]
     assert make == f"scripts/make_synthbench.py {roots}/sb1K100 --seed 2026 --samples 100 --cells 1K"
     assert run.startswith("run.py model=synth-vlm task=synthbench task.limit=100 ")
     assert f"synthbench_root={roots}/sb1K100 records={records} quant=fp16 compare=[akvq,akvq_plus]" in run
@@ -315,6 +318,18 @@ def test_vlm_tables_candidate_runs_three_methods_on_the_file_then_pairs_it_with_
         f"scripts/vlm_report.py results/vlm/synthbench_ctx1_shipped.jsonl {records} --by-weights --seed 2026 "
         f"--cell 1K/100 --out {records.parent} --table table_cand.md"
     )
+    # then the validation root, where candidates are chosen: fp16 on the two contested tasks, paired with the shipped
+    assert make_val == f"scripts/make_synthbench.py {roots}/sbval --seed 4242 --samples 100 --cells 1K"
+    for run_val, task in zip(val_runs, ["ImageNeedleInAHaystack", "ObjectExistence"], strict=True):
+        assert run_val.startswith(f"run.py model=synth-vlm task=synthbench/{task} task.limit=100 threads=1 ")
+        assert (
+            f"synthbench_root={roots}/sbval records={records} quant=fp16 compare=[] model.weights={w}"
+            in run_val
+        )
+    assert val_report == [
+        f"scripts/vlm_report.py results/vlm/synthbench_context.jsonl {records} --by-weights --seed 4242 "
+        f"--cell 1K/100 --out {records.parent} --table table_cand_val.md --figure none"
+    ]
 
 
 @pytest.mark.parametrize("case", ["missing", "no synthbench", "no such seed"])

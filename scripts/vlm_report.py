@@ -7,6 +7,8 @@
         --cell 1K/100 --table table_1k100_dtypes.md --figure none   # float32 against bf16 on the same samples
     python scripts/vlm_report.py results/vlm/synthbench_ctx1_shipped.jsonl results/vlm/recipe/synthbench.jsonl \
         --seed 2026 --cell 1K/100 --by-weights --table table_recipe.md --out results/vlm/recipe   # two weights files
+    python scripts/vlm_report.py results/vlm/synthbench_context.jsonl results/vlm/recipe/synthbench_val.jsonl \
+        --seed 4242 --cell 1K/100 --by-weights --weights c573d30e,ddff4d9e --table t.md   # only these two files
 
 Writes OUT/table.md: accuracy (%) per method, task and context cell with a 95 % bootstrap interval over the
 samples (each record's per-sample `details`), the mean over tasks, effective KV bits, and the vision x text
@@ -548,6 +550,11 @@ def main() -> None:
         help="compare weights files: each method per file in --cell, paired against the first record's file",
     )
     ap.add_argument("--seed", type=int, help="only the records of roots of this seed (config.data.seed)")
+    ap.add_argument(
+        "--weights",
+        help="only the records of these weights files: SHA-256 prefixes, comma-separated (with --by-weights: "
+        "the files to compare, where a records file holds other candidates too)",
+    )
     args = ap.parse_args()
     for key in ("table", "figure"):
         name = getattr(args, key)
@@ -569,6 +576,16 @@ def main() -> None:
     records = [r for p in args.records for r in read_records(p)]
     if args.seed is not None:
         records = [r for r in records if seed_of(r) == str(args.seed)]
+    if args.weights is not None:
+        prefixes = [w.strip().lower() for w in args.weights.split(",")]
+        for w in prefixes:
+            if not w or any(c not in "0123456789abcdef" for c in w):
+                ap.error(f"--weights: {w!r} is not a SHA-256 prefix (hex digits; comma-separated)")
+            if not any(weights_of(r).startswith(w) and is_synthbench(r) for r in records):
+                seed = f" on roots of seed {args.seed}" if args.seed is not None else ""
+                files = ", ".join(map(str, args.records))
+                ap.error(f"--weights: no synthbench records of weights {w}...{seed} in {files}")
+        records = [r for r in records if weights_of(r).startswith(tuple(prefixes))]
     if not any(is_synthbench(r) for r in records):
         # nothing to report: an empty table would replace the one under --out
         seed = f" of roots of seed {args.seed}" if args.seed is not None else ""

@@ -82,8 +82,10 @@ case $CELL in
         quant=fp16 "compare=[]" model.weights="$W" model.sha256="$SHA" >> "${R%.jsonl}_val_$T.log" 2>&1 &
     done
     wait
+    shipped=$(sed -n 's/^sha256: *\([0-9a-f]*\).*/\1/p' configs/model/synth-vlm.yaml)
     $PY scripts/vlm_report.py results/vlm/synthbench_context.jsonl "$R" --by-weights --seed 4242 \
-      --cell 1K/100 --out "$(dirname "$R")" --table "table_$(basename "${R%.jsonl}")_val.md" --figure none
+      --weights "${shipped:0:8},${SHA:0:8}" --cell 1K/100 --out "$(dirname "$R")" \
+      --table "table_$(basename "${R%.jsonl}")_val.md" --figure none
     exit 0 ;;
   *) echo "vlm_tables.sh: CELL (the second argument) must be 1K (every table), 2K, 4K, 8K (the method table at that length) or candidate WEIGHTS, got '$CELL'" >&2
      exit 2 ;;

@@ -319,6 +319,8 @@ def test_vlm_tables_candidate_runs_three_methods_on_the_file_then_pairs_it_with_
         f"--cell 1K/100 --out {records.parent} --table table_cand.md"
     )
     # then the validation root, where candidates are chosen: fp16 on the two contested tasks, paired with the shipped
+    yaml = (ROOT / "configs" / "model" / "synth-vlm.yaml").read_text(encoding="utf-8")
+    shipped = next(x.split()[1] for x in yaml.splitlines() if x.startswith("sha256:"))
     assert make_val == f"scripts/make_synthbench.py {roots}/sbval --seed 4242 --samples 100 --cells 1K"
     for run_val, task in zip(val_runs, ["ImageNeedleInAHaystack", "ObjectExistence"], strict=True):
         assert run_val.startswith(f"run.py model=synth-vlm task=synthbench/{task} task.limit=100 threads=1 ")
@@ -328,6 +330,7 @@ def test_vlm_tables_candidate_runs_three_methods_on_the_file_then_pairs_it_with_
         )
     assert val_report == [
         f"scripts/vlm_report.py results/vlm/synthbench_context.jsonl {records} --by-weights --seed 4242 "
+        f"--weights {shipped[:8]},{hashlib.sha256(b'weights').hexdigest()[:8]} "
         f"--cell 1K/100 --out {records.parent} --table table_cand_val.md --figure none"
     ]
 
@@ -362,3 +365,31 @@ def test_the_script_refuses_a_missing_file_or_no_records_before_it_writes_a_tabl
     last = p.stderr.strip().splitlines()[-1]
     assert p.returncode == 2 and ("no such file" if case == "missing" else "no synthbench records") in last
     assert not out.exists()
+
+
+def test_weights_keeps_the_named_files_and_refuses_an_unknown_one_in_one_line(tmp_path: Path) -> None:
+    """A records file that holds other candidates too (synthbench_context.jsonl) gives a table of the files named."""
+    import json
+    import subprocess
+
+    path = tmp_path / "r.jsonl"
+    recs = [
+        _on(_rec("fp16", 16.0, "1K", {"SceneTransition": [1, 1]}), "a"),
+        _on(_rec("fp16", 16.0, "1K", {"SceneTransition": [0, 1]}), "b"),
+        _on(_rec("fp16", 16.0, "1K", {"SceneTransition": [0, 0]}), "c"),
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    out = tmp_path / "o"
+    cmd = [sys.executable, str(ROOT / "scripts" / "vlm_report.py"), str(path), "--out", str(out)]
+    cmd += ["--cell", "1K/2", "--figure", "none", "--by-weights"]
+    p = subprocess.run([*cmd, "--weights", "AAAA,cccc"], capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stderr
+    rows = [r for r in (out / "table.md").read_text(encoding="utf-8").splitlines() if r.startswith("| fp16")]
+    assert [r.split(" | ")[1] for r in rows] == ["aaaaaaaa (reference)", "cccccccc"]
+    for bad, said in [
+        ("a,dddd", "no synthbench records of weights dddd..."),
+        ("a,x1", "'x1' is not a SHA-256"),
+    ]:
+        p = subprocess.run([*cmd, "--weights", bad], capture_output=True, text=True, check=False)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and said in lines[-1]

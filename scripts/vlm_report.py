@@ -574,6 +574,8 @@ def main() -> None:
         if not path.is_file():
             ap.error(f"records: {str(path)!r}: no such file")
     records = [r for p in args.records for r in read_records(p)]
+    seed = f" of roots of seed {args.seed}" if args.seed is not None else ""
+    files = ", ".join(map(str, args.records))
     if args.seed is not None:
         records = [r for r in records if seed_of(r) == str(args.seed)]
     if args.weights is not None:
@@ -582,14 +584,11 @@ def main() -> None:
             if not w or any(c not in "0123456789abcdef" for c in w):
                 ap.error(f"--weights: {w!r} is not a SHA-256 prefix (hex digits; comma-separated)")
             if not any(weights_of(r).startswith(w) and is_synthbench(r) for r in records):
-                seed = f" on roots of seed {args.seed}" if args.seed is not None else ""
-                files = ", ".join(map(str, args.records))
-                ap.error(f"--weights: no synthbench records of weights {w}...{seed} in {files}")
+                ap.error(f"--weights: no synthbench records{seed} of weights {w}... in {files}")
         records = [r for r in records if weights_of(r).startswith(tuple(prefixes))]
     if not any(is_synthbench(r) for r in records):
         # nothing to report: an empty table would replace the one under --out
-        seed = f" of roots of seed {args.seed}" if args.seed is not None else ""
-        ap.error(f"records: no synthbench records{seed} in {', '.join(map(str, args.records))}")
+        ap.error(f"records: no synthbench records{seed} in {files}")
     try:
         report(
             records,

@@ -77,11 +77,15 @@ case $CELL in
     # paired with the shipped file's records there (synthbench_context.jsonl)
     val="$ROOTS/sbval"
     [ -d "$val" ] || $PY scripts/make_synthbench.py "$val" --seed 4242 --samples 100 --cells 1K
+    lanes=()
     for T in ImageNeedleInAHaystack ObjectExistence; do
       $PY run.py model=synth-vlm task=synthbench/$T task.limit=100 threads=1 synthbench_root="$val" records="$R" \
         quant=fp16 "compare=[]" model.weights="$W" model.sha256="$SHA" >> "${R%.jsonl}_val_$T.log" 2>&1 &
+      lanes+=($!)
     done
-    wait
+    for pid in "${lanes[@]}"; do  # a failed lane stops the script (its log says why), not a table missing a task
+      wait "$pid" || { echo "vlm_tables.sh: a validation lane failed (rc $?): see ${R%.jsonl}_val_*.log" >&2; exit 1; }
+    done
     shipped=$(sed -n 's/^sha256: *\([0-9a-f]*\).*/\1/p' configs/model/synth-vlm.yaml)
     $PY scripts/vlm_report.py results/vlm/synthbench_context.jsonl "$R" --by-weights --seed 4242 \
       --weights "${shipped:0:8},${SHA:0:8}" --cell 1K/100 --out "$(dirname "$R")" \

@@ -387,9 +387,39 @@ def test_weights_keeps_the_named_files_and_refuses_an_unknown_one_in_one_line(tm
     rows = [r for r in (out / "table.md").read_text(encoding="utf-8").splitlines() if r.startswith("| fp16")]
     assert [r.split(" | ")[1] for r in rows] == ["aaaaaaaa (reference)", "cccccccc"]
     for bad, said in [
-        ("a,dddd", "no synthbench records of weights dddd..."),
+        ("a,dddd", "no synthbench records of weights dddd... in"),
         ("a,x1", "'x1' is not a SHA-256"),
     ]:
         p = subprocess.run([*cmd, "--weights", bad], capture_output=True, text=True, check=False)
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 2 and said in lines[-1]
+
+
+def test_vlm_tables_candidate_stops_when_a_validation_lane_fails(tmp_path: Path) -> None:
+    """A lane that fails must not leave a validation table without its task: the script stops and says where."""
+    import subprocess
+
+    (tmp_path / "w.safetensors").write_bytes(b"weights")
+    log = tmp_path / "calls"
+    fake = tmp_path / "py"
+    fake.write_text(
+        f'#!/bin/bash\necho "$*" >> {log}\ncase "$*" in *synthbench/ObjectExistence*) exit 3 ;; esac\n',
+        encoding="utf-8",
+    )
+    fake.chmod(0o755)
+    (tmp_path / "roots").mkdir()
+    env = {"PATH": "/usr/bin:/bin", "SB_ROOTS": str(tmp_path / "roots"), "PY": str(fake)}
+    records = tmp_path / "out" / "cand.jsonl"
+    p = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "vlm_tables.sh"), str(records), "candidate", "w.safetensors"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert p.returncode == 1
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "validation lane failed (rc 3)" in lines[0] and "cand_val_" in lines[0]
+    # no validation table from half the lanes
+    assert "vlm_report.py results/vlm/synthbench_context.jsonl" not in log.read_text(encoding="utf-8")

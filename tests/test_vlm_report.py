@@ -279,6 +279,31 @@ def test_vlm_tables_candidate_refuses_a_missing_file_or_another_dtype_in_one_lin
     assert sorted(x.name for x in tmp_path.iterdir()) == ["w.safetensors"]  # no root, records or log
 
 
+def _candidate(tmp_path: Path, fail_on: str = "") -> tuple[Any, list[str]]:
+    """`vlm_tables.sh OUT/cand.jsonl candidate w.safetensors` with a stand-in interpreter that logs its arguments
+    (and exits 3 when they contain `fail_on`); returns the process and the logged calls."""
+    import subprocess
+
+    (tmp_path / "w.safetensors").write_bytes(b"weights")
+    log = tmp_path / "calls"
+    fake = tmp_path / "py"
+    fail = f'case "$*" in *{fail_on}*) exit 3 ;; esac\n' if fail_on else ""
+    fake.write_text(f'#!/bin/bash\necho "$*" >> {log}\n{fail}', encoding="utf-8")
+    fake.chmod(0o755)
+    (tmp_path / "roots").mkdir()
+    env = {"PATH": "/usr/bin:/bin", "SB_ROOTS": str(tmp_path / "roots"), "PY": str(fake)}
+    p = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "vlm_tables.sh"), str(tmp_path / "out" / "cand.jsonl"), "candidate"]
+        + ["w.safetensors"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    return p, log.read_text(encoding="utf-8").splitlines()
+
+
 def test_vlm_tables_candidate_runs_three_methods_on_the_file_then_pairs_it_with_the_shipped_records(
     tmp_path: Path,
 ) -> None:
@@ -286,28 +311,10 @@ def test_vlm_tables_candidate_runs_three_methods_on_the_file_then_pairs_it_with_
     and its SHA-256 reach run.py, the shipped table's root and count, the paired report, then the same on the
     validation root."""
     import hashlib
-    import subprocess
 
-    w = tmp_path / "w.safetensors"
-    w.write_bytes(b"weights")
-    log = tmp_path / "calls"
-    fake = tmp_path / "py"
-    fake.write_text(f'#!/bin/bash\necho "$*" >> {log}\n', encoding="utf-8")
-    fake.chmod(0o755)
-    roots = tmp_path / "roots"
-    roots.mkdir()
-    env = {"PATH": "/usr/bin:/bin", "SB_ROOTS": str(roots), "PY": str(fake)}
-    records = tmp_path / "out" / "cand.jsonl"
-    p = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "vlm_tables.sh"), str(records), "candidate", "w.safetensors"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        check=False,
-    )
+    p, calls = _candidate(tmp_path)
     assert p.returncode == 0, p.stderr
-    calls = log.read_text(encoding="utf-8").splitlines()
+    w, roots, records = tmp_path / "w.safetensors", tmp_path / "roots", tmp_path / "out" / "cand.jsonl"
     make, run, report, make_val = calls[:4]
     val_runs, val_report = sorted(calls[4:6]), calls[6:]
     assert make == f"scripts/make_synthbench.py {roots}/sb1K100 --seed 2026 --samples 100 --cells 1K"
@@ -397,29 +404,9 @@ def test_weights_keeps_the_named_files_and_refuses_an_unknown_one_in_one_line(tm
 
 def test_vlm_tables_candidate_stops_when_a_validation_lane_fails(tmp_path: Path) -> None:
     """A lane that fails must not leave a validation table without its task: the script stops and says where."""
-    import subprocess
-
-    (tmp_path / "w.safetensors").write_bytes(b"weights")
-    log = tmp_path / "calls"
-    fake = tmp_path / "py"
-    fake.write_text(
-        f'#!/bin/bash\necho "$*" >> {log}\ncase "$*" in *synthbench/ObjectExistence*) exit 3 ;; esac\n',
-        encoding="utf-8",
-    )
-    fake.chmod(0o755)
-    (tmp_path / "roots").mkdir()
-    env = {"PATH": "/usr/bin:/bin", "SB_ROOTS": str(tmp_path / "roots"), "PY": str(fake)}
-    records = tmp_path / "out" / "cand.jsonl"
-    p = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "vlm_tables.sh"), str(records), "candidate", "w.safetensors"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        check=False,
-    )
+    p, calls = _candidate(tmp_path, fail_on="synthbench/ObjectExistence")
     assert p.returncode == 1
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "validation lane failed (rc 3)" in lines[0] and "cand_val_" in lines[0]
     # no validation table from half the lanes
-    assert "vlm_report.py results/vlm/synthbench_context.jsonl" not in log.read_text(encoding="utf-8")
+    assert not any("vlm_report.py results/vlm/synthbench_context.jsonl" in c for c in calls)

@@ -39,6 +39,11 @@ case $DTYPE in
   *) echo "vlm_tables.sh: DTYPE must be float32, bfloat16 or float16 (the model's compute dtype), got '$DTYPE'" >&2
      exit 2 ;;
 esac
+# The shipped file's records, which a candidate is paired with (update both when shipping a file): its 1K table
+# (this script's RECORDS when it was shipped) and its fp16 reads on the validation root (seed 4242). Each may hold
+# other files' records; the reports keep the shipped file's (its sha256 from the YAML) and the candidate's.
+SHIPPED_RECORDS=results/vlm/synthbench_recipe_shipped.jsonl
+SHIPPED_VAL=results/vlm/recipe/synthbench.jsonl
 METHODS_A=(fp16 kivi2 skvq rtn2 smoothquant)  # most informative first: a long cell may be cut short
 METHODS_B=(akvq akvq_plus akvq_rtn akvq_wht akvq_tsa)
 
@@ -65,16 +70,17 @@ case $CELL in
     [ -n "$W" ] && [ -f "$W" ] || { echo "vlm_tables.sh: candidate WEIGHTS (the third argument) must be a weights file, got '${3:-}'" >&2; exit 2; }
     [ -z "$TAG" ] || { echo "vlm_tables.sh: DTYPE must be unset or float32 for candidate (the shipped table's records are float32), got '$DTYPE'" >&2; exit 2; }
     SHA=$(sha256sum "$W" | cut -d' ' -f1)
+    shipped=$(sed -n 's/^sha256: *\([0-9a-f]*\).*/\1/p' configs/model/synth-vlm.yaml)
     mkdir -p "$(dirname "$R")"
     root="$ROOTS/sb1K100"
     [ -d "$root" ] || $PY scripts/make_synthbench.py "$root" --seed 2026 --samples 100 --cells 1K
     # one process, the three methods off one prefill per prompt; akvq reads the shipped file's layer pattern
     $PY run.py model=synth-vlm task=synthbench task.limit=100 threads=2 synthbench_root="$root" records="$R" \
       quant=fp16 "compare=[akvq,akvq_plus]" model.weights="$W" model.sha256="$SHA" >> "${R%.jsonl}.log" 2>&1
-    $PY scripts/vlm_report.py results/vlm/synthbench_ctx1_shipped.jsonl "$R" --by-weights --seed 2026 \
-      --cell 1K/100 --out "$(dirname "$R")" --table "table_$(basename "${R%.jsonl}").md"
+    $PY scripts/vlm_report.py "$SHIPPED_RECORDS" "$R" --by-weights --seed 2026 \
+      --weights "${shipped:0:8},${SHA:0:8}" --cell 1K/100 --out "$(dirname "$R")" --table "table_$(basename "${R%.jsonl}").md"
     # the validation root (seed 4242), where candidates are chosen: fp16 on the two contested tasks, one lane each,
-    # paired with the shipped file's records there (synthbench_context.jsonl)
+    # paired with the shipped file's records there
     val="$ROOTS/sbval"
     [ -d "$val" ] || $PY scripts/make_synthbench.py "$val" --seed 4242 --samples 100 --cells 1K
     lanes=()
@@ -86,8 +92,7 @@ case $CELL in
     for pid in "${lanes[@]}"; do  # a failed lane stops the script (its log says why), not a table missing a task
       wait "$pid" || { echo "vlm_tables.sh: a validation lane failed (rc $?): see ${R%.jsonl}_val_*.log" >&2; exit 1; }
     done
-    shipped=$(sed -n 's/^sha256: *\([0-9a-f]*\).*/\1/p' configs/model/synth-vlm.yaml)
-    $PY scripts/vlm_report.py results/vlm/synthbench_context.jsonl "$R" --by-weights --seed 4242 \
+    $PY scripts/vlm_report.py "$SHIPPED_VAL" "$R" --by-weights --seed 4242 \
       --weights "${shipped:0:8},${SHA:0:8}" --cell 1K/100 --out "$(dirname "$R")" \
       --table "table_$(basename "${R%.jsonl}")_val.md" --figure none
     exit 0 ;;

@@ -321,13 +321,15 @@ def test_vlm_tables_candidate_runs_three_methods_on_the_file_then_pairs_it_with_
     assert run.startswith("run.py model=synth-vlm task=synthbench task.limit=100 ")
     assert f"synthbench_root={roots}/sb1K100 records={records} quant=fp16 compare=[akvq,akvq_plus]" in run
     assert f"model.weights={w} model.sha256={hashlib.sha256(b'weights').hexdigest()}" in run
-    assert report == (
-        f"scripts/vlm_report.py results/vlm/synthbench_ctx1_shipped.jsonl {records} --by-weights --seed 2026 "
-        f"--cell 1K/100 --out {records.parent} --table table_cand.md"
-    )
-    # then the validation root, where candidates are chosen: fp16 on the two contested tasks, paired with the shipped
+    # paired with the shipped file's own records (its sha256 from the YAML): a stale records path fails in one line
     yaml = (ROOT / "configs" / "model" / "synth-vlm.yaml").read_text(encoding="utf-8")
     shipped = next(x.split()[1] for x in yaml.splitlines() if x.startswith("sha256:"))
+    pair = f"--weights {shipped[:8]},{hashlib.sha256(b'weights').hexdigest()[:8]} --cell 1K/100 --out {records.parent}"
+    assert report == (
+        f"scripts/vlm_report.py results/vlm/synthbench_recipe_shipped.jsonl {records} --by-weights --seed 2026 "
+        f"{pair} --table table_cand.md"
+    )
+    # then the validation root, where candidates are chosen: fp16 on the two contested tasks, paired with the shipped
     assert make_val == f"scripts/make_synthbench.py {roots}/sbval --seed 4242 --samples 100 --cells 1K"
     for run_val, task in zip(val_runs, ["ImageNeedleInAHaystack", "ObjectExistence"], strict=True):
         assert run_val.startswith(f"run.py model=synth-vlm task=synthbench/{task} task.limit=100 threads=1 ")
@@ -336,9 +338,8 @@ def test_vlm_tables_candidate_runs_three_methods_on_the_file_then_pairs_it_with_
             in run_val
         )
     assert val_report == [
-        f"scripts/vlm_report.py results/vlm/synthbench_context.jsonl {records} --by-weights --seed 4242 "
-        f"--weights {shipped[:8]},{hashlib.sha256(b'weights').hexdigest()[:8]} "
-        f"--cell 1K/100 --out {records.parent} --table table_cand_val.md --figure none"
+        f"scripts/vlm_report.py results/vlm/recipe/synthbench.jsonl {records} --by-weights --seed 4242 "
+        f"{pair} --table table_cand_val.md --figure none"
     ]
 
 
@@ -409,4 +410,29 @@ def test_vlm_tables_candidate_stops_when_a_validation_lane_fails(tmp_path: Path)
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "validation lane failed (rc 3)" in lines[0] and "cand_val_" in lines[0]
     # no validation table from half the lanes
-    assert not any("vlm_report.py results/vlm/synthbench_context.jsonl" in c for c in calls)
+    assert not any(c.startswith("scripts/vlm_report.py") and "--seed 4242" in c for c in calls)
+
+
+def test_the_records_a_candidate_is_paired_with_are_the_shipped_files() -> None:
+    """Shipping a file means moving `vlm_tables.sh`'s SHIPPED_RECORDS / SHIPPED_VAL to its records: each must hold
+    fp16 records of the weights the model YAML names on its root, or a candidate is paired with an older file."""
+    import json
+    import re
+
+    script = (ROOT / "scripts" / "vlm_tables.sh").read_text(encoding="utf-8")
+    yaml = (ROOT / "configs" / "model" / "synth-vlm.yaml").read_text(encoding="utf-8")
+    shipped = next(x.split()[1] for x in yaml.splitlines() if x.startswith("sha256:"))
+    for var, seed in [("SHIPPED_RECORDS", "2026"), ("SHIPPED_VAL", "4242")]:
+        found = re.search(rf"^{var}=(\S+)$", script, re.MULTILINE)
+        assert found, f"vlm_tables.sh sets no {var}"
+        lines = (ROOT / found.group(1)).read_text(encoding="utf-8").splitlines()
+        recs = [json.loads(x) for x in lines if x.strip()]
+        fp16 = [
+            r
+            for r in recs
+            if vlm_report.is_synthbench(r)
+            and r["quant"] == "fp16"
+            and vlm_report.weights_of(r) == shipped
+            and vlm_report.seed_of(r) == seed
+        ]
+        assert fp16, f"{var}={found.group(1)} holds no fp16 records of {shipped[:8]} on seed {seed}"

@@ -279,6 +279,12 @@ def test_vlm_tables_candidate_refuses_a_missing_file_or_another_dtype_in_one_lin
     assert sorted(x.name for x in tmp_path.iterdir()) == ["w.safetensors"]  # no root, records or log
 
 
+def _shipped_sha() -> str:
+    """The shipped synth-vlm file's SHA-256, from its model YAML (what vlm_tables.sh reads)."""
+    yaml = (ROOT / "configs" / "model" / "synth-vlm.yaml").read_text(encoding="utf-8")
+    return next(x.split()[1] for x in yaml.splitlines() if x.startswith("sha256:"))
+
+
 def _candidate(tmp_path: Path, fail_on: str = "") -> tuple[Any, list[str]]:
     """`vlm_tables.sh OUT/cand.jsonl candidate w.safetensors` with a stand-in interpreter that logs its arguments
     (and exits 3 when they contain `fail_on`); returns the process and the logged calls."""
@@ -322,8 +328,7 @@ def test_vlm_tables_candidate_runs_three_methods_on_the_file_then_pairs_it_with_
     assert f"synthbench_root={roots}/sb1K100 records={records} quant=fp16 compare=[akvq,akvq_plus]" in run
     assert f"model.weights={w} model.sha256={hashlib.sha256(b'weights').hexdigest()}" in run
     # paired with the shipped file's own records (its sha256 from the YAML): a stale records path fails in one line
-    yaml = (ROOT / "configs" / "model" / "synth-vlm.yaml").read_text(encoding="utf-8")
-    shipped = next(x.split()[1] for x in yaml.splitlines() if x.startswith("sha256:"))
+    shipped = _shipped_sha()
     pair = f"--weights {shipped[:8]},{hashlib.sha256(b'weights').hexdigest()[:8]} --cell 1K/100 --out {records.parent}"
     assert report == (
         f"scripts/vlm_report.py results/vlm/synthbench_recipe_shipped.jsonl {records} --by-weights --seed 2026 "
@@ -416,20 +421,18 @@ def test_vlm_tables_candidate_stops_when_a_validation_lane_fails(tmp_path: Path)
 def test_the_records_a_candidate_is_paired_with_are_the_shipped_files() -> None:
     """Shipping a file means moving `vlm_tables.sh`'s SHIPPED_RECORDS / SHIPPED_VAL to its records: each must hold
     fp16 records of the weights the model YAML names on its root, or a candidate is paired with an older file."""
-    import json
     import re
 
+    from akvq.records import read_records
+
     script = (ROOT / "scripts" / "vlm_tables.sh").read_text(encoding="utf-8")
-    yaml = (ROOT / "configs" / "model" / "synth-vlm.yaml").read_text(encoding="utf-8")
-    shipped = next(x.split()[1] for x in yaml.splitlines() if x.startswith("sha256:"))
+    shipped = _shipped_sha()
     for var, seed in [("SHIPPED_RECORDS", "2026"), ("SHIPPED_VAL", "4242")]:
         found = re.search(rf"^{var}=(\S+)$", script, re.MULTILINE)
         assert found, f"vlm_tables.sh sets no {var}"
-        lines = (ROOT / found.group(1)).read_text(encoding="utf-8").splitlines()
-        recs = [json.loads(x) for x in lines if x.strip()]
         fp16 = [
             r
-            for r in recs
+            for r in read_records(ROOT / found.group(1))
             if vlm_report.is_synthbench(r)
             and r["quant"] == "fp16"
             and vlm_report.weights_of(r) == shipped

@@ -1,7 +1,7 @@
 """SynthBench tables and the example-answer figure for results/vlm/, from run records only.
 
     python scripts/vlm_report.py results/vlm/synthbench_needle2.jsonl --out results/vlm --cell 1K/100
-    python scripts/vlm_report.py results/vlm/synthbench_ctx1_2k100.jsonl --cell 2K/100 --table table_2k100.md \
+    python scripts/vlm_report.py results/vlm/synthbench_recipe_2k100.jsonl --cell 2K/100 --table table_2k100.md \
         --figure none   # a second cell's table beside the main one
     python scripts/vlm_report.py results/vlm/synthbench_ctx1_shipped.jsonl results/vlm/synthbench_bf16_1k100.jsonl \
         --cell 1K/100 --table table_1k100_dtypes.md --figure none   # float32 against bf16 on the same samples

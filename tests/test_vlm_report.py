@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -421,8 +422,6 @@ def test_vlm_tables_candidate_stops_when_a_validation_lane_fails(tmp_path: Path)
 def test_the_records_a_candidate_is_paired_with_are_the_shipped_files() -> None:
     """Shipping a file means moving `vlm_tables.sh`'s SHIPPED_RECORDS / SHIPPED_VAL to its records: each must hold
     fp16 records of the weights the model YAML names on its root, or a candidate is paired with an older file."""
-    import re
-
     from akvq.records import read_records
 
     script = (ROOT / "scripts" / "vlm_tables.sh").read_text(encoding="utf-8")

@@ -5,6 +5,9 @@
 #   bash scripts/vlm_tables.sh RECORDS2K 2K    # the method table at 2K, 100 per task (after the 1K run: its akvq
 #                                              # rows read the layer pattern that run installs)
 #   bash scripts/vlm_tables.sh RECORDS4K 4K    # the same at 4K (or 8K)
+#   bash scripts/vlm_tables.sh RECORDS4K 4K SceneTransition   # one task (or several, comma-separated) of that
+#                                              # cell: a record per task, so a cell longer than one sitting is
+#                                              # done a task at a time (the report adds a method's tasks up)
 #   DTYPE=bfloat16 bash scripts/vlm_tables.sh RECORDS8K 8K   # the model in bf16 (on a CPU with AMX ~3x faster);
 #                                              # its cells are tagged 8K/100/bf16, its table table_8k100_bf16.md
 #   bash scripts/vlm_tables.sh RECORDS candidate WEIGHTS   # another weights file (a --recipe run, a candidate):
@@ -47,9 +50,10 @@ SHIPPED_VAL=results/vlm/recipe/synthbench.jsonl
 METHODS_A=(fp16 kivi2 skvq rtn2 smoothquant)  # most informative first: a long cell may be cut short
 METHODS_B=(akvq akvq_plus akvq_rtn akvq_wht akvq_tsa)
 
+TASKS=  # a long cell's tasks (third argument; all four when unset)
 run() {  # QUANT LIMIT ROOT [COMPARE]: with COMPARE (comma-separated), those methods share each prompt's prefill
   $PY run.py model=synth-vlm task=synthbench task.limit="$2" threads=1 synthbench_root="$3" records="$R" \
-    quant="$1" "compare=[${4:-}]" ${DTYPE:+model.dtype=$DTYPE}
+    quant="$1" "compare=[${4:-}]" ${DTYPE:+model.dtype=$DTYPE} ${TASKS:+"task.datasets=[$TASKS]"}
 }
 join() { local IFS=,; echo "$*"; }
 
@@ -57,6 +61,13 @@ case $CELL in
   1K) ;;
   2K|4K|8K)  # every method of the table at one longer cell, 100 per task (its own records: the main table's stay 1K's)
     root="$ROOTS/sb${CELL}100"
+    TASKS=${3:-}
+    for t in ${TASKS//,/ }; do
+      case $t in SceneTransition|Spot-the-Diff|ImageNeedleInAHaystack|ObjectExistence) ;;
+        *) echo "vlm_tables.sh: TASKS (the third argument) must be comma-separated SynthBench tasks (SceneTransition," \
+             "Spot-the-Diff, ImageNeedleInAHaystack, ObjectExistence), got '$t'" >&2; exit 2 ;;
+      esac
+    done
     [ -d "$root" ] || $PY scripts/make_synthbench.py "$root" --seed 2026 --samples 100 --cells "$CELL"
     # one process a lane: its five methods decode from one prefill per prompt (share_prefill)
     run "${METHODS_A[0]}" 100 "$root" "$(join "${METHODS_A[@]:1}")" >> "${R%.jsonl}_lane_a.log" 2>&1 &

@@ -147,6 +147,34 @@ def test_vlm_tables_refuses_an_unknown_cell_or_dtype_in_one_line(
     assert list(tmp_path.iterdir()) == []  # no root made, no records, no lane logs
 
 
+def test_vlm_tables_long_cell_runs_named_tasks_only(tmp_path: Path) -> None:
+    """`vlm_tables.sh R 4K SceneTransition`: both lanes run that task alone (a record per task, so a cell longer
+    than one sitting is done a task at a time) on the full cell's root, then the cell's report; a task name that is
+    not one is refused in one line before any root is made."""
+    import subprocess
+
+    log, fake = tmp_path / "calls", tmp_path / "py"
+    fake.write_text(f'#!/bin/bash\necho "$*" >> {log}\n', encoding="utf-8")
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "SB_ROOTS": str(tmp_path), "PY": str(fake)}
+    script, records = str(ROOT / "scripts" / "vlm_tables.sh"), str(tmp_path / "r.jsonl")
+    bad = subprocess.run(["bash", script, records, "4K", "SceneTransition,Needle"], capture_output=True, text=True,
+                         env=env, check=False)  # fmt: skip
+    assert bad.returncode == 2 and bad.stdout == ""
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "TASKS" in lines[0] and "'Needle'" in lines[0]
+    assert not log.exists()
+    ok = subprocess.run(["bash", script, records, "4K", "SceneTransition,Spot-the-Diff"], capture_output=True,
+                        text=True, env=env, check=False)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    calls = log.read_text(encoding="utf-8").splitlines()
+    assert calls[0] == f"scripts/make_synthbench.py {tmp_path}/sb4K100 --seed 2026 --samples 100 --cells 4K"
+    runs = sorted(c for c in calls if c.startswith("run.py"))
+    assert [c.split(" quant=")[1].split()[0] for c in runs] == ["akvq", "fp16"]
+    assert all(c.endswith(" task.datasets=[SceneTransition,Spot-the-Diff]") for c in runs)
+    assert calls[-1].startswith(f"scripts/vlm_report.py {records} --out results/vlm --cell 4K/100 ")
+
+
 def test_a_bf16_run_is_a_cell_of_its_own_and_paired_with_float32(tmp_path: Path) -> None:
     """The 8K cell runs in bf16 (AMX): its rows must not replace float32 rows of the same samples, and the report
     pairs the two dtypes item by item."""

@@ -62,11 +62,11 @@ case $CELL in
   2K|4K|8K)  # every method of the table at one longer cell, 100 per task (its own records: the main table's stay 1K's)
     root="$ROOTS/sb${CELL}100"
     TASKS=${3:-}
+    known=$(sed -n 's/^datasets: *\[\(.*\)\].*/\1/p' configs/task/synthbench.yaml | tr -d ' ')  # the task's own list
     for t in ${TASKS//,/ }; do
-      case $t in SceneTransition|Spot-the-Diff|ImageNeedleInAHaystack|ObjectExistence) ;;
-        *) echo "vlm_tables.sh: TASKS (the third argument) must be comma-separated SynthBench tasks (SceneTransition," \
-             "Spot-the-Diff, ImageNeedleInAHaystack, ObjectExistence), got '$t'" >&2; exit 2 ;;
-      esac
+      [[ ",$known," == *",$t,"* ]] || {
+        echo "vlm_tables.sh: TASKS (the third argument) must be comma-separated SynthBench tasks ($known), got '$t'" >&2
+        exit 2; }
     done
     [ -d "$root" ] || $PY scripts/make_synthbench.py "$root" --seed 2026 --samples 100 --cells "$CELL"
     # one process a lane: its five methods decode from one prefill per prompt (share_prefill)

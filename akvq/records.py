@@ -66,6 +66,7 @@ HASH_IGNORE = frozenset(
         "claim_lease_s",
         "preflight",
         "share_prefill",
+        "read_path",
     }
 )
 LEASE_S = 600.0  # default claim lease; a live job renews it every third of this

@@ -10,6 +10,10 @@
 #                                              # done a task at a time (the report adds a method's tasks up)
 #   DTYPE=bfloat16 bash scripts/vlm_tables.sh RECORDS8K 8K   # the model in bf16 (on a CPU with AMX ~3x faster);
 #                                              # its cells are tagged 8K/100/bf16, its table table_8k100_bf16.md
+#   LANES=1 READ_PATH=cached bash scripts/vlm_tables.sh RECORDS8K 8K SceneTransition   # one 2-thread process
+#                                              # of all ten methods off one prefill an item, decoding from cached
+#                                              # dequantized K/V: the same texts as two lanes (20 of 20 at 8K), 47
+#                                              # s an item at 8K against two lanes' 77 s (AVX2 EPYC, 2026-12-06)
 #   bash scripts/vlm_tables.sh RECORDS candidate WEIGHTS   # another weights file (a --recipe run, a candidate):
 #                                              # fp16, akvq and akvq_plus at 1K, 100 per task, paired item by item
 #                                              # against the shipped file's records (before shipping it); then fp16
@@ -35,6 +39,11 @@ CELL=${2:-1K}
 PY=${PY:-.venv/bin/python}
 ROOTS=${SB_ROOTS:-/tmp}
 DTYPE=${DTYPE:-}
+LANES=${LANES:-2}  # a long cell: 2 = two 1-thread processes of five methods each; 1 = one 2-thread process of ten
+READ_PATH=${READ_PATH:-}  # cached: run.py's read_path=cached (the same tokens, less time an item, more memory)
+case $LANES in 1|2) ;; *) echo "vlm_tables.sh: LANES must be 1 or 2, got '$LANES'" >&2; exit 2 ;; esac
+case $READ_PATH in ''|dequantize|cached) ;; *)
+  echo "vlm_tables.sh: READ_PATH must be unset, dequantize or cached, got '$READ_PATH'" >&2; exit 2 ;; esac
 case $DTYPE in
   ''|float32) TAG= ;;
   bfloat16) TAG=bf16 ;;
@@ -51,9 +60,11 @@ METHODS_A=(fp16 kivi2 skvq rtn2 smoothquant)  # most informative first: a long c
 METHODS_B=(akvq akvq_plus akvq_rtn akvq_wht akvq_tsa)
 
 TASKS=  # a long cell's tasks (third argument; all four when unset)
+THREADS=1
 run() {  # QUANT LIMIT ROOT [COMPARE]: with COMPARE (comma-separated), those methods share each prompt's prefill
-  $PY run.py model=synth-vlm task=synthbench task.limit="$2" threads=1 synthbench_root="$3" records="$R" \
-    quant="$1" "compare=[${4:-}]" ${DTYPE:+model.dtype=$DTYPE} ${TASKS:+"task.datasets=[$TASKS]"}
+  $PY run.py model=synth-vlm task=synthbench task.limit="$2" threads=$THREADS synthbench_root="$3" records="$R" \
+    quant="$1" "compare=[${4:-}]" ${DTYPE:+model.dtype=$DTYPE} ${TASKS:+"task.datasets=[$TASKS]"} \
+    ${READ_PATH:+read_path=$READ_PATH}
 }
 join() { local IFS=,; echo "$*"; }
 
@@ -69,10 +80,15 @@ case $CELL in
         exit 2; }
     done
     [ -d "$root" ] || $PY scripts/make_synthbench.py "$root" --seed 2026 --samples 100 --cells "$CELL"
-    # one process a lane: its five methods decode from one prefill per prompt (share_prefill)
-    run "${METHODS_A[0]}" 100 "$root" "$(join "${METHODS_A[@]:1}")" >> "${R%.jsonl}_lane_a.log" 2>&1 &
-    run "${METHODS_B[0]}" 100 "$root" "$(join "${METHODS_B[@]:1}")" >> "${R%.jsonl}_lane_b.log" 2>&1 &
-    wait
+    if [ "$LANES" = 1 ]; then  # one 2-thread process: all ten methods decode from one prefill per prompt
+      THREADS=2
+      all=("${METHODS_A[@]}" "${METHODS_B[@]}")
+      run "${all[0]}" 100 "$root" "$(join "${all[@]:1}")" >> "${R%.jsonl}_lane_a.log" 2>&1
+    else  # one process a lane: its five methods decode from one prefill per prompt (share_prefill)
+      run "${METHODS_A[0]}" 100 "$root" "$(join "${METHODS_A[@]:1}")" >> "${R%.jsonl}_lane_a.log" 2>&1 &
+      run "${METHODS_B[0]}" 100 "$root" "$(join "${METHODS_B[@]:1}")" >> "${R%.jsonl}_lane_b.log" 2>&1 &
+      wait
+    fi
     $PY scripts/vlm_report.py "$R" --out results/vlm --cell "$CELL/100${TAG:+/$TAG}" \
       --table "table_${CELL,,}100${TAG:+_$TAG}.md" --figure none
     exit 0 ;;

@@ -288,6 +288,29 @@ def test_tiny_llava_through_the_runner(
         for key in ("config_hash", "metrics", "kv_bytes", "kv_effective_bits", "num_tokens"):
             assert r[key] == a[key], key
         assert [d["prediction"] for d in r["details"]] == [d["prediction"] for d in a["details"]]
+    # read_path=cached (a dequantized copy kept beside the packed tables): the caches are built that way, and
+    # the records are the same runs (same hash, metrics and texts)
+    from akvq.cache.cache import AKVQCache
+
+    built: list[str] = []
+    init = AKVQCache.__init__
+
+    def spy(self: AKVQCache, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        built.append(self.read_path)
+
+    monkeypatch.setattr(AKVQCache, "__init__", spy)
+    with initialize_config_dir(config_dir=str(runner.CONFIG_DIR), version_base="1.3"):
+        cached = compose(
+            "config", overrides=[*over, "read_path=cached", f"records={tmp_path / 'cached.jsonl'}"],
+            return_hydra_config=True,
+        )  # fmt: skip
+    rows_cached = runner.main(cached, session)
+    assert built and set(built) == {"cached"}
+    for r, c in zip(rows, rows_cached, strict=True):
+        for key in ("config_hash", "metrics", "kv_bytes", "kv_effective_bits", "num_tokens"):
+            assert r[key] == c[key], key
+        assert [d["prediction"] for d in r["details"]] == [d["prediction"] for d in c["details"]]
 
 
 def _run_resumable(root: Path, session: Any, records_file: Path, *extra: str) -> list[dict[str, Any]]:

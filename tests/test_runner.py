@@ -104,6 +104,7 @@ def test_overridden_quant_fields_get_their_own_label(tmp_path: Path, fakes: Simp
         ({"quant.colour": "red"}, "colour"),
         ({"quant.policy": "zip"}, "unknown quant policy"),
         ({"task.name": ""}, 'task.name="": must be a task registry name'),
+        ({"read_path": "fast"}, r"read_path=\"fast\": must be one of \['dequantize', 'cached'\]"),
     ],
 )
 def test_bad_configs_fail_before_loading(

@@ -123,16 +123,23 @@ def test_a_second_cells_table_goes_beside_the_main_one_without_a_figure(tmp_path
 
 
 @pytest.mark.parametrize(
-    ("cell", "dtype", "key", "named"), [("3K", "", "CELL", "'3K'"), ("8K", "bf16", "DTYPE", "'bf16'")]
+    ("cell", "extra", "key", "named"),
+    [
+        ("3K", {}, "CELL", "'3K'"),
+        ("8K", {"DTYPE": "bf16"}, "DTYPE", "'bf16'"),
+        ("8K", {"LANES": "3"}, "LANES", "'3'"),
+        ("8K", {"READ_PATH": "fast"}, "READ_PATH", "'fast'"),
+    ],
 )
-def test_vlm_tables_refuses_an_unknown_cell_or_dtype_in_one_line(
-    tmp_path: Path, cell: str, dtype: str, key: str, named: str
+def test_vlm_tables_refuses_an_unknown_cell_or_setting_in_one_line(
+    tmp_path: Path, cell: str, extra: dict[str, str], key: str, named: str
 ) -> None:
-    """A typo in the cell or the dtype must not start hours of evaluation (or write a root) before it fails."""
+    """A typo in the cell, the dtype, the lanes or the read path must not start hours of evaluation (or write a
+    root) before it fails."""
     import subprocess
 
     records = tmp_path / "r.jsonl"
-    env = {"PATH": "/usr/bin:/bin", "SB_ROOTS": str(tmp_path), "PY": "false", "DTYPE": dtype}
+    env = {"PATH": "/usr/bin:/bin", "SB_ROOTS": str(tmp_path), "PY": "false", **extra}
     p = subprocess.run(
         ["bash", str(ROOT / "scripts" / "vlm_tables.sh"), str(records), cell],
         capture_output=True,
@@ -172,7 +179,19 @@ def test_vlm_tables_long_cell_runs_named_tasks_only(tmp_path: Path) -> None:
     runs = sorted(c for c in calls if c.startswith("run.py"))
     assert [c.split(" quant=")[1].split()[0] for c in runs] == ["akvq", "fp16"]
     assert all(c.endswith(" task.datasets=[SceneTransition,Spot-the-Diff]") for c in runs)
+    assert all(" threads=1 " in c for c in runs)
     assert calls[-1].startswith(f"scripts/vlm_report.py {records} --out results/vlm --cell 4K/100 ")
+    # LANES=1: one 2-thread process runs all ten methods off one prefill; READ_PATH reaches run.py
+    log.unlink()
+    one = subprocess.run(["bash", script, records, "8K", "ObjectExistence"], capture_output=True, text=True,
+                         env={**env, "LANES": "1", "READ_PATH": "cached"}, check=False)  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    runs = [c for c in log.read_text(encoding="utf-8").splitlines() if c.startswith("run.py")]
+    assert len(runs) == 1 and " threads=2 " in runs[0] and " quant=fp16 " in runs[0]
+    compare = runs[0].split("compare=[")[1].split("]")[0].split(",")
+    ten = "fp16 kivi2 skvq rtn2 smoothquant akvq akvq_plus akvq_rtn akvq_wht akvq_tsa".split()
+    assert sorted(["fp16", *compare]) == sorted(ten)
+    assert runs[0].endswith(" task.datasets=[ObjectExistence] read_path=cached")
 
 
 def test_a_bf16_run_is_a_cell_of_its_own_and_paired_with_float32(tmp_path: Path) -> None:

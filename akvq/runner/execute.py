@@ -78,6 +78,8 @@ def execute(plans: list[RunPlan], loaded: Any, seed: int, partials: list[Path | 
         extra: dict[str, Any] = {"partial_path": str(part)} if part is not None else {}
         if len(plans) > 1:
             extra["run_label"] = p.quant  # which method a shared run's log line is about
+        if p.config.get("read_path", "dequantize") != "dequantize":
+            extra["read_path"] = p.config["read_path"]  # the generation tasks' caches read this way
         runs.append((p.policy, OmegaConf.merge(p.task_cfg, extra) if extra else p.task_cfg))
     if len(plans) == 1:
         results = [plans[0].task_obj.run(loaded, *runs[0])]

@@ -28,6 +28,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from akvq.cache.cache import READ_PATHS
 from akvq.errors import ConfigError, MissingDataError
 from akvq.quant.hadamard import is_power_of_two
 from akvq.tasks.milebench import DATASETS as MILEBENCH_DATASETS
@@ -209,6 +210,7 @@ TOP_LEVEL: dict[str, Checker] = {
     ),  # the path itself is checked by check_records
     "redo": BOOL,
     "share_prefill": BOOL,
+    "read_path": Str(READ_PATHS, note="cached: the same tokens, faster, more memory"),
     "seed": SEED,
     "threads": Int(1, nullable=True),
     "milebench_root": OPT_STR,

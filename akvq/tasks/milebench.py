@@ -604,6 +604,8 @@ class MileBenchTask(SharedPrefillTask):
         batch_size = int(cfg_get(cfg, "batch_size", 1))
         max_new = int(cfg_get(cfg, "max_new_tokens", 512))
         use_template = bool(cfg_get(cfg, "chat_template", True))
+        # the runner's `read_path`: the same tokens either way (tests/test_milebench.py)
+        read_path = str(cfg_get(cfg, "read_path", "dequantize"))
         max_len, per_image = self._limits(loaded, cfg, max_new)
         tok = loaded.tokenizer
         policies = [policy for policy, _ in runs]
@@ -637,8 +639,9 @@ class MileBenchTask(SharedPrefillTask):
                 batch = [generation.GenStats() for _ in todo]
                 args = ([texts[i] for i in idx], [prompts[i].images for i in idx])
                 outs = generation.generate_texts_shared(  # one policy alone: generate_texts
-                    loaded, [policies[r] for r in todo], *args, max_new_tokens=max_new, stats=batch
-                )
+                    loaded, [policies[r] for r in todo], *args, max_new_tokens=max_new, stats=batch,
+                    read_path=read_path,
+                )  # fmt: skip
                 for r, out, st in zip(todo, outs, batch, strict=True):
                     for i, o in zip(idx, out, strict=True):
                         preds[r][i] = o

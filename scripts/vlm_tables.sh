@@ -42,8 +42,9 @@ DTYPE=${DTYPE:-}
 LANES=${LANES:-2}  # a long cell: 2 = two 1-thread processes of five methods each; 1 = one 2-thread process of ten
 READ_PATH=${READ_PATH:-}  # cached: run.py's read_path=cached (the same tokens, less time an item, more memory)
 case $LANES in 1|2) ;; *) echo "vlm_tables.sh: LANES must be 1 or 2, got '$LANES'" >&2; exit 2 ;; esac
-case $READ_PATH in ''|dequantize|cached) ;; *)
-  echo "vlm_tables.sh: READ_PATH must be unset, dequantize or cached, got '$READ_PATH'" >&2; exit 2 ;; esac
+paths=$(sed -n 's/^READ_PATHS = (\(.*\))/\1/p' akvq/cache/cache.py | tr -d '" ')  # run.py's own list
+[[ -z $READ_PATH || ",$paths," == *",$READ_PATH,"* ]] || {
+  echo "vlm_tables.sh: READ_PATH must be unset or one of $paths, got '$READ_PATH'" >&2; exit 2; }
 case $DTYPE in
   ''|float32) TAG= ;;
   bfloat16) TAG=bf16 ;;

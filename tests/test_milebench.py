@@ -377,6 +377,7 @@ def test_killed_run_resumes_with_only_the_missing_samples(
     assert not partial.exists()  # the record replaces it
     for key in ("metrics", "details", "kv_bytes", "kv_effective_bits", "num_tokens", "config_hash"):
         assert resumed[key] == whole[key], key
+    assert "resumed_samples" not in whole and resumed["resumed_samples"] == 4  # its wall time: this sitting's
     assert len(records.read_records(tmp_path / "b" / "runs.jsonl")) == 1
 
 
@@ -422,6 +423,7 @@ def test_killed_shared_runs_resume_each_from_its_own_partial(
     assert calls == [2] * 5  # only the missing batches, both methods in each
     for r, w in zip(resumed, whole, strict=True):
         assert r["prefill_shared_by"] == 2
+        assert "resumed_samples" not in w and r["resumed_samples"] == 4
         for key in ("metrics", "details", "kv_bytes", "kv_effective_bits", "num_tokens", "config_hash"):
             assert r[key] == w[key], key
     assert len(records.read_records(tmp_path / "b" / "runs.jsonl")) == 2

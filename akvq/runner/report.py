@@ -75,6 +75,8 @@ def record(p: RunPlan, m: Measured, records_path: Path) -> dict[str, Any]:
         "num_tokens": num_tokens,
         "primary_metric": records.primary_metric(metrics, getattr(p.task_obj, "primary_metric", None)),
     }
+    if resumed := _get(result, "resumed_samples"):  # wall_seconds and peak memory are this sitting's only
+        rec["resumed_samples"] = int(resumed)
     if m.shared_with > 1:  # runs done together, one prefill per prompt (their wall time and peak)
         rec["prefill_shared_by"] = m.shared_with
     details = _get(result, "details")

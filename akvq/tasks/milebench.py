@@ -617,6 +617,7 @@ class MileBenchTask(SharedPrefillTask):
             if done:
                 log.info("MileBench: resuming from %s (%d samples already generated)", p, len(done))
         metrics: list[dict[str, float]] = [{} for _ in runs]
+        resumed_total = [0 for _ in runs]
         details: list[list[dict[str, Any]]] = [[] for _ in runs]
         for name in self.datasets:
             samples = load_dataset(root, name, int(limit) if limit is not None else None)
@@ -624,6 +625,7 @@ class MileBenchTask(SharedPrefillTask):
             texts = [generation.chat_text(loaded, p.text, use_template) for p in prompts]
             preds = [[done.get((name, str(s.sample_id))) for s in samples] for done, _ in resumed_from]
             resumed = [sum(p is not None for p in pr) for pr in preds]
+            resumed_total = [t + n for t, n in zip(resumed_total, resumed, strict=True)]
             ds_stats = [generation.GenStats() for _ in runs]
             bar = tqdm(
                 total=len(samples) * len(runs),
@@ -696,6 +698,7 @@ class MileBenchTask(SharedPrefillTask):
                     num_tokens=stats[r].new_tokens,
                     details=details[r],
                     seconds=stats[r].seconds,  # resumed batches included, as in num_tokens
+                    resumed_samples=resumed_total[r],
                 )
             )
         return results

@@ -13,12 +13,12 @@
 Writes OUT/table.md: accuracy (%) per method, task and context cell with a 95 % bootstrap interval over the
 samples (each record's per-sample `details`), the mean over tasks, effective KV bits, and the vision x text
 bits grid when its records are there, the paired comparison (ladder steps, fp16 against each method: items won
-and lost on the same samples, sign test); and OUT/examples.png: example images of one sample per task, the
-question, and each method's answer (right or wrong). Records of one method on several roots (cells) or tasks add
-up; the last record of each (quant, task, cell) wins. Records of one (quant, task, cell) on two weights files or
-on roots of two seeds are refused in one line (`--seed S` keeps one seed's records; `--by-weights` compares weights
-files instead). A model run in bf16 (or fp16) makes cells of its own ("8K/100/bf16"), and a cell's methods run in
-both dtypes are paired item by item.
+and lost on the same samples, sign test), the needle task by the depth of its answer in the haystack; and
+OUT/examples.png: example images of one sample per task, the question, and each method's answer (right or wrong).
+Records of one method on several roots (cells) or tasks add up; the last record of each (quant, task, cell) wins.
+Records of one (quant, task, cell) on two weights files or on roots of two seeds are refused in one line (`--seed S`
+keeps one seed's records; `--by-weights` compares weights files instead). A model run in bf16 (or fp16) makes cells
+of its own ("8K/100/bf16"), and a cell's methods run in both dtypes are paired item by item.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Any
 
 from akvq.paths import save_figure, write_atomic
 from akvq.records import read_records
+from akvq.tasks.milebench import match_choice, normalize
 
 TASK_ORDER = ("SceneTransition", "Spot-the-Diff", "ImageNeedleInAHaystack", "ObjectExistence")
 SHORT = {"SceneTransition": "Transition", "Spot-the-Diff": "Spot-diff", "ImageNeedleInAHaystack": "Needle",
@@ -260,6 +261,81 @@ def paired_table(data: dict[str, dict[tuple[str, str], Entry]], order: list[str]
             sa, sb = _per_sample(ea, t, level), _per_sample(eb, t, level)
             row.append(paired_text(*wins_losses(sa, sb)))
         if any(c != "–" for c in row[1:]):
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+NEEDLE = "ImageNeedleInAHaystack"
+
+
+def fisher_exact(a: int, b: int, c: int, d: int) -> float:
+    """Two-sided Fisher exact test of the 2x2 table [[a, b], [c, d]]: the probability, margins fixed, of a table
+    no more likely than this one."""
+    row, col, n = a + b, a + c, a + b + c + d
+
+    def prob(x: int) -> float:
+        return math.comb(col, x) * math.comb(n - col, row - x) / math.comb(n, row)
+
+    seen = prob(a)
+    lo, hi = max(0, row + col - n), min(row, col)
+    return min(1.0, sum(p for x in range(lo, hi + 1) if (p := prob(x)) <= seen * (1 + 1e-9)))
+
+
+def _choice_lists(rec: dict[str, Any], task: str) -> dict[Any, list[str]] | None:
+    """sample_id -> the options shown, from the record's root; None when the root is not on this machine, or is
+    another root now (a path reused for other items: an answer differs from the record's)."""
+    root = Path(((rec.get("config") or {}).get("task") or {}).get("synthbench_root") or "")
+    path = root / task / f"{task}.json"
+    if not str(root) or not path.is_file():
+        return None
+    data = {d["sample_id"]: d for d in json.loads(path.read_text(encoding="utf-8"))["data"]}
+    for r in rec["details"]:
+        if r["dataset"] == task and str((data.get(r["sample_id"]) or {}).get("response")) != str(
+            r.get("answer")
+        ):
+            return None
+    return {i: [str(c) for c in d["task_instance"].get("choice_list") or []] for i, d in data.items()}
+
+
+def names_an_option(prediction: str, choices: list[str]) -> bool:
+    """Whether the scorer reads one of the options in an answer (right or wrong), as MileBench's matcher does."""
+    options = {chr(65 + i): normalize(c) for i, c in enumerate(choices)}
+    return len(match_choice(normalize(prediction), options)) == 1
+
+
+def depth_table(data: dict[str, dict[tuple[str, str], Entry]], order: list[str], level: str) -> str:
+    """The needle task by where the answer's image sits in the haystack (its number over the item's images, in
+    quarters): accuracy per quarter, and the ends (first and last quarter) against the middle half with Fisher's
+    exact test. Says whether a long cell is lost everywhere or in the middle (the lever differs: a model that
+    reads the ends attends that far; one that reads nowhere does not). With the root on this machine, also the
+    share of answers that name none of the four options (no pick at all, where a wrong answer picks another)."""
+    head = ["method", "1st quarter", "2nd", "3rd", "4th", "ends / middle", "p", "no option named"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for q in order:
+        e = data.get(q, {}).get((NEEDLE, level))
+        if e is None:
+            continue
+        right, n = [0] * 4, [0] * 4
+        shown, named = _choice_lists(e.record, NEEDLE), [0, 0]
+        for d in _details(e, NEEDLE, level):
+            if shown is not None and shown.get(d["sample_id"]):
+                named[0] += not names_an_option(str(d.get("prediction", "")), shown[d["sample_id"]])
+                named[1] += 1
+            answer, images = str(d.get("answer", "")).strip(), int(d.get("images") or 0)
+            if not answer.isdigit() or not 1 <= int(answer) <= images:
+                break  # not a needle record with image numbers (an older format): no row
+            k = min(3, 4 * (int(answer) - 1) // images)
+            right[k] += int(float(d["score"]) > 0)
+            n[k] += 1
+        else:
+            ends, mid = (right[0] + right[3], n[0] + n[3]), (right[1] + right[2], n[1] + n[2])
+            if not (ends[1] and mid[1]):
+                continue
+            row = [q, *[f"{100 * r / k:.0f} ({r}/{k})" if k else "–" for r, k in zip(right, n, strict=True)]]
+            row.append(f"{100 * ends[0] / ends[1]:.0f} / {100 * mid[0] / mid[1]:.0f}")
+            p = fisher_exact(ends[0], ends[1] - ends[0], mid[0], mid[1] - mid[0])
+            row.append(f"{p:.2g}")
+            row.append(f"{100 * named[0] / named[1]:.0f} %" if named[1] else "–")
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
@@ -499,6 +575,16 @@ def report(
             " two-sided sign test)",
             "",
             pairs,
+        ]
+    depth = depth_table(data, order, cell)
+    if depth:
+        parts += [
+            "",
+            f"## The needle by depth ({cell_title(cell)}; accuracy % (right/items) by the quarter of the haystack"
+            " the answer's image sits in; the first and last quarter against the middle half, Fisher's exact test;"
+            " answers that name none of the four options, where the root is on this machine)",
+            "",
+            depth,
         ]
     dtypes = dtype_table(data, order, cell)
     if dtypes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -485,3 +486,55 @@ def test_the_records_a_candidate_is_paired_with_are_the_shipped_files() -> None:
             and vlm_report.seed_of(r) == seed
         ]
         assert fp16, f"{var}={found.group(1)} holds no fp16 records of {shipped[:8]} on seed {seed}"
+
+
+def test_the_needle_by_depth_splits_items_by_where_the_answer_sits(tmp_path: Path) -> None:
+    # 8 items of 8 images: answers at images 1, 2 (1st quarter), 3, 4, 5, 6, 7, 8; right only at the ends.
+    # The answers of the four wrong items: two name none of the options (a number off the list, text); one names
+    # another option; one is empty, which MileBench's matcher reads as option C, so it names an option too.
+    preds = {0: "1", 1: "2", 2: "5", 3: "99", 4: "no idea", 5: "", 6: "Image 7", 7: "8"}
+    det = [
+        {"dataset": "ImageNeedleInAHaystack", "level": "8K", "sample_id": i, "answer": str(i + 1), "images": 8,
+         "score": float(i in (0, 1, 6, 7)), "prediction": preds[i]}
+        for i in range(8)
+    ]  # fmt: skip
+    root = tmp_path / "root"
+    (root / "ImageNeedleInAHaystack").mkdir(parents=True)
+    data_json = [
+        {
+            "sample_id": i,
+            "response": str(i + 1),
+            "task_instance": {"choice_list": [str(i + 1), "5", "6", "3"]},
+        }
+        for i in range(8)
+    ]
+    (root / "ImageNeedleInAHaystack" / "ImageNeedleInAHaystack.json").write_text(
+        json.dumps({"data": data_json})
+    )
+    fp16 = {"task": "synthbench", "quant": "fp16", "kv_effective_bits": 16.0, "details": det, "config": {}}
+    recs = [
+        fp16,
+        # an older record whose answers are not image numbers: no row, not a crash
+        _rec("akvq", 3.0, "8K", {"ImageNeedleInAHaystack": [1] * 8}),
+    ]
+    data = vlm_report.collect(recs)
+    rows = vlm_report.depth_table(data, ["fp16", "akvq"], "8K/8").splitlines()
+    assert rows[0] == "| method | 1st quarter | 2nd | 3rd | 4th | ends / middle | p | no option named |"
+    # no root on this machine: the last column is empty
+    assert rows[2] == "| fp16 | 100 (2/2) | 0 (0/2) | 0 (0/2) | 100 (2/2) | 100 / 0 | 0.029 | – |"
+    assert len(rows) == 3
+    assert vlm_report.depth_table(data, ["akvq"], "8K/8") == ""
+    fp16["config"] = {"task": {"synthbench_root": str(root)}}
+    rows = vlm_report.depth_table(vlm_report.collect([fp16]), ["fp16"], "8K/8").splitlines()
+    assert rows[2].endswith("| 100 / 0 | 0.029 | 25 % |")  # "99" and "no idea" of 8
+    # a root at that path holding other items (an answer differs from the record's) is not read
+    data_json[3]["response"] = "4x"
+    (root / "ImageNeedleInAHaystack" / "ImageNeedleInAHaystack.json").write_text(
+        json.dumps({"data": data_json})
+    )
+    rows = vlm_report.depth_table(vlm_report.collect([fp16]), ["fp16"], "8K/8").splitlines()
+    assert rows[2].endswith("| 0.029 | – |")
+    # Fisher's exact test against values worked by hand (the 4/4 vs 0/4 table: 2 / C(8, 4) = 1/35)
+    assert abs(vlm_report.fisher_exact(4, 0, 0, 4) - 2 / 70) < 1e-12
+    assert vlm_report.fisher_exact(2, 2, 2, 2) == pytest.approx(1.0)
+    assert abs(vlm_report.fisher_exact(3, 1, 1, 3) - 34 / 70) < 1e-12

@@ -56,7 +56,9 @@ static __m256i maddubs(int N) { /* N calls of 16 tokens = 2N blocks of 8 */
   return out;
 }
 
-static __m256i lut8(int N) { /* N calls of 16 tokens = N / 2 blocks of 32 */
+/* The lookups over N / 2 blocks of 32 tokens; exact = 0: lut8 (FAISS's 8-bit tables, even/odd byte sums fixed up
+ * per block), exact = 1: lut16 (a low- and a high-byte table, interleaved into words: twice the vpshufb). */
+static inline __attribute__((always_inline)) __m256i lut(int N, int exact) {
   __m256i out = _mm256_setzero_si256();
   const __m256i lo4 = _mm256_set1_epi8(0x0f);
   for (int it = 0; it < N / 2; it++) {
@@ -68,52 +70,33 @@ static __m256i lut8(int N) { /* N calls of 16 tokens = N / 2 blocks of 32 */
       const __m256i x = _mm256_load_si256((const __m256i *)blk[k]);
       const __m256i il = _mm256_and_si256(x, lo4), ih = _mm256_and_si256(_mm256_srli_epi16(x, 4), lo4);
       for (int g = 0; g < G; g++) {
-        const __m256i tb = _mm256_load_si256((const __m256i *)T[g][k]);
-        const __m256i r0 = _mm256_shuffle_epi8(tb, il), r1 = _mm256_shuffle_epi8(tb, ih);
-        acc[g][0] = _mm256_add_epi16(acc[g][0], r0); /* even bytes + 256 x odd bytes; fixed below */
-        acc[g][1] = _mm256_add_epi16(acc[g][1], _mm256_srli_epi16(r0, 8));
-        acc[g][2] = _mm256_add_epi16(acc[g][2], r1);
-        acc[g][3] = _mm256_add_epi16(acc[g][3], _mm256_srli_epi16(r1, 8));
+        const __m256i tl = _mm256_load_si256((const __m256i *)T[g][k]);
+        const __m256i r0 = _mm256_shuffle_epi8(tl, il), r1 = _mm256_shuffle_epi8(tl, ih);
+        __m256i w[4];
+        if (exact) { /* words of tokens 0-7 / 8-15 (per lane) from the byte pairs */
+          const __m256i th = _mm256_load_si256((const __m256i *)TH[g][k]);
+          const __m256i h0 = _mm256_shuffle_epi8(th, il), h1 = _mm256_shuffle_epi8(th, ih);
+          w[0] = _mm256_unpacklo_epi8(r0, h0), w[1] = _mm256_unpackhi_epi8(r0, h0);
+          w[2] = _mm256_unpacklo_epi8(r1, h1), w[3] = _mm256_unpackhi_epi8(r1, h1);
+        } else { /* even bytes + 256 x odd bytes, and the odd bytes; fixed below */
+          w[0] = r0, w[1] = _mm256_srli_epi16(r0, 8), w[2] = r1, w[3] = _mm256_srli_epi16(r1, 8);
+        }
+        for (int a = 0; a < 4; a++) acc[g][a] = _mm256_add_epi16(acc[g][a], w[a]);
       }
     }
-    for (int g = 0; g < G; g++) { /* FAISS's fix-up, then the 2 lanes (channel pairs) summed: 32 token sums */
-      const __m256i e0 = _mm256_sub_epi16(acc[g][0], _mm256_slli_epi16(acc[g][1], 8));
-      const __m256i e1 = _mm256_sub_epi16(acc[g][2], _mm256_slli_epi16(acc[g][3], 8));
-      const __m256i s0 = _mm256_add_epi16(e0, _mm256_permute2x128_si256(e0, e0, 1));
-      const __m256i s1 = _mm256_add_epi16(e1, _mm256_permute2x128_si256(e1, e1, 1));
-      out = _mm256_add_epi16(out, _mm256_add_epi16(s0, _mm256_add_epi16(s1, _mm256_add_epi16(acc[g][1], acc[g][3]))));
+    for (int g = 0; g < G; g++) {
+      if (!exact) { /* FAISS's fix-up: the even bytes' sums */
+        acc[g][0] = _mm256_sub_epi16(acc[g][0], _mm256_slli_epi16(acc[g][1], 8));
+        acc[g][2] = _mm256_sub_epi16(acc[g][2], _mm256_slli_epi16(acc[g][3], 8));
+      }
+      for (int a = 0; a < 4; a++) /* the 2 lanes (channel pairs) summed */
+        out = _mm256_add_epi16(out, _mm256_add_epi16(acc[g][a], _mm256_permute2x128_si256(acc[g][a], acc[g][a], 1)));
     }
   }
   return out;
 }
-
-static __m256i lut16(int N) { /* exact 16-bit tables: low and high bytes looked up apart, interleaved into words */
-  __m256i out = _mm256_setzero_si256();
-  const __m256i lo4 = _mm256_set1_epi8(0x0f);
-  for (int it = 0; it < N / 2; it++) {
-    const uint8_t(*blk)[32] = C[it & (NB - 1)];
-    __asm__ volatile("" ::: "memory");
-    __m256i acc[G][4];
-    for (int g = 0; g < G; g++) for (int a = 0; a < 4; a++) acc[g][a] = _mm256_setzero_si256();
-    for (int k = 0; k < 16; k++) {
-      const __m256i x = _mm256_load_si256((const __m256i *)blk[k]);
-      const __m256i il = _mm256_and_si256(x, lo4), ih = _mm256_and_si256(_mm256_srli_epi16(x, 4), lo4);
-      for (int g = 0; g < G; g++) {
-        const __m256i tl = _mm256_load_si256((const __m256i *)T[g][k]), th = _mm256_load_si256((const __m256i *)TH[g][k]);
-        const __m256i l0 = _mm256_shuffle_epi8(tl, il), h0 = _mm256_shuffle_epi8(th, il);
-        const __m256i l1 = _mm256_shuffle_epi8(tl, ih), h1 = _mm256_shuffle_epi8(th, ih);
-        /* words of tokens 0-7 / 8-15 (per lane) from the byte pairs: two unpacks per lookup */
-        acc[g][0] = _mm256_add_epi16(acc[g][0], _mm256_unpacklo_epi8(l0, h0));
-        acc[g][1] = _mm256_add_epi16(acc[g][1], _mm256_unpackhi_epi8(l0, h0));
-        acc[g][2] = _mm256_add_epi16(acc[g][2], _mm256_unpacklo_epi8(l1, h1));
-        acc[g][3] = _mm256_add_epi16(acc[g][3], _mm256_unpackhi_epi8(l1, h1));
-      }
-    }
-    for (int g = 0; g < G; g++)
-      for (int a = 0; a < 4; a++) out = _mm256_add_epi16(out, _mm256_add_epi16(acc[g][a], _mm256_permute2x128_si256(acc[g][a], acc[g][a], 1)));
-  }
-  return out;
-}
+static __attribute__((noinline)) __m256i lut8(int N) { return lut(N, 0); }
+static __attribute__((noinline)) __m256i lut16(int N) { return lut(N, 1); }
 
 static int cmp(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return (x > y) - (x < y); }
 int main(void) {

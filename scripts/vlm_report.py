@@ -35,7 +35,7 @@ from typing import Any
 
 from akvq.paths import save_figure, write_atomic
 from akvq.records import read_records
-from akvq.tasks.milebench import match_choice, normalize
+from akvq.tasks.milebench import chosen_option, load_dataset
 
 TASK_ORDER = ("SceneTransition", "Spot-the-Diff", "ImageNeedleInAHaystack", "ObjectExistence")
 SHORT = {"SceneTransition": "Transition", "Spot-the-Diff": "Spot-diff", "ImageNeedleInAHaystack": "Needle",
@@ -285,22 +285,14 @@ def _choice_lists(rec: dict[str, Any], task: str) -> dict[Any, list[str]] | None
     """sample_id -> the options shown, from the record's root; None when the root is not on this machine, or is
     another root now (a path reused for other items: an answer differs from the record's)."""
     root = Path(((rec.get("config") or {}).get("task") or {}).get("synthbench_root") or "")
-    path = root / task / f"{task}.json"
-    if not str(root) or not path.is_file():
+    if not str(root) or not (root / task / f"{task}.json").is_file():
         return None
-    data = {d["sample_id"]: d for d in json.loads(path.read_text(encoding="utf-8"))["data"]}
-    for r in rec["details"]:
-        if r["dataset"] == task and str((data.get(r["sample_id"]) or {}).get("response")) != str(
-            r.get("answer")
-        ):
+    samples = {s.sample_id: s for s in load_dataset(root, task)}
+    for d in rec["details"]:
+        shown = samples.get(d["sample_id"])
+        if d["dataset"] == task and (shown is None or shown.answer != str(d.get("answer"))):
             return None
-    return {i: [str(c) for c in d["task_instance"].get("choice_list") or []] for i, d in data.items()}
-
-
-def names_an_option(prediction: str, choices: list[str]) -> bool:
-    """Whether the scorer reads one of the options in an answer (right or wrong), as MileBench's matcher does."""
-    options = {chr(65 + i): normalize(c) for i, c in enumerate(choices)}
-    return len(match_choice(normalize(prediction), options)) == 1
+    return {i: list(s.choices or []) for i, s in samples.items()}
 
 
 def depth_table(data: dict[str, dict[tuple[str, str], Entry]], order: list[str], level: str) -> str:
@@ -319,7 +311,7 @@ def depth_table(data: dict[str, dict[tuple[str, str], Entry]], order: list[str],
         shown, named = _choice_lists(e.record, NEEDLE), [0, 0]
         for d in _details(e, NEEDLE, level):
             if shown is not None and shown.get(d["sample_id"]):
-                named[0] += not names_an_option(str(d.get("prediction", "")), shown[d["sample_id"]])
+                named[0] += len(chosen_option(str(d.get("prediction", "")), shown[d["sample_id"]])) != 1
                 named[1] += 1
             answer, images = str(d.get("answer", "")).strip(), int(d.get("images") or 0)
             if not answer.isdigit() or not 1 <= int(answer) <= images:

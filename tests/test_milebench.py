@@ -188,6 +188,13 @@ def test_multi_choice_option_matching() -> None:
     assert mb.score_multi_choice("B", gt, choices) == 0.0
     assert mb.score_multi_choice("the answer is a", gt, choices) == 0.0  # officially "AA": two letters named
     assert mb.score_multi_choice("", "From green to yellow.", choices) == 1.0  # empty counts as C, officially
+    # the letters the scorer reads: one names an option, none or several name none
+    assert [mb.chosen_option(t, choices) for t in ("B", "from blue to red", "the answer is a", "42")] == [
+        "B",
+        "B",
+        "AA",
+        "",
+    ]
 
 
 def test_rouge_l_by_hand() -> None:

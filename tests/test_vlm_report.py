@@ -501,15 +501,13 @@ def test_the_needle_by_depth_splits_items_by_where_the_answer_sits(tmp_path: Pat
     root = tmp_path / "root"
     (root / "ImageNeedleInAHaystack").mkdir(parents=True)
     data_json = [
-        {
-            "sample_id": i,
-            "response": str(i + 1),
-            "task_instance": {"choice_list": [str(i + 1), "5", "6", "3"]},
-        }
+        {"sample_id": i, "task_instruction_id": 0, "response": str(i + 1),
+         "task_instance": {"context": "", "images_path": [], "choice_list": [str(i + 1), "5", "6", "3"]}}
         for i in range(8)
-    ]
+    ]  # fmt: skip
+    meta = {"task_instruction": ["Find the image."], "question_type": "multi-choice"}
     (root / "ImageNeedleInAHaystack" / "ImageNeedleInAHaystack.json").write_text(
-        json.dumps({"data": data_json})
+        json.dumps({"meta_data": meta, "data": data_json})
     )
     fp16 = {"task": "synthbench", "quant": "fp16", "kv_effective_bits": 16.0, "details": det, "config": {}}
     recs = [
@@ -530,7 +528,7 @@ def test_the_needle_by_depth_splits_items_by_where_the_answer_sits(tmp_path: Pat
     # a root at that path holding other items (an answer differs from the record's) is not read
     data_json[3]["response"] = "4x"
     (root / "ImageNeedleInAHaystack" / "ImageNeedleInAHaystack.json").write_text(
-        json.dumps({"data": data_json})
+        json.dumps({"meta_data": meta, "data": data_json})
     )
     rows = vlm_report.depth_table(vlm_report.collect([fp16]), ["fp16"], "8K/8").splitlines()
     assert rows[2].endswith("| 0.029 | – |")

@@ -396,15 +396,21 @@ def match_choice(text: str, options: dict[str, str]) -> str:
     return "".join(c.upper() for c in text if c.upper() in options)
 
 
+def chosen_option(prediction: str, choices: Sequence[str]) -> str:
+    """The option letter(s) the official matcher reads in a prediction, choices and text normalized first: one
+    letter names an option; "" or several letters name none (scored wrong whatever the answer)."""
+    options = {chr(65 + i): normalize(str(c)) for i, c in enumerate(choices)}
+    return match_choice(normalize(prediction), options)
+
+
 def score_multi_choice(prediction: str, answer: str, choices: Sequence[str]) -> float:
-    """1.0 when the matched option is the answer's; choices and texts are normalized first."""
+    """1.0 when the matched option is the answer's."""
     norm_choices = [normalize(str(c)) for c in choices]
     gt = normalize(answer)
     if gt not in norm_choices:
         log.warning("MileBench answer %r is not among its choices; scored 0", answer)
         return 0.0
-    options = {chr(65 + i): c for i, c in enumerate(norm_choices)}
-    return float(match_choice(normalize(prediction), options) == chr(65 + norm_choices.index(gt)))
+    return float(chosen_option(prediction, choices) == chr(65 + norm_choices.index(gt)))
 
 
 def _lcs_words(ref: list[str], hyp: list[str]) -> list[str]:

@@ -9,13 +9,12 @@
 #   usage: bash scripts/gpu_check.sh [OUTDIR]      (PY=python3 chooses the interpreter; DEADLINE_S the Table IV
 #          search's cut-off, default 300 s; TABLE_ARGS below)
 # Where the GPU machine's transformers differs from the tested one (its image had 5.17), wheels of the tested
-# versions can ride in .whl/ (git-ignored): installed to /tmp/site and used when they import. Fetched here with
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
-#     transformers==5.25.0 huggingface_hub==2.4.0 kernels==0.19.1 tomlkit httpx2==2.16.2 httpcore2 truststore \
-#     click==8.5.1 hf-xet==1.8.0 regex==2026.11.19          # 21 MB
-# The device runner takes at most 64 MiB of working tree: the four results/vlm/candidate_*/ weight files (70 MB)
-# stay behind for the call (moved out and back), see results/efficiency/gpu/README.md.
+# versions can ride in .whl/ (git-ignored): installed to /tmp/site and used when they import. Fetched here by
+# `python scripts/gpu_stage.py pack` (its WHEELS, 23 MB; it also cuts SmolLM2's GGUF into parts, which this script
+# does not need: carry .whl alone).
+# The device runner takes at most 64 MiB a call, tree and carry: `python scripts/gpu_stage.py out` leaves results/
+# behind (the tree is then 19 MB; with only the candidates' 70 MB of weights out it is 45 MB, too much beside the
+# wheels), `python scripts/gpu_stage.py back` after; see results/efficiency/gpu/README.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}

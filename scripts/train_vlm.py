@@ -153,6 +153,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("pair", 200, "qa", LOOKUP_MIX, 33, same_count=True, min_images=17, text=0.5, each=PAIR),
     Stage("context", 60, "qa", TASKS, tokens=CONTEXT, frozen_prefix=True),
     Stage("evidence", 60, "qa", TASKS, tokens=CONTEXT, frozen_prefix=True, evidence=True),
+    Stage("full", 150, "qa", NEEDLE_MIX, tokens=CONTEXT),
 )
 """The curriculum: captions, single-image questions on short sequences, then more images per prompt.
 
@@ -167,9 +168,12 @@ images. The answer is the option's text (`Item.target`).
 the needle's misses are the number-to-index lookup over 33 labelled items, so it also asks the reverse.
 "balance" continues from "lookup" with ObjectExistence weighted up again; "pair" asks both in every batch.
 "context" asks the four tasks at the benchmark's 1K-8K lengths, the gradient through the question and answer only;
-"evidence" the same with the gradient also through the images the answer rests on."""
+"evidence" the same with the gradient also through the images the answer rests on. "full" asks the route stages'
+mix (half the needle) at those lengths with the whole backward: every image's keys and values at every depth get the
+gradient, which `evidence` (40 steps on a CPU) did not give the 4K-8K needle. A GPU's stage (`--device cuda`,
+`scripts/gpu_needle.sh`): one 7.7K-token item's forward and backward took 154 s and 15 GB in fp32 on a 2-core AVX2 CPU."""
 
-ROUTES = ("tasks", "needle", "long", "lookup", "balance", "pair", "context", "evidence")
+ROUTES = ("tasks", "needle", "long", "lookup", "balance", "pair", "context", "evidence", "full")
 """Stages that run alone (from an `--init` file) and end with themselves; the others run into the next."""
 
 
@@ -218,8 +222,10 @@ def run_route(name: str, cells: str = "") -> Stage | None:
     if not cells:
         return route
     if route is None or not route.tokens or any(c not in LEVELS for c in cells.split(",")):
+        with_lengths = [s.name for s in STAGES if s.tokens]
         raise ValueError(
-            f"--cells {cells}: allowed with --stage context or evidence, cells from {', '.join(LEVELS)}"
+            f"--cells {cells}: allowed with --stage {', '.join(with_lengths[:-1])} or {with_lengths[-1]}, "
+            f"cells from {', '.join(LEVELS)}"
         )
     return replace(route, tokens=tuple(LEVELS[c] for c in cells.split(",")))
 
@@ -837,6 +843,7 @@ def train(args: argparse.Namespace) -> None:
     first = stage_start(args.stage) if args.stage != "all" else 0
     last_save = time.time()
     t_start = time.time() - wall
+    stopped = False
     bar = tqdm(total=total, initial=step, dynamic_ncols=True)
 
     def checkpoint() -> None:
@@ -871,6 +878,8 @@ def train(args: argparse.Namespace) -> None:
             "stages": [s.__dict__ for s in STAGES],
             "tokens": list(route.tokens) if route is not None else None,
             "wall_seconds": round(time.time() - t_start, 1),
+            "planned_steps": total,
+            "stopped_by_max_minutes": stopped,
             "last_loss_mean50": sum(h["loss"] for h in history[-50:]) / max(1, len(history[-50:])),
             "last_exact_acc200": sum(h["acc"] for h in history[-200:]) / max(1, len(history[-200:])),
         }
@@ -935,6 +944,10 @@ def train(args: argparse.Namespace) -> None:
             last_save = time.time()
         if math.isnan(float(loss)):
             raise RuntimeError(f"loss is NaN at step {step}")
+        if args.max_minutes and time.time() - t_start > args.max_minutes * 60 and step < total:
+            stopped = True  # the schedule stays the planned run's: a rerun with --steps at this count differs
+            bar.write(f"--max-minutes {args.max_minutes}: stopping at step {step} of {total}")
+            break
     bar.close()
     checkpoint()
 
@@ -1119,7 +1132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--cells",
         default="",
-        help=f"context/evidence: only these benchmark cells' lengths, comma-separated of {','.join(LEVELS)}",
+        help=f"context/evidence/full: only these benchmark cells' lengths, comma-separated of {','.join(LEVELS)}",
     )
     ap.add_argument("--align-steps", type=int, default=3000)
     ap.add_argument("--align-batch", type=int, default=64)
@@ -1134,6 +1147,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--read-sources", default="tower,oracle,none")
     ap.add_argument("--ckpt-minutes", type=float, default=5.0)
+    ap.add_argument(
+        "--max-minutes",
+        type=float,
+        default=0.0,
+        help="stop (checkpointed, recorded) once this much training time has passed; 0 = run every step",
+    )
     ap.add_argument(
         "--resume", action="store_true", help="continue OUT/ckpt.pt (optimizer and data stream too)"
     )
@@ -1153,8 +1172,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     if args.init is not None and not args.init.is_file():  # before the language model loads
         ap.error(f"--init: {str(args.init)!r}: no such file")
-    if args.batch < 1 or args.threads < 1 or args.lora_rank < 0 or args.micro_batch < 0:
-        ap.error("--batch and --threads must be >= 1, --lora-rank and --micro-batch >= 0")
+    if (
+        args.batch < 1
+        or args.threads < 1
+        or args.lora_rank < 0
+        or args.micro_batch < 0
+        or args.max_minutes < 0
+    ):
+        ap.error("--batch and --threads must be >= 1, --lora-rank, --micro-batch and --max-minutes >= 0")
+    if args.device != "cpu" and not (args.device.split(":")[0] == "cuda" and torch.cuda.is_available()):
+        ap.error(
+            f"--device {args.device}: allowed: cpu, or cuda[:N] where torch sees a GPU (it sees {torch.cuda.device_count()})"
+        )
     each = max((len(s.each) for s in STAGES if args.stage in ("all", s.name)), default=0)
     if args.batch < each:
         ap.error(f"--batch must be >= {each}: stage {args.stage!r} asks {each} tasks in every batch")

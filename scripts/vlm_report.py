@@ -546,6 +546,11 @@ def report(
             + (table or f"no synthbench records in cell {cell}")
             + "\n"
         )
+        data = collect(records, by_weights=True)
+        depth = depth_table(data, [k for q in order for k in data if k.split("@")[0] == q], cell)
+        if depth:  # a retrained file is judged on the haystack's middle half (issue #12)
+            text += f"\n## The needle by depth, each weights file ({cell_title(cell)}; as in the method tables)\n\n"
+            text += depth + "\n"
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / table_name, text)
         print(text + f"table: {out / table_name}")

@@ -474,7 +474,7 @@ def test_cells_is_refused_in_one_line_outside_context_stages_and_levels(
     with pytest.raises(SystemExit):
         train_vlm.main()
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "--cells" in err and "1K, 2K, 4K, 8K" in err and "context or evidence" in err
+    assert "--cells" in err and "1K, 2K, 4K, 8K" in err and "context, evidence or full" in err
     assert not any(tmp_path.iterdir())  # refused before anything ran
 
 
@@ -482,5 +482,59 @@ def test_cells_narrows_the_context_stages_to_those_lengths() -> None:
     assert train_vlm.run_route("evidence", "1K,2K").tokens == (1024, 2048)
     assert train_vlm.run_route("evidence").tokens == train_vlm.CONTEXT
     assert train_vlm.route_stage("evidence").tokens == train_vlm.CONTEXT  # STAGES untouched
-    with pytest.raises(ValueError, match="context or evidence"):
+    with pytest.raises(ValueError, match="context, evidence or full"):
         train_vlm.run_route("pair", "1K")
+    assert train_vlm.run_route("full", "4K,8K").tokens == (4096, 7800)
+
+
+def test_the_full_stage_trains_the_needle_at_the_benchmarks_lengths_through_every_token() -> None:
+    """`full`: the route mix (half the needle) at the cell lengths, with the whole backward (no frozen prefix)."""
+    stage = train_vlm.route_stage("full")
+    assert stage is not None and stage.tokens == train_vlm.CONTEXT and stage.tasks == train_vlm.NEEDLE_MIX
+    assert not stage.frozen_prefix and not stage.evidence
+    assert (
+        train_vlm.stage_start("full")
+        == train_vlm.stage_start("evidence") + train_vlm.route_stage("evidence").steps
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--max-minutes", "-1"], "--max-minutes >= 0"),
+        (["--device", "cuda:0"], "--device cuda:0: allowed: cpu, or cuda[:N] where torch sees a GPU"),
+        (["--device", "gpu"], "--device gpu: allowed: cpu, or cuda[:N]"),
+    ],
+)
+def test_device_and_max_minutes_are_refused_in_one_line_before_the_model_loads(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    if argv[0] == "--device" and argv[1].startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SystemExit):
+        train_vlm.parse_args(["--out", str(tmp_path), *argv])
+    assert says in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_max_minutes_stops_a_run_checkpointed_and_says_so_in_its_record(
+    small: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GPU run has minutes (scripts/gpu_needle.sh): `--max-minutes` ends it after the step in flight, with the
+    checkpoint, run.json and loss curve of a finished run, the planned steps beside the ones done."""
+    loaded = copy.deepcopy(small)
+    lm = loaded.model.model.language_model
+    lm.layers = torch.nn.ModuleList(lm.layers[i] for i in KEEP)
+    for i, layer in enumerate(lm.layers):
+        layer.self_attn.layer_idx = i
+    loaded.model.config.text_config.num_hidden_layers = len(KEEP)
+    monkeypatch.setattr(train_vlm, "build_untrained", lambda tower, seed=0: loaded)
+    argv = ["--out", str(tmp_path), "--stage", "full", "--cells", "1K", "--steps", "3", "--batch", "1"]
+    train_vlm.train(
+        train_vlm.parse_args([*argv, "--lora-rank", "0", "--warmup", "1", "--max-minutes", "1e-9"])
+    )
+    record = json.loads((tmp_path / "run.json").read_text())
+    start = train_vlm.stage_start("full")
+    assert record["stopped_by_max_minutes"] and record["stage"] == "full"
+    assert (record["steps"], record["planned_steps"]) == (start + 1, start + 3)
+    ck = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    assert ck["step"] == start + 1 and len(ck["history"]) == 1 and (tmp_path / "loss.png").exists()

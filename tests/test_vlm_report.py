@@ -532,6 +532,17 @@ def test_the_needle_by_depth_splits_items_by_where_the_answer_sits(tmp_path: Pat
     )
     rows = vlm_report.depth_table(vlm_report.collect([fp16]), ["fp16"], "8K/8").splitlines()
     assert rows[2].endswith("| 0.029 | – |")
+    # a retrained file's report (--by-weights) has the section too, a row per file
+    other = {**fp16, "details": [{**d, "score": 1.0 - d["score"]} for d in det]}
+    text = vlm_report.report(
+        [_on(dict(fp16), "a"), _on(other, "b")], tmp_path / "w", "8K/8", "w.md", None, by_weights=True
+    )
+    depth = text.split("## The needle by depth, each weights file")[1].splitlines()
+    assert [r.split(" | ")[0] for r in depth if r.startswith("| fp16")] == [
+        "| fp16@aaaaaaaa",
+        "| fp16@bbbbbbbb",
+    ]
+    assert [r for r in depth if r.startswith("| fp16@bbbbbbbb")][0].split(" | ")[5] == "0 / 100"
     # Fisher's exact test against values worked by hand (the 4/4 vs 0/4 table: 2 / C(8, 4) = 1/35)
     assert abs(vlm_report.fisher_exact(4, 0, 0, 4) - 2 / 70) < 1e-12
     assert vlm_report.fisher_exact(2, 2, 2, 2) == pytest.approx(1.0)

@@ -39,7 +39,9 @@ WHEELS = (
     "click==8.5.1 hf-xet==1.8.0 regex==2026.11.19 gguf==0.19.0 hydra-core==1.3.8 omegaconf==2.3.1"
 ).split()
 """The tested versions the device's image lacks (it had transformers 5.17, no gguf, hydra or omegaconf), for its
-Python 3.12; antlr4-python3-runtime (omegaconf's parser) is an sdist, built here into a wheel."""
+Python 3.12."""
+ANTLR = "antlr4-python3-runtime==4.9.3"
+"""omegaconf's parser: an sdist, built here into a wheel."""
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux2014_x86_64", "manylinux_2_17_x86_64")
 
 
@@ -87,6 +89,33 @@ def show(calls: list[tuple[list[str], int]], limit: int = LIMIT) -> None:
     )
 
 
+def missing_wheels(whl: Path) -> list[str]:
+    """The requirements of WHEELS and ANTLR with no wheel of that name (and pinned version) in `whl`."""
+    names = [p.name.lower() for p in whl.glob("*.whl")]
+    missing = []
+    for req in (*WHEELS, ANTLR):
+        name, _, version = req.partition("==")
+        prefix = name.replace("-", "_").lower() + "-" + (f"{version}-" if version else "")
+        if not any(n.startswith(prefix) for n in names):
+            missing.append(req)
+    return missing
+
+
+def fetch_wheels(whl: Path, reqs: list[str]) -> None:
+    """Download `reqs` for the device's Python 3.12 (ANTLR built from its sdist) into `whl`; needs PyPI."""
+    base = [sys.executable, "-m", "pip"]
+    binary = [r for r in reqs if r != ANTLR]
+    if binary:
+        plat = [a for p in PLATFORMS for a in ("--platform", p)]
+        subprocess.run(
+            [*base, "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12"]
+            + ["--implementation", "cp", *plat, "-d", str(whl), *binary],
+            check=True,
+        )
+    if ANTLR in reqs:
+        subprocess.run([*base, "wheel", "-q", "--no-deps", "-w", str(whl), ANTLR], check=True)
+
+
 def chunk_sizes(size: int, room: int, last_room: int) -> list[int]:
     """A file of `size` bytes in parts: each transfer call's part fills its `room`, the last part (maybe empty) fits
     the `last_room` the wheels leave in the call that runs."""
@@ -105,18 +134,10 @@ def pack(root: Path = ROOT, limit: int = LIMIT) -> None:
     directory, name = smollm2_location()
     gguf = Path(directory) / name
     whl = root / ".whl"
-    if not whl.is_dir() or not any(whl.glob("transformers-*.whl")):
-        whl.mkdir(exist_ok=True)
-        plat = [a for p in PLATFORMS for a in ("--platform", p)]
-        base = [sys.executable, "-m", "pip"]
-        subprocess.run(
-            [*base, "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12"]
-            + ["--implementation", "cp", *plat, "-d", str(whl), *WHEELS],
-            check=True,
-        )
-        subprocess.run(
-            [*base, "wheel", "-q", "--no-deps", "-w", str(whl), "antlr4-python3-runtime==4.9.3"], check=True
-        )
+    whl.mkdir(exist_ok=True)
+    missing = missing_wheels(whl)
+    if missing:  # a .whl/ of gpu_check.sh's day lacks gguf, hydra and omegaconf
+        fetch_wheels(whl, missing)
     room = limit - MARGIN - tree - 4096  # the part beside SHA256SUMS
     last_room = room - dir_bytes(whl)
     size = gguf.stat().st_size

@@ -52,6 +52,8 @@ def test_pack_cuts_the_gguf_into_calls_under_the_limit_that_add_up(
     gguf.write_bytes(data)
     monkeypatch.setattr(gpu_stage, "smollm2_location", lambda: (str(gguf.parent), gguf.name))
     monkeypatch.setattr(gpu_stage, "MARGIN", 0)
+    fetched: list[list[str]] = []
+    monkeypatch.setattr(gpu_stage, "fetch_wheels", lambda whl, reqs: fetched.append(reqs))
     tree = gpu_stage.tree_bytes(repo)
     assert tree == 3000 + len("/.gpu/\n/.whl/\n")  # ignored paths are not sent with the tree
     limit = tree + 4096 + 3000  # 3000 bytes of a part a call, 2500 beside the wheels
@@ -63,6 +65,7 @@ def test_pack_cuts_the_gguf_into_calls_under_the_limit_that_add_up(
         hashlib.sha256(data).hexdigest(),
         "model.gguf",
     ]
+    assert fetched == [[*gpu_stage.WHEELS, gpu_stage.ANTLR]]  # "transformers-0" is not the tested 5.25.0
     calls = gpu_stage.plan(repo)
     assert [c for c, _ in calls] == [[".gpu/lm1"], [".gpu/lm2"], [".gpu/lm3"], [".gpu/lm4", ".whl"]]
     assert all(size <= limit for _, size in calls)
@@ -103,3 +106,18 @@ def test_the_device_script_rebuilds_the_gguf_from_its_parts_or_stops_in_one_line
         assert last.startswith("gpu_needle.sh: the GGUF's parts (2 found) add up to sha256 ")
         assert "a call's carry did not arrive" in last and "SmolLM2:" not in p.stdout
     assert (work / "gpu_needle.log").read_text() == p.stdout  # the log is what the console showed
+
+
+def test_only_the_wheels_not_there_are_fetched(tmp_path: Path) -> None:
+    """A .whl/ from gpu_check.sh's day (transformers and its needs) lacks what run.py needs on the device."""
+    for name in (
+        "transformers-5.25.0-py3-none-any.whl",
+        "httpcore2-2.17.0-py3-none-any.whl",
+        "hydra_core-1.3.2-py3-none-any.whl",
+        "Antlr4_Python3_Runtime-4.9.3-py3-none-any.whl",
+    ):
+        (tmp_path / name).touch()  # fmt: skip
+    missing = gpu_stage.missing_wheels(tmp_path)
+    assert "transformers==5.25.0" not in missing and "httpcore2" not in missing  # unpinned: any version
+    assert "hydra-core==1.3.8" in missing and "gguf==0.19.0" in missing and gpu_stage.ANTLR not in missing
+    assert gpu_stage.missing_wheels(ROOT / "nowhere") == [*gpu_stage.WHEELS, gpu_stage.ANTLR]

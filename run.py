@@ -167,6 +167,24 @@ def unknown_key(argv: list[str], configs: Path = CONFIGS) -> str | None:
     return None
 
 
+def missing_extra(argv: list[str]) -> str | None:
+    """A launcher chosen whose package is not installed, as one line with the install command. Hydra would say
+    "Unknown plugin class" in a traceback once the sweep has been composed."""
+    import importlib
+
+    for arg in argv:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key == "hydra/launcher" and "submitit_slurm" in value.split(","):
+            try:
+                importlib.import_module("hydra_plugins.hydra_submitit_launcher.submitit_launcher")
+            except ImportError as e:
+                return (
+                    f"hydra/launcher=submitit_slurm: needs hydra-submitit-launcher, which does not import here "
+                    f"({e}): pip install -e '.[slurm]' (local sweeps, the default launcher, need nothing more)"
+                )
+    return None
+
+
 @hydra.main(
     version_base="1.3", config_path=str(Path(__file__).resolve().parent / "configs"), config_name="config"
 )
@@ -195,7 +213,7 @@ def main(cfg: DictConfig) -> Any:
 
 
 if __name__ == "__main__":
-    problem = unknown_choice(sys.argv[1:]) or unknown_key(sys.argv[1:])
+    problem = unknown_choice(sys.argv[1:]) or missing_extra(sys.argv[1:]) or unknown_key(sys.argv[1:])
     if problem:  # before Hydra composes (it would print its own many-line error)
         print(f"ConfigError: {problem}", file=sys.stderr)
         sys.exit(2)

@@ -7,15 +7,20 @@ forward (`akvq.attention.replay`), in one process, interleaved, best of two each
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from akvq.models import load_model
-from akvq.paths import CONFIG_DIR
-from akvq.policies import make_policy
-from akvq.tasks.fidelity import _decode, cache_from_prefill, prefill
-from akvq.tasks.text import corpus_ids, windows
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the checkout's akvq, also where it is not installed (the device machine)
+
+from akvq.models import load_model  # noqa: E402
+from akvq.paths import CONFIG_DIR  # noqa: E402
+from akvq.policies import make_policy  # noqa: E402
+from akvq.tasks.fidelity import _decode, cache_from_prefill, prefill  # noqa: E402
+from akvq.tasks.text import corpus_ids, windows  # noqa: E402
 
 
 def main() -> None:

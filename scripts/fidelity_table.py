@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import math
 import random
+import sys
 from pathlib import Path
 
-from akvq.artifacts.data import setting_of
-from akvq.records import read_records
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the checkout's akvq, also where it is not installed (the device machine)
+
+from akvq.artifacts.data import setting_of  # noqa: E402
+from akvq.records import read_records  # noqa: E402
 
 
 def paired_ratio(rows: list[dict], base: list[dict], n: int = 2000, seed: int = 0) -> tuple[float, float]:

@@ -11,8 +11,8 @@
 # What comes back ($OUT, 8 files): gpu_needle.log, records.jsonl (every run.py record), train_run.json,
 # train_loss.png, summary.md (the four paired tables), full.safetensors.part-00/-01 (the new file, float16, in two
 # parts under the 16 MiB a file: `cat` them), SHA256SUMS. Everything there is comes back after a failure too.
-# A dry run on a CPU, ~3 minutes (2026-12-06):
-#   DEVICE=cpu SAMPLES=2 STEPS=1 CELLS=1K EVAL_CELLS=1K BATCH=2 MICRO=1 THREADS=1 bash scripts/gpu_needle.sh /tmp/gn
+# A dry run on a CPU, ~4 minutes (2026-12-06); scripts/device_preflight.sh runs it as the device would:
+#   DEVICE=cpu SAMPLES=2 STEPS=3 CELLS=1K EVAL_CELLS=1K BATCH=2 MICRO=1 THREADS=1 bash scripts/gpu_needle.sh /tmp/gn
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}

@@ -11,7 +11,8 @@ tracked files, ~45 MB with results/vlm's candidate weights moved out, ~20 MB wit
 once stays on the warm machine for the next call (it goes back after 30 s idle: make the calls back to back).
 `scripts/gpu_needle.sh` puts the parts together and checks them against `.gpu/lm1/SHA256SUMS`. A session's 15 device
 minutes hold the three calls (the machine's start, two transfers, ~7 min of run) or `scripts/gpu_check.sh` (~5 min,
-carrying .whl alone), hardly both.
+carrying .whl alone), hardly both. `bash scripts/device_preflight.sh` runs the calls' scripts here first, in a venv of
+the device image's versions.
 """
 
 from __future__ import annotations

@@ -11,9 +11,13 @@ Usable with `task=synthbench synthbench_root=ROOT` and `task=milebench milebench
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from akvq.synth.bench import EVAL_SEED, LEVELS, SAMPLES_PER_CELL, TASKS, write_root
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the checkout's akvq, also where it is not installed (the device machine)
+
+from akvq.synth.bench import EVAL_SEED, LEVELS, SAMPLES_PER_CELL, TASKS, write_root  # noqa: E402
 
 
 def main() -> None:

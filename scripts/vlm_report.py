@@ -27,15 +27,19 @@ import argparse
 import json
 import math
 import random
+import sys
 import textwrap
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from akvq.paths import save_figure, write_atomic
-from akvq.records import read_records
-from akvq.tasks.milebench import chosen_option, load_dataset
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the checkout's akvq, also where it is not installed (the device machine)
+
+from akvq.paths import save_figure, write_atomic  # noqa: E402
+from akvq.records import read_records  # noqa: E402
+from akvq.tasks.milebench import chosen_option, load_dataset  # noqa: E402
 
 TASK_ORDER = ("SceneTransition", "Spot-the-Diff", "ImageNeedleInAHaystack", "ObjectExistence")
 SHORT = {"SceneTransition": "Transition", "Spot-the-Diff": "Spot-diff", "ImageNeedleInAHaystack": "Needle",

@@ -41,6 +41,25 @@ def load_script(name: str):
     return mod
 
 
+def borrowing_venv(path: Path) -> tuple[str, str]:
+    """A venv at `path` that borrows this environment's packages (torch etc., by a .pth line: no network), but not
+    what this environment's own .pth files install, such as akvq's editable finder: (its python, its site-packages)."""
+    import subprocess
+    import sysconfig
+    import venv
+
+    venv.create(path, with_pip=False, symlinks=True)
+    py = str(path / "bin" / "python")
+    site = subprocess.run(
+        [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    Path(site, "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return py, site
+
+
 def image(w: int, h: int, seed: int = 0) -> Image.Image:
     g = torch.Generator().manual_seed(seed)
     return Image.fromarray((torch.rand(h, w, 3, generator=g) * 255).byte().numpy())

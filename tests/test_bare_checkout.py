@@ -10,11 +10,10 @@ import ast
 import os
 import subprocess
 import sys
-import sysconfig
-import venv
 from pathlib import Path
 
 import pytest
+from conftest import borrowing_venv
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((REPO / "scripts").glob("*.py"))
@@ -40,16 +39,7 @@ def test_every_script_puts_the_checkout_on_the_path_before_importing_akvq(script
 
 def test_scripts_run_from_a_checkout_where_akvq_is_not_installed(tmp_path: Path) -> None:
     """A venv that borrows this environment's packages (torch, transformers) but not its editable install of akvq."""
-    env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=False, symlinks=True)
-    py = str(env_dir / "bin" / "python")
-    site = subprocess.run(
-        [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    Path(site, "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    py, _ = borrowing_venv(tmp_path / "venv")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     bare = subprocess.run([py, "-c", "import akvq"], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert bare.returncode != 0 and "No module named 'akvq'" in bare.stderr  # else this test proves nothing

@@ -10,12 +10,11 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import textwrap
-import venv
 from pathlib import Path
 
 import pytest
+from conftest import borrowing_venv
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = textwrap.dedent("""
@@ -100,15 +99,7 @@ def test_wheel_installs_and_runs_from_outside_the_checkout(tmp_path: Path) -> No
         "akvq/_configs/quant/akvq.yaml" in names and "akvq/_configs/layer_patterns/llava-1.5-7b.yaml" in names
     )
     env = tmp_path / "venv"
-    venv.create(env, with_pip=False, symlinks=True)
-    py = str(env / "bin" / "python")
-    site = subprocess.run(
-        [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    Path(site, "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    py, site = borrowing_venv(env)
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", py, "install", "--no-deps", "--no-index", "-q", str(wheel)],
         check=True,

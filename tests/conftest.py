@@ -41,6 +41,31 @@ def load_script(name: str):
     return mod
 
 
+def triton_interpreter_problem() -> str | None:
+    """Why the Triton kernels cannot run in Triton's CPU interpreter here, or None. Triton before 3.7 (3.6 is torch
+    2.11's, the device image's) turns 1-element arrays into loop bounds, which numpy 2.4 made an error: every kernel
+    with a `range()` over a program's start fails there (checked: 3.6.0 with numpy 2.4.6 and 2.5.2 fails, with
+    2.3.5 runs; 3.7.1 and 3.8.0 run with 2.4.6)."""
+    import importlib.metadata as md
+
+    from packaging.version import Version
+
+    try:
+        triton = Version(md.version("triton"))
+    except md.PackageNotFoundError:
+        return "triton is not installed"
+    numpy = Version(md.version("numpy"))
+    if triton < Version("3.7") and numpy >= Version("2.4"):
+        return f"Triton {triton}'s interpreter fails under numpy {numpy}: numpy<2.4 or triton>=3.7 runs it"
+    return None
+
+
+needs_triton_interpreter = pytest.mark.skipif(
+    triton_interpreter_problem() is not None, reason=str(triton_interpreter_problem())
+)
+"""The Triton kernels run on the CPU in Triton's interpreter (TRITON_INTERPRET=1, in a subprocess)."""
+
+
 def borrowing_venv(path: Path) -> tuple[str, str]:
     """A venv at `path` that borrows this environment's packages (torch etc., by a .pth line: no network), but not
     what this environment's own .pth files install, such as akvq's editable finder: (its python, its site-packages)."""

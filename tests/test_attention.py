@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 
 import pytest
 import torch
+from conftest import needs_triton_interpreter
 
 from akvq import native
 from akvq.attention import packed_cpu
@@ -414,9 +414,6 @@ def test_classes_constant() -> None:
     assert (LOW, TEXT, FULL) == (0, 1, 2)
 
 
-TRITON = importlib.util.find_spec("triton") is not None
-
-
 # --- through a real model: transformers' attention interface, greedy tokens ------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_llama():
@@ -550,7 +547,7 @@ def _run_triton(cases: list[tuple[str, int, int]]) -> None:
     assert "TRITON_OK" in p.stdout, p.stderr[-3000:]
 
 
-@pytest.mark.skipif(not TRITON, reason="triton is not installed")
+@needs_triton_interpreter
 def test_triton_kernels_match_reference_in_interpreter() -> None:
     """The Triton kernels on CPU (TRITON_INTERPRET=1 must be set before triton is imported: a subprocess):
     2/4/16-bit classes with GQA, token-major and in sealed blocks (150 tokens), KIVI channel-axis keys with 16-bit
@@ -568,7 +565,7 @@ def test_triton_kernels_match_reference_in_interpreter() -> None:
 
 
 @pytest.mark.benchmark
-@pytest.mark.skipif(not TRITON, reason="triton is not installed")
+@needs_triton_interpreter
 def test_triton_kernels_full_matrix() -> None:
     """Every packable plan, MHA and GQA (minutes in the interpreter)."""
     _run_triton(

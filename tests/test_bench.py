@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
+from conftest import needs_triton_interpreter
 
 from akvq.bench.batch_search import Point, largest_batch
 from akvq.bench.memory import load_cache, repeat_store, save_cache
@@ -261,7 +260,7 @@ def test_gpu_table4_script_runs_on_a_tiny_config(tmp_path) -> None:
     assert (tmp_path / "table4.md").read_text().count("\n| 640 |") == 3
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@needs_triton_interpreter
 def test_gpu_kernels_script_dry_run(tmp_path) -> None:
     """scripts/gpu_kernels.py (the kernel matrix, the Triton quantizer bit for bit, one layer's timing with its
     programs-per-SM sweep) in the interpreter on the CPU (`--dry-run`: three plans, one small shape): keeps the GPU

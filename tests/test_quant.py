@@ -1,6 +1,5 @@
 """Quantization math: error bounds, packing, WHT. Property-based over shapes, dtypes and bit widths."""
 
-import importlib.util
 import math
 import os
 import subprocess
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import needs_triton_interpreter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -219,7 +219,7 @@ print("QUANT_OK")
 """
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@needs_triton_interpreter
 def test_triton_quantizer_matches_the_torch_code_bit_for_bit() -> None:
     """The GPU's one-launch quantizer (`akvq.quant.gpu`) against the torch code in the interpreter
     (TRITON_INTERPRET=1 before triton is imported: a subprocess), by the GPU script's own check

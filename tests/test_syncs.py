@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_inputs
+from conftest import needs_triton_interpreter, tiny_inputs
 
 from akvq import api
 from akvq.attention import use_packed
@@ -140,8 +140,7 @@ print("SYNCS_OK")
 """
 
 
-@pytest.mark.skipif(not quant_cpu.__name__ or __import__("importlib").util.find_spec("triton") is None,
-                    reason="triton is not installed")  # fmt: skip
+@needs_triton_interpreter
 def test_the_triton_path_reads_nothing_back() -> None:
     """The Triton path's Python (q's WHT, the lookup, the 16-bit rows, the tail, softmax) on a decode step after
     the first, in the interpreter (TRITON_INTERPRET=1 must be set before triton is imported: a subprocess)."""

@@ -60,7 +60,9 @@ class TargetOnly:
         return True
 
     def get_current_device(self) -> int:
-        return 0
+        # Triton keeps its binder, target and compiled kernels per device: one "device" per architecture, or a
+        # second --arch would reuse the first one's kernels
+        return self.target.arch
 
     def get_current_stream(self, device: int | None = None) -> int:
         return 0

@@ -60,8 +60,9 @@ def triton_interpreter_problem() -> str | None:
     return None
 
 
+_INTERPRETER_PROBLEM = triton_interpreter_problem()
 needs_triton_interpreter = pytest.mark.skipif(
-    triton_interpreter_problem() is not None, reason=str(triton_interpreter_problem())
+    _INTERPRETER_PROBLEM is not None, reason=str(_INTERPRETER_PROBLEM)
 )
 """The Triton kernels run on the CPU in Triton's interpreter (TRITON_INTERPRET=1, in a subprocess)."""
 

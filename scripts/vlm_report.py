@@ -212,6 +212,43 @@ def roles_grid(data: dict[str, dict[tuple[str, str], Entry]], level: str = MAIN_
     return "\n".join(lines)
 
 
+ROLES_PAIRS = (
+    ((2, 2), (1, 4), "a bit moved from vision to text, equal mean bits"),
+    ((4, 2), (2, 4), "the two widths swapped between vision and text"),
+    ((4, 4), (2, 4), "vision 4 -> 2 bits, text at 4"),
+    ((4, 4), (4, 2), "text 4 -> 2 bits, vision at 4"),
+)
+"""The grid's comparisons that answer where the bits belong: item by item, since 100 items' intervals overlap."""
+
+
+def roles_pairs(data: dict[str, dict[tuple[str, str], Entry]], level: str = MAIN_CELL) -> str:
+    """The grid's paired comparisons (ROLES_PAIRS, then fp16 against the 2-bit/2-bit cell) with each side's mean
+    effective bits; empty when no pair has both sides in this cell."""
+    tasks = sorted(
+        {t for q, by in data.items() if q.startswith("akvq_roles_") for t, c in by if c == level},
+        key=_task_key,
+    )
+
+    def name(vt: tuple[int, int]) -> str:
+        return f"akvq_roles_v{vt[0]}_t{vt[1]}"
+
+    def bits(q: str) -> str:
+        entries = [e for (_, c), e in data.get(q, {}).items() if c == level]
+        return f"{_bits(entries):.2f}" if entries else "?"
+
+    def label(q: str) -> str:
+        return "fp16" if q == "fp16" else f"v{q.split('_v')[1].replace('_t', '/t')}"
+
+    pairs = [(name(a), name(b), why) for a, b, why in ROLES_PAIRS]
+    pairs.append(("fp16", name((2, 2)), "16 bits against 2/2"))
+    rows = [(a, b, f"{label(a)} vs {label(b)} ({bits(a)} vs {bits(b)} bits: {why})") for a, b, why in pairs]
+    lines = _paired_rows(data, rows, tasks, level)
+    if not lines:
+        return ""
+    head = ["pair (vision/text bits)", *[SHORT.get(t, t) for t in tasks]]
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *lines])
+
+
 LADDER = ("akvq_rtn", "akvq_wht", "akvq_tsa", "akvq")
 """The ablation ladder's rungs in order (rtn with the window, +WHT, +TSA, +PSA = the paper's recipe)."""
 
@@ -255,10 +292,22 @@ def paired_table(data: dict[str, dict[tuple[str, str], Entry]], order: list[str]
     pairs += [("akvq", q) for q in order if q not in ("fp16", *LADDER) and q in data and "akvq" in data]
     head = ["pair", *[SHORT.get(t, t) for t in tasks]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for a, b in pairs:
-        row = [f"{a} vs {b}"]
+    lines += _paired_rows(data, [(a, b, f"{a} vs {b}") for a, b in pairs], tasks, level)
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def _paired_rows(
+    data: dict[str, dict[tuple[str, str], Entry]],
+    pairs: list[tuple[str, str, str]],
+    tasks: list[str],
+    level: str,
+) -> list[str]:
+    """One table row per (a, b, label): a's wins-losses against b per task, rows with no task in common left out."""
+    lines = []
+    for a, b, label in pairs:
+        row = [label]
         for t in tasks:
-            ea, eb = data[a].get((t, level)), data[b].get((t, level))
+            ea, eb = data.get(a, {}).get((t, level)), data.get(b, {}).get((t, level))
             if ea is None or eb is None:
                 row.append("–")
                 continue
@@ -266,7 +315,7 @@ def paired_table(data: dict[str, dict[tuple[str, str], Entry]], order: list[str]
             row.append(paired_text(*wins_losses(sa, sb)))
         if any(c != "–" for c in row[1:]):
             lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) if len(lines) > 2 else ""
+    return lines
 
 
 NEEDLE = "ImageNeedleInAHaystack"
@@ -605,6 +654,15 @@ def report(
                 "",
                 grid,
             ]
+            pairs = roles_pairs(data, level)
+            if pairs:
+                parts += [
+                    "",
+                    "Paired, the same items (the first's right answers where the second is wrong - the reverse;"
+                    " sign test):",
+                    "",
+                    pairs,
+                ]
     out.mkdir(parents=True, exist_ok=True)
     text = "\n".join(parts) + "\n"
     write_atomic(out / table_name, text)

@@ -141,7 +141,7 @@ lane_a() {  # the method table and ladder at 1K (100 per task), then 2K for fp16
   run "${METHODS_A[0]}" 100 "$ROOTS/sb1K100" "$(join "${METHODS_A[@]:1}")"
   run fp16 20 "$ROOTS/sb2K"
   run fp16 20 "$ROOTS/sb4K20"
-  run akvq_roles_v2_t2 20 "$ROOTS/sb1K" akvq_roles_v4_t2,akvq_roles_v2_t4
+  run akvq_roles_v2_t2 100 "$ROOTS/sb1K100" akvq_roles_v4_t2,akvq_roles_v2_t4  # the grid: ~37 min a lane on a CPU
   $PY scripts/profile_layers.py --model synth-vlm --milebench-root "$ROOTS/sb1K" --dataset ObjectExistence \
     --samples 8 --length 1024 --sweep --out results/saliency/synth-vlm/ObjectExistence
 }
@@ -149,7 +149,7 @@ lane_b() {
   run "${METHODS_B[0]}" 100 "$ROOTS/sb1K100" "$(join "${METHODS_B[@]:1}")"
   run akvq 20 "$ROOTS/sb2K"
   run fp16 20 "$ROOTS/sb1K"
-  run akvq_roles_v4_t4 20 "$ROOTS/sb1K" akvq_roles_v1_t4,akvq_roles_v1_t2
+  run akvq_roles_v4_t4 100 "$ROOTS/sb1K100" akvq_roles_v1_t4,akvq_roles_v1_t2
   run fp16 20 "$ROOTS/sb8K20"  # ~26 s an item at 7.8K tokens
 }
 lane_a >> "${R%.jsonl}_lane_a.log" 2>&1 &

@@ -61,6 +61,37 @@ def test_roles_grid_has_a_column_per_task() -> None:
     assert grid[3] == "| 2-bit | 2-bit | 4.30 | 100 [100, 100] | – |"
 
 
+def test_roles_pairs_compare_the_grid_item_by_item() -> None:
+    """Where the bits belong is read from paired items (100 items' intervals overlap): equal bits moved from vision to
+    text, the widths swapped, each side lowered from 4/4; a pair missing a side is left out."""
+    records = [
+        _rec("fp16", 16.0, "1K", {"SceneTransition": [1, 1, 1, 1], "ObjectExistence": [1, 1, 1, 0]}),
+        _rec(
+            "akvq_roles_v2_t2", 4.3, "1K", {"SceneTransition": [1, 1, 1, 0], "ObjectExistence": [1, 1, 0, 0]}
+        ),
+        _rec(
+            "akvq_roles_v1_t4", 4.3, "1K", {"SceneTransition": [0, 0, 0, 0], "ObjectExistence": [1, 0, 0, 1]}
+        ),
+        _rec("akvq_roles_v4_t2", 5.4, "1K", {"SceneTransition": [1, 1, 1, 1]}),
+        _rec("akvq_roles_v2_t4", 4.9, "1K", {"SceneTransition": [1, 0, 1, 1]}),
+    ]
+    rows = vlm_report.roles_pairs(vlm_report.collect(records), "1K/4").splitlines()
+    assert rows[0] == "| pair (vision/text bits) | Transition | Object |"
+    assert rows[2] == (
+        "| v2/t2 vs v1/t4 (4.30 vs 4.30 bits: a bit moved from vision to text, equal mean bits) | 3-0 (p = 0.25)"
+        " | 1-1 (p = 1) |"
+    )
+    assert (
+        rows[3]
+        == "| v4/t2 vs v2/t4 (5.40 vs 4.90 bits: the two widths swapped between vision and text) | 1-0 (p = 1) | – |"
+    )
+    assert (
+        rows[4] == "| fp16 vs v2/t2 (16.00 vs 4.30 bits: 16 bits against 2/2) | 1-0 (p = 1) | 1-0 (p = 1) |"
+    )
+    assert len(rows) == 5  # no 4/4 record: its two rows are left out
+    assert vlm_report.roles_pairs(vlm_report.collect(records[:1]), "1K/4") == ""
+
+
 def test_a_larger_sample_is_a_cell_of_its_own() -> None:
     records = [
         _rec("fp16", 16.0, "1K", {"SceneTransition": [1, 0], "Spot-the-Diff": [1, 1]}),
@@ -82,7 +113,8 @@ def test_report_writes_a_grid_per_cell_and_pairs_in_the_chosen_cell(tmp_path: Pa
     ]
     text = vlm_report.report(records, tmp_path, cell="1K/4")
     assert "## Vision x text bits in every layer (1K cell, 4 samples per task" in text
-    assert text.rstrip().endswith("| 2-bit | 2-bit | 4.30 | 75 [25, 100] |")
+    assert "| 2-bit | 2-bit | 4.30 | 75 [25, 100] |" in text
+    assert text.rstrip().endswith("| fp16 vs v2/t2 (16.00 vs 4.30 bits: 16 bits against 2/2) | 1-0 (p = 1) |")
     assert (tmp_path / "table.md").read_text(encoding="utf-8") == text
     assert "(1K cell, 2 samples per task; accuracy" in text  # the grid of the other cell too
     assert "### 1K cell, 2 samples per task" not in text  # no method ran there: no empty method table
@@ -90,7 +122,7 @@ def test_report_writes_a_grid_per_cell_and_pairs_in_the_chosen_cell(tmp_path: Pa
     records.append(_rec("kivi2", 3.8, "1K", {"SceneTransition": [0, 1, 0, 1]}))
     text = vlm_report.report(records, tmp_path, cell="1K/4")
     assert "| fp16 vs akvq | 1-0 (p = 1) |" in text and "| akvq vs kivi2 | 1-0 (p = 1) |" in text
-    assert "Paired" not in vlm_report.report(records, tmp_path, cell="2K/4")
+    assert "## Paired on the same samples" not in vlm_report.report(records, tmp_path, cell="2K/4")
 
 
 def test_paired_table_counts_items_won_and_lost_on_the_same_samples() -> None:

@@ -193,9 +193,14 @@ def method_table(data: dict[str, dict[tuple[str, str], Entry]], order: list[str]
     return "\n".join(lines)
 
 
+def roles_name(vision: int, text: int) -> str:
+    """The grid's config for `vision`/`text` bits (configs/quant/akvq_roles_v*_t*.yaml)."""
+    return f"akvq_roles_v{vision}_t{text}"
+
+
 def roles_grid(data: dict[str, dict[tuple[str, str], Entry]], level: str = MAIN_CELL) -> str:
     """Vision x text bits (every layer, `roles_all_layers`): accuracy per task and mean effective bits."""
-    names = {(v, t): f"akvq_roles_v{v}_t{t}" for v in (1, 2, 4) for t in (2, 4)}
+    names = {(v, t): roles_name(v, t) for v in (1, 2, 4) for t in (2, 4)}
     tasks = sorted({t for q in names.values() for t, c in data.get(q, {}) if c == level}, key=_task_key)
     if not tasks:
         return ""
@@ -229,19 +234,16 @@ def roles_pairs(data: dict[str, dict[tuple[str, str], Entry]], level: str = MAIN
         key=_task_key,
     )
 
-    def name(vt: tuple[int, int]) -> str:
-        return f"akvq_roles_v{vt[0]}_t{vt[1]}"
-
     def bits(q: str) -> str:
         entries = [e for (_, c), e in data.get(q, {}).items() if c == level]
         return f"{_bits(entries):.2f}" if entries else "?"
 
-    def label(q: str) -> str:
-        return "fp16" if q == "fp16" else f"v{q.split('_v')[1].replace('_t', '/t')}"
-
-    pairs = [(name(a), name(b), why) for a, b, why in ROLES_PAIRS]
-    pairs.append(("fp16", name((2, 2)), "16 bits against 2/2"))
-    rows = [(a, b, f"{label(a)} vs {label(b)} ({bits(a)} vs {bits(b)} bits: {why})") for a, b, why in pairs]
+    sides = [
+        ((roles_name(*a), f"v{a[0]}/t{a[1]}"), (roles_name(*b), f"v{b[0]}/t{b[1]}"), why)
+        for a, b, why in ROLES_PAIRS
+    ]
+    sides.append((("fp16", "fp16"), (roles_name(2, 2), "v2/t2"), "16 bits against 2/2"))
+    rows = [(a, b, f"{la} vs {lb} ({bits(a)} vs {bits(b)} bits: {why})") for (a, la), (b, lb), why in sides]
     lines = _paired_rows(data, rows, tasks, level)
     if not lines:
         return ""

@@ -5,6 +5,8 @@
 #   bash scripts/vlm_tables.sh RECORDS2K 2K    # the method table at 2K, 100 per task (after the 1K run: its akvq
 #                                              # rows read the layer pattern that run installs)
 #   bash scripts/vlm_tables.sh RECORDS4K 4K    # the same at 4K (or 8K)
+#   GRID=1 bash scripts/vlm_tables.sh RECORDS2K 2K   # the vision x text bits grid at that cell instead of the
+#                                              # methods (its six configs; lane logs *_grid_lane_{a,b}.log)
 #   bash scripts/vlm_tables.sh RECORDS4K 4K SceneTransition   # one task (or several, comma-separated) of that
 #                                              # cell: a record per task, so a cell longer than one sitting is
 #                                              # done a task at a time (the report adds a method's tasks up)
@@ -41,6 +43,8 @@ ROOTS=${SB_ROOTS:-/tmp}
 DTYPE=${DTYPE:-}
 LANES=${LANES:-2}  # a long cell: 2 = two 1-thread processes of five methods each; 1 = one 2-thread process of ten
 READ_PATH=${READ_PATH:-}  # cached: run.py's read_path=cached (the same tokens, less time an item, more memory)
+GRID=${GRID:-0}  # 1: a long cell runs the vision x text grid (GRID_A, GRID_B) instead of the method table
+case $GRID in 0|1) ;; *) echo "vlm_tables.sh: GRID must be 0 or 1, got '$GRID'" >&2; exit 2 ;; esac
 case $LANES in 1|2) ;; *) echo "vlm_tables.sh: LANES must be 1 or 2, got '$LANES'" >&2; exit 2 ;; esac
 paths=$(sed -n 's/^READ_PATHS = (\(.*\))/\1/p' akvq/cache/cache.py | tr -d '" ')  # run.py's own list
 [[ -z $READ_PATH || ",$paths," == *",$READ_PATH,"* ]] || {
@@ -59,6 +63,10 @@ SHIPPED_RECORDS=results/vlm/synthbench_recipe_shipped.jsonl
 SHIPPED_VAL=results/vlm/recipe/synthbench.jsonl
 METHODS_A=(fp16 kivi2 skvq rtn2 smoothquant)  # most informative first: a long cell may be cut short
 METHODS_B=(akvq akvq_plus akvq_rtn akvq_wht akvq_tsa)
+# The vision x text grid (configs/quant/akvq_roles_v*_t*.yaml), a lane each: one 1-bit config a lane, since those
+# answer with long non-answers (the slow cells)
+GRID_A=(akvq_roles_v2_t2 akvq_roles_v1_t4 akvq_roles_v4_t4)
+GRID_B=(akvq_roles_v4_t2 akvq_roles_v1_t2 akvq_roles_v2_t4)
 
 TASKS=  # a long cell's tasks (third argument; all four when unset)
 THREADS=1
@@ -81,13 +89,15 @@ case $CELL in
         exit 2; }
     done
     [ -d "$root" ] || $PY scripts/make_synthbench.py "$root" --seed 2026 --samples 100 --cells "$CELL"
-    if [ "$LANES" = 1 ]; then  # one 2-thread process: all ten methods decode from one prefill per prompt
+    if [ "$GRID" = 1 ]; then A=("${GRID_A[@]}") B=("${GRID_B[@]}") LOG=${R%.jsonl}_grid
+    else A=("${METHODS_A[@]}") B=("${METHODS_B[@]}") LOG=${R%.jsonl}; fi
+    if [ "$LANES" = 1 ]; then  # one 2-thread process: all its methods decode from one prefill per prompt
       THREADS=2
-      all=("${METHODS_A[@]}" "${METHODS_B[@]}")
-      run "${all[0]}" 100 "$root" "$(join "${all[@]:1}")" >> "${R%.jsonl}_lane_a.log" 2>&1
-    else  # one process a lane: its five methods decode from one prefill per prompt (share_prefill)
-      run "${METHODS_A[0]}" 100 "$root" "$(join "${METHODS_A[@]:1}")" >> "${R%.jsonl}_lane_a.log" 2>&1 &
-      run "${METHODS_B[0]}" 100 "$root" "$(join "${METHODS_B[@]:1}")" >> "${R%.jsonl}_lane_b.log" 2>&1 &
+      all=("${A[@]}" "${B[@]}")
+      run "${all[0]}" 100 "$root" "$(join "${all[@]:1}")" >> "${LOG}_lane_a.log" 2>&1
+    else  # one process a lane: its methods decode from one prefill per prompt (share_prefill)
+      run "${A[0]}" 100 "$root" "$(join "${A[@]:1}")" >> "${LOG}_lane_a.log" 2>&1 &
+      run "${B[0]}" 100 "$root" "$(join "${B[@]:1}")" >> "${LOG}_lane_b.log" 2>&1 &
       wait
     fi
     $PY scripts/vlm_report.py "$R" --out results/vlm --cell "$CELL/100${TAG:+/$TAG}" \
@@ -141,7 +151,7 @@ lane_a() {  # the method table and ladder at 1K (100 per task), then 2K for fp16
   run "${METHODS_A[0]}" 100 "$ROOTS/sb1K100" "$(join "${METHODS_A[@]:1}")"
   run fp16 20 "$ROOTS/sb2K"
   run fp16 20 "$ROOTS/sb4K20"
-  run akvq_roles_v2_t2 100 "$ROOTS/sb1K100" akvq_roles_v4_t2,akvq_roles_v2_t4  # the grid: ~37 min a lane on a CPU
+  run "${GRID_A[0]}" 100 "$ROOTS/sb1K100" "$(join "${GRID_A[@]:1}")"  # the grid: 101 lane-minutes on a CPU
   $PY scripts/profile_layers.py --model synth-vlm --milebench-root "$ROOTS/sb1K" --dataset ObjectExistence \
     --samples 8 --length 1024 --sweep --out results/saliency/synth-vlm/ObjectExistence
 }
@@ -149,7 +159,7 @@ lane_b() {
   run "${METHODS_B[0]}" 100 "$ROOTS/sb1K100" "$(join "${METHODS_B[@]:1}")"
   run akvq 20 "$ROOTS/sb2K"
   run fp16 20 "$ROOTS/sb1K"
-  run akvq_roles_v4_t4 100 "$ROOTS/sb1K100" akvq_roles_v1_t4,akvq_roles_v1_t2
+  run "${GRID_B[0]}" 100 "$ROOTS/sb1K100" "$(join "${GRID_B[@]:1}")"
   run fp16 20 "$ROOTS/sb8K20"  # ~26 s an item at 7.8K tokens
 }
 lane_a >> "${R%.jsonl}_lane_a.log" 2>&1 &

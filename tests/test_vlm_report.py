@@ -162,6 +162,7 @@ def test_a_second_cells_table_goes_beside_the_main_one_without_a_figure(tmp_path
         ("8K", {"DTYPE": "bf16"}, "DTYPE", "'bf16'"),
         ("8K", {"LANES": "3"}, "LANES", "'3'"),
         ("8K", {"READ_PATH": "fast"}, "READ_PATH", "'fast'"),
+        ("2K", {"GRID": "yes"}, "GRID", "'yes'"),
     ],
 )
 def test_vlm_tables_refuses_an_unknown_cell_or_setting_in_one_line(
@@ -225,6 +226,23 @@ def test_vlm_tables_long_cell_runs_named_tasks_only(tmp_path: Path) -> None:
     ten = "fp16 kivi2 skvq rtn2 smoothquant akvq akvq_plus akvq_rtn akvq_wht akvq_tsa".split()
     assert sorted(["fp16", *compare]) == sorted(ten)
     assert runs[0].endswith(" task.datasets=[ObjectExistence] read_path=cached")
+    # GRID=1: the vision x text grid's six configs instead of the methods, one 1-bit config a lane, own lane logs
+    log.unlink()
+    grid = subprocess.run(["bash", script, records, "2K"], capture_output=True, text=True,
+                          env={**env, "GRID": "1"}, check=False)  # fmt: skip
+    assert grid.returncode == 0, grid.stderr
+    runs = [c for c in log.read_text(encoding="utf-8").splitlines() if c.startswith("run.py")]
+    lanes = [
+        [c.split(" quant=")[1].split()[0], *c.split("compare=[")[1].split("]")[0].split(",")] for c in runs
+    ]
+    six = {f"akvq_roles_v{v}_t{t}" for v in (1, 2, 4) for t in (2, 4)}
+    assert len(lanes) == 2 and set(lanes[0]) | set(lanes[1]) == six and len(lanes[0]) == len(lanes[1]) == 3
+    assert all(sum("_v1_" in q for q in lane) == 1 for lane in lanes)
+    assert all(f"synthbench_root={tmp_path}/sb2K100 " in c for c in runs)
+    assert sorted(f.name for f in tmp_path.glob("r_grid_lane_*.log")) == [
+        "r_grid_lane_a.log",
+        "r_grid_lane_b.log",
+    ]
 
 
 def test_a_bf16_run_is_a_cell_of_its_own_and_paired_with_float32(tmp_path: Path) -> None:

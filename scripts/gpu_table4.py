@@ -414,10 +414,9 @@ def main() -> None:
     p.add_argument("--max-total", type=int, default=10, help="points per search at most")
     p.add_argument("--deadline-s", type=float, default=480.0, help="no new search starts after this")
     args = p.parse_args()
-    if (
-        args.budgets is None
-    ):  # the paper's V100 and an 80 GB card; the tiny model on a CPU: budgets its RAM holds
-        # (at 32 GiB, fp16's 8K search held ~24 GiB and the kernel killed it on a 24 GiB machine)
+    # the paper's V100 and an 80 GB card; the tiny model on a CPU: budgets its RAM holds (at 32 GiB, fp16's 8K
+    # search held ~24 GiB and the kernel killed it on a 24 GiB machine)
+    if args.budgets is None:
         args.budgets = "0.25,0.5" if args.tiny else "32,80"
     run(args)
 

@@ -41,10 +41,13 @@ CELL=${2:-1K}
 PY=${PY:-.venv/bin/python}
 ROOTS=${SB_ROOTS:-/tmp}
 DTYPE=${DTYPE:-}
-LANES=${LANES:-2}  # a long cell: 2 = two 1-thread processes of five methods each; 1 = one 2-thread process of ten
+LANES=${LANES:-2}  # a long cell: 2 = two 1-thread processes (five methods or three grid configs a lane); 1 = one of all
 READ_PATH=${READ_PATH:-}  # cached: run.py's read_path=cached (the same tokens, less time an item, more memory)
 GRID=${GRID:-0}  # 1: a long cell runs the vision x text grid (GRID_A, GRID_B) instead of the method table
 case $GRID in 0|1) ;; *) echo "vlm_tables.sh: GRID must be 0 or 1, got '$GRID'" >&2; exit 2 ;; esac
+[[ $GRID = 0 || $CELL =~ ^(2K|4K|8K)$ ]] || {
+  echo "vlm_tables.sh: GRID=1 needs a long cell (2K, 4K or 8K; 1K runs the grid with every table), got CELL '$CELL'" >&2
+  exit 2; }
 case $LANES in 1|2) ;; *) echo "vlm_tables.sh: LANES must be 1 or 2, got '$LANES'" >&2; exit 2 ;; esac
 paths=$(sed -n 's/^READ_PATHS = (\(.*\))/\1/p' akvq/cache/cache.py | tr -d '" ')  # run.py's own list
 [[ -z $READ_PATH || ",$paths," == *",$READ_PATH,"* ]] || {

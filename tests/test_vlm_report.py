@@ -163,6 +163,7 @@ def test_a_second_cells_table_goes_beside_the_main_one_without_a_figure(tmp_path
         ("8K", {"LANES": "3"}, "LANES", "'3'"),
         ("8K", {"READ_PATH": "fast"}, "READ_PATH", "'fast'"),
         ("2K", {"GRID": "yes"}, "GRID", "'yes'"),
+        ("1K", {"GRID": "1"}, "GRID", "'1K'"),
     ],
 )
 def test_vlm_tables_refuses_an_unknown_cell_or_setting_in_one_line(
@@ -235,7 +236,7 @@ def test_vlm_tables_long_cell_runs_named_tasks_only(tmp_path: Path) -> None:
     lanes = [
         [c.split(" quant=")[1].split()[0], *c.split("compare=[")[1].split("]")[0].split(",")] for c in runs
     ]
-    six = {f"akvq_roles_v{v}_t{t}" for v in (1, 2, 4) for t in (2, 4)}
+    six = {vlm_report.roles_name(v, t) for v in (1, 2, 4) for t in (2, 4)}
     assert len(lanes) == 2 and set(lanes[0]) | set(lanes[1]) == six and len(lanes[0]) == len(lanes[1]) == 3
     assert all(sum("_v1_" in q for q in lane) == 1 for lane in lanes)
     assert all(f"synthbench_root={tmp_path}/sb2K100 " in c for c in runs)

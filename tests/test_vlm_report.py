@@ -89,6 +89,12 @@ def test_roles_pairs_compare_the_grid_item_by_item() -> None:
         rows[4] == "| fp16 vs v2/t2 (16.00 vs 4.30 bits: 16 bits against 2/2) | 1-0 (p = 1) | 1-0 (p = 1) |"
     )
     assert len(rows) == 5  # no 4/4 record: its two rows are left out
+    # where vision outweighs text (4K), moving a bit to text lowers the mean bits: the row no longer says "equal"
+    records[2] = _rec(
+        "akvq_roles_v1_t4", 2.2, "1K", {"SceneTransition": [0, 0, 0, 0], "ObjectExistence": [1, 0, 0, 1]}
+    )
+    rows = vlm_report.roles_pairs(vlm_report.collect(records), "1K/4").splitlines()
+    assert rows[2].startswith("| v2/t2 vs v1/t4 (4.30 vs 2.20 bits: a bit moved from vision to text) |")
     assert vlm_report.roles_pairs(vlm_report.collect(records[:1]), "1K/4") == ""
 
 

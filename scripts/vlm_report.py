@@ -199,21 +199,28 @@ def roles_name(vision: int, text: int) -> str:
 
 
 def roles_grid(data: dict[str, dict[tuple[str, str], Entry]], level: str = MAIN_CELL) -> str:
-    """Vision x text bits (every layer, `roles_all_layers`): accuracy per task and mean effective bits."""
+    """Vision x text bits (every layer, `roles_all_layers`): accuracy per task and mean effective bits. Where rows
+    ran on different tasks (a partial grid), every row's bits are over the tasks all rows share, since a task's
+    share of text tokens moves its bits; the header names them."""
     names = {(v, t): roles_name(v, t) for v in (1, 2, 4) for t in (2, 4)}
     tasks = sorted({t for q in names.values() for t, c in data.get(q, {}) if c == level}, key=_task_key)
-    if not tasks:
+    got = {vt: [data.get(q, {}).get((task, level)) for task in tasks] for vt, q in names.items()}
+    got = {vt: row for vt, row in got.items() if any(e is not None for e in row)}
+    if not got:
         return ""
-    head = ["vision", "text", "KV bits", *[SHORT.get(t, t) for t in tasks]]
+    shared = [i for i in range(len(tasks)) if all(row[i] is not None for row in got.values())]
+    over = shared or range(len(tasks))
+    bits_head = "KV bits"
+    if len(shared) < len(tasks):
+        bits_head += (
+            f" ({', '.join(SHORT.get(tasks[i], tasks[i]) for i in shared)})" if shared else " (each row's)"
+        )
+    head = ["vision", "text", bits_head, *[SHORT.get(t, t) for t in tasks]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (v, t), q in names.items():
-        got = [data.get(q, {}).get((task, level)) for task in tasks]
-        entries = [e for e in got if e is not None]
-        if not entries:
-            continue
-        row = [f"{v}-bit", f"{t}-bit", f"{_bits(entries):.2f}"]
-        row += ["–" if e is None else _cell(e.scores) for e in got]
-        lines.append("| " + " | ".join(row) + " |")
+    for (v, t), row in got.items():
+        bits = _bits([e for i in over if (e := row[i]) is not None])
+        cells = ["–" if e is None else _cell(e.scores) for e in row]
+        lines.append("| " + " | ".join([f"{v}-bit", f"{t}-bit", f"{bits:.2f}", *cells]) + " |")
     return "\n".join(lines)
 
 
@@ -238,14 +245,15 @@ def roles_pairs(data: dict[str, dict[tuple[str, str], Entry]], level: str = MAIN
         key=_task_key,
     )
 
-    def bits(q: str) -> float | None:
-        entries = [e for (_, c), e in data.get(q, {}).items() if c == level]
-        return _bits(entries) if entries else None
+    def bits(q: str, over: set[str]) -> float:
+        return _bits([e for (t, c), e in data.get(q, {}).items() if c == level and t in over])
 
     def label(a: str, b: str, why: str) -> str:
-        ba, bb = bits(a), bits(b)
-        if ba is None or bb is None:
-            return f"? bits: {why}"
+        # each side's bits over the tasks both ran (a task's share of text tokens moves its bits)
+        over = {t for t, c in data.get(a, {}) if c == level} & {t for t, c in data.get(b, {}) if c == level}
+        if not over:
+            return why  # no task in common: _paired_rows leaves the row out
+        ba, bb = bits(a, over), bits(b, over)
         same = ", equal mean bits" if abs(ba - bb) <= EQUAL_BITS else ""
         return f"{ba:.2f} vs {bb:.2f} bits: {why}{same}"
 

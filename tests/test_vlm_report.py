@@ -55,10 +55,16 @@ def test_roles_grid_has_a_column_per_task() -> None:
         _rec("akvq_roles_v1_t2", 3.7, "1K", {"ObjectExistence": [1, 0]}),
         _rec("akvq_roles_v2_t2", 4.3, "1K", {"SceneTransition": [1, 1]}),
     ]
+    # a partial grid: every row's bits over the tasks all rows ran (a task's share of text moves its bits)
+    grid = vlm_report.roles_grid(vlm_report.collect(records), "1K/2").splitlines()
+    assert grid[0] == "| vision | text | KV bits (Transition) | Transition | Object |"
+    assert grid[2] == "| 1-bit | 2-bit | 3.50 | 0 [0, 0] | 50 [0, 100] |"
+    assert grid[3] == "| 2-bit | 2-bit | 4.30 | 100 [100, 100] | – |"
+    records.append(_rec("akvq_roles_v2_t2", 4.5, "1K", {"ObjectExistence": [1, 1]}))
     grid = vlm_report.roles_grid(vlm_report.collect(records), "1K/2").splitlines()
     assert grid[0] == "| vision | text | KV bits | Transition | Object |"
     assert grid[2] == "| 1-bit | 2-bit | 3.60 | 0 [0, 0] | 50 [0, 100] |"
-    assert grid[3] == "| 2-bit | 2-bit | 4.30 | 100 [100, 100] | – |"
+    assert grid[3] == "| 2-bit | 2-bit | 4.40 | 100 [100, 100] | 100 [100, 100] |"
 
 
 def test_roles_pairs_compare_the_grid_item_by_item() -> None:
@@ -93,6 +99,10 @@ def test_roles_pairs_compare_the_grid_item_by_item() -> None:
     records[2] = _rec(
         "akvq_roles_v1_t4", 2.2, "1K", {"SceneTransition": [0, 0, 0, 0], "ObjectExistence": [1, 0, 0, 1]}
     )
+    rows = vlm_report.roles_pairs(vlm_report.collect(records), "1K/4").splitlines()
+    assert rows[2].startswith("| v2/t2 vs v1/t4 (4.30 vs 2.20 bits: a bit moved from vision to text) |")
+    # a pair's bits are over the tasks both sides ran: v2/t2 at 6.0 on a task v4/t2 lacks does not count there
+    records.append(_rec("akvq_roles_v2_t2", 6.0, "1K", {"Spot-the-Diff": [1, 1, 1, 1]}))
     rows = vlm_report.roles_pairs(vlm_report.collect(records), "1K/4").splitlines()
     assert rows[2].startswith("| v2/t2 vs v1/t4 (4.30 vs 2.20 bits: a bit moved from vision to text) |")
     assert vlm_report.roles_pairs(vlm_report.collect(records[:1]), "1K/4") == ""

@@ -101,7 +101,7 @@ def test_roles_pairs_compare_the_grid_item_by_item() -> None:
     )
     rows = vlm_report.roles_pairs(vlm_report.collect(records), "1K/4").splitlines()
     assert rows[2].startswith("| v2/t2 vs v1/t4 (4.30 vs 2.20 bits: a bit moved from vision to text) |")
-    # a pair's bits are over the tasks both sides ran: v2/t2 at 6.0 on a task v4/t2 lacks does not count there
+    # a pair's bits are over the tasks both sides ran: v2/t2 at 6.0 on a task v1/t4 lacks does not count there
     records.append(_rec("akvq_roles_v2_t2", 6.0, "1K", {"Spot-the-Diff": [1, 1, 1, 1]}))
     rows = vlm_report.roles_pairs(vlm_report.collect(records), "1K/4").splitlines()
     assert rows[2].startswith("| v2/t2 vs v1/t4 (4.30 vs 2.20 bits: a bit moved from vision to text) |")

@@ -245,15 +245,12 @@ def roles_pairs(data: dict[str, dict[tuple[str, str], Entry]], level: str = MAIN
         key=_task_key,
     )
 
-    def bits(q: str, over: set[str]) -> float:
-        return _bits([e for (t, c), e in data.get(q, {}).items() if c == level and t in over])
-
     def label(a: str, b: str, why: str) -> str:
         # each side's bits over the tasks both ran (a task's share of text tokens moves its bits)
-        over = {t for t, c in data.get(a, {}) if c == level} & {t for t, c in data.get(b, {}) if c == level}
+        over = [t for t in tasks if (t, level) in data.get(a, {}) and (t, level) in data.get(b, {})]
         if not over:
             return why  # no task in common: _paired_rows leaves the row out
-        ba, bb = bits(a, over), bits(b, over)
+        ba, bb = (_bits([data[q][(t, level)] for t in over]) for q in (a, b))
         same = ", equal mean bits" if abs(ba - bb) <= EQUAL_BITS else ""
         return f"{ba:.2f} vs {bb:.2f} bits: {why}{same}"
 

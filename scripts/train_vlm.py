@@ -842,7 +842,8 @@ def train(args: argparse.Namespace) -> None:
     total = last_step(args.stage, args.steps)
     first = stage_start(args.stage) if args.stage != "all" else 0
     last_save = time.time()
-    t_start = time.time() - wall
+    t_start = time.time() - wall  # the run's training time over its sittings (its record's wall_seconds)
+    t_sitting = time.time()  # --max-minutes is this sitting's: a resumed run gets its own minutes
     stopped = False
     bar = tqdm(total=total, initial=step, dynamic_ncols=True)
 
@@ -944,7 +945,7 @@ def train(args: argparse.Namespace) -> None:
             last_save = time.time()
         if math.isnan(float(loss)):
             raise RuntimeError(f"loss is NaN at step {step}")
-        if args.max_minutes and time.time() - t_start > args.max_minutes * 60 and step < total:
+        if args.max_minutes and time.time() - t_sitting > args.max_minutes * 60 and step < total:
             stopped = True  # the schedule stays the planned run's: a rerun with --steps at this count differs
             bar.write(f"--max-minutes {args.max_minutes}: stopping at step {step} of {total}")
             break
@@ -1151,7 +1152,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-minutes",
         type=float,
         default=0.0,
-        help="stop (checkpointed, recorded) once this much training time has passed; 0 = run every step",
+        help="stop (checkpointed, recorded) once this sitting has trained this long (a job's time limit: a"
+        " --resume gets its own minutes); 0 = run every step",
     )
     ap.add_argument(
         "--resume", action="store_true", help="continue OUT/ckpt.pt (optimizer and data stream too)"

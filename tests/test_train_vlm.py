@@ -538,3 +538,12 @@ def test_max_minutes_stops_a_run_checkpointed_and_says_so_in_its_record(
     assert (record["steps"], record["planned_steps"]) == (start + 1, start + 3)
     ck = torch.load(tmp_path / "ckpt.pt", weights_only=False)
     assert ck["step"] == start + 1 and len(ck["history"]) == 1 and (tmp_path / "loss.png").exists()
+    # the minutes are a sitting's (a job's time limit): a resumed run that has trained for hours gets its own
+    ck["wall"] = 7200.0
+    torch.save(ck, tmp_path / "ckpt.pt")
+    train_vlm.train(
+        train_vlm.parse_args([*argv, "--lora-rank", "0", "--warmup", "1", "--max-minutes", "60", "--resume"])
+    )
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert not record["stopped_by_max_minutes"] and record["steps"] == start + 3
+    assert record["wall_seconds"] >= 7200  # the record's wall stays the run's total

@@ -62,8 +62,8 @@ esac
 # The shipped file's records, which a candidate is paired with (update both when shipping a file): its 1K table
 # (this script's RECORDS when it was shipped) and its fp16 reads on the validation root (seed 4242). Each may hold
 # other files' records; the reports keep the shipped file's (its sha256 from the YAML) and the candidate's.
-SHIPPED_RECORDS=results/vlm/synthbench_recipe_shipped.jsonl
-SHIPPED_VAL=results/vlm/recipe/synthbench.jsonl
+SHIPPED_RECORDS=results/vlm/synthbench_full1_shipped.jsonl
+SHIPPED_VAL=results/vlm/synthbench_full1_val.jsonl
 METHODS_A=(fp16 kivi2 skvq rtn2 smoothquant)  # most informative first: a long cell may be cut short
 METHODS_B=(akvq akvq_plus akvq_rtn akvq_wht akvq_tsa)
 # The vision x text grid (configs/quant/akvq_roles_v*_t*.yaml), a lane each: one 1-bit config a lane, since those

@@ -447,7 +447,7 @@ def test_vlm_tables_candidate_runs_three_methods_on_the_file_then_pairs_it_with_
     shipped = _shipped_sha()
     pair = f"--weights {shipped[:8]},{hashlib.sha256(b'weights').hexdigest()[:8]} --cell 1K/100 --out {records.parent}"
     assert report == (
-        f"scripts/vlm_report.py results/vlm/synthbench_recipe_shipped.jsonl {records} --by-weights --seed 2026 "
+        f"scripts/vlm_report.py results/vlm/synthbench_full1_shipped.jsonl {records} --by-weights --seed 2026 "
         f"{pair} --table table_cand.md"
     )
     # then the validation root, where candidates are chosen: fp16 on the two contested tasks, paired with the shipped
@@ -459,7 +459,7 @@ def test_vlm_tables_candidate_runs_three_methods_on_the_file_then_pairs_it_with_
             in run_val
         )
     assert val_report == [
-        f"scripts/vlm_report.py results/vlm/recipe/synthbench.jsonl {records} --by-weights --seed 4242 "
+        f"scripts/vlm_report.py results/vlm/synthbench_full1_val.jsonl {records} --by-weights --seed 4242 "
         f"{pair} --table table_cand_val.md --figure none"
     ]
 

@@ -4,7 +4,7 @@
     nice -n 19 python scripts/train_vlm.py --out runs/synth-vlm [--seed 0] [--threads 2] [--resume]
     python scripts/train_vlm.py --out runs/synth-vlm --export assets/synth-vlm/synth-vlm.safetensors
 
-`--recipe` runs the phases of `RECIPE` in order (align, tasks, needle, balance, lookup, pair, context), each in
+`--recipe` runs the phases of `RECIPE` in order (align, tasks, needle, balance, lookup, pair, context, full), each in
 OUT/<phase> from the previous phase's export, and writes OUT/synth-vlm.safetensors with its SHA-256 and
 OUT/recipe.json (each phase's record and export SHA-256, the CPU, the hours); run again after a kill, it skips the
 exported phases and resumes the one in progress.
@@ -991,16 +991,19 @@ RECIPE: tuple[Phase, ...] = (
                    "--lora-lr", "3e-4", "--warmup", "10", "--bf16"), "lookup", seed_offset=12),
     Phase("context", ("--stage", "context", *LORA, "--steps", "40", "--micro-batch", "2", "--lora-from", "0",
                       "--lora-lr", "2e-4", "--warmup", "5", "--bf16"), "pair", seed_offset=15),
+    Phase("full", ("--stage", "full", "--cells", "4K,8K", *LORA, "--steps", "40", "--micro-batch", "1",
+                   "--lora-from", "0", "--lora-lr", "2e-4", "--warmup", "5", "--bf16"), "context", seed_offset=17),
 )
 # fmt: on
 """The committed file's route as one command (results/vlm/HISTORY.md: "The second needle run", "A sixth
-candidate", "A seventh candidate", "A ninth candidate", "A tenth candidate"). The hand-run route it replaces steered
-the alignment's learning rate by hand, trained the task stage in two runs under an older prompt layout, and started
-`balance`, `pair` and `context` from the previous run's float16 file (here its float32 export)."""
+candidate", "A seventh candidate", "A ninth candidate", "A tenth candidate", "A thirteenth candidate"). The hand-run
+route it replaces steered the alignment's learning rate by hand, trained the task stage in two runs under an older
+prompt layout, and started `balance`, `pair` and `context` from the previous run's float16 file (here its float32
+export); the committed file (full1) ran `full` from the first seven phases' float16 file, in four sittings."""
 SMOKE = {
     "align": ("--align-steps", "2", "--align-batch", "4", "--eval-images", "4", "--eval-every", "1"),
     "lm": ("--steps", "1", "--batch", "2"),  # 2: `pair` asks its two tasks in every batch
-    "context": ("--cells", "1K"),  # the shortest cell: the longest costs a minute a step on a 2-core CPU
+    "context": ("--cells", "1K"),  # the shortest cell, for `full` too: 8K costs minutes a step on 2 cores
 }
 """`--recipe-smoke`: every phase one or two tiny steps (tests the chain, not the weights)."""
 
@@ -1030,7 +1033,7 @@ def phase_argv(ph: Phase, args: argparse.Namespace, bf16_ok: bool) -> list[str]:
         argv.append("--resume")
     if args.recipe_smoke:
         argv += SMOKE["align" if ph.name == "align" else "lm"]
-        if "--stage" in pa and pa[pa.index("--stage") + 1] == "context":
+        if "--stage" in pa and pa[pa.index("--stage") + 1] in ("context", "full"):
             argv += SMOKE["context"]
     return argv
 

@@ -224,7 +224,7 @@ def test_every_recipe_phase_is_a_command_the_script_accepts(tmp_path: Path) -> N
         rng = random.Random(0)
         tokens = min(stage.tokens) if stage.tokens else None
         assert all(train_vlm.draw_item(rng, stage, tokens=tokens).scenes for _ in range(4))
-    assert [ph.seed_offset for ph in train_vlm.RECIPE][-4:] == [5, 7, 12, 15]  # the hand-run route's seeds
+    assert [ph.seed_offset for ph in train_vlm.RECIPE][-5:] == [5, 7, 12, 15, 17]  # the hand runs' seeds
     assert {p.name for p in tmp_path.iterdir()} == {
         f"{ph.name}.safetensors" for ph in train_vlm.RECIPE
     }  # nothing ran

@@ -1003,7 +1003,7 @@ export); the committed file (full1) ran `full` from the first seven phases' floa
 SMOKE = {
     "align": ("--align-steps", "2", "--align-batch", "4", "--eval-images", "4", "--eval-every", "1"),
     "lm": ("--steps", "1", "--batch", "2"),  # 2: `pair` asks its two tasks in every batch
-    "context": ("--cells", "1K"),  # the shortest cell, for `full` too: 8K costs minutes a step on 2 cores
+    "cells": ("--cells", "1K"),  # `context`, `full`: the shortest cell (8K costs minutes a step on 2 cores)
 }
 """`--recipe-smoke`: every phase one or two tiny steps (tests the chain, not the weights)."""
 
@@ -1033,8 +1033,9 @@ def phase_argv(ph: Phase, args: argparse.Namespace, bf16_ok: bool) -> list[str]:
         argv.append("--resume")
     if args.recipe_smoke:
         argv += SMOKE["align" if ph.name == "align" else "lm"]
-        if "--stage" in pa and pa[pa.index("--stage") + 1] in ("context", "full"):
-            argv += SMOKE["context"]
+        route = route_stage(pa[pa.index("--stage") + 1]) if "--stage" in pa else None
+        if route is not None and route.tokens:  # a stage at the benchmark's lengths: its shortest cell
+            argv += SMOKE["cells"]
     return argv
 
 
